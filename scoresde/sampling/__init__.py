@@ -1,0 +1,1 @@
+"""Samplers for the reverse-time SDE and the probability-flow ODE."""

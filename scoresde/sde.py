@@ -1,0 +1,377 @@
+"""Forward SDEs of score-based generative modelling (Song et al., ICLR 2021).
+
+Every SDE here is Gaussian-linear: its drift is ``f(t) x``, its diffusion ``g(t)`` does not depend
+on ``x``, and its transition from ``t = 0`` is ``x_t = m(t) x_0 + s(t) z`` with ``z ~ N(0, I)``.
+A subclass states three formulas, ``drift_coeff`` (``f``), ``diffusion_coeff`` (``g``) and
+``marginal_coeffs`` (``(m, s)``); everything else (``sde``, ``marginal_prob``, the prior, the
+reverse-time SDE, the log-SNR and its inverse) follows from them, so a user's own SDE works with
+every sampler, loss and likelihood in scoresde.
+
+Data has any shape ``(B, *dims)``; time ``t`` has shape ``(B,)`` (a Python number is broadcast).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable
+
+import torch
+
+from .utils import append_dims, batch_sum
+
+__all__ = [
+    "SDE",
+    "ReverseSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "subVPSDE",
+    "VESDE",
+    "CosineVPSDE",
+    "SDES",
+    "get_sde",
+]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class SDE(ABC):
+    """A Gaussian-linear forward SDE ``dx = f(t) x dt + g(t) dw`` on ``[0, T]``.
+
+    Subclasses define :meth:`drift_coeff`, :meth:`diffusion_coeff` and :meth:`marginal_coeffs`
+    (and :meth:`config` to be saved in a run). :meth:`t_from_log_snr` has a generic bisection
+    that subclasses may replace with a closed form.
+    """
+
+    name = "custom"
+
+    def __init__(self, T: float = 1.0):
+        if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
+            raise ValueError(f"T must be a finite positive number, got {T!r}")
+        self.T = float(T)
+
+    # ----- the three formulas a subclass states -------------------------------------------
+    @abstractmethod
+    def drift_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """``f(t)``, the drift per unit of ``x``: the drift is ``f(t) x``. Shape of ``t``."""
+
+    @abstractmethod
+    def diffusion_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """``g(t)``, the diffusion coefficient. Shape of ``t``."""
+
+    @abstractmethod
+    def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(m(t), s(t))`` of the transition ``x_t = m(t) x_0 + s(t) z``. Each of the shape of ``t``."""
+
+    def config(self) -> dict:
+        """The name and parameters that rebuild this SDE with :func:`get_sde`."""
+        return {"name": self.name, "T": self.T}
+
+    # ----- what follows from them ----------------------------------------------------------
+    def sde(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and diffusion of the forward SDE.
+
+        Args:
+            x: state, shape ``(B, *dims)``.
+            t: times, shape ``(B,)`` or a number, inside ``[0, T]``.
+
+        Returns:
+            ``(drift, diffusion)``: drift of the shape of ``x``, diffusion of shape ``(B,)``.
+        """
+        t = self.check_time(t, x)
+        return append_dims(self.drift_coeff(t), x.ndim) * x, self.diffusion_coeff(t)
+
+    def marginal_prob(
+        self, x0: torch.Tensor, t: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``m(t) x0`` (shape of ``x0``) and std ``s(t)`` (shape ``(B,)``) of ``x_t | x_0``."""
+        t = self.check_time(t, x0)
+        m, s = self.marginal_coeffs(t)
+        return append_dims(m, x0.ndim) * x0, s
+
+    def prior_std(self) -> float:
+        """Standard deviation of the prior ``N(0, s(T)^2 I)`` that sampling starts from."""
+        _, s = self.marginal_coeffs(torch.tensor([self.T], dtype=torch.float64))
+        return float(s[0])
+
+    def prior_sampling(
+        self,
+        shape: tuple[int, ...] | torch.Size,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """Draw ``x_T`` of shape ``shape`` from the prior ``N(0, s(T)^2 I)``.
+
+        The prior ignores the ``m(T) x_0`` term, which is below 0.01 for every built-in SDE but VE,
+        whose ``m`` is 1 and whose ``s(T)`` dwarfs the data.
+        """
+        if device is None and generator is not None:
+            device = generator.device
+        z = torch.randn(tuple(shape), generator=generator, device=device, dtype=dtype)
+        return z * self.prior_std()
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-density of ``z`` (shape ``(B, *dims)``) under the prior; returns shape ``(B,)``."""
+        var = self.prior_std() ** 2
+        dim = z[0].numel()
+        return -0.5 * dim * math.log(2 * math.pi * var) - batch_sum(z**2) / (2 * var)
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """``lambda(t) = log(m(t)^2 / s(t)^2)``, decreasing in ``t``. Shape of ``t``."""
+        m, s = self.marginal_coeffs(t)
+        return 2 * (torch.log(m) - torch.log(s))
+
+    def t_from_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`log_snr`, by bisection on ``[0, T]`` (clamped at the ends)."""
+        lam = torch.as_tensor(log_snr, dtype=torch.float64)
+        lo = torch.zeros_like(lam)
+        hi = torch.full_like(lam, self.T)
+        for _ in range(64):
+            mid = (lo + hi) / 2
+            above = self.log_snr(mid) > lam  # log-SNR decreases in t: the root lies later
+            lo = torch.where(above, mid, lo)
+            hi = torch.where(above, hi, mid)
+        return ((lo + hi) / 2).to(torch.as_tensor(log_snr).dtype)
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        """The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE)."""
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def check_time(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+        """Return ``t`` as a tensor of shape ``(B,)`` in the dtype and device of ``x``.
+
+        Raises:
+            ValueError: ``t`` has the wrong length or lies outside ``[0, T]``.
+        """
+        batch = x.shape[0]
+        if isinstance(t, (int, float)):
+            t = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
+        else:
+            t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
+            if t.ndim == 0:
+                t = t.expand(batch)
+            if t.shape != (batch,):
+                raise ValueError(
+                    f"t must have shape ({batch},) to match a batch of {batch}, "
+                    f"got shape {tuple(t.shape)}"
+                )
+        if bool(((t < 0) | (t > self.T) | t.isnan()).any()):
+            raise ValueError(f"t must lie in [0, T] = [0, {self.T:g}], got values in "
+                             f"[{float(t.min()):g}, {float(t.max()):g}]")
+        return t
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
+        return f"{type(self).__name__}({params})"
+
+
+class ReverseSDE:
+    """The reverse-time SDE of ``forward`` given a score function (Song et al. 2021, eq. 6 and 13).
+
+    ``sde(x, t)`` returns the drift ``f(t) x - g(t)^2 score(x, t)`` and diffusion ``g(t)`` of the
+    reverse SDE, or, for the probability-flow ODE, the drift ``f(t) x - g(t)^2 score(x, t) / 2``
+    and zero diffusion. Time runs from ``T`` down to 0: a step of size ``dt < 0`` moves
+    ``x += drift * dt``.
+    """
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = bool(probability_flow)
+        self.T = forward.T
+
+    def sde(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift (shape of ``x``) and diffusion (shape ``(B,)``) of the reverse-time process."""
+        t = self.forward.check_time(t, x)
+        drift, diffusion = self.forward.sde(x, t)
+        weight = 0.5 if self.probability_flow else 1.0
+        g2 = append_dims(diffusion**2, x.ndim)
+        drift = drift - weight * g2 * self.score_fn(x, t)
+        if self.probability_flow:
+            diffusion = torch.zeros_like(diffusion)
+        return drift, diffusion
+
+
+def _check_range(name: str, value: float, low: float, high: float, what: str) -> float:
+    if not (isinstance(value, (int, float)) and low < value < high):
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+    return float(value)
+
+
+class VPSDE(SDE):
+    """Variance-preserving SDE ``dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw`` (DDPM's limit).
+
+    ``beta(t) = beta_min + t (beta_max - beta_min)``; ``m(t) = exp(-t^2 (beta_max - beta_min) / 4
+    - t beta_min / 2)`` and ``s(t) = sqrt(1 - m(t)^2)``.
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
+        super().__init__(T)
+        self.beta_min = _check_range("beta_min", beta_min, -1e-300, math.inf, "a number >= 0")
+        self.beta_max = _check_range(
+            "beta_max", beta_max, self.beta_min, math.inf, f"a number > beta_min = {beta_min}"
+        )
+
+    def config(self) -> dict:
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max, "T": self.T}
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        """``beta(t) = beta_min + t (beta_max - beta_min)``."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean_coeff(self, t: torch.Tensor) -> torch.Tensor:
+        """``log m(t) = -t^2 (beta_max - beta_min) / 4 - t beta_min / 2``."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def drift_coeff(self, t):
+        return -0.5 * self.beta(t)
+
+    def diffusion_coeff(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def marginal_coeffs(self, t):
+        log_m = self.log_mean_coeff(t)
+        return torch.exp(log_m), torch.sqrt(-torch.expm1(2 * log_m))
+
+    def t_from_log_snr(self, log_snr):
+        # m^2 = sigmoid(lambda); solve (b1 - b0) t^2 / 2 + b0 t + log m^2 = 0 for t >= 0.
+        lam = torch.as_tensor(log_snr)
+        log_m2 = -torch.nn.functional.softplus(-lam)
+        d = self.beta_max - self.beta_min
+        return 2 * -log_m2 / (self.beta_min + torch.sqrt(self.beta_min**2 - 2 * d * log_m2))
+
+
+class SubVPSDE(VPSDE):
+    """Sub-VP SDE: the VP drift with diffusion ``sqrt(beta(t) (1 - exp(-2 int_0^t beta)))``.
+
+    Same mean ``m(t)`` as VP; ``s(t) = 1 - m(t)^2``, below VP's at every ``t`` (Song et al. 2021).
+    """
+
+    name = "subvp"
+
+    def diffusion_coeff(self, t):
+        return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))
+
+    def marginal_coeffs(self, t):
+        log_m = self.log_mean_coeff(t)
+        return torch.exp(log_m), -torch.expm1(2 * log_m)
+
+    def t_from_log_snr(self, log_snr):
+        # m^2 / (1 - m^2)^2 = e^lambda: with a = m^2, a^2 - (2 + e^-lambda) a + 1 = 0, a < 1.
+        lam = torch.as_tensor(log_snr)
+        r = torch.exp(-lam)  # b = 2 + r and b^2 - 4 = r (4 + r), written without cancellation
+        m2 = 2 / (2 + r + torch.sqrt(r * (4 + r)))
+        return super().t_from_log_snr(torch.log(m2) - torch.log1p(-m2))
+
+
+subVPSDE = SubVPSDE
+
+
+class VESDE(SDE):
+    """Variance-exploding SDE ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw`` (NCSN's limit).
+
+    ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``; ``m(t) = 1`` and ``s(t)^2 = sigma(t)^2 -
+    sigma_min^2``, the exact variance the SDE adds from ``t = 0`` (Song et al. 2021, appendix C;
+    score_sde's code uses ``sigma(t)``, which differs by ``sigma_min^2`` in the variance).
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
+        super().__init__(T)
+        self.sigma_min = _check_range("sigma_min", sigma_min, 0.0, math.inf, "a number > 0")
+        self.sigma_max = _check_range(
+            "sigma_max", sigma_max, self.sigma_min, math.inf, f"a number > sigma_min = {sigma_min}"
+        )
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def config(self) -> dict:
+        return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,
+                "T": self.T}
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """``sigma(t) = sigma_min (sigma_max / sigma_min)^(t / T)``."""
+        return self.sigma_min * torch.exp(t / self.T * self._log_ratio)
+
+    def drift_coeff(self, t):
+        return torch.zeros_like(t)
+
+    def diffusion_coeff(self, t):
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio / self.T)
+
+    def marginal_coeffs(self, t):
+        s = self.sigma_min * torch.sqrt(torch.expm1(2 * t / self.T * self._log_ratio))
+        return torch.ones_like(t), s
+
+    def t_from_log_snr(self, log_snr):
+        lam = torch.as_tensor(log_snr)
+        var = torch.exp(-lam) / self.sigma_min**2
+        return torch.log1p(var) * self.T / (2 * self._log_ratio)
+
+
+class CosineVPSDE(SDE):
+    """VP SDE with the cosine schedule of Nichol & Dhariwal (2021).
+
+    ``m(t) = cos(phi(t)) / cos(phi(0))`` with ``phi(t) = (t / T * t_max + offset) / (1 + offset)
+    * pi / 2``; ``s(t) = sqrt(1 - m^2)``, ``f(t) = d log m / dt`` and ``g(t)^2 = -2 f(t)``.
+    ``t_max < 1`` keeps ``beta`` finite at ``T``, as DPM-Solver's cosine schedule does.
+    """
+
+    name = "cosine"
+
+    def __init__(self, offset: float = 0.008, t_max: float = 0.9946, T: float = 1.0):
+        super().__init__(T)
+        self.offset = _check_range("offset", offset, 0.0, math.inf, "a number > 0")
+        self.t_max = _check_range("t_max", t_max, 0.0, 1.0, "a number in (0, 1)")
+        self._phi0 = self.offset / (1 + self.offset) * math.pi / 2
+        self._dphi = self.t_max / self.T / (1 + self.offset) * math.pi / 2
+
+    def config(self) -> dict:
+        return {"name": self.name, "offset": self.offset, "t_max": self.t_max, "T": self.T}
+
+    def _phi(self, t):
+        return self._phi0 + t * self._dphi
+
+    def drift_coeff(self, t):
+        return -torch.tan(self._phi(t)) * self._dphi
+
+    def diffusion_coeff(self, t):
+        return torch.sqrt(-2 * self.drift_coeff(t))
+
+    def marginal_coeffs(self, t):
+        # cos(phi0 + a) / cos(phi0) = 1 - 2 sin^2(a / 2) - tan(phi0) sin(a), exact near t = 0.
+        a = t * self._dphi
+        log_m = torch.log1p(-2 * torch.sin(a / 2) ** 2 - math.tan(self._phi0) * torch.sin(a))
+        return torch.exp(log_m), torch.sqrt(-torch.expm1(2 * log_m))
+
+    def t_from_log_snr(self, log_snr):
+        lam = torch.as_tensor(log_snr)
+        m = torch.sigmoid(lam).sqrt()
+        return (torch.arccos(m * math.cos(self._phi0)) - self._phi0) / self._dphi
+
+
+SDES: dict[str, type[SDE]] = {
+    "vp": VPSDE,
+    "subvp": SubVPSDE,
+    "ve": VESDE,
+    "cosine": CosineVPSDE,
+}
+
+
+def get_sde(name: str, **params) -> SDE:
+    """Build an SDE by name (``vp``, ``subvp``, ``ve``, ``cosine``) with keyword parameters.
+
+    Raises:
+        ValueError: unknown name, or a parameter the SDE does not take.
+    """
+    key = str(name).lower().replace("-", "").replace("_", "")
+    if key not in SDES:
+        raise ValueError(f"unknown SDE {name!r}; choose one of {', '.join(SDES)}")
+    params.pop("name", None)
+    try:
+        return SDES[key](**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for SDE {name!r}: {err}") from err

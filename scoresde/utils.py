@@ -1,0 +1,66 @@
+"""Small helpers shared by every layer: broadcasting, reductions, seeding and devices."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["append_dims", "batch_sum", "seed_everything", "make_generator", "resolve_device"]
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton axes to a per-sample tensor so it broadcasts against data.
+
+    Args:
+        v: tensor of shape ``(B,)`` (or any shape with ``v.ndim <= ndim``).
+        ndim: rank of the data it will multiply, e.g. ``x.ndim``.
+
+    Returns:
+        ``v`` viewed with shape ``(B, 1, ..., 1)`` of rank ``ndim``.
+    """
+    missing = ndim - v.ndim
+    if missing < 0:
+        raise ValueError(f"append_dims: tensor has rank {v.ndim}, more than the target rank {ndim}")
+    return v[(...,) + (None,) * missing]
+
+
+def batch_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` of shape ``(B, *dims)`` over every axis but the first; returns shape ``(B,)``."""
+    return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and PyTorch's global random number generators."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``, or ``None`` when ``seed`` is None."""
+    if seed is None:
+        return None
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def resolve_device(device: torch.device | str | None = None) -> torch.device:
+    """Turn ``None``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a usable ``torch.device``.
+
+    Raises:
+        ValueError: the name is not a device, or CUDA was asked for on a machine without it.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available; use 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
+    return dev
