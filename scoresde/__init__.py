@@ -8,6 +8,10 @@ training of time-conditioned score networks (Song et al., ICLR 2021).
 from .sde import SDE, SDES, CosineVPSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde, subVPSDE
 from .targets import MIXTURES, GaussianMixture, get_mixture
 from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_everything
+from . import data
+from .losses import dsm_loss, sample_time, time_weight
+from .models import ScoreMLP, ScoreModel, UNet
+from .train import load_run, train
 
 __version__ = "0.1.0"
 
@@ -16,4 +20,6 @@ __all__ = [
     "SDE", "SDES", "ReverseSDE", "VPSDE", "SubVPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "get_sde",
     "GaussianMixture", "MIXTURES", "get_mixture",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
+    "data", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel", "train",
+    "load_run",
 ]
