@@ -150,7 +150,8 @@ def _checkerboard(n, generator=None):
 def _checkerboard_log_prob(x):
     squares = torch.floor(x[:, 0] / 2) + torch.floor(x[:, 1] / 2)
     inside = (x.abs() <= 4).all(1) & (squares % 2 == 0)
-    return torch.where(inside, -math.log(32.0), -math.inf).to(torch.float64)
+    out = torch.full(inside.shape, -math.inf, dtype=torch.float64, device=x.device)
+    return out.masked_fill(inside, -math.log(32.0))
 
 
 def _pinwheel(n, generator=None):
