@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from .checkpoint import (CHECKPOINT, append_metrics, load_checkpoint, read_config,
                          save_checkpoint, truncate_metrics, write_config)
@@ -88,6 +88,20 @@ def _lr_at(step: int, config: dict) -> float:
     if config["lr_decay"] == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
     return lr
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update for ``AveragedModel``: decay ``min(decay, (1 + n) / (10 + n))`` after ``n``
+    updates, so that short runs are not dominated by the initial weights (as in TF's EMA with
+    ``num_updates``)."""
+
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        beta = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, params, 1 - beta)
+
+    return update
 
 
 class _Progress:
@@ -243,7 +257,7 @@ def _run(kw, run_dir, rank, world, dev, callback):
     sde = get_sde(**config["sde"]) if not isinstance(kw["sde"], SDE) else kw["sde"]
     torch.manual_seed(config["seed"])
     model = ScoreModel(build_net(config["net"]), sde, config["sigma_data"]).to(dev)
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config["ema_decay"]),
+    ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(config["ema_decay"]),
                         use_buffers=True)
     opt_cls = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
     opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
