@@ -9,6 +9,10 @@ from .likelihood import bits_per_dim, decode, encode, log_likelihood
 from .sde import SDE, SDES, CosineVPSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde, subVPSDE
 from .targets import MIXTURES, GaussianMixture, get_mixture
 from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_everything
+from . import data
+from .losses import dsm_loss, sample_time, time_weight
+from .models import ScoreMLP, ScoreModel, UNet
+from .train import load_run, train
 
 __version__ = "0.1.0"
 
@@ -18,4 +22,6 @@ __all__ = [
     "GaussianMixture", "MIXTURES", "get_mixture",
     "log_likelihood", "bits_per_dim", "encode", "decode",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
+    "data", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel", "train",
+    "load_run",
 ]
