@@ -5,6 +5,8 @@ targets, samplers for the reverse-time SDE and the probability-flow ODE, exact l
 training of time-conditioned score networks (Song et al., ICLR 2021).
 """
 
+from .sampling import (GRIDS, SAMPLERS, default_eps, sample, time_edm, time_log_snr,
+                       time_uniform)
 from .sde import SDE, SDES, CosineVPSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde, subVPSDE
 from .targets import MIXTURES, GaussianMixture, get_mixture
 from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_everything
@@ -16,4 +18,5 @@ __all__ = [
     "SDE", "SDES", "ReverseSDE", "VPSDE", "SubVPSDE", "subVPSDE", "VESDE", "CosineVPSDE", "get_sde",
     "GaussianMixture", "MIXTURES", "get_mixture",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
+    "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
 ]
