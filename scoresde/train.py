@@ -60,7 +60,9 @@ def _resolve(kw: dict, dataset) -> dict:
         raise ValueError("optimizer must be 'adam' or 'adamw' and lr_decay 'cosine' or 'none'")
     if kw["conditional"] and not dataset.num_classes:
         raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
-    sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(kw["sde"], **(kw["sde_params"] or {}))
+    sde = kw["sde"]
+    if not isinstance(sde, SDE):
+        sde = get_sde(sde, **(kw["sde_params"] or {}))
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
     config.update(
