@@ -177,6 +177,12 @@ TOYS: dict[str, Sampler] = {
     "2spirals": lambda n, generator=None: _SPIRALS.sample(_check_n(n), generator),
 }
 
+# Toys with class labels (the sampler returns ``(x, labels)``): 8gaussians' components.
+_LABELLED: dict[str, tuple[Callable, int]] = {
+    "8gaussians": (lambda n, generator=None: EIGHT_GAUSSIANS.sample(_check_n(n), generator,
+                                                                    return_labels=True), 8),
+}
+
 _LOG_PROBS = {
     "8gaussians": EIGHT_GAUSSIANS.log_prob, "checkerboard": _checkerboard_log_prob,
     "swissroll": _SWISSROLL.log_prob, "moons": _MOONS.log_prob, "circles": _CIRCLES.log_prob,
@@ -229,7 +235,8 @@ class Dataset:
         event_shape: shape of one point, e.g. ``(2,)`` or ``(1, 8, 8)``.
         test: held-out points, shape ``(N_test, *event_shape)``.
         train: training points for finite sets, None for toys (drawn by ``sampler``).
-        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys.
+        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys, or
+            ``-> (x, labels)`` for labelled ones (mixtures, whose components are the classes).
         train_labels, test_labels: integer labels ``(N,)`` or None.
         num_classes: number of label values (0 without labels).
         is_image: True for ``(C, H, W)`` image sets.
@@ -260,7 +267,8 @@ class Dataset:
     def sample(self, n: int, generator: torch.Generator | None = None):
         """A training batch ``(x, y)``: ``x`` of shape ``(n, *event_shape)``, ``y`` ``(n,)`` or None."""
         if self.sampler is not None:
-            return self.sampler(n, generator), None
+            out = self.sampler(n, generator)
+            return out if isinstance(out, tuple) else (out, None)
         idx = torch.randint(0, self.train.shape[0], (_check_n(n),), generator=generator,
                             device=_dev(generator)).cpu()
         y = None if self.train_labels is None else self.train_labels[idx]
@@ -268,8 +276,8 @@ class Dataset:
 
     def std(self) -> float:
         """Standard deviation of all entries of the training data (test points for toys)."""
-        x = self.train if self.train is not None else self.sampler(
-            20_000, torch.Generator().manual_seed(TEST_SEED - 2))
+        x = self.train if self.train is not None else self.sample(
+            20_000, torch.Generator().manual_seed(TEST_SEED - 2))[0]
         return float(x.to(torch.float64).std())
 
 
@@ -331,7 +339,8 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
     Args:
         data: one of :data:`TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as ``(1, 8, 8)`` images
             in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with labels 0..9), a path, a
-            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one.
+            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one
+            (labelled: its components are the classes).
         test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
         test_fraction: share of a finite set held out (a fixed-seed permutation).
 
@@ -351,15 +360,18 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
         def entropy():  # Monte Carlo with the exact density, standard error ~0.003 nats
             x = mix.sample(100_000, torch.Generator().manual_seed(TEST_SEED - 1))
             return -float(mix.log_prob(x).to(torch.float64).mean())
-        return Dataset("mixture", mix.event_shape, mix.sample(test_size, test_gen),
-                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator),
-                       entropy_fn=entropy, log_prob=mix.log_prob)
+        test, test_labels = mix.sample(test_size, test_gen, return_labels=True)
+        return Dataset("mixture", mix.event_shape, test, test_labels=test_labels,
+                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator,
+                                                                    return_labels=True),
+                       num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError(f"data must be a name, a path or a GaussianMixture, got {type(data).__name__}")
     name = os.fspath(data)
     if name in TOYS:
-        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=TOYS[name],
-                       entropy_fn=functools.partial(toy_entropy, name),
+        sampler, num_classes = _LABELLED.get(name, (TOYS[name], 0))
+        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=sampler,
+                       num_classes=num_classes, entropy_fn=functools.partial(toy_entropy, name),
                        log_prob=toy_log_prob(name))
     if name == "digits":
         from sklearn.datasets import load_digits
