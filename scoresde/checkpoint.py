@@ -33,7 +33,7 @@ def _replace_atomically(path: str, write) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
-    """Write ``state`` (tensors, state dicts, numbers, strings) to ``path``: tmp file, then rename."""
+    """Write ``state`` (tensors, state dicts, numbers, strings) to ``path``: tmp, then rename."""
     _replace_atomically(os.fspath(path), lambda f: torch.save(state, f))
 
 
@@ -87,7 +87,7 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
 
 
 def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
-    """Drop the records after ``step`` (written by a run that stopped before its next checkpoint)."""
+    """Drop the records after ``step`` (from a run that stopped before its next checkpoint)."""
     path = os.path.join(run_dir, METRICS)
     if not os.path.isfile(path):
         return

@@ -29,7 +29,7 @@ TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training nev
 
 
 def _seed_from(generator: torch.Generator | None) -> int:
-    """A NumPy/scikit-learn seed drawn from a torch generator, so one generator drives everything."""
+    """A NumPy/scikit-learn seed drawn from a torch generator: one generator drives everything."""
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_dev(generator)))
 
 
@@ -105,7 +105,8 @@ _SWISSROLL = _Curves(
                      / 5)),), (1.0,), 1.0 / 5)
 # rings: four concentric circles of radii 1, 2, 3, 4 (times 0.9) with equal mass.
 _RINGS = _Curves(tuple(
-    _arc(lambda u, r=r: (0.9 * r * torch.cos(2 * math.pi * u), 0.9 * r * torch.sin(2 * math.pi * u)))
+    _arc(lambda u, r=r: (0.9 * r * torch.cos(2 * math.pi * u),
+                         0.9 * r * torch.sin(2 * math.pi * u)))
     for r in (1, 2, 3, 4)), (0.25,) * 4, 0.08)
 # 2spirals: two arms of 540 degrees, arm length ~ sqrt(u), Gaussian noise, divided by 3.
 _SPIRAL_N = lambda u: torch.sqrt(u) * 3 * math.pi  # noqa: E731
@@ -265,7 +266,7 @@ class Dataset:
         return self.entropy_fn()
 
     def sample(self, n: int, generator: torch.Generator | None = None):
-        """A training batch ``(x, y)``: ``x`` of shape ``(n, *event_shape)``, ``y`` ``(n,)`` or None."""
+        """A training batch ``(x, y)``: ``x`` ``(n, *event_shape)``, ``y`` ``(n,)`` or None."""
         if self.sampler is not None:
             out = self.sampler(n, generator)
             return out if isinstance(out, tuple) else (out, None)
@@ -366,7 +367,8 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
                                                                     return_labels=True),
                        num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
     if not isinstance(data, (str, os.PathLike)):
-        raise TypeError(f"data must be a name, a path or a GaussianMixture, got {type(data).__name__}")
+        raise TypeError("data must be a name, a path or a GaussianMixture, got "
+                        f"{type(data).__name__}")
     name = os.fspath(data)
     if name in TOYS:
         sampler, num_classes = _LABELLED.get(name, (TOYS[name], 0))

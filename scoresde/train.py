@@ -77,7 +77,9 @@ def _resolve(kw: dict, dataset) -> dict:
         raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
     if not (isinstance(kw["label_dropout"], (int, float)) and 0 <= kw["label_dropout"] < 1):
         raise ValueError(f"label_dropout must be a number in [0, 1), got {kw['label_dropout']!r}")
-    sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(kw["sde"], **(kw["sde_params"] or {}))
+    sde = kw["sde"]
+    if not isinstance(sde, SDE):
+        sde = get_sde(sde, **(kw["sde_params"] or {}))
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
     config.update(

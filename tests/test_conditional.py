@@ -14,12 +14,6 @@ from scoresde import (GaussianMixture, NULL_LABEL, ScoreMLP, ScoreModel, VPSDE,
                       impute, IMPUTATION_SOLVERS, sample)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small tensors: one thread avoids oversubscribing the shared 2-core machine.
-    torch.set_num_threads(1)
-
-
 def data_posterior_argmax(mix: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     """argmax_k of the exact posterior p(k | x_0 = x) of the data, shape (B,)."""
     log_w = mix.weights.log()

@@ -14,14 +14,8 @@ TINY = dict(data=MIX, steps=400, batch_size=256, net_params=dict(hidden=64, dept
 N = 2000  # a fraction's standard error is <= 0.5 / sqrt(2000) = 0.011
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("cond")
     train(root / "score", conditional=True, **TINY)  # label_dropout 0.1 by default
     train_classifier(root / "clf", **TINY)

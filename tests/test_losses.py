@@ -7,7 +7,7 @@ import torch
 
 from scoresde import GaussianMixture, dsm_loss, sample_time, time_weight
 
-N = 40_000  # samples per Monte Carlo check; thresholds are 5 standard errors of these means
+N = 20_000  # samples per Monte Carlo check; thresholds are 5 standard errors of these means
 
 
 def _gaussian(dim=3):

@@ -15,16 +15,6 @@ from scoresde.sampling.metrics import energy_distance
 N = 1000  # points per sample: the statistic's noise floor below is set at this size
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread. Two threads on the shared, loaded 2-core machine ran these
-    loops 10 to 20 times slower (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class OrnsteinUhlenbeck(scoresde.SDE):
     """A user's own SDE with closed forms: dx = -theta x dt + sqrt(2 theta) dw."""
 
@@ -51,7 +41,6 @@ def ring():
     draws at these sizes its largest value sat at mean + 4 sd, so a correct sampler fails about
     1% of the time at most, while the biases we check for (too few steps) land far above.
     """
-    torch.set_num_threads(1)  # module fixtures run before the per-test one below
     mix = GaussianMixture.ring()
     gen = torch.Generator().manual_seed(2024)
     ref = mix.sample(N, generator=gen)

@@ -14,16 +14,6 @@ from scoresde.sampling import (sample_dpmpp_2m, sample_em, sample_euler, sample_
                                time_log_snr, time_uniform)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors: one thread. Two threads on the shared, loaded 2-core machine ran these
-    loops 10 to 20 times slower (threads spin waiting for each other)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _slope(steps, errors):
     return float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
 
@@ -67,7 +57,6 @@ def test_euler_maruyama_weak_order_one(sde_name):
 @pytest.fixture(scope="module", params=["subvp", "ve"])
 def ode_problem(request):
     """A random 2D mixture, 100 prior draws, and a tight DOP853 solve as the reference."""
-    torch.set_num_threads(1)  # module fixtures run before the per-test one below
     sde = get_sde(request.param)
     eps = 1e-3 if request.param == "subvp" else 1e-5
     mix = GaussianMixture.random(2, k=3, seed=0)

@@ -83,7 +83,8 @@ class ScoreMLP(nn.Module):
         dim = math.prod(self.event_shape)
         if dim < 1 or hidden < 1 or depth < 0 or num_classes < 0:
             raise ValueError("ScoreMLP needs a non-empty event_shape, hidden >= 1, depth >= 0 and "
-                             f"num_classes >= 0; got {event_shape}, {hidden}, {depth}, {num_classes}")
+                             f"num_classes >= 0; got {event_shape}, {hidden}, {depth}, "
+                             f"{num_classes}")
         self.num_classes = int(num_classes)
         self._config = dict(event_shape=list(self.event_shape), hidden=hidden, depth=depth,
                             time_dim=time_dim, time_features=time_features,

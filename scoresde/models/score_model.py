@@ -21,9 +21,9 @@ class ScoreModel(nn.Module):
     reach networks built with ``num_classes > 0``; ``y=None`` is the unconditional score.
 
     With ``x_t = m x_0 + s z`` and data of standard deviation ``sigma_data`` (write
-    ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise input,
-    and predicts the noise ``z`` with a skip connection (Karras et al. 2022, section 5, written for
-    the noise instead of the denoised data)::
+    ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise
+    input, and predicts the noise ``z`` with a skip connection (Karras et al. 2022, section 5,
+    written for the noise instead of the denoised data)::
 
         c_in = 1 / sqrt(a^2 + s^2)      c_skip = s c_in      c_out = a c_in
         c_noise = log(s / m) / 4

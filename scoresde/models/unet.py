@@ -74,8 +74,8 @@ class UNet(nn.Module):
         ch_mult = tuple(int(m) for m in ch_mult)
         factor = 2 ** (len(ch_mult) - 1)
         if len(event_shape) != 3 or event_shape[1] % factor or event_shape[2] % factor:
-            raise ValueError(f"UNet needs event_shape (C, H, W) with H and W divisible by {factor}, "
-                             f"got {event_shape}")
+            raise ValueError("UNet needs event_shape (C, H, W) with H and W divisible by "
+                             f"{factor}, got {event_shape}")
         self._config = dict(event_shape=list(event_shape), ch=ch, ch_mult=list(ch_mult),
                             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                             time_dim=time_dim, num_classes=num_classes)
