@@ -22,7 +22,8 @@ import torch
 
 from .targets import GaussianMixture
 
-__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array"]
+__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array",
+           "load_mask"]
 
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training never uses it
@@ -321,6 +322,52 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
         raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)")
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
+
+
+def load_mask(path: str | os.PathLike,
+              event_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an imputation mask and the known values from a ``.npz`` (or a ``.npy`` mask).
+
+    An ``.npz`` holds ``mask`` (booleans or 0/1, True where known) and ``values`` (model-space
+    values; entries outside the mask are ignored), each of shape ``event_shape`` or
+    ``(N, *event_shape)``; a ``.npy`` holds the mask alone (the known values are then 0).
+
+    Returns:
+        ``(mask, values)``: a bool tensor and a float32 tensor, each of shape ``event_shape``
+        or ``(N, *event_shape)``.
+
+    Raises:
+        ValueError: unreadable file, missing keys, non-0/1 mask, non-finite values, or shapes
+            other than the data's.
+    """
+    path, event_shape = os.fspath(path), tuple(int(n) for n in event_shape)
+    if not os.path.isfile(path):
+        raise ValueError(f"mask file {path!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "mask" not in loaded.files:
+                raise ValueError(f"{path}: put the mask under key 'mask' (found {loaded.files})")
+            mask = loaded["mask"]
+            values = loaded["values"] if "values" in loaded.files else np.zeros(mask.shape)
+    else:
+        mask = loaded
+        values = np.zeros(mask.shape)
+    shapes = (event_shape, f"(N, {', '.join(map(str, event_shape))})")
+    for name, arr in (("mask", mask), ("values", values)):
+        if arr.shape != event_shape and arr.shape[1:] != event_shape:
+            raise ValueError(f"{path}: {name} must have the data's shape {shapes[0]} or "
+                             f"{shapes[1]}, got {arr.shape}")
+    if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool) or not np.isin(
+            mask, (0, 1)).all():
+        raise ValueError(f"{path}: mask must hold booleans or 0/1 values (1 = known)")
+    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise ValueError(f"{path}: values must be finite numbers")
+    return (torch.from_numpy(mask.astype(bool)),
+            torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
 
 
 def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:

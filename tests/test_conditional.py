@@ -6,6 +6,7 @@ and conditionals on known coordinates are exact (``scoresde.targets``).
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,3 +161,23 @@ def test_bad_masks_and_solvers_give_clear_errors(mask, match):
     for solver in ("ode", "torchsde"):
         with pytest.raises(ValueError, match="per-step hook"):
             impute(mix.score_fn(sde), sde, values, torch.tensor([True, False]), solver=solver)
+
+
+def test_mask_files_are_read_and_checked(tmp_path):
+    from scoresde.data import load_mask
+    mask = np.zeros((1, 8, 8), dtype=bool)
+    mask[:, :4] = True
+    values = np.random.default_rng(0).uniform(-1, 1, (1, 8, 8))
+    np.savez(tmp_path / "m.npz", mask=mask, values=values)
+    got_mask, got_values = load_mask(tmp_path / "m.npz", (1, 8, 8))
+    assert torch.equal(got_mask, torch.from_numpy(mask))
+    assert torch.allclose(got_values.double(), torch.from_numpy(values), atol=1e-7)
+    np.save(tmp_path / "m.npy", mask.astype(np.uint8))
+    assert torch.equal(load_mask(tmp_path / "m.npy", (1, 8, 8))[0], torch.from_numpy(mask))
+    np.savez(tmp_path / "wrong.npz", mask=np.ones((8, 8)), values=values)
+    np.savez(tmp_path / "half.npz", mask=np.full((1, 8, 8), 0.5))
+    np.savez(tmp_path / "nokey.npz", x=mask)
+    for name, match in (("wrong.npz", "shape"), ("half.npz", "0/1"), ("nokey.npz", "'mask'"),
+                        ("absent.npz", "does not exist")):
+        with pytest.raises(ValueError, match=match):
+            load_mask(tmp_path / name, (1, 8, 8))
