@@ -169,6 +169,9 @@ def _check_resume(run_dir: str, config: dict, resume: bool, rank: int) -> bool:
                               "to continue it or choose another folder")
     if has_ckpt:
         old = read_config(run_dir)
+        # Runs from before conditional training learnt scores and never dropped labels.
+        old.setdefault("objective", "score")
+        old.setdefault("label_dropout", 0.0 if old.get("conditional") else config["label_dropout"])
         diff = sorted(k for k in set(old) | set(config) if k not in _MAY_CHANGE
                       and old.get(k) != config.get(k))
         if diff:
