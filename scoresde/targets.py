@@ -119,6 +119,80 @@ class GaussianMixture:
         return ((flat + s[:, None] ** 2 * score.reshape(flat.shape)) / m[:, None]).to(
             x.dtype).reshape(x.shape)
 
+    # ----- classes and conditioning -----------------------------------------------------
+    def class_log_prob(self, x: torch.Tensor, t, sde: SDE) -> torch.Tensor:
+        """Exact ``log p(y = k | x_t = x)`` with the components as classes; shape ``(B, K)``."""
+        m, s = self._coeffs(x, t, sde)
+        logc, _, _ = self._components(x, m, s)
+        return torch.log_softmax(logc, dim=1).to(x.dtype)
+
+    def conditional_score_fn(self, sde: SDE) -> Callable[..., torch.Tensor]:
+        """Exact class-conditional score ``grad_x log p_t(x | y)``, components as classes.
+
+        The returned function is called as ``score(x, t, y)`` with integer labels ``y`` of shape
+        ``(B,)`` in ``[0, K)``; ``y = None`` gives the unconditional score.
+        """
+
+        def score(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+            m, s = self._coeffs(x, t, sde)
+            if y is None:
+                return self._score(x, m, s)
+            y = self._check_labels(y, x.shape[0]).to(x.device)
+            _, white, evecs = self._components(x, m, s)
+            grad = -torch.einsum("bij,bj->bi", evecs[y], white[torch.arange(len(y)), y])
+            return grad.to(x.dtype).reshape(x.shape)
+
+        return score
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component ``k`` alone, as a one-component mixture (the class-``k`` distribution)."""
+        k = int(self._check_labels(torch.tensor([k]), 1)[0])
+        return GaussianMixture(self.means[k:k + 1], self.covs[k:k + 1],
+                               event_shape=self.event_shape)
+
+    def condition(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
+        """The exact distribution of the unknown coordinates given the known ones.
+
+        Args:
+            known: boolean mask of shape ``(D,)`` (or ``event_shape``), True where a coordinate is
+                observed; at least one coordinate must stay unknown.
+            values: the observed values, shape ``(D,)`` (only entries under the mask are read).
+
+        Returns:
+            A mixture over the ``U`` unknown coordinates (in their order), with the Gaussian
+            conditionals of the components and weights proportional to ``w_k N(x_known; ...)``.
+        """
+        known = torch.as_tensor(known, dtype=torch.bool).reshape(-1)
+        values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+        if known.shape != (self.dim,) or values.shape != (self.dim,):
+            raise ValueError(f"known and values must have {self.dim} entries, got "
+                             f"{known.numel()} and {values.numel()}")
+        if known.all() or not known.any():
+            raise ValueError("known must mark at least one coordinate known and one unknown")
+        k_idx, u_idx = known.nonzero().flatten(), (~known).nonzero().flatten()
+        s_kk = self.covs[:, k_idx][:, :, k_idx]
+        s_uk = self.covs[:, u_idx][:, :, k_idx]
+        s_uu = self.covs[:, u_idx][:, :, u_idx]
+        resid = values[k_idx][None] - self.means[:, k_idx]  # (K, Dk)
+        gain = torch.linalg.solve(s_kk, s_uk.transpose(1, 2)).transpose(1, 2)  # S_uk S_kk^-1
+        means = self.means[:, u_idx] + torch.einsum("kij,kj->ki", gain, resid)
+        covs = s_uu - gain @ s_uk.transpose(1, 2)
+        covs = (covs + covs.transpose(1, 2)) / 2
+        log_w = self.weights.log() + torch.distributions.MultivariateNormal(
+            self.means[:, k_idx], s_kk).log_prob(values[k_idx][None])
+        return GaussianMixture(means, covs, torch.softmax(log_w, dim=0))
+
+    def _check_labels(self, y, batch: int) -> torch.Tensor:
+        y = torch.as_tensor(y)
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        if y.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
+        if ((y < 0) | (y >= self.num_components)).any():
+            raise ValueError(f"labels must lie in [0, {self.num_components}), got values in "
+                             f"[{int(y.min())}, {int(y.max())}]")
+        return y.long()
+
     # ----- internals -------------------------------------------------------------------------
     def _coeffs(self, x, t, sde):
         t = sde.check_time(t, x).to(torch.float64)

@@ -120,3 +120,45 @@ def test_bad_inputs():
         get_mixture("spiral")
     with pytest.raises(ValueError, match="n must be a positive integer"):
         mixture.sample(0)
+
+
+def test_class_posterior_and_conditional_scores(sde):
+    mixture = GaussianMixture.narrow()
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 2, generator=gen, dtype=torch.float64) * 2
+    t = torch.full((16,), 0.3, dtype=torch.float64)
+    # Bayes: log p(y | x) = log w_y + log p_t(x | y) - log p_t(x), component by component.
+    log_post = mixture.class_log_prob(x, t, sde)
+    for k in range(3):
+        comp = mixture.component(k)
+        expected = (mixture.weights[k].log() + comp.marginal_log_prob(x, t, sde)
+                    - mixture.marginal_log_prob(x, t, sde))
+        torch.testing.assert_close(log_post[:, k], expected)
+        y = torch.full((16,), k)
+        torch.testing.assert_close(mixture.conditional_score_fn(sde)(x, t, y),
+                                   comp.score_fn(sde)(x, t))
+    # Classifier guidance with the exact classifier recovers the conditional score.
+    y = torch.randint(0, 3, (16,), generator=gen)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(mixture.class_log_prob(xg, t, sde)[torch.arange(16), y].sum(), xg)
+    torch.testing.assert_close(mixture.score_fn(sde)(x, t) + grad,
+                               mixture.conditional_score_fn(sde)(x, t, y))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        mixture.conditional_score_fn(sde)(x, t, torch.full((16,), 3))
+    with pytest.raises(ValueError, match=r"labels must have shape \(16,\)"):
+        mixture.conditional_score_fn(sde)(x, t, torch.zeros(4, dtype=torch.long))
+
+
+def test_condition_matches_bayes_on_a_grid():
+    """p(x_u | x_k) from `condition` equals p(x_u, x_k) / p(x_k), the joint read on a grid."""
+    mixture = GaussianMixture.narrow()
+    known = torch.tensor([True, False])
+    values = torch.tensor([1.8, 0.0], dtype=torch.float64)
+    cond = mixture.condition(known, values)
+    grid = torch.linspace(-6, 6, 4001, dtype=torch.float64)
+    joint = mixture.log_prob(torch.stack([torch.full_like(grid, 1.8), grid], dim=1))
+    log_marginal = torch.logsumexp(joint, 0) + torch.log(grid[1] - grid[0])  # log p(x_k), quadrature
+    torch.testing.assert_close(cond.log_prob(grid[:, None]), joint - log_marginal, atol=1e-6,
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="at least one coordinate"):
+        mixture.condition(torch.tensor([True, True]), values)
