@@ -445,7 +445,7 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
     dev = resolve_device(device)
     if out is not None:
         _check_out(out)
-    steps, n = (min(steps, 200), min(n, 300)) if quick else (steps, n)
+    steps, n = (min(steps, 100), min(n, 300)) if quick else (steps, n)
     path = _new_run_dir("demo", sde, toy)
     click.echo(f"training {sde} on {toy} for {steps} steps into {path}", err=True)
     try:
@@ -473,8 +473,9 @@ def _demo_samples(model, sde, n, quick, seed, dev):
     from .sampling import sample as draw
     from .utils import make_generator
 
-    plan = {"em": dict(steps=100 if quick else 500), "pc": dict(steps=50 if quick else 250),
-            "ode": dict(steps=1, rtol=1e-3 if quick else 1e-5, atol=1e-3 if quick else 1e-5),
+    tol = 1e-2 if quick else 1e-5
+    plan = {"em": dict(steps=20 if quick else 500), "pc": dict(steps=10 if quick else 250),
+            "ode": dict(steps=1, rtol=tol, atol=tol),
             "dpmpp_2m": dict(steps=10)}
     panels = {}
     for solver, kw in plan.items():
@@ -483,7 +484,7 @@ def _demo_samples(model, sde, n, quick, seed, dev):
                        **kw)
         panels[solver] = (x.cpu(), info["nfe"], time.perf_counter() - start)
     path = []  # probability-flow paths: Euler on the EDM grid, 8 starting points
-    draw(model, sde, (8, 2), solver="euler", steps=60, generator=make_generator(seed + 1, dev),
+    draw(model, sde, (8, 2), solver="euler", steps=10 if quick else 60, generator=make_generator(seed + 1, dev),
          callback=lambda d: path.append(d["x"].cpu()))
     return panels, torch.stack(path)
 
@@ -498,16 +499,16 @@ def _demo_figure(plotting, model, sde, config, panels, n, quick, seed, dev):
     dataset = get_dataset(config["data"])
     data = dataset.test[:n]
     start = time.perf_counter()
-    logp, info = log_likelihood(model, sde, data.to(dev), rtol=1e-4 if quick else 1e-5,
-                                atol=1e-4 if quick else 1e-5)
+    tol = 1e-2 if quick else 1e-5
+    logp, info = log_likelihood(model, sde, data.to(dev), rtol=tol, atol=tol)
     seconds = time.perf_counter() - start
     mean, sem = float(logp.mean()), float(logp.std() / math.sqrt(len(logp)))
     entropy = dataset.entropy
     lim = float(data.abs().max()) * 1.15
-    res = 40 if quick else 100
+    res = 16 if quick else 100
     grid, xs, ys = plotting.grid_points(lim, res)
     grid_t = torch.as_tensor(grid, dtype=torch.float32, device=dev)
-    heat, _ = log_likelihood(model, sde, grid_t, rtol=1e-3, atol=1e-3)
+    heat, _ = log_likelihood(model, sde, grid_t, rtol=10 * tol, atol=10 * tol)
     field, _, _ = plotting.grid_points(lim * 0.95, 17)
     field_t = torch.as_tensor(field, dtype=torch.float32, device=dev)
     t_field = 0.05
