@@ -25,6 +25,14 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(_deterministic_threads):
+    """Tiny MLPs on a shared 2-core machine: one thread avoids oversubscription stalls."""
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(2)
+
+
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
@@ -182,7 +190,7 @@ def test_no_run_yet_is_a_usage_error(tmp_path, monkeypatch):
 
 
 def test_real_subprocess_sample_and_bad_input(in_workdir):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--solver", "ode",
                            "--rtol", "1e-3", "--atol", "1e-3", "--n", "20", "--json"],
                           capture_output=True, text=True, timeout=120, env=env)
