@@ -284,7 +284,7 @@ def demo_figure(
                           lim=lim, background=data)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
-    fig.tight_layout(h_pad=1.2)
+    fig.tight_layout(h_pad=2.0)
     return fig
 
 
