@@ -83,7 +83,8 @@ def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
     assert record["nfe"] == 2 * 1000 + 1 and record["n"] == 8
     samples = np.load(record["out"])["samples"]
     assert samples.shape == (8, 2) and np.isfinite(samples).all()
-    assert Path(record["out"]).resolve().parent == run.resolve() and Path(record["figure"]).is_file()
+    assert Path(record["out"]).resolve().parent == run.resolve()
+    assert Path(record["figure"]).is_file()
     text = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20)
     assert text.exit_code == 0 and "NFE 6" in text.stdout
     assert f"using run {Path('runs') / run.name} (most recent" in text.stderr
@@ -185,8 +186,9 @@ def test_no_run_yet_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = _invoke("sample")
     assert result.exit_code == 2
-    assert result.stderr.strip() == ("Error: no run found under ./runs; train one with "
-                                     "'scoresde train' or pass --run DIR (see 'main sample --help')")
+    assert result.stderr.strip() == (
+        "Error: no run found under ./runs; train one with 'scoresde train' or pass --run DIR "
+        "(see 'main sample --help')")
 
 
 def test_real_subprocess_sample_and_bad_input(in_workdir):
