@@ -11,14 +11,6 @@ EPS = 1e-5
 FLOW_SDES = ["vp", "subvp", "ve"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    # These tensors are tiny: on a loaded 2-core machine two intra-op threads only contend, and
-    # a solve took 6.0 s with two threads against 0.28 s with one (measured).
-    torch.set_num_threads(1)
-    yield
-
-
 def exact_prior(mixture, sde):
     """The mixture's exact density at T, in place of the SDE's Gaussian prior."""
     return lambda z: mixture.marginal_log_prob(z, sde.T, sde)

@@ -1,1 +1,22 @@
-"""Samplers for the reverse-time SDE and the probability-flow ODE."""
+"""Samplers for the reverse-time SDE and the probability-flow ODE.
+
+Each solver is a plain function ``sampler(score_fn, sde, x, ts, *, generator=None,
+callback=None, **knobs) -> (x, info)`` taking the prior draw ``x`` at ``ts[0]`` and a
+decreasing time grid ``ts``; :data:`SAMPLERS` maps names to them and :func:`sample` draws the
+prior, builds the grid (:data:`GRIDS`), runs one and denoises.
+"""
+
+from .api import DEFAULT_GRIDS, SAMPLERS, sample
+from .common import CountedScore
+from .fast import sample_dpmpp_2m, sample_euler, sample_heun
+from .grids import GRIDS, default_eps, sigma_of_t, time_edm, time_log_snr, time_uniform
+from .ode import sample_ode
+from .sde_solvers import CORRECTORS, PREDICTORS, sample_em, sample_pc
+from .torchsde_adapter import TORCHSDE_METHODS, sample_torchsde
+
+__all__ = [
+    "sample", "SAMPLERS", "DEFAULT_GRIDS", "GRIDS", "PREDICTORS", "CORRECTORS",
+    "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
+    "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
+    "sample_dpmpp_2m", "CountedScore",
+]

@@ -1,0 +1,146 @@
+"""Quality against NFE, wall time and loop overhead of every sampler, with exact mixture scores.
+
+For each SDE (vp, subvp, ve) and target (the ring, and ``narrow`` with a std-0.01 component),
+every solver runs at several step counts; each setting draws R independent samples of N points
+and reports the energy distance to a fresh true draw of N points: its mean and sd over the R
+draws, against the same statistic between two true draws (the noise level). A setting
+"reaches the target" when its mean is below the true-vs-true mean + 3 sd / sqrt(R).
+
+Overhead: the sampler's wall time over the time of the same number of score calls alone (on a
+batch of the same shape), minus 1.
+
+    PYTHONPATH=$PWD python benchmarks/samplers.py            # full, about 10 minutes
+    PYTHONPATH=$PWD python benchmarks/samplers.py --quick    # a smoke run, about a minute
+    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~2 minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import time
+
+import torch
+
+from scoresde import GaussianMixture, get_sde
+from scoresde.sampling import sample
+from scoresde.sampling.metrics import energy_distance
+
+
+def settings(quick: bool):
+    """(label, solver, steps, knobs) to run; NFE is counted, not taken from here."""
+    few = [(f"{s}/{g}", s, n, {"grid": g}) for s in ("dpmpp_2m", "heun", "euler")
+           for g in ("edm", "log_snr") for n in ((4, 9) if quick else (4, 6, 9, 14, 24, 49))
+           if not (s == "heun" and n > 24)]
+    few = [(lab, s, n // 2 if s == "heun" else n, k) for lab, s, n, k in few]
+    slow = [("em", "em", n, {}) for n in ((100,) if quick else (100, 300))]
+    slow += [("pc", "pc", n, {}) for n in ((50,) if quick else (100, 300))]
+    slow += [("pc ancestral", "pc", n, {"predictor": "ancestral", "corrector": "none"})
+             for n in ((50,) if quick else (100, 300))]
+    slow += [("ode RK45", "ode", 1, {"rtol": r, "atol": r}) for r in ((1e-3,) if quick
+                                                                       else (1e-3, 1e-5))]
+    slow += [(f"torchsde {m}", "torchsde", n, {"method": m})
+             for m, ns in (("euler", (100, 300)), ("srk", (30,)), ("reversible_heun", (300,)))
+             for n in (ns[:1] if quick else ns)]
+    return few + slow
+
+
+def score_alone_time(score_fn, shape, sde, calls):
+    """Seconds for ``calls`` score calls on a batch of ``shape`` at mid times."""
+    x, t = torch.randn(shape), torch.full((shape[0],), 0.5 * sde.T)
+    score_fn(x, t)
+    start = time.perf_counter()
+    for _ in range(calls):
+        score_fn(x, t)
+    return time.perf_counter() - start
+
+
+def run(quick: bool) -> list[dict]:
+    n, reps = (1000, 2) if quick else (2000, 5)
+    rows = []
+    for target in ("ring", "narrow"):
+        mix = GaussianMixture.ring() if target == "ring" else GaussianMixture.narrow()
+        gen = torch.Generator().manual_seed(1)
+        null = [energy_distance(mix.sample(n, generator=gen), mix.sample(n, generator=gen))
+                for _ in range(20)]
+        level = statistics.mean(null) + 3 * statistics.stdev(null) / reps**0.5
+        for sde_name in ("vp", "subvp", "ve"):
+            sde = get_sde(sde_name)
+            score_fn = mix.score_fn(sde)
+            for label, solver, steps, knobs in settings(quick):
+                stats, secs = [], []
+                for r in range(reps):
+                    g = torch.Generator().manual_seed(100 + r)
+                    start = time.perf_counter()
+                    x, info = sample(score_fn, sde, (n, 2), solver=solver, steps=steps,
+                                     generator=g, **knobs)
+                    secs.append(time.perf_counter() - start)
+                    stats.append(energy_distance(x, mix.sample(n, generator=gen)))
+                alone = score_alone_time(score_fn, (n, 2), sde, info["nfe"])
+                wall = statistics.median(secs)
+                rows.append(dict(target=target, sde=sde_name, label=label, steps=steps,
+                                 nfe=info["nfe"], mean=statistics.mean(stats),
+                                 sd=statistics.stdev(stats), level=level, wall=wall,
+                                 overhead=wall / alone - 1, ok=statistics.mean(stats) < level))
+                print(_fmt(rows[-1]), flush=True)
+    return rows
+
+
+def overhead(repeats: int = 5) -> None:
+    """Loop overhead of long-run samplers: min of ``repeats`` timings over the score calls alone."""
+    mix, sde = GaussianMixture.ring(), get_sde("vp")
+    score_fn, shape, steps = mix.score_fn(sde), (2000, 2), 500
+    print(f"\nLoop overhead ({shape[0]} points, {steps} steps, vp, min of {repeats} runs):")
+    print("| solver | NFE | sampler s | score calls alone s | overhead |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, solver, knobs in (("em", "em", {}), ("pc", "pc", {}),
+                                 ("pc ancestral", "pc", {"predictor": "ancestral",
+                                                         "corrector": "none"}),
+                                 ("torchsde euler", "torchsde", {"method": "euler"}),
+                                 ("dpmpp_2m", "dpmpp_2m", {})):
+        wall, nfe = [], 0
+        for r in range(repeats):
+            start = time.perf_counter()
+            _, info = sample(score_fn, sde, shape, solver=solver, steps=steps,
+                             generator=torch.Generator().manual_seed(r), **knobs)
+            wall.append(time.perf_counter() - start)
+            nfe = info["nfe"]
+        alone = min(score_alone_time(score_fn, shape, sde, nfe) for _ in range(repeats))
+        print(f"| {label} | {nfe} | {min(wall):.2f} | {alone:.2f} | "
+              f"{100 * (min(wall) / alone - 1):+.1f}% |", flush=True)
+
+
+def _fmt(r: dict) -> str:
+    return (f"| {r['target']} | {r['sde']} | {r['label']} | {r['steps']} | {r['nfe']} | "
+            f"{r['mean']:.1e} ± {r['sd']:.1e} | {r['level']:.1e} | {'yes' if r['ok'] else 'no'} | "
+            f"{r['wall']:.2f} | {100 * r['overhead']:+.0f}% |")
+
+
+def summary(rows: list[dict]) -> None:
+    print("\nFewest NFE reaching the target, per target and SDE:")
+    for target in ("ring", "narrow"):
+        for sde_name in ("vp", "subvp", "ve"):
+            ok = [r for r in rows if r["target"] == target and r["sde"] == sde_name and r["ok"]]
+            best = min(ok, key=lambda r: r["nfe"], default=None)
+            print(f"- {target} / {sde_name}: " + (f"{best['nfe']} NFE ({best['label']})"
+                                                 if best else "none reached it"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer settings and draws")
+    parser.add_argument("--overhead", action="store_true", help="only the loop-overhead table")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if args.overhead:
+        return overhead()
+    print(f"# {datetime.date.today()}, torch {torch.__version__}, 1 thread")
+    print("| target | sde | solver | steps | NFE | energy dist. mean ± sd | noise level | "
+          "reached | wall s | loop overhead |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    summary(run(args.quick))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Continuous-time weighted denoising score matching, per sample (Song et al. 2021, eq. 7).
+
+For ``x_t = m(t) x_0 + s(t) z`` the conditional score is ``-z / s(t)``, so the loss of a score
+function ``score`` at one sample is::
+
+    lambda(t) || score(x_t, t) + z / s(t) ||^2 = w(t) || s(t) score(x_t, t) + z ||^2
+
+with ``w = lambda / s^2``. Weightings: ``"sigma2"``, ``lambda = s^2`` (``w = 1``, the usual noise
+prediction loss); ``"likelihood"``, ``lambda = g^2`` (Song et al. 2021b: the loss bounds the
+negative log-likelihood); ``"likelihood_is"``, the same objective with ``t`` drawn with density
+proportional to ``g^2 / s^2``. Since ``d log-SNR / dt = -g^2 / s^2`` for every Gaussian-linear SDE,
+that density is uniform in log-SNR: ``t = t_from_log_snr(u)`` with ``u`` uniform between
+``log_snr(T)`` and ``log_snr(eps)``, and the weight becomes the constant
+``(log_snr(eps) - log_snr(T)) / (T - eps)``, so every weighting estimates its objective averaged
+over ``t`` uniform on ``[eps, T]``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .sde import SDE
+from .utils import append_dims, batch_sum
+
+__all__ = ["WEIGHTINGS", "T_SAMPLINGS", "sample_time", "time_weight", "dsm_loss"]
+
+WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is")
+T_SAMPLINGS = ("uniform", "stratified", "antithetic")
+
+
+def _check(weighting: str, t_sampling: str, eps: float, sde: SDE) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if t_sampling not in T_SAMPLINGS:
+        raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of "
+                         f"{', '.join(T_SAMPLINGS)}")
+    if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
+        raise ValueError(f"eps must be a number in (0, T = {sde.T:g}), got {eps!r}")
+
+
+def _uniforms(n, t_sampling, generator, device):
+    """``n`` numbers in ``[0, 1)``: iid, one per stratum ``[i/n, (i+1)/n)``, or antithetic pairs."""
+    if t_sampling == "antithetic":
+        half = torch.rand((n + 1) // 2, generator=generator, device=device, dtype=torch.float64)
+        return torch.cat([half, 1 - half])[:n]
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if t_sampling == "stratified":
+        u = (torch.arange(n, device=device, dtype=torch.float64) + u) / n
+    return u
+
+
+def sample_time(
+    sde: SDE, n: int, *, eps: float = 1e-5, weighting: str = "sigma2",
+    t_sampling: str = "uniform", generator: torch.Generator | None = None,
+    device: torch.device | str | None = None, dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw the times of a batch, shape ``(n,)``, in ``[eps, T]``.
+
+    Uniform in ``t`` for ``"sigma2"`` and ``"likelihood"``; uniform in log-SNR, i.e. with density
+    proportional to ``g(t)^2 / s(t)^2``, for ``"likelihood_is"``. ``t_sampling`` is ``"uniform"``
+    (iid), ``"stratified"`` (one draw per ``1/n`` of the range, in order) or ``"antithetic"``
+    (pairs ``u, 1 - u``).
+    """
+    _check(weighting, t_sampling, eps, sde)
+    if device is None and generator is not None:
+        device = generator.device
+    u = _uniforms(int(n), t_sampling, generator, device)
+    if weighting == "likelihood_is":
+        ends = torch.tensor([eps, sde.T], dtype=torch.float64, device=u.device)
+        lam_eps, lam_T = sde.log_snr(ends)
+        t = sde.t_from_log_snr(lam_eps + u * (lam_T - lam_eps)).clamp(eps, sde.T)
+    else:
+        t = eps + u * (sde.T - eps)
+    return t.to(dtype)
+
+
+def time_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2",
+                eps: float = 1e-5) -> torch.Tensor:
+    """``w(t) = lambda(t) / s(t)^2`` for times drawn by :func:`sample_time`; shape of ``t``."""
+    _check(weighting, "uniform", eps, sde)
+    if weighting == "sigma2":
+        return torch.ones_like(t)
+    if weighting == "likelihood":
+        _, s = sde.marginal_coeffs(t)
+        return sde.diffusion_coeff(t) ** 2 / s**2
+    ends = torch.tensor([eps, sde.T], dtype=torch.float64)
+    lam_eps, lam_T = sde.log_snr(ends)
+    return torch.full_like(t, float(lam_eps - lam_T) / (sde.T - eps))
+
+
+def dsm_loss(
+    score_fn: Callable[..., torch.Tensor],
+    sde: SDE,
+    x0: torch.Tensor,
+    *,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    t_sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+    y: torch.Tensor | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Weighted denoising score matching loss of each sample.
+
+    Args:
+        score_fn: ``score_fn(x, t)`` (or ``score_fn(x, t, y=y)`` when labels are given).
+        sde: the forward SDE.
+        x0: clean data, shape ``(B, *dims)``.
+        weighting: ``"sigma2"``, ``"likelihood"`` or ``"likelihood_is"`` (see the module).
+        eps: lower end of the times.
+        t_sampling: ``"uniform"``, ``"stratified"`` or ``"antithetic"`` draws of ``t``.
+        generator: drives the draws of ``t`` and of the noise.
+        y: optional labels ``(B,)`` passed on to ``score_fn``.
+        t: times ``(B,)`` to use instead of drawing them (drawn by :func:`sample_time` to match
+            the weighting).
+        noise: noise ``z`` of ``x0``'s shape to use instead of drawing it.
+
+    Returns:
+        Loss per sample, shape ``(B,)``: ``w(t) ||s(t) score(x_t, t) + z||^2``.
+    """
+    if t is None:
+        t = sample_time(sde, x0.shape[0], eps=eps, weighting=weighting, t_sampling=t_sampling,
+                        generator=generator, device=x0.device, dtype=x0.dtype)
+    t = sde.check_time(t, x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got "
+                         f"{tuple(noise.shape)}")
+    m, s = sde.marginal_coeffs(t)
+    x_t = append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise
+    score = score_fn(x_t, t) if y is None else score_fn(x_t, t, y=y)
+    residual = append_dims(s, x0.ndim) * score + noise
+    return time_weight(sde, t, weighting, eps).to(x0.dtype) * batch_sum(residual**2)

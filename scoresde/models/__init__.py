@@ -1,0 +1,29 @@
+"""Networks that know nothing of SDEs, and the wrapper that makes them score functions."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .mlp import ScoreMLP, TimeFeatures
+from .score_model import ScoreModel
+from .unet import UNet
+
+__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "NETS", "build_net"]
+
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet}
+
+
+def build_net(config: dict) -> nn.Module:
+    """Rebuild a network from its ``config()``: ``{"name": "mlp" | "unet", **keywords}``.
+
+    Raises:
+        ValueError: unknown name or keywords the network does not take.
+    """
+    params = dict(config)
+    name = params.pop("name", None)
+    if name not in NETS:
+        raise ValueError(f"unknown network {name!r}; choose one of {', '.join(NETS)}")
+    try:
+        return NETS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for network {name!r}: {err}") from err

@@ -1,0 +1,105 @@
+"""A residual MLP for vector data, conditioned on a noise level (and optionally a class label)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["ScoreMLP", "TimeFeatures"]
+
+
+class TimeFeatures(nn.Module):
+    """Features of the scalar noise input ``c`` (shape ``(B,)``) -> ``(B, dim)``.
+
+    ``"fourier"``: ``[sin, cos](2 pi c w)`` with fixed random ``w ~ N(0, scale^2)`` (Tancik et al.;
+    score_sde's Gaussian Fourier projection). ``"sinusoidal"``: ``[sin, cos](c f_k)`` with
+    frequencies ``f_k`` geometric from 1 to ``scale`` (the transformer's positional encoding).
+    """
+
+    def __init__(self, dim: int = 64, kind: str = "fourier", scale: float = 16.0):
+        super().__init__()
+        if dim < 2 or dim % 2:
+            raise ValueError(f"time feature dim must be an even number >= 2, got {dim!r}")
+        if kind == "fourier":
+            freqs = 2 * math.pi * scale * torch.randn(dim // 2, generator=torch.Generator()
+                                                      .manual_seed(0))
+        elif kind == "sinusoidal":
+            freqs = torch.exp(torch.linspace(0, math.log(scale), dim // 2))
+        else:
+            raise ValueError(f"time features must be 'fourier' or 'sinusoidal', got {kind!r}")
+        self.register_buffer("freqs", freqs)
+
+    def forward(self, c: torch.Tensor) -> torch.Tensor:
+        arg = c[:, None].to(self.freqs.dtype) * self.freqs[None]
+        return torch.cat([arg.sin(), arg.cos()], dim=1)
+
+
+class _Block(nn.Module):
+    """``h + W2 act(W1 act(h) + E c)``: a pre-activation residual block with conditioning."""
+
+    def __init__(self, hidden: int, cond: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden)
+        self.cond = nn.Linear(cond, hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h, c):
+        return h + self.fc2(self.act(self.fc1(self.act(h)) + self.cond(c)))
+
+
+class ScoreMLP(nn.Module):
+    """Residual MLP ``net(x, c_noise, y=None)`` for data of shape ``(B, *event_shape)``.
+
+    The network knows nothing of SDEs: it maps a (preconditioned) input and a scalar noise input
+    ``c_noise`` of shape ``(B,)`` to an output of the input's shape. :class:`ScoreModel` turns it
+    into a score function.
+
+    Args:
+        event_shape: shape of one data point (flattened inside), e.g. ``(2,)``.
+        hidden: width of the residual stream.
+        depth: number of residual blocks.
+        time_dim: size of the noise-level features.
+        time_features: ``"fourier"`` or ``"sinusoidal"``.
+        time_scale: frequency scale of the features (see :class:`TimeFeatures`).
+        num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the
+            conditioning; 0 for an unconditional network.
+    """
+
+    def __init__(self, event_shape=(2,), hidden: int = 256, depth: int = 4, time_dim: int = 64,
+                 time_features: str = "fourier", time_scale: float = 16.0, num_classes: int = 0):
+        super().__init__()
+        self.event_shape = tuple(int(n) for n in event_shape)
+        dim = math.prod(self.event_shape)
+        if dim < 1 or hidden < 1 or depth < 0 or num_classes < 0:
+            raise ValueError("ScoreMLP needs a non-empty event_shape, hidden >= 1, depth >= 0 and "
+                             f"num_classes >= 0; got {event_shape}, {hidden}, {depth}, "
+                             f"{num_classes}")
+        self._config = dict(event_shape=list(self.event_shape), hidden=hidden, depth=depth,
+                            time_dim=time_dim, time_features=time_features,
+                            time_scale=time_scale, num_classes=num_classes)
+        self.time = TimeFeatures(time_dim, time_features, time_scale)
+        cond = hidden
+        self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
+        self.label = nn.Embedding(num_classes, cond) if num_classes else None
+        self.inp = nn.Linear(dim, hidden)
+        self.blocks = nn.ModuleList(_Block(hidden, cond) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
+        nn.init.zeros_(self.out[1].weight)
+        nn.init.zeros_(self.out[1].bias)
+
+    def config(self) -> dict:
+        """The keyword arguments that rebuild this network, plus ``name``."""
+        return {"name": "mlp", **self._config}
+
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """Map ``x`` of shape ``(B, *event_shape)`` and ``c_noise`` ``(B,)`` to ``x``'s shape."""
+        c = self.cond(self.time(c_noise).to(x.dtype))
+        if self.label is not None and y is not None:
+            c = c + self.label(y)
+        h = self.inp(x.reshape(x.shape[0], -1))
+        for block in self.blocks:
+            h = block(h, c)
+        return self.out(h).reshape(x.shape)

@@ -1,0 +1,67 @@
+"""Turn a network into a score function for any Gaussian-linear SDE (EDM-style preconditioning)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..sde import SDE
+from ..utils import append_dims
+
+__all__ = ["ScoreModel"]
+
+
+class ScoreModel(nn.Module):
+    """A score function ``model(x, t, y=None)`` built from a network and an SDE's ``(m(t), s(t))``.
+
+    With ``x_t = m x_0 + s z`` and data of standard deviation ``sigma_data`` (write
+    ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise
+    input, and predicts the noise ``z`` with a skip connection (Karras et al. 2022, section 5,
+    written for the noise instead of the denoised data)::
+
+        c_in = 1 / sqrt(a^2 + s^2)      c_skip = s c_in      c_out = a c_in
+        c_noise = log(s / m) / 4
+        eps_hat = c_skip (c_in x) + c_out F(c_in x, c_noise, y)
+        score = -eps_hat / s
+
+    ``c_skip (c_in x)`` is the exact noise prediction for Gaussian data ``N(0, sigma_data^2 I)``
+    and ``F``'s target has unit variance at every ``t``, so one wrapper serves VP, VE and any
+    other Gaussian-linear SDE without asking its class.
+
+    Args:
+        net: a module ``net(x, c_noise, y=None)`` returning a tensor of ``x``'s shape.
+        sde: the forward SDE.
+        sigma_data: standard deviation of the data entries.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
+        super().__init__()
+        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)
+                and sigma_data > 0):
+            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
+        self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+
+    def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
+        m, s = self.sde.marginal_coeffs(t)
+        a = m * self.sigma_data
+        c_in = torch.rsqrt(a**2 + s**2)
+        return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
+
+    def noise_prediction(self, x: torch.Tensor, t: torch.Tensor | float,
+                         y: torch.Tensor | None = None) -> torch.Tensor:
+        """``eps_hat(x, t)``, the predicted noise ``z`` of ``x_t = m x_0 + s z``; shape of ``x``."""
+        t = self.sde.check_time(t, x)
+        c_in, c_skip, c_out, c_noise, _ = self.preconditioning(t)
+        x_in = append_dims(c_in, x.ndim) * x
+        f = self.net(x_in, c_noise, y) if y is not None else self.net(x_in, c_noise)
+        return append_dims(c_skip, x.ndim) * x_in + append_dims(c_out, x.ndim) * f
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score ``grad_x log p_t(x)`` of shape ``(B, *dims)`` at ``t`` of shape ``(B,)``."""
+        t = self.sde.check_time(t, x)
+        _, s = self.sde.marginal_coeffs(t)
+        return -self.noise_prediction(x, t, y) / append_dims(s, x.ndim)

@@ -1,0 +1,114 @@
+"""``sample``: draw from the prior, build the time grid, run one solver, denoise."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+
+from ..sde import SDE
+from .common import Callback, CountedScore, tweedie
+from .fast import sample_dpmpp_2m, sample_euler, sample_heun
+from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
+from .ode import sample_ode
+from .sde_solvers import sample_em, sample_pc
+from .torchsde_adapter import sample_torchsde
+
+__all__ = ["SAMPLERS", "DEFAULT_GRIDS", "sample"]
+
+SAMPLERS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
+    "em": sample_em,
+    "pc": sample_pc,
+    "ode": sample_ode,
+    "torchsde": sample_torchsde,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+}
+
+# The grid each solver uses unless told: the paper's uniform t for the SDE solvers, EDM's
+# rho-schedule for the few-step ODE solvers (the ``ode`` solver only uses the grid's ends).
+DEFAULT_GRIDS = {"em": "uniform", "pc": "uniform", "ode": "uniform", "torchsde": "uniform",
+                 "euler": "edm", "heun": "edm", "dpmpp_2m": "edm"}
+
+_COMMON = ("score_fn", "sde", "x", "ts", "generator", "callback")
+
+
+def _solver_knobs(solver: str) -> tuple[str, ...]:
+    params = inspect.signature(SAMPLERS[solver]).parameters
+    return tuple(name for name, p in params.items()
+                 if name not in _COMMON and p.kind is not p.VAR_KEYWORD)
+
+
+def sample(
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    shape: tuple[int, ...] | torch.Size,
+    solver: str = "pc",
+    steps: int = 1000,
+    eps: float | None = None,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    callback: Callback | None = None,
+    denoise: bool = True,
+    grid: str | None = None,
+    rho: float = 7.0,
+    **knobs,
+) -> tuple[torch.Tensor, dict]:
+    """Draw samples of shape ``shape`` by solving the reverse-time SDE or the probability-flow ODE.
+
+    Args:
+        score_fn: score function ``score_fn(x, t)``, ``x`` of shape ``(B, *dims)``, ``t`` ``(B,)``.
+        sde: the forward SDE (any Gaussian-linear ``scoresde.SDE``).
+        shape: ``(B, *dims)`` of the samples.
+        solver: a key of :data:`SAMPLERS`: ``em``, ``pc``, ``ode``, ``torchsde``, ``euler``,
+            ``heun``, ``dpmpp_2m``.
+        steps: steps of the time grid, >= 1 (``ode`` chooses its own steps).
+        eps: the last time, in ``(0, T)``; default :func:`default_eps` (1e-3 VP-type,
+            1e-5 VE-type).
+        generator: randomness for the prior draw and the solver.
+        device, dtype: of the samples (default: the generator's device, torch's default dtype).
+        callback: called after each step with a dict (see :mod:`scoresde.sampling.common`).
+        denoise: finish with Tweedie's ``x0 = (x + s^2 score(x, eps)) / m`` at ``eps`` (one more
+            score call, counted).
+        grid: a key of :data:`GRIDS` (``uniform``, ``log_snr``, ``edm``); default per solver,
+            :data:`DEFAULT_GRIDS`.
+        rho: the ``edm`` grid's exponent.
+        **knobs: the solver's own options, e.g. ``predictor``, ``corrector``, ``snr``,
+            ``corrector_steps`` (pc), ``method``, ``rtol``, ``atol`` (ode, torchsde).
+
+    Returns:
+        ``(x, info)``: samples of shape ``shape`` and a dict with ``nfe`` (counted score calls,
+        the denoising one included), ``solver``, ``grid`` (times, float64), ``steps``, ``eps``,
+        ``denoise`` and the solver's own entries.
+
+    Raises:
+        ValueError: unknown solver, grid or knob, ``steps < 1``, ``eps`` outside ``(0, T)``.
+    """
+    if solver not in SAMPLERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SAMPLERS)}")
+    accepted = _solver_knobs(solver)
+    unknown = sorted(set(knobs) - set(accepted))
+    if unknown:
+        raise ValueError(f"solver {solver!r} got unknown options {', '.join(unknown)}; "
+                         f"it accepts {', '.join(accepted) or 'none'}")
+    check_steps(steps)
+    eps = default_eps(sde) if eps is None else check_eps(sde, eps)
+    grid = DEFAULT_GRIDS[solver] if grid is None else grid
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    if device is None and generator is not None:
+        device = generator.device
+    ts = get_grid(sde, grid, steps, eps, rho=rho)
+    counted = CountedScore(score_fn)
+    x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    x, info = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback, **knobs)
+    if denoise:
+        m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
+        with torch.no_grad():
+            x = tweedie(counted, x, float(ts[-1]), m, s)
+    info.update(nfe=counted.calls, solver=solver, eps=eps, denoise=bool(denoise),
+                grid_name=grid)
+    return x, info

@@ -1,0 +1,100 @@
+"""Weighted denoising score matching: values at the known optimum, and the times it draws."""
+
+import math
+
+import pytest
+import torch
+
+from scoresde import GaussianMixture, dsm_loss, sample_time, time_weight
+
+N = 20_000  # samples per Monte Carlo check; thresholds are 5 standard errors of these means
+
+
+def _gaussian(dim=3):
+    """N(mu, S) with a full covariance, as a one-component mixture (its exact score is known)."""
+    gen = torch.Generator().manual_seed(1)
+    a = torch.randn(dim, dim, generator=gen, dtype=torch.float64)
+    cov = a @ a.T / dim + 0.2 * torch.eye(dim, dtype=torch.float64)
+    return GaussianMixture(torch.randn(1, dim, generator=gen, dtype=torch.float64), cov[None])
+
+
+def _at(t, n, dtype=torch.float64):
+    return torch.full((n,), t, dtype=dtype)
+
+
+@pytest.mark.parametrize("t", [0.05, 0.4, 0.9])
+def test_exact_score_gives_the_closed_form_minimum_and_esm_offset(sde, t):
+    """DSM(theta) = ESM(theta) + C(t), with C(t) = lambda (d / s^2 - tr Sigma_t^-1) >= 0.
+
+    For Gaussian data the exact score has ESM = 0, so its DSM loss is C(t); with lambda = s^2,
+    C = d - s^2 sum_i 1 / (m^2 l_i + s^2). Adding a constant c to the score adds exactly
+    ESM = s^2 |c|^2 on average.
+    """
+    mix, gen = _gaussian(), torch.Generator().manual_seed(0)
+    x0 = mix.sample(N, gen, dtype=torch.float64)
+    tt = _at(t * sde.T, N)
+    z = torch.randn(x0.shape, generator=gen, dtype=torch.float64)
+    exact = mix.score_fn(sde)
+    m, s = (v[0] for v in sde.marginal_coeffs(tt[:1]))
+    const = mix.dim - s**2 * (1 / (m**2 * mix.evals[0] + s**2)).sum()
+    for weighting, lam_over_s2 in [("sigma2", 1.0), ("likelihood",
+                                   float(sde.diffusion_coeff(tt[:1])[0] ** 2 / s**2))]:
+        loss = dsm_loss(exact, sde, x0, weighting=weighting, t=tt, noise=z)
+        assert loss.shape == (N,)
+        se = loss.std() / math.sqrt(N)
+        assert abs(loss.mean() - lam_over_s2 * const) < 5 * se
+    c = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+    shifted = dsm_loss(lambda x, t: exact(x, t) + c, sde, x0, t=tt, noise=z)
+    diff = shifted - dsm_loss(exact, sde, x0, t=tt, noise=z)
+    assert abs(diff.mean() - s**2 * (c**2).sum()) < 5 * diff.std() / math.sqrt(N) + 1e-12
+
+
+def test_log_snr_identity_behind_importance_sampling(sde):
+    """int_eps^T g^2 / s^2 dt = log_snr(eps) - log_snr(T): the normaliser of the IS density."""
+    eps = 1e-3
+    t = torch.exp(torch.linspace(math.log(eps), math.log(sde.T), 200_001, dtype=torch.float64))
+    _, s = sde.marginal_coeffs(t)
+    integral = torch.trapezoid(sde.diffusion_coeff(t) ** 2 / s**2, t)
+    lam = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    assert torch.allclose(integral, lam[0] - lam[1], rtol=1e-6)
+    w = time_weight(sde, torch.tensor([0.3]), "likelihood_is", eps=eps)
+    assert torch.allclose(w.double(), (lam[0] - lam[1]) / (sde.T - eps), rtol=1e-6)
+
+
+def test_importance_sampled_times_follow_g2_over_s2(sde):
+    """Kolmogorov-Smirnov against F(t) = (lam(eps) - lam(t)) / (lam(eps) - lam(T)).
+
+    1.63 / sqrt(n) is the 1% critical value of the KS statistic for n iid draws.
+    """
+    eps, n = 1e-4, 20_000
+    t = sample_time(sde, n, eps=eps, weighting="likelihood_is",
+                    generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert t.min() >= eps and t.max() <= sde.T
+    t, _ = torch.sort(t)
+    lam = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    cdf = (lam[0] - sde.log_snr(t)) / (lam[0] - lam[1])
+    emp = torch.arange(1, n + 1, dtype=torch.float64) / n
+    assert (cdf - emp).abs().max() < 1.63 / math.sqrt(n)
+
+
+def test_stratified_and_antithetic_times(sde):
+    eps, n = 1e-3, 64
+    gen = torch.Generator().manual_seed(0)
+    t = sample_time(sde, n, eps=eps, t_sampling="stratified", generator=gen, dtype=torch.float64)
+    strata = torch.floor((t - eps) / (sde.T - eps) * n)
+    assert torch.equal(strata, torch.arange(n, dtype=torch.float64))
+    t = sample_time(sde, n, eps=eps, t_sampling="antithetic", generator=gen, dtype=torch.float64)
+    assert torch.allclose(t[: n // 2] + t[n // 2:], torch.full((n // 2,), eps + sde.T,
+                                                               dtype=torch.float64))
+
+
+def test_bad_options_are_refused(sde):
+    x0 = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="weighting"):
+        dsm_loss(lambda x, t: x, sde, x0, weighting="snr")
+    with pytest.raises(ValueError, match="t_sampling"):
+        dsm_loss(lambda x, t: x, sde, x0, t_sampling="sobol")
+    with pytest.raises(ValueError, match="eps"):
+        dsm_loss(lambda x, t: x, sde, x0, eps=0.0)
+    with pytest.raises(ValueError, match="noise"):
+        dsm_loss(lambda x, t: x, sde, x0, noise=torch.zeros(4, 3))

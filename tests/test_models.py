@@ -1,0 +1,53 @@
+"""Networks and the ScoreModel wrapper."""
+
+import pytest
+import torch
+
+from scoresde import GaussianMixture, ScoreMLP, ScoreModel, UNet
+from scoresde.models import TimeFeatures, build_net
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 4, 4)])
+def test_untrained_model_is_the_exact_score_of_gaussian_data(sde, shape):
+    """The network's output layer starts at zero, and the skip term c_skip c_in x / s is then
+    -x / (m^2 sigma_data^2 + s^2): the exact score of N(0, sigma_data^2 I) under any SDE."""
+    sigma_data, dim = 1.7, int(torch.tensor(shape).prod())
+    eye = torch.eye(dim, dtype=torch.float64)
+    mix = GaussianMixture(torch.zeros(1, dim), sigma_data**2 * eye[None],
+                          event_shape=shape)
+    net = ScoreMLP(event_shape=shape, hidden=16, depth=1)
+    model = ScoreModel(net, sde, sigma_data=sigma_data)
+    x = torch.randn(5, *shape, dtype=torch.float64) * 3
+    t = torch.tensor([1e-3, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64) * sde.T
+    model.double()
+    assert torch.allclose(model(x, t), mix.score_fn(sde)(x, t), rtol=1e-10, atol=1e-12)
+
+
+def test_shapes_labels_and_config_round_trip():
+    torch.manual_seed(0)
+    mlp = ScoreMLP(event_shape=(3, 4), hidden=32, depth=2, time_features="sinusoidal",
+                   num_classes=5)
+    unet = UNet(event_shape=(3, 8, 8), ch=8, ch_mult=(1, 2, 2), num_res_blocks=1,
+                attn_resolutions=(2,), num_classes=5)
+    y = torch.tensor([0, 4])
+    for net, shape in [(mlp, (2, 3, 4)), (unet, (2, 3, 8, 8))]:
+        for p in net.parameters():  # leave the zero initialisation so the output depends on x
+            torch.nn.init.normal_(p, std=0.1)
+        x, c = torch.randn(shape), torch.randn(2)
+        out = net(x, c, y)
+        assert out.shape == shape and torch.isfinite(out).all()
+        assert not torch.allclose(out, net(x, c, torch.tensor([1, 2])))  # labels are used
+        clone = build_net(net.config())
+        clone.load_state_dict(net.state_dict())
+        assert torch.equal(clone(x, c, y), out)
+
+
+def test_bad_networks_are_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        UNet(event_shape=(1, 6, 6), ch_mult=(1, 2, 2))
+    with pytest.raises(ValueError, match="fourier"):
+        TimeFeatures(8, "wavelet")
+    with pytest.raises(ValueError, match="unknown network"):
+        build_net({"name": "transformer"})
+    with pytest.raises(ValueError, match="sigma_data"):
+        ScoreModel(ScoreMLP(), None, sigma_data=0.0)

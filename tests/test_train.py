@@ -1,0 +1,192 @@
+"""Training runs: learning, exact resume, refused checkpoints, non-finite losses, DDP."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import scoresde
+from scoresde import GaussianMixture, dsm_loss, load_run, train
+from scoresde.checkpoint import load_checkpoint
+
+TINY = dict(data="8gaussians", net_params={"hidden": 32, "depth": 1}, batch_size=64,
+            progress=False, log_every=2)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The networks here are tiny: one thread beats two, and is far faster on a loaded machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _states(run_dir):
+    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+
+
+def _assert_equal_states(a, b):
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and a["step"] == b["step"]
+
+
+def test_training_approaches_the_exact_score(tmp_path):
+    """The DSM loss of the trained model, on fixed evaluation draws, moves at least halfway from
+    the untrained model's loss to that of the exact mixture score (the minimum). The evaluation
+    noise (20,000 draws, same draws for all three) is far below those gaps."""
+    train(tmp_path / "run", steps=200, lr=1e-2,
+          **{**TINY, "batch_size": 256, "net_params": {"hidden": 64, "depth": 2}})
+    model, sde, config = load_run(tmp_path / "run")
+    untrained = scoresde.ScoreModel(scoresde.ScoreMLP(hidden=64, depth=2), sde,
+                                    config["sigma_data"])
+    gen = torch.Generator().manual_seed(123)
+    x0 = scoresde.data.TOYS["8gaussians"](20_000, gen)
+    t = torch.rand(20_000, generator=gen) * (1 - 1e-3) + 1e-3
+    z = torch.randn(x0.shape, generator=gen)
+    mix = scoresde.data.EIGHT_GAUSSIANS
+    with torch.no_grad():
+        loss = {name: float(dsm_loss(fn, sde, x0, t=t, noise=z).mean()) for name, fn in
+                [("exact", mix.score_fn(sde)), ("trained", model), ("untrained", untrained)]}
+    assert loss["trained"] - loss["exact"] < 0.5 * (loss["untrained"] - loss["exact"]), loss
+    lines = [json.loads(s) for s in open(tmp_path / "run" / "metrics.jsonl")]
+    assert [r["step"] for r in lines] == list(range(2, 201, 2))
+    assert config["data_shape"] == [2] and config["sde"]["name"] == "vp"
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path):
+    opts = dict(TINY, steps=12, checkpoint_every=5)
+    train(tmp_path / "full", **opts)
+
+    def stop(step, record):
+        if step == 8:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(tmp_path / "cut", callback=stop, **opts)
+    assert _states(tmp_path / "cut")["step"] == 5
+    result = train(tmp_path / "cut", resume=True, **opts)
+    assert result["resumed_from"] == 5
+    _assert_equal_states(_states(tmp_path / "full"), _states(tmp_path / "cut"))
+    steps = [json.loads(s)["step"] for s in open(tmp_path / "cut" / "metrics.jsonl")]
+    assert steps == [2, 4, 6, 8, 10, 12]
+
+
+def test_existing_runs_are_not_overwritten(tmp_path):
+    train(tmp_path / "run", steps=2, **TINY)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        train(tmp_path / "run", steps=2, **TINY)
+    with pytest.raises(ValueError, match="lr"):
+        train(tmp_path / "run", steps=4, lr=1.0, resume=True, **TINY)
+
+
+class _Payload:
+    """Unpickling this would create a file: a checkpoint that carries code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
+    train(tmp_path / "run", steps=2, **TINY)
+    marker = tmp_path / "pwned"
+    state = _states(tmp_path / "run")
+    state["extra"] = _Payload(str(marker))
+    torch.save(state, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="refusing to load"):
+        load_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="refusing to load"):
+        train(tmp_path / "run", steps=4, resume=True, **TINY)
+    assert not marker.exists()
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    def poison(step, record):
+        if step == 6:
+            with torch.no_grad():
+                for p in model_params:
+                    p.fill_(float("nan"))
+
+    model_params = []
+    orig = scoresde.train.__globals__["ScoreModel"]
+
+    class Spy(orig):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            model_params.extend(self.parameters())
+
+    scoresde.train.__globals__["ScoreModel"] = Spy
+    try:
+        with pytest.raises(FloatingPointError, match="step 7"):
+            train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
+    finally:
+        scoresde.train.__globals__["ScoreModel"] = orig
+    state = _states(tmp_path / "run")
+    assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_images_with_labels_and_mixtures(tmp_path):
+    train(tmp_path / "digits", data="digits", conditional=True, steps=2, batch_size=8,
+          net_params={"ch": 8, "ch_mult": [1, 2], "num_res_blocks": 1}, progress=False)
+    model, sde, config = load_run(tmp_path / "digits", ema=False)
+    assert config["is_image"] and config["data_shape"] == [1, 8, 8] and config["raw_scale"] == 8
+    out = model(torch.zeros(3, 1, 8, 8), torch.full((3,), 0.5), y=torch.tensor([0, 1, 9]))
+    assert out.shape == (3, 1, 8, 8) and torch.isfinite(out).all()
+    mix = GaussianMixture.ring()
+    train(tmp_path / "mix", **{**TINY, "data": mix}, steps=2, sde="ve")
+    _, sde, config = load_run(tmp_path / "mix")
+    assert isinstance(sde, scoresde.VESDE) and len(config["data"]["means"]) == 8
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+DDP_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from scoresde import train
+train(sys.argv[1], data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
+      steps=int(sys.argv[2]), resume=sys.argv[3] == "1", lr_decay="none", progress=False)
+"""
+
+
+def test_distributed_equals_one_process(tmp_path):
+    """torchrun with 2 gloo processes, interrupted and resumed, equals one process run straight
+    with the same global batch: the same data, times and noise, gradients averaged over ranks.
+    Only the order of float additions differs, hence the tolerance."""
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
+    for steps, resume in [("3", "0"), ("6", "1")]:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script),
+               str(tmp_path / "ddp"), steps, resume]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    train(tmp_path / "one", data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
+          steps=6, lr_decay="none", progress=False)
+    a, b = _states(tmp_path / "ddp"), _states(tmp_path / "one")
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "ema"):
+        for k in a[key]:
+            assert torch.allclose(a[key][k], b[key][k], rtol=1e-4, atol=1e-6), (key, k)
