@@ -25,14 +25,6 @@ pytestmark = pytest.mark.skipif(
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_deterministic_threads):
-    """Tiny MLPs on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(2)
-
-
 def _invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
