@@ -82,8 +82,10 @@ def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
     inner = steps - head - tail
     if inner < 1:
         raise ValueError(f"steps must be >= {head + tail + 1} with this sigma window, got {steps}")
-    t_hi = float(_t_of_sigma(sde, torch.tensor([float(sigma_max)]))) if head else float(ends[0])
-    t_lo = float(_t_of_sigma(sde, torch.tensor([float(sigma_min)]))) if tail else float(ends[1])
+    window = _t_of_sigma(sde, torch.tensor([sigma_max or 1.0, sigma_min or 1.0],
+                                           dtype=torch.float64)).tolist()
+    t_hi = window[0] if head else float(ends[0])
+    t_lo = window[1] if tail else float(ends[1])
     ts = build(sde, t_hi, t_lo, inner)
     ts[0], ts[-1] = t_hi, t_lo  # the inverses are exact up to rounding: pin the ends
     parts = [ends[:1]] * head + [ts] + [ends[1:]] * tail
@@ -110,8 +112,8 @@ def _edm(rho: float):
     return build
 
 
-_WINDOW_DOC = """sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is narrower than
-            ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max`` and one from
+_WINDOW_DOC = """sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
+            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max`` and one from
             ``sigma_min`` to ``eps``, and the other steps are spaced inside the window."""
 
 
