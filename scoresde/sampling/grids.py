@@ -107,14 +107,14 @@ def _edm(rho: float):
         sig_hi, sig_lo = sigma_of_t(sde, torch.tensor([t_hi, t_lo], dtype=torch.float64)).tolist()
         ramp = torch.linspace(0, 1, n + 1, dtype=torch.float64)
         root = sig_hi ** (1 / rho) + ramp * (sig_lo ** (1 / rho) - sig_hi ** (1 / rho))
-        return _t_of_sigma(sde, root**rho)
+        return sde.t_from_log_snr(-2 * rho * torch.log(root)).to(torch.float64)
 
     return build
 
 
 _WINDOW_DOC = """sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
-            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max`` and one from
-            ``sigma_min`` to ``eps``, and the other steps are spaced inside the window."""
+            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
+            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it."""
 
 
 def time_uniform(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = None,
