@@ -174,9 +174,13 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress line.")
+@click.option("--conditional", is_flag=True,
+              help="Class-conditional model (labelled data: digits, 8gaussians, .npz with y).")
+@click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1,
+              show_default=True, help="Share of labels dropped (for classifier-free guidance).")
 @click.pass_context
 def train(ctx, sde, data, steps, batch_size, lr, weighting, width, run, resume, seed, device,
-          checkpoint_every, quiet):
+          checkpoint_every, quiet, conditional, label_dropout):
     """Train a score model into a run folder (config.json, checkpoint.pt, metrics.jsonl).
 
     \b
@@ -185,17 +189,20 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, width, run, resume, 
       scoresde train --sde ve --data moons --steps 5000
       scoresde train --data digits --steps 20000 --batch-size 128
       scoresde train --resume --steps 6000             # continue the most recent run
+      scoresde train --data digits --conditional       # labels in, for --label / --guidance
     """
     from .train import train as train_run
     from .utils import resolve_device
 
     resolve_device(device)
     keywords = dict(sde=sde, data=data, batch_size=batch_size, lr=lr, weighting=weighting,
-                    seed=seed, net_params={"hidden": width} if width else None)
+                    seed=seed, net_params={"hidden": width} if width else None,
+                    conditional=conditional, label_dropout=label_dropout)
     if resume:
         path = _pick_run(run)
         old = json.loads((path / "config.json").read_text())
-        for key in ("sde", "data", "batch_size", "lr", "weighting", "seed"):
+        for key in ("sde", "data", "batch_size", "lr", "weighting", "seed", "conditional",
+                    "label_dropout"):
             if not _explicit(ctx, key) and key in old:  # keep the run's options unless given
                 keywords[key] = old[key]["name"] if key == "sde" else old[key]
         if width is None:
@@ -278,9 +285,17 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               "goes beside it as .png.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--label", default=None, metavar="K|all",
+              help="Class of every sample, or 'all' to cycle through the classes (conditional "
+              "runs).")
+@click.option("--guidance", type=float, default=0.0, show_default=True,
+              help="Classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t).")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Impute: .npz with 'mask' (True = known) and 'values' of the data's shape "
+              "(model space), or a .npy mask (values 0).")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, rtol, atol, no_denoise, seed, out, device, as_json):
+           method, rtol, atol, no_denoise, seed, out, device, as_json, label, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -289,11 +304,14 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --solver ode --rtol 1e-4 --json
       scoresde sample --solver dpmpp_2m --steps 10 --n 5000
       scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
+      scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
+      scoresde sample --mask known.npz --solver pc                             # imputation
     """
     import numpy as np
     import torch
 
     from . import plotting
+    from .sampling import impute
     from .sampling import sample as draw
     from .utils import make_generator, resolve_device
 
@@ -306,16 +324,28 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     n = n or (64 if is_image else 1000)
     shape = (n, *config["data_shape"])
     start = time.perf_counter()
+    score, labels = _conditioning(model, label, guidance, n)
     with torch.no_grad():
-        x, info = draw(model, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
-                       generator=make_generator(seed, dev), denoise=not no_denoise, **knobs)
+        if mask is not None:
+            known, values = _mask_values(mask, config, n)
+            x, info = impute(score, sde, values.to(dev), known.to(dev), solver=solver,
+                             steps=steps, eps=eps, grid=grid, generator=make_generator(seed, dev),
+                             denoise=not no_denoise, **knobs)
+        else:
+            x, info = draw(score, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
+                           generator=make_generator(seed, dev), denoise=not no_denoise,
+                           **knobs)
     seconds = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise RuntimeError(f"the {solver} sampler produced non-finite values; try more steps")
     x = x.cpu()
     raw = x * config.get("raw_scale", 1.0) + config.get("raw_offset", 0.0)
-    figure = _sample_figure(plotting, x, solver, info["nfe"], is_image, config)
-    _atomic(out, lambda fh: np.savez(fh, samples=x.numpy(), raw=raw.numpy()))
+    figure = _sample_figure(plotting, x, solver, info["nfe"], is_image, config,
+                            ncol=model.num_classes if label == "all" else None)
+    arrays = dict(samples=x.numpy(), raw=raw.numpy())
+    if labels is not None:
+        arrays["labels"] = labels.numpy()
+    _atomic(out, lambda fh: np.savez(fh, **arrays))
     fig_path = None
     if figure is not None:
         fig_path = out.with_suffix(".png")
@@ -327,9 +357,52 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 
-def _sample_figure(plotting, x, solver, nfe, is_image, config):
+def _conditioning(model, label, guidance, n):
+    """``(score_fn, labels)`` for ``--label`` and ``--guidance``; bad values raise BadParameter."""
+    import torch
+
+    from .guidance import classifier_free_guidance
+
+    if label is None:
+        if guidance != 0:
+            raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
+        return model, None
+    if not model.num_classes:
+        raise click.BadParameter("this run is unconditional; train with --conditional",
+                                 param_hint="--label")
+    if label == "all":
+        labels = torch.arange(n) % model.num_classes
+    else:
+        try:
+            labels = torch.full((n,), int(label))
+        except ValueError:
+            raise click.BadParameter(f"expected an integer class or 'all', got {label!r}",
+                                     param_hint="--label") from None
+    try:
+        return classifier_free_guidance(model, labels, guidance), labels
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--label/--guidance") from None
+
+
+def _mask_values(path, config, n):
+    """``(mask, values)`` of shape ``(n, *data_shape)`` from ``--mask``; BadParameter if bad."""
+    from .data import load_mask
+
+    shape = tuple(config["data_shape"])
+    try:
+        known, values = load_mask(path, shape)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--mask") from None
+    if known.ndim > len(shape) and known.shape[0] not in (1, n):
+        raise click.BadParameter(f"the mask holds {known.shape[0]} rows; --n is {n}",
+                                 param_hint="--mask")
+    return known.expand(n, *shape), values.expand(n, *shape).clone()
+
+
+def _sample_figure(plotting, x, solver, nfe, is_image, config, ncol=None):
     if is_image:
-        return plotting.image_grid_figure(x[:64], title=f"{solver} · NFE {nfe}")
+        shown = x[:(64 // ncol) * ncol] if ncol else x[:64]
+        return plotting.image_grid_figure(shown, title=f"{solver} · NFE {nfe}", ncol=ncol)
     if tuple(config["data_shape"]) == (2,):
         return plotting.samples_figure({solver: x}, {solver: nfe})
     return None

@@ -22,7 +22,8 @@ import torch
 
 from .targets import GaussianMixture
 
-__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array"]
+__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array",
+           "load_mask"]
 
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training never uses it
@@ -178,6 +179,12 @@ TOYS: dict[str, Sampler] = {
     "2spirals": lambda n, generator=None: _SPIRALS.sample(_check_n(n), generator),
 }
 
+# Toys with class labels (the sampler returns ``(x, labels)``): 8gaussians' components.
+_LABELLED: dict[str, tuple[Callable, int]] = {
+    "8gaussians": (lambda n, generator=None: EIGHT_GAUSSIANS.sample(_check_n(n), generator,
+                                                                    return_labels=True), 8),
+}
+
 _LOG_PROBS = {
     "8gaussians": EIGHT_GAUSSIANS.log_prob, "checkerboard": _checkerboard_log_prob,
     "swissroll": _SWISSROLL.log_prob, "moons": _MOONS.log_prob, "circles": _CIRCLES.log_prob,
@@ -230,7 +237,8 @@ class Dataset:
         event_shape: shape of one point, e.g. ``(2,)`` or ``(1, 8, 8)``.
         test: held-out points, shape ``(N_test, *event_shape)``.
         train: training points for finite sets, None for toys (drawn by ``sampler``).
-        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys.
+        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys, or
+            ``-> (x, labels)`` for labelled ones (mixtures, whose components are the classes).
         train_labels, test_labels: integer labels ``(N,)`` or None.
         num_classes: number of label values (0 without labels).
         is_image: True for ``(C, H, W)`` image sets.
@@ -261,7 +269,8 @@ class Dataset:
     def sample(self, n: int, generator: torch.Generator | None = None):
         """A training batch ``(x, y)``: ``x`` ``(n, *event_shape)``, ``y`` ``(n,)`` or None."""
         if self.sampler is not None:
-            return self.sampler(n, generator), None
+            out = self.sampler(n, generator)
+            return out if isinstance(out, tuple) else (out, None)
         idx = torch.randint(0, self.train.shape[0], (_check_n(n),), generator=generator,
                             device=_dev(generator)).cpu()
         y = None if self.train_labels is None else self.train_labels[idx]
@@ -269,8 +278,8 @@ class Dataset:
 
     def std(self) -> float:
         """Standard deviation of all entries of the training data (test points for toys)."""
-        x = self.train if self.train is not None else self.sampler(
-            20_000, torch.Generator().manual_seed(TEST_SEED - 2))
+        x = self.train if self.train is not None else self.sample(
+            20_000, torch.Generator().manual_seed(TEST_SEED - 2))[0]
         return float(x.to(torch.float64).std())
 
 
@@ -315,6 +324,52 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
 
 
+def load_mask(path: str | os.PathLike,
+              event_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an imputation mask and the known values from a ``.npz`` (or a ``.npy`` mask).
+
+    An ``.npz`` holds ``mask`` (booleans or 0/1, True where known) and ``values`` (model-space
+    values; entries outside the mask are ignored), each of shape ``event_shape`` or
+    ``(N, *event_shape)``; a ``.npy`` holds the mask alone (the known values are then 0).
+
+    Returns:
+        ``(mask, values)``: a bool tensor and a float32 tensor, each of shape ``event_shape``
+        or ``(N, *event_shape)``.
+
+    Raises:
+        ValueError: unreadable file, missing keys, non-0/1 mask, non-finite values, or shapes
+            other than the data's.
+    """
+    path, event_shape = os.fspath(path), tuple(int(n) for n in event_shape)
+    if not os.path.isfile(path):
+        raise ValueError(f"mask file {path!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            if "mask" not in loaded.files:
+                raise ValueError(f"{path}: put the mask under key 'mask' (found {loaded.files})")
+            mask = loaded["mask"]
+            values = loaded["values"] if "values" in loaded.files else np.zeros(mask.shape)
+    else:
+        mask = loaded
+        values = np.zeros(mask.shape)
+    shapes = (event_shape, f"(N, {', '.join(map(str, event_shape))})")
+    for name, arr in (("mask", mask), ("values", values)):
+        if arr.shape != event_shape and arr.shape[1:] != event_shape:
+            raise ValueError(f"{path}: {name} must have the data's shape {shapes[0]} or "
+                             f"{shapes[1]}, got {arr.shape}")
+    if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool) or not np.isin(
+            mask, (0, 1)).all():
+        raise ValueError(f"{path}: mask must hold booleans or 0/1 values (1 = known)")
+    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise ValueError(f"{path}: values must be finite numbers")
+    return (torch.from_numpy(mask.astype(bool)),
+            torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+
+
 def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:
     n_test = max(1, int(round(test_fraction * x.shape[0]))) if x.shape[0] > 1 else 0
     perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
@@ -332,7 +387,8 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
     Args:
         data: one of :data:`TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as ``(1, 8, 8)`` images
             in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with labels 0..9), a path, a
-            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one.
+            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one
+            (labelled: its components are the classes).
         test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
         test_fraction: share of a finite set held out (a fixed-seed permutation).
 
@@ -352,16 +408,19 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
         def entropy():  # Monte Carlo with the exact density, standard error ~0.003 nats
             x = mix.sample(100_000, torch.Generator().manual_seed(TEST_SEED - 1))
             return -float(mix.log_prob(x).to(torch.float64).mean())
-        return Dataset("mixture", mix.event_shape, mix.sample(test_size, test_gen),
-                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator),
-                       entropy_fn=entropy, log_prob=mix.log_prob)
+        test, test_labels = mix.sample(test_size, test_gen, return_labels=True)
+        return Dataset("mixture", mix.event_shape, test, test_labels=test_labels,
+                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator,
+                                                                    return_labels=True),
+                       num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError("data must be a name, a path or a GaussianMixture, got "
                         f"{type(data).__name__}")
     name = os.fspath(data)
     if name in TOYS:
-        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=TOYS[name],
-                       entropy_fn=functools.partial(toy_entropy, name),
+        sampler, num_classes = _LABELLED.get(name, (TOYS[name], 0))
+        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=sampler,
+                       num_classes=num_classes, entropy_fn=functools.partial(toy_entropy, name),
                        log_prob=toy_log_prob(name))
     if name == "digits":
         from sklearn.datasets import load_digits

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..labels import check_labels
 from ..sde import SDE
 from ..utils import append_dims
 
@@ -15,6 +16,9 @@ __all__ = ["ScoreModel"]
 
 class ScoreModel(nn.Module):
     """A score function ``model(x, t, y=None)`` built from a network and an SDE's ``(m(t), s(t))``.
+
+    Labels ``y`` (an integer or ``(B,)`` integers in ``[0, num_classes)``, -1 for "no label")
+    reach networks built with ``num_classes > 0``; ``y=None`` is the unconditional score.
 
     With ``x_t = m x_0 + s z`` and data of standard deviation ``sigma_data`` (write
     ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise
@@ -43,6 +47,11 @@ class ScoreModel(nn.Module):
             raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
         self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the network takes as labels (0: unconditional)."""
+        return int(getattr(self.net, "num_classes", 0))
+
     def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
         m, s = self.sde.marginal_coeffs(t)
@@ -54,6 +63,10 @@ class ScoreModel(nn.Module):
                          y: torch.Tensor | None = None) -> torch.Tensor:
         """``eps_hat(x, t)``, the predicted noise ``z`` of ``x_t = m x_0 + s z``; shape of ``x``."""
         t = self.sde.check_time(t, x)
+        if y is not None:
+            if not self.num_classes:
+                raise ValueError("this model is unconditional: call it without labels y")
+            y = check_labels(y, x.shape[0], self.num_classes, allow_null=True).to(x.device)
         c_in, c_skip, c_out, c_noise, _ = self.preconditioning(t)
         x_in = append_dims(c_in, x.ndim) * x
         f = self.net(x_in, c_noise, y) if y is not None else self.net(x_in, c_noise)
