@@ -249,7 +249,8 @@ class _LazyChoice(click.Choice):
         pass
 
 
-_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", "atol")
+_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", "atol",
+          "sigma_max", "sigma_min")
 
 
 @main.command(context_settings=_CTX)
@@ -278,6 +279,10 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               show_default=True, help="ode/torchsde tolerance.")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
               show_default=True, help="ode/torchsde tolerance.")
+@click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Few steps: one jump from T to this sigma = s/m, the other steps below it.")
+@click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Few steps: the other steps above this sigma = s/m, one jump to eps.")
 @click.option("--no-denoise", is_flag=True, help="Skip the final Tweedie denoising step.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -295,7 +300,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               "(model space), or a .npy mask (values 0).")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, rtol, atol, no_denoise, seed, out, device, as_json, label, guidance, mask):
+           method, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device, as_json, label,
+           guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -303,6 +309,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --solver pc --steps 1000       # the most recent run under ./runs
       scoresde sample --solver ode --rtol 1e-4 --json
       scoresde sample --solver dpmpp_2m --steps 10 --n 5000
+      scoresde sample --solver dpmpp_2m --steps 9 --grid log_snr --sigma-max 5 --sigma-min 0.01
       scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
       scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
       scoresde sample --mask known.npz --solver pc                             # imputation

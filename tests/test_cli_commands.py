@@ -82,6 +82,21 @@ def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
     assert f"using run {Path('runs') / run.name} (most recent" in text.stderr
 
 
+def test_sample_few_step_window(in_workdir):
+    result = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
+                     "--sigma-max", 5, "--sigma-min", 0.01, "--n", 16, "--json",
+                     "--out", in_workdir / "window.npz")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["nfe"] == 10  # 9 steps and the final denoising call
+    # The window changes the grid: the samples differ from the plain log-SNR grid's.
+    plain = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
+                    "--n", 16, "--out", in_workdir / "plain.npz")
+    assert plain.exit_code == 0, plain.output
+    a = np.load(in_workdir / "window.npz")["samples"]
+    b = np.load(in_workdir / "plain.npz")["samples"]
+    assert not np.allclose(a, b)
+
+
 def test_likelihood_json_has_mean_error_and_entropy_gap(in_workdir):
     result = _invoke("likelihood", "--n", 10, "--rtol", 1e-2, "--atol", 1e-2, "--json")
     assert result.exit_code == 0, result.output
