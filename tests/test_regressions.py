@@ -29,3 +29,26 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused_and_keeps_the_ru
         train(run, steps=2, resume=True, **TINY)
     assert json.loads((run / "config.json").read_text())["steps"] == 4
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+
+
+def test_cli_resume_keeps_every_option_of_the_run(tmp_path):
+    # Before the fix the CLI resumed with today's library defaults for every option it has no
+    # flag for (warmup, the SDE's parameters, the network's depth), so a run started from Python
+    # or under other defaults could not be continued: "options differ: net, sde, warmup".
+    from click.testing import CliRunner
+
+    from scoresde.cli import main
+
+    run = tmp_path / "run"
+    train(run, steps=2, warmup=1, sde="ve", sde_params={"sigma_max": 10.0}, **TINY)
+    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "3",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["warmup"] == 1 and config["sde"]["sigma_max"] == 10.0
+    assert config["net"]["hidden"] == 16 and config["steps"] == 3
+    # An option given on the command line still wins, and a conflicting one is refused.
+    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
+                                       "--sde", "vp", "--quiet"])
+    assert result.exit_code == 2 and "sde" in result.output
