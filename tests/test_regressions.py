@@ -52,3 +52,29 @@ def test_cli_resume_keeps_every_option_of_the_run(tmp_path):
     result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
                                        "--sde", "vp", "--quiet"])
     assert result.exit_code == 2 and "sde" in result.output
+
+
+def test_seed_from_is_the_generators_draw_and_torchsde_uses_it():
+    # torchsde's Brownian motion was seeded by torch.randint(..., generator=g) with no device,
+    # which raises for a CUDA generator; the seed is now drawn on the generator's device.
+    from scoresde import GaussianMixture, VPSDE, sample
+    from scoresde.utils import seed_from
+
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert seed_from(a) == int(torch.randint(0, 2**31 - 1, (1,), generator=b))
+    sde, mix = VPSDE(), GaussianMixture.ring()
+    x1, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    x2, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x1, x2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchsde_sampler_runs_with_a_cuda_generator():
+    from scoresde import GaussianMixture, VPSDE, sample
+
+    sde, mix = VPSDE(), GaussianMixture.ring()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4, generator=gen)
+    assert x.device.type == "cuda" and torch.isfinite(x).all()
