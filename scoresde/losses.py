@@ -65,6 +65,8 @@ def sample_time(
     (pairs ``u, 1 - u``).
     """
     _check(weighting, t_sampling, eps, sde)
+    if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if device is None and generator is not None:
         device = generator.device
     u = _uniforms(int(n), t_sampling, generator, device)

@@ -78,3 +78,21 @@ def test_torchsde_sampler_runs_with_a_cuda_generator():
     gen = torch.Generator(device="cuda").manual_seed(0)
     x, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4, generator=gen)
     assert x.device.type == "cuda" and torch.isfinite(x).all()
+
+
+def test_bad_arguments_give_one_line_errors_that_name_them():
+    # Before: rtol=-1 was reported as "rtol=-0.5" (after the per-sample scaling), a string rtol
+    # as a bare comparison TypeError, an SDE name instead of an SDE as an AttributeError deep in
+    # the grid code, and sample_time(n=-1) as a RuntimeError from torch.
+    from scoresde import GaussianMixture, VPSDE, encode, log_likelihood, sample, sample_time
+
+    sde, mix = VPSDE(), GaussianMixture.ring()
+    x = mix.sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"rtol must be a finite number > 0, got -1$"):
+        log_likelihood(mix.score_fn(sde), sde, x, rtol=-1)
+    with pytest.raises(ValueError, match="atol must be a finite number > 0, got 'x'"):
+        encode(mix.score_fn(sde), sde, x, atol="x")
+    with pytest.raises(TypeError, match="sde must be a scoresde.SDE"):
+        sample(mix.score_fn(sde), "vp", (4, 2), steps=2)
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got -1"):
+        sample_time(sde, -1)
