@@ -291,6 +291,8 @@ def _run(kw, run_dir, rank, world, dev, callback):
                          f"is at step {int(state['step'])}; pass steps >= {int(state['step'])}")
     if rank == 0:
         write_config(run_dir, config)
+        if not resuming:  # records of an earlier attempt that died before its first checkpoint
+            truncate_metrics(run_dir, 0)
     sde = get_sde(**config["sde"]) if not isinstance(kw["sde"], SDE) else kw["sde"]
     torch.manual_seed(config["seed"])
     wrapper, loss_fn = _objective(config["objective"])

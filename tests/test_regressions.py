@@ -96,3 +96,22 @@ def test_bad_arguments_give_one_line_errors_that_name_them():
         sample(mix.score_fn(sde), "vp", (4, 2), steps=2)
     with pytest.raises(ValueError, match="n must be an integer >= 1, got -1"):
         sample_time(sde, -1)
+
+
+def test_a_fresh_run_does_not_append_to_metrics_of_an_attempt_without_checkpoint(tmp_path):
+    # An attempt that died before its first checkpoint leaves config.json and metrics.jsonl; the
+    # next train() into that folder starts afresh, but appended its records to the stale ones.
+    class Stop(Exception):
+        pass
+
+    def stop(step, record):
+        if step == 3:
+            raise Stop
+
+    run = tmp_path / "run"
+    with pytest.raises(Stop):
+        train(run, steps=6, checkpoint_every=5, callback=stop, **TINY)
+    assert not (run / "checkpoint.pt").exists()
+    train(run, steps=4, **TINY)
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
