@@ -115,3 +115,24 @@ def test_a_fresh_run_does_not_append_to_metrics_of_an_attempt_without_checkpoint
     train(run, steps=4, **TINY)
     steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]
+
+
+def test_classifier_loss_checks_the_noise_shape_like_dsm_loss():
+    # classifier_loss had its own copy of dsm_loss's diffusion step, without the noise check: a
+    # (B, 1) noise broadcast silently into every coordinate. One helper now serves both.
+    from scoresde import VPSDE, classifier_loss, dsm_loss
+
+    sde, x0 = VPSDE(), torch.randn(4, 2)
+    t, noise = torch.full((4,), 0.5), torch.randn(4, 2)
+    logits = lambda x, t: torch.stack([x[:, 0], -x[:, 0]], 1)  # noqa: E731
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="noise must have the shape of x0"):
+        classifier_loss(logits, sde, x0, y=y, t=t, noise=noise[:, :1])
+    # With the same t and z the classifier sees x_t = m x0 + s z, as dsm_loss's score does.
+    m, s = sde.marginal_coeffs(t)
+    x_t = m[:, None] * x0 + s[:, None] * noise
+    expected = torch.nn.functional.cross_entropy(logits(x_t, t), y, reduction="none")
+    torch.testing.assert_close(classifier_loss(logits, sde, x0, y=y, t=t, noise=noise), expected)
+    seen = []
+    dsm_loss(lambda x, t: seen.append(x) or torch.zeros_like(x), sde, x0, t=t, noise=noise)
+    torch.testing.assert_close(seen[0], x_t)
