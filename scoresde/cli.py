@@ -201,13 +201,7 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, width, run, resume, 
     if resume:
         path = _pick_run(run)
         old = json.loads((path / "config.json").read_text())
-        for key in ("sde", "data", "batch_size", "lr", "weighting", "seed", "conditional",
-                    "label_dropout"):
-            if not _explicit(ctx, key) and key in old:  # keep the run's options unless given
-                keywords[key] = old[key]["name"] if key == "sde" else old[key]
-        if width is None:
-            keywords["net_params"] = {"hidden": old["net"]["hidden"]} if "hidden" in old.get(
-                "net", {}) else None
+        keywords = _resume_keywords(ctx, old, keywords, width)
     else:
         path = Path(run) if run else _new_run_dir(sde, data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -224,6 +218,36 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, width, run, resume, 
     click.echo(f"trained {result['step']} steps in {result['train_time_s']:.1f} s "
                f"(loss {result['loss']:.4f}) into {path}")
     click.echo(f"next: scoresde sample --run {path}")
+
+
+# Keywords of the library's train() that a resumption takes from the CLI, never from config.json.
+_NOT_FROM_CONFIG = {"run_dir", "steps", "device", "checkpoint_every", "resume", "progress",
+                    "callback", "sde_params", "net_params"}
+
+
+def _resume_keywords(ctx: click.Context, old: dict, keywords: dict, width: int | None) -> dict:
+    """``train()`` keywords that continue the run of ``config.json`` ``old``.
+
+    Every option not given on the command line is the run's own, whatever the library's defaults
+    are now (they may have changed since the run started, or the run came from the Python API
+    with options the CLI does not have); the SDE and network keep their parameters.
+    """
+    import inspect
+
+    from .train import train as train_run
+
+    out = dict(keywords)
+    for key in inspect.signature(train_run).parameters:
+        if key in old and key not in _NOT_FROM_CONFIG and not (key in keywords
+                                                               and _explicit(ctx, key)):
+            out[key] = old[key]
+    sde_cfg = dict(old["sde"])
+    if not _explicit(ctx, "sde") or keywords["sde"] == sde_cfg["name"]:
+        out["sde"], out["sde_params"] = sde_cfg.pop("name"), sde_cfg
+    net_cfg = {k: v for k, v in old["net"].items() if k not in ("event_shape", "num_classes")}
+    out["net"] = net_cfg.pop("name")
+    out["net_params"] = {**net_cfg, **({"hidden": width} if width else {})}
+    return out
 
 
 # ----- sample -------------------------------------------------------------------------------------

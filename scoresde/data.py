@@ -21,17 +21,13 @@ import numpy as np
 import torch
 
 from .targets import GaussianMixture
+from .utils import seed_from
 
 __all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array",
            "load_mask"]
 
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training never uses it
-
-
-def _seed_from(generator: torch.Generator | None) -> int:
-    """A NumPy/scikit-learn seed drawn from a torch generator: one generator drives everything."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_dev(generator)))
 
 
 def _dev(generator):
@@ -123,20 +119,20 @@ EIGHT_GAUSSIANS = GaussianMixture.ring(k=8, radius=4 / math.sqrt(2), std=0.5 / m
 
 def _moons(n, generator=None):
     from sklearn.datasets import make_moons
-    x, _ = make_moons(_check_n(n), noise=0.1, random_state=_seed_from(generator))
+    x, _ = make_moons(_check_n(n), noise=0.1, random_state=seed_from(generator))
     x = (torch.from_numpy(x) - torch.tensor(_MOONS_SHIFT, dtype=torch.float64)) * _MOONS_SCALE
     return x.float().to(_dev(generator))
 
 
 def _circles(n, generator=None):
     from sklearn.datasets import make_circles
-    x, _ = make_circles(_check_n(n), noise=0.08, factor=0.5, random_state=_seed_from(generator))
+    x, _ = make_circles(_check_n(n), noise=0.08, factor=0.5, random_state=seed_from(generator))
     return (3 * torch.from_numpy(x)).float().to(_dev(generator))
 
 
 def _swissroll(n, generator=None):
     from sklearn.datasets import make_swiss_roll
-    x, _ = make_swiss_roll(_check_n(n), noise=1.0, random_state=_seed_from(generator))
+    x, _ = make_swiss_roll(_check_n(n), noise=1.0, random_state=seed_from(generator))
     return (torch.from_numpy(x[:, [0, 2]]) / 5).float().to(_dev(generator))
 
 

@@ -284,8 +284,15 @@ def _run(kw, run_dir, rank, world, dev, callback):
     if config["batch_size"] % world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {world} processes")
     resuming = _check_resume(run_dir, config, kw["resume"], rank)
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev) \
+        if resuming else None
+    if state is not None and int(state["step"]) > config["steps"]:
+        raise ValueError(f"cannot resume {run_dir} with steps={config['steps']}: its checkpoint "
+                         f"is at step {int(state['step'])}; pass steps >= {int(state['step'])}")
     if rank == 0:
         write_config(run_dir, config)
+        if not resuming:  # records of an earlier attempt that died before its first checkpoint
+            truncate_metrics(run_dir, 0)
     sde = get_sde(**config["sde"]) if not isinstance(kw["sde"], SDE) else kw["sde"]
     torch.manual_seed(config["seed"])
     wrapper, loss_fn = _objective(config["objective"])
@@ -297,7 +304,6 @@ def _run(kw, run_dir, rank, world, dev, callback):
     gen = torch.Generator(device=dev).manual_seed(config["seed"])
     start, elapsed = 0, 0.0
     if resuming:
-        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])

@@ -17,6 +17,7 @@ from torch import nn
 from ..sde import SDE
 from ..utils import append_dims
 from .mlp import TimeFeatures, _Block
+from .score_model import check_sigma_data, preconditioning
 from .unet import _Attention, _ResBlock, _norm
 
 __all__ = ["ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
@@ -125,10 +126,7 @@ class NoiseClassifier(nn.Module):
 
     def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
         super().__init__()
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)
-                and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
-        self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
 
     @property
     def num_classes(self) -> int:
@@ -138,6 +136,5 @@ class NoiseClassifier(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Logits ``(B, K)`` of ``x`` ``(B, *dims)`` at times ``t`` ``(B,)``."""
         t = self.sde.check_time(t, x)
-        m, s = self.sde.marginal_coeffs(t)
-        c_in = torch.rsqrt((m * self.sigma_data) ** 2 + s**2)
-        return self.net(append_dims(c_in, x.ndim) * x, (torch.log(s) - torch.log(m)) / 4)
+        c_in, _, _, c_noise, _ = preconditioning(self.sde, t, self.sigma_data)
+        return self.net(append_dims(c_in, x.ndim) * x, c_noise)

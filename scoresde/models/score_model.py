@@ -11,7 +11,27 @@ from ..labels import check_labels
 from ..sde import SDE
 from ..utils import append_dims
 
-__all__ = ["ScoreModel"]
+__all__ = ["ScoreModel", "preconditioning", "check_sigma_data"]
+
+
+def check_sigma_data(sigma_data: float) -> float:
+    """Return ``sigma_data`` as a float, or raise ``ValueError`` unless it is finite and > 0."""
+    if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float))
+                                            and math.isfinite(sigma_data) and sigma_data > 0):
+        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
+    return float(sigma_data)
+
+
+def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """``(c_in, c_skip, c_out, c_noise, s)`` of :class:`ScoreModel` at times ``t`` ``(B,)``.
+
+    With ``a = m(t) sigma_data``: ``c_in = 1 / sqrt(a^2 + s^2)``, ``c_skip = s c_in``,
+    ``c_out = a c_in``, ``c_noise = log(s / m) / 4``; each of shape ``(B,)``.
+    """
+    m, s = sde.marginal_coeffs(t)
+    a = m * sigma_data
+    c_in = torch.rsqrt(a**2 + s**2)
+    return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
 
 
 class ScoreModel(nn.Module):
@@ -42,10 +62,7 @@ class ScoreModel(nn.Module):
 
     def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
         super().__init__()
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)
-                and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
-        self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
 
     @property
     def num_classes(self) -> int:
@@ -54,10 +71,7 @@ class ScoreModel(nn.Module):
 
     def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
-        m, s = self.sde.marginal_coeffs(t)
-        a = m * self.sigma_data
-        c_in = torch.rsqrt(a**2 + s**2)
-        return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
+        return preconditioning(self.sde, t, self.sigma_data)
 
     def noise_prediction(self, x: torch.Tensor, t: torch.Tensor | float,
                          y: torch.Tensor | None = None) -> torch.Tensor:

@@ -96,6 +96,9 @@ def sample(
     Raises:
         ValueError: unknown solver, grid or knob, ``steps < 1``, ``eps`` outside ``(0, T)``.
     """
+    if not isinstance(sde, SDE):
+        raise TypeError(f"sde must be a scoresde.SDE (e.g. scoresde.VPSDE()), got "
+                        f"{type(sde).__name__}")
     if solver not in SAMPLERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SAMPLERS)}")
     accepted = _solver_knobs(solver)
