@@ -279,6 +279,27 @@ class Dataset:
         return float(x.to(torch.float64).std())
 
 
+_NPY = ""  # the key of a .npy file's one array in _read_numpy's answer
+
+
+def _read_numpy(path: str, what: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file by name, or a ``.npy`` file's array under ``""``.
+
+    Read without pickles, so a file cannot run code. Raises ``ValueError`` naming ``what`` (the
+    file's role) when the file is missing or unreadable.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {key: loaded[key] for key in loaded.files}
+        return {_NPY: loaded}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+
+
 def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Read ``(N, *dims)`` points (and optional labels) from a ``.npy`` or ``.npz`` file.
 
@@ -290,24 +311,18 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
             or labels of the wrong length.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"data file {path!r} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+    arrays = _read_numpy(path, "data")
     labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            files = loaded.files
-            keys = [k for k in ("x", "data") if k in files] or (files if len(files) == 1 else [])
-            if not keys:
-                raise ValueError(f"{path}: put the points under key 'x' (found {files})")
-            x = loaded[keys[0]]
-            lab = [k for k in ("y", "labels") if k in files]
-            labels = loaded[lab[0]] if lab else None
+    if _NPY in arrays:
+        x = arrays[_NPY]
     else:
-        x = loaded
+        files = list(arrays)
+        keys = [k for k in ("x", "data") if k in files] or (files if len(files) == 1 else [])
+        if not keys:
+            raise ValueError(f"{path}: put the points under key 'x' (found {files})")
+        x = arrays[keys[0]]
+        lab = [k for k in ("y", "labels") if k in files]
+        labels = arrays[lab[0]] if lab else None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:
         raise ValueError(f"{path}: need a non-empty numeric array of shape (N, *dims) with N >= 1, "
                          f"got dtype {x.dtype} and shape {x.shape}")
@@ -337,21 +352,14 @@ def load_mask(path: str | os.PathLike,
             other than the data's.
     """
     path, event_shape = os.fspath(path), tuple(int(n) for n in event_shape)
-    if not os.path.isfile(path):
-        raise ValueError(f"mask file {path!r} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            if "mask" not in loaded.files:
-                raise ValueError(f"{path}: put the mask under key 'mask' (found {loaded.files})")
-            mask = loaded["mask"]
-            values = loaded["values"] if "values" in loaded.files else np.zeros(mask.shape)
+    arrays = _read_numpy(path, "mask")
+    if _NPY in arrays:
+        mask = arrays[_NPY]
+    elif "mask" in arrays:
+        mask = arrays["mask"]
     else:
-        mask = loaded
-        values = np.zeros(mask.shape)
+        raise ValueError(f"{path}: put the mask under key 'mask' (found {list(arrays)})")
+    values = arrays.get("values", np.zeros(mask.shape))
     shapes = (event_shape, f"(N, {', '.join(map(str, event_shape))})")
     for name, arr in (("mask", mask), ("values", values)):
         if arr.shape != event_shape and arr.shape[1:] != event_shape:
