@@ -19,7 +19,6 @@ given the other by the replacement method, against ``GaussianMixture.condition``
 from __future__ import annotations
 
 import argparse
-import math
 import tempfile
 import time
 

@@ -469,7 +469,6 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
       scoresde likelihood --n 10000 --json
       scoresde likelihood --run runs/00001-vp-digits --divergence hutchinson --probes 4
     """
-    import torch
 
     from .data import get_dataset, load_array
     from .likelihood import log_likelihood

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import matplotlib
 

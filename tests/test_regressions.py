@@ -12,14 +12,6 @@ TINY = dict(data="8gaussians", net_params={"hidden": 16, "depth": 1}, batch_size
             progress=False, log_every=1)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_resume_with_fewer_steps_than_the_checkpoint_is_refused_and_keeps_the_run(tmp_path):
     # Before the fix, resuming a 4-step run with steps=2 "succeeded": it rewrote config.json with
     # steps=2 beside a checkpoint at step 4 and reported step 2 at a negative speed.
