@@ -40,7 +40,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed``, or ``None`` when ``seed`` is None."""
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``; ``None`` when ``seed`` is None."""
     if seed is None:
         return None
     gen = torch.Generator(device=torch.device(device))

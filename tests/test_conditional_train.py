@@ -38,7 +38,8 @@ def test_classifier_free_guidance_of_a_trained_model_sharpens_classes(runs):
     assert config["conditional"] and config["label_dropout"] == 0.1
     assert config["objective"] == "score" and model.num_classes == 2
     y = torch.arange(N) % 2
-    frac = {w: in_class(draw(classifier_free_guidance(model, y, w), sde), y) for w in (0.0, 1.0, 4.0)}
+    frac = {w: in_class(draw(classifier_free_guidance(model, y, w), sde), y)
+            for w in (0.0, 1.0, 4.0)}
     # w = 0 should give ~0.84 (exact) after 400 steps of training; rising by > 0.08 is > 7
     # standard errors of each fraction.
     assert frac[0.0] > 0.75
