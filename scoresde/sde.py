@@ -61,7 +61,7 @@ class SDE(ABC):
 
     @abstractmethod
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m(t), s(t))`` of the transition ``x_t = m(t) x_0 + s(t) z``, each shaped like ``t``."""
+        """``(m(t), s(t))`` of ``x_t = m(t) x_0 + s(t) z``, each of the shape of ``t``."""
 
     def config(self) -> dict:
         """The name and parameters that rebuild this SDE with :func:`get_sde`."""
