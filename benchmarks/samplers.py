@@ -11,6 +11,8 @@ batch of the same shape), minus 1.
 
     PYTHONPATH=$PWD python benchmarks/samplers.py            # full, about 10 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --quick    # a smoke run, about a minute
+    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~2 minutes
+    PYTHONPATH=$PWD python benchmarks/samplers.py --fewstep  # windowed few-step grids, ~2 min
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ def settings(quick: bool):
            for g in ("edm", "log_snr") for n in ((4, 9) if quick else (4, 6, 9, 14, 24, 49))
            if not (s == "heun" and n > 24)]
     few = [(lab, s, n // 2 if s == "heun" else n, k) for lab, s, n, k in few]
-    slow = [("em", "em", n, {}) for n in ((100,) if quick else (100, 300, 1000))]
-    slow += [("pc", "pc", n, {}) for n in ((50,) if quick else (100, 300, 1000))]
+    few += windowed(quick)
+    slow = [("em", "em", n, {}) for n in ((100,) if quick else (100, 300))]
+    slow += [("pc", "pc", n, {}) for n in ((50,) if quick else (100, 300))]
     slow += [("pc ancestral", "pc", n, {"predictor": "ancestral", "corrector": "none"})
              for n in ((50,) if quick else (100, 300))]
     slow += [("ode RK45", "ode", 1, {"rtol": r, "atol": r}) for r in ((1e-3,) if quick
@@ -43,6 +46,16 @@ def settings(quick: bool):
              for m, ns in (("euler", (100, 300)), ("srk", (30,)), ("reversible_heun", (300,)))
              for n in (ns[:1] if quick else ns)]
     return few + slow
+
+
+WINDOW = {"sigma_max": 5.0, "sigma_min": 0.01}
+
+
+def windowed(quick: bool):
+    """Few-step solvers on grids inside the sigma window [0.01, 5] (one jump step at each end)."""
+    return [(f"{s}/{g} window", s, n // 2 if s == "heun" else n, {"grid": g, **WINDOW})
+            for s, g in (("dpmpp_2m", "log_snr"), ("dpmpp_2m", "edm"), ("heun", "log_snr"))
+            for n in ((5, 9) if quick else (5, 7, 9, 14)) if s != "heun" or n // 2 >= 3]
 
 
 def score_alone_time(score_fn, shape, sde, calls):
@@ -55,8 +68,8 @@ def score_alone_time(score_fn, shape, sde, calls):
     return time.perf_counter() - start
 
 
-def run(quick: bool) -> list[dict]:
-    n, reps = (1000, 2) if quick else (2000, 5)
+def run(quick: bool, fewstep: bool = False) -> list[dict]:
+    n, reps = (1000, 2) if quick and not fewstep else (2000, 5)
     rows = []
     for target in ("ring", "narrow"):
         mix = GaussianMixture.ring() if target == "ring" else GaussianMixture.narrow()
@@ -67,7 +80,7 @@ def run(quick: bool) -> list[dict]:
         for sde_name in ("vp", "subvp", "ve"):
             sde = get_sde(sde_name)
             score_fn = mix.score_fn(sde)
-            for label, solver, steps, knobs in settings(quick):
+            for label, solver, steps, knobs in (windowed(False) if fewstep else settings(quick)):
                 stats, secs = [], []
                 for r in range(reps):
                     g = torch.Generator().manual_seed(100 + r)
@@ -84,6 +97,63 @@ def run(quick: bool) -> list[dict]:
                                  overhead=wall / alone - 1, ok=statistics.mean(stats) < level))
                 print(_fmt(rows[-1]), flush=True)
     return rows
+
+
+def recorded_calls(score_fn, run):
+    """The ``(x, t)`` of every score call ``run(score_fn)`` makes, cloned."""
+    calls = []
+
+    def recording(x, t):
+        calls.append((x.clone(), t.clone()))
+        return score_fn(x, t)
+
+    run(recording)
+    return calls
+
+
+def overhead(repeats: int = 7) -> None:
+    """Loop overhead: the sampler's time over the time of its own score calls replayed alone.
+
+    The baseline replays the exact inputs the sampler gave the score (the exact mixture score's
+    cost depends on them a little), and each repeat times the sampler and the replay back to
+    back, so a load spike on the shared machine hits both; min of ``repeats`` of each.
+    """
+    mix, sde = GaussianMixture.ring(), get_sde("vp")
+    score_fn, shape, steps = mix.score_fn(sde), (2000, 2), 500
+    print(f"\nLoop overhead ({shape[0]} points, {steps} steps, vp, ring, min of {repeats}):")
+    print("| solver | NFE | sampler s | its score calls replayed s | overhead | "
+          "loop with a free score s | loop / score calls |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, solver, knobs in (("em", "em", {}), ("pc", "pc", {}),
+                                 ("pc ancestral", "pc", {"predictor": "ancestral",
+                                                         "corrector": "none"}),
+                                 ("torchsde euler", "torchsde", {"method": "euler"}),
+                                 ("dpmpp_2m", "dpmpp_2m", {})):
+        def run(fn):
+            return sample(fn, sde, shape, solver=solver, steps=steps,
+                          generator=torch.Generator().manual_seed(0), **knobs)
+
+        calls = recorded_calls(score_fn, run)
+        free_out = calls[0][0].clone()  # a score that costs nothing: the loop's own time
+
+        def free(x, t):
+            return free_out
+
+        wall, alone, loop = [], [], []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run(score_fn)
+            wall.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            for x, t in calls:
+                score_fn(x, t)
+            alone.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            run(free)
+            loop.append(time.perf_counter() - start)
+        print(f"| {label} | {len(calls)} | {min(wall):.2f} | {min(alone):.2f} | "
+              f"{100 * (min(wall) / min(alone) - 1):+.1f}% | {min(loop):.3f} | "
+              f"{100 * min(loop) / min(alone):.1f}% |", flush=True)
 
 
 def _fmt(r: dict) -> str:
@@ -105,13 +175,18 @@ def summary(rows: list[dict]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer settings and draws")
+    parser.add_argument("--fewstep", action="store_true",
+                        help="only the few-step solvers on the sigma window, full draws")
+    parser.add_argument("--overhead", action="store_true", help="only the loop-overhead table")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.overhead:
+        return overhead()
     print(f"# {datetime.date.today()}, torch {torch.__version__}, 1 thread")
     print("| target | sde | solver | steps | NFE | energy dist. mean ± sd | noise level | "
           "reached | wall s | loop overhead |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    summary(run(args.quick))
+    summary(run(args.quick, args.fewstep))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,12 @@ from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_
 from . import data
 from .losses import dsm_loss, sample_time, time_weight
 from .models import ScoreMLP, ScoreModel, UNet
-from .train import load_run, train
+from .train import load_run, train, train_classifier
+from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
+from .labels import NULL_LABEL
+from .losses import classifier_loss
+from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
+from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
 
 __version__ = "0.1.0"
 
@@ -27,4 +32,7 @@ __all__ = [
     "data", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel", "train",
     "load_run",
     "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
+    "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
+    "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
+    "ClassifierUNet", "classifier_loss", "train_classifier",
 ]

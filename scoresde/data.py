@@ -21,16 +21,13 @@ import numpy as np
 import torch
 
 from .targets import GaussianMixture
+from .utils import seed_from
 
-__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array"]
+__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array",
+           "load_mask"]
 
 Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
 TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training never uses it
-
-
-def _seed_from(generator: torch.Generator | None) -> int:
-    """A NumPy/scikit-learn seed drawn from a torch generator: one generator drives everything."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=_dev(generator)))
 
 
 def _dev(generator):
@@ -122,20 +119,20 @@ EIGHT_GAUSSIANS = GaussianMixture.ring(k=8, radius=4 / math.sqrt(2), std=0.5 / m
 
 def _moons(n, generator=None):
     from sklearn.datasets import make_moons
-    x, _ = make_moons(_check_n(n), noise=0.1, random_state=_seed_from(generator))
+    x, _ = make_moons(_check_n(n), noise=0.1, random_state=seed_from(generator))
     x = (torch.from_numpy(x) - torch.tensor(_MOONS_SHIFT, dtype=torch.float64)) * _MOONS_SCALE
     return x.float().to(_dev(generator))
 
 
 def _circles(n, generator=None):
     from sklearn.datasets import make_circles
-    x, _ = make_circles(_check_n(n), noise=0.08, factor=0.5, random_state=_seed_from(generator))
+    x, _ = make_circles(_check_n(n), noise=0.08, factor=0.5, random_state=seed_from(generator))
     return (3 * torch.from_numpy(x)).float().to(_dev(generator))
 
 
 def _swissroll(n, generator=None):
     from sklearn.datasets import make_swiss_roll
-    x, _ = make_swiss_roll(_check_n(n), noise=1.0, random_state=_seed_from(generator))
+    x, _ = make_swiss_roll(_check_n(n), noise=1.0, random_state=seed_from(generator))
     return (torch.from_numpy(x[:, [0, 2]]) / 5).float().to(_dev(generator))
 
 
@@ -176,6 +173,12 @@ TOYS: dict[str, Sampler] = {
     "rings": lambda n, generator=None: _RINGS.sample(_check_n(n), generator),
     "pinwheel": _pinwheel,
     "2spirals": lambda n, generator=None: _SPIRALS.sample(_check_n(n), generator),
+}
+
+# Toys with class labels (the sampler returns ``(x, labels)``): 8gaussians' components.
+_LABELLED: dict[str, tuple[Callable, int]] = {
+    "8gaussians": (lambda n, generator=None: EIGHT_GAUSSIANS.sample(_check_n(n), generator,
+                                                                    return_labels=True), 8),
 }
 
 _LOG_PROBS = {
@@ -230,7 +233,8 @@ class Dataset:
         event_shape: shape of one point, e.g. ``(2,)`` or ``(1, 8, 8)``.
         test: held-out points, shape ``(N_test, *event_shape)``.
         train: training points for finite sets, None for toys (drawn by ``sampler``).
-        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys.
+        sampler: ``sampler(n, generator) -> (n, *event_shape)`` for infinite toys, or
+            ``-> (x, labels)`` for labelled ones (mixtures, whose components are the classes).
         train_labels, test_labels: integer labels ``(N,)`` or None.
         num_classes: number of label values (0 without labels).
         is_image: True for ``(C, H, W)`` image sets.
@@ -261,7 +265,8 @@ class Dataset:
     def sample(self, n: int, generator: torch.Generator | None = None):
         """A training batch ``(x, y)``: ``x`` ``(n, *event_shape)``, ``y`` ``(n,)`` or None."""
         if self.sampler is not None:
-            return self.sampler(n, generator), None
+            out = self.sampler(n, generator)
+            return out if isinstance(out, tuple) else (out, None)
         idx = torch.randint(0, self.train.shape[0], (_check_n(n),), generator=generator,
                             device=_dev(generator)).cpu()
         y = None if self.train_labels is None else self.train_labels[idx]
@@ -269,9 +274,30 @@ class Dataset:
 
     def std(self) -> float:
         """Standard deviation of all entries of the training data (test points for toys)."""
-        x = self.train if self.train is not None else self.sampler(
-            20_000, torch.Generator().manual_seed(TEST_SEED - 2))
+        x = self.train if self.train is not None else self.sample(
+            20_000, torch.Generator().manual_seed(TEST_SEED - 2))[0]
         return float(x.to(torch.float64).std())
+
+
+_NPY = ""  # the key of a .npy file's one array in _read_numpy's answer
+
+
+def _read_numpy(path: str, what: str) -> dict[str, np.ndarray]:
+    """Every array of a ``.npz`` file by name, or a ``.npy`` file's array under ``""``.
+
+    Read without pickles, so a file cannot run code. Raises ``ValueError`` naming ``what`` (the
+    file's role) when the file is missing or unreadable.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"{what} file {path!r} does not exist")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                return {key: loaded[key] for key in loaded.files}
+        return {_NPY: loaded}
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
 
 
 def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -285,24 +311,18 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
             or labels of the wrong length.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ValueError(f"data file {path!r} does not exist")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+    arrays = _read_numpy(path, "data")
     labels = None
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            files = loaded.files
-            keys = [k for k in ("x", "data") if k in files] or (files if len(files) == 1 else [])
-            if not keys:
-                raise ValueError(f"{path}: put the points under key 'x' (found {files})")
-            x = loaded[keys[0]]
-            lab = [k for k in ("y", "labels") if k in files]
-            labels = loaded[lab[0]] if lab else None
+    if _NPY in arrays:
+        x = arrays[_NPY]
     else:
-        x = loaded
+        files = list(arrays)
+        keys = [k for k in ("x", "data") if k in files] or (files if len(files) == 1 else [])
+        if not keys:
+            raise ValueError(f"{path}: put the points under key 'x' (found {files})")
+        x = arrays[keys[0]]
+        lab = [k for k in ("y", "labels") if k in files]
+        labels = arrays[lab[0]] if lab else None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:
         raise ValueError(f"{path}: need a non-empty numeric array of shape (N, *dims) with N >= 1, "
                          f"got dtype {x.dtype} and shape {x.shape}")
@@ -313,6 +333,45 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
         raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)")
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
+
+
+def load_mask(path: str | os.PathLike,
+              event_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read an imputation mask and the known values from a ``.npz`` (or a ``.npy`` mask).
+
+    An ``.npz`` holds ``mask`` (booleans or 0/1, True where known) and ``values`` (model-space
+    values; entries outside the mask are ignored), each of shape ``event_shape`` or
+    ``(N, *event_shape)``; a ``.npy`` holds the mask alone (the known values are then 0).
+
+    Returns:
+        ``(mask, values)``: a bool tensor and a float32 tensor, each of shape ``event_shape``
+        or ``(N, *event_shape)``.
+
+    Raises:
+        ValueError: unreadable file, missing keys, non-0/1 mask, non-finite values, or shapes
+            other than the data's.
+    """
+    path, event_shape = os.fspath(path), tuple(int(n) for n in event_shape)
+    arrays = _read_numpy(path, "mask")
+    if _NPY in arrays:
+        mask = arrays[_NPY]
+    elif "mask" in arrays:
+        mask = arrays["mask"]
+    else:
+        raise ValueError(f"{path}: put the mask under key 'mask' (found {list(arrays)})")
+    values = arrays.get("values", np.zeros(mask.shape))
+    shapes = (event_shape, f"(N, {', '.join(map(str, event_shape))})")
+    for name, arr in (("mask", mask), ("values", values)):
+        if arr.shape != event_shape and arr.shape[1:] != event_shape:
+            raise ValueError(f"{path}: {name} must have the data's shape {shapes[0]} or "
+                             f"{shapes[1]}, got {arr.shape}")
+    if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool) or not np.isin(
+            mask, (0, 1)).all():
+        raise ValueError(f"{path}: mask must hold booleans or 0/1 values (1 = known)")
+    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
+        raise ValueError(f"{path}: values must be finite numbers")
+    return (torch.from_numpy(mask.astype(bool)),
+            torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
 
 
 def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:
@@ -332,7 +391,8 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
     Args:
         data: one of :data:`TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as ``(1, 8, 8)`` images
             in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with labels 0..9), a path, a
-            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one.
+            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one
+            (labelled: its components are the classes).
         test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
         test_fraction: share of a finite set held out (a fixed-seed permutation).
 
@@ -352,16 +412,19 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
         def entropy():  # Monte Carlo with the exact density, standard error ~0.003 nats
             x = mix.sample(100_000, torch.Generator().manual_seed(TEST_SEED - 1))
             return -float(mix.log_prob(x).to(torch.float64).mean())
-        return Dataset("mixture", mix.event_shape, mix.sample(test_size, test_gen),
-                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator),
-                       entropy_fn=entropy, log_prob=mix.log_prob)
+        test, test_labels = mix.sample(test_size, test_gen, return_labels=True)
+        return Dataset("mixture", mix.event_shape, test, test_labels=test_labels,
+                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator,
+                                                                    return_labels=True),
+                       num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError("data must be a name, a path or a GaussianMixture, got "
                         f"{type(data).__name__}")
     name = os.fspath(data)
     if name in TOYS:
-        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=TOYS[name],
-                       entropy_fn=functools.partial(toy_entropy, name),
+        sampler, num_classes = _LABELLED.get(name, (TOYS[name], 0))
+        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=sampler,
+                       num_classes=num_classes, entropy_fn=functools.partial(toy_entropy, name),
                        log_prob=toy_log_prob(name))
     if name == "digits":
         from sklearn.datasets import load_digits

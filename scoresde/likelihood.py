@@ -45,6 +45,12 @@ EXACT_DIVERGENCE_MAX_DIM = 64
 
 
 # ----- input checks ---------------------------------------------------------------------------
+def _check_tolerances(rtol, atol) -> None:
+    for name, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
+            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+
+
 def _check_flow_inputs(score_fn, sde, x, eps, error_norm) -> float:
     if not callable(score_fn):
         raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn)}")
@@ -137,6 +143,7 @@ def _flow_velocity(sde: SDE, score: torch.Tensor, x: torch.Tensor, t: torch.Tens
 
 def _integrate_flow(score_fn, sde, x, t0, t1, method, rtol, atol, error_norm) -> torch.Tensor:
     """Carry ``x`` (shape ``(B, *dims)``) along the probability-flow ODE from ``t0`` to ``t1``."""
+    _check_tolerances(rtol, atol)
     rtol, atol = _tolerances(rtol, atol, x.shape[0], error_norm)
 
     def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
@@ -194,6 +201,7 @@ def log_likelihood(
         TypeError: ``score_fn`` or ``prior_logp`` is not callable.
     """
     eps = _check_flow_inputs(score_fn, sde, x, eps, error_norm)
+    _check_tolerances(rtol, atol)
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of "
                          f"{', '.join(DIVERGENCES)}")

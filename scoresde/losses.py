@@ -24,7 +24,8 @@ import torch
 from .sde import SDE
 from .utils import append_dims, batch_sum
 
-__all__ = ["WEIGHTINGS", "T_SAMPLINGS", "sample_time", "time_weight", "dsm_loss"]
+__all__ = ["WEIGHTINGS", "T_SAMPLINGS", "sample_time", "time_weight", "dsm_loss",
+           "classifier_loss"]
 
 WEIGHTINGS = ("sigma2", "likelihood", "likelihood_is")
 T_SAMPLINGS = ("uniform", "stratified", "antithetic")
@@ -64,6 +65,8 @@ def sample_time(
     (pairs ``u, 1 - u``).
     """
     _check(weighting, t_sampling, eps, sde)
+    if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
     if device is None and generator is not None:
         device = generator.device
     u = _uniforms(int(n), t_sampling, generator, device)
@@ -88,6 +91,21 @@ def time_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2",
     ends = torch.tensor([eps, sde.T], dtype=torch.float64)
     lam_eps, lam_T = sde.log_snr(ends)
     return torch.full_like(t, float(lam_eps - lam_T) / (sde.T - eps))
+
+
+def _diffuse(sde, x0, weighting, eps, t_sampling, generator, t, noise):
+    """``(t, z, x_t, s(t))`` of a batch: ``x_t = m(t) x0 + s(t) z``; ``t``, ``z`` drawn if None."""
+    if t is None:
+        t = sample_time(sde, x0.shape[0], eps=eps, weighting=weighting, t_sampling=t_sampling,
+                        generator=generator, device=x0.device, dtype=x0.dtype)
+    t = sde.check_time(t, x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got "
+                         f"{tuple(noise.shape)}")
+    m, s = sde.marginal_coeffs(t)
+    return t, noise, append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise, s
 
 
 def dsm_loss(
@@ -121,17 +139,41 @@ def dsm_loss(
     Returns:
         Loss per sample, shape ``(B,)``: ``w(t) ||s(t) score(x_t, t) + z||^2``.
     """
-    if t is None:
-        t = sample_time(sde, x0.shape[0], eps=eps, weighting=weighting, t_sampling=t_sampling,
-                        generator=generator, device=x0.device, dtype=x0.dtype)
-    t = sde.check_time(t, x0)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    elif noise.shape != x0.shape:
-        raise ValueError(f"noise must have the shape of x0 {tuple(x0.shape)}, got "
-                         f"{tuple(noise.shape)}")
-    m, s = sde.marginal_coeffs(t)
-    x_t = append_dims(m, x0.ndim) * x0 + append_dims(s, x0.ndim) * noise
+    t, noise, x_t, s = _diffuse(sde, x0, weighting, eps, t_sampling, generator, t, noise)
     score = score_fn(x_t, t) if y is None else score_fn(x_t, t, y=y)
     residual = append_dims(s, x0.ndim) * score + noise
     return time_weight(sde, t, weighting, eps).to(x0.dtype) * batch_sum(residual**2)
+
+
+def classifier_loss(
+    classifier: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sde: SDE,
+    x0: torch.Tensor,
+    *,
+    y: torch.Tensor,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    t_sampling: str = "uniform",
+    generator: torch.Generator | None = None,
+    t: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of a noise-conditional classifier at ``x_t = m(t) x0 + s(t) z``, per sample.
+
+    The loss of classifier guidance (Dhariwal & Nichol 2021): ``-log p(y | x_t, t)`` with ``t``
+    and ``z`` drawn as for :func:`dsm_loss` (``weighting`` only chooses how ``t`` is drawn).
+
+    Args:
+        classifier: ``classifier(x, t) -> logits (B, K)``.
+        sde: the forward SDE.
+        x0: clean data, shape ``(B, *dims)``.
+        y: integer labels ``(B,)`` in ``[0, K)``.
+        weighting, eps, t_sampling, generator, t, noise: as :func:`dsm_loss`.
+
+    Returns:
+        Loss per sample, shape ``(B,)``.
+    """
+    if y is None or y.shape != x0.shape[:1] or y.dtype.is_floating_point:
+        raise ValueError(f"classifier_loss needs integer labels y of shape ({x0.shape[0]},)")
+    t, _, x_t, _ = _diffuse(sde, x0, weighting, eps, t_sampling, generator, t, noise)
+    return torch.nn.functional.cross_entropy(classifier(x_t, t), y.long(), reduction="none")

@@ -61,7 +61,7 @@ class SDE(ABC):
 
     @abstractmethod
     def marginal_coeffs(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(m(t), s(t))`` of the transition ``x_t = m(t) x_0 + s(t) z``. Each of the shape of ``t``."""
+        """``(m(t), s(t))`` of ``x_t = m(t) x_0 + s(t) z``, each of the shape of ``t``."""
 
     def config(self) -> dict:
         """The name and parameters that rebuild this SDE with :func:`get_sde`."""
@@ -216,7 +216,8 @@ class VPSDE(SDE):
         )
 
     def config(self) -> dict:
-        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max, "T": self.T}
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max,
+                "T": self.T}
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         """``beta(t) = beta_min + t (beta_max - beta_min)``."""
@@ -271,7 +272,7 @@ subVPSDE = SubVPSDE
 
 
 class VESDE(SDE):
-    """Variance-exploding SDE ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw`` (NCSN's limit).
+    """Variance-exploding SDE ``dx = sigma(t) sqrt(2 log(sigma_max / sigma_min)) dw`` (NCSN).
 
     ``sigma(t) = sigma_min (sigma_max / sigma_min)^t``; ``m(t) = 1`` and ``s(t)^2 = sigma(t)^2 -
     sigma_min^2``, the exact variance the SDE adds from ``t = 0`` (Song et al. 2021, appendix C;

@@ -75,7 +75,7 @@ class GaussianMixture:
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
         return_labels: bool = False,
     ):
-        """Draw ``n`` samples, shape ``(n, *event_shape)`` (with their component labels if asked)."""
+        """``n`` samples, shape ``(n, *event_shape)``, with their component labels if asked."""
         if int(n) < 1:
             raise ValueError(f"n must be a positive integer, got {n!r}")
         device = generator.device if generator is not None else torch.device("cpu")
@@ -88,7 +88,7 @@ class GaussianMixture:
         return (x, labels) if return_labels else x
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        """Exact log-density of the data, shape ``(B,)`` for ``x`` of shape ``(B, *event_shape)``."""
+        """Exact log-density of the data: shape ``(B,)`` for ``x`` ``(B, *event_shape)``."""
         one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
         return self._log_prob(x, one, torch.zeros_like(one))
 
@@ -205,7 +205,7 @@ class GaussianMixture:
         return x.reshape(x.shape[0], self.dim).to(torch.float64)
 
     def _components(self, x, m, s):
-        """Per-component log-densities ``(B, K)`` and rotated residuals over variances ``(B, K, D)``."""
+        """Component log-densities ``(B, K)``, rotated residuals over variances ``(B, K, D)``."""
         flat = self._flat(x)
         dev = flat.device
         means, evecs, evals = self.means.to(dev), self.evecs.to(dev), self.evals.to(dev)
@@ -243,7 +243,7 @@ class GaussianMixture:
 
     @classmethod
     def narrow(cls, narrow_std: float = 0.01) -> "GaussianMixture":
-        """Three anisotropic 2D Gaussians, one of them very narrow (std ``narrow_std``) along an axis.
+        """Three anisotropic 2D Gaussians, one very narrow (std ``narrow_std``) along an axis.
 
         A hard case for samplers: the narrow component's scale is far below the others'.
         """

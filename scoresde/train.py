@@ -22,12 +22,21 @@ from torch.optim.swa_utils import AveragedModel
 from .checkpoint import (CHECKPOINT, append_metrics, load_checkpoint, read_config,
                          save_checkpoint, truncate_metrics, write_config)
 from .data import get_dataset
-from .losses import T_SAMPLINGS, WEIGHTINGS, dsm_loss, sample_time
-from .models import ScoreModel, build_net
+from .labels import NULL_LABEL
+from .losses import T_SAMPLINGS, WEIGHTINGS, classifier_loss, dsm_loss, sample_time
+from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
 from .utils import resolve_device
 
-__all__ = ["train", "load_run"]
+__all__ = ["train", "train_classifier", "load_run", "OBJECTIVES"]
+
+# What a run learns: the score (``ScoreModel``) or a noisy classifier (``NoiseClassifier``).
+OBJECTIVES = ("score", "classifier")
+
+
+def _objective(name: str):
+    """``(wrapper, loss)`` of an objective: the module around the network and its loss."""
+    return (ScoreModel, dsm_loss) if name == "score" else (NoiseClassifier, classifier_loss)
 
 # Options that may change between a run and its resumption; all others must match config.json.
 _MAY_CHANGE = {"steps", "progress", "checkpoint_every", "log_every", "device", "resume", "run_dir"}
@@ -37,13 +46,16 @@ _MLP_DEFAULTS = {"hidden": 128, "depth": 3, "time_dim": 64, "time_features": "fo
                  "time_scale": 4.0}
 
 
-def _net_config(net, net_params, dataset, conditional) -> dict:
+def _net_config(net, net_params, dataset, conditional, objective) -> dict:
     if net == "auto":
         net = "unet" if dataset.is_image else "mlp"
     params = dict(_MLP_DEFAULTS) if net == "mlp" else {}
     params.update(net_params or {})
     params.update(event_shape=list(dataset.event_shape),
                   num_classes=dataset.num_classes if conditional else 0)
+    if objective == "classifier":  # the same family, ending in class logits
+        net = net if net.endswith("_classifier") else f"{net}_classifier"
+        params["num_classes"] = dataset.num_classes
     return build_net({"name": net, **params}).config()
 
 
@@ -59,8 +71,13 @@ def _resolve(kw: dict, dataset) -> dict:
         raise ValueError("need lr > 0, 0 <= ema_decay < 1 and warmup >= 0")
     if kw["optimizer"] not in ("adam", "adamw") or kw["lr_decay"] not in ("cosine", "none"):
         raise ValueError("optimizer must be 'adam' or 'adamw' and lr_decay 'cosine' or 'none'")
-    if kw["conditional"] and not dataset.num_classes:
+    if kw["objective"] not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got "
+                         f"{kw['objective']!r}")
+    if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
         raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
+    if not (isinstance(kw["label_dropout"], (int, float)) and 0 <= kw["label_dropout"] < 1):
+        raise ValueError(f"label_dropout must be a number in [0, 1), got {kw['label_dropout']!r}")
     sde = kw["sde"]
     if not isinstance(sde, SDE):
         sde = get_sde(sde, **(kw["sde_params"] or {}))
@@ -72,7 +89,8 @@ def _resolve(kw: dict, dataset) -> dict:
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
         num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
         raw_offset=dataset.raw_offset, sde=sde.config(), sigma_data=float(sigma_data),
-        net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"]),
+        net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"],
+                        kw["objective"]),
         run_dir=os.path.abspath(kw["run_dir"]))
     return config
 
@@ -152,6 +170,9 @@ def _check_resume(run_dir: str, config: dict, resume: bool, rank: int) -> bool:
                               "to continue it or choose another folder")
     if has_ckpt:
         old = read_config(run_dir)
+        # Runs from before conditional training learnt scores and never dropped labels.
+        old.setdefault("objective", "score")
+        old.setdefault("label_dropout", 0.0 if old.get("conditional") else config["label_dropout"])
         diff = sorted(k for k in set(old) | set(config) if k not in _MAY_CHANGE
                       and old.get(k) != config.get(k))
         if diff:
@@ -185,6 +206,8 @@ def train(
     net: str = "auto",
     net_params: dict | None = None,
     conditional: bool = False,
+    label_dropout: float = 0.1,
+    objective: str = "score",
     steps: int = 1500,
     batch_size: int = 1024,
     lr: float = 5e-3,
@@ -224,6 +247,12 @@ def train(
         net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), ``"mlp"`` or ``"unet"``
             and keyword overrides for the network.
         conditional: pass the data's labels to the network.
+        label_dropout: with ``conditional``, the share of labels replaced by the null label
+            (-1), so the same network also learns the unconditional score that classifier-free
+            guidance needs (Ho & Salimans 2021); 0 to never drop.
+        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
+            :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
+            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
@@ -256,11 +285,19 @@ def _run(kw, run_dir, rank, world, dev, callback):
     if config["batch_size"] % world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {world} processes")
     resuming = _check_resume(run_dir, config, kw["resume"], rank)
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev) \
+        if resuming else None
+    if state is not None and int(state["step"]) > config["steps"]:
+        raise ValueError(f"cannot resume {run_dir} with steps={config['steps']}: its checkpoint "
+                         f"is at step {int(state['step'])}; pass steps >= {int(state['step'])}")
     if rank == 0:
         write_config(run_dir, config)
+        if not resuming:  # records of an earlier attempt that died before its first checkpoint
+            truncate_metrics(run_dir, 0)
     sde = get_sde(**config["sde"]) if not isinstance(kw["sde"], SDE) else kw["sde"]
     torch.manual_seed(config["seed"])
-    model = ScoreModel(build_net(config["net"]), sde, config["sigma_data"]).to(dev)
+    wrapper, loss_fn = _objective(config["objective"])
+    model = wrapper(build_net(config["net"]), sde, config["sigma_data"]).to(dev)
     ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(config["ema_decay"]),
                         use_buffers=True)
     opt_cls = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
@@ -268,7 +305,6 @@ def _run(kw, run_dir, rank, world, dev, callback):
     gen = torch.Generator(device=dev).manual_seed(config["seed"])
     start, elapsed = 0, 0.0
     if resuming:
-        state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
@@ -296,10 +332,11 @@ def _run(kw, run_dir, rank, world, dev, callback):
                         weighting=config["weighting"], t_sampling=config["t_sampling"],
                         generator=gen, device=dev)
         z = torch.randn(x0.shape, generator=gen, device=dev)
+        y = _labels(y, config, gen, dev)
         x0 = x0.to(dev)[lo:lo + b]
-        y = y.to(dev)[lo:lo + b] if (y is not None and config["conditional"]) else None
-        loss = dsm_loss(net, sde, x0, weighting=config["weighting"], eps=config["eps"], y=y,
-                        t=t[lo:lo + b], noise=z[lo:lo + b]).mean()
+        y = y[lo:lo + b] if y is not None else None
+        loss = loss_fn(net, sde, x0, weighting=config["weighting"], eps=config["eps"], y=y,
+                       t=t[lo:lo + b], noise=z[lo:lo + b]).mean()
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, config)
         opt.zero_grad(set_to_none=True)
@@ -342,9 +379,36 @@ def _run(kw, run_dir, rank, world, dev, callback):
             if wall > 0 else float("nan"), "resumed_from": start if resuming else None}
 
 
+def _labels(y, config, gen, dev):
+    """The batch's labels for the objective: none, all, or with ``label_dropout`` of them null."""
+    if y is None or not (config["conditional"] or config["objective"] == "classifier"):
+        return None
+    y = y.to(dev)
+    if config["objective"] == "score" and config["label_dropout"] > 0:
+        drop = torch.rand(y.shape, generator=gen, device=dev) < config["label_dropout"]
+        y = y.masked_fill(drop, NULL_LABEL)
+    return y
+
+
+def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:
+    """Train a noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance.
+
+    :func:`train` with ``objective="classifier"``: the same loop, options, run folder and
+    resumption; the network is the classifier of the chosen family (``ClassifierMLP`` for
+    vectors, ``ClassifierUNet`` for images) and the loss the cross-entropy at noisy data.
+    :func:`load_run` returns the :class:`~scoresde.NoiseClassifier`.
+    """
+    if kwargs.pop("objective", "classifier") != "classifier":
+        raise ValueError("train_classifier trains objective='classifier'; use train for scores")
+    return train(run_dir, objective="classifier", **kwargs)
+
+
 def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
-             sde: SDE | None = None) -> tuple[ScoreModel, SDE, dict]:
-    """Rebuild a trained score model from a run folder (no code is read from the checkpoint).
+             sde: SDE | None = None) -> tuple[ScoreModel | NoiseClassifier, SDE, dict]:
+    """Rebuild a trained model from a run folder (no code is read from the checkpoint).
+
+    A score run gives a :class:`~scoresde.ScoreModel`, a classifier run (:func:`train_classifier`)
+    a :class:`~scoresde.NoiseClassifier`.
 
     Args:
         run_dir: a folder written by :func:`train`.
@@ -362,7 +426,8 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
     dev = resolve_device(device)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev)
     sde = sde if sde is not None else get_sde(**config["sde"])
-    model = ScoreModel(build_net(config["net"]), sde, config["sigma_data"])
+    wrapper = _objective(config.get("objective", "score"))[0]
+    model = wrapper(build_net(config["net"]), sde, config["sigma_data"])
     weights = state["model"]
     if ema:
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items()

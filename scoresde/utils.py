@@ -7,7 +7,8 @@ import random
 import numpy as np
 import torch
 
-__all__ = ["append_dims", "batch_sum", "seed_everything", "make_generator", "resolve_device"]
+__all__ = ["append_dims", "batch_sum", "seed_everything", "make_generator", "seed_from",
+           "resolve_device"]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -39,12 +40,22 @@ def seed_everything(seed: int) -> None:
 
 
 def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
-    """A ``torch.Generator`` on ``device`` seeded with ``seed``, or ``None`` when ``seed`` is None."""
+    """A ``torch.Generator`` on ``device`` seeded with ``seed``; ``None`` when ``seed`` is None."""
     if seed is None:
         return None
     gen = torch.Generator(device=torch.device(device))
     gen.manual_seed(int(seed))
     return gen
+
+
+def seed_from(generator: torch.Generator | None) -> int:
+    """An integer seed in ``[0, 2^31 - 1)`` drawn from ``generator`` on the generator's own device.
+
+    For libraries seeded by an integer (NumPy, scikit-learn, torchsde's Brownian motion), so that
+    one ``torch.Generator`` drives everything; a CUDA generator works as well as a CPU one.
+    """
+    device = generator.device if generator is not None else None
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device))
 
 
 def resolve_device(device: torch.device | str | None = None) -> torch.device:

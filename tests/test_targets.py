@@ -157,7 +157,8 @@ def test_condition_matches_bayes_on_a_grid():
     cond = mixture.condition(known, values)
     grid = torch.linspace(-6, 6, 4001, dtype=torch.float64)
     joint = mixture.log_prob(torch.stack([torch.full_like(grid, 1.8), grid], dim=1))
-    log_marginal = torch.logsumexp(joint, 0) + torch.log(grid[1] - grid[0])  # log p(x_k), quadrature
+    # log p(x_k) by quadrature over the grid
+    log_marginal = torch.logsumexp(joint, 0) + torch.log(grid[1] - grid[0])
     torch.testing.assert_close(cond.log_prob(grid[:, None]), joint - log_marginal, atol=1e-6,
                                rtol=1e-6)
     with pytest.raises(ValueError, match="at least one coordinate"):

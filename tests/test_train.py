@@ -17,15 +17,6 @@ TINY = dict(data="8gaussians", net_params={"hidden": 32, "depth": 1}, batch_size
             progress=False, log_every=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The networks here are tiny: one thread beats two, and is far faster on a loaded machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class _Stop(Exception):
     pass
 

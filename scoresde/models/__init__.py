@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from torch import nn
 
+from .classifier import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .mlp import ScoreMLP, TimeFeatures
 from .score_model import ScoreModel
 from .unet import UNet
 
-__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "NETS", "build_net"]
+__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "NETS", "build_net",
+           "ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet}
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet,
+                                    "mlp_classifier": ClassifierMLP,
+                                    "unet_classifier": ClassifierUNet}
 
 
 def build_net(config: dict) -> nn.Module:
-    """Rebuild a network from its ``config()``: ``{"name": "mlp" | "unet", **keywords}``.
+    """Rebuild a network from its ``config()``: ``{"name": <a key of NETS>, **keywords}``.
 
     Raises:
         ValueError: unknown name or keywords the network does not take.

@@ -7,7 +7,16 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ScoreMLP", "TimeFeatures"]
+__all__ = ["ScoreMLP", "TimeFeatures", "add_label"]
+
+
+def add_label(c: torch.Tensor, embedding: nn.Embedding | None,
+              y: torch.Tensor | None) -> torch.Tensor:
+    """``c + E[y]`` for labels ``y`` of shape ``(B,)``; the null label (-1) and ``y=None`` add 0."""
+    if embedding is None or y is None:
+        return c
+    keep = (y >= 0).to(c.dtype)[:, None]
+    return c + keep * embedding(y.clamp(min=0))
 
 
 class TimeFeatures(nn.Module):
@@ -64,7 +73,7 @@ class ScoreMLP(nn.Module):
         time_features: ``"fourier"`` or ``"sinusoidal"``.
         time_scale: frequency scale of the features (see :class:`TimeFeatures`).
         num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the
-            conditioning; 0 for an unconditional network.
+            conditioning (the null label -1 adds nothing); 0 for an unconditional network.
     """
 
     def __init__(self, event_shape=(2,), hidden: int = 256, depth: int = 4, time_dim: int = 64,
@@ -76,6 +85,7 @@ class ScoreMLP(nn.Module):
             raise ValueError("ScoreMLP needs a non-empty event_shape, hidden >= 1, depth >= 0 and "
                              f"num_classes >= 0; got {event_shape}, {hidden}, {depth}, "
                              f"{num_classes}")
+        self.num_classes = int(num_classes)
         self._config = dict(event_shape=list(self.event_shape), hidden=hidden, depth=depth,
                             time_dim=time_dim, time_features=time_features,
                             time_scale=time_scale, num_classes=num_classes)
@@ -97,8 +107,7 @@ class ScoreMLP(nn.Module):
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``x`` of shape ``(B, *event_shape)`` and ``c_noise`` ``(B,)`` to ``x``'s shape."""
         c = self.cond(self.time(c_noise).to(x.dtype))
-        if self.label is not None and y is not None:
-            c = c + self.label(y)
+        c = add_label(c, self.label, y)
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, c)

@@ -7,14 +7,38 @@ import math
 import torch
 from torch import nn
 
+from ..labels import check_labels
 from ..sde import SDE
 from ..utils import append_dims
 
-__all__ = ["ScoreModel"]
+__all__ = ["ScoreModel", "preconditioning", "check_sigma_data"]
+
+
+def check_sigma_data(sigma_data: float) -> float:
+    """Return ``sigma_data`` as a float, or raise ``ValueError`` unless it is finite and > 0."""
+    if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float))
+                                            and math.isfinite(sigma_data) and sigma_data > 0):
+        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
+    return float(sigma_data)
+
+
+def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
+    """``(c_in, c_skip, c_out, c_noise, s)`` of :class:`ScoreModel` at times ``t`` ``(B,)``.
+
+    With ``a = m(t) sigma_data``: ``c_in = 1 / sqrt(a^2 + s^2)``, ``c_skip = s c_in``,
+    ``c_out = a c_in``, ``c_noise = log(s / m) / 4``; each of shape ``(B,)``.
+    """
+    m, s = sde.marginal_coeffs(t)
+    a = m * sigma_data
+    c_in = torch.rsqrt(a**2 + s**2)
+    return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
 
 
 class ScoreModel(nn.Module):
     """A score function ``model(x, t, y=None)`` built from a network and an SDE's ``(m(t), s(t))``.
+
+    Labels ``y`` (an integer or ``(B,)`` integers in ``[0, num_classes)``, -1 for "no label")
+    reach networks built with ``num_classes > 0``; ``y=None`` is the unconditional score.
 
     With ``x_t = m x_0 + s z`` and data of standard deviation ``sigma_data`` (write
     ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise
@@ -38,22 +62,25 @@ class ScoreModel(nn.Module):
 
     def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
         super().__init__()
-        if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data)
-                and sigma_data > 0):
-            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
-        self.net, self.sde, self.sigma_data = net, sde, float(sigma_data)
+        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the network takes as labels (0: unconditional)."""
+        return int(getattr(self.net, "num_classes", 0))
 
     def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
-        m, s = self.sde.marginal_coeffs(t)
-        a = m * self.sigma_data
-        c_in = torch.rsqrt(a**2 + s**2)
-        return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
+        return preconditioning(self.sde, t, self.sigma_data)
 
     def noise_prediction(self, x: torch.Tensor, t: torch.Tensor | float,
                          y: torch.Tensor | None = None) -> torch.Tensor:
         """``eps_hat(x, t)``, the predicted noise ``z`` of ``x_t = m x_0 + s z``; shape of ``x``."""
         t = self.sde.check_time(t, x)
+        if y is not None:
+            if not self.num_classes:
+                raise ValueError("this model is unconditional: call it without labels y")
+            y = check_labels(y, x.shape[0], self.num_classes, allow_null=True).to(x.device)
         c_in, c_skip, c_out, c_noise, _ = self.preconditioning(t)
         x_in = append_dims(c_in, x.ndim) * x
         f = self.net(x_in, c_noise, y) if y is not None else self.net(x_in, c_noise)

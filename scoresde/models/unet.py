@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import TimeFeatures
+from .mlp import TimeFeatures, add_label
 
 __all__ = ["UNet"]
 
@@ -62,7 +62,8 @@ class UNet(nn.Module):
         ch_mult: channel multiplier per resolution; each after the first halves ``H`` and ``W``.
         num_res_blocks: residual blocks per resolution.
         attn_resolutions: spatial sizes (``H``) at which self-attention is applied.
-        time_dim: size of the noise-level features; num_classes: 0 for unconditional.
+        time_dim: size of the noise-level features; num_classes: 0 for unconditional (labels
+            ``y`` in ``[0, num_classes)``, the null label -1 adds nothing).
     """
 
     def __init__(self, event_shape=(1, 8, 8), ch: int = 32, ch_mult=(1, 2),
@@ -78,7 +79,7 @@ class UNet(nn.Module):
         self._config = dict(event_shape=list(event_shape), ch=ch, ch_mult=list(ch_mult),
                             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                             time_dim=time_dim, num_classes=num_classes)
-        cond = 4 * ch
+        cond, self.num_classes = 4 * ch, int(num_classes)
         self.time = TimeFeatures(time_dim, "fourier", 4.0)
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
@@ -123,8 +124,7 @@ class UNet(nn.Module):
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map images ``x`` ``(B, C, H, W)`` and ``c_noise`` ``(B,)`` to ``(B, C, H, W)``."""
         c = self.cond(self.time(c_noise).to(x.dtype))
-        if self.label is not None and y is not None:
-            c = c + self.label(y)
+        c = add_label(c, self.label, y)
         h = self.inp(x)
         skips = [h]
         for layer in self.down:

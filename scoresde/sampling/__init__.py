@@ -9,6 +9,7 @@ prior, builds the grid (:data:`GRIDS`), runs one and denoises.
 from .api import DEFAULT_GRIDS, SAMPLERS, sample
 from .common import CountedScore
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
+from .impute import IMPUTATION_SOLVERS, imputation_callback, impute
 from .grids import GRIDS, default_eps, sigma_of_t, time_edm, time_log_snr, time_uniform
 from .ode import sample_ode
 from .sde_solvers import CORRECTORS, PREDICTORS, sample_em, sample_pc
@@ -18,5 +19,5 @@ __all__ = [
     "sample", "SAMPLERS", "DEFAULT_GRIDS", "GRIDS", "PREDICTORS", "CORRECTORS",
     "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
-    "sample_dpmpp_2m", "CountedScore",
+    "sample_dpmpp_2m", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
 ]

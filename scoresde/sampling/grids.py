@@ -9,7 +9,6 @@ eq. 5); the log-SNR grid spaces ``lambda(t) = log(m^2 / s^2) = -2 log sigma`` ev
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
@@ -59,45 +58,115 @@ def _ends(sde: SDE, steps: int, eps: float) -> torch.Tensor:
     return torch.tensor([sde.T, check_eps(sde, eps)], dtype=torch.float64)
 
 
-def _from_log_snr(sde: SDE, lam: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
-    ts = sde.t_from_log_snr(lam).to(torch.float64)
-    ts[0], ts[-1] = ends[0], ends[1]  # the inverse is exact up to rounding: pin the ends
-    return ts
+def _t_of_sigma(sde: SDE, sigma: torch.Tensor) -> torch.Tensor:
+    return sde.t_from_log_snr(-2 * torch.log(sigma)).to(torch.float64)
 
 
-def time_uniform(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
+              sigma_min: float | None) -> torch.Tensor:
+    """Run ``build(sde, t_hi, t_lo, n) -> (n + 1,) times`` inside the sigma window.
+
+    Where ``sigma_max < sigma(T)`` the grid's first step jumps from ``T`` to ``sigma_max``; where
+    ``sigma_min > sigma(eps)`` its last step jumps from ``sigma_min`` to ``eps``; the other
+    ``steps`` (one or two fewer) are spaced by ``build`` between the window's ends.
+    """
+    ends = _ends(sde, steps, eps)
+    sig_T, sig_eps = sigma_of_t(sde, ends).tolist()
+    for name, v in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
+            raise ValueError(f"{name} must be a number > 0 or None, got {v!r}")
+    head = sigma_max is not None and sigma_max < sig_T
+    tail = sigma_min is not None and sigma_min > sig_eps
+    if head and tail and sigma_min >= sigma_max:
+        raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min!r} >= {sigma_max!r}")
+    inner = steps - head - tail
+    if inner < 1:
+        raise ValueError(f"steps must be >= {head + tail + 1} with this sigma window, got {steps}")
+    window = _t_of_sigma(sde, torch.tensor([sigma_max or 1.0, sigma_min or 1.0],
+                                           dtype=torch.float64)).tolist()
+    t_hi = window[0] if head else float(ends[0])
+    t_lo = window[1] if tail else float(ends[1])
+    ts = build(sde, t_hi, t_lo, inner)
+    ts[0], ts[-1] = t_hi, t_lo  # the inverses are exact up to rounding: pin the ends
+    parts = [ends[:1]] * head + [ts] + [ends[1:]] * tail
+    return torch.cat(parts)
+
+
+def _uniform(sde: SDE, t_hi: float, t_lo: float, n: int) -> torch.Tensor:
+    return torch.linspace(t_hi, t_lo, n + 1, dtype=torch.float64)
+
+
+def _log_snr(sde: SDE, t_hi: float, t_lo: float, n: int) -> torch.Tensor:
+    lam_hi, lam_lo = sde.log_snr(torch.tensor([t_hi, t_lo], dtype=torch.float64)).tolist()
+    lam = torch.linspace(lam_hi, lam_lo, n + 1, dtype=torch.float64)
+    return sde.t_from_log_snr(lam).to(torch.float64)
+
+
+def _edm(rho: float):
+    def build(sde: SDE, t_hi: float, t_lo: float, n: int) -> torch.Tensor:
+        sig_hi, sig_lo = sigma_of_t(sde, torch.tensor([t_hi, t_lo], dtype=torch.float64)).tolist()
+        ramp = torch.linspace(0, 1, n + 1, dtype=torch.float64)
+        root = sig_hi ** (1 / rho) + ramp * (sig_lo ** (1 / rho) - sig_hi ** (1 / rho))
+        return sde.t_from_log_snr(-2 * rho * torch.log(root)).to(torch.float64)
+
+    return build
+
+
+_WINDOW_DOC = """sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
+            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
+            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it."""
+
+
+def time_uniform(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = None,
+                 sigma_min: float | None = None) -> torch.Tensor:
     """``steps + 1`` times evenly spaced from ``T`` to ``eps`` (Song et al. 2021).
 
-    Returns a float64 tensor of shape ``(steps + 1,)``.
+    Args:
+        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
+        {window}
+
+    Returns:
+        Decreasing float64 times, shape ``(steps + 1,)``.
     """
-    ends = _ends(sde, steps, eps)
-    return torch.linspace(float(ends[0]), float(ends[1]), steps + 1, dtype=torch.float64)
+    return _windowed(_uniform, sde, steps, eps, sigma_max, sigma_min)
 
 
-def time_log_snr(sde: SDE, steps: int, eps: float) -> torch.Tensor:
+def time_log_snr(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = None,
+                 sigma_min: float | None = None) -> torch.Tensor:
     """Times whose log-SNR is evenly spaced from ``lambda(T)`` to ``lambda(eps)``.
 
-    Returns a float64 tensor of shape ``(steps + 1,)``.
+    Args:
+        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
+        {window}
+
+    Returns:
+        Decreasing float64 times, shape ``(steps + 1,)``.
     """
-    ends = _ends(sde, steps, eps)
-    lam_max, lam_min = sde.log_snr(ends).tolist()
-    lam = torch.linspace(lam_max, lam_min, steps + 1, dtype=torch.float64)
-    return _from_log_snr(sde, lam, ends)
+    return _windowed(_log_snr, sde, steps, eps, sigma_max, sigma_min)
 
 
-def time_edm(sde: SDE, steps: int, eps: float, rho: float = 7.0) -> torch.Tensor:
+def time_edm(sde: SDE, steps: int, eps: float, rho: float = 7.0, *,
+             sigma_max: float | None = None, sigma_min: float | None = None) -> torch.Tensor:
     """EDM's schedule: ``sigma_i^(1/rho)`` evenly spaced from ``sigma(T)`` to ``sigma(eps)``.
 
     Karras et al. (2022), eq. 5, on ``sigma = s / m``; ``rho = 7`` is theirs, larger ``rho``
-    puts more steps at low noise. Returns the times, shape ``(steps + 1,)``.
+    puts more steps at low noise.
+
+    Args:
+        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
+        rho: the exponent, > 0.
+        {window}
+
+    Returns:
+        Decreasing float64 times, shape ``(steps + 1,)``.
     """
     if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
         raise ValueError(f"rho must be a number > 0, got {rho!r}")
-    ends = _ends(sde, steps, eps)
-    sig_max, sig_min = sigma_of_t(sde, ends).tolist()
-    ramp = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
-    root = sig_max ** (1 / rho) + ramp * (sig_min ** (1 / rho) - sig_max ** (1 / rho))
-    return _from_log_snr(sde, -2 * rho * torch.log(root), ends)
+    return _windowed(_edm(float(rho)), sde, steps, eps, sigma_max, sigma_min)
+
+
+for _f in (time_uniform, time_log_snr, time_edm):
+    _f.__doc__ = _f.__doc__.replace("{window}", _WINDOW_DOC)
 
 
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
@@ -107,11 +176,12 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def get_grid(sde: SDE, name: str, steps: int, eps: float, rho: float = 7.0) -> torch.Tensor:
+def get_grid(sde: SDE, name: str, steps: int, eps: float, rho: float = 7.0,
+             sigma_max: float | None = None, sigma_min: float | None = None) -> torch.Tensor:
     """Build the grid ``name`` (a key of :data:`GRIDS`); ``rho`` is used by ``edm`` only."""
     if name not in GRIDS:
         raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
+    window = dict(sigma_max=sigma_max, sigma_min=sigma_min)
     if name == "edm":
-        return time_edm(sde, steps, eps, rho=rho)
-    return GRIDS[name](sde, steps, eps)
-
+        return time_edm(sde, steps, eps, rho=rho, **window)
+    return GRIDS[name](sde, steps, eps, **window)

@@ -46,13 +46,13 @@ def _predict(name, score_fn, x, c: GridCoeffs, i, noise):
     score = score_fn(x, time_vector(t_cur, x))
     z = noise(t_cur, t_next)
     if name == "euler_maruyama":
-        dt = t_next - t_cur
-        x_mean = x + (c.f[i] * x - c.g[i] ** 2 * score) * dt
-        return x_mean + c.g[i] * math.sqrt(-dt) * z, x_mean, None
+        dt = t_next - t_cur  # x_mean = x + (f x - g^2 score) dt, in two fused kernels
+        x_mean = torch.add(x * (1 + c.f[i] * dt), score, alpha=-c.g[i] ** 2 * dt)
+        return torch.add(x_mean, z, alpha=c.g[i] * math.sqrt(-dt)), x_mean, None
     a, b2 = c.transition(i)
     if name == "reverse_diffusion":
-        x_mean = (2 - a) * x + b2 * score
-        return x_mean + math.sqrt(b2) * z, x_mean, None
+        x_mean = torch.add(x * (2 - a), score, alpha=b2)
+        return torch.add(x_mean, z, alpha=math.sqrt(b2)), x_mean, None
     # ancestral: the forward process's posterior given Tweedie's estimate of x0.
     x_mean = (x + b2 * score) / a
     x0_hat = (x + c.s[i] ** 2 * score) / c.m[i]

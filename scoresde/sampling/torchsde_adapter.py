@@ -19,6 +19,7 @@ import torch
 import torchsde
 
 from ..sde import SDE
+from ..utils import seed_from
 from .common import Callback, CountedScore, check_grid, run_callback
 
 __all__ = ["sample_torchsde", "TORCHSDE_METHODS"]
@@ -97,7 +98,7 @@ def sample_torchsde(
     y0 = x.reshape(x.shape[0], -1)
     span = t_start - t_end
     taus = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-    entropy = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    entropy = seed_from(generator)  # on the generator's device (CUDA too)
     bm = torchsde.BrownianInterval(
         t0=0.0, t1=span, size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,
         dt=span / steps, cache_size=None,

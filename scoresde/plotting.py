@@ -1,0 +1,312 @@
+"""Figures: the only module that talks to matplotlib (Agg backend, files only, no windows).
+
+``draw_*`` functions draw one panel onto a given ``Axes``; ``*_figure`` functions build a whole
+figure from arrays; :func:`save_figure` writes it atomically (temporary file, then rename), so an
+error never leaves a half-written image. Inputs are tensors or NumPy arrays; nothing here trains,
+samples or integrates: callers compute the values, this module only draws them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from typing import Mapping
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+__all__ = [
+    "grid_points",
+    "draw_scatter",
+    "draw_heatmap",
+    "draw_score_field",
+    "draw_trajectories",
+    "draw_image_grid",
+    "samples_figure",
+    "image_grid_figure",
+    "demo_figure",
+    "save_figure",
+]
+
+_POINT_COLOR = "#1f4e79"
+_DATA_COLOR = "#7f7f7f"
+_PATH_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+
+
+def _np(x) -> np.ndarray:
+    """A float64 NumPy copy of a tensor or array (detached, on the CPU)."""
+    if hasattr(x, "detach"):
+        x = x.detach().to("cpu").double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _points(x, name: str = "x") -> np.ndarray:
+    pts = _np(x)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"{name} must have shape (N, 2) for a 2D plot, got {pts.shape}")
+    return pts
+
+
+def grid_points(lim: float, n: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A square ``n x n`` grid over ``[-lim, lim]^2``.
+
+    Returns:
+        ``(points, xs, ys)``: points of shape ``(n * n, 2)`` in row-major order (``y`` slow,
+        ``x`` fast), so values computed on them reshape to ``(n, n)`` for :func:`draw_heatmap`;
+        ``xs`` and ``ys`` of shape ``(n,)``.
+    """
+    if not (lim > 0 and n >= 2):
+        raise ValueError(f"grid_points needs lim > 0 and n >= 2, got lim={lim!r}, n={n!r}")
+    xs = np.linspace(-lim, lim, int(n))
+    gx, gy = np.meshgrid(xs, xs)
+    return np.stack([gx.ravel(), gy.ravel()], axis=1), xs, xs.copy()
+
+
+def _limits(*clouds: np.ndarray, pad: float = 0.1) -> float:
+    """Half-width of a square window around the origin holding the 99.5% quantile of every cloud."""
+    finite = [np.abs(c[np.isfinite(c).all(axis=1)]) for c in clouds if len(c)]
+    finite = [c for c in finite if len(c)]
+    if not finite:
+        return 1.0
+    half = max(float(np.quantile(c, 0.995)) for c in finite)
+    return max(half * (1 + pad), 1e-3)
+
+
+def draw_scatter(ax: Axes, x, title: str | None = None, lim: float | None = None,
+                 color: str = _POINT_COLOR, size: float | None = None) -> None:
+    """Scatter 2D points ``x`` of shape ``(N, 2)`` on a square window ``[-lim, lim]^2``."""
+    pts = _points(x)
+    lim = _limits(pts) if lim is None else lim
+    size = size if size is not None else max(0.5, min(6.0, 3000.0 / max(len(pts), 1)))
+    ax.scatter(pts[:, 0], pts[:, 1], s=size, c=color, alpha=0.6, linewidths=0, rasterized=True)
+    _square(ax, lim, title)
+
+
+def draw_heatmap(ax: Axes, xs, ys, values, title: str | None = None,
+                 floor: float | None = None, cmap: str = "magma") -> None:
+    """Draw ``values`` of shape ``(len(ys), len(xs))`` (e.g. a log-density) as a heat map.
+
+    Values below ``floor`` (default: the maximum minus 12, about e^-12 of the peak density for a
+    log-density) are clipped so the low tails do not wash out the picture.
+    """
+    xs, ys, v = _np(xs), _np(ys), _np(values)
+    if v.shape != (len(ys), len(xs)):
+        raise ValueError(f"values must have shape ({len(ys)}, {len(xs)}), got {v.shape}")
+    finite = v[np.isfinite(v)]
+    top = float(finite.max()) if finite.size else 0.0
+    floor = top - 12.0 if floor is None else floor
+    v = np.clip(np.nan_to_num(v, nan=floor, neginf=floor, posinf=top), floor, top)
+    ax.imshow(v, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), cmap=cmap,
+              aspect="equal", interpolation="bilinear")
+    _square(ax, None, title, frame=(xs[0], xs[-1], ys[0], ys[-1]))
+
+
+def draw_score_field(ax: Axes, points, vectors, title: str | None = None,
+                     background=None) -> None:
+    """Quiver plot of a 2D vector field: arrows ``vectors`` ``(N, 2)`` at ``points`` ``(N, 2)``.
+
+    Arrows are drawn with length proportional to ``|v|^(1/2)`` and colour by ``|v|``, so the large
+    scores far from the data do not hide the small ones near it. ``background`` (2D points) is
+    drawn faintly underneath, e.g. the training data.
+    """
+    p, v = _points(points, "points"), _points(vectors, "vectors")
+    if p.shape != v.shape:
+        raise ValueError(f"points {p.shape} and vectors {v.shape} must have the same shape")
+    if background is not None:
+        bg = _points(background, "background")
+        ax.scatter(bg[:, 0], bg[:, 1], s=1.0, c=_DATA_COLOR, alpha=0.25, linewidths=0,
+                   rasterized=True)
+    norm = np.linalg.norm(v, axis=1)
+    scaled = v / np.sqrt(np.maximum(norm, 1e-12))[:, None]
+    ax.quiver(p[:, 0], p[:, 1], scaled[:, 0], scaled[:, 1], np.log1p(norm), cmap="viridis",
+              angles="xy", pivot="mid", width=0.006)
+    lim = float(np.abs(p).max()) * 1.05 if len(p) else 1.0
+    _square(ax, lim, title)
+
+
+def draw_trajectories(ax: Axes, paths, title: str | None = None, lim: float | None = None,
+                      background=None) -> None:
+    """Draw sampling trajectories ``paths`` of shape ``(S, M, 2)`` (S times, M paths).
+
+    Each path starts with a hollow circle (at ``t = T``) and ends with a filled dot (``t = eps``).
+    """
+    tr = _np(paths)
+    if tr.ndim != 3 or tr.shape[2] != 2:
+        raise ValueError(f"paths must have shape (S, M, 2), got {tr.shape}")
+    if background is not None:
+        bg = _points(background, "background")
+        ax.scatter(bg[:, 0], bg[:, 1], s=1.0, c=_DATA_COLOR, alpha=0.25, linewidths=0,
+                   rasterized=True)
+    for j in range(tr.shape[1]):
+        color = _PATH_COLORS[j % len(_PATH_COLORS)]
+        ax.plot(tr[:, j, 0], tr[:, j, 1], color=color, lw=0.9, alpha=0.85)
+        ax.plot(*tr[0, j], "o", mfc="none", mec=color, ms=4)
+        ax.plot(*tr[-1, j], "o", color=color, ms=4)
+    lim = _limits(tr.reshape(-1, 2)) if lim is None else lim
+    _square(ax, lim, title)
+
+
+def draw_image_grid(ax: Axes, images, title: str | None = None, ncol: int | None = None) -> None:
+    """Tile images of shape ``(B, H, W)``, ``(B, 1, H, W)`` or ``(B, 3, H, W)`` into one picture.
+
+    Pixel values are clipped to ``[0, 1]`` after a min-max rescale when they fall outside it.
+    """
+    im = _np(images)
+    if im.ndim == 3:
+        im = im[:, None]
+    if im.ndim != 4 or im.shape[1] not in (1, 3) or len(im) == 0:
+        raise ValueError(f"images must have shape (B, H, W) or (B, C, H, W) with C in (1, 3) "
+                         f"and B >= 1, got {_np(images).shape}")
+    if im.min() < 0 or im.max() > 1:
+        lo, hi = float(im.min()), float(im.max())
+        im = (im - lo) / (hi - lo) if hi > lo else np.zeros_like(im)
+    b, c, h, w = im.shape
+    ncol = ncol or int(math.ceil(math.sqrt(b)))
+    nrow = int(math.ceil(b / ncol))
+    canvas = np.ones((c, nrow * (h + 1) + 1, ncol * (w + 1) + 1))
+    for i in range(b):
+        r, q = divmod(i, ncol)
+        canvas[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = im[i]
+    pic = canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+    ax.imshow(pic, cmap="gray_r" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _square(ax: Axes, lim: float | None, title: str | None, frame=None) -> None:
+    if frame is not None:
+        ax.set_xlim(frame[0], frame[1])
+        ax.set_ylim(frame[2], frame[3])
+    elif lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+
+
+def _title(name: str, nfe: int | None, extra: str | None = None) -> str:
+    parts = [name] + ([f"NFE {nfe}"] if nfe is not None else []) + ([extra] if extra else [])
+    return " · ".join(parts)
+
+
+def samples_figure(samples: Mapping[str, object], nfe: Mapping[str, int] | None = None,
+                   data=None, notes: Mapping[str, str] | None = None) -> Figure:
+    """One 2D scatter panel per sampler, titled with its NFE; ``data`` first if given.
+
+    Args:
+        samples: name -> points of shape ``(N, 2)``.
+        nfe: name -> number of score evaluations, shown in the titles.
+        data: optional reference points ``(N, 2)``, drawn in the first panel.
+        notes: name -> a short extra word for the title (e.g. the wall time).
+
+    Returns:
+        The figure, with ``len(samples) + (data is not None)`` axes.
+    """
+    if not samples:
+        raise ValueError("samples_figure needs at least one set of samples")
+    panels = ([("data", data, None)] if data is not None else []) + [
+        (name, x, (nfe or {}).get(name)) for name, x in samples.items()]
+    lim = _limits(*[_points(x, name) for name, x, _ in panels])
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), squeeze=False)
+    for ax, (name, x, n) in zip(axes[0], panels):
+        color = _DATA_COLOR if name == "data" and data is not None else _POINT_COLOR
+        draw_scatter(ax, x, _title(name, n, (notes or {}).get(name)), lim=lim, color=color)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid_figure(images, title: str | None = None, ncol: int | None = None) -> Figure:
+    """A figure with one axes holding ``images`` ``(B, [C,] H, W)`` tiled in a grid."""
+    fig, ax = plt.subplots(figsize=(5, 5))
+    draw_image_grid(ax, images, title, ncol)
+    fig.tight_layout()
+    return fig
+
+
+def demo_figure(
+    data,
+    samples: Mapping[str, object],
+    nfe: Mapping[str, int],
+    density: tuple | None = None,
+    field: tuple | None = None,
+    paths=None,
+    suptitle: str | None = None,
+    notes: Mapping[str, str] | None = None,
+) -> Figure:
+    """The demo's multi-panel figure.
+
+    Top row: the data and one scatter per sampler titled with its NFE. Bottom row: the learned
+    log-density as a heat map, the score field, and sampling trajectories.
+
+    Args:
+        data: training points ``(N, 2)``.
+        samples: sampler name -> points ``(N, 2)``; nfe: sampler name -> NFE.
+        density: ``(xs, ys, log_p)`` with ``log_p`` of shape ``(len(ys), len(xs))``, or None.
+        field: ``(points, vectors, t)``: score vectors ``(M, 2)`` at ``points`` ``(M, 2)`` at time
+            ``t``, or None.
+        paths: trajectories ``(S, M, 2)``, or None.
+        suptitle: a line over the whole figure (e.g. the likelihood).
+        notes: sampler name -> extra words for its title.
+    """
+    top = [("data", data, None)] + [(k, v, nfe.get(k)) for k, v in samples.items()]
+    bottom = [p for p in (density, field, paths) if p is not None]
+    ncol = max(len(top), len(bottom), 1)
+    fig = plt.figure(figsize=(2.7 * ncol, 2.7 * (1 + bool(bottom)) + (0.35 if suptitle else 0)))
+    grid = fig.add_gridspec(1 + bool(bottom), ncol)
+    lim = _limits(*[_points(x, name) for name, x, _ in top])
+    for j, (name, x, n) in enumerate(top):
+        ax = fig.add_subplot(grid[0, j])
+        color = _DATA_COLOR if j == 0 else _POINT_COLOR
+        draw_scatter(ax, x, _title(name, n, (notes or {}).get(name)), lim=lim, color=color)
+    j = 0
+    if density is not None:
+        draw_heatmap(fig.add_subplot(grid[1, j]), *density, title="learned log-density")
+        j += 1
+    if field is not None:
+        pts, vec, t = field
+        draw_score_field(fig.add_subplot(grid[1, j]), pts, vec, title=f"score field, t = {t:g}",
+                         background=data)
+        j += 1
+    if paths is not None:
+        draw_trajectories(fig.add_subplot(grid[1, j]), paths, title="probability-flow paths",
+                          lim=lim, background=data)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    fig.tight_layout(h_pad=2.0)
+    return fig
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
+    """Write ``fig`` to ``path`` (format from the suffix) atomically, close it, return the path.
+
+    The image goes to a temporary file in the same folder first and is renamed over ``path`` only
+    once complete, so a failure leaves no partial file.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    suffix = os.path.splitext(path)[1] or ".png"
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, dpi=dpi, format=suffix[1:])
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
+    return path
+

@@ -1,0 +1,93 @@
+"""Figures from synthetic inputs: files are written, are valid PNGs, and have the right axes."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.image import imread
+
+from scoresde import GaussianMixture, VPSDE, plotting
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _png(path):
+    with open(path, "rb") as fh:
+        assert fh.read(8) == PNG_MAGIC
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[0] > 50 and img.shape[1] > 50
+    return img
+
+
+def test_grid_points_row_major():
+    pts, xs, ys = plotting.grid_points(2.0, 5)
+    assert pts.shape == (25, 2) and xs.shape == ys.shape == (5,)
+    # y is the slow index, x the fast one, so values reshape to (len(ys), len(xs)).
+    grid = pts.reshape(5, 5, 2)
+    np.testing.assert_allclose(grid[0, :, 0], xs)
+    np.testing.assert_allclose(grid[:, 0, 1], ys)
+    with pytest.raises(ValueError, match="lim > 0"):
+        plotting.grid_points(-1.0)
+
+
+def test_samples_figure_titles_carry_nfe(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    mix = GaussianMixture.ring()
+    samples = {"em": mix.sample(300, gen), "ode": mix.sample(300, gen).numpy()}
+    fig = plotting.samples_figure(samples, nfe={"em": 100, "ode": 38}, data=mix.sample(300, gen))
+    assert len(fig.axes) == 3
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "data" and "NFE 100" in titles[1] and "NFE 38" in titles[2]
+    path = plotting.save_figure(fig, tmp_path / "s.png")
+    _png(path)
+    assert os.listdir(tmp_path) == ["s.png"]  # no temporary file left behind
+
+
+def test_image_grid_figure(tmp_path):
+    images = torch.rand(10, 1, 8, 8) * 4 - 2  # outside [0, 1]: rescaled
+    fig = plotting.image_grid_figure(images, title="digits")
+    assert len(fig.axes) == 1
+    _png(plotting.save_figure(fig, tmp_path / "g.png"))
+    with pytest.raises(ValueError, match=r"\(B, H, W\)"):
+        plotting.image_grid_figure(torch.rand(4, 2, 8, 8))
+
+
+def test_demo_figure_has_every_panel(tmp_path):
+    sde = VPSDE()
+    mix = GaussianMixture.ring()
+    gen = torch.Generator().manual_seed(1)
+    data = mix.sample(500, gen)
+    pts, xs, ys = plotting.grid_points(6.0, 40)
+    logp = mix.log_prob(torch.from_numpy(pts)).reshape(40, 40)
+    fpts, _, _ = plotting.grid_points(6.0, 12)
+    fpts = torch.from_numpy(fpts)
+    vec = mix.score_fn(sde)(fpts, torch.full((len(fpts),), 0.3, dtype=fpts.dtype))
+    paths = torch.randn(20, 4, 2, generator=gen).cumsum(0)
+    samples = {"em": data, "pc": data, "ode": data, "heun": data}
+    fig = plotting.demo_figure(data, samples, {"em": 1, "pc": 2, "ode": 3, "heun": 4},
+                               density=(xs, ys, logp), field=(fpts, vec, 0.3), paths=paths,
+                               suptitle="log-likelihood -3.2 nats")
+    assert len(fig.axes) == 8  # data + 4 samplers on top, 3 panels below
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "learned log-density" in titles and "score field, t = 0.3" in titles
+    _png(plotting.save_figure(fig, tmp_path / "demo.png"))
+
+
+def test_bad_shapes_raise():
+    fig = plotting.samples_figure({"a": np.zeros((5, 2))})
+    with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
+        plotting.draw_scatter(fig.axes[0], np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="values must have shape"):
+        plotting.draw_heatmap(fig.axes[0], np.arange(3), np.arange(4), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match=r"\(S, M, 2\)"):
+        plotting.draw_trajectories(fig.axes[0], np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="at least one"):
+        plotting.samples_figure({})
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    fig = plotting.samples_figure({"a": np.zeros((5, 2))})
+    with pytest.raises(ValueError):
+        plotting.save_figure(fig, tmp_path / "x.notaformat")
+    assert os.listdir(tmp_path) == []
