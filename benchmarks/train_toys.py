@@ -1,4 +1,4 @@
-"""Train a score model on each 2D toy and measure its held-out log-likelihood against the entropy.
+r"""Train a score model on each 2D toy and measure its held-out log-likelihood against the entropy.
 
 For each toy: ``scoresde.train`` with the library's defaults (what ``scoresde train`` uses) on the
 CPU, timed; then ``scoresde.log_likelihood`` of the EMA model through the probability-flow ODE
@@ -12,7 +12,13 @@ with the exact divergence on ``--test-points`` held-out points. Reported per toy
 
 Usage::
 
-    PYTHONPATH=$PWD python benchmarks/train_toys.py [--toys 8gaussians moons] [--threads 2]
+    PYTHONPATH=$PWD python benchmarks/train_toys.py [--toys 8gaussians moons] [--threads 1]
+    PYTHONPATH=$PWD python benchmarks/train_toys.py --toys checkerboard --test-points 2000 \
+        --rtol 1e-4 --train-options '{"steps": 4500}'
+
+``--rtol 1e-4`` needs about half the score evaluations of the default 1e-5 (8gaussians: 1112
+against 2276 for 10,000 points); tuning runs used 2000 test points, for which the standard error
+of ``kl`` is ~0.005 nats.
 """
 
 from __future__ import annotations

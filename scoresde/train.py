@@ -40,7 +40,8 @@ def _objective(name: str):
 
 # Options that may change between a run and its resumption; all others must match config.json.
 _MAY_CHANGE = {"steps", "progress", "checkpoint_every", "log_every", "device", "resume", "run_dir"}
-# Tuned on the 2D toys (benchmarks/train_toys.py): ~30 s on a loaded 2-core CPU.
+# Tuned on the 2D toys (benchmarks/train_toys.py, BENCHMARKS.md "Training") with train()'s
+# defaults of 1500 steps of batch 1024: about a minute on one thread of a loaded 2-core CPU.
 _MLP_DEFAULTS = {"hidden": 128, "depth": 3, "time_dim": 64, "time_features": "fourier",
                  "time_scale": 4.0}
 
@@ -207,8 +208,8 @@ def train(
     conditional: bool = False,
     label_dropout: float = 0.1,
     objective: str = "score",
-    steps: int = 3000,
-    batch_size: int = 256,
+    steps: int = 1500,
+    batch_size: int = 1024,
     lr: float = 5e-3,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
