@@ -518,8 +518,8 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
 @click.option("--toy", type=click.Choice(_TOYS), default="8gaussians", show_default=True)
 @click.option("--sde", type=click.Choice(["vp", "subvp", "ve", "cosine"]), default="vp",
               show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True,
+              help="Training steps (batch 1024, as `scoresde train`).")
 @click.option("--n", "n", type=click.IntRange(min=10), default=1000, show_default=True,
               help="Samples per solver (half as many held-out points for the likelihood).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
