@@ -157,9 +157,11 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               show_default=True, help="Forward SDE.")
 @click.option("--data", default="8gaussians", show_default=True, metavar="NAME|PATH",
               help=f"A 2D toy ({', '.join(_TOYS)}), 'digits', or a .npy/.npz file of (N, *dims).")
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True,
-              help="Optimizer steps (with --resume: the new total).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Optimizer steps [default: 1500; with --resume: the run's own total, or the "
+                   "new total given here].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Points per step [default: 1024 for 2D and vector data, 128 for images].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
               show_default=True, help="Peak learning rate (warmup, then cosine decay).")
 @click.option("--weighting", type=click.Choice(["sigma2", "likelihood", "likelihood_is"]),
@@ -209,7 +211,11 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, width, run, resume, 
                                      "choose another --run", param_hint="--run")
     created = not path.exists()
     try:
-        result = train_run(path, steps=steps, device=device, resume=resume,
+        if steps is not None:
+            keywords["steps"] = steps
+        elif resume:
+            keywords["steps"] = old["steps"]
+        result = train_run(path, device=device, resume=resume,
                            checkpoint_every=checkpoint_every, progress=not quiet, **keywords)
     except BaseException:
         if created and path.is_dir() and not (path / "checkpoint.pt").exists():

@@ -40,6 +40,8 @@ def _objective(name: str):
 
 # Options that may change between a run and its resumption; all others must match config.json.
 _MAY_CHANGE = {"steps", "progress", "checkpoint_every", "log_every", "device", "resume", "run_dir"}
+# Default points per step when train(batch_size=None): vectors (tuned on the 2D toys) and images.
+VECTOR_BATCH, IMAGE_BATCH = 1024, 128
 # Tuned on the 2D toys (benchmarks/train_toys.py, BENCHMARKS.md "Training") with train()'s
 # defaults of 1500 steps of batch 1024: about a minute on one thread of a loaded 2-core CPU.
 _MLP_DEFAULTS = {"hidden": 128, "depth": 3, "time_dim": 64, "time_features": "fourier",
@@ -209,7 +211,7 @@ def train(
     label_dropout: float = 0.1,
     objective: str = "score",
     steps: int = 1500,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     lr: float = 5e-3,
     optimizer: str = "adam",
     weight_decay: float = 0.0,
@@ -253,6 +255,8 @@ def train(
         objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
             :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
             with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
+        steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
+            vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
@@ -281,6 +285,8 @@ def train(
 
 def _run(kw, run_dir, rank, world, dev, callback):
     dataset = get_dataset(kw["data"])
+    if kw["batch_size"] is None:
+        kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
     if config["batch_size"] % world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {world} processes")

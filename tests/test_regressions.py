@@ -158,3 +158,35 @@ def test_score_model_and_noise_classifier_share_one_preconditioning():
     for wrapper in (ScoreModel, NoiseClassifier):
         with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
             wrapper(Spy("x"), sde, float("nan"))
+
+
+def test_default_batch_size_depends_on_the_kind_of_data(tmp_path):
+    # train(batch_size=None): 1024 points a step for vectors (tuned on the toys), 128 for images.
+    opts = dict(steps=1, progress=False, checkpoint_every=1)
+    train(tmp_path / "toy", data="8gaussians", net_params={"hidden": 16, "depth": 1}, **opts)
+    train(tmp_path / "img", data="digits", **opts)
+    batch = {k: json.loads((tmp_path / k / "config.json").read_text())["batch_size"]
+             for k in ("toy", "img")}
+    assert batch == {"toy": 1024, "img": 128}
+
+
+def test_cli_resume_without_steps_finishes_the_runs_own_total(tmp_path):
+    from click.testing import CliRunner
+
+    from scoresde.cli import main
+
+    class Cut(Exception):
+        pass
+
+    def cut(step, record):
+        if step == 4:
+            raise Cut
+
+    run = tmp_path / "run"
+    with pytest.raises(Cut):
+        train(run, steps=6, checkpoint_every=3, callback=cut, **TINY)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    result = CliRunner().invoke(main, ["train", "--run", str(run), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+    assert json.loads((run / "config.json").read_text())["steps"] == 6
