@@ -76,19 +76,23 @@ class ScoreModel(nn.Module):
     def noise_prediction(self, x: torch.Tensor, t: torch.Tensor | float,
                          y: torch.Tensor | None = None) -> torch.Tensor:
         """``eps_hat(x, t)``, the predicted noise ``z`` of ``x_t = m x_0 + s z``; shape of ``x``."""
+        return self._noise_and_std(x, t, y)[0]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """The score ``grad_x log p_t(x)`` of shape ``(B, *dims)`` at ``t`` of shape ``(B,)``."""
+        eps_hat, s = self._noise_and_std(x, t, y)
+        return -eps_hat / append_dims(s, x.ndim)
+
+    def _noise_and_std(self, x, t, y):
+        """``eps_hat`` (shape of ``x``) and ``s(t)`` ``(B,)``: time checked and coefficients
+        computed once per call."""
         t = self.sde.check_time(t, x)
         if y is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: call it without labels y")
             y = check_labels(y, x.shape[0], self.num_classes, allow_null=True).to(x.device)
-        c_in, c_skip, c_out, c_noise, _ = self.preconditioning(t)
+        c_in, c_skip, c_out, c_noise, s = self.preconditioning(t)
         x_in = append_dims(c_in, x.ndim) * x
         f = self.net(x_in, c_noise, y) if y is not None else self.net(x_in, c_noise)
-        return append_dims(c_skip, x.ndim) * x_in + append_dims(c_out, x.ndim) * f
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float,
-                y: torch.Tensor | None = None) -> torch.Tensor:
-        """The score ``grad_x log p_t(x)`` of shape ``(B, *dims)`` at ``t`` of shape ``(B,)``."""
-        t = self.sde.check_time(t, x)
-        _, s = self.sde.marginal_coeffs(t)
-        return -self.noise_prediction(x, t, y) / append_dims(s, x.ndim)
+        return append_dims(c_skip, x.ndim) * x_in + append_dims(c_out, x.ndim) * f, s
