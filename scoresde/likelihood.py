@@ -25,6 +25,7 @@ from typing import Callable
 
 import torch
 
+from .sampling.common import CountedScore
 from .sampling.scipy_ode import solve_ode
 from .sde import SDE
 from .utils import append_dims, batch_sum
@@ -71,21 +72,6 @@ def _check_flow_inputs(score_fn, sde, x, eps, error_norm) -> float:
         raise ValueError(f"unknown error_norm {error_norm!r}; choose one of "
                          f"{', '.join(ERROR_NORMS)}")
     return float(eps)
-
-
-def _counted(score_fn: ScoreFn) -> tuple[ScoreFn, list[int]]:
-    """Wrap ``score_fn`` so that every call (on a batch) is counted in the returned list."""
-    calls = [0]
-
-    def counted(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        calls[0] += 1
-        out = score_fn(x, t)
-        if out.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape "
-                             f"{tuple(x.shape)}; it must return the score in x's shape")
-        return out
-
-    return counted, calls
 
 
 def _tolerances(rtol: float, atol: float, batch: int, error_norm: str) -> tuple[float, float]:
@@ -218,7 +204,7 @@ def log_likelihood(
         divergence = "exact" if dim <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
     exact = divergence == "exact"
     vectors = _basis_vectors(x) if exact else _probe_vectors(hutchinson, probes, x, generator)
-    counted, calls = _counted(score_fn)
+    counted = CountedScore(score_fn)
     n_int = 1 if exact else probes  # integrals carried: the trace, or one per probe
 
     def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
@@ -242,7 +228,7 @@ def log_likelihood(
         stderr = integrals.std(1) / math.sqrt(n_int)
     else:
         stderr = torch.full_like(delta, math.nan)
-    info = {"nfe": calls[0], "prior_logp": prior, "divergence_integral": delta,
+    info = {"nfe": counted.calls, "prior_logp": prior, "divergence_integral": delta,
             "stderr": stderr, "z": z, "divergence": divergence, "probes": 0 if exact else probes,
             "steps": ode["steps"]}
     return prior + delta, info

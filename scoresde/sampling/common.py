@@ -27,7 +27,7 @@ NoiseSampler = Callable[[float, float], torch.Tensor]
 
 
 class CountedScore:
-    """Wrap a score function and count its real calls in ``calls``."""
+    """Wrap a score function, count its real calls in ``calls`` and check its output's shape."""
 
     def __init__(self, score_fn: ScoreFn):
         if not callable(score_fn):
@@ -36,7 +36,11 @@ class CountedScore:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
-        return self.score_fn(x, t)
+        out = self.score_fn(x, t)
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape "
+                             f"{tuple(x.shape)}; it must return the score in x's shape")
+        return out
 
 
 @dataclass
