@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .labels import check_labels
 from .sde import SDE
 
 __all__ = ["GaussianMixture", "MIXTURES", "get_mixture"]
@@ -137,7 +138,7 @@ class GaussianMixture:
             m, s = self._coeffs(x, t, sde)
             if y is None:
                 return self._score(x, m, s)
-            y = self._check_labels(y, x.shape[0]).to(x.device)
+            y = check_labels(y, x.shape[0], self.num_components).to(x.device)
             _, white, evecs = self._components(x, m, s)
             grad = -torch.einsum("bij,bj->bi", evecs[y], white[torch.arange(len(y)), y])
             return grad.to(x.dtype).reshape(x.shape)
@@ -146,7 +147,7 @@ class GaussianMixture:
 
     def component(self, k: int) -> "GaussianMixture":
         """Component ``k`` alone, as a one-component mixture (the class-``k`` distribution)."""
-        k = int(self._check_labels(torch.tensor([k]), 1)[0])
+        k = int(check_labels(k, 1, self.num_components)[0])
         return GaussianMixture(self.means[k:k + 1], self.covs[k:k + 1],
                                event_shape=self.event_shape)
 
@@ -181,17 +182,6 @@ class GaussianMixture:
         log_w = self.weights.log() + torch.distributions.MultivariateNormal(
             self.means[:, k_idx], s_kk).log_prob(values[k_idx][None])
         return GaussianMixture(means, covs, torch.softmax(log_w, dim=0))
-
-    def _check_labels(self, y, batch: int) -> torch.Tensor:
-        y = torch.as_tensor(y)
-        if y.dtype.is_floating_point or y.dtype == torch.bool:
-            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
-        if y.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},), got {tuple(y.shape)}")
-        if ((y < 0) | (y >= self.num_components)).any():
-            raise ValueError(f"labels must lie in [0, {self.num_components}), got values in "
-                             f"[{int(y.min())}, {int(y.max())}]")
-        return y.long()
 
     # ----- internals -------------------------------------------------------------------------
     def _coeffs(self, x, t, sde):
