@@ -66,12 +66,10 @@ def _check_flow_inputs(score_fn, sde, x, eps, error_norm) -> float:
         raise ValueError(f"x must have shape (B, *dims) with B >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite; it holds NaN or infinite values")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must be a number in (0, T) = (0, {sde.T:g}), got {eps!r}")
     if error_norm not in ERROR_NORMS:
         raise ValueError(f"unknown error_norm {error_norm!r}; choose one of "
                          f"{', '.join(ERROR_NORMS)}")
-    return float(eps)
+    return sde.check_eps(eps)
 
 
 def _tolerances(rtol: float, atol: float, batch: int, error_norm: str) -> tuple[float, float]:

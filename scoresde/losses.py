@@ -37,8 +37,7 @@ def _check(weighting: str, t_sampling: str, eps: float, sde: SDE) -> None:
     if t_sampling not in T_SAMPLINGS:
         raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of "
                          f"{', '.join(T_SAMPLINGS)}")
-    if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
-        raise ValueError(f"eps must be a number in (0, T = {sde.T:g}), got {eps!r}")
+    sde.check_eps(eps)
 
 
 def _uniforms(n, t_sampling, generator, device):

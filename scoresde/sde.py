@@ -161,6 +161,16 @@ class SDE(ABC):
                              f"[{float(t.min()):g}, {float(t.max()):g}]")
         return t
 
+    def check_eps(self, eps: float) -> float:
+        """Return ``eps``, the smallest time of a solve or a loss, as a float.
+
+        Raises:
+            ValueError: ``eps`` is not a number in ``(0, T)``.
+        """
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < self.T:
+            raise ValueError(f"eps must be a number in (0, T) = (0, {self.T:g}), got {eps!r}")
+        return float(eps)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({params})"

@@ -42,9 +42,7 @@ def check_steps(steps: int) -> int:
 
 def check_eps(sde: SDE, eps: float) -> float:
     """Return ``eps`` as a float, or raise ``ValueError`` unless ``0 < eps < T``."""
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < sde.T:
-        raise ValueError(f"eps must be a number in (0, T) = (0, {sde.T:g}), got {eps!r}")
-    return float(eps)
+    return sde.check_eps(eps)
 
 
 def sigma_of_t(sde: SDE, t: torch.Tensor) -> torch.Tensor:
