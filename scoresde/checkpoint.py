@@ -13,28 +13,17 @@ import pickle
 
 import torch
 
+from .utils import write_atomically
+
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "save_checkpoint", "load_checkpoint",
            "write_config", "read_config", "append_metrics", "truncate_metrics"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 
 
-def _replace_atomically(path: str, write) -> None:
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
     """Write ``state`` (tensors, state dicts, numbers, strings) to ``path``: tmp, then rename."""
-    _replace_atomically(os.fspath(path), lambda f: torch.save(state, f))
+    write_atomically(os.fspath(path), lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
@@ -64,7 +53,7 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
     """Write ``config.json`` (atomically, indented, keys in order)."""
     text = json.dumps(config, indent=2).encode() + b"\n"
-    _replace_atomically(os.path.join(run_dir, CONFIG), lambda f: f.write(text))
+    write_atomically(os.path.join(run_dir, CONFIG), lambda f: f.write(text))
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
@@ -94,4 +83,4 @@ def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
     with open(path) as f:
         keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
     text = "".join(keep).encode()
-    _replace_atomically(path, lambda f: f.write(text))
+    write_atomically(path, lambda f: f.write(text))

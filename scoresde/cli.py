@@ -13,13 +13,13 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
 from . import __version__
+from .utils import write_atomically
 
 RUNS = Path("runs")
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -129,18 +129,6 @@ def _check_out(path: Path, param: str = "--out") -> Path:
     if path.is_dir():
         raise click.BadParameter(f"cannot write {path}: it is a folder", param_hint=param)
     return path
-
-
-def _atomic(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.resolve().parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -382,7 +370,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     arrays = dict(samples=x.numpy(), raw=raw.numpy())
     if labels is not None:
         arrays["labels"] = labels.numpy()
-    _atomic(out, lambda fh: np.savez(fh, **arrays))
+    write_atomically(out, lambda fh: np.savez(fh, **arrays))
     fig_path = None
     if figure is not None:
         fig_path = out.with_suffix(".png")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Mapping
 
 import matplotlib
@@ -21,6 +20,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from .utils import write_atomically  # noqa: E402
 
 __all__ = [
     "grid_points",
@@ -295,17 +296,9 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
     once complete, so a failure leaves no partial file.
     """
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
     suffix = os.path.splitext(path)[1] or ".png"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=folder)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, dpi=dpi, format=suffix[1:])
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        write_atomically(path, lambda fh: fig.savefig(fh, dpi=dpi, format=suffix[1:]))
     finally:
         plt.close(fig)
     return path

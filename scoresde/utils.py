@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+from typing import BinaryIO, Callable
 
 import numpy as np
 import torch
 
-__all__ = ["append_dims", "batch_sum", "seed_everything", "make_generator", "seed_from",
-           "resolve_device"]
+__all__ = ["append_dims", "batch_sum", "write_atomically", "seed_everything",
+           "make_generator", "seed_from", "resolve_device"]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -75,3 +78,24 @@ def resolve_device(device: torch.device | str | None = None) -> torch.device:
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {device!r}; use 'cpu', 'cuda' or 'cuda:N'")
     return dev
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Run ``write(file)`` on a temporary file beside ``path``, sync it, rename it to ``path``.
+
+    Readers see the old file or the complete new one, never a part; if ``write`` fails (or the
+    process is interrupted) the temporary file is removed and ``path`` is left as it was.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
