@@ -23,7 +23,8 @@ from .checkpoint import (CHECKPOINT, append_metrics, load_checkpoint, read_confi
                          save_checkpoint, truncate_metrics, write_config)
 from .data import get_dataset
 from .labels import NULL_LABEL
-from .losses import T_SAMPLINGS, WEIGHTINGS, classifier_loss, dsm_loss, sample_time
+from .losses import (T_SAMPLINGS, WEIGHTINGS, check_log_snr_share, classifier_loss, dsm_loss,
+                     sample_time)
 from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
 from .utils import resolve_device
@@ -78,6 +79,7 @@ def _resolve(kw: dict, dataset) -> dict:
                          f"{kw['objective']!r}")
     if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
         raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
+    check_log_snr_share(kw["log_snr_share"], kw["weighting"])
     if not (isinstance(kw["label_dropout"], (int, float)) and 0 <= kw["label_dropout"] < 1):
         raise ValueError(f"label_dropout must be a number in [0, 1), got {kw['label_dropout']!r}")
     sde = kw["sde"]
@@ -171,18 +173,42 @@ def _check_resume(run_dir: str, config: dict, resume: bool, rank: int) -> bool:
         raise FileExistsError(f"{run_dir} already holds a run with a checkpoint; pass resume=True "
                               "to continue it or choose another folder")
     if has_ckpt:
-        old = read_config(run_dir)
-        # Runs from before conditional training learnt scores and never dropped labels.
-        old.setdefault("objective", "score")
-        old.setdefault("label_dropout", 0.0 if old.get("conditional") else config["label_dropout"])
-        diff = sorted(k for k in set(old) | set(config) if k not in _MAY_CHANGE
-                      and old.get(k) != config.get(k))
+        old = upgrade_config(read_config(run_dir), config["label_dropout"])
+        diff = sorted(_differences(old, config))
         if diff:
             raise ValueError(f"cannot resume {run_dir}: options differ from its config.json: "
                              f"{', '.join(diff)}")
     elif rank == 0:
         os.makedirs(run_dir, exist_ok=True)
     return has_ckpt
+
+
+def _differences(old: dict, new: dict):
+    """Names of the options that differ between two configs, ``net.hidden`` style inside the
+    option dicts (``net``, ``sde``), skipping those that may change on resumption."""
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if key in _MAY_CHANGE or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from (f"{key}.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
+        else:
+            yield key
+
+
+def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
+    """A run's ``config.json`` with the options that runs from older versions lack filled in with
+    what those runs did, so that they can be resumed (``label_dropout`` fills an unconditional
+    run's, which has no effect)."""
+    old = dict(old)
+    # Runs from before conditional training learnt scores and never dropped labels.
+    old.setdefault("objective", "score")
+    old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
+    # Runs from before log_snr_share drew every time by the weighting's own rule.
+    old.setdefault("log_snr_share", 0.0)
+    if "net" in old:  # networks fill in keywords added since, with the values old runs had
+        old["net"] = build_net(old["net"]).config()
+    return old
 
 
 def _rng_state(gen: torch.Generator) -> dict:
@@ -222,6 +248,7 @@ def train(
     weighting: str = "sigma2",
     eps: float = 1e-5,
     t_sampling: str = "stratified",
+    log_snr_share: float = 0.0,
     sigma_data: float | None = None,
     seed: int = 0,
     device: str = "cpu",
@@ -258,6 +285,10 @@ def train(
         steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
             vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
+        log_snr_share: share of each batch's times drawn uniformly in log-SNR rather than by
+            the weighting's rule (see :mod:`scoresde.losses`); 0.3 with ``net_params``
+            ``{"input_features": 64}`` is the recipe for data with sharp edges such as
+            checkerboard (BENCHMARKS.md).
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
         resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
@@ -336,7 +367,7 @@ def _run(kw, run_dir, rank, world, dev, callback):
         x0, y = dataset.sample(config["batch_size"], gen)
         t = sample_time(sde, config["batch_size"], eps=config["eps"],
                         weighting=config["weighting"], t_sampling=config["t_sampling"],
-                        generator=gen, device=dev)
+                        log_snr_share=config["log_snr_share"], generator=gen, device=dev)
         z = torch.randn(x0.shape, generator=gen, device=dev)
         y = _labels(y, config, gen, dev)
         x0 = x0.to(dev)[lo:lo + b]

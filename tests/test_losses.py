@@ -88,8 +88,37 @@ def test_stratified_and_antithetic_times(sde):
                                                                dtype=torch.float64))
 
 
+def test_log_snr_share_mixes_uniform_t_with_uniform_log_snr(sde):
+    """The first ``n - k`` times are uniform in t, the last ``k = round(p n)`` uniform in log-SNR
+    (KS at the 1% critical value 1.63 / sqrt(n)); share 0 draws exactly what it drew before."""
+    eps, n, share = 1e-4, 20_000, 0.3
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    t = sample_time(sde, n, eps=eps, log_snr_share=share, generator=gen(), dtype=torch.float64)
+    k = round(share * n)
+    assert t.shape == (n,) and t.min() >= eps and t.max() <= sde.T
+    lam = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    for part, cdf in [(t[:n - k], lambda u: (u - eps) / (sde.T - eps)),
+                      (t[n - k:], lambda u: (lam[0] - sde.log_snr(u)) / (lam[0] - lam[1]))]:
+        part, _ = torch.sort(part)
+        emp = torch.arange(1, len(part) + 1, dtype=torch.float64) / len(part)
+        assert (cdf(part) - emp).abs().max() < 1.63 / math.sqrt(len(part))
+    assert torch.equal(sample_time(sde, 64, eps=eps, log_snr_share=0.0, generator=gen()),
+                       sample_time(sde, 64, eps=eps, generator=gen()))
+    stratified = sample_time(sde, 10, eps=eps, t_sampling="stratified", log_snr_share=0.5,
+                             generator=gen(), dtype=torch.float64)
+    strata = torch.floor((stratified[:5] - eps) / (sde.T - eps) * 5)
+    assert torch.equal(strata, torch.arange(5, dtype=torch.float64))  # each part stratified
+    lam_strata = torch.floor((lam[0] - sde.log_snr(stratified[5:])) / (lam[0] - lam[1]) * 5)
+    assert torch.equal(lam_strata, torch.arange(5, dtype=torch.float64))
+
+
 def test_bad_options_are_refused(sde):
     x0 = torch.zeros(4, 2)
+    for share in (-0.1, 1.5, True, "0.3", float("nan")):
+        with pytest.raises(ValueError, match="log_snr_share must be a number in"):
+            dsm_loss(lambda x, t: x, sde, x0, log_snr_share=share)
+    with pytest.raises(ValueError, match="log_snr_share must be 0 with weighting"):
+        sample_time(sde, 4, weighting="likelihood_is", log_snr_share=0.5)
     with pytest.raises(ValueError, match="weighting"):
         dsm_loss(lambda x, t: x, sde, x0, weighting="snr")
     with pytest.raises(ValueError, match="t_sampling"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scoresde import GaussianMixture, ScoreMLP, ScoreModel, UNet
-from scoresde.models import TimeFeatures, build_net
+from scoresde.models import ClassifierMLP, TimeFeatures, build_net
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 4, 4)])
@@ -40,6 +40,32 @@ def test_shapes_labels_and_config_round_trip():
         clone = build_net(net.config())
         clone.load_state_dict(net.state_dict())
         assert torch.equal(clone(x, c, y), out)
+
+
+def test_input_features_feed_the_first_layer_and_old_configs_still_load():
+    """Fourier features of the input widen the first layer by 2k and are saved with the weights;
+    a network config from before they existed (no such keys) builds the plain network."""
+    torch.manual_seed(0)
+    for cls, extra in [(ScoreMLP, {}), (ClassifierMLP, {"num_classes": 3})]:
+        net = cls(event_shape=(2,), hidden=16, depth=1, input_features=8, input_scale=0.5,
+                  **extra)
+        assert net.inp.in_features == 2 + 16 and net.features.freqs.shape == (2, 8)
+        assert "features.freqs" in net.state_dict()
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.1)
+        x, c = torch.randn(4, 2), torch.randn(4)
+        clone = build_net(net.config())
+        clone.load_state_dict(net.state_dict())
+        assert torch.equal(clone(x, c), net(x, c))
+        old = {k: v for k, v in cls(hidden=16, depth=1, **extra).config().items()
+               if not k.startswith("input_")}
+        plain = build_net(old)
+        assert plain.features is None and plain.inp.in_features == 2
+        plain.load_state_dict(cls(hidden=16, depth=1, **extra).state_dict())
+    for bad in [{"input_features": -1}, {"input_features": 4, "input_scale": 0.0},
+                {"input_features": 4, "input_scale": float("inf")}]:
+        with pytest.raises(ValueError, match="input_"):
+            ScoreMLP(**bad)
 
 
 def test_bad_networks_are_refused():

@@ -181,3 +181,50 @@ def test_distributed_equals_one_process(tmp_path):
     for key in ("model", "ema"):
         for k in a[key]:
             assert torch.allclose(a[key][k], b[key][k], rtol=1e-4, atol=1e-6), (key, k)
+
+
+def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
+    # Defaults: uniform t and a plain MLP input; the checkerboard recipe turns both on.
+    opts = dict(steps=1, progress=False, batch_size=8)
+    train(tmp_path / "plain", data="8gaussians", **opts)
+    train(tmp_path / "edges", data="checkerboard", log_snr_share=0.3,
+          net_params={"input_features": 64}, **opts)
+    cfg = {k: json.loads((tmp_path / k / "config.json").read_text()) for k in ("plain", "edges")}
+    assert cfg["plain"]["log_snr_share"] == 0.0 and cfg["plain"]["net"]["input_features"] == 0
+    assert cfg["edges"]["log_snr_share"] == 0.3
+    assert cfg["edges"]["net"]["input_features"] == 64 and cfg["edges"]["net"]["input_scale"] == 0.3
+    model, _, _ = load_run(tmp_path / "edges")
+    assert model.net.inp.in_features == 2 + 128
+    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a number"),
+                       ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with")]:
+        with pytest.raises(ValueError, match=match):
+            train(tmp_path / "bad", data="8gaussians", **bad, **opts)
+        assert not (tmp_path / "bad").exists()
+
+
+def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
+    """A config.json without the keys those options added is read as the run it was: plain
+    MLP input, uniform t. Both the library and the CLI resume it."""
+    from click.testing import CliRunner
+
+    from scoresde.cli import main
+
+    run = tmp_path / "old"
+    old_opts = dict(TINY, net_params={"hidden": 16, "depth": 1}, log_snr_share=0.0)
+    train(run, steps=2, **old_opts)
+    config = json.loads((run / "config.json").read_text())
+    del config["log_snr_share"], config["net"]["input_features"], config["net"]["input_scale"]
+    (run / "config.json").write_text(json.dumps(config))
+    train(run, steps=3, resume=True, **old_opts)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    with pytest.raises(ValueError, match="options differ.*log_snr_share"):
+        train(run, steps=4, resume=True, **dict(old_opts, log_snr_share=0.3))
+    with pytest.raises(ValueError, match="options differ.*net.input_features"):
+        train(run, steps=4, resume=True, **dict(old_opts, net_params={"hidden": 16, "depth": 1,
+                                                                     "input_features": 8}))
+    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["log_snr_share"] == 0.0 and config["net"]["input_features"] == 0
+    assert load_run(run)[2]["steps"] == 4

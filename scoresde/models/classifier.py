@@ -16,7 +16,7 @@ from torch import nn
 
 from ..sde import SDE
 from ..utils import append_dims
-from .mlp import TimeFeatures, _Block
+from .mlp import InputFeatures, TimeFeatures, _Block
 from .score_model import check_sigma_data, preconditioning
 from .unet import _Attention, _ResBlock, _norm
 
@@ -37,16 +37,21 @@ class ClassifierMLP(nn.Module):
     """
 
     def __init__(self, event_shape=(2,), num_classes: int = 2, hidden: int = 128, depth: int = 3,
-                 time_dim: int = 64, time_features: str = "fourier", time_scale: float = 4.0):
+                 time_dim: int = 64, time_features: str = "fourier", time_scale: float = 4.0,
+                 input_features: int = 0, input_scale: float = 0.3):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
         self.num_classes = _check_classes(num_classes)
         self._config = dict(event_shape=list(self.event_shape), num_classes=num_classes,
                             hidden=hidden, depth=depth, time_dim=time_dim,
-                            time_features=time_features, time_scale=time_scale)
+                            time_features=time_features, time_scale=time_scale,
+                            input_features=input_features, input_scale=input_scale)
         self.time = TimeFeatures(time_dim, time_features, time_scale)
         self.cond = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.inp = nn.Linear(math.prod(self.event_shape), hidden)
+        dim = math.prod(self.event_shape)
+        self.features = InputFeatures(dim, input_features, input_scale) if input_features \
+            else None
+        self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))
 
@@ -57,7 +62,8 @@ class ClassifierMLP(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of ``x`` ``(B, *event_shape)`` at noise input ``(B,)``."""
         c = self.cond(self.time(c_noise).to(x.dtype))
-        h = self.inp(x.reshape(x.shape[0], -1))
+        h = x.reshape(x.shape[0], -1)
+        h = self.inp(self.features(h) if self.features is not None else h)
         for block in self.blocks:
             h = block(h, c)
         return self.out(h)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["ScoreMLP", "TimeFeatures", "add_label"]
+__all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "add_label"]
 
 
 def add_label(c: torch.Tensor, embedding: nn.Embedding | None,
@@ -45,6 +45,33 @@ class TimeFeatures(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=1)
 
 
+class InputFeatures(nn.Module):
+    """Random Fourier features of a flat input ``x`` (shape ``(B, dim)``) -> ``(B, dim + 2k)``.
+
+    ``[x, sin(2 pi x W), cos(2 pi x W)]`` with fixed ``W ~ N(0, scale^2)`` of shape ``(dim, k)``
+    (Tancik et al. 2020, "Fourier features let networks learn high frequency functions in low
+    dimensional domains"). A plain MLP on a 2D input learns sharp structure, such as the edges
+    of a checkerboard, only slowly; these features give the first layer a ready basis of
+    oscillations. ``W`` is drawn from a fixed seed and saved with the weights.
+    """
+
+    def __init__(self, dim: int, features: int, scale: float = 0.3):
+        super().__init__()
+        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
+            raise ValueError(f"input_features must be an integer >= 0, got {features!r}")
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float))
+                                           and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"input_scale must be a finite number > 0, got {scale!r}")
+        gen = torch.Generator().manual_seed(1)
+        self.register_buffer("freqs", 2 * math.pi * scale * torch.randn(dim, features,
+                                                                         generator=gen))
+        self.out_dim = dim + 2 * features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        arg = x @ self.freqs.to(x.dtype)
+        return torch.cat([x, arg.sin(), arg.cos()], dim=1)
+
+
 class _Block(nn.Module):
     """``h + W2 act(W1 act(h) + E c)``: a pre-activation residual block with conditioning."""
 
@@ -74,10 +101,15 @@ class ScoreMLP(nn.Module):
         time_scale: frequency scale of the features (see :class:`TimeFeatures`).
         num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the
             conditioning (the null label -1 adds nothing); 0 for an unconditional network.
+        input_features: number of random Fourier features of the input (see
+            :class:`InputFeatures`) fed to the first layer beside the input; 0 for none.
+        input_scale: frequency scale of those features, for an input of unit variance (0.3 was
+            best on checkerboard of 0.2, 0.3, 0.5, 1 and 3; BENCHMARKS.md).
     """
 
     def __init__(self, event_shape=(2,), hidden: int = 256, depth: int = 4, time_dim: int = 64,
-                 time_features: str = "fourier", time_scale: float = 16.0, num_classes: int = 0):
+                 time_features: str = "fourier", time_scale: float = 16.0, num_classes: int = 0,
+                 input_features: int = 0, input_scale: float = 0.3):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
         dim = math.prod(self.event_shape)
@@ -88,12 +120,16 @@ class ScoreMLP(nn.Module):
         self.num_classes = int(num_classes)
         self._config = dict(event_shape=list(self.event_shape), hidden=hidden, depth=depth,
                             time_dim=time_dim, time_features=time_features,
-                            time_scale=time_scale, num_classes=num_classes)
+                            time_scale=time_scale, num_classes=num_classes,
+                            input_features=input_features, input_scale=input_scale)
         self.time = TimeFeatures(time_dim, time_features, time_scale)
         cond = hidden
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
-        self.inp = nn.Linear(dim, hidden)
+        # Only networks with features hold them, so runs saved before they existed still load.
+        self.features = InputFeatures(dim, input_features, input_scale) if input_features \
+            else None
+        self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, cond) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.out[1].weight)
@@ -108,7 +144,8 @@ class ScoreMLP(nn.Module):
         """Map ``x`` of shape ``(B, *event_shape)`` and ``c_noise`` ``(B,)`` to ``x``'s shape."""
         c = self.cond(self.time(c_noise).to(x.dtype))
         c = add_label(c, self.label, y)
-        h = self.inp(x.reshape(x.shape[0], -1))
+        h = x.reshape(x.shape[0], -1)
+        h = self.inp(self.features(h) if self.features is not None else h)
         for block in self.blocks:
             h = block(h, c)
         return self.out(h).reshape(x.shape)
