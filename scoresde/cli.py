@@ -183,8 +183,8 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
     Examples:
       scoresde train --sde vp                          # 8gaussians, about a minute on a CPU
       scoresde train --sde ve --data moons --steps 5000
-      scoresde train --data checkerboard --input-features 64 --log-snr-share 0.3 \
-          --batch-size 2048 --steps 3000                # sharp edges: ~2 min
+      scoresde train --data checkerboard --input-features 64 --log-snr-share 0.3 \\
+          --batch-size 2048 --steps 4500                # sharp edges: ~2.5 min
       scoresde train --data digits --steps 20000 --batch-size 128
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance

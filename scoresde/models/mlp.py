@@ -104,7 +104,7 @@ class ScoreMLP(nn.Module):
         input_features: number of random Fourier features of the input (see
             :class:`InputFeatures`) fed to the first layer beside the input; 0 for none.
         input_scale: frequency scale of those features, for an input of unit variance (0.3 was
-            best on checkerboard of 0.2, 0.3, 0.5, 1 and 3; BENCHMARKS.md).
+            best on checkerboard of 0.2, 0.3, 0.5 and 1; BENCHMARKS.md).
     """
 
     def __init__(self, event_shape=(2,), hidden: int = 256, depth: int = 4, time_dim: int = 64,
