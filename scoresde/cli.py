@@ -157,7 +157,8 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="lambda(t) = s(t)^2, g(t)^2, or g(t)^2 with importance-sampled t.")
 @click.option("--log-snr-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
-                   "that small noise levels are trained too (0.3 for sharp-edged data).")
+                   "that small noise levels are trained too (0.3 for sharp-edged data; "
+                   "--weighting sigma2 only).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               help="Hidden width of the MLP (default: the library's, 128).")
 @click.option("--input-features", type=click.IntRange(min=0), default=None,

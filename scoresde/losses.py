@@ -14,13 +14,13 @@ that density is uniform in log-SNR: ``t = t_from_log_snr(u)`` with ``u`` uniform
 ``(log_snr(eps) - log_snr(T)) / (T - eps)``, so every weighting estimates its objective averaged
 over ``t`` uniform on ``[eps, T]``.
 
-``log_snr_share = p`` draws that share of each batch's times uniformly in log-SNR instead, so
-the objective is averaged over ``t`` from the mixture density ``(1 - p) / (T - eps) + p
-(g^2 / s^2) / (log_snr(eps) - log_snr(T))``. Uniform ``t`` leaves small noise levels almost
-untrained (for VP, ``t < 1e-3`` is 0.1% of draws but a third of the log-SNR range that the
-likelihood ODE and the samplers cross); the mixture covers every level the network is asked
-about. With ``"sigma2"`` it is the sum of the ``sigma2`` and ``likelihood`` objectives in
-proportions ``1 - p`` and ``p`` (up to a constant factor on the second).
+``log_snr_share = p`` (with ``"sigma2"`` only) draws that share of each batch's times uniformly
+in log-SNR instead, so the objective is averaged over ``t`` from the mixture density
+``(1 - p) / (T - eps) + p (g^2 / s^2) / (log_snr(eps) - log_snr(T))``: the sum of the ``sigma2``
+and ``likelihood`` objectives in proportions ``1 - p`` and ``p`` (up to a constant factor on the
+second). Uniform ``t`` leaves small noise levels almost untrained: for VP with ``eps = 1e-5``,
+``t < 1e-3`` is 0.1% of the draws but a fifth of the log-SNR range that the likelihood ODE
+crosses, and the network's output there is then extrapolation. The mixture covers every level.
 """
 
 from __future__ import annotations
@@ -41,12 +41,13 @@ T_SAMPLINGS = ("uniform", "stratified", "antithetic")
 
 def check_log_snr_share(share: float, weighting: str = "sigma2") -> float:
     """Return ``share`` as a float, or raise ``ValueError`` unless it lies in ``[0, 1]`` (and is
-    0 for ``"likelihood_is"``, whose times are all uniform in log-SNR already)."""
+    0 unless the weighting is ``"sigma2"``: ``"likelihood"`` would weight the extra small times
+    by ``g^2 / s^2`` uncorrected, and ``"likelihood_is"`` draws all its times in log-SNR)."""
     if isinstance(share, bool) or not (isinstance(share, (int, float)) and 0 <= share <= 1):
         raise ValueError(f"log_snr_share must be a number in [0, 1], got {share!r}")
-    if share and weighting == "likelihood_is":
-        raise ValueError("log_snr_share must be 0 with weighting 'likelihood_is', whose times "
-                         "are all drawn uniformly in log-SNR")
+    if share and weighting != "sigma2":
+        raise ValueError(f"log_snr_share must be 0 with weighting {weighting!r}; it mixes "
+                         "log-SNR times into the 'sigma2' weighting only")
     return float(share)
 
 
@@ -81,8 +82,9 @@ def sample_time(
     Uniform in ``t`` for ``"sigma2"`` and ``"likelihood"``; uniform in log-SNR, i.e. with density
     proportional to ``g(t)^2 / s(t)^2``, for ``"likelihood_is"``. ``t_sampling`` is ``"uniform"``
     (iid), ``"stratified"`` (one draw per ``1/n`` of the range, in order) or ``"antithetic"``
-    (pairs ``u, 1 - u``). With ``log_snr_share = p`` the last ``round(p n)`` times are drawn
-    uniformly in log-SNR instead (each part with its own ``t_sampling``; see the module).
+    (pairs ``u, 1 - u``). With ``log_snr_share = p`` (``"sigma2"`` only) the last ``round(p n)``
+    times are drawn uniformly in log-SNR instead, each part with its own ``t_sampling`` (see the
+    module); a batch of one or two points may therefore get none.
     """
     _check(weighting, t_sampling, eps, sde)
     share = check_log_snr_share(log_snr_share, weighting)
@@ -119,6 +121,7 @@ def time_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2",
 
 def _diffuse(sde, x0, weighting, eps, t_sampling, generator, t, noise, log_snr_share):
     """``(t, z, x_t, s(t))`` of a batch: ``x_t = m(t) x0 + s(t) z``; ``t``, ``z`` drawn if None."""
+    check_log_snr_share(log_snr_share, weighting)
     if t is None:
         t = sample_time(sde, x0.shape[0], eps=eps, weighting=weighting, t_sampling=t_sampling,
                         generator=generator, device=x0.device, dtype=x0.dtype,

@@ -459,7 +459,7 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
         its parameters, the SDE, and the run's config.
     """
     run_dir = os.fspath(run_dir)
-    config = read_config(run_dir)
+    config = upgrade_config(read_config(run_dir))
     dev = resolve_device(device)
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev)
     sde = sde if sde is not None else get_sde(**config["sde"])

@@ -161,6 +161,8 @@ BAD = [  # (arguments, builder of extra files, words the one-line message must c
     (["train", "--log-snr-share", "1.5"], None, "not in the range", 2),
     (["train", "--weighting", "likelihood_is", "--log-snr-share", "0.3"], None,
      "log_snr_share must be 0 with weighting 'likelihood_is'", 2),
+    (["train", "--weighting", "likelihood", "--log-snr-share", "0.3"], None,
+     "log_snr_share must be 0 with weighting 'likelihood'", 2),
     (["train", "--input-features", "-1"], None, "not in the range", 2),
     (["train", "--data", "digits", "--input-features", "8"], None, "input_features", 2),
     (["train", "--data", "{flat}"], lambda r: _array(r, "flat.npy", np.zeros(5)), "shape", 2),

@@ -117,8 +117,11 @@ def test_bad_options_are_refused(sde):
     for share in (-0.1, 1.5, True, "0.3", float("nan")):
         with pytest.raises(ValueError, match="log_snr_share must be a number in"):
             dsm_loss(lambda x, t: x, sde, x0, log_snr_share=share)
-    with pytest.raises(ValueError, match="log_snr_share must be 0 with weighting"):
-        sample_time(sde, 4, weighting="likelihood_is", log_snr_share=0.5)
+    for weighting in ("likelihood", "likelihood_is"):
+        with pytest.raises(ValueError, match=f"must be 0 with weighting '{weighting}'"):
+            sample_time(sde, 4, weighting=weighting, log_snr_share=0.5)
+    with pytest.raises(ValueError, match="log_snr_share"):  # checked even when t is given
+        dsm_loss(lambda x, t: x, sde, x0, t=torch.full((4,), 0.5), log_snr_share=2.0)
     with pytest.raises(ValueError, match="weighting"):
         dsm_loss(lambda x, t: x, sde, x0, weighting="snr")
     with pytest.raises(ValueError, match="t_sampling"):

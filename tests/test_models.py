@@ -63,7 +63,8 @@ def test_input_features_feed_the_first_layer_and_old_configs_still_load():
         assert plain.features is None and plain.inp.in_features == 2
         plain.load_state_dict(cls(hidden=16, depth=1, **extra).state_dict())
     for bad in [{"input_features": -1}, {"input_features": 4, "input_scale": 0.0},
-                {"input_features": 4, "input_scale": float("inf")}]:
+                {"input_features": 4, "input_scale": float("inf")}, {"input_scale": -1.0},
+                {"input_features": 2.5}]:
         with pytest.raises(ValueError, match="input_"):
             ScoreMLP(**bad)
 

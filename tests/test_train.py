@@ -196,7 +196,8 @@ def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
     model, _, _ = load_run(tmp_path / "edges")
     assert model.net.inp.in_features == 2 + 128
     for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a number"),
-                       ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with")]:
+                       ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with"),
+                       ({"log_snr_share": 0.3, "weighting": "likelihood"}, "must be 0 with")]:
         with pytest.raises(ValueError, match=match):
             train(tmp_path / "bad", data="8gaussians", **bad, **opts)
         assert not (tmp_path / "bad").exists()
@@ -228,3 +229,27 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["log_snr_share"] == 0.0 and config["net"]["input_features"] == 0
     assert load_run(run)[2]["steps"] == 4
+
+
+def test_the_share_reaches_the_time_draws_of_every_step(tmp_path, monkeypatch):
+    # train() draws its batch's times itself: with share 1 every time is uniform in log-SNR.
+    import importlib
+
+    train_module = importlib.import_module("scoresde.train")  # the module, not the function
+
+    drawn = []
+    real = train_module.sample_time
+
+    def spy(sde, n, **kw):
+        t = real(sde, n, **kw)
+        drawn.append((kw.get("log_snr_share"), t))
+        return t
+
+    monkeypatch.setattr(train_module, "sample_time", spy)
+    train(tmp_path / "run", steps=3, log_snr_share=1.0, **{**TINY, "batch_size": 512})
+    assert [share for share, _ in drawn] == [1.0] * 3
+    sde = scoresde.get_sde("vp")
+    lam = sde.log_snr(torch.cat([t for _, t in drawn]).double())
+    lo, hi = sde.log_snr(torch.tensor([sde.T, 1e-5], dtype=torch.float64))
+    # uniform in log-SNR: half the draws above the midpoint (uniform t would give ~11%)
+    assert abs(float((lam > (lo + hi) / 2).double().mean()) - 0.5) < 0.05

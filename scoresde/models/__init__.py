@@ -5,12 +5,12 @@ from __future__ import annotations
 from torch import nn
 
 from .classifier import ClassifierMLP, ClassifierUNet, NoiseClassifier
-from .mlp import ScoreMLP, TimeFeatures
+from .mlp import InputFeatures, ScoreMLP, TimeFeatures
 from .score_model import ScoreModel
 from .unet import UNet
 
-__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "NETS", "build_net",
-           "ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
+__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "InputFeatures", "NETS",
+           "build_net", "ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
 
 NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet,
                                     "mlp_classifier": ClassifierMLP,

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..sde import SDE
 from ..utils import append_dims
-from .mlp import InputFeatures, TimeFeatures, _Block
+from .mlp import InputFeatures, TimeFeatures, _Block, check_input_features
 from .score_model import check_sigma_data, preconditioning
 from .unet import _Attention, _ResBlock, _norm
 
@@ -49,8 +49,8 @@ class ClassifierMLP(nn.Module):
         self.time = TimeFeatures(time_dim, time_features, time_scale)
         self.cond = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         dim = math.prod(self.event_shape)
-        self.features = InputFeatures(dim, input_features, input_scale) if input_features \
-            else None
+        self.features = InputFeatures(dim, input_features, input_scale) \
+            if check_input_features(input_features, input_scale) else None
         self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))

@@ -45,6 +45,17 @@ class TimeFeatures(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=1)
 
 
+def check_input_features(features: int, scale: float) -> int:
+    """Return ``features``, or raise ``ValueError`` unless it is an integer >= 0 and ``scale`` a
+    finite number > 0."""
+    if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+        raise ValueError(f"input_features must be an integer >= 0, got {features!r}")
+    if isinstance(scale, bool) or not (isinstance(scale, (int, float))
+                                       and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"input_scale must be a finite number > 0, got {scale!r}")
+    return features
+
+
 class InputFeatures(nn.Module):
     """Random Fourier features of a flat input ``x`` (shape ``(B, dim)``) -> ``(B, dim + 2k)``.
 
@@ -57,11 +68,8 @@ class InputFeatures(nn.Module):
 
     def __init__(self, dim: int, features: int, scale: float = 0.3):
         super().__init__()
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"input_features must be an integer >= 0, got {features!r}")
-        if isinstance(scale, bool) or not (isinstance(scale, (int, float))
-                                           and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"input_scale must be a finite number > 0, got {scale!r}")
+        if not check_input_features(features, scale):
+            raise ValueError("InputFeatures needs input_features >= 1")
         gen = torch.Generator().manual_seed(1)
         self.register_buffer("freqs", 2 * math.pi * scale * torch.randn(dim, features,
                                                                          generator=gen))
@@ -127,8 +135,8 @@ class ScoreMLP(nn.Module):
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
         # Only networks with features hold them, so runs saved before they existed still load.
-        self.features = InputFeatures(dim, input_features, input_scale) if input_features \
-            else None
+        self.features = InputFeatures(dim, input_features, input_scale) \
+            if check_input_features(input_features, input_scale) else None
         self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, cond) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
