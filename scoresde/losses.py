@@ -121,11 +121,12 @@ def time_weight(sde: SDE, t: torch.Tensor, weighting: str = "sigma2",
 
 def _diffuse(sde, x0, weighting, eps, t_sampling, generator, t, noise, log_snr_share):
     """``(t, z, x_t, s(t))`` of a batch: ``x_t = m(t) x0 + s(t) z``; ``t``, ``z`` drawn if None."""
-    check_log_snr_share(log_snr_share, weighting)
-    if t is None:
+    if t is None:  # sample_time checks the share
         t = sample_time(sde, x0.shape[0], eps=eps, weighting=weighting, t_sampling=t_sampling,
                         generator=generator, device=x0.device, dtype=x0.dtype,
                         log_snr_share=log_snr_share)
+    else:
+        check_log_snr_share(log_snr_share, weighting)
     t = sde.check_time(t, x0)
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)

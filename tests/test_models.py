@@ -60,7 +60,8 @@ def test_input_features_feed_the_first_layer_and_old_configs_still_load():
         old = {k: v for k, v in cls(hidden=16, depth=1, **extra).config().items()
                if not k.startswith("input_")}
         plain = build_net(old)
-        assert plain.features is None and plain.inp.in_features == 2
+        assert plain.inp.in_features == 2
+        assert not any(k.startswith("features.") for k in plain.state_dict())
         plain.load_state_dict(cls(hidden=16, depth=1, **extra).state_dict())
     for bad in [{"input_features": -1}, {"input_features": 4, "input_scale": 0.0},
                 {"input_features": 4, "input_scale": float("inf")}, {"input_scale": -1.0},

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..sde import SDE
 from ..utils import append_dims
-from .mlp import InputFeatures, TimeFeatures, _Block, check_input_features
+from .mlp import InputFeatures, TimeFeatures, _Block
 from .score_model import check_sigma_data, preconditioning
 from .unet import _Attention, _ResBlock, _norm
 
@@ -48,10 +48,8 @@ class ClassifierMLP(nn.Module):
                             input_features=input_features, input_scale=input_scale)
         self.time = TimeFeatures(time_dim, time_features, time_scale)
         self.cond = nn.Sequential(nn.Linear(time_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        dim = math.prod(self.event_shape)
-        self.features = InputFeatures(dim, input_features, input_scale) \
-            if check_input_features(input_features, input_scale) else None
-        self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
+        self.features = InputFeatures(math.prod(self.event_shape), input_features, input_scale)
+        self.inp = nn.Linear(self.features.out_dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, hidden) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, num_classes))
 
@@ -62,8 +60,7 @@ class ClassifierMLP(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of ``x`` ``(B, *event_shape)`` at noise input ``(B,)``."""
         c = self.cond(self.time(c_noise).to(x.dtype))
-        h = x.reshape(x.shape[0], -1)
-        h = self.inp(self.features(h) if self.features is not None else h)
+        h = self.inp(self.features(x))
         for block in self.blocks:
             h = block(h, c)
         return self.out(h)

@@ -45,37 +45,34 @@ class TimeFeatures(nn.Module):
         return torch.cat([arg.sin(), arg.cos()], dim=1)
 
 
-def check_input_features(features: int, scale: float) -> int:
-    """Return ``features``, or raise ``ValueError`` unless it is an integer >= 0 and ``scale`` a
-    finite number > 0."""
-    if isinstance(features, bool) or not isinstance(features, int) or features < 0:
-        raise ValueError(f"input_features must be an integer >= 0, got {features!r}")
-    if isinstance(scale, bool) or not (isinstance(scale, (int, float))
-                                       and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"input_scale must be a finite number > 0, got {scale!r}")
-    return features
-
-
 class InputFeatures(nn.Module):
-    """Random Fourier features of a flat input ``x`` (shape ``(B, dim)``) -> ``(B, dim + 2k)``.
+    """A flat input and its random Fourier features: ``(B, *event_shape)`` -> ``(B, out_dim)``.
 
     ``[x, sin(2 pi x W), cos(2 pi x W)]`` with fixed ``W ~ N(0, scale^2)`` of shape ``(dim, k)``
     (Tancik et al. 2020, "Fourier features let networks learn high frequency functions in low
     dimensional domains"). A plain MLP on a 2D input learns sharp structure, such as the edges
     of a checkerboard, only slowly; these features give the first layer a ready basis of
-    oscillations. ``W`` is drawn from a fixed seed and saved with the weights.
+    oscillations. ``W`` is drawn from a fixed seed and saved with the weights. With ``k = 0`` the
+    module only flattens and holds nothing, so runs saved before the features existed still load.
     """
 
-    def __init__(self, dim: int, features: int, scale: float = 0.3):
+    def __init__(self, dim: int, features: int = 0, scale: float = 0.3):
         super().__init__()
-        if not check_input_features(features, scale):
-            raise ValueError("InputFeatures needs input_features >= 1")
-        gen = torch.Generator().manual_seed(1)
-        self.register_buffer("freqs", 2 * math.pi * scale * torch.randn(dim, features,
-                                                                         generator=gen))
+        if isinstance(features, bool) or not isinstance(features, int) or features < 0:
+            raise ValueError(f"input_features must be an integer >= 0, got {features!r}")
+        if isinstance(scale, bool) or not (isinstance(scale, (int, float))
+                                           and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"input_scale must be a finite number > 0, got {scale!r}")
+        if features:
+            gen = torch.Generator().manual_seed(1)
+            self.register_buffer("freqs", 2 * math.pi * scale * torch.randn(dim, features,
+                                                                             generator=gen))
         self.out_dim = dim + 2 * features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(x.shape[0], -1)
+        if not hasattr(self, "freqs"):
+            return x
         arg = x @ self.freqs.to(x.dtype)
         return torch.cat([x, arg.sin(), arg.cos()], dim=1)
 
@@ -134,10 +131,8 @@ class ScoreMLP(nn.Module):
         cond = hidden
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
-        # Only networks with features hold them, so runs saved before they existed still load.
-        self.features = InputFeatures(dim, input_features, input_scale) \
-            if check_input_features(input_features, input_scale) else None
-        self.inp = nn.Linear(self.features.out_dim if self.features else dim, hidden)
+        self.features = InputFeatures(dim, input_features, input_scale)
+        self.inp = nn.Linear(self.features.out_dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, cond) for _ in range(depth))
         self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, dim))
         nn.init.zeros_(self.out[1].weight)
@@ -152,8 +147,7 @@ class ScoreMLP(nn.Module):
         """Map ``x`` of shape ``(B, *event_shape)`` and ``c_noise`` ``(B,)`` to ``x``'s shape."""
         c = self.cond(self.time(c_noise).to(x.dtype))
         c = add_label(c, self.label, y)
-        h = x.reshape(x.shape[0], -1)
-        h = self.inp(self.features(h) if self.features is not None else h)
+        h = self.inp(self.features(x))
         for block in self.blocks:
             h = block(h, c)
         return self.out(h).reshape(x.shape)
