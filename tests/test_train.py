@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import scoresde
+import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
-from scoresde.checkpoint import load_checkpoint
+from scoresde.runs import load_checkpoint
 
 TINY = dict(data="8gaussians", net_params={"hidden": 32, "depth": 1}, batch_size=64,
             progress=False, log_every=2)
@@ -107,7 +108,7 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     def poison(step, record):
         if step == 6:
             with torch.no_grad():
@@ -115,19 +116,17 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
                     p.fill_(float("nan"))
 
     model_params = []
-    orig = scoresde.train.__globals__["ScoreModel"]
+    orig = scoresde.runs.ScoreModel  # runs.build_model wraps the network of a run
 
     class Spy(orig):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             model_params.extend(self.parameters())
 
-    scoresde.train.__globals__["ScoreModel"] = Spy
-    try:
-        with pytest.raises(FloatingPointError, match="step 7"):
-            train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
-    finally:
-        scoresde.train.__globals__["ScoreModel"] = orig
+    monkeypatch.setattr(scoresde.runs, "ScoreModel", Spy)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
+    monkeypatch.undo()
     state = _states(tmp_path / "run")
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -233,9 +232,7 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
 
 def test_the_share_reaches_the_time_draws_of_every_step(tmp_path, monkeypatch):
     # train() draws its batch's times itself: with share 1 every time is uniform in log-SNR.
-    import importlib
-
-    train_module = importlib.import_module("scoresde.train")  # the module, not the function
+    import scoresde.training as train_module
 
     drawn = []
     real = train_module.sample_time
