@@ -76,12 +76,6 @@ def main() -> None:
 
 
 # ----- run folders and files ---------------------------------------------------------------------
-def _is_run(path: Path) -> bool:
-    from .runs import is_run
-
-    return is_run(path)
-
-
 def _latest_run() -> Path:
     from .runs import latest_run
 
@@ -94,6 +88,8 @@ def _latest_run() -> Path:
 
 def _pick_run(run: str | None, quiet: bool = False) -> Path:
     """The run folder given, or the most recent under ./runs (saying which on stderr)."""
+    from .runs import CHECKPOINT, CONFIG, is_run
+
     if run is None:
         path = _latest_run()
         if not quiet:
@@ -102,9 +98,7 @@ def _pick_run(run: str | None, quiet: bool = False) -> Path:
     path = Path(run)
     if not path.is_dir():
         raise click.BadParameter(f"run folder {run!r} does not exist", param_hint="--run")
-    if not _is_run(path):
-        from .runs import CHECKPOINT, CONFIG
-
+    if not is_run(path):
         raise click.BadParameter(f"{run!r} is not a run folder (needs {CONFIG} and {CHECKPOINT})",
                                  param_hint="--run")
     return path
