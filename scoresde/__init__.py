@@ -14,7 +14,8 @@ from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_
 from . import data
 from .losses import dsm_loss, sample_time, time_weight
 from .models import ScoreMLP, ScoreModel, UNet
-from .train import load_run, train, train_classifier
+from .runs import load_run
+from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
 from .labels import NULL_LABEL
 from .losses import classifier_loss

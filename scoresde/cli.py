@@ -76,20 +76,20 @@ def main() -> None:
 
 
 # ----- run folders and files ---------------------------------------------------------------------
-def _is_run(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / "checkpoint.pt").is_file()
-
-
 def _latest_run() -> Path:
-    runs = [p for p in RUNS.iterdir() if _is_run(p)] if RUNS.is_dir() else []
-    if not runs:
+    from .runs import latest_run
+
+    path = latest_run(RUNS)
+    if path is None:
         raise click.UsageError(f"no run found under ./{RUNS}; train one with 'scoresde train' "
                                "or pass --run DIR")
-    return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime)
+    return path
 
 
 def _pick_run(run: str | None, quiet: bool = False) -> Path:
     """The run folder given, or the most recent under ./runs (saying which on stderr)."""
+    from .runs import CHECKPOINT, CONFIG, is_run
+
     if run is None:
         path = _latest_run()
         if not quiet:
@@ -98,14 +98,14 @@ def _pick_run(run: str | None, quiet: bool = False) -> Path:
     path = Path(run)
     if not path.is_dir():
         raise click.BadParameter(f"run folder {run!r} does not exist", param_hint="--run")
-    if not _is_run(path):
-        raise click.BadParameter(f"{run!r} is not a run folder (needs config.json and "
-                                 "checkpoint.pt)", param_hint="--run")
+    if not is_run(path):
+        raise click.BadParameter(f"{run!r} is not a run folder (needs {CONFIG} and {CHECKPOINT})",
+                                 param_hint="--run")
     return path
 
 
 def _load_run(path: Path, device: str):
-    from .train import load_run
+    from .runs import load_run
 
     try:
         return load_run(path, device=device)
@@ -115,10 +115,17 @@ def _load_run(path: Path, device: str):
 
 def _new_run_dir(*words: str) -> Path:
     """``./runs/NNNNN-words``, numbered one above the highest existing run."""
-    ids = [int(p.name[:5]) for p in RUNS.glob("[0-9][0-9][0-9][0-9][0-9]-*")] if RUNS.is_dir() \
-        else []
-    tag = "-".join(Path(w).stem.replace(" ", "_") for w in words)
-    return RUNS / f"{max(ids, default=-1) + 1:05d}-{tag}"
+    from .runs import new_run_dir
+
+    return new_run_dir(RUNS, *words)
+
+
+def _remove_unfinished(path: Path) -> None:
+    """Remove a run folder that this command created and that has no checkpoint yet."""
+    from .runs import has_checkpoint
+
+    if path.is_dir() and not has_checkpoint(path):
+        shutil.rmtree(path)
 
 
 def _check_out(path: Path, param: str = "--out") -> Path:
@@ -160,7 +167,7 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Hidden width of the MLP (default: the library's, 128).")
+              help="Hidden width of the MLP [default: ScoreMLP's own hidden width].")
 @click.option("--input-features", type=click.IntRange(min=0), default=None,
               help="Random Fourier features of the input for the MLP (default: the library's, "
                    "0); 64 helps data with sharp edges such as checkerboard.")
@@ -178,7 +185,7 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.pass_context
 def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width, input_features,
           run, resume, seed, device, checkpoint_every, quiet, conditional, label_dropout):
-    """Train a score model into a run folder (config.json, checkpoint.pt, metrics.jsonl).
+    """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
     Examples:
@@ -190,8 +197,7 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
     """
-    from .train import train as train_run
-    from .train import upgrade_config
+    from .training import train as train_run
     from .utils import resolve_device
 
     resolve_device(device)
@@ -199,61 +205,42 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
                   if v is not None}
     keywords = dict(sde=sde, data=data, batch_size=batch_size, lr=lr, weighting=weighting,
                     log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
-                    conditional=conditional, label_dropout=label_dropout)
+                    conditional=conditional, label_dropout=label_dropout, device=device,
+                    resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
+    if steps is not None:
+        keywords["steps"] = steps
     if resume:
         path = _pick_run(run)
-        old = upgrade_config(json.loads((path / "config.json").read_text()))
-        keywords = _resume_keywords(ctx, old, keywords, net_params)
+        keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
     else:
         path = Path(run) if run else _new_run_dir(sde, data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise click.BadParameter(f"{path} already exists; pass --resume to continue it or "
                                      "choose another --run", param_hint="--run")
+        keywords["run_dir"] = path
     created = not path.exists()
     try:
-        if steps is not None:
-            keywords["steps"] = steps
-        elif resume:
-            keywords["steps"] = old["steps"]
-        result = train_run(path, device=device, resume=resume,
-                           checkpoint_every=checkpoint_every, progress=not quiet, **keywords)
+        result = train_run(**keywords)
     except BaseException:
-        if created and path.is_dir() and not (path / "checkpoint.pt").exists():
-            shutil.rmtree(path)  # a run that failed before its first checkpoint leaves nothing
+        if created:
+            _remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
         raise
     click.echo(f"trained {result['step']} steps in {result['train_time_s']:.1f} s "
                f"(loss {result['loss']:.4f}) into {path}")
     click.echo(f"next: scoresde sample --run {path}")
 
 
-# Keywords of the library's train() that a resumption takes from the CLI, never from config.json.
-_NOT_FROM_CONFIG = {"run_dir", "steps", "device", "checkpoint_every", "resume", "progress",
-                    "callback", "sde_params", "net_params"}
-
-
-def _resume_keywords(ctx: click.Context, old: dict, keywords: dict, net_params: dict) -> dict:
-    """``train()`` keywords that continue the run of ``config.json`` ``old``.
-
-    Every option not given on the command line is the run's own, whatever the library's defaults
-    are now (they may have changed since the run started, or the run came from the Python API
-    with options the CLI does not have); the SDE and network keep their parameters.
-    """
+def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
+    """``train()`` keywords that continue the run in ``path``: the options not given on the
+    command line are the run's own (see :func:`scoresde.runs.resume_keywords`)."""
     import inspect
 
-    from .train import train as train_run
+    from .runs import read_config, resume_keywords, upgrade_config
+    from .training import train as train_run
 
-    out = dict(keywords)
-    for key in inspect.signature(train_run).parameters:
-        if key in old and key not in _NOT_FROM_CONFIG and not (key in keywords
-                                                               and _explicit(ctx, key)):
-            out[key] = old[key]
-    sde_cfg = dict(old["sde"])
-    if not _explicit(ctx, "sde") or keywords["sde"] == sde_cfg["name"]:
-        out["sde"], out["sde_params"] = sde_cfg.pop("name"), sde_cfg
-    net_cfg = {k: v for k, v in old["net"].items() if k not in ("event_shape", "num_classes")}
-    out["net"] = net_cfg.pop("name")
-    out["net_params"] = {**net_cfg, **net_params}
-    return out
+    old = upgrade_config(read_config(path))
+    explicit = {key for key in ctx.params if _explicit(ctx, key)}
+    return resume_keywords(old, keywords, explicit, inspect.signature(train_run).parameters)
 
 
 # ----- sample -------------------------------------------------------------------------------------
@@ -548,7 +535,7 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
     import torch
 
     from . import plotting
-    from .train import train as train_run
+    from .training import train as train_run
     from .utils import resolve_device
 
     dev = resolve_device(device)
@@ -561,8 +548,7 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
         train_run(path, data=toy, sde=sde, steps=steps, seed=seed, device=str(dev),
                   checkpoint_every=steps, progress=True)
     except BaseException:
-        if path.is_dir() and not (path / "checkpoint.pt").exists():
-            shutil.rmtree(path)
+        _remove_unfinished(path)
         raise
     model, sde_obj, config = _load_run(path, str(dev))
     with torch.no_grad():

@@ -224,3 +224,10 @@ def test_help_has_runnable_examples():
         assert result.exit_code == 0 and f"scoresde {command}" in result.output
         assert "[default:" in result.output
     assert torch.__version__  # the package imports torch; --help must not need anything else
+
+
+def test_the_cli_leaves_run_files_to_scoresde_runs():
+    # The run folder has one owner: the CLI asks scoresde.runs and names none of its files.
+    source = (ROOT / "scoresde" / "cli.py").read_text()
+    assert "config.json" not in source and "checkpoint.pt" not in source
+    assert "metrics.jsonl" not in source

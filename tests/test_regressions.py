@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from scoresde import train
-from scoresde.checkpoint import load_checkpoint
+from scoresde.runs import load_checkpoint
 
 TINY = dict(data="8gaussians", net_params={"hidden": 16, "depth": 1}, batch_size=32,
             progress=False, log_every=1)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import scoresde
+import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
-from scoresde.checkpoint import load_checkpoint
+from scoresde.runs import load_checkpoint
 
 TINY = dict(data="8gaussians", net_params={"hidden": 32, "depth": 1}, batch_size=64,
             progress=False, log_every=2)
@@ -107,7 +108,7 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
-def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, monkeypatch):
     def poison(step, record):
         if step == 6:
             with torch.no_grad():
@@ -115,19 +116,17 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path):
                     p.fill_(float("nan"))
 
     model_params = []
-    orig = scoresde.train.__globals__["ScoreModel"]
+    orig = scoresde.runs.ScoreModel  # runs.build_model wraps the network of a run
 
     class Spy(orig):
         def __init__(self, *a, **k):
             super().__init__(*a, **k)
             model_params.extend(self.parameters())
 
-    scoresde.train.__globals__["ScoreModel"] = Spy
-    try:
-        with pytest.raises(FloatingPointError, match="step 7"):
-            train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
-    finally:
-        scoresde.train.__globals__["ScoreModel"] = orig
+    monkeypatch.setattr(scoresde.runs, "ScoreModel", Spy)
+    with pytest.raises(FloatingPointError, match="step 7"):
+        train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
+    monkeypatch.undo()
     state = _states(tmp_path / "run")
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -233,9 +232,7 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
 
 def test_the_share_reaches_the_time_draws_of_every_step(tmp_path, monkeypatch):
     # train() draws its batch's times itself: with share 1 every time is uniform in log-SNR.
-    import importlib
-
-    train_module = importlib.import_module("scoresde.train")  # the module, not the function
+    import scoresde.loop as train_module  # the loop draws each batch's times
 
     drawn = []
     real = train_module.sample_time
@@ -253,3 +250,109 @@ def test_the_share_reaches_the_time_draws_of_every_step(tmp_path, monkeypatch):
     lo, hi = sde.log_snr(torch.tensor([sde.T, 1e-5], dtype=torch.float64))
     # uniform in log-SNR: half the draws above the midpoint (uniform t would give ~11%)
     assert abs(float((lam > (lo + hi) / 2).double().mean()) - 0.5) < 0.05
+
+
+def test_train_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
+    """train() seeds and draws inside a fork of PyTorch's generators, fresh and resumed; the
+    network is still initialised as torch.manual_seed(seed) followed by building it."""
+    import scoresde.loop as loop
+
+    built = []
+    real = loop.build_model
+
+    def spy(config, sde):
+        model = real(config, sde)
+        built.append((config, sde, {k: v.clone() for k, v in model.state_dict().items()}))
+        return model
+
+    monkeypatch.setattr(loop, "build_model", spy)
+    torch.manual_seed(1234)
+    torch.rand(3)
+    before = torch.get_rng_state()
+    train(tmp_path / "run", steps=3, checkpoint_every=2, seed=7, **TINY)
+    assert torch.equal(torch.get_rng_state(), before)
+    train(tmp_path / "run", steps=5, resume=True, seed=7, **TINY)
+    assert torch.equal(torch.get_rng_state(), before)
+    config, sde, initial = built[0]
+    torch.manual_seed(7)
+    expected = scoresde.runs.build_model(config, sde).state_dict()
+    assert all(torch.equal(initial[k], expected[k]) for k in expected)
+    torch.set_rng_state(before)
+
+
+def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypatch):
+    """Progress to a stream that is not a terminal (a log file): no carriage returns, a line at
+    most every log_every steps (and only when _LINE_EVERY_S has passed), and the last step."""
+    import scoresde.loop as loop
+
+    opts = dict(TINY, progress=True, log_every=5)
+    train(tmp_path / "a", steps=20, **opts)
+    err = capsys.readouterr().err
+    assert "\r" not in err and err.splitlines() == [err.strip()]
+    assert err.startswith("step 20/20 100%") and "loss=" in err
+    monkeypatch.setattr(loop, "_LINE_EVERY_S", 0.0)
+    train(tmp_path / "b", steps=20, **opts)
+    lines = capsys.readouterr().err.splitlines()
+    assert "\r" not in "".join(lines)
+    assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+
+
+def test_progress_in_a_terminal_is_a_tqdm_bar_with_the_loss():
+    import io
+
+    from scoresde.loop import _Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = _Progress(total=10, start=4, every=5, enabled=True, stream=stream)
+    for done in range(5, 11):
+        bar.update(done, 0.25)
+    bar.close()
+    text = stream.getvalue()
+    assert "\r" in text and "10/10" in text and "loss=0.2500" in text
+
+
+def test_the_networks_own_defaults_are_what_train_builds(tmp_path):
+    """One set of MLP defaults: ScoreMLP's (and ClassifierMLP's) are the tuned ones train() uses."""
+    train(tmp_path / "run", steps=1, batch_size=8, progress=False)
+    net = json.loads((tmp_path / "run" / "config.json").read_text())["net"]
+    assert net == scoresde.ScoreMLP().config()
+    assert {k: net[k] for k in ("hidden", "depth", "time_dim", "time_features",
+                                "time_scale")} == {"hidden": 128, "depth": 3, "time_dim": 64,
+                                                   "time_features": "fourier",
+                                                   "time_scale": 4.0}
+    classifier = scoresde.ClassifierMLP(num_classes=3).config()
+    assert all(classifier[k] == v for k, v in net.items() if k not in ("name", "num_classes"))
+
+
+def test_a_run_in_the_old_format_loads_and_resumes(tmp_path):
+    """config.json as versions before objectives, label dropout, log-SNR shares and input
+    features wrote it (the default 128 x 3 MLP stored in full), beside its checkpoint: load_run,
+    train(resume=True) and `scoresde train --resume` read it as the run it was."""
+    from click.testing import CliRunner
+
+    from scoresde.cli import main
+
+    run = tmp_path / "old"
+    opts = dict(data="moons", batch_size=32, progress=False, log_every=1)
+    train(run, steps=2, **opts)
+    config = json.loads((run / "config.json").read_text())
+    for key in ("objective", "label_dropout", "log_snr_share"):
+        del config[key]
+    del config["net"]["input_features"], config["net"]["input_scale"]
+    (run / "config.json").write_text(json.dumps(config))
+    model, _, loaded = load_run(run)
+    assert loaded["objective"] == "score" and loaded["net"]["input_features"] == 0
+    assert isinstance(model, scoresde.ScoreModel) and model.net.inp.in_features == 2
+    train(run, steps=3, resume=True, **opts)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    (run / "config.json").write_text(json.dumps(config))  # the old format again
+    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+    new = json.loads((run / "config.json").read_text())
+    assert new["log_every"] == 1 and new["data"] == "moons" and new["net"]["hidden"] == 128

@@ -1,0 +1,334 @@
+"""The training loop's pieces: drawing a batch, one optimizer step, recording, checkpointing.
+
+Internal to :func:`scoresde.train` (module :mod:`scoresde.training`), which resolves the options
+and opens the run folder. Each piece takes the resolved options (:class:`Options`, a frozen view
+of ``config.json``), where this process trains (:class:`Place`) and what it works on
+(:class:`Parts`). Every rank draws the same global batch (data, times, noise) from one seeded
+generator and trains on its own slice; DistributedDataParallel averages the gradients and rank 0
+writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
+order, and a resumed run continues bit-identically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, fields
+from typing import Callable, TextIO
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
+from tqdm import tqdm
+
+from .data import Dataset
+from .labels import NULL_LABEL
+from .losses import classifier_loss, dsm_loss, sample_time
+from .runs import CHECKPOINT, append_metrics, build_model, save_checkpoint
+from .sde import SDE
+
+__all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
+           "dist_setup"]
+
+# What a run learns, with its loss: the score (a ``ScoreModel``) or a noisy classifier (a
+# ``NoiseClassifier``); :func:`scoresde.runs.build_model` wraps the network accordingly.
+LOSSES = {"score": dsm_loss, "classifier": classifier_loss}
+# On a stream that is not a terminal (a log file), a progress line at most this often.
+_LINE_EVERY_S = 30.0
+
+
+@dataclass(frozen=True)
+class Options:
+    """The resolved options the loop reads: a frozen view of the run's ``config.json``."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    warmup: float
+    lr_decay: str
+    grad_clip: float | None
+    weighting: str
+    eps: float
+    t_sampling: str
+    log_snr_share: float
+    conditional: bool
+    objective: str
+    label_dropout: float
+    log_every: int
+    checkpoint_every: int
+
+    @classmethod
+    def of(cls, config: dict) -> "Options":
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where this process trains: its rank among ``world``, its device, the run folder."""
+
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: str
+
+    def share(self, batch_size: int) -> slice:
+        """This rank's slice of a global batch."""
+        b = batch_size // self.world
+        return slice(self.rank * b, (self.rank + 1) * b)
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the loop works on, built once: only the tensors inside them change."""
+
+    model: nn.Module  # the ScoreModel or NoiseClassifier
+    net: nn.Module  # the model, inside DistributedDataParallel with several processes
+    ema: AveragedModel
+    opt: torch.optim.Optimizer
+    gen: torch.Generator  # the one source of data, times, noise and label dropout
+    sde: SDE
+    dataset: Dataset
+    loss_fn: Callable
+
+
+def _lr_at(step: int, opts: Options) -> float:
+    """Linear warmup over ``warmup`` steps, then constant or cosine decay to 0 at ``steps``."""
+    lr, warmup, steps = opts.lr, opts.warmup, opts.steps
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    if opts.lr_decay == "cosine":
+        return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+    return lr
+
+
+def _ema_with_warmup(decay: float):
+    """EMA update for ``AveragedModel``: decay ``min(decay, (1 + n) / (10 + n))`` after ``n``
+    updates, so that short runs are not dominated by the initial weights (as in TF's EMA with
+    ``num_updates``)."""
+
+    @torch.no_grad()
+    def update(ema_params, params, num_averaged):
+        n = float(num_averaged)
+        beta = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, params, 1 - beta)
+
+    return update
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    """The data generator's state and PyTorch's (inside train()'s fork of them)."""
+    state = {"data": gen.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+    gen.set_state(state["data"].cpu())
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def fork_rng():
+    """A fork of PyTorch's generators (CPU and every CUDA device): restored when it closes."""
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    return torch.random.fork_rng(devices=cuda)
+
+
+def dist_setup(device: torch.device):
+    """``(rank, world, device, owned)``: joins torchrun's process group when there is one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device, False
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        return dist.get_rank(), dist.get_world_size(), device, True
+    return 0, 1, device, False
+
+
+def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | None) -> Parts:
+    """The model (initialised from ``torch.manual_seed(seed)``), its EMA, the optimizer and the
+    data generator; restored from the checkpoint ``state`` when resuming."""
+    torch.manual_seed(config["seed"])
+    model = build_model(config, sde).to(place.device)
+    ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(config["ema_decay"]),
+                        use_buffers=True)
+    opt_cls = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
+    opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    gen = torch.Generator(device=place.device).manual_seed(config["seed"])
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        _set_rng_state(gen, state["rng"])
+    net = DistributedDataParallel(model) if place.world > 1 else model
+    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]])
+
+
+def run_loop(parts: Parts, opts: Options, place: Place, start: int, elapsed: float,
+          callback, progress: bool) -> dict:
+    """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then."""
+    recorder = _Recorder(opts, place, start, elapsed, callback, progress)
+    with recorder:
+        for step in range(start, opts.steps):
+            batch = _draw_batch(parts, opts, place)
+            loss, grad_norm = _optimizer_step(parts, opts, place, step, batch)
+            done = step + 1
+            seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm)
+            if done % opts.checkpoint_every == 0 or done == opts.steps:
+                _checkpoint(parts, place, done, seconds)
+    wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
+    return {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
+            "train_time_s": elapsed + wall,
+            "steps_per_sec": (opts.steps - start) / wall if wall > 0 else float("nan")}
+
+
+def _draw_batch(parts: Parts, opts: Options, place: Place):
+    """``(x0, y, t, noise)``: this rank's slice of one global batch drawn from the shared
+    generator (so every rank draws the same), on the rank's device; ``y`` None without labels."""
+    gen, dev, n = parts.gen, place.device, opts.batch_size
+    x0, y = parts.dataset.sample(n, gen)
+    t = sample_time(parts.sde, n, eps=opts.eps, weighting=opts.weighting,
+                    t_sampling=opts.t_sampling, log_snr_share=opts.log_snr_share,
+                    generator=gen, device=dev)
+    z = torch.randn(x0.shape, generator=gen, device=dev)
+    y = _labels(y, opts, gen, dev)
+    mine = place.share(n)
+    return x0.to(dev)[mine], y[mine] if y is not None else None, t[mine], z[mine]
+
+
+def _labels(y, opts: Options, gen, dev):
+    """The batch's labels for the objective: none, all, or with ``label_dropout`` of them null."""
+    if y is None or not (opts.conditional or opts.objective == "classifier"):
+        return None
+    y = y.to(dev)
+    if opts.objective == "score" and opts.label_dropout > 0:
+        drop = torch.rand(y.shape, generator=gen, device=dev) < opts.label_dropout
+        y = y.masked_fill(drop, NULL_LABEL)
+    return y
+
+
+def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int,
+                    batch) -> tuple[float, float]:
+    """One step at ``step`` (from 0) on this rank's ``batch``, then the EMA update.
+
+    Returns:
+        ``(loss, grad_norm)``: the mean loss over all ranks and this rank's gradient norm.
+
+    Raises:
+        FloatingPointError: the loss is not finite (checked before the weights change).
+    """
+    x0, y, t, z = batch
+    loss = parts.loss_fn(parts.net, parts.sde, x0, weighting=opts.weighting, eps=opts.eps, y=y,
+                         t=t, noise=z).mean()
+    for group in parts.opt.param_groups:
+        group["lr"] = _lr_at(step, opts)
+    parts.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(),
+                                               opts.grad_clip if opts.grad_clip else math.inf)
+    global_loss = loss.detach().clone()
+    if place.world > 1:
+        dist.all_reduce(global_loss)
+        global_loss /= place.world
+    if not torch.isfinite(global_loss):
+        raise FloatingPointError(
+            f"non-finite loss ({float(global_loss)}) at step {step + 1}; stopped, the last "
+            f"good checkpoint in {place.run_dir} is kept")
+    parts.opt.step()
+    parts.ema.update_parameters(parts.model)
+    return float(global_loss), float(grad_norm)
+
+
+def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
+    """Rank 0 writes the checkpoint at ``step``; every rank waits for it."""
+    if place.rank == 0:
+        save_checkpoint(os.path.join(place.run_dir, CHECKPOINT), {
+            "step": step, "elapsed_s": seconds, "model": parts.model.state_dict(),
+            "ema": parts.ema.state_dict(), "optimizer": parts.opt.state_dict(),
+            "rng": _rng_state(parts.gen)})
+    if place.world > 1:
+        dist.barrier()
+
+
+class _Recorder:
+    """After each step (rank 0): a ``metrics.jsonl`` line every ``log_every`` steps and at the
+    end (the loss averaged since the last line), the callback, and the progress display."""
+
+    def __init__(self, opts: Options, place: Place, start: int, elapsed: float, callback,
+                 progress: bool):
+        self.opts, self.run_dir, self.lead = opts, place.run_dir, place.rank == 0
+        self.start, self.elapsed, self.callback = start, elapsed, callback
+        self.t0, self.window, self.last = time.perf_counter(), [], float("nan")
+        self.progress = _Progress(opts.steps, start, opts.log_every, progress and self.lead)
+
+    def __enter__(self) -> "_Recorder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.close()
+
+    def record(self, done: int, loss: float, lr: float, grad_norm: float) -> float:
+        """Record step ``done``; returns the seconds trained so far (earlier attempts too)."""
+        now = time.perf_counter()
+        seconds = self.elapsed + now - self.t0
+        self.last = loss
+        self.window.append(loss)
+        record = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm}
+        if done % self.opts.log_every == 0 or done == self.opts.steps:
+            if self.lead:
+                record.update(loss=sum(self.window) / len(self.window),
+                              elapsed_s=round(seconds, 3),
+                              steps_per_sec=(done - self.start) / max(now - self.t0, 1e-9))
+                append_metrics(self.run_dir, record)
+            self.window = []
+        if self.callback is not None and self.lead:
+            self.callback(done, record)
+        self.progress.update(done, loss)
+        return seconds
+
+
+class _Progress:
+    """Progress of the steps on stderr (or ``stream``), with the loss.
+
+    In a terminal a tqdm bar. Elsewhere (a log file, a pipe) full lines, never a ``\\r``: one at
+    a multiple of ``every`` steps when ``_LINE_EVERY_S`` seconds have passed since the last, and
+    one at the last step; at most ``total / every + 1`` lines.
+    """
+
+    def __init__(self, total: int, start: int, every: int, enabled: bool,
+                 stream: TextIO | None = None):
+        self.stream = sys.stderr if stream is None else stream
+        self.total, self.start, self.every, self.enabled = total, start, every, enabled
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = enabled and callable(isatty) and isatty()
+        self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
+                        dynamic_ncols=True, disable=not self.tty)
+        self.t0 = self.shown = time.perf_counter()
+
+    def update(self, done: int, loss: float) -> None:
+        if self.tty:
+            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            self.bar.update(done - self.bar.n)
+            return
+        now = time.perf_counter()
+        due = done % self.every == 0 and now - self.shown >= _LINE_EVERY_S
+        if self.enabled and (due or done == self.total):
+            self.shown = now
+            line = tqdm.format_meter(done, self.total, now - self.t0, initial=self.start,
+                                     unit="step", postfix=f"loss={loss:.4f}",
+                                     bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}% "
+                                                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,266 @@
+"""Run folders: their files, finding them, the rules for resuming one, and loading its model.
+
+A run is a folder holding ``config.json`` (every resolved option of :func:`~scoresde.train`),
+``checkpoint.pt`` (written atomically) and ``metrics.jsonl``. A checkpoint holds state dicts and
+plain data only and is read with ``torch.load(weights_only=True)``; a file that carries code or
+other pickled objects is refused before anything in it runs. This module is the only one that
+knows those file names: the training loop and the CLI ask it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+from .models import NoiseClassifier, ScoreModel, build_net
+from .sde import SDE, get_sde
+from .utils import resolve_device, write_atomically
+
+__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "MAY_CHANGE", "save_checkpoint",
+           "load_checkpoint", "has_checkpoint", "write_config", "read_config", "append_metrics",
+           "truncate_metrics", "is_run", "latest_run", "new_run_dir", "resume_state",
+           "differences", "upgrade_config", "resume_keywords", "build_model", "load_run"]
+
+CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
+
+# The options of train() that may differ between a run and its resumption; every other option
+# must match config.json. They are the caller's, not the run's: how long, where, how often to
+# write, whether to show progress.
+MAY_CHANGE = frozenset({"steps", "progress", "checkpoint_every", "log_every", "device", "resume",
+                        "run_dir"})
+
+
+# ----- files --------------------------------------------------------------------------------------
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """Write ``state`` (tensors, state dicts, numbers, strings) to ``path``: tmp, then rename."""
+    write_atomically(os.fspath(path), lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: the checkpoint file (a run folder's ``checkpoint.pt``).
+        map_location: as for ``torch.load``: where to put the tensors.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file carries code or objects other than tensors and plain data (refused
+            without running any of it), or is not a checkpoint.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain "
+                         f"data (weights_only load rejected it: {first})") from None
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a scoresde checkpoint (a {type(state).__name__})")
+    return state
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a checkpoint (a run that got at least that far)."""
+    return os.path.isfile(os.path.join(run_dir, CHECKPOINT))
+
+
+def write_config(run_dir: str | os.PathLike, config: dict) -> None:
+    """Write ``config.json`` (atomically, indented, keys in order)."""
+    text = json.dumps(config, indent=2).encode() + b"\n"
+    write_atomically(os.path.join(run_dir, CONFIG), lambda f: f.write(text))
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """Read ``config.json`` of a run folder.
+
+    Raises:
+        FileNotFoundError: the folder has no ``config.json``.
+    """
+    path = os.path.join(run_dir, CONFIG)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
+    """Append one JSON line to ``metrics.jsonl``."""
+    with open(os.path.join(run_dir, METRICS), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
+    """Drop the records after ``step`` (from a run that stopped before its next checkpoint)."""
+    path = os.path.join(run_dir, METRICS)
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+    text = "".join(keep).encode()
+    write_atomically(path, lambda f: f.write(text))
+
+
+# ----- finding runs -------------------------------------------------------------------------------
+def is_run(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a run folder: it holds a ``config.json`` and a checkpoint."""
+    return os.path.isfile(os.path.join(path, CONFIG)) and has_checkpoint(path)
+
+
+def latest_run(root: str | os.PathLike) -> Path | None:
+    """The run folder under ``root`` whose checkpoint was written last; None when there is none."""
+    root = Path(root)
+    runs = [p for p in root.iterdir() if is_run(p)] if root.is_dir() else []
+    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime, default=None)
+
+
+def new_run_dir(root: str | os.PathLike, *words: str) -> Path:
+    """``root/NNNNN-words``, numbered one above the highest ``NNNNN-*`` folder under ``root``."""
+    root = Path(root)
+    ids = [int(p.name[:5]) for p in root.glob("[0-9][0-9][0-9][0-9][0-9]-*")] \
+        if root.is_dir() else []
+    tag = "-".join(Path(w).stem.replace(" ", "_") for w in words)
+    return root / f"{max(ids, default=-1) + 1:05d}-{tag}"
+
+
+# ----- resuming -----------------------------------------------------------------------------------
+def resume_state(run_dir: str | os.PathLike, config: dict, resume: bool, rank: int = 0,
+                 map_location=None) -> dict | None:
+    """The checkpoint to continue ``run_dir`` from with the resolved ``config``, or None.
+
+    None when the folder has no checkpoint yet (rank 0 creates the folder): the run starts at
+    step 0, even with ``resume=True``.
+
+    Raises:
+        FileExistsError: the folder holds a checkpoint and ``resume`` is False.
+        ValueError: options outside :data:`MAY_CHANGE` differ from its ``config.json``, or
+            ``config["steps"]`` is below the checkpoint's step.
+    """
+    run_dir = os.fspath(run_dir)
+    if not has_checkpoint(run_dir):
+        if rank == 0:
+            os.makedirs(run_dir, exist_ok=True)
+        return None
+    if not resume:
+        raise FileExistsError(f"{run_dir} already holds a run with a checkpoint; pass resume=True "
+                              "to continue it or choose another folder")
+    old = upgrade_config(read_config(run_dir), config["label_dropout"])
+    diff = sorted(differences(old, config))
+    if diff:
+        raise ValueError(f"cannot resume {run_dir}: options differ from its {CONFIG}: "
+                         f"{', '.join(diff)}")
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=map_location)
+    done = int(state["step"])
+    if done > config["steps"]:
+        raise ValueError(f"cannot resume {run_dir} with steps={config['steps']}: its checkpoint "
+                         f"is at step {done}; pass steps >= {done}")
+    return state
+
+
+def differences(old: dict, new: dict) -> Iterable[str]:
+    """Names of the options that differ between two configs, ``net.hidden`` style inside the
+    option dicts (``net``, ``sde``), skipping those of :data:`MAY_CHANGE`."""
+    for key in set(old) | set(new):
+        a, b = old.get(key), new.get(key)
+        if key in MAY_CHANGE or a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            yield from (f"{key}.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
+        else:
+            yield key
+
+
+def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
+    """A run's ``config.json`` with the options that runs from older versions lack filled in with
+    what those runs did, so that they can be resumed (``label_dropout`` fills an unconditional
+    run's, which has no effect)."""
+    old = dict(old)
+    # Runs from before conditional training learnt scores and never dropped labels.
+    old.setdefault("objective", "score")
+    old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
+    # Runs from before log_snr_share drew every time by the weighting's own rule.
+    old.setdefault("log_snr_share", 0.0)
+    if "net" in old:  # networks fill in keywords added since, with the values old runs had
+        old["net"] = build_net(old["net"]).config()
+    return old
+
+
+def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
+                    accepted: Iterable[str]) -> dict:
+    """The keywords of :func:`~scoresde.train` that continue the run of config ``old``.
+
+    Every option that the caller did not give explicitly is the run's own, whatever the library's
+    defaults are now (they may have changed since the run started, or the run came from the
+    Python API with options a caller such as the CLI does not have). The options of
+    :data:`MAY_CHANGE` that the caller passes are the caller's. The SDE and the network keep
+    their parameters (unless another one is named explicitly); ``sde_params`` and ``net_params``
+    in ``given`` override single ones.
+
+    Args:
+        old: the run's config (after :func:`upgrade_config`).
+        given: the caller's keywords, explicit or defaults.
+        explicit: the names in ``given`` that the user set (on the command line).
+        accepted: the names of the keywords ``train()`` takes.
+    """
+    explicit = set(explicit)
+    out = dict(given)
+    for key in accepted:
+        callers = key in explicit or (key in MAY_CHANGE and key in given)
+        if key in old and key not in ("run_dir", "sde", "net") and not callers:
+            out[key] = old[key]
+    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes"))):
+        params = {k: v for k, v in old[key].items() if k not in facts}  # facts come from data
+        name = params.pop("name")
+        if key not in explicit or given.get(key) == name:
+            out[key], out[f"{key}_params"] = name, {**params, **(given.get(f"{key}_params") or {})}
+    return out
+
+
+# ----- the run's model ----------------------------------------------------------------------------
+def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
+    """The module a run trains, freshly initialised: its network rebuilt from ``config["net"]``
+    inside the objective's wrapper (a score or a noisy classifier) for ``sde``."""
+    wrapper = NoiseClassifier if config.get("objective", "score") == "classifier" else ScoreModel
+    return wrapper(build_net(config["net"]), sde, config["sigma_data"])
+
+
+def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
+             sde: SDE | None = None) -> tuple[ScoreModel | NoiseClassifier, SDE, dict]:
+    """Rebuild a trained model from a run folder (no code is read from the checkpoint).
+
+    A score run gives a :class:`~scoresde.ScoreModel`, a classifier run
+    (:func:`~scoresde.train_classifier`) a :class:`~scoresde.NoiseClassifier`.
+
+    Args:
+        run_dir: a folder written by :func:`~scoresde.train`.
+        device: where to put the model (CPU by default).
+        ema: the EMA weights (True) or the raw weights of the last step.
+        sde: the SDE to use; rebuilt from ``config.json`` when None (pass your own SDE instance
+            for a run trained with a custom SDE class).
+
+    Returns:
+        ``(model, sde, config)``: the model in eval mode with gradients switched off for its
+        parameters, the SDE, and the run's config (with the keys of older versions filled in).
+    """
+    run_dir = os.fspath(run_dir)
+    config = upgrade_config(read_config(run_dir))
+    dev = resolve_device(device)
+    state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=dev)
+    sde = sde if sde is not None else get_sde(**config["sde"])
+    model = build_model(config, sde)
+    weights = state["model"]
+    if ema:
+        weights = {k.removeprefix("module."): v for k, v in state["ema"].items()
+                   if k != "n_averaged"}
+    model.load_state_dict(weights)
+    model.to(dev).eval().requires_grad_(False)
+    return model, sde, config

@@ -1,0 +1,222 @@
+"""Training: ``train()`` and ``train_classifier()``, from keywords to a trained run folder.
+
+``train`` checks its keywords and resolves them into the run's ``config.json`` (data shape, SDE
+and network configs included), asks :mod:`scoresde.runs` whether and from which checkpoint to
+resume, and hands the resolved options to the loop in :mod:`scoresde.loop` (weighted DSM with
+Adam(W), warmup, clipping, EMA, checkpoints). It runs unchanged in one process or under
+``torchrun --nproc_per_node=N``, and leaves the caller's random state alone: it seeds and draws
+inside a fork of PyTorch's random number generators.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch.distributed as dist
+
+from .checks import check_choice, check_int, check_number
+from .data import get_dataset
+from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
+from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
+from .models import build_net
+from .runs import resume_state, truncate_metrics, write_config
+from .sde import SDE, get_sde
+from .utils import resolve_device
+
+__all__ = ["train", "train_classifier", "OBJECTIVES", "VECTOR_BATCH", "IMAGE_BATCH"]
+
+OBJECTIVES = tuple(LOSSES)  # what a run learns: a score or a noisy classifier
+# Default points per step when train(batch_size=None): vectors (tuned on the 2D toys) and images.
+VECTOR_BATCH, IMAGE_BATCH = 1024, 128
+
+
+# ----- resolving the options ----------------------------------------------------------------------
+def _net_config(net, net_params, dataset, conditional, objective) -> dict:
+    """The full config of the run's network: the network's own defaults, ``net_params`` over them,
+    the shape and classes of the data."""
+    if net == "auto":
+        net = "unet" if dataset.is_image else "mlp"
+    params = dict(net_params or {})
+    params.update(event_shape=list(dataset.event_shape),
+                  num_classes=dataset.num_classes if conditional else 0)
+    if objective == "classifier":  # the same family, ending in class logits
+        net = net if net.endswith("_classifier") else f"{net}_classifier"
+        params["num_classes"] = dataset.num_classes
+    return build_net({"name": net, **params}).config()
+
+
+def _check(kw: dict, dataset) -> dict:
+    """The keywords after checking each; integers as plain ``int``."""
+    kw = dict(kw)
+    check_choice("weighting", kw["weighting"], WEIGHTINGS)
+    check_choice("t_sampling", kw["t_sampling"], T_SAMPLINGS)
+    check_choice("optimizer", kw["optimizer"], ("adam", "adamw"))
+    check_choice("lr_decay", kw["lr_decay"], ("cosine", "none"))
+    check_choice("objective", kw["objective"], OBJECTIVES)
+    for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
+        kw[key] = check_int(key, kw[key], 1)
+    kw["seed"] = check_int("seed", kw["seed"])
+    check_number("lr", kw["lr"], 0, low_open=True)
+    check_number("ema_decay", kw["ema_decay"], 0, 1, high_open=True)
+    check_number("warmup", kw["warmup"], 0)
+    check_number("weight_decay", kw["weight_decay"], 0)
+    if kw["grad_clip"] is not None:
+        check_number("grad_clip", kw["grad_clip"], 0)
+    check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
+    check_log_snr_share(kw["log_snr_share"], kw["weighting"])
+    if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
+        raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
+    return kw
+
+
+def _resolve(kw: dict, dataset) -> dict:
+    """Check the keywords and turn them into the JSON-able config of the run."""
+    kw = _check(kw, dataset)
+    sde = kw["sde"]
+    if not isinstance(sde, SDE):
+        sde = get_sde(sde, **(kw["sde_params"] or {}))
+    sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
+    config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
+    config.update(
+        data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
+            zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
+        data_shape=list(dataset.event_shape), is_image=dataset.is_image,
+        num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
+        raw_offset=dataset.raw_offset, sde=sde.config(), sigma_data=float(sigma_data),
+        net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"],
+                        kw["objective"]),
+        run_dir=os.path.abspath(kw["run_dir"]))
+    return config
+
+
+def _mixture_lists(mix) -> tuple[list, list, list]:
+    """``(means, covs, weights)`` of a ``GaussianMixture`` (or its dict) as nested lists."""
+    if isinstance(mix, dict):
+        return mix["means"], mix["covs"], mix.get("weights")
+    return mix.means.tolist(), mix.covs.tolist(), mix.weights.tolist()
+
+
+def train(
+    run_dir: str | os.PathLike,
+    *,
+    data="8gaussians",
+    sde: str | SDE = "vp",
+    sde_params: dict | None = None,
+    net: str = "auto",
+    net_params: dict | None = None,
+    conditional: bool = False,
+    label_dropout: float = 0.1,
+    objective: str = "score",
+    steps: int = 1500,
+    batch_size: int | None = None,
+    lr: float = 5e-3,
+    optimizer: str = "adam",
+    weight_decay: float = 0.0,
+    warmup: int = 100,
+    lr_decay: str = "cosine",
+    grad_clip: float | None = 1.0,
+    ema_decay: float = 0.995,
+    weighting: str = "sigma2",
+    eps: float = 1e-5,
+    t_sampling: str = "stratified",
+    log_snr_share: float = 0.0,
+    sigma_data: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    checkpoint_every: int = 1000,
+    log_every: int = 100,
+    resume: bool = False,
+    progress: bool = True,
+    callback: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Train a score model into the run folder ``run_dir`` (or resume the run there).
+
+    Each step draws a global batch of ``batch_size`` points, times and noise from one generator
+    seeded with ``seed``, takes the mean :func:`~scoresde.losses.dsm_loss` and an optimizer step
+    (learning rate warmed up linearly over ``warmup`` steps, then cosine-decayed to 0 at ``steps``
+    unless ``lr_decay="none"``; gradients clipped to norm ``grad_clip``), then updates the EMA of
+    the weights. ``config.json`` holds every resolved option (data shape, SDE and network
+    configs included), ``checkpoint.pt`` the model, EMA, optimizer, step and random states
+    (written every ``checkpoint_every`` steps and at the end), ``metrics.jsonl`` a record per
+    ``log_every`` steps.
+
+    Args:
+        run_dir: the run folder; one that has a checkpoint is only continued with ``resume=True``.
+        data: a toy name, ``"digits"``, a ``.npy``/``.npz`` path or a ``GaussianMixture``.
+        sde, sde_params: an SDE name with its parameters, or an SDE instance.
+        net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), ``"mlp"`` or ``"unet"``
+            and keyword overrides for the network.
+        conditional: pass the data's labels to the network.
+        label_dropout: with ``conditional``, the share of labels replaced by the null label
+            (-1), so the same network also learns the unconditional score that classifier-free
+            guidance needs (Ho & Salimans 2021); 0 to never drop.
+        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
+            :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
+            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
+        steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
+            vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
+        weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
+        log_snr_share: with ``weighting="sigma2"``, the share of each batch's times drawn
+            uniformly in log-SNR rather than in ``t`` (see :mod:`scoresde.losses`); 0.3 with
+            ``net_params={"input_features": 64}`` is the recipe for data with sharp edges such
+            as checkerboard (BENCHMARKS.md).
+        sigma_data: data scale for the preconditioning; the data's standard deviation if None.
+        device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
+        resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
+        progress: a progress line on stderr (rank 0 only).
+        callback: ``callback(step, record)`` after every step (rank 0 only), for monitoring.
+
+    Returns:
+        ``{"run_dir", "step", "loss", "train_time_s", "steps_per_sec", "resumed_from"}``.
+
+    Raises:
+        ValueError: bad options, or options that differ from the run being resumed.
+        FileExistsError: ``run_dir`` has a checkpoint and ``resume`` is False.
+        FloatingPointError: the loss became NaN or infinite (the message names the step; the
+            last good checkpoint is kept).
+    """
+    kw = dict(locals())
+    rank, world, dev, owned = dist_setup(resolve_device(device))
+    try:
+        with fork_rng():  # every draw, seeded or not, leaves the caller's random state alone
+            return _run(kw, Place(rank, world, dev, os.fspath(run_dir)))
+    finally:
+        if owned:
+            dist.destroy_process_group()
+
+
+def _run(kw: dict, place: Place) -> dict:
+    """Resolve the options, open the run folder, build the parts and run the loop."""
+    dataset = get_dataset(kw["data"])
+    if kw["batch_size"] is None:
+        kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
+    config = _resolve(kw, dataset)
+    if config["batch_size"] % place.world:
+        raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
+                         "processes")
+    state = resume_state(place.run_dir, config, kw["resume"], place.rank, place.device)
+    start = int(state["step"]) if state is not None else 0
+    if place.rank == 0:
+        write_config(place.run_dir, config)
+        # Records after the checkpoint (or all, starting afresh) are from an attempt that died.
+        truncate_metrics(place.run_dir, start)
+    sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])
+    parts = build_parts(config, sde, dataset, place, state)
+    elapsed = float(state["elapsed_s"]) if state is not None else 0.0
+    result = run_loop(parts, Options.of(config), place, start, elapsed, kw["callback"],
+                      kw["progress"])
+    return dict(result, resumed_from=start if state is not None else None)
+
+
+def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:
+    """Train a noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance.
+
+    :func:`train` with ``objective="classifier"``: the same loop, options, run folder and
+    resumption; the network is the classifier of the chosen family (``ClassifierMLP`` for
+    vectors, ``ClassifierUNet`` for images) and the loss the cross-entropy at noisy data.
+    :func:`~scoresde.load_run` returns the :class:`~scoresde.NoiseClassifier`.
+    """
+    if kwargs.pop("objective", "classifier") != "classifier":
+        raise ValueError("train_classifier trains objective='classifier'; use train for scores")
+    return train(run_dir, objective="classifier", **kwargs)
