@@ -45,10 +45,10 @@ def test_training_approaches_the_exact_score(tmp_path):
     untrained = scoresde.ScoreModel(scoresde.ScoreMLP(hidden=64, depth=2), sde,
                                     config["sigma_data"])
     gen = torch.Generator().manual_seed(123)
-    x0 = scoresde.data.TOYS["8gaussians"](20_000, gen)
+    x0 = scoresde.toys.TOYS["8gaussians"](20_000, gen)
     t = torch.rand(20_000, generator=gen) * (1 - 1e-3) + 1e-3
     z = torch.randn(x0.shape, generator=gen)
-    mix = scoresde.data.EIGHT_GAUSSIANS
+    mix = scoresde.toys.EIGHT_GAUSSIANS
     with torch.no_grad():
         loss = {name: float(dsm_loss(fn, sde, x0, t=t, noise=z).mean()) for name, fn in
                 [("exact", mix.score_fn(sde)), ("trained", model), ("untrained", untrained)]}
