@@ -20,6 +20,7 @@ from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
+from .demo import run_demo
 
 __version__ = "0.1.0"
 
@@ -29,10 +30,10 @@ __all__ = [
     "GaussianMixture", "MIXTURES", "get_mixture",
     "log_likelihood", "bits_per_dim", "encode", "decode",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
-    "data", "toys", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel", "train",
-    "load_run",
+    "data", "toys", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel",
+    "train", "load_run",
     "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
-    "ClassifierUNet", "classifier_loss", "train_classifier",
+    "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
 ]

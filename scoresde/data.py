@@ -211,10 +211,10 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
     """A data set from a toy name, ``"digits"``, a ``.npy``/``.npz`` path or a ``GaussianMixture``.
 
     Args:
-        data: one of :data:`scoresde.toys.TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as ``(1, 8, 8)`` images
-            in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with labels 0..9), a path, a
-            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one
-            (labelled: its components are the classes).
+        data: one of :data:`scoresde.toys.TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as
+            ``(1, 8, 8)`` images in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with
+            labels 0..9), a path, a ``GaussianMixture``, or a dict ``{"means", "covs",
+            "weights"}`` describing one (labelled: its components are the classes).
         test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
         test_fraction: share of a finite set held out (a fixed-seed permutation).
 
