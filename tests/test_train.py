@@ -195,7 +195,7 @@ def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
     assert cfg["edges"]["net"]["input_features"] == 64 and cfg["edges"]["net"]["input_scale"] == 0.3
     model, _, _ = load_run(tmp_path / "edges")
     assert model.net.inp.in_features == 2 + 128
-    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a number"),
+    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a finite number"),
                        ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with"),
                        ({"log_snr_share": 0.3, "weighting": "likelihood"}, "must be 0 with")]:
         with pytest.raises(ValueError, match=match):
