@@ -30,9 +30,9 @@ import torch
 from torch.special import log_ndtr
 
 import scoresde
-from scoresde import data
+from scoresde import data, toys
 
-# Lower-left corners of checkerboard's 8 squares of side 2 (scoresde.data's layout).
+# Lower-left corners of checkerboard's 8 squares of side 2 (scoresde.toys' layout).
 _CORNERS = torch.tensor([[i, j] for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0],
                         dtype=torch.float64) * 2
 
@@ -61,7 +61,7 @@ def checkerboard_score(sde):
     return score
 
 
-EXACT = {"8gaussians": lambda sde: data.EIGHT_GAUSSIANS.score_fn(sde),
+EXACT = {"8gaussians": lambda sde: toys.EIGHT_GAUSSIANS.score_fn(sde),
          "checkerboard": checkerboard_score}
 
 
@@ -92,7 +92,7 @@ def main() -> None:
     model.double()
     exact = EXACT[args.toy](sde)
     x = data.get_dataset(args.toy, test_size=args.test_points).test.double()
-    log_p = data.toy_log_prob(args.toy)(x).double()
+    log_p = toys.toy_log_prob(args.toy)(x).double()
 
     def kl(score):
         logq, _ = scoresde.log_likelihood(score, sde, x, eps=config["eps"], divergence="exact",

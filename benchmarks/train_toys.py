@@ -5,7 +5,7 @@ CPU, timed; then ``scoresde.log_likelihood`` of the EMA model through the probab
 with the exact divergence on ``--test-points`` held-out points. Reported per toy:
 
 - ``nll``: mean held-out negative log-likelihood in nats, with its standard error;
-- ``H``: the toy's differential entropy (``scoresde.data.toy_entropy``), the floor of ``nll``;
+- ``H``: the toy's differential entropy (``scoresde.toys.toy_entropy``), the floor of ``nll``;
 - ``gap = nll - H``;
 - ``kl``: ``mean(log p_data(x) - log p_model(x))`` over the same points with the exact data
   density, a paired estimate of the same gap with a much smaller standard error.
@@ -33,7 +33,7 @@ import time
 import torch
 
 import scoresde
-from scoresde import data
+from scoresde import data, toys
 
 BARS = {"8gaussians": 0.03, "swissroll": 0.03, "moons": 0.03, "checkerboard": 0.05}
 
@@ -65,13 +65,13 @@ def run_toy(name: str, args) -> dict:
     start = time.perf_counter()
     logp, nfe = evaluate(model, sde, test, args.chunk, args.rtol, config["eps"])
     eval_s = time.perf_counter() - start
-    entropy = data.toy_entropy(name)
+    entropy = toys.toy_entropy(name)
     nll = -float(logp.mean())
     row.update(nll=round(nll, 4), nll_se=round(float(logp.std()) / math.sqrt(len(logp)), 4),
                H=None if entropy is None else round(entropy, 4),
                gap=None if entropy is None else round(nll - entropy, 4),
                eval_s=round(eval_s, 1), nfe=nfe)
-    log_prob = data.toy_log_prob(name)
+    log_prob = toys.toy_log_prob(name)
     if log_prob is not None:
         diff = log_prob(test).to(torch.float64) - logp
         row["kl"] = round(float(diff.mean()), 4)

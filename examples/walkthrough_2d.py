@@ -13,7 +13,7 @@ import scoresde
 from scoresde import plotting
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--toy", default="moons", choices=list(scoresde.data.TOYS))
+parser.add_argument("--toy", default="moons", choices=list(scoresde.toys.TOYS))
 parser.add_argument("--quick", action="store_true")
 parser.add_argument("--out", default="walkthrough_2d.png")
 args = parser.parse_args()

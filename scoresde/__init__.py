@@ -11,7 +11,7 @@ from .sampling import (GRIDS, SAMPLERS, default_eps, sample, time_edm, time_log_
 from .sde import SDE, SDES, CosineVPSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde, subVPSDE
 from .targets import MIXTURES, GaussianMixture, get_mixture
 from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_everything
-from . import data
+from . import data, toys
 from .losses import dsm_loss, sample_time, time_weight
 from .models import ScoreMLP, ScoreModel, UNet
 from .runs import load_run
@@ -21,6 +21,7 @@ from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
+from .demo import run_demo
 
 __version__ = "0.1.0"
 
@@ -30,10 +31,10 @@ __all__ = [
     "GaussianMixture", "MIXTURES", "get_mixture",
     "log_likelihood", "bits_per_dim", "encode", "decode",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
-    "data", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel", "train",
-    "load_run",
+    "data", "toys", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel",
+    "train", "load_run",
     "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
-    "ClassifierUNet", "classifier_loss", "train_classifier",
+    "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
 ]

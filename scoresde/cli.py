@@ -8,13 +8,16 @@ no partial output: files are written to a temporary name and renamed when comple
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
 import shutil
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -23,8 +26,75 @@ from .utils import write_atomically
 
 RUNS = Path("runs")
 _CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-_TOYS = ("8gaussians", "checkerboard", "swissroll", "moons", "circles", "rings", "pinwheel",
-         "2spirals")
+
+
+# ----- library tables and defaults, read when first needed ---------------------------------------
+def _library(dotted: str):
+    """The library's object at ``dotted``: ``"train"`` is ``scoresde.train`` (the function),
+    ``"losses.WEIGHTINGS"`` is ``scoresde.losses.WEIGHTINGS``. It imports the library, so call
+    it inside a command or a help, never at import time."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(import_module(f".{module}", __package__), name)
+
+
+def _of_train(name: str):
+    """A constant of the module that defines ``scoresde.train`` (e.g. ``VECTOR_BATCH``)."""
+    return getattr(sys.modules[_library("train").__module__], name)
+
+
+def _names(table: str) -> Callable[[], list[str]]:
+    """The names (tuple entries or dict keys) of the library table ``table``, when asked."""
+    return lambda: list(_library(table))
+
+
+class _LazyChoice(click.Choice):
+    """A Choice whose names come from a library table when first needed."""
+
+    def __init__(self, table: str):
+        self._names = _names(table)
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return self._names()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+class _Default:
+    """The default of keyword ``name`` of the library function ``function``, read when needed.
+
+    A click default (called for the value) that ``--help`` shows as the value itself."""
+
+    def __init__(self, function: str, name: str):
+        self.function, self.name = function, name
+
+    def __call__(self):
+        return inspect.signature(_library(self.function)).parameters[self.name].default
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+class _LazyHelp(click.Option):
+    """An option whose help is a format string of library values, filled in only when shown.
+
+    ``fields`` maps the names in ``help`` to functions giving their values (e.g. a
+    :class:`_Default`)."""
+
+    def __init__(self, *args, fields: dict[str, Callable[[], object]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields = fields
+
+    def get_help_record(self, ctx: click.Context):
+        template = self.help
+        self.help = template.format(**{k: f() for k, f in self.fields.items()})
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
 
 
 def _one_line(msg: object) -> str:
@@ -148,40 +218,51 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 
 # ----- train --------------------------------------------------------------------------------------
 @main.command(context_settings=_CTX)
-@click.option("--sde", type=click.Choice(["vp", "subvp", "ve", "cosine"]), default="vp",
+@click.option("--sde", type=_LazyChoice("SDES"), default=_Default("train", "sde"),
               show_default=True, help="Forward SDE.")
-@click.option("--data", default="8gaussians", show_default=True, metavar="NAME|PATH",
-              help=f"A 2D toy ({', '.join(_TOYS)}), 'digits', or a .npy/.npz file of (N, *dims).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Optimizer steps [default: 1500; with --resume: the run's own total, or the "
+@click.option("--data", type=str, default=_Default("train", "data"), show_default=True,
+              metavar="NAME|PATH", cls=_LazyHelp,
+              fields={"toys": lambda: ", ".join(_library("toys.TOYS"))},
+              help="A 2D toy ({toys}), 'digits', or a .npy/.npz file of (N, *dims).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
+              fields={"steps": _Default("train", "steps")},
+              help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
                    "new total given here].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Points per step [default: 1024 for 2D and vector data, 128 for images].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=5e-3,
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
+              fields={"vector": lambda: _of_train("VECTOR_BATCH"),
+                      "image": lambda: _of_train("IMAGE_BATCH")},
+              help="Points per step [default: {vector} for 2D and vector data, {image} for "
+                   "images].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_Default("train", "lr"),
               show_default=True, help="Peak learning rate (warmup, then cosine decay).")
-@click.option("--weighting", type=click.Choice(["sigma2", "likelihood", "likelihood_is"]),
-              default="sigma2", show_default=True,
+@click.option("--weighting", type=_LazyChoice("losses.WEIGHTINGS"),
+              default=_Default("train", "weighting"), show_default=True,
               help="lambda(t) = s(t)^2, g(t)^2, or g(t)^2 with importance-sampled t.")
-@click.option("--log-snr-share", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--log-snr-share", type=click.FloatRange(0, 1),
+              default=_Default("train", "log_snr_share"), show_default=True,
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
-              help="Hidden width of the MLP [default: ScoreMLP's own hidden width].")
-@click.option("--input-features", type=click.IntRange(min=0), default=None,
+              cls=_LazyHelp, fields={"width": _Default("ScoreMLP", "hidden")},
+              help="Hidden width of the MLP (default: the library's, {width}).")
+@click.option("--input-features", type=click.IntRange(min=0), default=None, cls=_LazyHelp,
+              fields={"features": _Default("ScoreMLP", "input_features")},
               help="Random Fourier features of the input for the MLP (default: the library's, "
-                   "0); 64 helps data with sharp edges such as checkerboard.")
+                   "{features}); 64 helps data with sharp edges such as checkerboard.")
 @click.option("--run", "run", default=None, metavar="DIR",
               help="Run folder [default: a new one under ./runs].")
 @click.option("--resume", is_flag=True, help="Continue the run in --run (or the most recent).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_Default("train", "seed"), show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--checkpoint-every", type=click.IntRange(min=1),
+              default=_Default("train", "checkpoint_every"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--conditional", is_flag=True,
               help="Class-conditional model (labelled data: digits, 8gaussians, .npz with y).")
-@click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1,
-              show_default=True, help="Share of labels dropped (for classifier-free guidance).")
+@click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True),
+              default=_Default("train", "label_dropout"), show_default=True,
+              help="Share of labels dropped (for classifier-free guidance).")
 @click.pass_context
 def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width, input_features,
           run, resume, seed, device, checkpoint_every, quiet, conditional, label_dropout):
@@ -244,51 +325,34 @@ def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
 
 
 # ----- sample -------------------------------------------------------------------------------------
-def _solver_names() -> list[str]:
-    from .sampling import SAMPLERS
-
-    return list(SAMPLERS)
-
-
-class _LazyChoice(click.Choice):
-    """A Choice whose names come from the library when first needed."""
-
-    def __init__(self, names):
-        self._names = names
-        super().__init__([])
-
-    @property
-    def choices(self):
-        return self._names()
-
-    @choices.setter
-    def choices(self, value):
-        pass
-
-
 _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", "atol",
           "sigma_max", "sigma_min")
 
 
 @main.command(context_settings=_CTX)
 @click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
-@click.option("--solver", type=_LazyChoice(_solver_names), default="pc", show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=1000, show_default=True,
+@click.option("--solver", type=_LazyChoice("sampling.SAMPLERS"),
+              default=_Default("sample", "solver"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=_Default("sample", "steps"),
+              show_default=True,
               help="Steps of the time grid (ode picks its own).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Number of samples [default: 1000, 64 for images].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Last time [default: 1e-3 VP-type, 1e-5 VE].")
-@click.option("--grid", type=click.Choice(["uniform", "log_snr", "edm"]), default=None,
+@click.option("--grid", type=_LazyChoice("sampling.GRIDS"), default=None,
               help="Time grid [default: uniform for em/pc/ode/torchsde, edm for the others].")
-@click.option("--predictor", type=click.Choice(["euler_maruyama", "reverse_diffusion",
-              "ancestral", "none"]), default="reverse_diffusion", show_default=True,
+@click.option("--predictor", type=_LazyChoice("sampling.PREDICTORS"),
+              default=_Default("sampling.sample_pc", "predictor"), show_default=True,
               help="pc only.")
-@click.option("--corrector", type=click.Choice(["langevin", "ald", "none"]), default="langevin",
-              show_default=True, help="pc only.")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True), default=0.16,
-              show_default=True, help="Corrector signal-to-noise ratio (pc only).")
-@click.option("--corrector-steps", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--corrector", type=_LazyChoice("sampling.CORRECTORS"),
+              default=_Default("sampling.sample_pc", "corrector"), show_default=True,
+              help="pc only.")
+@click.option("--snr", type=click.FloatRange(min=0, min_open=True),
+              default=_Default("sampling.sample_pc", "snr"), show_default=True,
+              help="Corrector signal-to-noise ratio (pc only).")
+@click.option("--corrector-steps", type=click.IntRange(min=1),
+              default=_Default("sampling.sample_pc", "corrector_steps"), show_default=True,
               help="pc only.")
 @click.option("--method", default=None, help="ode: RK45, RK23, DOP853, ... [RK45]; torchsde: "
               "euler, milstein, srk, reversible_heun [euler].")
@@ -439,17 +503,19 @@ def _sample_figure(plotting, x, solver, nfe, is_image, config, ncol=None):
               help="A .npy/.npz of points in model space [default: the run's held-out set].")
 @click.option("--n", "n", type=click.IntRange(min=1), default=1000, show_default=True,
               help="Number of held-out points (at most the set's size).")
-@click.option("--divergence", type=click.Choice(["auto", "exact", "hutchinson"]),
-              default="auto", show_default=True, help="auto: exact in low dimension.")
-@click.option("--probes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Hutchinson probes.")
-@click.option("--method", default="RK45", show_default=True, help="scipy solve_ivp method.")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True)
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True)
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True)
+@click.option("--divergence", type=_LazyChoice("likelihood.DIVERGENCES"),
+              default=_Default("log_likelihood", "divergence"), show_default=True,
+              help="auto: exact in low dimension.")
+@click.option("--probes", type=click.IntRange(min=1), default=_Default("log_likelihood", "probes"),
+              show_default=True, help="Hutchinson probes.")
+@click.option("--method", type=str, default=_Default("log_likelihood", "method"),
+              show_default=True, help="scipy solve_ivp method.")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True),
+              default=_Default("log_likelihood", "rtol"), show_default=True)
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True),
+              default=_Default("log_likelihood", "atol"), show_default=True)
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True),
+              default=_Default("log_likelihood", "eps"), show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -508,16 +574,18 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
 
 # ----- demo ---------------------------------------------------------------------------------------
 @main.command(context_settings=_CTX)
-@click.option("--toy", type=click.Choice(_TOYS), default="8gaussians", show_default=True)
-@click.option("--sde", type=click.Choice(["vp", "subvp", "ve", "cosine"]), default="vp",
+@click.option("--toy", type=_LazyChoice("toys.TOYS"), default=_Default("run_demo", "toy"),
               show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True,
-              help="Training steps (batch 1024, as `scoresde train`).")
-@click.option("--n", "n", type=click.IntRange(min=10), default=1000, show_default=True,
+@click.option("--sde", type=_LazyChoice("SDES"), default=_Default("run_demo", "sde"),
+              show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=_Default("train", "steps"),
+              show_default=True, help="Training steps (batch 1024, as `scoresde train`).")
+@click.option("--n", "n", type=click.IntRange(min=10), default=_Default("run_demo", "n"),
+              show_default=True,
               help="Samples per solver (half as many held-out points for the likelihood).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The figure [default: RUN/demo.png].")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=_Default("run_demo", "seed"), show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quick", is_flag=True, help="A small, fast version (for tests and a first look).")
 def demo(toy, sde, steps, n, out, seed, device, quick):
@@ -532,103 +600,25 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
       scoresde demo --toy moons --sde ve --out moons.png
       scoresde demo --quick
     """
-    import torch
-
     from . import plotting
-    from .training import train as train_run
+    from .demo import run_demo
     from .utils import resolve_device
 
     dev = resolve_device(device)
     if out is not None:
         _check_out(out)
-    steps, n = (min(steps, 100), min(n, 300)) if quick else (steps, n)
     path = _new_run_dir("demo", sde, toy)
-    click.echo(f"training {sde} on {toy} for {steps} steps into {path}", err=True)
     try:
-        train_run(path, data=toy, sde=sde, steps=steps, seed=seed, device=str(dev),
-                  checkpoint_every=steps, progress=True)
+        figure, summary = run_demo(path, toy=toy, sde=sde, steps=steps, n=n, seed=seed,
+                                   device=dev, quick=quick)
     except BaseException:
-        _remove_unfinished(path)
+        _remove_unfinished(path)  # a demo that failed before its checkpoint leaves nothing
         raise
-    model, sde_obj, config = _load_run(path, str(dev))
-    with torch.no_grad():
-        panels = _demo_samples(model, sde_obj, n, quick, seed, dev)
-    figure, summary = _demo_figure(plotting, model, sde_obj, config, panels, n, quick, seed, dev)
     out = out or path / "demo.png"
     plotting.save_figure(figure, out)
     for line in summary:
         click.echo(line)
     click.echo(f"wrote {out}")
-
-
-def _demo_samples(model, sde, n, quick, seed, dev):
-    """Samples per solver: name -> (x, nfe, seconds); and a few probability-flow paths.
-
-    pc runs with snr 0.02: the paper's 0.16 was tuned for images and over-diffuses 2D data (on
-    8gaussians, mean exact log p of the samples -7.7 at snr 0.16 against -3.3 at 0.02).
-    """
-    import torch
-
-    from .sampling import sample as draw
-    from .utils import make_generator
-
-    tol = 1e-2 if quick else 1e-4
-    plan = {"em": dict(steps=20 if quick else 200),
-            "pc": dict(steps=10 if quick else 300, snr=0.02),
-            "ode": dict(steps=1, rtol=tol, atol=tol),
-            "dpmpp_2m": dict(steps=10)}
-    panels = {}
-    for solver, kw in plan.items():
-        start = time.perf_counter()
-        x, info = draw(model, sde, (n, 2), solver=solver, generator=make_generator(seed, dev),
-                       **kw)
-        panels[solver] = (x.cpu(), info["nfe"], time.perf_counter() - start)
-    path = []  # probability-flow paths: Euler on the EDM grid, 8 starting points
-    draw(model, sde, (8, 2), solver="euler", steps=10 if quick else 60,
-         generator=make_generator(seed + 1, dev),
-         callback=lambda d: path.append(d["x"].cpu()))
-    return panels, torch.stack(path)
-
-
-def _demo_figure(plotting, model, sde, config, panels, n, quick, seed, dev):
-    import torch
-
-    from .data import get_dataset
-    from .likelihood import log_likelihood
-
-    samples, paths = panels
-    dataset = get_dataset(config["data"])
-    data = dataset.test[:max(n // 2, 10)]
-    start = time.perf_counter()
-    tol = 1e-2 if quick else 1e-5
-    logp, info = log_likelihood(model, sde, data.to(dev), rtol=tol, atol=tol)
-    seconds = time.perf_counter() - start
-    mean, sem = float(logp.mean()), float(logp.std() / math.sqrt(len(logp)))
-    entropy = dataset.entropy
-    lim = float(data.abs().max()) * 1.15
-    res = 16 if quick else 60
-    grid, xs, ys = plotting.grid_points(lim, res)
-    grid_t = torch.as_tensor(grid, dtype=torch.float32, device=dev)
-    heat, _ = log_likelihood(model, sde, grid_t, rtol=1e-2 if quick else 1e-3,
-                             atol=1e-2 if quick else 1e-3)
-    field, _, _ = plotting.grid_points(lim * 0.95, 17)
-    field_t = torch.as_tensor(field, dtype=torch.float32, device=dev)
-    t_field = 0.05
-    with torch.no_grad():
-        vectors = model(field_t, torch.full((len(field_t),), t_field, device=dev))
-    title = f"{config['sde']['name']} SDE on {config['data']}: log-likelihood {mean:.3f} ± " \
-            f"{sem:.3f} nats"
-    if entropy is not None:
-        title += f" (data entropy {entropy:.3f})"
-    fig = plotting.demo_figure(
-        data, {k: v[0] for k, v in samples.items()}, {k: v[1] for k, v in samples.items()},
-        density=(xs, ys, heat.reshape(res, res).cpu()), field=(field, vectors.cpu(), t_field),
-        paths=paths, suptitle=title, notes={"pc": "snr 0.02"})
-    summary = [f"{k:>9}: NFE {v[1]:5d}, {v[2]:6.2f} s" for k, v in samples.items()]
-    summary.append(f"log-likelihood {mean:.4f} ± {sem:.4f} nats on {len(logp)} held-out points "
-                   f"(NFE {info['nfe']}, {seconds:.1f} s)" +
-                   (f"; data entropy {entropy:.4f} nats" if entropy is not None else ""))
-    return fig, summary
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,18 +1,19 @@
-"""Training data: 2D toys with known entropy, scikit-learn's 8x8 digits, and user arrays.
+"""Data sets and files: the toys as data sets, scikit-learn's 8x8 digits, user arrays, masks.
 
 A :class:`Dataset` bundles what training, sampling and likelihood need to know about a data set:
 its event shape, held-out test points, whether it is an image set (and how model values map back
-to raw pixel values), labels, and, for the toys, the differential entropy in nats, the floor that a
-model's held-out negative log-likelihood can reach.
+to raw pixel values), labels, and, for the toys and mixtures, the exact log-density and the
+differential entropy in nats, the floor that a model's held-out negative log-likelihood can reach.
+The toys themselves (samplers, densities, entropies) live in :mod:`scoresde.toys`.
 
 Toys are infinite: every training batch is a fresh draw from a seeded ``torch.Generator``. Finite
-sets (digits, arrays) are sampled by index with that generator.
+sets (digits, arrays) are sampled by index with that generator. :func:`load_array` and
+:func:`load_mask` read ``.npy``/``.npz`` files without pickles.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,207 +21,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .checks import check_int, check_number
 from .targets import GaussianMixture
-from .utils import seed_from
+from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy_entropy, \
+    toy_log_prob
 
-__all__ = ["Dataset", "TOYS", "get_dataset", "toy_entropy", "toy_log_prob", "load_array",
-           "load_mask"]
-
-Sampler = Callable[[int, "torch.Generator | None"], torch.Tensor]
-TEST_SEED = 2**31 - 1  # the toys' test points come from this seed; training never uses it
-
-
-def _dev(generator):
-    return generator.device if generator is not None else torch.device("cpu")
-
-
-def _check_n(n) -> int:
-    if not isinstance(n, (int, np.integer)) or int(n) < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
-    return int(n)
-
-
-# ----- noisy curves: the toys whose density is a 1D integral ------------------------------------
-@dataclass(frozen=True)
-class _Curves:
-    """Points ``c_k(u) + noise * z`` with branch ``k`` chosen by ``weights`` and ``u ~ U(0, 1)``.
-
-    The density is ``sum_k w_k int_0^1 N(x; c_k(u), noise^2 I) du``, computed by the midpoint rule.
-    """
-
-    curves: tuple[Callable[[torch.Tensor], torch.Tensor], ...]
-    weights: tuple[float, ...]
-    noise: float
-
-    def log_prob(self, x: torch.Tensor, nodes: int = 1024) -> torch.Tensor:
-        u = (torch.arange(nodes, dtype=torch.float64) + 0.5) / nodes
-        x = x.to(torch.float64)
-        terms = []
-        for w, curve in zip(self.weights, self.curves):
-            c = curve(u)  # (nodes, 2)
-            d2 = torch.cdist(x, c) ** 2  # (B, nodes)
-            terms.append(torch.logsumexp(-d2 / (2 * self.noise**2), 1) + math.log(w / nodes))
-        return torch.logsumexp(torch.stack(terms, 1), 1) - math.log(2 * math.pi * self.noise**2)
-
-    @property
-    def entropy(self) -> float | None:
-        """Differential entropy of the data in nats, or None where it is not known."""
-        return self.entropy_fn()
-
-    def sample(self, n: int, generator=None) -> torch.Tensor:
-        dev = _dev(generator)
-        w = torch.tensor(self.weights, dtype=torch.float64, device=dev)
-        k = torch.multinomial(w, n, replacement=True, generator=generator)
-        u = torch.rand(n, dtype=torch.float64, generator=generator, device=dev).cpu()
-        x = torch.zeros(n, 2, dtype=torch.float64)
-        for i, curve in enumerate(self.curves):
-            sel = (k == i).cpu()
-            x[sel] = curve(u[sel])
-        z = torch.randn(n, 2, dtype=torch.float64, generator=generator, device=dev).cpu()
-        return (x + self.noise * z).float().to(dev)
-
-
-def _arc(fn):
-    return lambda u: torch.stack(fn(u), 1)
-
-
-# moons: scikit-learn's two half circles, centred and scaled by 2.
-_MOONS_SHIFT, _MOONS_SCALE = (0.5, 0.25), 2.0
-_MOONS = _Curves(
-    (_arc(lambda u: ((torch.cos(math.pi * u) - 0.5) * 2, (torch.sin(math.pi * u) - 0.25) * 2)),
-     _arc(lambda u: ((0.5 - torch.cos(math.pi * u)) * 2, (0.25 - torch.sin(math.pi * u)) * 2))),
-    (0.5, 0.5), 0.1 * _MOONS_SCALE)
-# circles: scikit-learn's two concentric circles (factor 0.5), scaled by 3.
-_CIRCLES = _Curves(
-    (_arc(lambda u: (3 * torch.cos(2 * math.pi * u), 3 * torch.sin(2 * math.pi * u))),
-     _arc(lambda u: (1.5 * torch.cos(2 * math.pi * u), 1.5 * torch.sin(2 * math.pi * u)))),
-    (0.5, 0.5), 0.08 * 3)
-# swissroll: scikit-learn's roll (noise 1) seen from above, divided by 5.
-_SWISS_T = lambda u: 1.5 * math.pi * (1 + 2 * u)  # noqa: E731
-_SWISSROLL = _Curves(
-    (_arc(lambda u: (_SWISS_T(u) * torch.cos(_SWISS_T(u)) / 5, _SWISS_T(u) * torch.sin(_SWISS_T(u))
-                     / 5)),), (1.0,), 1.0 / 5)
-# rings: four concentric circles of radii 1, 2, 3, 4 (times 0.9) with equal mass.
-_RINGS = _Curves(tuple(
-    _arc(lambda u, r=r: (0.9 * r * torch.cos(2 * math.pi * u),
-                         0.9 * r * torch.sin(2 * math.pi * u)))
-    for r in (1, 2, 3, 4)), (0.25,) * 4, 0.08)
-# 2spirals: two arms of 540 degrees, arm length ~ sqrt(u), Gaussian noise, divided by 3.
-_SPIRAL_N = lambda u: torch.sqrt(u) * 3 * math.pi  # noqa: E731
-_SPIRALS = _Curves(
-    (_arc(lambda u: (-torch.cos(_SPIRAL_N(u)) * _SPIRAL_N(u) / 3,
-                     torch.sin(_SPIRAL_N(u)) * _SPIRAL_N(u) / 3)),
-     _arc(lambda u: (torch.cos(_SPIRAL_N(u)) * _SPIRAL_N(u) / 3,
-                     -torch.sin(_SPIRAL_N(u)) * _SPIRAL_N(u) / 3))),
-    (0.5, 0.5), 0.3 / 3)
-
-EIGHT_GAUSSIANS = GaussianMixture.ring(k=8, radius=4 / math.sqrt(2), std=0.5 / math.sqrt(2))
-
-
-def _moons(n, generator=None):
-    from sklearn.datasets import make_moons
-    x, _ = make_moons(_check_n(n), noise=0.1, random_state=seed_from(generator))
-    x = (torch.from_numpy(x) - torch.tensor(_MOONS_SHIFT, dtype=torch.float64)) * _MOONS_SCALE
-    return x.float().to(_dev(generator))
-
-
-def _circles(n, generator=None):
-    from sklearn.datasets import make_circles
-    x, _ = make_circles(_check_n(n), noise=0.08, factor=0.5, random_state=seed_from(generator))
-    return (3 * torch.from_numpy(x)).float().to(_dev(generator))
-
-
-def _swissroll(n, generator=None):
-    from sklearn.datasets import make_swiss_roll
-    x, _ = make_swiss_roll(_check_n(n), noise=1.0, random_state=seed_from(generator))
-    return (torch.from_numpy(x[:, [0, 2]]) / 5).float().to(_dev(generator))
-
-
-def _checkerboard(n, generator=None):
-    """Uniform on 8 of the 16 squares of side 2 tiling ``[-4, 4]^2`` (area 32)."""
-    n, dev = _check_n(n), _dev(generator)
-    x1 = torch.rand(n, generator=generator, device=dev) * 4 - 2
-    col = torch.randint(0, 2, (n,), generator=generator, device=dev) * 2
-    x2 = torch.rand(n, generator=generator, device=dev) - col + torch.floor(x1) % 2
-    return torch.stack([x1, x2], 1) * 2
-
-
-def _checkerboard_log_prob(x):
-    squares = torch.floor(x[:, 0] / 2) + torch.floor(x[:, 1] / 2)
-    inside = (x.abs() <= 4).all(1) & (squares % 2 == 0)
-    out = torch.full(inside.shape, -math.inf, dtype=torch.float64, device=x.device)
-    return out.masked_fill(inside, -math.log(32.0))
-
-
-def _pinwheel(n, generator=None):
-    """Five arms: Gaussian blobs bent by an angle growing exponentially with the radius."""
-    n, dev = _check_n(n), _dev(generator)
-    feats = torch.randn(n, 2, generator=generator, device=dev) * torch.tensor([0.3, 0.1],
-                                                                               device=dev)
-    feats[:, 0] += 1.0
-    arm = torch.randint(0, 5, (n,), generator=generator, device=dev)
-    angle = arm * 2 * math.pi / 5 + 0.25 * torch.exp(feats[:, 0])
-    rot = torch.stack([torch.cos(angle), -torch.sin(angle), torch.sin(angle), torch.cos(angle)], 1)
-    return 2 * torch.einsum("bij,bj->bi", rot.reshape(n, 2, 2), feats)
-
-
-TOYS: dict[str, Sampler] = {
-    "8gaussians": lambda n, generator=None: EIGHT_GAUSSIANS.sample(_check_n(n), generator),
-    "checkerboard": _checkerboard,
-    "swissroll": _swissroll,
-    "moons": _moons,
-    "circles": _circles,
-    "rings": lambda n, generator=None: _RINGS.sample(_check_n(n), generator),
-    "pinwheel": _pinwheel,
-    "2spirals": lambda n, generator=None: _SPIRALS.sample(_check_n(n), generator),
-}
-
-# Toys with class labels (the sampler returns ``(x, labels)``): 8gaussians' components.
-_LABELLED: dict[str, tuple[Callable, int]] = {
-    "8gaussians": (lambda n, generator=None: EIGHT_GAUSSIANS.sample(_check_n(n), generator,
-                                                                    return_labels=True), 8),
-}
-
-_LOG_PROBS = {
-    "8gaussians": EIGHT_GAUSSIANS.log_prob, "checkerboard": _checkerboard_log_prob,
-    "swissroll": _SWISSROLL.log_prob, "moons": _MOONS.log_prob, "circles": _CIRCLES.log_prob,
-    "rings": _RINGS.log_prob, "2spirals": _SPIRALS.log_prob,
-}
-
-
-def toy_log_prob(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """The exact data log-density ``(B, 2) -> (B,)`` of a toy, or None where it is not known.
-
-    Curve toys (moons, circles, swissroll, rings, 2spirals) integrate the Gaussian noise along the
-    curve by the midpoint rule; moons and circles use the continuous limit of scikit-learn's evenly
-    spaced points. Pinwheel has no closed form: None.
-    """
-    _check_toy(name)
-    return _LOG_PROBS.get(name)
-
-
-@functools.lru_cache(maxsize=None)
-def toy_entropy(name: str, samples: int = 50_000) -> float | None:
-    """Differential entropy of a toy in nats, or None where it is not known (pinwheel).
-
-    Checkerboard: ``ln 32`` exactly (uniform on area 32). The others: ``-mean log p(x)`` over
-    ``samples`` points drawn with a fixed seed, with the exact density of :func:`toy_log_prob`;
-    the Monte Carlo standard error is ``std(log p) / sqrt(samples)``, 0.003-0.005 nats. Computed
-    on first use (seconds) and cached.
-    """
-    _check_toy(name)
-    if name == "checkerboard":
-        return math.log(32.0)
-    log_prob = _LOG_PROBS.get(name)
-    if log_prob is None:
-        return None
-    x = TOYS[name](samples, torch.Generator().manual_seed(TEST_SEED - 1))
-    return -float(torch.cat([log_prob(c) for c in x.split(4096)]).mean())
-
-
-def _check_toy(name):
-    if name not in TOYS:
-        raise ValueError(f"unknown toy {name!r}; choose one of {', '.join(TOYS)}")
+__all__ = ["Dataset", "get_dataset", "load_array", "load_mask"]
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -267,8 +73,9 @@ class Dataset:
         if self.sampler is not None:
             out = self.sampler(n, generator)
             return out if isinstance(out, tuple) else (out, None)
-        idx = torch.randint(0, self.train.shape[0], (_check_n(n),), generator=generator,
-                            device=_dev(generator)).cpu()
+        device = generator.device if generator is not None else None
+        idx = torch.randint(0, self.train.shape[0], (check_int("n", n, low=1),),
+                            generator=generator, device=device).cpu()
         y = None if self.train_labels is None else self.train_labels[idx]
         return self.train[idx], y
 
@@ -385,45 +192,48 @@ def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:
                    num_classes=0 if y is None else int(y.max()) + 1, **kw)
 
 
+def _test_generator() -> torch.Generator:
+    return torch.Generator().manual_seed(TEST_SEED)
+
+
+def _mixture_dataset(mix: GaussianMixture, test_size: int) -> Dataset:
+    """A labelled data set drawn from ``mix`` (its components are the classes)."""
+    sampler = functools.partial(mix.sample, return_labels=True)
+    test, test_labels = sampler(test_size, _test_generator())
+    # Monte Carlo with the exact density, standard error ~0.003 nats
+    entropy = functools.lru_cache(maxsize=None)(
+        functools.partial(entropy_estimate, mix.sample, mix.log_prob, 100_000))
+    return Dataset("mixture", mix.event_shape, test, test_labels=test_labels, sampler=sampler,
+                   num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
+
+
 def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Dataset:
     """A data set from a toy name, ``"digits"``, a ``.npy``/``.npz`` path or a ``GaussianMixture``.
 
     Args:
-        data: one of :data:`TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as ``(1, 8, 8)`` images
-            in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with labels 0..9), a path, a
-            ``GaussianMixture``, or a dict ``{"means", "covs", "weights"}`` describing one
-            (labelled: its components are the classes).
+        data: one of :data:`scoresde.toys.TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as
+            ``(1, 8, 8)`` images in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with
+            labels 0..9), a path, a ``GaussianMixture``, or a dict ``{"means", "covs",
+            "weights"}`` describing one (labelled: its components are the classes).
         test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
         test_fraction: share of a finite set held out (a fixed-seed permutation).
 
     Raises:
         ValueError: unknown name, bad file, or bad sizes.
     """
-    if not (isinstance(test_size, int) and test_size >= 1 and 0 <= test_fraction < 1):
-        raise ValueError(f"test_size must be an int >= 1 and test_fraction in [0, 1), got "
-                         f"{test_size!r} and {test_fraction!r}")
-    test_gen = torch.Generator().manual_seed(TEST_SEED)
+    check_int("test_size", test_size, low=1)
+    check_number("test_fraction", test_fraction, 0, 1, high_open=True)
     if isinstance(data, dict):
         data = GaussianMixture(data["means"], data["covs"], data.get("weights"))
     if isinstance(data, GaussianMixture):
-        mix = data
-
-        @functools.lru_cache(maxsize=None)
-        def entropy():  # Monte Carlo with the exact density, standard error ~0.003 nats
-            x = mix.sample(100_000, torch.Generator().manual_seed(TEST_SEED - 1))
-            return -float(mix.log_prob(x).to(torch.float64).mean())
-        test, test_labels = mix.sample(test_size, test_gen, return_labels=True)
-        return Dataset("mixture", mix.event_shape, test, test_labels=test_labels,
-                       sampler=lambda n, generator=None: mix.sample(_check_n(n), generator,
-                                                                    return_labels=True),
-                       num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
+        return _mixture_dataset(data, test_size)
     if not isinstance(data, (str, os.PathLike)):
         raise TypeError("data must be a name, a path or a GaussianMixture, got "
                         f"{type(data).__name__}")
     name = os.fspath(data)
     if name in TOYS:
-        sampler, num_classes = _LABELLED.get(name, (TOYS[name], 0))
-        return Dataset(name, (2,), TOYS[name](test_size, test_gen), sampler=sampler,
+        sampler, num_classes = LABELLED_TOYS.get(name, (TOYS[name], 0))
+        return Dataset(name, (2,), TOYS[name](test_size, _test_generator()), sampler=sampler,
                        num_classes=num_classes, entropy_fn=functools.partial(toy_entropy, name),
                        log_prob=toy_log_prob(name))
     if name == "digits":

@@ -16,11 +16,11 @@ the number of classes when the wrapper is made and against the batch at every ca
 
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import torch
 
+from .checks import check_int, check_number
 from .labels import check_labels
 
 __all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance"]
@@ -31,10 +31,12 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def _num_classes(model, num_classes: int | None) -> int | None:
     if num_classes is None:
         num_classes = getattr(model, "num_classes", None)
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+    if num_classes is None:
+        return None
+    if check_int("num_classes", num_classes, low=0) < 1:
         raise ValueError(f"{type(model).__name__} is unconditional (num_classes = "
                          f"{num_classes}): train one with conditional=True to pass labels")
-    return None if num_classes is None else int(num_classes)
+    return int(num_classes)
 
 
 def _bind(y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -49,12 +51,6 @@ def _bind(y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
         return check_labels(t, x.shape[0], num_classes).to(x.device)
 
     return labels
-
-
-def _check_weight(name: str, w) -> float:
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-        raise ValueError(f"{name} must be a finite number, got {w!r}")
-    return float(w)
 
 
 def conditional_score(score_fn: Callable[..., torch.Tensor], y,
@@ -101,7 +97,7 @@ def classifier_free_guidance(score_fn: Callable[..., torch.Tensor], y, w: float 
     Raises:
         ValueError: bad labels (see :func:`conditional_score`) or a non-finite ``w``.
     """
-    w = _check_weight("guidance weight w", w)
+    w = check_number("guidance weight w", w)
     labels = _bind(y, _num_classes(score_fn, num_classes))
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -134,7 +130,7 @@ def classifier_guidance(score_fn: ScoreFn, classifier: Callable[[torch.Tensor, t
     Raises:
         ValueError: bad labels or a non-finite ``scale``; logits that are not ``(B, K)``.
     """
-    scale = _check_weight("classifier scale", scale)
+    scale = check_number("classifier scale", scale)
     labels = _bind(y, _num_classes(classifier, num_classes))
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

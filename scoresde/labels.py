@@ -28,13 +28,11 @@ def check_labels(y, batch: int, num_classes: int | None = None,
     Returns:
         Labels of shape ``(batch,)``, dtype ``torch.long``.
     """
-    if isinstance(y, bool) or (isinstance(y, torch.Tensor) and y.dtype == torch.bool):
-        raise ValueError(f"labels must be integers, got booleans: {y!r}")
     try:
         t = torch.as_tensor(y)
     except (TypeError, ValueError, RuntimeError):
         raise ValueError(f"labels must be integers or a (B,) integer tensor, got {y!r}") from None
-    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:  # True too
         raise ValueError(f"labels must be integers, got dtype {t.dtype}")
     if t.ndim == 0:
         t = t.expand(batch)

@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from .checks import check_choice, check_int, check_number
 from .sde import SDE
 from .utils import append_dims, batch_sum
 
@@ -43,20 +44,16 @@ def check_log_snr_share(share: float, weighting: str = "sigma2") -> float:
     """Return ``share`` as a float, or raise ``ValueError`` unless it lies in ``[0, 1]`` (and is
     0 unless the weighting is ``"sigma2"``: ``"likelihood"`` would weight the extra small times
     by ``g^2 / s^2`` uncorrected, and ``"likelihood_is"`` draws all its times in log-SNR)."""
-    if isinstance(share, bool) or not (isinstance(share, (int, float)) and 0 <= share <= 1):
-        raise ValueError(f"log_snr_share must be a number in [0, 1], got {share!r}")
+    share = check_number("log_snr_share", share, 0, 1)
     if share and weighting != "sigma2":
         raise ValueError(f"log_snr_share must be 0 with weighting {weighting!r}; it mixes "
                          "log-SNR times into the 'sigma2' weighting only")
-    return float(share)
+    return share
 
 
 def _check(weighting: str, t_sampling: str, eps: float, sde: SDE) -> None:
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    if t_sampling not in T_SAMPLINGS:
-        raise ValueError(f"unknown t_sampling {t_sampling!r}; choose one of "
-                         f"{', '.join(T_SAMPLINGS)}")
+    check_choice("weighting", weighting, WEIGHTINGS)
+    check_choice("t_sampling", t_sampling, T_SAMPLINGS)
     sde.check_eps(eps)
 
 
@@ -88,11 +85,9 @@ def sample_time(
     """
     _check(weighting, t_sampling, eps, sde)
     share = check_log_snr_share(log_snr_share, weighting)
-    if isinstance(n, bool) or not hasattr(n, "__index__") or int(n) < 1:
-        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    n = check_int("n", n, low=1)
     if device is None and generator is not None:
         device = generator.device
-    n = int(n)
     k = n if weighting == "likelihood_is" else round(share * n)
     parts = []
     if n - k:

@@ -1,5 +1,7 @@
-"""Figures: the only module that talks to matplotlib (Agg backend, files only, no windows).
+"""Figures: the only module that talks to matplotlib (files only, no windows, no pyplot).
 
+Figures are plain ``matplotlib.figure.Figure`` objects drawn on an Agg canvas of their own, so
+importing this module or drawing never switches matplotlib's backend (a notebook keeps its own).
 ``draw_*`` functions draw one panel onto a given ``Axes``; ``*_figure`` functions build a whole
 figure from arrays; :func:`save_figure` writes it atomically (temporary file, then rename), so an
 error never leaves a half-written image. Inputs are tensors or NumPy arrays; nothing here trains,
@@ -10,18 +12,15 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from typing import Mapping
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from .utils import write_atomically  # noqa: E402
+from .utils import write_atomically
 
 __all__ = [
     "grid_points",
@@ -39,6 +38,13 @@ __all__ = [
 _POINT_COLOR = "#1f4e79"
 _DATA_COLOR = "#7f7f7f"
 _PATH_COLORS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b")
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    """An empty figure on its own Agg canvas: no pyplot, no backend chosen or changed."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def _np(x) -> np.ndarray:
@@ -220,7 +226,8 @@ def samples_figure(samples: Mapping[str, object], nfe: Mapping[str, int] | None 
     panels = ([("data", data, None)] if data is not None else []) + [
         (name, x, (nfe or {}).get(name)) for name, x in samples.items()]
     lim = _limits(*[_points(x, name) for name, x, _ in panels])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 3.2), squeeze=False)
+    fig = _figure((3.0 * len(panels), 3.2))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (name, x, n) in zip(axes[0], panels):
         color = _DATA_COLOR if name == "data" and data is not None else _POINT_COLOR
         draw_scatter(ax, x, _title(name, n, (notes or {}).get(name)), lim=lim, color=color)
@@ -230,8 +237,8 @@ def samples_figure(samples: Mapping[str, object], nfe: Mapping[str, int] | None 
 
 def image_grid_figure(images, title: str | None = None, ncol: int | None = None) -> Figure:
     """A figure with one axes holding ``images`` ``(B, [C,] H, W)`` tiled in a grid."""
-    fig, ax = plt.subplots(figsize=(5, 5))
-    draw_image_grid(ax, images, title, ncol)
+    fig = _figure((5, 5))
+    draw_image_grid(fig.subplots(), images, title, ncol)
     fig.tight_layout()
     return fig
 
@@ -264,7 +271,7 @@ def demo_figure(
     top = [("data", data, None)] + [(k, v, nfe.get(k)) for k, v in samples.items()]
     bottom = [p for p in (density, field, paths) if p is not None]
     ncol = max(len(top), len(bottom), 1)
-    fig = plt.figure(figsize=(2.7 * ncol, 2.7 * (1 + bool(bottom)) + (0.35 if suptitle else 0)))
+    fig = _figure((2.7 * ncol, 2.7 * (1 + bool(bottom)) + (0.35 if suptitle else 0)))
     grid = fig.add_gridspec(1 + bool(bottom), ncol)
     lim = _limits(*[_points(x, name) for name, x, _ in top])
     for j, (name, x, n) in enumerate(top):
@@ -290,16 +297,19 @@ def demo_figure(
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 110) -> str:
-    """Write ``fig`` to ``path`` (format from the suffix) atomically, close it, return the path.
+    """Write ``fig`` to ``path`` (format from the suffix) atomically and return the path.
 
     The image goes to a temporary file in the same folder first and is renamed over ``path`` only
-    once complete, so a failure leaves no partial file.
+    once complete, so a failure leaves no partial file. matplotlib renders it with the canvas of
+    the format (Agg for PNG) whatever the backend; a figure that pyplot manages is closed.
     """
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1] or ".png"
     try:
         write_atomically(path, lambda fh: fig.savefig(fh, dpi=dpi, format=suffix[1:]))
     finally:
-        plt.close(fig)
+        pyplot = sys.modules.get("matplotlib.pyplot")  # loaded only if the caller uses it
+        if pyplot is not None:
+            pyplot.close(fig)
     return path
 

@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .checks import check_int
 from .labels import check_labels
 from .sde import SDE
 
@@ -77,8 +78,7 @@ class GaussianMixture:
         return_labels: bool = False,
     ):
         """``n`` samples, shape ``(n, *event_shape)``, with their component labels if asked."""
-        if int(n) < 1:
-            raise ValueError(f"n must be a positive integer, got {n!r}")
+        n = check_int("n", n, low=1)
         device = generator.device if generator is not None else torch.device("cpu")
         labels = torch.multinomial(self.weights.to(device), int(n), replacement=True,
                                    generator=generator)

@@ -1,6 +1,10 @@
 """Figures from synthetic inputs: files are written, are valid PNGs, and have the right axes."""
 
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,3 +95,38 @@ def test_failed_save_leaves_nothing(tmp_path):
     with pytest.raises(ValueError):
         plotting.save_figure(fig, tmp_path / "x.notaformat")
     assert os.listdir(tmp_path) == []
+
+
+_BACKEND_SCRIPT = """
+import json, sys
+import matplotlib
+{choose}
+before = matplotlib.get_backend()
+import scoresde
+from scoresde import plotting
+fig = plotting.samples_figure({{"a": [[0.0, 0.0], [1.0, 1.0]]}})
+path = plotting.save_figure(fig, sys.argv[1])
+print(json.dumps({{"before": before, "after": matplotlib.get_backend(),
+                   "pyplot": "matplotlib.pyplot" in sys.modules}}))
+"""
+
+
+@pytest.mark.parametrize("backend, choose", [
+    ("svg", ""),                          # chosen by the MPLBACKEND variable
+    ("pdf", 'matplotlib.use("pdf")'),     # chosen in code before the import
+])
+def test_importing_and_saving_keep_the_users_backend(tmp_path, backend, choose):
+    """A notebook's backend survives importing scoresde and writing a figure, and the figure is
+    still a PNG: plotting never calls matplotlib.use nor pyplot."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+               OMP_NUM_THREADS="1")
+    if not choose:
+        env["MPLBACKEND"] = backend
+    out = tmp_path / "f.png"
+    proc = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT.format(choose=choose), str(out)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["before"].lower() == backend and record["after"] == record["before"]
+    assert not record["pyplot"]
+    _png(out)

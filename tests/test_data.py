@@ -1,4 +1,4 @@
-"""Data sets: toys with exact densities and entropies, digits, user arrays."""
+"""Toys with exact densities and entropies; data sets: toys, digits, user arrays."""
 
 import math
 
@@ -6,30 +6,30 @@ import numpy as np
 import pytest
 import torch
 
-from scoresde import data
+from scoresde import data, toys
 
 
-@pytest.mark.parametrize("name", list(data.TOYS))
+@pytest.mark.parametrize("name", list(toys.TOYS))
 def test_toys_are_seeded_finite_2d(name):
-    a = data.TOYS[name](500, torch.Generator().manual_seed(0))
-    b = data.TOYS[name](500, torch.Generator().manual_seed(0))
-    c = data.TOYS[name](500, torch.Generator().manual_seed(1))
+    a = toys.TOYS[name](500, torch.Generator().manual_seed(0))
+    b = toys.TOYS[name](500, torch.Generator().manual_seed(0))
+    c = toys.TOYS[name](500, torch.Generator().manual_seed(1))
     assert a.shape == (500, 2) and torch.isfinite(a).all()
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_checkerboard_density_and_entropy():
-    x = data.TOYS["checkerboard"](5000, torch.Generator().manual_seed(0))
-    assert torch.equal(data.toy_log_prob("checkerboard")(x),
+    x = toys.TOYS["checkerboard"](5000, torch.Generator().manual_seed(0))
+    assert torch.equal(toys.toy_log_prob("checkerboard")(x),
                        torch.full((5000,), -math.log(32), dtype=torch.float64))
-    assert data.toy_entropy("checkerboard") == math.log(32)
+    assert toys.toy_entropy("checkerboard") == math.log(32)
 
 
 @pytest.mark.parametrize("name", ["moons", "2spirals"])
 def test_curve_densities_integrate_to_one_and_match_samples(name):
     """The quadrature density integrates to 1 on a grid, and gives the mass of a box that the
     sample fraction matches within 5 binomial standard errors."""
-    log_prob = data.toy_log_prob(name)
+    log_prob = toys.toy_log_prob(name)
     ticks = torch.linspace(-5, 5, 201, dtype=torch.float64)  # spacing 0.05 < noise / 2
     grid = torch.cartesian_prod(ticks, ticks)
     dens = log_prob(grid).exp().reshape(201, 201)
@@ -38,7 +38,7 @@ def test_curve_densities_integrate_to_one_and_match_samples(name):
     mass = float(torch.trapezoid(torch.trapezoid(dens[inside][:, inside], ticks[inside]),
                                  ticks[inside]))
     n = 40_000
-    x = data.TOYS[name](n, torch.Generator().manual_seed(5)).double()
+    x = toys.TOYS[name](n, torch.Generator().manual_seed(5)).double()
     frac = float(((x >= 0) & (x <= 1)).all(1).double().mean())
     assert abs(frac - mass) < 5 * math.sqrt(mass * (1 - mass) / n)
 
@@ -48,8 +48,8 @@ def test_8gaussians_entropy_matches_separated_components():
     Monte Carlo estimate has a standard error ~0.005, so 0.02 is 4 standard errors."""
     sigma2 = 0.5**2 / 2
     expected = math.log(8) + math.log(2 * math.pi * math.e * sigma2)
-    assert abs(data.toy_entropy("8gaussians") - expected) < 0.02
-    assert data.toy_entropy("pinwheel") is None
+    assert abs(toys.toy_entropy("8gaussians") - expected) < 0.02
+    assert toys.toy_entropy("pinwheel") is None
 
 
 def test_digits():

@@ -115,7 +115,7 @@ def test_log_snr_share_mixes_uniform_t_with_uniform_log_snr(sde):
 def test_bad_options_are_refused(sde):
     x0 = torch.zeros(4, 2)
     for share in (-0.1, 1.5, True, "0.3", float("nan")):
-        with pytest.raises(ValueError, match="log_snr_share must be a number in"):
+        with pytest.raises(ValueError, match=r"log_snr_share must be a finite number in \[0, 1\]"):
             dsm_loss(lambda x, t: x, sde, x0, log_snr_share=share)
     for weighting in ("likelihood", "likelihood_is"):
         with pytest.raises(ValueError, match=f"must be 0 with weighting '{weighting}'"):

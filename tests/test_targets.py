@@ -118,7 +118,7 @@ def test_bad_inputs():
         mixture.log_prob(torch.zeros(3, 3))
     with pytest.raises(ValueError, match="unknown mixture"):
         get_mixture("spiral")
-    with pytest.raises(ValueError, match="n must be a positive integer"):
+    with pytest.raises(ValueError, match="n must be an integer >= 1"):
         mixture.sample(0)
 
 

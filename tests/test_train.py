@@ -46,10 +46,10 @@ def test_training_approaches_the_exact_score(tmp_path):
     untrained = scoresde.ScoreModel(scoresde.ScoreMLP(hidden=64, depth=2), sde,
                                     config["sigma_data"])
     gen = torch.Generator().manual_seed(123)
-    x0 = scoresde.data.TOYS["8gaussians"](20_000, gen)
+    x0 = scoresde.toys.TOYS["8gaussians"](20_000, gen)
     t = torch.rand(20_000, generator=gen) * (1 - 1e-3) + 1e-3
     z = torch.randn(x0.shape, generator=gen)
-    mix = scoresde.data.EIGHT_GAUSSIANS
+    mix = scoresde.toys.EIGHT_GAUSSIANS
     with torch.no_grad():
         loss = {name: float(dsm_loss(fn, sde, x0, t=t, noise=z).mean()) for name, fn in
                 [("exact", mix.score_fn(sde)), ("trained", model), ("untrained", untrained)]}
@@ -194,7 +194,7 @@ def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
     assert cfg["edges"]["net"]["input_features"] == 64 and cfg["edges"]["net"]["input_scale"] == 0.3
     model, _, _ = load_run(tmp_path / "edges")
     assert model.net.inp.in_features == 2 + 128
-    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a number"),
+    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a finite number"),
                        ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with"),
                        ({"log_snr_share": 0.3, "weighting": "likelihood"}, "must be 0 with")]:
         with pytest.raises(ValueError, match=match):

@@ -14,19 +14,13 @@ import math
 import torch
 from torch import nn
 
-from ..sde import SDE
+from ..checks import check_int
 from ..utils import append_dims
 from .mlp import InputFeatures, TimeFeatures, _Block
-from .score_model import check_sigma_data, preconditioning
+from .score_model import Preconditioned
 from .unet import _Attention, _ResBlock, _norm
 
 __all__ = ["ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
-
-
-def _check_classes(num_classes) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"a classifier needs num_classes >= 2, got {num_classes!r}")
-    return num_classes
 
 
 class ClassifierMLP(nn.Module):
@@ -41,7 +35,7 @@ class ClassifierMLP(nn.Module):
                  input_features: int = 0, input_scale: float = 0.3):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("a classifier's num_classes", num_classes, low=2)
         self._config = dict(event_shape=list(self.event_shape), num_classes=num_classes,
                             hidden=hidden, depth=depth, time_dim=time_dim,
                             time_features=time_features, time_scale=time_scale,
@@ -80,7 +74,7 @@ class ClassifierUNet(nn.Module):
         event_shape = tuple(int(n) for n in event_shape)
         if len(event_shape) != 3:
             raise ValueError(f"ClassifierUNet needs event_shape (C, H, W), got {event_shape}")
-        self.num_classes = _check_classes(num_classes)
+        self.num_classes = check_int("a classifier's num_classes", num_classes, low=2)
         self._config = dict(event_shape=list(event_shape), num_classes=num_classes, ch=ch,
                             ch_mult=list(ch_mult), num_res_blocks=num_res_blocks,
                             time_dim=time_dim)
@@ -113,7 +107,7 @@ class ClassifierUNet(nn.Module):
         return self.head(self.out(h).mean(dim=(2, 3)))
 
 
-class NoiseClassifier(nn.Module):
+class NoiseClassifier(Preconditioned):
     """A classifier of noisy data, ``model(x, t) -> logits (B, K)``, from a network and an SDE.
 
     With ``x_t = m x_0 + s z`` the network sees ``c_in x`` with ``c_in = 1 / sqrt(m^2
@@ -127,17 +121,8 @@ class NoiseClassifier(nn.Module):
         sigma_data: standard deviation of the data entries.
     """
 
-    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
-        super().__init__()
-        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes ``K``."""
-        return int(self.net.num_classes)
-
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Logits ``(B, K)`` of ``x`` ``(B, *dims)`` at times ``t`` ``(B,)``."""
         t = self.sde.check_time(t, x)
-        c_in, _, _, c_noise, _ = preconditioning(self.sde, t, self.sigma_data)
+        c_in, _, _, c_noise, _ = self.preconditioning(t)
         return self.net(append_dims(c_in, x.ndim) * x, c_noise)

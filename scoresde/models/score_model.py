@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
+from ..checks import check_number
 from ..labels import check_labels
 from ..sde import SDE
 from ..utils import append_dims
 
-__all__ = ["ScoreModel", "preconditioning", "check_sigma_data"]
+__all__ = ["ScoreModel", "Preconditioned", "preconditioning", "check_sigma_data"]
 
 
 def check_sigma_data(sigma_data: float) -> float:
     """Return ``sigma_data`` as a float, or raise ``ValueError`` unless it is finite and > 0."""
-    if isinstance(sigma_data, bool) or not (isinstance(sigma_data, (int, float))
-                                            and math.isfinite(sigma_data) and sigma_data > 0):
-        raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data!r}")
-    return float(sigma_data)
+    return check_number("sigma_data", sigma_data, 0, low_open=True)
 
 
 def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch.Tensor, ...]:
@@ -34,7 +30,29 @@ def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch
     return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
 
 
-class ScoreModel(nn.Module):
+class Preconditioned(nn.Module):
+    """A network ``net`` seen through an SDE's ``(m(t), s(t))`` and the data's ``sigma_data``.
+
+    What :class:`ScoreModel` and :class:`~scoresde.models.NoiseClassifier` share: the three
+    attributes ``net``, ``sde``, ``sigma_data`` (the state dict holds ``net.*`` only), the
+    network's number of classes and :func:`preconditioning` at given times.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
+        super().__init__()
+        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes the network takes as labels or gives logits of (0: none)."""
+        return int(getattr(self.net, "num_classes", 0))
+
+    def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
+        return preconditioning(self.sde, t, self.sigma_data)
+
+
+class ScoreModel(Preconditioned):
     """A score function ``model(x, t, y=None)`` built from a network and an SDE's ``(m(t), s(t))``.
 
     Labels ``y`` (an integer or ``(B,)`` integers in ``[0, num_classes)``, -1 for "no label")
@@ -59,19 +77,6 @@ class ScoreModel(nn.Module):
         sde: the forward SDE.
         sigma_data: standard deviation of the data entries.
     """
-
-    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 1.0):
-        super().__init__()
-        self.net, self.sde, self.sigma_data = net, sde, check_sigma_data(sigma_data)
-
-    @property
-    def num_classes(self) -> int:
-        """Number of classes the network takes as labels (0: unconditional)."""
-        return int(getattr(self.net, "num_classes", 0))
-
-    def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
-        return preconditioning(self.sde, t, self.sigma_data)
 
     def noise_prediction(self, x: torch.Tensor, t: torch.Tensor | float,
                          y: torch.Tensor | None = None) -> torch.Tensor:

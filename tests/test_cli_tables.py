@@ -1,0 +1,83 @@
+"""The CLI's choices and defaults are the library's tables and keyword defaults, read lazily."""
+
+import inspect
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+import scoresde
+from scoresde import likelihood, losses, sampling, toys
+from scoresde.cli import main
+
+CHOICES = {  # (command, option) -> the library table its choices must equal
+    ("train", "sde"): scoresde.SDES,
+    ("train", "weighting"): losses.WEIGHTINGS,
+    ("sample", "solver"): scoresde.SAMPLERS,
+    ("sample", "grid"): sampling.GRIDS,
+    ("sample", "predictor"): sampling.PREDICTORS,
+    ("sample", "corrector"): sampling.CORRECTORS,
+    ("likelihood", "divergence"): likelihood.DIVERGENCES,
+    ("demo", "toy"): toys.TOYS,
+    ("demo", "sde"): scoresde.SDES,
+}
+
+DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
+    **{("train", k): (scoresde.train, k) for k in (
+        "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
+        "label_dropout")},
+    ("sample", "solver"): (scoresde.sample, "solver"),
+    ("sample", "steps"): (scoresde.sample, "steps"),
+    **{("sample", k): (sampling.sample_pc, k) for k in (
+        "predictor", "corrector", "snr", "corrector_steps")},
+    **{("likelihood", k): (scoresde.log_likelihood, k) for k in (
+        "divergence", "probes", "method", "rtol", "atol", "eps")},
+    **{("demo", k): (scoresde.run_demo, k) for k in ("toy", "sde", "n", "seed")},
+    ("demo", "steps"): (scoresde.train, "steps"),
+}
+
+
+def _param(command, name):
+    return next(p for p in main.commands[command].params if p.name == name)
+
+
+def test_every_choice_is_a_library_table():
+    found = {(c.name, p.name): p.type for c in main.commands.values() for p in c.params
+             if isinstance(p.type, click.Choice)}
+    assert set(found) == set(CHOICES)  # no choice list of the CLI's own
+    for key, table in CHOICES.items():
+        assert list(found[key].choices) == list(table), key
+
+
+@pytest.mark.parametrize("key", sorted(DEFAULTS), ids="-".join)
+def test_defaults_are_the_librarys_and_help_shows_them(key):
+    command, name = key
+    function, keyword = DEFAULTS[key]
+    expected = inspect.signature(function).parameters[keyword].default
+    param = _param(command, name)
+    with click.Context(main.commands[command]) as ctx:
+        assert param.get_default(ctx) == expected
+        assert f"[default: {expected}" in " ".join(param.get_help_record(ctx)[1].split())
+
+
+def test_help_names_the_toys_and_the_training_defaults():
+    result = CliRunner().invoke(main, ["train", "--help"])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 0 and ", ".join(toys.TOYS) in text
+    steps = inspect.signature(scoresde.train).parameters["steps"].default
+    assert f"[default: {steps}; with --resume" in text
+
+
+def test_group_help_loads_neither_matplotlib_nor_scikit_learn():
+    """``scoresde --help`` (and ``import scoresde``) stays light: matplotlib and scikit-learn load
+    only when a command draws a figure or builds a toy data set."""
+    code = ("import sys; from scoresde.cli import main; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "
+            "print('matplotlib' in sys.modules, 'sklearn' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
