@@ -279,7 +279,7 @@ class _LazyChoice(click.Choice):
         pass
 
 
-_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", "atol",
+_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol", "atol",
           "sigma_max", "sigma_min")
 
 
@@ -303,12 +303,16 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               show_default=True, help="Corrector signal-to-noise ratio (pc only).")
 @click.option("--corrector-steps", type=click.IntRange(min=1), default=1, show_default=True,
               help="pc only.")
-@click.option("--method", default=None, help="ode: RK45, RK23, DOP853, ... [RK45]; torchsde: "
-              "euler, milstein, srk, reversible_heun [euler].")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True, help="ode/torchsde tolerance.")
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True, help="ode/torchsde tolerance.")
+@click.option("--method", default=None, help="ode: RK45, RK23, DOP853, ... [default: RK45]; "
+              "torchsde: euler, milstein, srk, reversible_heun [default: euler].")
+@click.option("--adaptive", is_flag=True, help="torchsde only: adaptive steps with --rtol/--atol "
+              "(--steps sets the first step).")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Relative tolerance: ode [default: 1e-5]; torchsde with --adaptive "
+              "[default: 1e-3].")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Absolute tolerance: ode [default: 1e-5]; torchsde with --adaptive "
+              "[default: 1e-3].")
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Few steps: one jump from T to this sigma = s/m, the other steps below it.")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -330,8 +334,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               "(model space), or a .npy mask (values 0).")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device, as_json, label,
-           guidance, mask):
+           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device,
+           as_json, label, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -389,7 +393,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         plotting.save_figure(figure, fig_path)
     record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": info["nfe"],
               "eps": info["eps"], "time_s": round(seconds, 4), "out": str(out),
-              "figure": str(fig_path) if fig_path else None}
+              "figure": str(fig_path) if fig_path else None, "options": knobs}
     _emit(record, as_json, [f"{solver}: {n} samples, NFE {info['nfe']}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 

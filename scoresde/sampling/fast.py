@@ -110,17 +110,7 @@ def sample_heun(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, 
 
     Karras et al. (2022), Algorithm 1, in ``sigma`` on any decreasing time grid.
 
-    Args:
-        score_fn: score function ``score_fn(x, t)``.
-        sde: the forward SDE (any Gaussian-linear one).
-        x: the prior draw at ``ts[0]``, shape ``(B, *dims)``.
-        ts: decreasing times from ``T`` towards 0, shape ``(steps + 1,)``.
-        generator: unused (the solver is deterministic); accepted for the common signature.
-        callback: called after each step (see :mod:`scoresde.sampling.common`).
-
-    Returns:
-        ``(x, info)``: the state at ``ts[-1]`` (shape of ``x``) and ``info`` with ``nfe``,
-        ``grid`` and ``steps``.
+    Arguments and returns as :func:`sample_euler`.
     """
     return _run(_heun_step, score_fn, sde, x, ts, callback)
 
@@ -132,17 +122,7 @@ def sample_dpmpp_2m(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tens
 
     Lu et al. (2022), Algorithm 2, in ``lambda = -log sigma`` on any decreasing time grid.
 
-    Args:
-        score_fn: score function ``score_fn(x, t)``.
-        sde: the forward SDE (any Gaussian-linear one).
-        x: the prior draw at ``ts[0]``, shape ``(B, *dims)``.
-        ts: decreasing times from ``T`` towards 0, shape ``(steps + 1,)``.
-        generator: unused (the solver is deterministic); accepted for the common signature.
-        callback: called after each step (see :mod:`scoresde.sampling.common`).
-
-    Returns:
-        ``(x, info)``: the state at ``ts[-1]`` (shape of ``x``) and ``info`` with ``nfe``,
-        ``grid`` and ``steps``.
+    Arguments and returns as :func:`sample_euler`.
     """
     return _run(_dpmpp_2m_step, score_fn, sde, x, ts, callback)
 

@@ -129,14 +129,7 @@ def time_log_snr(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = 
                  sigma_min: float | None = None) -> torch.Tensor:
     """Times whose log-SNR is evenly spaced from ``lambda(T)`` to ``lambda(eps)``.
 
-    Args:
-        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
-        sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
-            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
-            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it.
-
-    Returns:
-        Decreasing float64 times, shape ``(steps + 1,)``.
+    Arguments and returns as :func:`time_uniform`.
     """
     return _windowed(_log_snr, sde, steps, eps, sigma_max, sigma_min)
 
@@ -149,11 +142,8 @@ def time_edm(sde: SDE, steps: int, eps: float, rho: float = 7.0, *,
     puts more steps at low noise.
 
     Args:
-        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
+        sde, steps, eps, sigma_max, sigma_min: as :func:`time_uniform`.
         rho: the exponent, > 0.
-        sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
-            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
-            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it.
 
     Returns:
         Decreasing float64 times, shape ``(steps + 1,)``.
