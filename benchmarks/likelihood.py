@@ -20,7 +20,7 @@ import time
 import torch
 
 from scoresde import GaussianMixture, get_sde, log_likelihood
-from scoresde.sampling.scipy_ode import solve_ode
+from scoresde.scipy_ode import solve_ode
 from scoresde.utils import append_dims, batch_sum
 
 EPS = 1e-5

@@ -37,11 +37,6 @@ def _library(dotted: str):
     return getattr(import_module(f".{module}", __package__), name)
 
 
-def _of_train(name: str):
-    """A constant of the module that defines ``scoresde.train`` (e.g. ``VECTOR_BATCH``)."""
-    return getattr(sys.modules[_library("train").__module__], name)
-
-
 def _names(table: str) -> Callable[[], list[str]]:
     """The names (tuple entries or dict keys) of the library table ``table``, when asked."""
     return lambda: list(_library(table))
@@ -229,8 +224,8 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
                    "new total given here].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
-              fields={"vector": lambda: _of_train("VECTOR_BATCH"),
-                      "image": lambda: _of_train("IMAGE_BATCH")},
+              fields={"vector": lambda: _library("training.VECTOR_BATCH"),
+                      "image": lambda: _library("training.IMAGE_BATCH")},
               help="Points per step [default: {vector} for 2D and vector data, {image} for "
                    "images].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=_Default("train", "lr"),
@@ -325,8 +320,8 @@ def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
 
 
 # ----- sample -------------------------------------------------------------------------------------
-_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", "atol",
-          "sigma_max", "sigma_min")
+_KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol",
+          "atol", "sigma_max", "sigma_min")
 
 
 @main.command(context_settings=_CTX)
@@ -354,12 +349,25 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
 @click.option("--corrector-steps", type=click.IntRange(min=1),
               default=_Default("sampling.sample_pc", "corrector_steps"), show_default=True,
               help="pc only.")
-@click.option("--method", default=None, help="ode: RK45, RK23, DOP853, ... [RK45]; torchsde: "
-              "euler, milstein, srk, reversible_heun [euler].")
-@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True, help="ode/torchsde tolerance.")
-@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=1e-5,
-              show_default=True, help="ode/torchsde tolerance.")
+@click.option("--method", default=None, cls=_LazyHelp,
+              fields={"ode": lambda: ", ".join(_library("scipy_ode.ODE_METHODS")),
+                      "sde": lambda: ", ".join(_library("sampling.TORCHSDE_METHODS")),
+                      "ode_default": _Default("sampling.sample_ode", "method"),
+                      "sde_default": _Default("sampling.sample_torchsde", "method")},
+              help="ode: {ode} [default: {ode_default}]; torchsde: {sde} "
+                   "[default: {sde_default}].")
+@click.option("--adaptive", is_flag=True, help="torchsde only: adaptive steps with --rtol/--atol "
+              "(--steps sets the first step).")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None, cls=_LazyHelp,
+              fields={"ode": _Default("sampling.sample_ode", "rtol"),
+                      "sde": _Default("sampling.sample_torchsde", "rtol")},
+              help="Relative tolerance: ode [default: {ode}]; torchsde with --adaptive "
+                   "[default: {sde}].")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None, cls=_LazyHelp,
+              fields={"ode": _Default("sampling.sample_ode", "atol"),
+                      "sde": _Default("sampling.sample_torchsde", "atol")},
+              help="Absolute tolerance: ode [default: {ode}]; torchsde with --adaptive "
+                   "[default: {sde}].")
 @click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Few steps: one jump from T to this sigma = s/m, the other steps below it.")
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -381,8 +389,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "rtol", 
               "(model space), or a .npy mask (values 0).")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device, as_json, label,
-           guidance, mask):
+           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device,
+           as_json, label, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -440,7 +448,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         plotting.save_figure(figure, fig_path)
     record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": info["nfe"],
               "eps": info["eps"], "time_s": round(seconds, 4), "out": str(out),
-              "figure": str(fig_path) if fig_path else None}
+              "figure": str(fig_path) if fig_path else None, "options": knobs}
     _emit(record, as_json, [f"{solver}: {n} samples, NFE {info['nfe']}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 

@@ -7,7 +7,9 @@ instantaneous change of variables (Chen et al. 2018) gives
     log p_eps(x) = log p_T(z) + int_eps^T div v(x_t, t) dt,
     div v = f(t) D - g(t)^2 / 2 div score(x_t, t).
 
-Both integrals are solved together by the one scipy adapter. ``div score`` is the exact trace of
+The drift ``v`` and its coefficients ``f`` and ``-g^2 / 2`` come from ``sde.reverse(score_fn,
+probability_flow=True)``. Both integrals are solved together by the one scipy adapter
+(:mod:`scoresde.scipy_ode`). ``div score`` is the exact trace of
 the Jacobian (``D`` vector-Jacobian products, one per unit vector) or Hutchinson's estimate
 ``v^T J v`` with probes ``v`` drawn once and held fixed over the solve.
 
@@ -25,10 +27,10 @@ from typing import Callable
 
 import torch
 
-from .sampling.common import CountedScore
-from .sampling.scipy_ode import solve_ode
-from .sde import SDE
-from .utils import append_dims, batch_sum
+from .checks import check_choice, check_int, check_number
+from .scipy_ode import solve_ode
+from .sde import SDE, ReverseSDE
+from .utils import CountedScore, batch_sum, time_vector
 
 __all__ = ["log_likelihood", "bits_per_dim", "encode", "decode", "DIVERGENCES", "HUTCHINSON",
            "ERROR_NORMS", "EXACT_DIVERGENCE_MAX_DIM"]
@@ -47,9 +49,8 @@ EXACT_DIVERGENCE_MAX_DIM = 64
 
 # ----- input checks ---------------------------------------------------------------------------
 def _check_tolerances(rtol, atol) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < math.inf:
-            raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+    check_number("rtol", rtol, 0, low_open=True)
+    check_number("atol", atol, 0, low_open=True)
 
 
 def _check_flow_inputs(score_fn, sde, x, eps, error_norm) -> float:
@@ -66,9 +67,7 @@ def _check_flow_inputs(score_fn, sde, x, eps, error_norm) -> float:
         raise ValueError(f"x must have shape (B, *dims) with B >= 1, got {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x must be finite; it holds NaN or infinite values")
-    if error_norm not in ERROR_NORMS:
-        raise ValueError(f"unknown error_norm {error_norm!r}; choose one of "
-                         f"{', '.join(ERROR_NORMS)}")
+    check_choice("error_norm", error_norm, ERROR_NORMS)
     return sde.check_eps(eps)
 
 
@@ -118,21 +117,19 @@ def _score_and_forms(
 
 
 # ----- the flow ----------------------------------------------------------------------------------
-def _flow_velocity(sde: SDE, score: torch.Tensor, x: torch.Tensor, t: torch.Tensor):
-    """Probability-flow drift ``f(t) x - g(t)^2 / 2 score`` (shape of ``x``) and ``g^2 / 2``."""
-    drift, diffusion = sde.sde(x, t)
-    half_g2 = 0.5 * diffusion**2
-    return drift - append_dims(half_g2, x.ndim) * score, half_g2
+def _clamp(flow: ReverseSDE, t: float) -> float:
+    """scipy's time, clamped into ``[0, T]`` (its last stage can overshoot by a rounding)."""
+    return min(max(t, 0.0), flow.T)
 
 
 def _integrate_flow(score_fn, sde, x, t0, t1, method, rtol, atol, error_norm) -> torch.Tensor:
     """Carry ``x`` (shape ``(B, *dims)``) along the probability-flow ODE from ``t0`` to ``t1``."""
     _check_tolerances(rtol, atol)
     rtol, atol = _tolerances(rtol, atol, x.shape[0], error_norm)
+    flow = sde.reverse(score_fn, probability_flow=True)
 
     def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
-        tb = sde.check_time(min(max(t, 0.0), sde.T), y)
-        return _flow_velocity(sde, score_fn(y, tb), y, tb)[0]
+        return flow.drift(y, _clamp(flow, t))
 
     y1, _ = solve_ode(rhs, x, t0, t1, method=method, rtol=rtol, atol=atol)
     return y1
@@ -186,14 +183,9 @@ def log_likelihood(
     """
     eps = _check_flow_inputs(score_fn, sde, x, eps, error_norm)
     _check_tolerances(rtol, atol)
-    if divergence not in DIVERGENCES:
-        raise ValueError(f"unknown divergence {divergence!r}; choose one of "
-                         f"{', '.join(DIVERGENCES)}")
-    if hutchinson not in HUTCHINSON:
-        raise ValueError(f"unknown hutchinson {hutchinson!r}; choose one of "
-                         f"{', '.join(HUTCHINSON)}")
-    if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
-        raise ValueError(f"probes must be an integer >= 1, got {probes!r}")
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("hutchinson", hutchinson, HUTCHINSON)
+    probes = check_int("probes", probes, 1)
     prior_logp = sde.prior_logp if prior_logp is None else prior_logp
     if not callable(prior_logp):
         raise TypeError(f"prior_logp must be callable as prior_logp(z) -> (B,), got {prior_logp!r}")
@@ -203,15 +195,17 @@ def log_likelihood(
     exact = divergence == "exact"
     vectors = _basis_vectors(x) if exact else _probe_vectors(hutchinson, probes, x, generator)
     counted = CountedScore(score_fn)
+    flow = sde.reverse(counted, probability_flow=True)
     n_int = 1 if exact else probes  # integrals carried: the trace, or one per probe
 
     def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+        t = _clamp(flow, t)
         x_t = y[:, :dim].reshape(x.shape)
-        tb = sde.check_time(min(max(t, 0.0), sde.T), x_t)
-        score, forms = _score_and_forms(counted, x_t, tb, vectors)
-        velocity, half_g2 = _flow_velocity(sde, score, x_t, tb)
+        score, forms = _score_and_forms(counted, x_t, time_vector(t, x_t), vectors)
+        velocity = flow.drift(x_t, t, score=score)  # f x + c score, c = -g^2 / 2
+        f, c, _ = flow.coeffs(t)
         div_score = forms.sum(0, keepdim=True) if exact else forms  # (n_int, B)
-        div_v = sde.drift_coeff(tb) * dim - half_g2 * div_score
+        div_v = f * dim + c * div_score
         return torch.cat([velocity.reshape(batch, dim), div_v.T], dim=1)
 
     y0 = torch.cat([x.detach().reshape(batch, dim), x.new_zeros(batch, n_int)], dim=1)
@@ -315,8 +309,7 @@ def bits_per_dim(
     if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex():
         raise ValueError("x must be an integer tensor of levels 0..2^bits-1 (e.g. uint8 images), "
                          f"got {getattr(x, 'dtype', type(x).__name__)}")
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 16:
-        raise ValueError(f"bits must be an integer in [1, 16], got {bits!r}")
+    bits = check_int("bits", bits, 1, 16)
     levels = 2**bits
     if x.ndim < 2 or x.shape[0] == 0 or int(x.min()) < 0 or int(x.max()) >= levels:
         raise ValueError(f"x must have shape (B, *dims) with levels in [0, {levels - 1}], got "
@@ -324,9 +317,7 @@ def bits_per_dim(
     lo, hi = (float(v) for v in data_range)
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise ValueError(f"data_range must be (lo, hi) with finite lo < hi, got {data_range!r}")
-    if isinstance(dequant_samples, bool) or not isinstance(dequant_samples, int) \
-            or dequant_samples < 1:
-        raise ValueError(f"dequant_samples must be an integer >= 1, got {dequant_samples!r}")
+    dequant_samples = check_int("dequant_samples", dequant_samples, 1)
     dtype = torch.get_default_dtype() if dtype is None else dtype
     batch, dim, draws = x.shape[0], x[0].numel(), dequant_samples
     width = (hi - lo) / levels

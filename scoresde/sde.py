@@ -18,7 +18,8 @@ from typing import Callable
 
 import torch
 
-from .utils import append_dims, batch_sum
+from .checks import check_number
+from .utils import append_dims, batch_sum, time_vector
 
 __all__ = [
     "SDE",
@@ -35,6 +36,13 @@ __all__ = [
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _check_times(t: torch.Tensor, T: float) -> None:
+    """Raise ``ValueError`` unless every entry of ``t`` lies in ``[0, T]``."""
+    if bool(((t < 0) | (t > T) | t.isnan()).any()):
+        raise ValueError(f"t must lie in [0, T] = [0, {T:g}], got values in "
+                         f"[{float(t.min()):g}, {float(t.max()):g}]")
+
+
 class SDE(ABC):
     """A Gaussian-linear forward SDE ``dx = f(t) x dt + g(t) dw`` on ``[0, T]``.
 
@@ -46,9 +54,7 @@ class SDE(ABC):
     name = "custom"
 
     def __init__(self, T: float = 1.0):
-        if not (isinstance(T, (int, float)) and math.isfinite(T) and T > 0):
-            raise ValueError(f"T must be a finite positive number, got {T!r}")
-        self.T = float(T)
+        self.T = check_number("T", T, 0, low_open=True)
 
     # ----- the three formulas a subclass states -------------------------------------------
     @abstractmethod
@@ -134,9 +140,14 @@ class SDE(ABC):
             hi = torch.where(above, hi, mid)
         return ((lo + hi) / 2).to(torch.as_tensor(log_snr).dtype)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
-        """The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE)."""
-        return ReverseSDE(self, score_fn, probability_flow)
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False,
+                times: torch.Tensor | None = None) -> "ReverseSDE":
+        """The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE).
+
+        ``times``: optional times a solver will ask for, whose coefficients are then computed
+        once (see :class:`ReverseSDE`).
+        """
+        return ReverseSDE(self, score_fn, probability_flow, times)
 
     def check_time(self, t: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
         """Return ``t`` as a tensor of shape ``(B,)`` in the dtype and device of ``x``.
@@ -146,7 +157,7 @@ class SDE(ABC):
         """
         batch = x.shape[0]
         if isinstance(t, (int, float)):
-            t = torch.full((batch,), float(t), dtype=x.dtype, device=x.device)
+            t = time_vector(float(t), x)
         else:
             t = torch.as_tensor(t).to(device=x.device, dtype=x.dtype)
             if t.ndim == 0:
@@ -156,9 +167,7 @@ class SDE(ABC):
                     f"t must have shape ({batch},) to match a batch of {batch}, "
                     f"got shape {tuple(t.shape)}"
                 )
-        if bool(((t < 0) | (t > self.T) | t.isnan()).any()):
-            raise ValueError(f"t must lie in [0, T] = [0, {self.T:g}], got values in "
-                             f"[{float(t.min()):g}, {float(t.max()):g}]")
+        _check_times(t, self.T)
         return t
 
     def check_eps(self, eps: float) -> float:
@@ -167,9 +176,11 @@ class SDE(ABC):
         Raises:
             ValueError: ``eps`` is not a number in ``(0, T)``.
         """
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < self.T:
-            raise ValueError(f"eps must be a number in (0, T) = (0, {self.T:g}), got {eps!r}")
-        return float(eps)
+        try:
+            return check_number("eps", eps, 0, self.T, low_open=True, high_open=True)
+        except ValueError:
+            raise ValueError(f"eps must be a number in (0, T) = (0, {self.T:g}), "
+                             f"got {eps!r}") from None
 
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
@@ -181,32 +192,97 @@ class ReverseSDE:
 
     ``sde(x, t)`` returns the drift ``f(t) x - g(t)^2 score(x, t)`` and diffusion ``g(t)`` of the
     reverse SDE, or, for the probability-flow ODE, the drift ``f(t) x - g(t)^2 score(x, t) / 2``
-    and zero diffusion. Time runs from ``T`` down to 0: a step of size ``dt < 0`` moves
-    ``x += drift * dt``.
+    and zero diffusion; :meth:`drift` and :meth:`diffusion` give each alone. Time runs from
+    ``T`` down to 0: a step of size ``dt < 0`` moves ``x += drift * dt``. Every sampler and the
+    likelihood take their drift and diffusion from here.
+
+    The drift is ``f(t) x + c(t) score(x, t)`` with ``c = -g^2`` (``-g^2 / 2`` for the flow).
+    Asked at one number ``t`` for the whole batch, the coefficients ``(f, c, g)`` are read as
+    floats (:meth:`coeffs`): at the ``times`` given to the constructor they were evaluated once,
+    in one call of the SDE's formulas, and cost a lookup; other times cost one evaluation each.
+
+    Args:
+        forward: the forward SDE.
+        score_fn: score function ``score_fn(x, t)``.
+        probability_flow: the probability-flow ODE instead of the reverse SDE.
+        times: optional times (1D) a solver will ask for, e.g. its grid.
     """
 
-    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False,
+                 times: torch.Tensor | None = None):
         self.forward = forward
         self.score_fn = score_fn
         self.probability_flow = bool(probability_flow)
         self.T = forward.T
+        self._weight = 0.5 if self.probability_flow else 1.0
+        self._table: dict[float, tuple[float, float, float]] = {}
+        if times is not None:
+            ts = torch.as_tensor(times, dtype=torch.float64).detach().cpu().reshape(-1)
+            _check_times(ts, self.T)
+            fs, gs = forward.drift_coeff(ts).tolist(), forward.diffusion_coeff(ts).tolist()
+            self._table = {t: self._combine(f, g) for t, f, g in zip(ts.tolist(), fs, gs)}
+
+    def _combine(self, f: float, g: float) -> tuple[float, float, float]:
+        return f, -(self._weight * g**2), 0.0 if self.probability_flow else g
+
+    def coeffs(self, t: float) -> tuple[float, float, float]:
+        """``(f(t), c(t), g(t))`` as floats: drift ``f x + c score(x, t)``, diffusion ``g``.
+
+        Raises:
+            ValueError: ``t`` lies outside ``[0, T]``.
+        """
+        found = self._table.get(t)
+        if found is not None:
+            return found
+        if not 0 <= t <= self.T:
+            raise ValueError(f"t must lie in [0, T] = [0, {self.T:g}], got {t!r}")
+        t64 = torch.tensor([t], dtype=torch.float64)
+        return self._combine(float(self.forward.drift_coeff(t64)),
+                             float(self.forward.diffusion_coeff(t64)))
+
+    def drift(self, x: torch.Tensor, t: torch.Tensor | float,
+              score: torch.Tensor | None = None) -> torch.Tensor:
+        """Drift of the reverse-time process, of the shape of ``x``.
+
+        Args:
+            x: state, shape ``(B, *dims)``.
+            t: times, shape ``(B,)``, or one number for the whole batch (the solvers' fast
+                path: the coefficients are read as floats, see :meth:`coeffs`).
+            score: ``score_fn(x, t)`` if the caller has it already (it is not called then).
+        """
+        if _is_number(t):
+            f, c, _ = self.coeffs(float(t))
+            if score is None:
+                score = self.score_fn(x, time_vector(float(t), x))
+            return f * x + c * score
+        t = self.forward.check_time(t, x)
+        if score is None:
+            score = self.score_fn(x, t)
+        f, g = self.forward.drift_coeff(t), self.forward.diffusion_coeff(t)
+        c = -(self._weight * g**2)
+        return append_dims(f, x.ndim) * x + append_dims(c, x.ndim) * score
+
+    def diffusion(self, t: torch.Tensor | float) -> torch.Tensor | float:
+        """``g(t)`` of the reverse SDE (zero for the flow): a float for a number ``t``, else a
+        tensor of the shape of ``t``."""
+        if _is_number(t):
+            return self.coeffs(float(t))[2]
+        g = self.forward.diffusion_coeff(torch.as_tensor(t))
+        return torch.zeros_like(g) if self.probability_flow else g
 
     def sde(self, x: torch.Tensor, t: torch.Tensor | float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Drift (shape of ``x``) and diffusion (shape ``(B,)``) of the reverse-time process."""
+        """Drift (shape of ``x``) and diffusion (shape ``(B,)``) of the reverse-time process.
+
+        ``t``: times of shape ``(B,)`` or one number, inside ``[0, T]``.
+        """
+        if _is_number(t):
+            return self.drift(x, t), x.new_full((x.shape[0],), self.diffusion(t))
         t = self.forward.check_time(t, x)
-        drift, diffusion = self.forward.sde(x, t)
-        weight = 0.5 if self.probability_flow else 1.0
-        g2 = append_dims(diffusion**2, x.ndim)
-        drift = drift - weight * g2 * self.score_fn(x, t)
-        if self.probability_flow:
-            diffusion = torch.zeros_like(diffusion)
-        return drift, diffusion
+        return self.drift(x, t), self.diffusion(t)
 
 
-def _check_range(name: str, value: float, low: float, high: float, what: str) -> float:
-    if not (isinstance(value, (int, float)) and low < value < high):
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return float(value)
+def _is_number(t) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool)
 
 
 class VPSDE(SDE):
@@ -220,10 +296,8 @@ class VPSDE(SDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, T: float = 1.0):
         super().__init__(T)
-        self.beta_min = _check_range("beta_min", beta_min, -1e-300, math.inf, "a number >= 0")
-        self.beta_max = _check_range(
-            "beta_max", beta_max, self.beta_min, math.inf, f"a number > beta_min = {beta_min}"
-        )
+        self.beta_min = check_number("beta_min", beta_min, 0)
+        self.beta_max = check_number("beta_max", beta_max, self.beta_min, low_open=True)
 
     def config(self) -> dict:
         return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max,
@@ -293,10 +367,8 @@ class VESDE(SDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0):
         super().__init__(T)
-        self.sigma_min = _check_range("sigma_min", sigma_min, 0.0, math.inf, "a number > 0")
-        self.sigma_max = _check_range(
-            "sigma_max", sigma_max, self.sigma_min, math.inf, f"a number > sigma_min = {sigma_min}"
-        )
+        self.sigma_min = check_number("sigma_min", sigma_min, 0, low_open=True)
+        self.sigma_max = check_number("sigma_max", sigma_max, self.sigma_min, low_open=True)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     def config(self) -> dict:
@@ -335,8 +407,8 @@ class CosineVPSDE(SDE):
 
     def __init__(self, offset: float = 0.008, t_max: float = 0.9946, T: float = 1.0):
         super().__init__(T)
-        self.offset = _check_range("offset", offset, 0.0, math.inf, "a number > 0")
-        self.t_max = _check_range("t_max", t_max, 0.0, 1.0, "a number in (0, 1)")
+        self.offset = check_number("offset", offset, 0, low_open=True)
+        self.t_max = check_number("t_max", t_max, 0, 1, low_open=True, high_open=True)
         self._phi0 = self.offset / (1 + self.offset) * math.pi / 2
         self._dphi = self.t_max / self.T / (1 + self.offset) * math.pi / 2
 

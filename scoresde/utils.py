@@ -1,4 +1,8 @@
-"""Small helpers shared by every layer: broadcasting, reductions, seeding and devices."""
+"""Small helpers shared by every layer: broadcasting, reductions, times, seeding and devices.
+
+Also :class:`CountedScore`, the wrapper that counts a score function's real calls: the samplers
+and the likelihood both report ``nfe`` through it.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from typing import BinaryIO, Callable
 import numpy as np
 import torch
 
-__all__ = ["append_dims", "batch_sum", "write_atomically", "seed_everything",
-           "make_generator", "seed_from", "resolve_device"]
+__all__ = ["append_dims", "batch_sum", "time_vector", "CountedScore", "write_atomically",
+           "seed_everything", "make_generator", "seed_from", "resolve_device"]
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -33,6 +39,37 @@ def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
 def batch_sum(x: torch.Tensor) -> torch.Tensor:
     """Sum ``x`` of shape ``(B, *dims)`` over every axis but the first; returns shape ``(B,)``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)
+
+
+def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
+    """Time ``t`` as a tensor of shape ``(B,)`` in the dtype and device of ``x`` ``(B, *dims)``."""
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+class CountedScore:
+    """Wrap a score function, count its real calls in ``calls`` and check its output's shape.
+
+    Args:
+        score_fn: ``score_fn(x, t)`` with ``x`` of shape ``(B, *dims)`` and ``t`` of shape
+            ``(B,)``, returning a tensor of ``x``'s shape.
+
+    Raises:
+        TypeError: ``score_fn`` is not callable.
+        ValueError: (on a call) the score's shape differs from ``x``'s.
+    """
+
+    def __init__(self, score_fn: ScoreFn):
+        if not callable(score_fn):
+            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn)}")
+        self.score_fn, self.calls = score_fn, 0
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        out = self.score_fn(x, t)
+        if out.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape "
+                             f"{tuple(x.shape)}; it must return the score in x's shape")
+        return out
 
 
 def seed_everything(seed: int) -> None:

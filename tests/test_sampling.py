@@ -241,3 +241,42 @@ def test_bad_knobs_raise_value_error(kwargs, words):
 def test_exports():
     assert scoresde.sample is sample and scoresde.SAMPLERS is SAMPLERS
     assert isinstance(SAMPLERS, dict)
+
+
+def test_one_table_serves_samplers_grids_and_imputation():
+    from scoresde.sampling import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SOLVERS
+    assert list(SAMPLERS) == list(SOLVERS) == list(DEFAULT_GRIDS)
+    assert all(SAMPLERS[name] is row.sampler for name, row in SOLVERS.items())
+    assert all(DEFAULT_GRIDS[name] == row.grid in GRIDS for name, row in SOLVERS.items())
+    assert IMPUTATION_SOLVERS == ("em", "pc", "euler", "heun", "dpmpp_2m")
+    assert scoresde.IMPUTATION_SOLVERS is IMPUTATION_SOLVERS
+
+
+def test_predictors_and_correctors_are_step_functions_by_name():
+    assert list(PREDICTORS) == ["euler_maruyama", "reverse_diffusion", "ancestral", "none"]
+    assert list(CORRECTORS) == ["langevin", "ald", "none"]
+    assert all(callable(step) for step in [*PREDICTORS.values(), *CORRECTORS.values()])
+    assert "ancestral" in PREDICTORS and "hmc" not in CORRECTORS
+
+
+def test_euler_maruyama_is_the_reverse_sdes_drift_and_diffusion():
+    """One em step equals x + drift dt + g sqrt(-dt) z with sde.reverse's drift and diffusion."""
+    sde, mix = get_sde("subvp"), GaussianMixture.ring()
+    x = torch.randn(6, 2, dtype=torch.float64)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    ts = torch.tensor([0.6, 0.55], dtype=torch.float64)
+    out, info = sample_pc(mix.score_fn(sde), sde, x, ts, predictor="euler_maruyama",
+                          corrector="none", noise_sampler=lambda t0, t1: z)
+    drift, diffusion = sde.reverse(mix.score_fn(sde)).sde(x, ts[:1].expand(6))
+    dt = float(ts[1] - ts[0])
+    torch.testing.assert_close(out, x + drift * dt + diffusion[:, None] * math.sqrt(-dt) * z)
+    assert info["nfe"] == 1
+
+
+def test_torchsde_adaptive_reports_its_tolerances():
+    sde, mix = get_sde("vp"), GaussianMixture.ring()
+    x, info = sample(mix.score_fn(sde), sde, (32, 2), solver="torchsde", steps=10, adaptive=True,
+                     rtol=1e-2, atol=1e-2, generator=torch.Generator().manual_seed(0))
+    assert info["adaptive"] and info["rtol"] == info["atol"] == 1e-2 and info["steps"] is None
+    _, info = sample(mix.score_fn(sde), sde, (32, 2), solver="torchsde", steps=10)
+    assert not info["adaptive"] and "rtol" not in info

@@ -192,3 +192,26 @@ def test_bad_times(sde):
         sde.sde(x, torch.tensor([0.1, float("nan"), 0.2, 0.3]))
     drift, diffusion = sde.sde(x, 0.5)  # a number is broadcast over the batch
     assert drift.shape == (4, 2) and diffusion.shape == (4,)
+
+
+def test_reverse_sde_number_time_is_its_tensor_time(sde):
+    """The solvers' fast path (one number t, coefficients as floats) equals the tensor path."""
+    score = lambda x, t: -x * (1 + t[:, None])
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for flow in (False, True):
+        rev = sde.reverse(score, probability_flow=flow)
+        on_grid = sde.reverse(score, probability_flow=flow,
+                              times=torch.tensor([0.7, 0.3], dtype=torch.float64))
+        for t in (0.7, 0.3, 0.45):
+            drift, diffusion = rev.sde(x, torch.full((5,), t, dtype=torch.float64))
+            for r in (rev, on_grid):
+                fast_drift, fast_diffusion = r.sde(x, t)
+                torch.testing.assert_close(fast_drift, drift, rtol=1e-12, atol=1e-12)
+                torch.testing.assert_close(fast_diffusion, diffusion, rtol=1e-12, atol=0)
+                assert r.diffusion(t) == float(diffusion[0])
+            f, c, g = rev.coeffs(t)
+            torch.testing.assert_close(rev.drift(x, t, score=score(x, torch.full((5,), t))),
+                                       f * x + c * score(x, torch.full((5,), t)))
+        assert on_grid.coeffs(0.3) == rev.coeffs(0.3)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        rev.coeffs(sde.T + 0.5)

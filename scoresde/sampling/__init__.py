@@ -2,21 +2,24 @@
 
 Each solver is a plain function ``sampler(score_fn, sde, x, ts, *, generator=None,
 callback=None, **knobs) -> (x, info)`` taking the prior draw ``x`` at ``ts[0]`` and a
-decreasing time grid ``ts``; :data:`SAMPLERS` maps names to them and :func:`sample` draws the
-prior, builds the grid (:data:`GRIDS`), runs one and denoises.
+decreasing time grid ``ts``. :data:`SOLVERS` is the one table of them (function, default grid,
+per-step hook); :data:`SAMPLERS` maps names to the functions and :func:`sample` draws the prior,
+builds the grid (:data:`GRIDS`), runs one and denoises. Every solver takes its drift from the
+SDE's own ``sde.reverse(score_fn, probability_flow=...)``.
 """
 
-from .api import DEFAULT_GRIDS, SAMPLERS, sample
-from .common import CountedScore
+from ..utils import CountedScore
+from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, SOLVERS, Solver, sample
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
-from .impute import IMPUTATION_SOLVERS, imputation_callback, impute
+from .impute import imputation_callback, impute
 from .grids import GRIDS, default_eps, sigma_of_t, time_edm, time_log_snr, time_uniform
 from .ode import sample_ode
 from .sde_solvers import CORRECTORS, PREDICTORS, sample_em, sample_pc
 from .torchsde_adapter import TORCHSDE_METHODS, sample_torchsde
 
 __all__ = [
-    "sample", "SAMPLERS", "DEFAULT_GRIDS", "GRIDS", "PREDICTORS", "CORRECTORS",
+    "sample", "SAMPLERS", "SOLVERS", "Solver", "DEFAULT_GRIDS", "GRIDS", "PREDICTORS",
+    "CORRECTORS",
     "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
     "sample_dpmpp_2m", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",

@@ -1,12 +1,18 @@
-"""``sample``: draw from the prior, build the time grid, run one solver, denoise."""
+"""The solvers' one table, and ``sample``: draw the prior, build the grid, run a solver, denoise.
+
+:data:`SOLVERS` holds one row per solver: its function, its default grid and whether it calls
+the callback after every step (a per-step hook, which imputation needs). :data:`SAMPLERS`,
+:data:`DEFAULT_GRIDS` and :data:`IMPUTATION_SOLVERS` are read from it.
+"""
 
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
+from ..checks import check_choice
 from ..sde import SDE
 from .common import Callback, CountedScore, tweedie
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
@@ -15,22 +21,36 @@ from .ode import sample_ode
 from .sde_solvers import sample_em, sample_pc
 from .torchsde_adapter import sample_torchsde
 
-__all__ = ["SAMPLERS", "DEFAULT_GRIDS", "sample"]
+__all__ = ["Solver", "SOLVERS", "SAMPLERS", "DEFAULT_GRIDS", "IMPUTATION_SOLVERS", "sample"]
 
-SAMPLERS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
-    "em": sample_em,
-    "pc": sample_pc,
-    "ode": sample_ode,
-    "torchsde": sample_torchsde,
-    "euler": sample_euler,
-    "heun": sample_heun,
-    "dpmpp_2m": sample_dpmpp_2m,
+
+class Solver(NamedTuple):
+    """One solver: ``sampler(score_fn, sde, x, ts, *, generator, callback, **knobs) -> (x, info)``,
+    the name of its default grid (a key of :data:`GRIDS`) and whether it calls ``callback``
+    after every step of the grid (``False``: once, at the end)."""
+
+    sampler: Callable[..., tuple[torch.Tensor, dict]]
+    grid: str
+    per_step_hook: bool
+
+
+# The paper's uniform t for the SDE solvers, EDM's rho-schedule for the few-step ODE solvers
+# (``ode`` only uses the grid's ends). ``ode`` and ``torchsde`` integrate in one library call.
+SOLVERS: dict[str, Solver] = {
+    "em": Solver(sample_em, "uniform", True),
+    "pc": Solver(sample_pc, "uniform", True),
+    "ode": Solver(sample_ode, "uniform", False),
+    "torchsde": Solver(sample_torchsde, "uniform", False),
+    "euler": Solver(sample_euler, "edm", True),
+    "heun": Solver(sample_heun, "edm", True),
+    "dpmpp_2m": Solver(sample_dpmpp_2m, "edm", True),
 }
 
-# The grid each solver uses unless told: the paper's uniform t for the SDE solvers, EDM's
-# rho-schedule for the few-step ODE solvers (the ``ode`` solver only uses the grid's ends).
-DEFAULT_GRIDS = {"em": "uniform", "pc": "uniform", "ode": "uniform", "torchsde": "uniform",
-                 "euler": "edm", "heun": "edm", "dpmpp_2m": "edm"}
+SAMPLERS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
+    name: row.sampler for name, row in SOLVERS.items()}
+DEFAULT_GRIDS: dict[str, str] = {name: row.grid for name, row in SOLVERS.items()}
+IMPUTATION_SOLVERS: tuple[str, ...] = tuple(
+    name for name, row in SOLVERS.items() if row.per_step_hook)
 
 _COMMON = ("score_fn", "sde", "x", "ts", "generator", "callback")
 
@@ -99,8 +119,7 @@ def sample(
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE (e.g. scoresde.VPSDE()), got "
                         f"{type(sde).__name__}")
-    if solver not in SAMPLERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SAMPLERS)}")
+    check_choice("solver", solver, SAMPLERS)
     accepted = _solver_knobs(solver)
     unknown = sorted(set(knobs) - set(accepted))
     if unknown:
@@ -108,9 +127,7 @@ def sample(
                          f"it accepts {', '.join(accepted) or 'none'}")
     check_steps(steps)
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
-    grid = DEFAULT_GRIDS[solver] if grid is None else grid
-    if grid not in GRIDS:
-        raise ValueError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
+    grid = DEFAULT_GRIDS[solver] if grid is None else check_choice("grid", grid, GRIDS)
     if device is None and generator is not None:
         device = generator.device
     ts = get_grid(sde, grid, steps, eps, rho=rho, sigma_max=sigma_max, sigma_min=sigma_min)

@@ -1,4 +1,7 @@
-"""Pieces every sampler shares: counting score calls, the grid's coefficients, noise, callbacks.
+"""Pieces every sampler shares: the grid's coefficients, noise, callbacks, Tweedie's estimate.
+
+:class:`CountedScore` and :func:`time_vector` live in :mod:`scoresde.utils` (the likelihood
+uses them too) and are re-exported here.
 
 The callback contract (all fixed-grid samplers): after step ``i`` the sampler calls
 ``callback({"i": i, "t": t_cur, "t_next": t_next, "x": x, "denoised": x0_hat})`` where ``x`` is
@@ -17,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from ..sde import SDE
+from ..utils import CountedScore, time_vector
 
 __all__ = ["CountedScore", "GridCoeffs", "Callback", "NoiseSampler", "run_callback",
            "default_noise", "tweedie", "check_grid", "time_vector"]
@@ -26,33 +30,15 @@ Callback = Callable[[dict], Optional[torch.Tensor]]
 NoiseSampler = Callable[[float, float], torch.Tensor]
 
 
-class CountedScore:
-    """Wrap a score function, count its real calls in ``calls`` and check its output's shape."""
-
-    def __init__(self, score_fn: ScoreFn):
-        if not callable(score_fn):
-            raise TypeError(f"score_fn must be callable as score_fn(x, t), got {type(score_fn)}")
-        self.score_fn, self.calls = score_fn, 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        out = self.score_fn(x, t)
-        if out.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(out.shape)} for x of shape "
-                             f"{tuple(x.shape)}; it must return the score in x's shape")
-        return out
-
-
 @dataclass
 class GridCoeffs:
-    """The SDE's coefficients on a time grid, as Python floats (cheap inside the loop).
+    """The marginals' coefficients on a time grid, as Python floats (cheap inside the loop).
 
-    ``t``, ``f``, ``g``, ``m``, ``s`` are lists of length ``steps + 1``; ``sigma = s / m``.
+    ``t``, ``m``, ``s`` are lists of length ``steps + 1``; ``sigma = s / m``. (The drift and
+    diffusion come from the reverse-time SDE, ``sde.reverse(score_fn, times=ts)``.)
     """
 
     t: list
-    f: list
-    g: list
     m: list
     s: list
     sigma: list
@@ -61,8 +47,7 @@ class GridCoeffs:
     def build(cls, sde: SDE, ts: torch.Tensor) -> "GridCoeffs":
         ts = ts.detach().to("cpu", torch.float64)
         m, s = sde.marginal_coeffs(ts)
-        return cls(ts.tolist(), sde.drift_coeff(ts).tolist(), sde.diffusion_coeff(ts).tolist(),
-                   m.tolist(), s.tolist(), (s / m).tolist())
+        return cls(ts.tolist(), m.tolist(), s.tolist(), (s / m).tolist())
 
     def transition(self, i: int) -> tuple[float, float]:
         """``(a, b^2)`` of the forward step from ``t[i+1]`` to ``t[i]``: ``x_i = a x_{i+1} + b z``.
@@ -95,11 +80,6 @@ def run_callback(callback: Callback | None, x: torch.Tensor, **fields) -> torch.
         raise TypeError(f"a callback may return None or a tensor of shape {tuple(x.shape)}, "
                         f"got {type(out).__name__}")
     return out
-
-
-def time_vector(t: float, x: torch.Tensor) -> torch.Tensor:
-    """Time ``t`` as a tensor of shape ``(B,)`` in ``x``'s dtype and device."""
-    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
 def tweedie(score_fn: ScoreFn, x: torch.Tensor, t: float, m: float, s: float) -> torch.Tensor:

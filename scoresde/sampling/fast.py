@@ -83,8 +83,10 @@ def _dpmpp_2m_step(denoise, y, c, i, state):
     return (sig_next / sig_cur) * y - math.expm1(-h) * x0_eff, x0_hat
 
 
-def _doc(name: str, order: str, calls: str) -> str:
-    return f"""{name} on the probability-flow ODE ({order}, {calls}).
+def sample_euler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
+                 generator: torch.Generator | None = None,
+                 callback: Callback | None = None) -> tuple[torch.Tensor, dict]:
+    """Euler (DDIM) in sigma on the probability-flow ODE: first order, one score call a step.
 
     Args:
         score_fn: score function ``score_fn(x, t)``.
@@ -98,28 +100,29 @@ def _doc(name: str, order: str, calls: str) -> str:
         ``(x, info)``: the state at ``ts[-1]`` (shape of ``x``) and ``info`` with ``nfe``,
         ``grid`` and ``steps``.
     """
-
-
-def sample_euler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
-                 generator: torch.Generator | None = None,
-                 callback: Callback | None = None) -> tuple[torch.Tensor, dict]:
     return _run(_euler_step, score_fn, sde, x, ts, callback)
 
 
 def sample_heun(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
                 generator: torch.Generator | None = None,
                 callback: Callback | None = None) -> tuple[torch.Tensor, dict]:
+    """EDM's Heun method on the probability-flow ODE: second order, two score calls a step.
+
+    Karras et al. (2022), Algorithm 1, in ``sigma`` on any decreasing time grid.
+
+    Arguments and returns as :func:`sample_euler`.
+    """
     return _run(_heun_step, score_fn, sde, x, ts, callback)
 
 
 def sample_dpmpp_2m(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
                     generator: torch.Generator | None = None,
                     callback: Callback | None = None) -> tuple[torch.Tensor, dict]:
+    """DPM-Solver++(2M) on the probability-flow ODE: second order multistep, one call a step.
+
+    Lu et al. (2022), Algorithm 2, in ``lambda = -log sigma`` on any decreasing time grid.
+
+    Arguments and returns as :func:`sample_euler`.
+    """
     return _run(_dpmpp_2m_step, score_fn, sde, x, ts, callback)
 
-
-sample_euler.__doc__ = _doc("Euler (DDIM) in sigma", "first order", "one score call a step")
-sample_heun.__doc__ = _doc("EDM's Heun method (Karras et al. 2022, Algorithm 1)", "second order",
-                           "two score calls a step")
-sample_dpmpp_2m.__doc__ = _doc("DPM-Solver++(2M) (Lu et al. 2022)", "second order multistep",
-                               "one score call a step")

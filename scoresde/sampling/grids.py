@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from ..checks import check_choice, check_int, check_number
 from ..sde import SDE
 
 __all__ = ["GRIDS", "default_eps", "check_eps", "check_steps", "time_uniform", "time_log_snr",
@@ -35,9 +36,7 @@ def default_eps(sde: SDE) -> float:
 
 def check_steps(steps: int) -> int:
     """Return ``steps`` as an int, or raise ``ValueError`` unless it is an integer >= 1."""
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    return steps
+    return check_int("steps", steps, 1)
 
 
 def check_eps(sde: SDE, eps: float) -> float:
@@ -71,8 +70,8 @@ def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
     ends = _ends(sde, steps, eps)
     sig_T, sig_eps = sigma_of_t(sde, ends).tolist()
     for name, v in (("sigma_max", sigma_max), ("sigma_min", sigma_min)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
-            raise ValueError(f"{name} must be a number > 0 or None, got {v!r}")
+        if v is not None:
+            check_number(name, v, 0, low_open=True)
     head = sigma_max is not None and sigma_max < sig_T
     tail = sigma_min is not None and sigma_min > sig_eps
     if head and tail and sigma_min >= sigma_max:
@@ -110,18 +109,15 @@ def _edm(rho: float):
     return build
 
 
-_WINDOW_DOC = """sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
-            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
-            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it."""
-
-
 def time_uniform(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = None,
                  sigma_min: float | None = None) -> torch.Tensor:
     """``steps + 1`` times evenly spaced from ``T`` to ``eps`` (Song et al. 2021).
 
     Args:
         sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
-        {window}
+        sigma_max, sigma_min: an optional window on ``sigma = s / m``: where it is
+            narrower than ``[sigma(eps), sigma(T)]``, one step jumps from ``T`` to ``sigma_max``
+            and one from ``sigma_min`` to ``eps``; the other steps are spaced inside it.
 
     Returns:
         Decreasing float64 times, shape ``(steps + 1,)``.
@@ -133,12 +129,7 @@ def time_log_snr(sde: SDE, steps: int, eps: float, *, sigma_max: float | None = 
                  sigma_min: float | None = None) -> torch.Tensor:
     """Times whose log-SNR is evenly spaced from ``lambda(T)`` to ``lambda(eps)``.
 
-    Args:
-        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
-        {window}
-
-    Returns:
-        Decreasing float64 times, shape ``(steps + 1,)``.
+    Arguments and returns as :func:`time_uniform`.
     """
     return _windowed(_log_snr, sde, steps, eps, sigma_max, sigma_min)
 
@@ -151,20 +142,14 @@ def time_edm(sde: SDE, steps: int, eps: float, rho: float = 7.0, *,
     puts more steps at low noise.
 
     Args:
-        sde, steps, eps: the SDE, the number of steps (>= 1), the last time in ``(0, T)``.
+        sde, steps, eps, sigma_max, sigma_min: as :func:`time_uniform`.
         rho: the exponent, > 0.
-        {window}
 
     Returns:
         Decreasing float64 times, shape ``(steps + 1,)``.
     """
-    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
-        raise ValueError(f"rho must be a number > 0, got {rho!r}")
+    check_number("rho", rho, 0, low_open=True)
     return _windowed(_edm(float(rho)), sde, steps, eps, sigma_max, sigma_min)
-
-
-for _f in (time_uniform, time_log_snr, time_edm):
-    _f.__doc__ = _f.__doc__.replace("{window}", _WINDOW_DOC)
 
 
 GRIDS: dict[str, Callable[..., torch.Tensor]] = {
@@ -177,8 +162,7 @@ GRIDS: dict[str, Callable[..., torch.Tensor]] = {
 def get_grid(sde: SDE, name: str, steps: int, eps: float, rho: float = 7.0,
              sigma_max: float | None = None, sigma_min: float | None = None) -> torch.Tensor:
     """Build the grid ``name`` (a key of :data:`GRIDS`); ``rho`` is used by ``edm`` only."""
-    if name not in GRIDS:
-        raise ValueError(f"unknown grid {name!r}; choose one of {', '.join(GRIDS)}")
+    check_choice("grid", name, GRIDS)
     window = dict(sigma_max=sigma_max, sigma_min=sigma_min)
     if name == "edm":
         return time_edm(sde, steps, eps, rho=rho, **window)

@@ -6,9 +6,10 @@ entries are drawn by the reverse process alongside data that agrees with the obs
 known entries of the result are the observed values. It works for data of any shape and any
 mask, through the samplers' per-step callback.
 
-Where it applies: ``em``, ``pc`` (every predictor and corrector), ``euler``, ``heun`` and
-``dpmpp_2m``. Where it does not: ``ode`` and ``torchsde`` integrate the whole interval in one
-call to scipy or torchsde, which have no hook between steps to replace the known entries.
+Where it applies: the solvers with a per-step hook in :data:`~scoresde.sampling.api.SOLVERS`,
+:data:`IMPUTATION_SOLVERS` (``em``, ``pc`` with every predictor and corrector, ``euler``,
+``heun``, ``dpmpp_2m``). Where it does not: ``ode`` and ``torchsde`` integrate the whole interval
+in one call to scipy or torchsde, which have no hook between steps to replace the known entries.
 
 The replacement method is an approximation: the unknown entries follow the joint score at a
 freshly noised copy of the known ones, not the exact conditional score, so a residual bias
@@ -23,12 +24,10 @@ from typing import Callable
 import torch
 
 from ..sde import SDE
-from .api import sample
+from .api import IMPUTATION_SOLVERS, sample
 from .common import Callback
 
 __all__ = ["impute", "imputation_callback", "IMPUTATION_SOLVERS"]
-
-IMPUTATION_SOLVERS = ("em", "pc", "euler", "heun", "dpmpp_2m")
 
 
 def _check_mask(mask, values: torch.Tensor) -> torch.Tensor:

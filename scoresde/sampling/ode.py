@@ -1,4 +1,8 @@
-"""The probability-flow ODE solved by scipy's adaptive Runge-Kutta methods (Song et al. 2021)."""
+"""The probability-flow ODE solved by scipy's adaptive Runge-Kutta methods (Song et al. 2021).
+
+The drift is ``sde.reverse(score_fn, probability_flow=True)``'s, handed to the one scipy adapter
+(:mod:`scoresde.scipy_ode`).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ from typing import Callable
 import torch
 
 from ..sde import SDE
+from ..scipy_ode import solve_ode
 from .common import Callback, CountedScore, check_grid, run_callback
-from .scipy_ode import solve_ode
 
 __all__ = ["sample_ode"]
 
@@ -47,12 +51,10 @@ def sample_ode(
     ts = check_grid(sde, ts)
     t_start, t_end = float(ts[0]), float(ts[-1])
     counted = CountedScore(score_fn)
+    flow = sde.reverse(counted, probability_flow=True)
 
     def drift(t: float, x_t: torch.Tensor) -> torch.Tensor:
-        t_vec = torch.full((x_t.shape[0],), t, dtype=x_t.dtype, device=x_t.device)
-        t64 = torch.tensor([t], dtype=torch.float64)
-        f, g = float(sde.drift_coeff(t64)), float(sde.diffusion_coeff(t64))
-        return f * x_t - 0.5 * g**2 * counted(x_t, t_vec)
+        return flow.drift(x_t, t)
 
     x, info = solve_ode(drift, x, t_start, t_end, method=method, rtol=rtol, atol=atol)
     x = run_callback(callback, x, i=0, t=t_start, t_next=t_end, denoised=None)

@@ -6,8 +6,11 @@ runs from ``T`` down to ``eps``; step ``i`` goes from ``t_cur = ts[i]`` to ``t_n
 With ``a = m(t_cur) / m(t_next)`` and ``b^2 = s(t_cur)^2 - a^2 s(t_next)^2`` the forward
 transition ``x_cur = a x_next + b z`` is exact for the SDE.
 
+:data:`PREDICTORS` and :data:`CORRECTORS` map names to one step each.
+
 Predictors (one score call each, none for ``none``):
-    ``euler_maruyama``: ``x += (f x - g^2 score) dt + g sqrt(-dt) z`` with ``dt < 0``.
+    ``euler_maruyama``: ``x += drift dt + g sqrt(-dt) z`` with ``dt < 0``, the drift
+        ``f x - g^2 score`` and diffusion ``g`` of ``sde.reverse(score_fn)``.
     ``reverse_diffusion``: the forward transition reversed, ``x = (2 - a) x + b^2 score + b z``
         (score_sde's ReverseDiffusionPredictor, with the exact ``a, b``).
     ``ancestral``: a draw from the Gaussian posterior ``q(x_next | x_cur, x0_hat)`` of the
@@ -24,58 +27,102 @@ Correctors (``corrector_steps`` score calls each, at ``t_cur`` before the predic
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
-from ..sde import SDE
+from ..checks import check_choice, check_int, check_number
+from ..sde import SDE, ReverseSDE
 from .common import (Callback, CountedScore, GridCoeffs, NoiseSampler, check_grid, default_noise,
                      run_callback, time_vector)
 
 __all__ = ["sample_em", "sample_pc", "PREDICTORS", "CORRECTORS"]
 
-PREDICTORS = ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
-CORRECTORS = ("langevin", "ald", "none")
+
+class _Step(NamedTuple):
+    """What every predictor and corrector step reads: the score, the reverse SDE, the grid."""
+
+    score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    reverse: ReverseSDE
+    c: GridCoeffs
+    noise: NoiseSampler
+    generator: torch.Generator | None
 
 
-def _predict(name, score_fn, x, c: GridCoeffs, i, noise):
-    """One predictor step from ``c.t[i]`` to ``c.t[i+1]``; returns ``(x, x_mean, x0_hat)``."""
-    if name == "none":
-        return x, x, None
-    t_cur, t_next = c.t[i], c.t[i + 1]
-    score = score_fn(x, time_vector(t_cur, x))
-    z = noise(t_cur, t_next)
-    if name == "euler_maruyama":
-        dt = t_next - t_cur  # x_mean = x + (f x - g^2 score) dt, in two fused kernels
-        x_mean = torch.add(x * (1 + c.f[i] * dt), score, alpha=-c.g[i] ** 2 * dt)
-        return torch.add(x_mean, z, alpha=c.g[i] * math.sqrt(-dt)), x_mean, None
+# ----- predictors: one step from c.t[i] to c.t[i+1], returning (x, x_mean, x0_hat) ------------
+def _no_predictor(p: _Step, x, i):
+    return x, x, None
+
+
+def _euler_maruyama(p: _Step, x, i):
+    t_cur, t_next = p.c.t[i], p.c.t[i + 1]
+    dt = t_next - t_cur  # < 0: the reverse SDE runs down in t
+    x_mean = torch.add(x, p.reverse.drift(x, t_cur), alpha=dt)
+    z = p.noise(t_cur, t_next)
+    return torch.add(x_mean, z, alpha=p.reverse.diffusion(t_cur) * math.sqrt(-dt)), x_mean, None
+
+
+def _reverse_diffusion(p: _Step, x, i):
+    score = p.score_fn(x, time_vector(p.c.t[i], x))
+    z = p.noise(p.c.t[i], p.c.t[i + 1])
+    a, b2 = p.c.transition(i)
+    x_mean = torch.add(x * (2 - a), score, alpha=b2)
+    return torch.add(x_mean, z, alpha=math.sqrt(b2)), x_mean, None
+
+
+def _ancestral(p: _Step, x, i):
+    c = p.c
+    score = p.score_fn(x, time_vector(c.t[i], x))
+    z = p.noise(c.t[i], c.t[i + 1])
     a, b2 = c.transition(i)
-    if name == "reverse_diffusion":
-        x_mean = torch.add(x * (2 - a), score, alpha=b2)
-        return torch.add(x_mean, z, alpha=math.sqrt(b2)), x_mean, None
-    # ancestral: the forward process's posterior given Tweedie's estimate of x0.
+    # The forward process's posterior given Tweedie's estimate of x0.
     x_mean = (x + b2 * score) / a
     x0_hat = (x + c.s[i] ** 2 * score) / c.m[i]
     return x_mean + c.s[i + 1] * math.sqrt(b2) / c.s[i] * z, x_mean, x0_hat
 
 
-def _correct(name, score_fn, x, c: GridCoeffs, i, snr, n_steps, generator):
-    """``n_steps`` Langevin steps at ``c.t[i]`` targeting ``p_{t_cur}``; returns ``x``."""
-    if name == "none":
-        return x
-    alpha = c.transition(i)[0] ** 2
-    t = time_vector(c.t[i], x)
-    for _ in range(n_steps):
-        grad = score_fn(x, t)
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        if name == "langevin":
-            grad_norm = grad.reshape(len(x), -1).norm(dim=-1).mean()
-            noise_norm = z.reshape(len(x), -1).norm(dim=-1).mean()
-            step = 2 * alpha * (snr * noise_norm / grad_norm) ** 2
-        else:
-            step = 2 * alpha * (snr * c.s[i]) ** 2
-        x = x + step * grad + (2 * step) ** 0.5 * z
+PREDICTORS: dict[str, Callable[..., tuple]] = {
+    "euler_maruyama": _euler_maruyama,
+    "reverse_diffusion": _reverse_diffusion,
+    "ancestral": _ancestral,
+    "none": _no_predictor,
+}
+
+
+# ----- correctors: one Langevin step at c.t[i] targeting p_{t_cur}, returning x --------------
+def _no_corrector(p: _Step, x, i, snr):
     return x
+
+
+def _langevin_move(p: _Step, x, i, step_size):
+    """``x + eps grad + sqrt(2 eps) z`` with ``eps = step_size(grad, z)`` at ``c.t[i]``."""
+    grad = p.score_fn(x, time_vector(p.c.t[i], x))
+    z = torch.randn(x.shape, generator=p.generator, device=x.device, dtype=x.dtype)
+    step = step_size(grad, z)
+    return x + step * grad + (2 * step) ** 0.5 * z
+
+
+def _langevin(p: _Step, x, i, snr):
+    alpha = p.c.transition(i)[0] ** 2
+
+    def step_size(grad, z):
+        grad_norm = grad.reshape(len(x), -1).norm(dim=-1).mean()
+        noise_norm = z.reshape(len(x), -1).norm(dim=-1).mean()
+        return 2 * alpha * (snr * noise_norm / grad_norm) ** 2
+
+    return _langevin_move(p, x, i, step_size)
+
+
+def _ald(p: _Step, x, i, snr):
+    step = 2 * p.c.transition(i)[0] ** 2 * (snr * p.c.s[i]) ** 2
+    return _langevin_move(p, x, i, lambda grad, z: step)
+
+
+CORRECTORS: dict[str, Callable[..., torch.Tensor]] = {
+    "langevin": _langevin,
+    "ald": _ald,
+    "none": _no_corrector,
+}
 
 
 def sample_pc(
@@ -113,24 +160,22 @@ def sample_pc(
         ``(x, info)``: the state at ``ts[-1]`` (shape of ``x``; the noise of the last step is
         kept, denoising is the caller's) and ``info`` with ``nfe`` and ``grid``.
     """
-    if predictor not in PREDICTORS:
-        raise ValueError(f"unknown predictor {predictor!r}; choose one of {', '.join(PREDICTORS)}")
-    if corrector not in CORRECTORS:
-        raise ValueError(f"unknown corrector {corrector!r}; choose one of {', '.join(CORRECTORS)}")
+    predict = PREDICTORS[check_choice("predictor", predictor, PREDICTORS)]
+    correct = CORRECTORS[check_choice("corrector", corrector, CORRECTORS)]
     if predictor == "none" and corrector == "none":
         raise ValueError("predictor and corrector cannot both be 'none'")
-    if isinstance(snr, bool) or not isinstance(snr, (int, float)) or not snr > 0:
-        raise ValueError(f"snr must be a number > 0, got {snr!r}")
-    if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) \
-            or corrector_steps < 1:
-        raise ValueError(f"corrector_steps must be an integer >= 1, got {corrector_steps!r}")
-    c = GridCoeffs.build(sde, check_grid(sde, ts))
+    snr = check_number("snr", snr, 0, low_open=True)
+    corrector_steps = check_int("corrector_steps", corrector_steps, 1)
+    ts = check_grid(sde, ts)
+    c = GridCoeffs.build(sde, ts)
     counted = CountedScore(score_fn)
-    noise = noise_sampler or default_noise(x, generator)
+    p = _Step(counted, sde.reverse(counted, times=ts), c,
+              noise_sampler or default_noise(x, generator), generator)
     with torch.no_grad():
         for i in range(len(c.t) - 1):
-            x = _correct(corrector, counted, x, c, i, snr, corrector_steps, generator)
-            x, _, x0_hat = _predict(predictor, counted, x, c, i, noise)
+            for _ in range(corrector_steps):
+                x = correct(p, x, i, snr)  # Langevin steps at t_cur, then the predictor
+            x, _, x0_hat = predict(p, x, i)
             x = run_callback(callback, x, i=i, t=c.t[i], t_next=c.t[i + 1], denoised=x0_hat)
     return x, {"nfe": counted.calls, "grid": torch.tensor(c.t, dtype=torch.float64),
                "steps": len(c.t) - 1, "predictor": predictor, "corrector": corrector}

@@ -1,10 +1,11 @@
 """The one adapter to ``torchsde``: the reverse-time SDE through ``torchsde.sdeint``.
 
 torchsde integrates forward in its time, so time is reversed once, here: ``tau = T_start - t``
-runs from 0 to ``T_start - eps`` and the reverse SDE ``dx = -(f x - g^2 score) dtau + g dW``
-is handed to torchsde as a diagonal-noise SDE on the flattened state ``(B, D)``. Its noise is
-additive (``g`` depends on time only), so the Ito and Stratonovich readings are the same
-process and every method applies: ``reversible_heun`` gets the Stratonovich label it needs.
+runs from 0 to ``T_start - eps`` and the reverse SDE of ``sde.reverse(score_fn)``,
+``dx = -drift(x, t) dtau + g dW``, is handed to torchsde as a diagonal-noise SDE on the
+flattened state ``(B, D)``. Its noise is additive (``g`` depends on time only), so the Ito and
+Stratonovich readings are the same process and every method applies: ``reversible_heun`` gets
+the Stratonovich label it needs.
 
 The Brownian motion is a ``torchsde.BrownianInterval`` told the step size (``dt``), with an
 unbounded cache and space-time Levy area only for ``srk``: queried at increasing, known times
@@ -18,7 +19,8 @@ from typing import Callable
 import torch
 import torchsde
 
-from ..sde import SDE
+from ..checks import check_choice, check_number
+from ..sde import SDE, ReverseSDE
 from ..utils import seed_from
 from .common import Callback, CountedScore, check_grid, run_callback
 
@@ -28,29 +30,28 @@ TORCHSDE_METHODS = ("euler", "milstein", "srk", "reversible_heun")
 
 
 class _ReverseTimeSDE(torch.nn.Module):
-    """The reverse-time SDE in torchsde's forward time ``tau``, on states of shape ``(B, D)``."""
+    """``sde.reverse(score_fn)`` in torchsde's forward time ``tau``, on states of shape ``(B, D)``.
+
+    ``dx = -drift(x, t) dtau + g(t) dW`` with ``t = t_start - tau``: the reverse SDE's drift and
+    diffusion, read from :class:`~scoresde.sde.ReverseSDE`.
+    """
 
     noise_type = "diagonal"
 
-    def __init__(self, sde: SDE, score_fn, shape, t_start: float, sde_type: str):
+    def __init__(self, reverse: ReverseSDE, shape, t_start: float, sde_type: str):
         super().__init__()
-        self.forward_sde, self.score_fn, self.shape = sde, score_fn, tuple(shape)
+        self.reverse, self.shape = reverse, tuple(shape)
         self.t_start, self.sde_type = t_start, sde_type
 
-    def _time(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.tensor([max(self.t_start - float(tau), 0.0)], dtype=torch.float64)
+    def _time(self, tau: torch.Tensor) -> float:
+        return max(self.t_start - float(tau), 0.0)
 
     def f(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t = self._time(tau, y)
-        f, g = float(self.forward_sde.drift_coeff(t)), float(self.forward_sde.diffusion_coeff(t))
-        x = y.reshape(self.shape)
-        t_vec = torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device)
-        return -(f * x - g**2 * self.score_fn(x, t_vec)).reshape(y.shape)
+        return -self.reverse.drift(y.reshape(self.shape), self._time(tau)).reshape(y.shape)
 
     def g(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        g = float(self.forward_sde.diffusion_coeff(self._time(tau, y)))
         # 0 * y keeps y in the graph, so Milstein's and SRK's derivative of g (zero) is defined.
-        return 0 * y + g
+        return 0 * y + self.reverse.diffusion(self._time(tau))
 
 
 def sample_torchsde(
@@ -78,14 +79,17 @@ def sample_torchsde(
         callback: called once, at the end, with ``i = 0``.
         method: one of :data:`TORCHSDE_METHODS`.
         adaptive: torchsde's step-doubling adaptive stepping with ``rtol`` and ``atol``.
+        rtol, atol: torchsde's tolerances (its own defaults, 1e-3), used only when
+            ``adaptive=True``; fixed steps ignore them.
 
     Returns:
         ``(x, info)``: the state at ``ts[-1]`` and ``info`` with ``nfe`` (counted score calls),
-        ``steps`` (fixed steps; adaptive torchsde does not report its count) and ``method``.
+        ``steps`` (fixed steps; adaptive torchsde does not report its count), ``method``,
+        ``adaptive`` and, when adaptive, ``rtol`` and ``atol``.
     """
-    if method not in TORCHSDE_METHODS:
-        raise ValueError(f"unknown torchsde method {method!r}; choose one of "
-                         f"{', '.join(TORCHSDE_METHODS)}")
+    check_choice("torchsde method", method, TORCHSDE_METHODS)
+    rtol = check_number("rtol", rtol, 0, low_open=True)
+    atol = check_number("atol", atol, 0, low_open=True)
     ts = check_grid(sde, ts)
     steps = len(ts) - 1
     dt_grid = ts[:-1] - ts[1:]
@@ -94,7 +98,7 @@ def sample_torchsde(
     t_start, t_end = float(ts[0]), float(ts[-1])
     counted = CountedScore(score_fn)
     sde_type = "stratonovich" if method == "reversible_heun" else "ito"
-    rsde = _ReverseTimeSDE(sde, counted, x.shape, t_start, sde_type)
+    rsde = _ReverseTimeSDE(sde.reverse(counted), x.shape, t_start, sde_type)
     y0 = x.reshape(x.shape[0], -1)
     span = t_start - t_end
     taus = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
@@ -110,5 +114,8 @@ def sample_torchsde(
                              rtol=rtol, atol=atol, dt_min=span * 1e-6)
     x = run_callback(callback, ys[-1].reshape(x.shape), i=0, t=t_start, t_next=t_end,
                      denoised=None)
-    return x, {"nfe": counted.calls, "steps": None if adaptive else steps, "grid": ts,
-               "method": method, "adaptive": adaptive}
+    info = {"nfe": counted.calls, "steps": None if adaptive else steps, "grid": ts,
+            "method": method, "adaptive": adaptive}
+    if adaptive:
+        info.update(rtol=rtol, atol=atol)
+    return x, info

@@ -1,7 +1,8 @@
 """The one adapter between torch and ``scipy.integrate.solve_ivp``.
 
-The ODE sampler and the likelihood both integrate a torch right-hand side with scipy's adaptive
-solvers; this module is the only place that converts between tensors and NumPy arrays for it.
+The ODE sampler (:mod:`scoresde.sampling.ode`) and the likelihood (:mod:`scoresde.likelihood`)
+both integrate a torch right-hand side with scipy's adaptive solvers; this module, below both of
+them, is the only place that calls ``solve_ivp`` and converts between tensors and NumPy arrays.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Callable
 import numpy as np
 import torch
 from scipy.integrate import solve_ivp
+
+from .checks import check_choice, check_number
 
 __all__ = ["ODE_METHODS", "solve_ode"]
 
@@ -48,10 +51,9 @@ def solve_ode(
         ValueError: unknown method or non-positive tolerance.
         RuntimeError: scipy reports a failed integration.
     """
-    if method not in ODE_METHODS:
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(ODE_METHODS)}")
-    if not (rtol > 0 and atol > 0):
-        raise ValueError(f"rtol and atol must be > 0, got rtol={rtol!r}, atol={atol!r}")
+    check_choice("ODE method", method, ODE_METHODS)
+    rtol = check_number("rtol", rtol, 0, low_open=True)
+    atol = check_number("atol", atol, 0, low_open=True)
     shape, dtype, device = y0.shape, y0.dtype, y0.device
 
     def rhs(t: float, y: np.ndarray) -> np.ndarray:
