@@ -258,6 +258,40 @@ class GaussianMixture:
         return cls(means, covs, weights)
 
     @classmethod
+    def unseen(cls, seed: int, dim: int = 2, narrow: bool = False) -> "GaussianMixture":
+        """A mixture nobody tuned for: its scale, size and component widths drawn from ``seed``.
+
+        The scale ``c`` is log-uniform in ``[0.5, 5]``; 2 to 6 components have means
+        ``c N(0, I)``, randomly rotated axes with standard deviations ``c`` times a log-uniform
+        draw in ``[0.05, 0.4]``, and weights uniform in ``[0.5, 1.5]`` before normalising. With
+        ``narrow=True`` the first component's first axis is squeezed to ``c`` times a
+        log-uniform draw in ``[0.002, 0.01]``: a scale far below the others', as in
+        :meth:`narrow`. Samplers and training are tested on these, not only on the presets.
+
+        Args:
+            seed: drives every draw; the same seed gives the same mixture.
+            dim: the dimension of the data.
+            narrow: give one component a very narrow axis.
+        """
+        gen = torch.Generator().manual_seed(check_int("seed", seed))
+        dim = check_int("dim", dim, 1)
+
+        def log_uniform(lo: float, hi: float, *shape: int) -> torch.Tensor:
+            u = torch.rand(shape, generator=gen, dtype=torch.float64)
+            return torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+
+        scale = float(log_uniform(0.5, 5.0, 1))
+        k = int(torch.randint(2, 7, (1,), generator=gen))
+        means = scale * torch.randn(k, dim, generator=gen, dtype=torch.float64)
+        stds = scale * log_uniform(0.05, 0.4, k, dim)
+        if narrow:
+            stds[0, 0] = scale * float(log_uniform(0.002, 0.01, 1))
+        rot, _ = torch.linalg.qr(torch.randn(k, dim, dim, generator=gen, dtype=torch.float64))
+        covs = rot @ torch.diag_embed(stds**2) @ rot.transpose(1, 2)
+        weights = 0.5 + torch.rand(k, generator=gen, dtype=torch.float64)
+        return cls(means, covs, weights)
+
+    @classmethod
     def standard_normal(cls, dim: int) -> "GaussianMixture":
         """The standard Gaussian ``N(0, I)`` in ``dim`` dimensions, as a one-component mixture."""
         return cls(torch.zeros(1, dim), torch.eye(dim, dtype=torch.float64)[None])

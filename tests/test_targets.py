@@ -163,3 +163,21 @@ def test_condition_matches_bayes_on_a_grid():
                                rtol=1e-6)
     with pytest.raises(ValueError, match="at least one coordinate"):
         mixture.condition(torch.tensor([True, True]), values)
+
+
+def test_unseen_mixtures_are_reproducible_and_span_scales_and_widths():
+    a, b = GaussianMixture.unseen(3, narrow=True), GaussianMixture.unseen(3, narrow=True)
+    assert torch.equal(a.means, b.means) and torch.equal(a.covs, b.covs)
+    scales, narrowest = [], []
+    for seed in range(20):
+        mix = GaussianMixture.unseen(seed, narrow=True)
+        assert 2 <= len(mix.weights) <= 6 and mix.means.shape[1] == 2
+        assert abs(float(mix.weights.sum()) - 1) < 1e-12
+        std = torch.linalg.eigvalsh(mix.covs).clamp_min(0).sqrt()  # (k, 2) axis stds
+        scale = float(std.max())
+        scales.append(scale)
+        narrowest.append(float(std.min()) / scale)
+    # Scales over about a decade; the narrow axis at least ten times below the widest one.
+    assert max(scales) / min(scales) > 5
+    assert max(narrowest) < 0.1
+    assert GaussianMixture.unseen(0, dim=5).means.shape[1] == 5
