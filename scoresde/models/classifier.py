@@ -16,7 +16,8 @@ from torch import nn
 
 from ..checks import check_int
 from ..utils import append_dims
-from .mlp import InputFeatures, TimeFeatures, _Block
+from .mlp import (DEPTH, HIDDEN, INPUT_SCALE, TIME_DIM, TIME_FEATURES, TIME_SCALE,
+                  InputFeatures, TimeFeatures, _Block, conditioning)
 from .score_model import Preconditioned
 from .unet import _Attention, _ResBlock, _norm
 
@@ -30,9 +31,10 @@ class ClassifierMLP(nn.Module):
     residual stream to ``num_classes`` logits.
     """
 
-    def __init__(self, event_shape=(2,), num_classes: int = 2, hidden: int = 128, depth: int = 3,
-                 time_dim: int = 64, time_features: str = "fourier", time_scale: float = 4.0,
-                 input_features: int = 0, input_scale: float = 0.3):
+    def __init__(self, event_shape=(2,), num_classes: int = 2, hidden: int = HIDDEN,
+                 depth: int = DEPTH, time_dim: int = TIME_DIM, time_features: str = TIME_FEATURES,
+                 time_scale: float = TIME_SCALE, input_features: int = 0,
+                 input_scale: float = INPUT_SCALE):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
         self.num_classes = check_int("a classifier's num_classes", num_classes, low=2)
@@ -53,7 +55,7 @@ class ClassifierMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of ``x`` ``(B, *event_shape)`` at noise input ``(B,)``."""
-        c = self.cond(self.time(c_noise).to(x.dtype))
+        c = conditioning(self, c_noise, None, x.dtype)
         h = self.inp(self.features(x))
         for block in self.blocks:
             h = block(h, c)
@@ -79,7 +81,7 @@ class ClassifierUNet(nn.Module):
                             ch_mult=list(ch_mult), num_res_blocks=num_res_blocks,
                             time_dim=time_dim)
         cond = 4 * ch
-        self.time = TimeFeatures(time_dim, "fourier", 4.0)
+        self.time = TimeFeatures(time_dim, TIME_FEATURES, TIME_SCALE)
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.inp = nn.Conv2d(event_shape[0], ch, 3, padding=1)
         layers, c_cur = [], ch
@@ -100,7 +102,7 @@ class ClassifierUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of images ``x`` ``(B, C, H, W)`` at noise input ``(B,)``."""
-        c = self.cond(self.time(c_noise).to(x.dtype))
+        c = conditioning(self, c_noise, None, x.dtype)
         h = self.inp(x)
         for layer in list(self.down) + list(self.mid):
             h = layer(h) if isinstance(layer, nn.Conv2d) else layer(h, c)

@@ -9,12 +9,24 @@ from torch import nn
 
 from ..checks import check_choice, check_int, check_number
 
-__all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "add_label"]
+__all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "conditioning", "HIDDEN", "DEPTH",
+           "TIME_DIM", "TIME_FEATURES", "TIME_SCALE", "INPUT_SCALE"]
+
+# The MLPs' defaults (ScoreMLP and ClassifierMLP), tuned on the 2D toys (BENCHMARKS.md,
+# "Training"): the width and blocks of the residual stream and the noise-level features.
+HIDDEN, DEPTH, TIME_DIM, TIME_FEATURES, TIME_SCALE = 128, 3, 64, "fourier", 4.0
+INPUT_SCALE = 0.3  # of the input's random Fourier features, when there are any
 
 
-def add_label(c: torch.Tensor, embedding: nn.Embedding | None,
-              y: torch.Tensor | None) -> torch.Tensor:
-    """``c + E[y]`` for labels ``y`` of shape ``(B,)``; the null label (-1) and ``y=None`` add 0."""
+def conditioning(net: nn.Module, c_noise: torch.Tensor, y: torch.Tensor | None,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """The conditioning vector ``cond(time(c_noise)) + E[y]`` of a network, shape ``(B, C)``.
+
+    ``net`` has noise-level features ``time``, an MLP ``cond`` and, when conditional, a label
+    embedding ``label``; the null label (-1) and ``y=None`` add nothing.
+    """
+    c = net.cond(net.time(c_noise).to(dtype))
+    embedding = getattr(net, "label", None)
     if embedding is None or y is None:
         return c
     keep = (y >= 0).to(c.dtype)[:, None]
@@ -113,9 +125,10 @@ class ScoreMLP(nn.Module):
             best on checkerboard of 0.2, 0.3, 0.5 and 1; BENCHMARKS.md).
     """
 
-    def __init__(self, event_shape=(2,), hidden: int = 128, depth: int = 3, time_dim: int = 64,
-                 time_features: str = "fourier", time_scale: float = 4.0, num_classes: int = 0,
-                 input_features: int = 0, input_scale: float = 0.3):
+    def __init__(self, event_shape=(2,), hidden: int = HIDDEN, depth: int = DEPTH,
+                 time_dim: int = TIME_DIM, time_features: str = TIME_FEATURES,
+                 time_scale: float = TIME_SCALE, num_classes: int = 0, input_features: int = 0,
+                 input_scale: float = INPUT_SCALE):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
         dim = math.prod(self.event_shape)
@@ -146,8 +159,7 @@ class ScoreMLP(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map ``x`` of shape ``(B, *event_shape)`` and ``c_noise`` ``(B,)`` to ``x``'s shape."""
-        c = self.cond(self.time(c_noise).to(x.dtype))
-        c = add_label(c, self.label, y)
+        c = conditioning(self, c_noise, y, x.dtype)
         h = self.inp(self.features(x))
         for block in self.blocks:
             h = block(h, c)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import TimeFeatures, add_label
+from .mlp import TIME_FEATURES, TIME_SCALE, TimeFeatures, conditioning
 
 __all__ = ["UNet"]
 
@@ -80,7 +80,7 @@ class UNet(nn.Module):
                             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                             time_dim=time_dim, num_classes=num_classes)
         cond, self.num_classes = 4 * ch, int(num_classes)
-        self.time = TimeFeatures(time_dim, "fourier", 4.0)
+        self.time = TimeFeatures(time_dim, TIME_FEATURES, TIME_SCALE)
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
         self.inp = nn.Conv2d(event_shape[0], ch, 3, padding=1)
@@ -123,8 +123,7 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map images ``x`` ``(B, C, H, W)`` and ``c_noise`` ``(B,)`` to ``(B, C, H, W)``."""
-        c = self.cond(self.time(c_noise).to(x.dtype))
-        c = add_label(c, self.label, y)
+        c = conditioning(self, c_noise, y, x.dtype)
         h = self.inp(x)
         skips = [h]
         for layer in self.down:
