@@ -8,6 +8,21 @@ score of the 2D ring, ``generator=`` against ``seeds=``.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/seeds.py           # about 2 minutes
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/seeds.py --quick   # 100 steps
+
+Measured on a shared 2-core CPU, 1000 steps (seconds):
+
+    noise       B=64 D=2   B=1000 D=2   B=64 D=784
+    generator      0.016        0.047        0.740
+    seeds          0.026        0.066        1.220
+    chunk=1        0.581       10.132        1.413
+
+    sampler     generator   seeds   (B=64)   generator   seeds   (B=1000)
+    em              0.681   0.715                1.843   1.688
+    pc (ald)        1.067   1.150                3.178   3.482
+    torchsde        1.218   1.036                2.261   1.981
+
+Adaptive torchsde (one Brownian interval per sample; not in this script): 0.38 s against
+3.21 s at B=64, 0.55 s against 9.06 s at B=256 (100 first steps, rtol = atol = 1e-2).
 """
 
 from __future__ import annotations
@@ -59,7 +74,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     steps = 100 if args.quick else 1000
-    noise_costs(steps, [(64, 2), (1000, 2), (64, 784), (1000, 784)])
+    noise_costs(steps, [(64, 2), (1000, 2), (64, 784)])
     sampler_costs(steps, (64, 1000))
 
 
