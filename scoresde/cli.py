@@ -320,6 +320,42 @@ def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
 
 
 # ----- sample -------------------------------------------------------------------------------------
+class _SeedList(click.ParamType):
+    """``0-63`` (inclusive), ``0,5,9-12``: a list of integer seeds >= 0, one per sample."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        seeds = []
+        try:
+            for part in str(value).split(","):
+                low, dash, high = part.strip().partition("-")
+                low = int(low)
+                high = int(high) if dash else low
+                if low < 0 or high < low:
+                    raise ValueError
+                seeds.extend(range(low, high + 1))
+        except ValueError:
+            self.fail(f"expected seeds as ranges 'a-b' (inclusive, 0 <= a <= b) and integers "
+                      f"joined by commas, e.g. 0-63 or 0,5,9-12; got {value!r}", param, ctx)
+        return seeds
+
+
+def _sample_count(ctx: click.Context, n, seeds, is_image: bool) -> int:
+    """The number of samples: ``--n``, the number of ``--seeds``, or the default."""
+    if seeds is None:
+        return n or (64 if is_image else 1000)
+    if n is not None and n != len(seeds):
+        raise click.BadParameter(f"--n {n} differs from the {len(seeds)} seeds of --seeds; "
+                                 "give one of them", param_hint="--n/--seeds")
+    if _explicit(ctx, "seed"):
+        raise click.BadParameter("--seed seeds the whole batch, --seeds each sample: give one",
+                                 param_hint="--seed/--seeds")
+    return len(seeds)
+
+
 _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol",
           "atol", "sigma_max", "sigma_min")
 
@@ -373,7 +409,11 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Few steps: the other steps above this sigma = s/m, one jump to eps.")
 @click.option("--no-denoise", is_flag=True, help="Skip the final Tweedie denoising step.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the one generator of the whole batch.")
+@click.option("--seeds", type=_SeedList(), default=None,
+              help="One seed per sample, e.g. 0-63 or 0,5,9-12: sample i depends only on its "
+              "seed, whatever the batch [default: --n samples from --seed].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS.npz]; the figure "
               "goes beside it as .png.")
@@ -389,8 +429,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
               "(model space), or a .npy mask (values 0).")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, out, device,
-           as_json, label, guidance, mask):
+           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
+           device, as_json, label, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -402,6 +442,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
       scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
       scoresde sample --mask known.npz --solver pc                             # imputation
+      scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
     """
     import numpy as np
     import torch
@@ -417,20 +458,21 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     knobs = {k: ctx.params[k] for k in _KNOBS if _explicit(ctx, k)}
     model, sde, config = _load_run(path, str(dev))
     is_image = bool(config.get("is_image"))
-    n = n or (64 if is_image else 1000)
+    n = _sample_count(ctx, n, seeds, is_image)
     shape = (n, *config["data_shape"])
+    randomness = ({"seeds": seeds} if seeds is not None
+                  else {"generator": make_generator(seed, dev)})
     start = time.perf_counter()
     score, labels = _conditioning(model, label, guidance, n)
     with torch.no_grad():
         if mask is not None:
             known, values = _mask_values(mask, config, n)
             x, info = impute(score, sde, values.to(dev), known.to(dev), solver=solver,
-                             steps=steps, eps=eps, grid=grid, generator=make_generator(seed, dev),
-                             denoise=not no_denoise, **knobs)
+                             steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
+                             **randomness, **knobs)
         else:
             x, info = draw(score, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
-                           generator=make_generator(seed, dev), denoise=not no_denoise,
-                           **knobs)
+                           device=dev, denoise=not no_denoise, **randomness, **knobs)
     seconds = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise RuntimeError(f"the {solver} sampler produced non-finite values; try more steps")
@@ -441,6 +483,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     arrays = dict(samples=x.numpy(), raw=raw.numpy())
     if labels is not None:
         arrays["labels"] = labels.numpy()
+    if seeds is not None:
+        arrays["seeds"] = np.asarray(seeds, dtype=np.int64)
     write_atomically(out, lambda fh: np.savez(fh, **arrays))
     fig_path = None
     if figure is not None:

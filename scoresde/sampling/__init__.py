@@ -5,17 +5,20 @@ callback=None, **knobs) -> (x, info)`` taking the prior draw ``x`` at ``ts[0]`` 
 decreasing time grid ``ts``. :data:`SOLVERS` is the one table of them (function, default grid,
 per-step hook); :data:`SAMPLERS` maps names to the functions and :func:`sample` draws the prior,
 builds the grid (:data:`GRIDS`), runs one and denoises. Every solver takes its drift from the
-SDE's own ``sde.reverse(score_fn, probability_flow=...)``.
+SDE's own ``sde.reverse(score_fn, probability_flow=...)``. ``generator`` is a
+``torch.Generator`` or a :class:`PerSampleGenerator` (``sample(..., seeds=...)``): then sample
+``i`` depends only on its own seed, whatever the batch.
 """
 
 from ..utils import CountedScore
-from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, SOLVERS, Solver, sample
+from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, SOLVERS, Solver, prior_draw, sample
+from .common import PerSampleGenerator
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
 from .impute import imputation_callback, impute
 from .grids import GRIDS, default_eps, sigma_of_t, time_edm, time_log_snr, time_uniform
 from .ode import sample_ode
 from .sde_solvers import CORRECTORS, PREDICTORS, sample_em, sample_pc
-from .torchsde_adapter import TORCHSDE_METHODS, sample_torchsde
+from .torchsde_adapter import TORCHSDE_METHODS, PerSampleBrownian, SteppedBrownian, sample_torchsde
 
 __all__ = [
     "sample", "SAMPLERS", "SOLVERS", "Solver", "DEFAULT_GRIDS", "GRIDS", "PREDICTORS",
@@ -23,4 +26,5 @@ __all__ = [
     "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
     "sample_dpmpp_2m", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
+    "PerSampleGenerator", "PerSampleBrownian", "SteppedBrownian", "prior_draw",
 ]

@@ -8,20 +8,22 @@ the callback after every step (a per-step hook, which imputation needs). :data:`
 from __future__ import annotations
 
 import inspect
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
 import torch
 
 from ..checks import check_choice
 from ..sde import SDE
-from .common import Callback, CountedScore, tweedie
+from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, resolve_generator,
+                     tweedie)
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
 from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
 from .ode import sample_ode
 from .sde_solvers import sample_em, sample_pc
 from .torchsde_adapter import sample_torchsde
 
-__all__ = ["Solver", "SOLVERS", "SAMPLERS", "DEFAULT_GRIDS", "IMPUTATION_SOLVERS", "sample"]
+__all__ = ["Solver", "SOLVERS", "SAMPLERS", "DEFAULT_GRIDS", "IMPUTATION_SOLVERS", "sample",
+           "prior_draw"]
 
 
 class Solver(NamedTuple):
@@ -61,6 +63,20 @@ def _solver_knobs(solver: str) -> tuple[str, ...]:
                  if name not in _COMMON and p.kind is not p.VAR_KEYWORD)
 
 
+def prior_draw(sde: SDE, shape, generator: Randomness, device=None, dtype=None) -> torch.Tensor:
+    """``sde.prior_sampling(shape)``; with a :class:`PerSampleGenerator`, one call per sample
+    (row ``i`` from generator ``i``), so a user's own prior is drawn per sample too.
+
+    Returns:
+        ``x_T`` of shape ``shape``.
+    """
+    if not isinstance(generator, PerSampleGenerator):
+        return sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    one = (1, *tuple(shape)[1:])
+    return torch.cat([sde.prior_sampling(one, generator=g, device=generator.device, dtype=dtype)
+                      for g in generator.generators])
+
+
 def sample(
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sde: SDE,
@@ -68,7 +84,8 @@ def sample(
     solver: str = "pc",
     steps: int = 1000,
     eps: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
+    seeds: Sequence[int] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     callback: Callback | None = None,
@@ -90,7 +107,13 @@ def sample(
         steps: steps of the time grid, >= 1 (``ode`` chooses its own steps).
         eps: the last time, in ``(0, T)``; default :func:`default_eps` (1e-3 VP-type,
             1e-5 VE-type).
-        generator: randomness for the prior draw and the solver.
+        generator: randomness for the prior draw and the solver: a ``torch.Generator`` (one
+            stream for the batch) or a :class:`PerSampleGenerator`.
+        seeds: one integer per sample (``len(seeds) == shape[0]``), instead of ``generator``:
+            sample ``i`` (its prior draw and every noise increment) then depends only on
+            ``seeds[i]``, whatever the batch size or the other seeds, given a score function
+            that treats each sample alone. Short for ``generator=PerSampleGenerator(seeds,
+            device)``.
         device, dtype: of the samples (default: the generator's device, torch's default dtype).
         callback: called after each step with a dict (see :mod:`scoresde.sampling.common`).
         denoise: finish with Tweedie's ``x0 = (x + s^2 score(x, eps)) / m`` at ``eps`` (one more
@@ -114,7 +137,9 @@ def sample(
         ``denoise`` and the solver's own entries.
 
     Raises:
-        ValueError: unknown solver, grid or knob, ``steps < 1``, ``eps`` outside ``(0, T)``.
+        ValueError: unknown solver, grid or knob, ``steps < 1``, ``eps`` outside ``(0, T)``,
+            both ``seeds`` and ``generator``, ``len(seeds) != shape[0]``.
+        TypeError: ``seeds`` is not a sequence of integers.
     """
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE (e.g. scoresde.VPSDE()), got "
@@ -128,11 +153,12 @@ def sample(
     check_steps(steps)
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
     grid = DEFAULT_GRIDS[solver] if grid is None else check_choice("grid", grid, GRIDS)
+    generator = resolve_generator(generator, seeds, shape, device)
     if device is None and generator is not None:
         device = generator.device
     ts = get_grid(sde, grid, steps, eps, rho=rho, sigma_max=sigma_max, sigma_min=sigma_min)
     counted = CountedScore(score_fn)
-    x = sde.prior_sampling(shape, generator=generator, device=device, dtype=dtype)
+    x = prior_draw(sde, shape, generator, device=device, dtype=dtype)
     x, info = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback, **knobs)
     if denoise:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))

@@ -1,5 +1,10 @@
 """Pieces every sampler shares: the grid's coefficients, noise, callbacks, Tweedie's estimate.
 
+Noise: every sampler draws its ``N(0, I)`` through :func:`randn`, from a ``torch.Generator``
+(one stream for the whole batch, so a sample's noise depends on the batch size) or from a
+:class:`PerSampleGenerator` (one stream per sample, from ``seeds``: sample ``i``'s noise depends
+only on ``seeds[i]``, whatever the batch size or the other seeds).
+
 :class:`CountedScore` and :func:`time_vector` live in :mod:`scoresde.utils` (the likelihood
 uses them too) and are re-exported here.
 
@@ -14,15 +19,18 @@ it is a score function that mixes a conditional and an unconditional score.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from ..sde import SDE
 from ..utils import CountedScore, time_vector
 
-__all__ = ["CountedScore", "GridCoeffs", "Callback", "NoiseSampler", "run_callback",
+__all__ = ["CountedScore", "GridCoeffs", "Callback", "NoiseSampler", "PerSampleGenerator",
+           "Randomness", "randn", "resolve_generator", "check_seeds", "run_callback",
            "default_noise", "tweedie", "check_grid", "time_vector"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -60,11 +68,123 @@ class GridCoeffs:
         return a, max(self.s[i] ** 2 - a**2 * self.s[i + 1] ** 2, 0.0)
 
 
-def default_noise(x: torch.Tensor, generator: torch.Generator | None) -> NoiseSampler:
+class PerSampleGenerator:
+    """One ``torch.Generator`` per sample: row ``i`` of every draw comes from ``seeds[i]`` only.
+
+    It stands wherever a sampler takes ``generator``. Each sample's generator lives on
+    ``device`` (CPU or CUDA) and fills a buffer of ``chunk`` normals at a time (or one draw's
+    worth, if larger); draws are served from the buffers in order. The buffer's size depends on
+    nothing but ``chunk``, so sample ``i``'s stream is the same in a batch of 1 or of 1000,
+    while the cost is ``B`` generator calls per ``chunk / D`` draws of ``D`` entries a sample,
+    not per draw.
+
+    Args:
+        seeds: one integer per sample, ``>= 0`` (duplicates give identical streams).
+        device: where the generators and the draws live.
+        chunk: normals drawn per generator call and sample.
+
+    Raises:
+        TypeError: ``seeds`` is not a sequence of integers.
+        ValueError: ``seeds`` is empty or holds a negative integer.
+    """
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu",
+                 chunk: int = 4096):
+        self.seeds = check_seeds(seeds)
+        self.chunk = int(chunk)
+        self.generators = []
+        for seed in self.seeds:
+            gen = torch.Generator(device=torch.device(device))
+            gen.manual_seed(seed)
+            self.generators.append(gen)
+        self.device = self.generators[0].device  # "cuda" resolved to "cuda:N"
+        self._buffers: dict[torch.dtype, torch.Tensor] = {}  # (B, n) normals not yet served
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def randn(self, shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``N(0, I)`` of ``shape = (B, *dims)``, ``B = len(seeds)``, on :attr:`device`."""
+        shape = tuple(shape)
+        if not shape or shape[0] != len(self):
+            raise ValueError(f"a draw of shape {shape} from {len(self)} per-sample generators: "
+                             f"the first axis must be {len(self)}")
+        dtype = dtype or torch.get_default_dtype()
+        per = math.prod(shape[1:])
+        buf = self._buffers.get(dtype)
+        if buf is None or buf.shape[1] < per:
+            fresh = torch.stack([torch.randn(max(self.chunk, per), generator=g, dtype=dtype,
+                                             device=self.device) for g in self.generators])
+            buf = fresh if buf is None else torch.cat([buf, fresh], dim=1)
+        self._buffers[dtype] = buf[:, per:]
+        return buf[:, :per].reshape(shape)
+
+
+def check_seeds(seeds) -> list[int]:
+    """``seeds`` as a list of Python ints after checking it is a non-empty sequence of ints >= 0.
+
+    Raises:
+        TypeError: not a sequence of integers (a bool, float or string among them included).
+        ValueError: empty, or a negative integer.
+    """
+    if isinstance(seeds, torch.Tensor):
+        seeds = seeds.tolist()
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Sequence) or not all(
+            isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in seeds):
+        raise TypeError(f"seeds must be a sequence of integers, one per sample, got "
+                        f"{seeds!r:.60}")
+    if not seeds or min(seeds) < 0:
+        raise ValueError(f"seeds must hold one integer >= 0 per sample, got {list(seeds)!r:.60}")
+    return [int(s) for s in seeds]
+
+
+Randomness = Union[torch.Generator, PerSampleGenerator, None]
+
+
+def randn(shape, generator: Randomness, *, dtype: torch.dtype | None = None,
+          device: torch.device | str | None = None) -> torch.Tensor:
+    """``N(0, I)`` of ``shape`` from a ``torch.Generator``, a :class:`PerSampleGenerator`
+    (on its own device; ``device`` must agree) or torch's global generator (``None``)."""
+    if isinstance(generator, PerSampleGenerator):
+        if device is not None and torch.device(device) != generator.device:
+            raise ValueError(f"per-sample generators on {generator.device} cannot draw on "
+                             f"{torch.device(device)}")
+        return generator.randn(shape, dtype=dtype)
+    return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+
+
+def resolve_generator(generator: Randomness, seeds: Sequence[int] | None, shape,
+                      device: torch.device | str | None = None) -> Randomness:
+    """``generator``, or a :class:`PerSampleGenerator` from ``seeds`` on ``device`` (default
+    CPU), after checking that it fits ``shape = (B, *dims)`` and ``device``.
+
+    Raises:
+        ValueError: both ``seeds`` and ``generator``; not one seed per sample; another device.
+        TypeError: ``generator`` of another type; ``seeds`` not a sequence of integers.
+    """
+    if seeds is not None:
+        if generator is not None:
+            raise ValueError("give seeds (one per sample) or generator (one for the batch), "
+                             "not both")
+        generator = PerSampleGenerator(seeds, "cpu" if device is None else device)
+    if isinstance(generator, PerSampleGenerator):
+        if len(generator) != tuple(shape)[0]:
+            raise ValueError(f"seeds must hold one integer per sample: {len(generator)} seeds "
+                             f"for shape {tuple(shape)}")
+        if device is not None and torch.empty(0, device=device).device != generator.device:
+            raise ValueError(f"device {device} differs from the per-sample generators' "
+                             f"{generator.device}")
+    elif generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or a PerSampleGenerator, got "
+                        f"{type(generator).__name__}")
+    return generator
+
+
+def default_noise(x: torch.Tensor, generator: Randomness) -> NoiseSampler:
     """A noise sampler drawing fresh ``N(0, I)`` of ``x``'s shape, dtype and device each call."""
 
     def noise(t_cur: float, t_next: float) -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return randn(x.shape, generator, dtype=x.dtype, device=x.device)
 
     return noise
 

@@ -19,13 +19,13 @@ remains where the known and unknown entries are strongly dependent at high noise
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
 from ..sde import SDE
 from .api import IMPUTATION_SOLVERS, sample
-from .common import Callback
+from .common import Callback, Randomness, randn, resolve_generator
 
 __all__ = ["impute", "imputation_callback", "IMPUTATION_SOLVERS"]
 
@@ -43,7 +43,7 @@ def _check_mask(mask, values: torch.Tensor) -> torch.Tensor:
 
 
 def imputation_callback(sde: SDE, values: torch.Tensor, mask,
-                        generator: torch.Generator | None = None,
+                        generator: Randomness = None,
                         callback: Callback | None = None) -> Callback:
     """A sampler callback that replaces the known entries by ``m(t_next) values + s(t_next) z``.
 
@@ -51,7 +51,8 @@ def imputation_callback(sde: SDE, values: torch.Tensor, mask,
         sde: the forward SDE.
         values: ``(B, *dims)``, the observed values (entries outside the mask are ignored).
         mask: booleans (or 0/1) of shape ``(B, *dims)`` or ``dims``, True where known.
-        generator: randomness for the noise ``z``.
+        generator: randomness for the noise ``z`` (a ``torch.Generator`` or a
+            :class:`~scoresde.sampling.PerSampleGenerator`).
         callback: a user callback to run after the replacement (it may return a new ``x``).
 
     Returns:
@@ -65,7 +66,7 @@ def imputation_callback(sde: SDE, values: torch.Tensor, mask,
         x = info["x"]
         t = torch.tensor([info["t_next"]], dtype=torch.float64)
         m, s = (float(v) for v in sde.marginal_coeffs(t))
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        z = randn(x.shape, generator, dtype=x.dtype, device=x.device)
         x = torch.where(known, m * values.to(x.dtype) + s * z, x)
         if callback is not None:
             out = callback({**info, "x": x})
@@ -83,8 +84,9 @@ def impute(
     solver: str = "pc",
     steps: int = 1000,
     eps: float | None = None,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
+    seeds: Sequence[int] | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, dict]:
     """Draw the unknown entries of ``values`` given the known ones (imputation, inpainting).
@@ -99,6 +101,8 @@ def impute(
         steps, eps, generator: as :func:`~scoresde.sample`.
         callback: called after each step, after the replacement (see
             :mod:`scoresde.sampling.common`).
+        seeds: one integer per sample, instead of ``generator``: sample ``i`` (its prior, its
+            solver noise and its replacement noise) depends only on ``seeds[i]``.
         **kwargs: passed to :func:`~scoresde.sample` (``denoise``, ``grid``, solver knobs).
 
     Returns:
@@ -116,9 +120,10 @@ def impute(
     if not isinstance(values, torch.Tensor) or values.ndim < 2:
         raise ValueError("values must be a tensor of shape (B, *dims)")
     known = _check_mask(mask, values)
-    replace = imputation_callback(sde, values, known, generator, callback)
     device = kwargs.pop("device", values.device)
     dtype = kwargs.pop("dtype", values.dtype)
+    generator = resolve_generator(generator, seeds, values.shape, device)
+    replace = imputation_callback(sde, values, known, generator, callback)
     x, info = sample(score_fn, sde, tuple(values.shape), solver=solver, steps=steps, eps=eps,
                      generator=generator, device=device, dtype=dtype, callback=replace, **kwargs)
     return torch.where(known, values.to(x.dtype), x), info

@@ -33,8 +33,8 @@ import torch
 
 from ..checks import check_choice, check_int, check_number
 from ..sde import SDE, ReverseSDE
-from .common import (Callback, CountedScore, GridCoeffs, NoiseSampler, check_grid, default_noise,
-                     run_callback, time_vector)
+from .common import (Callback, CountedScore, GridCoeffs, NoiseSampler, Randomness, check_grid,
+                     default_noise, randn, run_callback, time_vector)
 
 __all__ = ["sample_em", "sample_pc", "PREDICTORS", "CORRECTORS"]
 
@@ -46,7 +46,7 @@ class _Step(NamedTuple):
     reverse: ReverseSDE
     c: GridCoeffs
     noise: NoiseSampler
-    generator: torch.Generator | None
+    generator: Randomness
 
 
 # ----- predictors: one step from c.t[i] to c.t[i+1], returning (x, x_mean, x0_hat) ------------
@@ -97,7 +97,7 @@ def _no_corrector(p: _Step, x, i, snr):
 def _langevin_move(p: _Step, x, i, step_size):
     """``x + eps grad + sqrt(2 eps) z`` with ``eps = step_size(grad, z)`` at ``c.t[i]``."""
     grad = p.score_fn(x, time_vector(p.c.t[i], x))
-    z = torch.randn(x.shape, generator=p.generator, device=x.device, dtype=x.dtype)
+    z = randn(x.shape, p.generator, dtype=x.dtype, device=x.device)
     step = step_size(grad, z)
     return x + step * grad + (2 * step) ** 0.5 * z
 
@@ -131,7 +131,7 @@ def sample_pc(
     x: torch.Tensor,
     ts: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     predictor: str = "reverse_diffusion",
     corrector: str = "langevin",
@@ -146,7 +146,9 @@ def sample_pc(
         sde: the forward SDE.
         x: the prior draw at ``ts[0]``, shape ``(B, *dims)``.
         ts: decreasing times from ``T`` towards 0, shape ``(steps + 1,)``.
-        generator: randomness for the predictor's and the corrector's noise.
+        generator: randomness for the predictor's and the corrector's noise: a
+            ``torch.Generator`` or a :class:`~scoresde.sampling.PerSampleGenerator` (sample
+            ``i``'s noise from its own seed).
         callback: called after each step (see :mod:`scoresde.sampling.common`).
         predictor: one of :data:`PREDICTORS`.
         corrector: one of :data:`CORRECTORS`.
@@ -187,7 +189,7 @@ def sample_em(
     x: torch.Tensor,
     ts: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     noise_sampler: NoiseSampler | None = None,
 ) -> tuple[torch.Tensor, dict]:

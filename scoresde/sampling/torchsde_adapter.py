@@ -9,7 +9,11 @@ the Stratonovich label it needs.
 
 The Brownian motion is a ``torchsde.BrownianInterval`` told the step size (``dt``), with an
 unbounded cache and space-time Levy area only for ``srk``: queried at increasing, known times
-it then costs little per step (see ``benchmarks/samplers.py``).
+it then costs little per step (see ``benchmarks/samplers.py``). With a
+:class:`~scoresde.sampling.PerSampleGenerator` sample ``i``'s Brownian path depends only on
+its seed: on fixed steps the increments are that sample's draws (:class:`SteppedBrownian`, one
+buffered draw a step); adaptive steps, which query sub-intervals, get one ``BrownianInterval``
+per sample seeded from its generator (:class:`PerSampleBrownian`, ``B`` times the cost).
 """
 
 from __future__ import annotations
@@ -22,9 +26,10 @@ import torchsde
 from ..checks import check_choice, check_number
 from ..sde import SDE, ReverseSDE
 from ..utils import seed_from
-from .common import Callback, CountedScore, check_grid, run_callback
+from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, check_grid, randn,
+                     run_callback)
 
-__all__ = ["sample_torchsde", "TORCHSDE_METHODS"]
+__all__ = ["sample_torchsde", "TORCHSDE_METHODS", "PerSampleBrownian", "SteppedBrownian"]
 
 TORCHSDE_METHODS = ("euler", "milstein", "srk", "reversible_heun")
 
@@ -54,13 +59,122 @@ class _ReverseTimeSDE(torch.nn.Module):
         return 0 * y + self.reverse.diffusion(self._time(tau))
 
 
+class PerSampleBrownian(torchsde.BaseBrownian):
+    """A Brownian motion of shape ``(B, D)`` whose row ``i`` is the ``(1, D)`` path ``paths[i]``.
+
+    Every query (increments, and the Levy areas ``U``, ``A`` that ``srk`` asks for) goes to
+    each path and the answers are stacked, so row ``i`` is what ``paths[i]`` alone would give.
+    """
+
+    def __init__(self, paths: list):
+        self.paths = list(paths)
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        rows = [p(ta, tb, return_U=return_U, return_A=return_A) for p in self.paths]
+        if isinstance(rows[0], tuple):
+            return tuple(torch.cat(parts) for parts in zip(*rows))
+        return torch.cat(rows)
+
+    def __repr__(self) -> str:
+        return f"PerSampleBrownian({len(self.paths)} x {self.paths[0]!r})"
+
+    @property
+    def dtype(self):
+        return self.paths[0].dtype
+
+    @property
+    def device(self):
+        return self.paths[0].device
+
+    @property
+    def shape(self):
+        return torch.Size((len(self.paths), *self.paths[0].shape[1:]))
+
+    @property
+    def levy_area_approximation(self):
+        return self.paths[0].levy_area_approximation
+
+
+class SteppedBrownian(torchsde.BaseBrownian):
+    """Brownian increments on consecutive steps, drawn as they are asked for from a generator.
+
+    A query ``(ta, tb)`` must start where the last one ended (at 0 first): it gets ``W = sqrt(h)
+    z`` with ``h = tb - ta`` and, for space-time Levy area, ``U = h (W / 2 + H)`` with ``H =
+    sqrt(h / 12) z'``, independent of ``W`` (torchsde's convention). Independent Gaussian
+    increments on disjoint steps are a Brownian motion seen on the step grid, which is all a
+    fixed-step solver asks of it. With a :class:`~scoresde.sampling.PerSampleGenerator` each
+    step costs one buffered draw, where :class:`PerSampleBrownian` costs ``B`` interval queries.
+
+    Raises:
+        RuntimeError: (on a query) an interval that does not continue the last one.
+    """
+
+    def __init__(self, generator: Randomness, shape, dtype, device, levy_area_approximation):
+        self.generator, self._shape = generator, torch.Size(shape)
+        self._dtype, self._device = dtype, torch.device(device)
+        self._levy, self._t = levy_area_approximation, 0.0
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        ta, tb = (0.0, float(ta)) if tb is None else (float(ta), float(tb))
+        if ta != self._t or tb <= ta or return_A:
+            raise RuntimeError(f"SteppedBrownian serves consecutive steps without Levy area A; "
+                               f"got ({ta}, {tb}) after a step ending at {self._t}")
+        self._t, h = tb, tb - ta
+        w = h**0.5 * self._draw()
+        if not return_U:
+            return w
+        return w, h * (0.5 * w + (h / 12) ** 0.5 * self._draw())
+
+    def _draw(self) -> torch.Tensor:
+        return randn(self._shape, self.generator, dtype=self._dtype, device=self._device)
+
+    def __repr__(self) -> str:
+        return f"SteppedBrownian(shape={tuple(self._shape)}, t={self._t})"
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def levy_area_approximation(self):
+        return self._levy
+
+
+def _brownian(generator: Randomness, y0: torch.Tensor, span: float, steps: int, method: str,
+              adaptive: bool):
+    """The Brownian motion on ``[0, span]`` for states like ``y0`` ``(B, D)``: one interval
+    seeded by ``generator``; for a :class:`PerSampleGenerator`, per-sample increments on fixed
+    steps or one interval per sample for adaptive steps (which query sub-intervals)."""
+    levy = "space-time" if method == "srk" else "none"
+    if isinstance(generator, PerSampleGenerator) and not adaptive:
+        return SteppedBrownian(generator, y0.shape, y0.dtype, y0.device, levy)
+
+    def interval(size, entropy):
+        return torchsde.BrownianInterval(
+            t0=0.0, t1=span, size=size, dtype=y0.dtype, device=y0.device, entropy=entropy,
+            dt=span / steps, cache_size=None, levy_area_approximation=levy)
+
+    if isinstance(generator, PerSampleGenerator):
+        one = (1, *y0.shape[1:])
+        return PerSampleBrownian([interval(one, seed_from(g)) for g in generator.generators])
+    return interval(y0.shape, seed_from(generator))  # on the generator's device (CUDA too)
+
+
 def sample_torchsde(
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     sde: SDE,
     x: torch.Tensor,
     ts: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: Randomness = None,
     callback: Callback | None = None,
     method: str = "euler",
     adaptive: bool = False,
@@ -75,7 +189,10 @@ def sample_torchsde(
         x: the prior draw at ``ts[0]``, shape ``(B, *dims)``.
         ts: evenly spaced decreasing times (torchsde steps with a fixed ``dt``); with
             ``adaptive=True`` the spacing is the first step size.
-        generator: seeds the Brownian motion (one integer drawn from it).
+        generator: seeds the Brownian motion (one integer drawn from it); a
+            :class:`~scoresde.sampling.PerSampleGenerator` seeds one path per sample (with
+            ``adaptive=True`` the steps are still chosen for the whole batch, so a sample's
+            result depends on the batch up to the tolerances).
         callback: called once, at the end, with ``i = 0``.
         method: one of :data:`TORCHSDE_METHODS`.
         adaptive: torchsde's step-doubling adaptive stepping with ``rtol`` and ``atol``.
@@ -102,11 +219,7 @@ def sample_torchsde(
     y0 = x.reshape(x.shape[0], -1)
     span = t_start - t_end
     taus = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-    entropy = seed_from(generator)  # on the generator's device (CUDA too)
-    bm = torchsde.BrownianInterval(
-        t0=0.0, t1=span, size=y0.shape, dtype=y0.dtype, device=y0.device, entropy=entropy,
-        dt=span / steps, cache_size=None,
-        levy_area_approximation="space-time" if method == "srk" else "none")
+    bm = _brownian(generator, y0, span, steps, method, adaptive)
     # A step a hair longer than span / steps: the last step is clipped to the end, not split.
     dt = span / steps * (1 + 1e-6)
     with torch.no_grad():
