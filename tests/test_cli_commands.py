@@ -29,12 +29,6 @@ def workdir(tmp_path_factory):
         yield path
 
 
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
-
-
 def _only_run(root):
     runs = sorted(p for p in (root / "runs").iterdir() if not p.name.startswith("."))
     return runs
@@ -71,13 +65,13 @@ def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
 
 def test_sample_few_step_window(in_workdir):
     result = invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
-                     "--sigma-max", 5, "--sigma-min", 0.01, "--n", 16, "--json",
-                     "--out", in_workdir / "window.npz")
+                    "--sigma-max", 5, "--sigma-min", 0.01, "--n", 16, "--json",
+                    "--out", in_workdir / "window.npz")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["nfe"] == 10  # 9 steps and the final denoising call
     # The window changes the grid: the samples differ from the plain log-SNR grid's.
     plain = invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
-                    "--n", 16, "--out", in_workdir / "plain.npz")
+                   "--n", 16, "--out", in_workdir / "plain.npz")
     assert plain.exit_code == 0, plain.output
     a = np.load(in_workdir / "window.npz")["samples"]
     b = np.load(in_workdir / "plain.npz")["samples"]

@@ -59,6 +59,7 @@ def test_predictor_corrector_pairs(predictor, corrector, ring):
     assert info["nfe"] == 200 * calls_per_step + 1
 
 
+@pytest.mark.slow  # four torchsde methods, one on 1000 paths
 def test_torchsde_methods(ring):
     sde = get_sde("vp")
     score = ring[0].score_fn(sde)
