@@ -1,24 +1,21 @@
 """The scoresde command: the group itself."""
 
-import subprocess
-import sys
-
-from click.testing import CliRunner
+import pytest
 
 import scoresde
-from scoresde.cli import main
+
+from problems import invoke, run_python
 
 
 def test_version_and_help():
-    runner = CliRunner()
-    result = runner.invoke(main, ["--version"])
+    result = invoke("--version")
     assert result.exit_code == 0 and scoresde.__version__ in result.output
-    result = runner.invoke(main, ["--help"])
+    result = invoke("--help")
     assert result.exit_code == 0 and "Score-based generative modelling" in result.output
 
 
+@pytest.mark.slow
 def test_runs_as_a_real_process():
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "--version"], capture_output=True,
-                          text=True, timeout=120)
+    proc = run_python("-m", "scoresde", "--version")
     assert proc.returncode == 0, proc.stderr
     assert scoresde.__version__ in proc.stdout

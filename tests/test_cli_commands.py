@@ -6,47 +6,27 @@ messages), not model quality, which the training and sampler tests cover.
 
 import json
 import os
-import subprocess
-import sys
+import shlex
+import shutil
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 
-import scoresde
+from scoresde import train
 from scoresde.cli import main
+from scoresde.runs import load_checkpoint
 
-pytestmark = pytest.mark.skipif(
-    not (hasattr(scoresde, "train") and hasattr(scoresde, "SAMPLERS")),
-    reason="needs the training (issue 5) and sampler (issue 4) modules on this branch")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from problems import ROOT, TINY, Interrupt, folder_with_a_run, invoke, run_python, stop_at
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder with one tiny trained run under ./runs, shared by the tests of this module."""
-    path = tmp_path_factory.mktemp("cli")
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        result = _invoke("train", "--sde", "vp", "--steps", 20, "--batch-size", 64, "--quiet")
-        assert result.exit_code == 0, result.output
+    with folder_with_a_run(tmp_path_factory.mktemp("cli"), "--sde", "vp", "--steps", 20,
+                           "--batch-size", 64) as path:
         yield path
-    finally:
-        os.chdir(old)
-
-
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
 
 
 def _only_run(root):
@@ -61,14 +41,15 @@ def test_train_writes_a_run_and_never_overwrites_it(in_workdir):
     config = json.loads((run / "config.json").read_text())
     assert config["sde"]["name"] == "vp" and config["steps"] == 20
     before = (run / "checkpoint.pt").stat().st_mtime_ns
-    result = _invoke("train", "--run", run, "--steps", 5)
+    result = invoke("train", "--run", run, "--steps", 5)
     assert result.exit_code == 2 and "already exists; pass --resume" in result.output
     assert (run / "checkpoint.pt").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
     run = _only_run(in_workdir)[0]
-    result = _invoke("sample", "--solver", "pc", "--steps", 1000, "--n", 8, "--json")
+    result = invoke("sample", "--solver", "pc", "--steps", 1000, "--n", 8, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     # pc: a predictor and a corrector call per step, plus the final denoising call.
@@ -77,20 +58,20 @@ def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
     assert samples.shape == (8, 2) and np.isfinite(samples).all()
     assert Path(record["out"]).resolve().parent == run.resolve()
     assert Path(record["figure"]).is_file()
-    text = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20)
+    text = invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20)
     assert text.exit_code == 0 and "NFE 6" in text.stdout
     assert f"using run {Path('runs') / run.name} (most recent" in text.stderr
 
 
 def test_sample_few_step_window(in_workdir):
-    result = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
-                     "--sigma-max", 5, "--sigma-min", 0.01, "--n", 16, "--json",
-                     "--out", in_workdir / "window.npz")
+    result = invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
+                    "--sigma-max", 5, "--sigma-min", 0.01, "--n", 16, "--json",
+                    "--out", in_workdir / "window.npz")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["nfe"] == 10  # 9 steps and the final denoising call
     # The window changes the grid: the samples differ from the plain log-SNR grid's.
-    plain = _invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
-                    "--n", 16, "--out", in_workdir / "plain.npz")
+    plain = invoke("sample", "--solver", "dpmpp_2m", "--steps", 9, "--grid", "log_snr",
+                   "--n", 16, "--out", in_workdir / "plain.npz")
     assert plain.exit_code == 0, plain.output
     a = np.load(in_workdir / "window.npz")["samples"]
     b = np.load(in_workdir / "plain.npz")["samples"]
@@ -98,7 +79,7 @@ def test_sample_few_step_window(in_workdir):
 
 
 def test_likelihood_json_has_mean_error_and_entropy_gap(in_workdir):
-    result = _invoke("likelihood", "--n", 10, "--rtol", 1e-2, "--atol", 1e-2, "--json")
+    result = invoke("likelihood", "--n", 10, "--rtol", 1e-2, "--atol", 1e-2, "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["n"] == 10 and record["nfe"] > 0 and record["standard_error"] > 0
@@ -107,7 +88,7 @@ def test_likelihood_json_has_mean_error_and_entropy_gap(in_workdir):
 
 def test_demo_quick_writes_one_figure(in_workdir, monkeypatch):
     out = in_workdir / "demo.png"
-    result = _invoke("demo", "--quick", "--steps", 5, "--n", 20, "--out", out)
+    result = invoke("demo", "--quick", "--steps", 5, "--n", 20, "--out", out)
     assert result.exit_code == 0, result.output
     with open(out, "rb") as fh:
         assert fh.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -184,7 +165,7 @@ def test_bad_input_one_line_no_traceback_no_output(in_workdir, args, build, word
              "file": in_workdir / "file"}
     args = [a.format(**names) if "{" in a else a for a in args]
     before = _listing(in_workdir)
-    result = _invoke(*args)
+    result = invoke(*args)
     assert result.exit_code == status, result.output
     lines = [ln for ln in result.stderr.strip().splitlines() if not ln.startswith("using run")]
     assert len(lines) == 1 and lines[0].startswith("Error:"), result.stderr
@@ -198,32 +179,78 @@ def _listing(root):
 
 def test_no_run_yet_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = _invoke("sample")
+    result = invoke("sample")
     assert result.exit_code == 2
     assert result.stderr.strip() == (
         "Error: no run found under ./runs; train one with 'scoresde train' or pass --run DIR "
         "(see 'main sample --help')")
 
 
+@pytest.mark.slow
 def test_real_subprocess_sample_and_bad_input(in_workdir):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--solver", "ode",
-                           "--rtol", "1e-3", "--atol", "1e-3", "--n", "20", "--json"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = run_python("-m", "scoresde", "sample", "--solver", "ode", "--rtol", "1e-3",
+                      "--atol", "1e-3", "--n", "20", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["solver"] == "ode"
-    proc = subprocess.run([sys.executable, "-m", "scoresde", "sample", "--steps", "-1"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = run_python("-m", "scoresde", "sample", "--steps", "-1")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "Traceback" not in proc.stderr and "scoresde sample --help" in proc.stderr
 
 
+def _examples(help_text):
+    """The command lines under 'Examples:' in a --help text, each split into its arguments."""
+    block = help_text.split("Examples:", 1)[1].split("\n\n", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()  # a trailing backslash continues a line
+    return [shlex.split(line, comments=True) for line in lines if line.strip()]
+
+
+def _help_examples():
+    """Every example of ``scoresde --help`` and of each command's --help, as argument lists."""
+    found = []
+    for command in (None, *main.commands):
+        result = invoke(*([command] if command else []), "--help")
+        assert result.exit_code == 0, result.output
+        examples = _examples(result.output)
+        assert examples, f"no examples in the help of {command or 'scoresde'}"
+        assert command is None or all(args[1] == command for args in examples), examples
+        found += examples
+    return found
+
+
 def test_help_has_runnable_examples():
+    """Every example in the help parses: a renamed flag, a removed choice or a bad value in one
+    is a usage error here. Every command has examples, and its help shows defaults."""
     for command in ("train", "sample", "likelihood", "demo"):
-        result = _invoke(command, "--help")
+        result = invoke(command, "--help")
         assert result.exit_code == 0 and f"scoresde {command}" in result.output
         assert "[default:" in result.output
-    assert torch.__version__  # the package imports torch; --help must not need anything else
+    examples = _help_examples()
+    assert {args[1] for args in examples} == set(main.commands)
+    for args in examples:
+        assert args[0] == "scoresde" and args[1] in main.commands, args
+        try:
+            main.commands[args[1]].make_context(args[1], args[2:]).close()
+        except click.ClickException as err:
+            pytest.fail(f"{shlex.join(args)}: {err.format_message()}")
+
+
+CHEAP_EXAMPLES = [  # the help's examples that take a second or less on a tiny run
+    "scoresde sample --solver dpmpp_2m --steps 10 --n 5000",
+    "scoresde sample --solver dpmpp_2m --steps 9 --grid log_snr --sigma-max 5 --sigma-min 0.01",
+    "scoresde sample --solver ode --rtol 1e-4 --json",
+]  # the others train, or sample and integrate 1000 points for 1000 steps: seconds each
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("line", CHEAP_EXAMPLES)
+def test_cheap_help_examples_run(workdir, tmp_path, monkeypatch, line):
+    """The cheap examples, run as the help writes them in a folder with one run under ./runs."""
+    assert shlex.split(line) in _help_examples()
+    shutil.copytree(workdir / "runs", tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*shlex.split(line)[1:])
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
 
 
 def test_the_cli_leaves_run_files_to_scoresde_runs():
@@ -231,3 +258,31 @@ def test_the_cli_leaves_run_files_to_scoresde_runs():
     source = (ROOT / "scoresde" / "cli.py").read_text()
     assert "config.json" not in source and "checkpoint.pt" not in source
     assert "metrics.jsonl" not in source
+
+
+def test_cli_resume_keeps_every_option_of_the_run(tmp_path):
+    # Before the fix the CLI resumed with today's library defaults for every option it has no
+    # flag for (warmup, the SDE's parameters, the network's depth), so a run started from Python
+    # or under other defaults could not be continued: "options differ: net, sde, warmup".
+    run = tmp_path / "run"
+    train(run, steps=2, warmup=1, sde="ve", sde_params={"sigma_max": 10.0}, **TINY)
+    result = invoke("train", "--resume", "--run", run, "--steps", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    config = json.loads((run / "config.json").read_text())
+    assert config["warmup"] == 1 and config["sde"]["sigma_max"] == 10.0
+    assert config["net"]["hidden"] == 16 and config["steps"] == 3
+    # An option given on the command line still wins, and a conflicting one is refused.
+    result = invoke("train", "--resume", "--run", run, "--steps", 4, "--sde", "vp", "--quiet")
+    assert result.exit_code == 2 and "sde" in result.output
+
+
+def test_cli_resume_without_steps_finishes_the_runs_own_total(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train(run, steps=6, checkpoint_every=3, callback=stop_at(4), **TINY)
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
+    result = invoke("train", "--run", run, "--resume", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+    assert json.loads((run / "config.json").read_text())["steps"] == 6

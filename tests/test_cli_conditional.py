@@ -7,21 +7,16 @@ import json
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from scoresde.cli import main
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from problems import invoke
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_cond")
     for name, extra in (("cond", ["--conditional"]), ("plain", [])):
-        result = _invoke("train", "--data", "8gaussians", "--steps", 10, "--batch-size", 32,
-                         "--width", 16, "--quiet", "--run", root / name, *extra)
+        result = invoke("train", "--data", "8gaussians", "--steps", 10, "--batch-size", 32,
+                        "--width", 16, "--quiet", "--run", root / name, *extra)
         assert result.exit_code == 0, result.output
     return root
 
@@ -30,13 +25,13 @@ def test_conditional_training_and_labelled_sampling(runs, tmp_path):
     config = json.loads((runs / "cond" / "config.json").read_text())
     assert config["conditional"] and config["label_dropout"] == 0.1
     out = tmp_path / "s.npz"
-    result = _invoke("sample", "--run", runs / "cond", "--label", 3, "--guidance", 1.5,
-                     "--solver", "euler", "--steps", 4, "--n", 12, "--out", out, "--json")
+    result = invoke("sample", "--run", runs / "cond", "--label", 3, "--guidance", 1.5,
+                    "--solver", "euler", "--steps", 4, "--n", 12, "--out", out, "--json")
     assert result.exit_code == 0, result.output
     with np.load(out) as f:
         assert f["samples"].shape == (12, 2) and (f["labels"] == 3).all()
-    result = _invoke("sample", "--run", runs / "cond", "--label", "all", "--solver", "euler",
-                     "--steps", 4, "--n", 16, "--out", out)
+    result = invoke("sample", "--run", runs / "cond", "--label", "all", "--solver", "euler",
+                    "--steps", 4, "--n", 16, "--out", out)
     assert result.exit_code == 0, result.output
     with np.load(out) as f:
         assert (f["labels"] == np.arange(16) % 8).all()
@@ -46,32 +41,32 @@ def test_conditional_training_and_labelled_sampling(runs, tmp_path):
     (["--label", 8], "[0, 8)"), (["--label", -2], "[0, 8)"), (["--label", "x"], "integer"),
     (["--guidance", 1], "needs --label")])
 def test_bad_labels_are_usage_errors(runs, args, match):
-    result = _invoke("sample", "--run", runs / "cond", "--solver", "euler", "--steps", 2,
-                     "--n", 4, *args)
+    result = invoke("sample", "--run", runs / "cond", "--solver", "euler", "--steps", 2,
+                    "--n", 4, *args)
     assert result.exit_code == 2 and match in result.output
     assert len(result.output.strip().splitlines()) == 1
 
 
 def test_labels_on_an_unconditional_run_and_unlabelled_data_are_usage_errors(runs, tmp_path):
-    result = _invoke("sample", "--run", runs / "plain", "--label", 1, "--steps", 2, "--n", 4)
+    result = invoke("sample", "--run", runs / "plain", "--label", 1, "--steps", 2, "--n", 4)
     assert result.exit_code == 2 and "--conditional" in result.output
-    result = _invoke("train", "--data", "moons", "--conditional", "--steps", 2, "--quiet",
-                     "--run", tmp_path / "m")
+    result = invoke("train", "--data", "moons", "--conditional", "--steps", 2, "--quiet",
+                    "--run", tmp_path / "m")
     assert result.exit_code == 2 and "labels" in result.output
 
 
 def test_mask_imputes_and_wrong_shapes_are_usage_errors(runs, tmp_path):
     np.savez(tmp_path / "m.npz", mask=np.array([True, False]), values=np.array([1.25, 0.0]))
     out = tmp_path / "imp.npz"
-    result = _invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "m.npz",
-                     "--solver", "em", "--steps", 4, "--n", 8, "--out", out)
+    result = invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "m.npz",
+                    "--solver", "em", "--steps", 4, "--n", 8, "--out", out)
     assert result.exit_code == 0, result.output
     with np.load(out) as f:
         assert (f["samples"][:, 0] == np.float32(1.25)).all()
     np.savez(tmp_path / "bad.npz", mask=np.ones((3,), dtype=bool))
-    result = _invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "bad.npz",
-                     "--n", 4, "--steps", 2)
+    result = invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "bad.npz",
+                    "--n", 4, "--steps", 2)
     assert result.exit_code == 2 and "--mask" in result.output and "shape" in result.output
-    result = _invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "m.npz",
-                     "--solver", "ode", "--n", 4)
+    result = invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "m.npz",
+                    "--solver", "ode", "--n", 4)
     assert result.exit_code == 2 and "per-step hook" in result.output

@@ -1,22 +1,15 @@
 """Smoke test: the cheapest example runs in its quick mode and covers every sampler."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 import scoresde
 
-ROOT = Path(__file__).resolve().parents[1]
+from problems import ROOT, run_python
 
 
-@pytest.mark.skipif(not hasattr(scoresde, "SAMPLERS"), reason="needs the samplers (issue 4)")
+@pytest.mark.slow
 def test_custom_sde_example_runs_every_sampler():
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "custom_sde.py"), "--quick"],
-                          capture_output=True, text=True, timeout=300, env=env)
+    proc = run_python(ROOT / "examples" / "custom_sde.py", "--quick", timeout=300)
     assert proc.returncode == 0, proc.stderr
     for solver in scoresde.SAMPLERS:
         assert f"{solver}: NFE" in proc.stdout

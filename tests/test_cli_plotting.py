@@ -2,9 +2,6 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +9,8 @@ import torch
 from matplotlib.image import imread
 
 from scoresde import GaussianMixture, VPSDE, plotting
+
+from problems import run_python
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -111,6 +110,7 @@ print(json.dumps({{"before": before, "after": matplotlib.get_backend(),
 """
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("backend, choose", [
     ("svg", ""),                          # chosen by the MPLBACKEND variable
     ("pdf", 'matplotlib.use("pdf")'),     # chosen in code before the import
@@ -118,13 +118,9 @@ print(json.dumps({{"before": before, "after": matplotlib.get_backend(),
 def test_importing_and_saving_keep_the_users_backend(tmp_path, backend, choose):
     """A notebook's backend survives importing scoresde and writing a figure, and the figure is
     still a PNG: plotting never calls matplotlib.use nor pyplot."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]),
-               OMP_NUM_THREADS="1")
-    if not choose:
-        env["MPLBACKEND"] = backend
+    env = {} if choose else {"MPLBACKEND": backend}
     out = tmp_path / "f.png"
-    proc = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT.format(choose=choose), str(out)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = run_python("-c", _BACKEND_SCRIPT.format(choose=choose), out, **env)
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout.strip().splitlines()[-1])
     assert record["before"].lower() == backend and record["after"] == record["before"]

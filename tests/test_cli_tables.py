@@ -1,17 +1,15 @@
 """The CLI's choices and defaults are the library's tables and keyword defaults, read lazily."""
 
 import inspect
-import subprocess
-import sys
-from pathlib import Path
 
 import click
 import pytest
-from click.testing import CliRunner
 
 import scoresde
 from scoresde import likelihood, losses, sampling, toys
 from scoresde.cli import main
+
+from problems import ROOT, invoke, run_python
 
 CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
@@ -64,20 +62,20 @@ def test_defaults_are_the_librarys_and_help_shows_them(key):
 
 
 def test_help_names_the_toys_and_the_training_defaults():
-    result = CliRunner().invoke(main, ["train", "--help"])
+    result = invoke("train", "--help")
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and ", ".join(toys.TOYS) in text
     steps = inspect.signature(scoresde.train).parameters["steps"].default
     assert f"[default: {steps}; with --resume" in text
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_group_help_loads_neither_matplotlib_nor_scikit_learn():
     """``scoresde --help`` (and ``import scoresde``) stays light: matplotlib and scikit-learn load
     only when a command draws a figure or builds a toy data set."""
     code = ("import sys; from scoresde.cli import main; from click.testing import CliRunner; "
             "r = CliRunner().invoke(main, ['--help']); assert r.exit_code == 0; "
             "print('matplotlib' in sys.modules, 'sklearn' in sys.modules)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).resolve().parents[1])
+    proc = run_python("-c", code, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]

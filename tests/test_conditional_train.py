@@ -9,7 +9,7 @@ from scoresde import (GaussianMixture, NoiseClassifier, classifier_free_guidance
 # Two overlapping classes: N((-1, 0), I) and N((1, 0), I). An exact class-k draw lies on its
 # class's side of x_1 = 0 with probability Phi(1) = 0.841; guidance must push this towards 1.
 MIX = GaussianMixture([[-1.0, 0.0], [1.0, 0.0]], [torch.eye(2).tolist()] * 2)
-TINY = dict(data=MIX, steps=400, batch_size=256, net_params=dict(hidden=64, depth=2),
+RECIPE = dict(data=MIX, steps=400, batch_size=256, net_params=dict(hidden=64, depth=2),
             progress=False, log_every=400, checkpoint_every=400)
 N = 2000  # a fraction's standard error is <= 0.5 / sqrt(2000) = 0.011
 
@@ -17,8 +17,8 @@ N = 2000  # a fraction's standard error is <= 0.5 / sqrt(2000) = 0.011
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("cond")
-    train(root / "score", conditional=True, **TINY)  # label_dropout 0.1 by default
-    train_classifier(root / "clf", **TINY)
+    train(root / "score", conditional=True, **RECIPE)  # label_dropout 0.1 by default
+    train_classifier(root / "clf", **RECIPE)
     return root
 
 
@@ -33,6 +33,7 @@ def draw(score_fn, sde):
     return x
 
 
+@pytest.mark.slow  # the module's runs train 400 steps each
 def test_classifier_free_guidance_of_a_trained_model_sharpens_classes(runs):
     model, sde, config = load_run(runs / "score")
     assert config["conditional"] and config["label_dropout"] == 0.1
@@ -50,6 +51,7 @@ def test_classifier_free_guidance_of_a_trained_model_sharpens_classes(runs):
     assert abs(float((x[:, 0] > 0).float().mean()) - 0.5) < 0.06
 
 
+@pytest.mark.slow  # the module's runs train 400 steps each
 def test_a_trained_noise_classifier_guides_the_unconditional_score(runs):
     model, sde, _ = load_run(runs / "score")
     clf, _, config = load_run(runs / "clf")
@@ -72,8 +74,8 @@ def test_a_trained_noise_classifier_guides_the_unconditional_score(runs):
 
 def test_conditional_options_are_checked(tmp_path):
     with pytest.raises(ValueError, match="label_dropout"):
-        train(tmp_path / "a", conditional=True, label_dropout=1.0, **TINY)
+        train(tmp_path / "a", conditional=True, label_dropout=1.0, **RECIPE)
     with pytest.raises(ValueError, match="labels"):
-        train_classifier(tmp_path / "b", **{**TINY, "data": "moons"})
+        train_classifier(tmp_path / "b", **{**RECIPE, "data": "moons"})
     with pytest.raises(ValueError, match="objective"):
-        train(tmp_path / "c", objective="energy", **TINY)
+        train(tmp_path / "c", objective="energy", **RECIPE)

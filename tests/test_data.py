@@ -25,6 +25,7 @@ def test_checkerboard_density_and_entropy():
     assert toys.toy_entropy("checkerboard") == math.log(32)
 
 
+@pytest.mark.slow  # 40,000 draws against a 201 x 201 quadrature grid
 @pytest.mark.parametrize("name", ["moons", "2spirals"])
 def test_curve_densities_integrate_to_one_and_match_samples(name):
     """The quadrature density integrates to 1 on a grid, and gives the mass of a box that the

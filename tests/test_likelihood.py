@@ -240,3 +240,14 @@ def test_bad_input_elsewhere():
         bits_per_dim(score, sde, torch.zeros(2, 2, dtype=torch.uint8), data_range=(1.0, 1.0))
     with pytest.raises(ValueError, match="shape"):
         log_likelihood(lambda x, t: x[:, :1], sde, torch.ones(2, 2))
+
+
+def test_bad_tolerances_give_one_line_errors_that_name_them():
+    # Before: rtol=-1 was reported as "rtol=-0.5" (after the per-sample scaling) and a string
+    # atol as a bare comparison TypeError.
+    sde, mix = get_sde("vp"), GaussianMixture.ring()
+    x = mix.sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"rtol must be a finite number > 0, got -1$"):
+        log_likelihood(mix.score_fn(sde), sde, x, rtol=-1)
+    with pytest.raises(ValueError, match="atol must be a finite number > 0, got 'x'"):
+        encode(mix.score_fn(sde), sde, x, atol="x")

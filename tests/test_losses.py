@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from scoresde import GaussianMixture, dsm_loss, sample_time, time_weight
+from scoresde import (VPSDE, GaussianMixture, classifier_loss, dsm_loss, sample_time,
+                      time_weight)
 
 N = 20_000  # samples per Monte Carlo check; thresholds are 5 standard errors of these means
 
@@ -130,3 +131,28 @@ def test_bad_options_are_refused(sde):
         dsm_loss(lambda x, t: x, sde, x0, eps=0.0)
     with pytest.raises(ValueError, match="noise"):
         dsm_loss(lambda x, t: x, sde, x0, noise=torch.zeros(4, 3))
+
+
+def test_a_bad_number_of_times_is_a_one_line_error():
+    # Before: sample_time(n=-1) was a RuntimeError from torch.
+    with pytest.raises(ValueError, match="n must be an integer >= 1, got -1"):
+        sample_time(VPSDE(), -1)
+
+
+def test_classifier_loss_checks_the_noise_shape_like_dsm_loss():
+    # classifier_loss had its own copy of dsm_loss's diffusion step, without the noise check: a
+    # (B, 1) noise broadcast silently into every coordinate. One helper now serves both.
+    sde, x0 = VPSDE(), torch.randn(4, 2)
+    t, noise = torch.full((4,), 0.5), torch.randn(4, 2)
+    logits = lambda x, t: torch.stack([x[:, 0], -x[:, 0]], 1)  # noqa: E731
+    y = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="noise must have the shape of x0"):
+        classifier_loss(logits, sde, x0, y=y, t=t, noise=noise[:, :1])
+    # With the same t and z the classifier sees x_t = m x0 + s z, as dsm_loss's score does.
+    m, s = sde.marginal_coeffs(t)
+    x_t = m[:, None] * x0 + s[:, None] * noise
+    expected = torch.nn.functional.cross_entropy(logits(x_t, t), y, reduction="none")
+    torch.testing.assert_close(classifier_loss(logits, sde, x0, y=y, t=t, noise=noise), expected)
+    seen = []
+    dsm_loss(lambda x, t: seen.append(x) or torch.zeros_like(x), sde, x0, t=t, noise=noise)
+    torch.testing.assert_close(seen[0], x_t)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scoresde import GaussianMixture, ScoreMLP, ScoreModel, UNet
+from scoresde import VESDE, GaussianMixture, NoiseClassifier, ScoreMLP, ScoreModel, UNet
 from scoresde.models import ClassifierMLP, TimeFeatures, build_net
 
 
@@ -79,3 +79,31 @@ def test_bad_networks_are_refused():
         build_net({"name": "transformer"})
     with pytest.raises(ValueError, match="sigma_data"):
         ScoreModel(ScoreMLP(), None, sigma_data=0.0)
+
+
+def test_score_model_and_noise_classifier_share_one_preconditioning():
+    # NoiseClassifier had its own copy of ScoreModel's input scaling and sigma_data check.
+    sde, sigma_data = VESDE(), 0.7
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        num_classes = 2
+
+        def __init__(self, key):
+            super().__init__()
+            self.key = key
+
+        def forward(self, x, c_noise, y=None):
+            seen[self.key] = (x, c_noise)
+            return torch.zeros(x.shape[0], 2) if self.key == "cls" else torch.zeros_like(x)
+
+    x, t = torch.randn(3, 2), torch.tensor([0.1, 0.5, 0.9])
+    ScoreModel(Spy("score"), sde, sigma_data)(x, t)
+    NoiseClassifier(Spy("cls"), sde, sigma_data)(x, t)
+    _, s = sde.marginal_coeffs(t)  # VE: m = 1
+    torch.testing.assert_close(seen["cls"][0], x / torch.sqrt(sigma_data**2 + s**2)[:, None])
+    torch.testing.assert_close(seen["cls"][1], torch.log(s) / 4)
+    torch.testing.assert_close(seen["score"], seen["cls"])
+    for wrapper in (ScoreModel, NoiseClassifier):
+        with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
+            wrapper(Spy("x"), sde, float("nan"))

@@ -10,42 +10,16 @@ from scoresde import GaussianMixture, get_sde
 from scoresde.sampling import (CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, default_eps, sample,
                                sample_pc, time_edm, time_log_snr, time_uniform)
 from scoresde.sampling.grids import sigma_of_t
-from scoresde.sampling.metrics import energy_distance
+
+from problems import OrnsteinUhlenbeck, assert_matches, reference
 
 N = 1000  # points per sample: the statistic's noise floor below is set at this size
 
 
-class OrnsteinUhlenbeck(scoresde.SDE):
-    """A user's own SDE with closed forms: dx = -theta x dt + sqrt(2 theta) dw."""
-
-    def __init__(self, theta=5.0):
-        super().__init__(T=1.0)
-        self.theta = theta
-
-    def drift_coeff(self, t):
-        return torch.full_like(t, -self.theta)
-
-    def diffusion_coeff(self, t):
-        return torch.full_like(t, math.sqrt(2 * self.theta))
-
-    def marginal_coeffs(self, t):
-        return torch.exp(-self.theta * t), torch.sqrt(-torch.expm1(-2 * self.theta * t))
-
-
 @pytest.fixture(scope="module")
 def ring():
-    """The ring, a fixed reference draw and the threshold for 'indistinguishable from it'.
-
-    The threshold is mean + 4 sd of 20 true-vs-true energy distances at the same sizes. The
-    statistic's null law is right-skewed (a weighted sum of chi-squares); in 100 true-vs-true
-    draws at these sizes its largest value sat at mean + 4 sd, so a correct sampler fails about
-    1% of the time at most, while the biases we check for (too few steps) land far above.
-    """
-    mix = GaussianMixture.ring()
-    gen = torch.Generator().manual_seed(2024)
-    ref = mix.sample(N, generator=gen)
-    null = torch.tensor([energy_distance(mix.sample(N, generator=gen), ref) for _ in range(20)])
-    return mix, ref, float(null.mean() + 4 * null.std())
+    """The ring, a fixed reference draw and the threshold for 'indistinguishable from it'."""
+    return reference(GaussianMixture.ring(), N)
 
 
 # Documented step counts at which each solver matches the ring on every SDE (exact score).
@@ -60,13 +34,7 @@ CASES = {
 }
 
 
-def _check_matches(x, ring):
-    mix, ref, threshold = ring
-    assert torch.isfinite(x).all()
-    stat = energy_distance(x, ref)
-    assert stat < threshold, f"energy distance {stat:.2e} above the noise level {threshold:.2e}"
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 @pytest.mark.parametrize("solver", list(CASES))
 def test_every_solver_samples_the_ring(solver, sde_name, ring):
@@ -75,7 +43,7 @@ def test_every_solver_samples_the_ring(solver, sde_name, ring):
     x, info = sample(ring[0].score_fn(sde), sde, (N, 2), solver=solver,
                      generator=torch.Generator().manual_seed(7), **CASES[solver])
     assert x.shape == (N, 2) and info["solver"] == solver
-    _check_matches(x, ring)
+    assert_matches(x, ring)
 
 
 @pytest.mark.parametrize("predictor,corrector", [
@@ -86,11 +54,12 @@ def test_predictor_corrector_pairs(predictor, corrector, ring):
     x, info = sample(ring[0].score_fn(sde), sde, (N, 2), solver="pc", steps=200,
                      predictor=predictor, corrector=corrector,
                      generator=torch.Generator().manual_seed(3))
-    _check_matches(x, ring)
+    assert_matches(x, ring)
     calls_per_step = (predictor != "none") + (corrector != "none")
     assert info["nfe"] == 200 * calls_per_step + 1
 
 
+@pytest.mark.slow  # four torchsde methods, one on 1000 paths
 def test_torchsde_methods(ring):
     sde = get_sde("vp")
     score = ring[0].score_fn(sde)
@@ -102,7 +71,7 @@ def test_torchsde_methods(ring):
     torch.testing.assert_close(x_milstein, x_euler)
     x, info = sample(score, sde, (N, 2), solver="torchsde", steps=60, method="srk",
                      generator=torch.Generator().manual_seed(5))
-    _check_matches(x, ring)
+    assert_matches(x, ring)
     x, info = sample(score, sde, (50, 2), solver="torchsde", steps=20, method="reversible_heun",
                      generator=torch.Generator().manual_seed(5))
     assert torch.isfinite(x).all() and info["nfe"] >= 21
@@ -114,7 +83,7 @@ def test_own_sde_samples_correctly(ring):
     for solver, steps in (("em", 300), ("dpmpp_2m", 30)):
         x, _ = sample(ring[0].score_fn(sde), sde, (N, 2), solver=solver, steps=steps,
                       generator=torch.Generator().manual_seed(11))
-        _check_matches(x, ring)
+        assert_matches(x, ring)
 
 
 @pytest.mark.parametrize("solver", list(SAMPLERS))
@@ -280,3 +249,33 @@ def test_torchsde_adaptive_reports_its_tolerances():
     assert info["adaptive"] and info["rtol"] == info["atol"] == 1e-2 and info["steps"] is None
     _, info = sample(mix.score_fn(sde), sde, (32, 2), solver="torchsde", steps=10)
     assert not info["adaptive"] and "rtol" not in info
+
+
+def test_seed_from_is_the_generators_draw_and_torchsde_uses_it():
+    # torchsde's Brownian motion was seeded by torch.randint(..., generator=g) with no device,
+    # which raises for a CUDA generator; the seed is now drawn on the generator's device.
+    from scoresde.utils import seed_from
+
+    a, b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert seed_from(a) == int(torch.randint(0, 2**31 - 1, (1,), generator=b))
+    sde, mix = get_sde("vp"), GaussianMixture.ring()
+    x1, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    x2, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x1, x2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_torchsde_sampler_runs_with_a_cuda_generator():
+    sde, mix = get_sde("vp"), GaussianMixture.ring()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x, _ = sample(mix.score_fn(sde), sde, (4, 2), solver="torchsde", steps=4, generator=gen)
+    assert x.device.type == "cuda" and torch.isfinite(x).all()
+
+
+def test_an_sde_name_instead_of_an_sde_is_a_one_line_type_error():
+    # Before: an SDE name instead of an SDE was an AttributeError deep in the grid code.
+    mix = GaussianMixture.ring()
+    with pytest.raises(TypeError, match="sde must be a scoresde.SDE"):
+        sample(mix.score_fn(get_sde("vp")), "vp", (4, 2), steps=2)

@@ -1,62 +1,45 @@
 """`scoresde sample`'s solver options: torchsde's adaptive stepping and whose tolerance is whose."""
 
 import json
-import os
 
 import pytest
-from click.testing import CliRunner
 
-from scoresde.cli import main
-
-
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from problems import folder_with_a_run, invoke
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder with one tiny trained run under ./runs."""
-    path = tmp_path_factory.mktemp("cli-sample")
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        result = _invoke("train", "--sde", "vp", "--steps", 5, "--batch-size", 32, "--quiet")
-        assert result.exit_code == 0, result.output
+    with folder_with_a_run(tmp_path_factory.mktemp("cli-sample"), "--sde", "vp", "--steps", 5,
+                           "--batch-size", 32) as path:
         yield path
-    finally:
-        os.chdir(old)
-
-
-@pytest.fixture
-def in_workdir(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    return workdir
 
 
 def test_torchsde_adaptive_runs_with_the_given_tolerances_and_reports_them(in_workdir):
-    result = _invoke("sample", "--solver", "torchsde", "--adaptive", "--rtol", "1e-2",
-                     "--atol", "1e-2", "--steps", 20, "--n", 16, "--json", "--out", "a.npz")
+    result = invoke("sample", "--solver", "torchsde", "--adaptive", "--rtol", "1e-2",
+                    "--atol", "1e-2", "--steps", 20, "--n", 16, "--json", "--out", "a.npz")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["solver"] == "torchsde" and record["nfe"] > 1
     assert record["options"] == {"adaptive": True, "rtol": 0.01, "atol": 0.01}
 
 
+@pytest.mark.slow  # torchsde's adaptive stepping at its own 1e-3 tolerances
 def test_no_default_tolerance_is_passed_over_the_solvers_own(in_workdir):
-    result = _invoke("sample", "--solver", "torchsde", "--adaptive", "--steps", 20, "--n", 16,
-                     "--json", "--out", "b.npz")
+    result = invoke("sample", "--solver", "torchsde", "--adaptive", "--steps", 20, "--n", 16,
+                    "--json", "--out", "b.npz")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["options"] == {"adaptive": True}  # torchsde's 1e-3 holds
 
 
 def test_adaptive_is_refused_by_the_other_solvers(in_workdir):
-    result = _invoke("sample", "--solver", "pc", "--adaptive", "--steps", 5, "--n", 4)
+    result = invoke("sample", "--solver", "pc", "--adaptive", "--steps", 5, "--n", 4)
     assert result.exit_code == 2
     assert "adaptive" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_help_says_which_solver_uses_which_tolerance():
-    text = " ".join(_invoke("sample", "--help").output.split())
+    text = " ".join(invoke("sample", "--help").output.split())
     assert "--adaptive" in text and "torchsde only" in text
     import inspect
 

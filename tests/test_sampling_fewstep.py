@@ -12,20 +12,16 @@ from scoresde.sampling import default_eps, sample, time_edm, time_log_snr, time_
 from scoresde.sampling.grids import sigma_of_t
 from scoresde.sampling.metrics import energy_distance
 
+from problems import assert_matches, reference
+
 N = 1000
 WINDOW = dict(sigma_max=5.0, sigma_min=0.01)
 
 
 @pytest.fixture(scope="module", params=["ring", "narrow"])
 def target(request):
-    """A mixture, a reference draw and the 'indistinguishable' threshold: mean + 4 sd of 20
-    true-vs-true energy distances at N points (as in test_sampling.py: the null law is
-    right-skewed, and in 100 null draws its largest value sat at mean + 4 sd)."""
-    mix = getattr(GaussianMixture, request.param)()
-    gen = torch.Generator().manual_seed(2024)
-    ref = mix.sample(N, generator=gen)
-    null = torch.tensor([energy_distance(mix.sample(N, generator=gen), ref) for _ in range(20)])
-    return mix, ref, float(null.mean() + 4 * null.std())
+    """A mixture, a reference draw and the 'indistinguishable' threshold (problems.reference)."""
+    return reference(getattr(GaussianMixture, request.param)(), N)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "cosine"])
@@ -65,13 +61,12 @@ def test_bad_window_raises_value_error(kwargs, words):
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 def test_dpmpp_2m_reaches_the_target_in_ten_score_calls(sde_name, target):
     """9 steps of DPM-Solver++(2M) on the windowed log-SNR grid, plus the denoising call."""
-    mix, ref, threshold = target
+    mix = target[0]
     sde = get_sde(sde_name)
     x, info = sample(mix.score_fn(sde), sde, (N, 2), solver="dpmpp_2m", steps=9,
                      grid="log_snr", generator=torch.Generator().manual_seed(7), **WINDOW)
     assert info["nfe"] == 10 and torch.isfinite(x).all()
-    stat = energy_distance(x, ref)
-    assert stat < threshold, f"energy distance {stat:.2e} above the noise level {threshold:.2e}"
+    assert_matches(x, target)
 
 
 def test_without_the_window_ten_calls_are_not_enough(target):

@@ -18,6 +18,7 @@ def _slope(steps, errors):
     return float(np.polyfit(np.log(steps), np.log(errors), 1)[0])
 
 
+@pytest.mark.slow  # 10^4 coupled paths at every step count
 @pytest.mark.parametrize("sde_name", ["vp", "subvp"])
 def test_euler_maruyama_weak_order_one(sde_name):
     """E[x^2] on a Gaussian target with one Brownian path shared by every step count.

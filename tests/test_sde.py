@@ -8,6 +8,8 @@ import torch
 
 from scoresde import SDE, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde, subVPSDE
 
+from problems import OrnsteinUhlenbeck
+
 TIMES = np.linspace(0.0, 1.0, 41)
 
 
@@ -84,6 +86,7 @@ def test_log_snr_inverse(name):
     torch.testing.assert_close(SDE.t_from_log_snr(sde, lam), t, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.slow  # 20,000 Euler-Maruyama paths of 2,000 steps
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve", "cosine"])
 def test_forward_simulation_matches_marginal(name):
     """Euler-Maruyama with 2000 steps from a fixed x0 reproduces marginal_prob's moments."""
@@ -108,26 +111,8 @@ def test_forward_simulation_matches_marginal(name):
     assert torch.all((x.var(0) - var).abs() < 5 * se_var + 5e-3 * var)
 
 
-class OrnsteinUhlenbeck(SDE):
-    """A user's own SDE: dx = -theta x dt + sigma dw."""
-
-    def __init__(self, theta=2.0, sigma=1.5):
-        super().__init__(T=1.0)
-        self.theta, self.sigma = theta, sigma
-
-    def drift_coeff(self, t):
-        return torch.full_like(t, -self.theta)
-
-    def diffusion_coeff(self, t):
-        return torch.full_like(t, self.sigma)
-
-    def marginal_coeffs(self, t):
-        m = torch.exp(-self.theta * t)
-        return m, self.sigma * torch.sqrt(-torch.expm1(-2 * self.theta * t) / (2 * self.theta))
-
-
 def test_user_sde_gets_everything():
-    sde = OrnsteinUhlenbeck()
+    sde = OrnsteinUhlenbeck(theta=2.0, sigma=1.5)  # dx = -2 x dt + 1.5 dw
     x = torch.randn(6, 3, dtype=torch.float64)
     t = torch.full((6,), 0.5, dtype=torch.float64)
     drift, g = sde.sde(x, t)

@@ -3,8 +3,6 @@
 import json
 import os
 import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -14,13 +12,7 @@ import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
 from scoresde.runs import load_checkpoint
 
-TINY = dict(data="8gaussians", net_params={"hidden": 32, "depth": 1}, batch_size=64,
-            progress=False, log_every=2)
-
-
-class _Stop(Exception):
-    pass
-
+from problems import TINY, Interrupt, invoke, run_python, stop_at
 
 def _states(run_dir):
     return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
@@ -36,12 +28,13 @@ def _assert_equal_states(a, b):
     assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and a["step"] == b["step"]
 
 
+@pytest.mark.slow
 def test_training_approaches_the_exact_score(tmp_path):
     """The DSM loss of the trained model, on fixed evaluation draws, moves at least halfway from
     the untrained model's loss to that of the exact mixture score (the minimum). The evaluation
     noise (20,000 draws, same draws for all three) is far below those gaps."""
     train(tmp_path / "run", steps=200, lr=1e-2,
-          **{**TINY, "batch_size": 256, "net_params": {"hidden": 64, "depth": 2}})
+          **{**TINY, "batch_size": 256, "net_params": {"hidden": 64, "depth": 2}, "log_every": 2})
     model, sde, config = load_run(tmp_path / "run")
     untrained = scoresde.ScoreModel(scoresde.ScoreMLP(hidden=64, depth=2), sde,
                                     config["sigma_data"])
@@ -60,15 +53,10 @@ def test_training_approaches_the_exact_score(tmp_path):
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path):
-    opts = dict(TINY, steps=12, checkpoint_every=5)
+    opts = dict(TINY, steps=12, checkpoint_every=5, log_every=2)
     train(tmp_path / "full", **opts)
-
-    def stop(step, record):
-        if step == 8:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        train(tmp_path / "cut", callback=stop, **opts)
+    with pytest.raises(Interrupt):
+        train(tmp_path / "cut", callback=stop_at(8), **opts)
     assert _states(tmp_path / "cut")["step"] == 5
     result = train(tmp_path / "cut", resume=True, **opts)
     assert result["resumed_from"] == 5
@@ -159,19 +147,17 @@ train(sys.argv[1], data="moons", net_params={"hidden": 16, "depth": 1}, batch_si
 """
 
 
+@pytest.mark.slow
 def test_distributed_equals_one_process(tmp_path):
     """torchrun with 2 gloo processes, interrupted and resumed, equals one process run straight
     with the same global batch: the same data, times and noise, gradients averaged over ranks.
     Only the order of float additions differs, hence the tolerance."""
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]))
     for steps, resume in [("3", "0"), ("6", "1")]:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-               "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script),
-               str(tmp_path / "ddp"), steps, resume]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        proc = run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", script,
+                          tmp_path / "ddp", steps, resume, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     train(tmp_path / "one", data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
           steps=6, lr_decay="none", progress=False)
@@ -205,10 +191,6 @@ def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
 def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
     """A config.json without the keys those options added is read as the run it was: plain
     MLP input, uniform t. Both the library and the CLI resume it."""
-    from click.testing import CliRunner
-
-    from scoresde.cli import main
-
     run = tmp_path / "old"
     old_opts = dict(TINY, net_params={"hidden": 16, "depth": 1}, log_snr_share=0.0)
     train(run, steps=2, **old_opts)
@@ -222,8 +204,7 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
     with pytest.raises(ValueError, match="options differ.*net.input_features"):
         train(run, steps=4, resume=True, **dict(old_opts, net_params={"hidden": 16, "depth": 1,
                                                                      "input_features": 8}))
-    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
-                                       "--quiet"])
+    result = invoke("train", "--resume", "--run", run, "--steps", 4, "--quiet")
     assert result.exit_code == 0, result.output
     config = json.loads((run / "config.json").read_text())
     assert config["log_snr_share"] == 0.0 and config["net"]["input_features"] == 0
@@ -332,10 +313,6 @@ def test_a_run_in_the_old_format_loads_and_resumes(tmp_path):
     """config.json as versions before objectives, label dropout, log-SNR shares and input
     features wrote it (the default 128 x 3 MLP stored in full), beside its checkpoint: load_run,
     train(resume=True) and `scoresde train --resume` read it as the run it was."""
-    from click.testing import CliRunner
-
-    from scoresde.cli import main
-
     run = tmp_path / "old"
     opts = dict(data="moons", batch_size=32, progress=False, log_every=1)
     train(run, steps=2, **opts)
@@ -350,9 +327,41 @@ def test_a_run_in_the_old_format_loads_and_resumes(tmp_path):
     train(run, steps=3, resume=True, **opts)
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
     (run / "config.json").write_text(json.dumps(config))  # the old format again
-    result = CliRunner().invoke(main, ["train", "--resume", "--run", str(run), "--steps", "4",
-                                       "--quiet"])
+    result = invoke("train", "--resume", "--run", run, "--steps", 4, "--quiet")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
     new = json.loads((run / "config.json").read_text())
     assert new["log_every"] == 1 and new["data"] == "moons" and new["net"]["hidden"] == 128
+
+
+def test_resume_with_fewer_steps_than_the_checkpoint_is_refused_and_keeps_the_run(tmp_path):
+    # Before the fix, resuming a 4-step run with steps=2 "succeeded": it rewrote config.json with
+    # steps=2 beside a checkpoint at step 4 and reported step 2 at a negative speed.
+    run = tmp_path / "run"
+    train(run, steps=4, **TINY)
+    with pytest.raises(ValueError, match="step 4"):
+        train(run, steps=2, resume=True, **TINY)
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
+
+
+def test_a_fresh_run_does_not_append_to_metrics_of_an_attempt_without_checkpoint(tmp_path):
+    # An attempt that died before its first checkpoint leaves config.json and metrics.jsonl; the
+    # next train() into that folder starts afresh, but appended its records to the stale ones.
+    run = tmp_path / "run"
+    with pytest.raises(Interrupt):
+        train(run, steps=6, checkpoint_every=5, callback=stop_at(3), **TINY)
+    assert not (run / "checkpoint.pt").exists()
+    train(run, steps=4, **TINY)
+    steps = [json.loads(line)["step"] for line in open(run / "metrics.jsonl")]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_default_batch_size_depends_on_the_kind_of_data(tmp_path):
+    # train(batch_size=None): 1024 points a step for vectors (tuned on the toys), 128 for images.
+    opts = dict(steps=1, progress=False, checkpoint_every=1)
+    train(tmp_path / "toy", data="8gaussians", net_params={"hidden": 16, "depth": 1}, **opts)
+    train(tmp_path / "img", data="digits", **opts)
+    batch = {k: json.loads((tmp_path / k / "config.json").read_text())["batch_size"]
+             for k in ("toy", "img")}
+    assert batch == {"toy": 1024, "img": 128}
