@@ -223,7 +223,7 @@ def test_one_table_serves_samplers_grids_and_imputation():
 
 def test_predictors_and_correctors_are_step_functions_by_name():
     assert list(PREDICTORS) == ["euler_maruyama", "reverse_diffusion", "ancestral", "none"]
-    assert list(CORRECTORS) == ["langevin", "ald", "none"]
+    assert list(CORRECTORS) == ["langevin", "ald", "langevin_batch", "none"]
     assert all(callable(step) for step in [*PREDICTORS.values(), *CORRECTORS.values()])
     assert "ancestral" in PREDICTORS and "hmc" not in CORRECTORS
 

@@ -17,10 +17,22 @@ Predictors (one score call each, none for ``none``):
         forward process with Tweedie's ``x0_hat``: mean ``(x + b^2 score) / a``, std
         ``s_next b / s_cur``. For VP it is DDPM's ancestral step, for VE SMLD's.
 Correctors (``corrector_steps`` score calls each, at ``t_cur`` before the predictor):
-    ``langevin``: step ``2 alpha (snr |z| / |score|)^2`` with norms averaged over the batch, as in
-        the paper's Algorithm 4.
-    ``ald``: annealed Langevin dynamics (NCSN), step ``2 alpha (snr s(t_cur))^2``.
-    ``alpha = a^2`` for both: score_sde's ``sde.alphas[i] = 1 - beta_i`` for VP, which only VP
+    ``langevin`` (the default): step ``2 alpha (snr s(t_cur))^2``, the same for every sample.
+        Every marginal's curvature is at most ``1 / s^2`` (``-grad^2 log p_t = (I - m^2
+        Cov[x0 | x_t] / s^2) / s^2``), so this step is below ``2 alpha snr^2`` times the local
+        variance of every component, narrow or wide: Langevin at this step inflates no
+        component's variance by more than a factor ``1 / (1 - alpha snr^2)`` (2.6% at snr
+        0.16). For image-like data the paper's rule below gives about this step, so ``snr``
+        keeps its meaning there (BENCHMARKS.md).
+    ``langevin_batch``: the paper's Algorithm 4, step ``2 alpha (snr |z| / |score|)^2`` with
+        norms averaged over the batch. Points of a narrow component have scores far above the
+        batch's mean and take steps far too large for their scale: it blurs such mixtures.
+        A per-sample version of this rule is worse in low dimension: near a mode ``|score|``
+        is small and the step explodes, and a step that varies with ``x`` biases Langevin
+        towards ``p / step``.
+    ``ald``: annealed Langevin dynamics (NCSN; score_sde's AnnealedLangevinDynamics), the same
+        step as ``langevin``, kept under its name.
+    ``alpha = a^2`` for all: score_sde's ``sde.alphas[i] = 1 - beta_i`` for VP, which only VP
     has, equals ``a^2`` there and is 1 for VE; ``a^2`` exists for every SDE (sub-VP included).
 """
 
@@ -102,7 +114,7 @@ def _langevin_move(p: _Step, x, i, step_size):
     return x + step * grad + (2 * step) ** 0.5 * z
 
 
-def _langevin(p: _Step, x, i, snr):
+def _langevin_batch(p: _Step, x, i, snr):
     alpha = p.c.transition(i)[0] ** 2
 
     def step_size(grad, z):
@@ -113,14 +125,15 @@ def _langevin(p: _Step, x, i, snr):
     return _langevin_move(p, x, i, step_size)
 
 
-def _ald(p: _Step, x, i, snr):
-    step = 2 * p.c.transition(i)[0] ** 2 * (snr * p.c.s[i]) ** 2
+def _langevin(p: _Step, x, i, snr):
+    step = 2 * p.c.transition(i)[0] ** 2 * (snr * p.c.s[i]) ** 2  # below every local variance
     return _langevin_move(p, x, i, lambda grad, z: step)
 
 
 CORRECTORS: dict[str, Callable[..., torch.Tensor]] = {
     "langevin": _langevin,
-    "ald": _ald,
+    "ald": _langevin,
+    "langevin_batch": _langevin_batch,
     "none": _no_corrector,
 }
 
