@@ -54,6 +54,7 @@ def _pc(mix, sde, seed=7, **knobs):
     return x
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 def test_pc_defaults_reach_unseen_narrow_mixtures(sde_name, seed):
@@ -66,6 +67,7 @@ def test_pc_defaults_reach_unseen_narrow_mixtures(sde_name, seed):
     assert abs(gap) < 4, f"mean log p off by {gap:+.1f} standard errors"
 
 
+@pytest.mark.slow
 def test_batch_averaged_step_blurs_a_narrow_component_where_the_default_holds():
     """The paper's batch-averaged step (``langevin_batch``) on an unseen mixture with a narrow
     component (std 0.014, weight 0.13): its points have scores far above the batch's mean, take

@@ -25,13 +25,9 @@ SEEDS = [1000 + 7 * i for i in range(64)]
 STOCHASTIC = [("em", {})]
 STOCHASTIC += [("pc", {"predictor": p, "corrector": c})
                for p in ("euler_maruyama", "reverse_diffusion", "ancestral", "none")
-               for c in ("ald", "none") if (p, c) != ("none", "none")]
+               for c in ("langevin", "ald", "none") if (p, c) != ("none", "none")]
 STOCHASTIC += [("torchsde", {"method": m})
                for m in ("euler", "milstein", "srk", "reversible_heun")]
-# The paper's Langevin corrector scales its step by norms averaged over the batch, so a
-# sample's step (not its noise) depends on the others until the step is made per sample.
-LANGEVIN = pytest.param("pc", {"corrector": "langevin"}, marks=pytest.mark.xfail(
-    reason="batch-averaged Langevin step size", strict=False))
 DETERMINISTIC = [("euler", {}), ("heun", {}), ("dpmpp_2m", {})]
 
 
@@ -41,7 +37,7 @@ def _draw(solver, knobs, seeds, steps=10):
     return x
 
 
-@pytest.mark.parametrize("solver,knobs", STOCHASTIC + [LANGEVIN] + DETERMINISTIC)
+@pytest.mark.parametrize("solver,knobs", STOCHASTIC + DETERMINISTIC)
 def test_sample_i_is_bit_identical_across_batch_sizes_and_orderings(solver, knobs):
     full = _draw(solver, knobs, SEEDS)
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
@@ -51,6 +47,14 @@ def test_sample_i_is_bit_identical_across_batch_sizes_and_orderings(solver, knob
     assert torch.equal(_draw(solver, knobs, [SEEDS[i] for i in seven]), full[seven])
     assert torch.equal(_draw(solver, knobs, [SEEDS[13]]), full[13:14])
     assert len(set(map(tuple, full.tolist()))) == 64  # and distinct seeds give distinct samples
+
+
+def test_the_papers_batch_averaged_corrector_is_the_one_that_depends_on_the_batch():
+    # langevin_batch scales every step by norms averaged over the batch (score_sde's rule): a
+    # sample's noise follows its seed, its step does not, so only it changes with the batch.
+    knobs = {"corrector": "langevin_batch"}
+    full = _draw("pc", knobs, SEEDS)
+    assert not torch.equal(_draw("pc", knobs, SEEDS[:7]), full[:7])
 
 
 def test_the_ode_solver_gets_per_sample_priors_and_batch_wide_steps():
