@@ -309,8 +309,6 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
 def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
     """``train()`` keywords that continue the run in ``path``: the options not given on the
     command line are the run's own (see :func:`scoresde.runs.resume_keywords`)."""
-    import inspect
-
     from .runs import read_config, resume_keywords, upgrade_config
     from .training import train as train_run
 
@@ -320,6 +318,15 @@ def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
 
 
 # ----- sample -------------------------------------------------------------------------------------
+def _grids_by_solver() -> str:
+    """``uniform for em, pc, ...; edm for euler, ...``: each solver's default grid, from the
+    library's table."""
+    by_grid: dict[str, list[str]] = {}
+    for solver, grid in _library("sampling.DEFAULT_GRIDS").items():
+        by_grid.setdefault(grid, []).append(solver)
+    return "; ".join(f"{grid} for {'/'.join(names)}" for grid, names in by_grid.items())
+
+
 class _SeedList(click.ParamType):
     """``0-63`` (inclusive), ``0,5,9-12``: a list of integer seeds >= 0, one per sample."""
 
@@ -369,10 +376,13 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
               help="Steps of the time grid (ode picks its own).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Number of samples [default: 1000, 64 for images].")
-@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Last time [default: 1e-3 VP-type, 1e-5 VE].")
-@click.option("--grid", type=_LazyChoice("sampling.GRIDS"), default=None,
-              help="Time grid [default: uniform for em/pc/ode/torchsde, edm for the others].")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None, cls=_LazyHelp,
+              fields={"vp": lambda: _library("sampling.grids.VP_EPS"),
+                      "ve": lambda: _library("sampling.grids.VE_EPS")},
+              help="Last time [default: {vp:g} VP-type, {ve:g} VE-type].")
+@click.option("--grid", type=_LazyChoice("sampling.GRIDS"), default=None, cls=_LazyHelp,
+              fields={"grids": lambda: _grids_by_solver()},
+              help="Time grid [default: {grids}].")
 @click.option("--predictor", type=_LazyChoice("sampling.PREDICTORS"),
               default=_Default("sampling.sample_pc", "predictor"), show_default=True,
               help="pc only.")
@@ -413,7 +423,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
               help="Seed of the one generator of the whole batch.")
 @click.option("--seeds", type=_SeedList(), default=None,
               help="One seed per sample, e.g. 0-63 or 0,5,9-12: sample i depends only on its "
-              "seed, whatever the batch [default: --n samples from --seed].")
+              "seed, whatever the batch (ode and --adaptive torchsde choose their steps for the "
+              "batch: equal within tolerance) [default: --n samples from --seed].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS.npz]; the figure "
               "goes beside it as .png.")
@@ -631,7 +642,9 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
 @click.option("--sde", type=_LazyChoice("SDES"), default=_Default("run_demo", "sde"),
               show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=_Default("train", "steps"),
-              show_default=True, help="Training steps (batch 1024, as `scoresde train`).")
+              show_default=True, cls=_LazyHelp,
+              fields={"batch": lambda: _library("training.VECTOR_BATCH")},
+              help="Training steps (batch {batch}, as `scoresde train`).")
 @click.option("--n", "n", type=click.IntRange(min=10), default=_Default("run_demo", "n"),
               show_default=True,
               help="Samples per solver (half as many held-out points for the likelihood).")

@@ -21,7 +21,7 @@ from .data import Dataset, get_dataset
 from .likelihood import log_likelihood
 from .sampling import sample
 from .toys import TOYS
-from .utils import make_generator, resolve_device
+from .utils import make_generator, resolve_device, time_vector
 
 if TYPE_CHECKING:  # matplotlib loads only when a figure is drawn
     from matplotlib.figure import Figure
@@ -137,7 +137,7 @@ def _density_and_field(model, sde, lim: float, quick: bool, dev) -> tuple[tuple,
     field, _, _ = plotting.grid_points(lim * 0.95, 17)
     field_t = torch.as_tensor(field, dtype=torch.float32, device=dev)
     with torch.no_grad():
-        vectors = model(field_t, torch.full((len(field_t),), FIELD_TIME, device=dev))
+        vectors = model(field_t, time_vector(FIELD_TIME, field_t))
     return (xs, ys, heat.reshape(res, res).cpu()), (field, vectors.cpu(), FIELD_TIME)
 
 

@@ -119,26 +119,41 @@ def _ema_with_warmup(decay: float):
     return update
 
 
-def _rng_state(gen: torch.Generator) -> dict:
-    """The data generator's state and PyTorch's (inside train()'s fork of them)."""
+def _cuda_index(device: torch.device) -> int | None:
+    """The index of a CUDA ``device`` (the current one for plain ``"cuda"``); None on others."""
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict:
+    """The data generator's state and PyTorch's on the CPU and on this rank's CUDA device
+    (inside train()'s fork of them)."""
     state = {"data": gen.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    index = _cuda_index(device)
+    if index is not None:
+        state["cuda"] = torch.cuda.get_rng_state(index)
     return state
 
 
-def _set_rng_state(gen: torch.Generator, state: dict) -> None:
+def _set_rng_state(gen: torch.Generator, state: dict, device: torch.device) -> None:
     gen.set_state(state["data"].cpu())
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    index = _cuda_index(device)
+    cuda = state.get("cuda")
+    if index is not None and cuda is not None:
+        if isinstance(cuda, (list, tuple)):  # older checkpoints hold every device's state
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda.cpu(), index)
 
 
-def fork_rng():
-    """A fork of PyTorch's generators (CPU and every CUDA device): restored when it closes."""
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    return torch.random.fork_rng(devices=cuda)
+def fork_rng(device: torch.device):
+    """A fork of PyTorch's generators on the CPU and on ``device`` when it is a CUDA device:
+    restored when it closes. Other GPUs are left untouched (no CUDA context is opened there)."""
+    index = _cuda_index(device)
+    return torch.random.fork_rng(devices=[] if index is None else [index])
 
 
 def dist_setup(device: torch.device):
@@ -168,13 +183,13 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(gen, state["rng"])
+        _set_rng_state(gen, state["rng"], place.device)
     net = DistributedDataParallel(model) if place.world > 1 else model
     return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]])
 
 
-def run_loop(parts: Parts, opts: Options, place: Place, start: int, elapsed: float,
-          callback, progress: bool) -> dict:
+def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: float,
+             callback: Callable[[int, dict], None] | None, progress: bool) -> dict:
     """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then."""
     recorder = _Recorder(opts, place, start, elapsed, callback, progress)
     with recorder:
@@ -254,7 +269,7 @@ def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
         save_checkpoint(os.path.join(place.run_dir, CHECKPOINT), {
             "step": step, "elapsed_s": seconds, "model": parts.model.state_dict(),
             "ema": parts.ema.state_dict(), "optimizer": parts.opt.state_dict(),
-            "rng": _rng_state(parts.gen)})
+            "rng": _rng_state(parts.gen, place.device)})
     if place.world > 1:
         dist.barrier()
 

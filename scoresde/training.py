@@ -179,7 +179,7 @@ def train(
     kw = dict(locals())
     rank, world, dev, owned = dist_setup(resolve_device(device))
     try:
-        with fork_rng():  # every draw, seeded or not, leaves the caller's random state alone
+        with fork_rng(dev):  # every draw, seeded or not, leaves the caller's random state alone
             return _run(kw, Place(rank, world, dev, os.fspath(run_dir)))
     finally:
         if owned:
@@ -204,8 +204,8 @@ def _run(kw: dict, place: Place) -> dict:
     sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])
     parts = build_parts(config, sde, dataset, place, state)
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0
-    result = run_loop(parts, Options.of(config), place, start, elapsed, kw["callback"],
-                      kw["progress"])
+    result = run_loop(parts, Options.of(config), place, start=start, elapsed=elapsed,
+                      callback=kw["callback"], progress=kw["progress"])
     return dict(result, resumed_from=start if state is not None else None)
 
 

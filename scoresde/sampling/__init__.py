@@ -7,7 +7,8 @@ per-step hook); :data:`SAMPLERS` maps names to the functions and :func:`sample` 
 builds the grid (:data:`GRIDS`), runs one and denoises. Every solver takes its drift from the
 SDE's own ``sde.reverse(score_fn, probability_flow=...)``. ``generator`` is a
 ``torch.Generator`` or a :class:`PerSampleGenerator` (``sample(..., seeds=...)``): then sample
-``i`` depends only on its own seed, whatever the batch.
+``i`` depends only on its own seed, whatever the batch (for the fixed-step solvers; see
+:func:`sample` for the adaptive ones).
 """
 
 from ..utils import CountedScore

@@ -113,7 +113,10 @@ def sample(
             sample ``i`` (its prior draw and every noise increment) then depends only on
             ``seeds[i]``, whatever the batch size or the other seeds, given a score function
             that treats each sample alone. Short for ``generator=PerSampleGenerator(seeds,
-            device)``.
+            device)``. Bit for bit for every fixed-step solver; ``ode`` and adaptive
+            ``torchsde`` choose their steps for the whole batch (each sample's noise is still
+            its own: results agree within the tolerance), and pc's ``langevin_batch``
+            corrector scales its step by norms averaged over the batch.
         device, dtype: of the samples (default: the generator's device, torch's default dtype).
         callback: called after each step with a dict (see :mod:`scoresde.sampling.common`).
         denoise: finish with Tweedie's ``x0 = (x + s^2 score(x, eps)) / m`` at ``eps`` (one more

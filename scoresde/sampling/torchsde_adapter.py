@@ -18,6 +18,7 @@ per sample seeded from its generator (:class:`PerSampleBrownian`, ``B`` times th
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -222,7 +223,10 @@ def sample_torchsde(
     bm = _brownian(generator, y0, span, steps, method, adaptive)
     # A step a hair longer than span / steps: the last step is clipped to the end, not split.
     dt = span / steps * (1 + 1e-6)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torchsde warns that adaptive Euler may not converge for non-additive noise; the noise
+        # here is additive (g depends on time only), declared "diagonal" for the state's shape.
+        warnings.filterwarnings("ignore", message=".*non-additive noise", category=UserWarning)
         ys = torchsde.sdeint(rsde, y0, taus, bm=bm, method=method, dt=dt, adaptive=adaptive,
                              rtol=rtol, atol=atol, dt_min=span * 1e-6)
     x = run_callback(callback, ys[-1].reshape(x.shape), i=0, t=t_start, t_next=t_end,
