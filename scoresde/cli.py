@@ -372,7 +372,9 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Last time [default: 1e-3 VP-type, 1e-5 VE].")
 @click.option("--grid", type=_LazyChoice("sampling.GRIDS"), default=None,
-              help="Time grid [default: uniform for em/pc/ode/torchsde, edm for the others].")
+              help="Time grid [default: uniform for em/pc/ode/torchsde, edm for the others; "
+                   "euler/heun/dpmpp_2m at --steps <= 20: the few-step grid from the run's "
+                   "sigma_data].")
 @click.option("--predictor", type=_LazyChoice("sampling.PREDICTORS"),
               default=_Default("sampling.sample_pc", "predictor"), show_default=True,
               help="pc only.")
@@ -472,7 +474,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                              **randomness, **knobs)
         else:
             x, info = draw(score, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
-                           device=dev, denoise=not no_denoise, **randomness, **knobs)
+                           device=dev, denoise=not no_denoise, data_std=config.get("sigma_data"),
+                           **randomness, **knobs)
     seconds = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise RuntimeError(f"the {solver} sampler produced non-finite values; try more steps")
