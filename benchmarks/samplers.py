@@ -14,6 +14,8 @@ batch of the same shape), minus 1.
     PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~2 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --fewstep  # windowed few-step grids, ~2 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --pc       # pc's correctors at 1000 steps, ~8 min
+    PYTHONPATH=$PWD python benchmarks/samplers.py --defaults # NFE to the target: defaults with
+                                                             # the data's statistics vs window
 """
 
 from __future__ import annotations
@@ -198,6 +200,53 @@ def pc_correctors(n: int = 1000, reps: int = 3) -> None:
                       flush=True)
 
 
+def _moments(mix):
+    """The mixture's exact mean (D,) and covariance (D, D), as a user's data statistics."""
+    w = mix.weights
+    mean = (w[:, None] * mix.means).sum(0)
+    d = mix.means - mean
+    return mean, (w[:, None, None] * (mix.covs + d[:, :, None] * d[:, None, :])).sum(0)
+
+
+def defaults_nfe(n: int = 2000, reps: int = 3, seeds=(0, 1, 2, 3)) -> None:
+    """Fewest NFE (of 6, 8, 10, 12, 15, 20) reaching the target with dpmpp_2m, per SDE and
+    mixture: today's default grid, the tuned window, and the few-step defaults from the data's
+    mean and covariance (``data_cov``) or mean and std (``data_std``)."""
+    ways = {"edm (no stats)": {}, "tuned window": dict(grid="log_snr", **WINDOW)}
+    print(f"\nNFE to reach the target, dpmpp_2m, R = {reps} draws of {n}:")
+    print("| mixture | sde | " + " | ".join([*ways, "defaults, data_cov", "defaults, data_std"])
+          + " |")
+    print("|" + " --- |" * (4 + len(ways)))
+    mixes = [("ring", GaussianMixture.ring()), ("narrow", GaussianMixture.narrow())]
+    mixes += [(f"unseen({s}{', narrow' if nar else ''})", GaussianMixture.unseen(s, narrow=nar))
+              for s in seeds for nar in (False, True)]
+    for name, mix in mixes:
+        gen = torch.Generator().manual_seed(1)
+        null = [energy_distance(mix.sample(n, generator=gen), mix.sample(n, generator=gen))
+                for _ in range(20)]
+        level = statistics.mean(null) + 3 * statistics.stdev(null) / reps**0.5
+        mean, cov = _moments(mix)
+        stats = {"cov": dict(data_mean=mean, data_cov=cov),
+                 "std": dict(data_mean=mean, data_std=float(cov.diagonal().mean().sqrt()))}
+        for sde_name in ("vp", "subvp", "ve"):
+            sde = get_sde(sde_name)
+            cells = [_fewest(mix, sde, n, reps, gen, level, kw, shift=1) for kw in ways.values()]
+            cells += [_fewest(mix, sde, n, reps, gen, level, kw, shift=0) for kw in stats.values()]
+            print(f"| {name} | {sde_name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def _fewest(mix, sde, n, reps, gen, level, knobs, shift):
+    """The fewest NFE of the ladder whose mean energy distance is below ``level``, or '> 20'."""
+    for nfe in (6, 8, 10, 12, 15, 20):
+        stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver="dpmpp_2m",
+                                        steps=nfe - shift, generator=torch.Generator()
+                                        .manual_seed(100 + r), **knobs)[0],
+                                 mix.sample(n, generator=gen)) for r in range(reps)]
+        if statistics.mean(stats) < level:
+            return str(nfe)
+    return "> 20"
+
+
 def _fmt(r: dict) -> str:
     return (f"| {r['target']} | {r['sde']} | {r['label']} | {r['steps']} | {r['nfe']} | "
             f"{r['mean']:.1e} ± {r['sd']:.1e} | {r['level']:.1e} | {'yes' if r['ok'] else 'no'} | "
@@ -222,12 +271,16 @@ def main() -> None:
     parser.add_argument("--overhead", action="store_true", help="only the loop-overhead table")
     parser.add_argument("--pc", action="store_true",
                         help="only pc's batch-averaged against its default Langevin step")
+    parser.add_argument("--defaults", action="store_true",
+                        help="only NFE to the target: few-step defaults against the window")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.overhead:
         return overhead()
     if args.pc:
         return pc_correctors()
+    if args.defaults:
+        return defaults_nfe()
     print(f"# {datetime.date.today()}, torch {torch.__version__}, 1 thread")
     print("| target | sde | solver | steps | NFE | energy dist. mean ± sd | noise level | "
           "reached | wall s | loop overhead |")

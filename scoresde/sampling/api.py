@@ -17,6 +17,8 @@ from ..sde import SDE
 from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, resolve_generator,
                      tweedie)
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
+from .fewstep import (FEWSTEP_MAX_STEPS, FEWSTEP_SOLVERS, data_stats, fewstep_grid,
+                      gaussian_head, shifted)
 from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
 from .ode import sample_ode
 from .sde_solvers import sample_em, sample_pc
@@ -94,6 +96,9 @@ def sample(
     rho: float = 7.0,
     sigma_max: float | None = None,
     sigma_min: float | None = None,
+    data_std: float | None = None,
+    data_mean=None,
+    data_cov=None,
     **knobs,
 ) -> tuple[torch.Tensor, dict]:
     """Draw samples of shape ``shape`` by solving the reverse-time SDE or the probability-flow ODE.
@@ -131,6 +136,15 @@ def sample(
             steps are spaced inside. ``None``: no window. The few-step recipe that reaches
             our targets in 10 score calls is ``solver="dpmpp_2m", steps=9, grid="log_snr",
             sigma_max=5, sigma_min=0.01`` for data of scale about 1-3 (BENCHMARKS.md).
+        data_std, data_mean, data_cov: what is known about the data (a run's ``sigma_data``
+            is its ``data_std``; ``data_mean`` a number or ``D`` entries, default 0;
+            ``data_cov`` the ``(D, D)`` covariance instead of ``data_std``). With them,
+            ``euler``, ``heun`` and ``dpmpp_2m`` at ``steps <= 20`` and no ``grid``,
+            ``sigma_max`` or ``sigma_min`` given take the few-step defaults
+            (:mod:`scoresde.sampling.fewstep`): the first step, to ``sigma = 2 * scale``,
+            follows the data's Gaussian's exact flow (no score call), the others are spaced
+            in log-SNR down to ``sigma = 0.01 * scale``; ``steps=10`` with ``dpmpp_2m`` is 10
+            score calls. Otherwise they are unused.
         **knobs: the solver's own options, e.g. ``predictor``, ``corrector``, ``snr``,
             ``corrector_steps`` (pc), ``method``, ``rtol``, ``atol`` (ode, torchsde).
 
@@ -155,18 +169,35 @@ def sample(
                          f"it accepts {', '.join(accepted) or 'none'}")
     check_steps(steps)
     eps = default_eps(sde) if eps is None else check_eps(sde, eps)
-    grid = DEFAULT_GRIDS[solver] if grid is None else check_choice("grid", grid, GRIDS)
+    if grid is not None:
+        check_choice("grid", grid, GRIDS)
     generator = resolve_generator(generator, seeds, shape, device)
     if device is None and generator is not None:
         device = generator.device
-    ts = get_grid(sde, grid, steps, eps, rho=rho, sigma_max=sigma_max, sigma_min=sigma_min)
+    stats = data_stats(tuple(shape)[1:], data_std, data_mean, data_cov)
+    fewstep = (stats is not None and solver in FEWSTEP_SOLVERS and steps <= FEWSTEP_MAX_STEPS
+               and grid is None and sigma_max is None and sigma_min is None)
+    head = False
+    if fewstep:
+        grid = "log_snr"
+        ts, head = fewstep_grid(sde, steps, eps, stats)
+    else:
+        grid = DEFAULT_GRIDS[solver] if grid is None else grid
+        ts = get_grid(sde, grid, steps, eps, rho=rho, sigma_max=sigma_max, sigma_min=sigma_min)
     counted = CountedScore(score_fn)
     x = prior_draw(sde, shape, generator, device=device, dtype=dtype)
-    x, info = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback, **knobs)
+    if head:
+        x = gaussian_head(sde, x, ts, stats, callback)
+        x, info = SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
+                                   callback=shifted(callback), **knobs)
+        info.update(grid=ts, steps=steps)
+    else:
+        x, info = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
+                                   **knobs)
     if denoise:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
         with torch.no_grad():
             x = tweedie(counted, x, float(ts[-1]), m, s)
     info.update(nfe=counted.calls, solver=solver, eps=eps, denoise=bool(denoise),
-                grid_name=grid)
+                grid_name=grid, gaussian_head=head)
     return x, info
