@@ -646,8 +646,10 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
               fields={"batch": lambda: _library("training.VECTOR_BATCH")},
               help="Training steps (batch {batch}, as `scoresde train`).")
 @click.option("--n", "n", type=click.IntRange(min=10), default=_Default("run_demo", "n"),
-              show_default=True,
-              help="Samples per solver (half as many held-out points for the likelihood).")
+              show_default=True, cls=_LazyHelp,
+              fields={"points": lambda: _library("demo.LIKELIHOOD_POINTS")},
+              help="Samples per solver (half as many held-out points drawn; the likelihood on "
+                   "at most {points} of them).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The figure [default: RUN/demo.png].")
 @click.option("--seed", type=int, default=_Default("run_demo", "seed"), show_default=True)
@@ -657,7 +659,8 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
     """Train on a 2D toy, sample with em, pc, ode and dpmpp_2m, measure the likelihood, draw it.
 
     The figure shows the data, the samples of each solver with its NFE, the learned log-density,
-    the score field and a few probability-flow paths. About two minutes on two CPU cores.
+    the score field and a few probability-flow paths. It says on stderr what it is doing as it
+    goes. About a minute on two idle CPU cores, most of it training.
 
     \b
     Examples:

@@ -4,7 +4,10 @@ import pytest
 from matplotlib.figure import Figure
 
 import scoresde
+from scoresde import demo
+from scoresde.data import get_dataset
 from scoresde.demo import PC_SNR, solver_plan
+from scoresde.training import VECTOR_BATCH
 
 
 def test_run_demo_returns_the_figure_and_the_summary(tmp_path):
@@ -25,3 +28,41 @@ def test_run_demo_refuses_bad_input_before_training(tmp_path):
     with pytest.raises(ValueError, match="n must be an integer >= 10"):
         scoresde.run_demo(tmp_path / "b", n=3)
     assert not any(tmp_path.iterdir())
+
+
+def test_run_demo_says_each_phase_on_stderr_with_its_time(tmp_path, capsys):
+    _, summary = scoresde.run_demo(tmp_path / "run", steps=5, n=20, quick=True)
+    err = capsys.readouterr().err
+    assert err.startswith(f"training vp on 8gaussians: 5 steps of batch {VECTOR_BATCH} into ")
+    for start in ("trained in ",
+                  "sampling 20 points with em (20 steps)... NFE 21, ",
+                  "sampling 20 points with pc (10 steps, snr 0.02)... NFE 21, ",
+                  "sampling 20 points with ode (RK45, tolerance 0.01)... NFE ",
+                  "sampling 20 points with dpmpp_2m (10 steps)... NFE 11, ",
+                  "8 probability-flow paths (euler, 10 steps)... ",
+                  "log-likelihood of 10 held-out points (probability-flow ODE, RK45, tolerance "
+                  "0.01)... NFE ",
+                  "log-density on a 16 x 16 grid (probability-flow ODE, RK45, tolerance 0.01)..."):
+        lines = [line for line in err.splitlines() if line.startswith(start)]
+        assert len(lines) == 1 and lines[0].endswith(" s"), (start, err)
+
+
+def test_run_demo_likelihood_on_at_most_likelihood_points_with_the_gap(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "LIKELIHOOD_POINTS", 6)
+    figure, summary = scoresde.run_demo(tmp_path / "run", steps=5, n=20, quick=True,
+                                        progress=False)
+    assert len(figure.axes[0].collections[0].get_offsets()) == 10  # the data panel: n // 2
+    line = summary[4]
+    assert "on 6 held-out points" in line
+    mean, sem = (float(v) for v in line.split()[1:4:2])
+    entropy = get_dataset("8gaussians").entropy
+    gap, gap_sem = line.split("gap ")[1].split(" ± ")
+    assert float(gap) == pytest.approx(-mean - entropy, abs=2e-4)
+    assert float(gap_sem) == pytest.approx(sem, abs=1e-4)
+
+
+def test_full_plan_is_few_step_and_labelled():
+    plan = solver_plan()
+    assert plan["em"]["steps"] <= 100 and plan["pc"]["steps"] <= 100
+    assert plan["pc"]["snr"] == PC_SNR and plan["dpmpp_2m"]["steps"] == 10
+    assert demo.LIKELIHOOD_TOL <= 1e-3 and demo.DENSITY_GRID >= 32
