@@ -473,6 +473,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     shape = (n, *config["data_shape"])
     randomness = ({"seeds": seeds} if seeds is not None
                   else {"generator": make_generator(seed, dev)})
+    stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
     start = time.perf_counter()
     score, labels = _conditioning(model, label, guidance, n)
     with torch.no_grad():
@@ -483,7 +484,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                              **randomness, **knobs)
         else:
             x, info = draw(score, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
-                           device=dev, denoise=not no_denoise, **randomness, **knobs)
+                           device=dev, denoise=not no_denoise, **stats, **randomness, **knobs)
     seconds = time.perf_counter() - start
     if not torch.isfinite(x).all():
         raise RuntimeError(f"the {solver} sampler produced non-finite values; try more steps")
@@ -503,9 +504,37 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         plotting.save_figure(figure, fig_path)
     record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": info["nfe"],
               "eps": info["eps"], "time_s": round(seconds, 4), "out": str(out),
-              "figure": str(fig_path) if fig_path else None, "options": knobs}
+              "figure": str(fig_path) if fig_path else None, "options": knobs,
+              "data_statistics": sorted(stats)}
     _emit(record, as_json, [f"{solver}: {n} samples, NFE {info['nfe']}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
+
+
+# Above this many entries per sample the covariance is too large to pass: the run's sigma_data
+# and the data's mean stand for it (an isotropic Gaussian).
+_FULL_COVARIANCE_MAX_DIM = 1024
+
+
+def _data_statistics(config: dict, solver: str, steps: int, grid, sigma_max, sigma_min,
+                     quiet: bool = False) -> dict:
+    """``data_mean`` and ``data_cov`` (or ``data_std``) of the run's training data when the
+    sampler uses them (few steps, no grid or window given); ``{}`` otherwise, or when the data
+    can no longer be read (said on stderr)."""
+    from .data import get_dataset
+    from .sampling.fewstep import uses_data_stats
+
+    if not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
+        return {}
+    try:
+        mean, cov = get_dataset(config["data"]).moments()
+    except (ValueError, OSError) as err:
+        if not quiet:
+            click.echo(f"few steps without the data's statistics ({_one_line(err)[:200]}): "
+                       "the solver's default grid", err=True)
+        return {}
+    if mean.numel() > _FULL_COVARIANCE_MAX_DIM:
+        return {"data_mean": mean, "data_std": config["sigma_data"]}
+    return {"data_mean": mean, "data_cov": cov}
 
 
 def _conditioning(model, label, guidance, n):

@@ -14,6 +14,7 @@ sets (digits, arrays) are sampled by index with that generator. :func:`load_arra
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Callable
@@ -79,11 +80,20 @@ class Dataset:
         y = None if self.train_labels is None else self.train_labels[idx]
         return self.train[idx], y
 
-    def std(self) -> float:
-        """Standard deviation of all entries of the training data (test points for toys)."""
-        x = self.train if self.train is not None else self.sample(
+    def _reference(self) -> torch.Tensor:
+        """The training points, or for toys 20,000 fixed draws (never the test points)."""
+        return self.train if self.train is not None else self.sample(
             20_000, torch.Generator().manual_seed(TEST_SEED - 2))[0]
-        return float(x.to(torch.float64).std())
+
+    def std(self) -> float:
+        """Standard deviation of all entries of the training data (20,000 draws for toys)."""
+        return float(self._reference().to(torch.float64).std())
+
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean ``(D,)`` and covariance ``(D, D)`` of the flattened training data (20,000 draws
+        for toys), float64: what :func:`~scoresde.sample`'s ``data_mean``/``data_cov`` take."""
+        x = self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
+        return x.mean(0), torch.atleast_2d(torch.cov(x.T))
 
 
 _NPY = ""  # the key of a .npy file's one array in _read_numpy's answer

@@ -23,6 +23,7 @@ from .checks import check_choice, check_int
 from .data import get_dataset
 from .likelihood import log_likelihood
 from .sampling import sample
+from .sampling.fewstep import uses_data_stats
 from .toys import TOYS
 from .training import VECTOR_BATCH  # the batch train() picks for 2D data
 from .utils import make_generator, resolve_device, time_vector
@@ -65,7 +66,8 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     """Train a score model on a 2D toy into ``run_dir``, sample it four ways, measure it, draw it.
 
     Trains with :func:`scoresde.train` (its defaults, one checkpoint at the end), samples ``n``
-    points each with em, pc (snr :data:`PC_SNR`), ode and dpmpp_2m (:func:`solver_plan`), runs
+    points each with em, pc (snr :data:`PC_SNR`), ode and dpmpp_2m (:func:`solver_plan`; dpmpp_2m
+    with the data's mean and covariance, :meth:`~scoresde.data.Dataset.moments`), runs
     :data:`PATHS` probability-flow paths (Euler on the EDM grid), and measures the log-likelihood
     of ``n // 2`` held-out points (at least 10, at most :data:`LIKELIHOOD_POINTS`) and the learned
     log-density on a :data:`DENSITY_GRID` square grid.
@@ -105,9 +107,10 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
           checkpoint_every=steps, progress=progress)
     say.line(f"trained in {time.perf_counter() - start:.1f} s")
     model, sde_obj, config = load_run(run_dir, device=dev)
-    with torch.no_grad():
-        samples, paths = _samples(model, sde_obj, n, quick, seed, dev, say)
     dataset = get_dataset(config["data"])
+    stats = dict(zip(("data_mean", "data_cov"), dataset.moments()))
+    with torch.no_grad():
+        samples, paths = _samples(model, sde_obj, n, quick, seed, dev, say, stats)
     shown = dataset.test[:max(n // 2, 10)]  # the data panel: n // 2 held-out points
     ll = _held_out(model, sde_obj, shown, quick, dev, say)
     lim = float(shown.abs().max()) * 1.15
@@ -147,24 +150,27 @@ def _nfe(result: tuple[torch.Tensor, dict]) -> str:
     return f"NFE {result[1]['nfe']}, "
 
 
-def _describe(solver: str, kw: dict) -> str:
-    """``"pc (100 steps, snr 0.02)"``, ``"ode (RK45, tolerance 0.001)"``: a solver and its plan."""
+def _describe(solver: str, kw: dict, stats: bool = False) -> str:
+    """``"pc (100 steps, snr 0.02)"``, ``"ode (RK45, tolerance 0.001)"``: a solver and its plan
+    (``stats``: it uses the data's mean and covariance)."""
     if solver == "ode":
         return f"ode (RK45, tolerance {kw['rtol']:g})"
     extra = f", snr {kw['snr']:g}" if "snr" in kw else ""
+    extra += ", the data's mean and covariance" if stats else ""
     return f"{solver} ({kw['steps']} steps{extra})"
 
 
-def _samples(model, sde, n: int, quick: bool, seed: int, dev,
-             say: _Say) -> tuple[Samples, torch.Tensor]:
+def _samples(model, sde, n: int, quick: bool, seed: int, dev, say: _Say,
+             stats: dict) -> tuple[Samples, torch.Tensor]:
     """Per solver ``(x (n, 2), nfe, seconds)``; and :data:`PATHS` probability-flow paths
-    ``(S, PATHS, 2)``."""
+    ``(S, PATHS, 2)``. ``stats``: the data's mean and covariance, for the few-step solver."""
     samples = {}
     for solver, kw in solver_plan(quick).items():
+        extra = stats if uses_data_stats(solver, kw["steps"]) else {}
         (x, info), seconds = say.timed(
-            f"sampling {n} points with {_describe(solver, kw)}",
+            f"sampling {n} points with {_describe(solver, kw, bool(extra))}",
             lambda: sample(model, sde, (n, 2), solver=solver,
-                           generator=make_generator(seed, dev), **kw), _nfe)
+                           generator=make_generator(seed, dev), **kw, **extra), _nfe)
         samples[solver] = (x.cpu(), info["nfe"], seconds)
     path = []  # probability-flow paths: Euler on the EDM grid
     steps = 10 if quick else PATH_STEPS

@@ -59,7 +59,15 @@ def test_sample_pc_1000_uses_most_recent_run_and_json(in_workdir):
     assert Path(record["out"]).resolve().parent == run.resolve()
     assert Path(record["figure"]).is_file()
     text = invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20)
-    assert text.exit_code == 0 and "NFE 6" in text.stdout
+    # Few steps from a run: the first step follows the Gaussian of the run's data (its mean and
+    # covariance, no score call), then 4 steps and the denoising call.
+    assert text.exit_code == 0 and "NFE 5" in text.stdout
+    record = json.loads(invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20,
+                               "--json").stdout)
+    assert record["data_statistics"] == ["data_cov", "data_mean"] and record["nfe"] == 5
+    record = json.loads(invoke("sample", "--solver", "dpmpp_2m", "--steps", 5, "--n", 20,
+                               "--grid", "edm", "--json").stdout)  # a grid of the user's wins
+    assert record["data_statistics"] == [] and record["nfe"] == 6
     assert f"using run {Path('runs') / run.name} (most recent" in text.stderr
 
 

@@ -38,7 +38,9 @@ def test_run_demo_says_each_phase_on_stderr_with_its_time(tmp_path, capsys):
                   "sampling 20 points with em (20 steps)... NFE 21, ",
                   "sampling 20 points with pc (10 steps, snr 0.02)... NFE 21, ",
                   "sampling 20 points with ode (RK45, tolerance 0.01)... NFE ",
-                  "sampling 20 points with dpmpp_2m (10 steps)... NFE 11, ",
+                  # the first step follows the data's Gaussian: no score call
+                  "sampling 20 points with dpmpp_2m (10 steps, the data's mean and "
+                  "covariance)... NFE 10, ",
                   "8 probability-flow paths (euler, 10 steps)... ",
                   "log-likelihood of 10 held-out points (probability-flow ODE, RK45, tolerance "
                   "0.01)... NFE ",

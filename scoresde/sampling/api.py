@@ -17,8 +17,7 @@ from ..sde import SDE
 from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, resolve_generator,
                      tweedie)
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
-from .fewstep import (FEWSTEP_MAX_STEPS, FEWSTEP_SOLVERS, data_stats, fewstep_grid,
-                      gaussian_head, shifted)
+from .fewstep import data_stats, fewstep_grid, gaussian_head, shifted, uses_data_stats
 from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
 from .ode import sample_ode
 from .sde_solvers import sample_em, sample_pc
@@ -175,8 +174,7 @@ def sample(
     if device is None and generator is not None:
         device = generator.device
     stats = data_stats(tuple(shape)[1:], data_std, data_mean, data_cov)
-    fewstep = (stats is not None and solver in FEWSTEP_SOLVERS and steps <= FEWSTEP_MAX_STEPS
-               and grid is None and sigma_max is None and sigma_min is None)
+    fewstep = stats is not None and uses_data_stats(solver, steps, grid, sigma_max, sigma_min)
     head = False
     if fewstep:
         grid = "log_snr"
