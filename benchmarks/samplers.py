@@ -11,7 +11,7 @@ batch of the same shape), minus 1.
 
     PYTHONPATH=$PWD python benchmarks/samplers.py            # full, about 10 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --quick    # a smoke run, about a minute
-    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~2 minutes
+    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~3 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --fewstep  # windowed few-step grids, ~2 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --pc       # pc's correctors at 1000 steps, ~8 min
 """
