@@ -11,7 +11,7 @@ batch of the same shape), minus 1.
 
     PYTHONPATH=$PWD python benchmarks/samplers.py            # full, about 10 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --quick    # a smoke run, about a minute
-    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~2 minutes
+    PYTHONPATH=$PWD python benchmarks/samplers.py --overhead # loop overhead only, ~3 minutes
     PYTHONPATH=$PWD python benchmarks/samplers.py --fewstep  # windowed few-step grids, ~2 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --pc       # pc's correctors at 1000 steps, ~8 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --defaults # NFE to the target: defaults with
@@ -114,24 +114,29 @@ def recorded_calls(score_fn, run):
     return calls
 
 
+OVERHEAD_SETTINGS = (  # (label, solver, steps, knobs): about 500 score calls each
+    ("em", "em", 500, {}), ("pc", "pc", 500, {}),
+    ("pc ancestral", "pc", 500, {"predictor": "ancestral", "corrector": "none"}),
+    *((f"torchsde {m}", "torchsde", 50 if m == "srk" else 500, {"method": m})
+      for m in ("euler", "milstein", "srk", "reversible_heun")),
+    ("dpmpp_2m", "dpmpp_2m", 500, {}))
+
+
 def overhead(repeats: int = 7) -> None:
     """Loop overhead: the sampler's time over the time of its own score calls replayed alone.
 
     The baseline replays the exact inputs the sampler gave the score (the exact mixture score's
     cost depends on them a little), and each repeat times the sampler and the replay back to
-    back, so a load spike on the shared machine hits both; min of ``repeats`` of each.
+    back, so a load spike on the shared machine hits both; min of ``repeats`` of each. Every
+    setting makes about 500 score calls (torchsde's srk: 10 a step, so 50 steps).
     """
     mix, sde = GaussianMixture.ring(), get_sde("vp")
-    score_fn, shape, steps = mix.score_fn(sde), (2000, 2), 500
-    print(f"\nLoop overhead ({shape[0]} points, {steps} steps, vp, ring, min of {repeats}):")
+    score_fn, shape = mix.score_fn(sde), (2000, 2)
+    print(f"\nLoop overhead ({shape[0]} points, 500 steps (srk 50), vp, ring, min of {repeats}):")
     print("| solver | NFE | sampler s | its score calls replayed s | overhead | "
           "loop with a free score s | loop / score calls |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, solver, knobs in (("em", "em", {}), ("pc", "pc", {}),
-                                 ("pc ancestral", "pc", {"predictor": "ancestral",
-                                                         "corrector": "none"}),
-                                 ("torchsde euler", "torchsde", {"method": "euler"}),
-                                 ("dpmpp_2m", "dpmpp_2m", {})):
+    for label, solver, steps, knobs in OVERHEAD_SETTINGS:
         def run(fn):
             return sample(fn, sde, shape, solver=solver, steps=steps,
                           generator=torch.Generator().manual_seed(0), **knobs)

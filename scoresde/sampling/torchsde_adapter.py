@@ -7,13 +7,17 @@ flattened state ``(B, D)``. Its noise is additive (``g`` depends on time only), 
 Stratonovich readings are the same process and every method applies: ``reversible_heun`` gets
 the Stratonovich label it needs.
 
-The Brownian motion is a ``torchsde.BrownianInterval`` told the step size (``dt``), with an
-unbounded cache and space-time Levy area only for ``srk``: queried at increasing, known times
-it then costs little per step (see ``benchmarks/samplers.py``). With a
-:class:`~scoresde.sampling.PerSampleGenerator` sample ``i``'s Brownian path depends only on
-its seed: on fixed steps the increments are that sample's draws (:class:`SteppedBrownian`, one
-buffered draw a step); adaptive steps, which query sub-intervals, get one ``BrownianInterval``
-per sample seeded from its generator (:class:`PerSampleBrownian`, ``B`` times the cost).
+On fixed steps the Brownian increments are drawn from the generator as torchsde asks for
+them (:class:`SteppedBrownian`: one ``N(0, I)`` draw a step, two for ``srk``'s space-time Levy
+area), as ``em`` draws its noise; with a :class:`~scoresde.sampling.PerSampleGenerator` these
+are sample ``i``'s own draws, so its path depends only on its seed. A ``BrownianInterval``
+costs about 0.3 ms a query on 2000 x 2 states, near 10% of a cheap score's time on its own
+(see ``BENCHMARKS.md``). Adaptive steps, which query sub-intervals and retry rejected steps, get
+a ``torchsde.BrownianInterval`` told the first step size, with an unbounded cache, seeded by one
+integer from the generator, or one interval per sample for a ``PerSampleGenerator``
+(:class:`PerSampleBrownian`, ``B`` times the cost). On fixed steps f and g are asked only at
+times known in advance, whose coefficients are computed once (``sde.reverse(..., times=...)``);
+Milstein runs derivative-free (its correction is zero for additive noise either way).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 import torchsde
 
 from ..checks import check_choice, check_number
-from ..sde import SDE, ReverseSDE
+from ..sde import SDE
 from ..utils import seed_from
 from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, check_grid, randn,
                      run_callback)
@@ -39,25 +43,32 @@ class _ReverseTimeSDE(torch.nn.Module):
     """``sde.reverse(score_fn)`` in torchsde's forward time ``tau``, on states of shape ``(B, D)``.
 
     ``dx = -drift(x, t) dtau + g(t) dW`` with ``t = t_start - tau``: the reverse SDE's drift and
-    diffusion, read from :class:`~scoresde.sde.ReverseSDE`.
+    diffusion, read from ``sde.reverse(score_fn, times=...)`` at the times of ``taus`` (those
+    torchsde will ask for, if known), whose coefficients then cost a lookup.
     """
 
     noise_type = "diagonal"
 
-    def __init__(self, reverse: ReverseSDE, shape, t_start: float, sde_type: str):
+    def __init__(self, sde: SDE, score_fn, shape, t_start: float, sde_type: str,
+                 taus: list[float] | None = None):
         super().__init__()
-        self.reverse, self.shape = reverse, tuple(shape)
-        self.t_start, self.sde_type = t_start, sde_type
+        self.shape, self.t_start, self.sde_type = tuple(shape), t_start, sde_type
+        times = None if taus is None else [self._time(tau) for tau in taus]
+        self.reverse = sde.reverse(score_fn, times=times)
 
-    def _time(self, tau: torch.Tensor) -> float:
+    def _time(self, tau: torch.Tensor | float) -> float:
         return max(self.t_start - float(tau), 0.0)
 
     def f(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -self.reverse.drift(y.reshape(self.shape), self._time(tau)).reshape(y.shape)
+        return self.reverse.drift(y.reshape(self.shape), self._time(tau)).reshape(y.shape).neg_()
 
     def g(self, tau: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        # 0 * y keeps y in the graph, so Milstein's and SRK's derivative of g (zero) is defined.
-        return 0 * y + self.reverse.diffusion(self._time(tau))
+        g = self.reverse.diffusion(self._time(tau))
+        if torch.is_grad_enabled():
+            # For a torchsde path that differentiates g in y (derivative-using Milstein; ours
+            # runs derivative-free): 0 * y keeps y in the graph (the derivative is 0).
+            return 0 * y + g
+        return y.new_full((), g).expand(y.shape)  # one number seen as (B, D): no per-step copy
 
 
 class PerSampleBrownian(torchsde.BaseBrownian):
@@ -151,11 +162,12 @@ class SteppedBrownian(torchsde.BaseBrownian):
 
 def _brownian(generator: Randomness, y0: torch.Tensor, span: float, steps: int, method: str,
               adaptive: bool):
-    """The Brownian motion on ``[0, span]`` for states like ``y0`` ``(B, D)``: one interval
-    seeded by ``generator``; for a :class:`PerSampleGenerator`, per-sample increments on fixed
-    steps or one interval per sample for adaptive steps (which query sub-intervals)."""
+    """The Brownian motion on ``[0, span]`` for states like ``y0`` ``(B, D)``: on fixed steps
+    the increments drawn from ``generator`` (:class:`SteppedBrownian`); adaptive steps, which
+    query sub-intervals, get one ``BrownianInterval`` seeded by ``generator`` or, for a
+    :class:`PerSampleGenerator`, one per sample."""
     levy = "space-time" if method == "srk" else "none"
-    if isinstance(generator, PerSampleGenerator) and not adaptive:
+    if not adaptive:
         return SteppedBrownian(generator, y0.shape, y0.dtype, y0.device, levy)
 
     def interval(size, entropy):
@@ -167,6 +179,23 @@ def _brownian(generator: Randomness, y0: torch.Tensor, span: float, steps: int, 
         one = (1, *y0.shape[1:])
         return PerSampleBrownian([interval(one, seed_from(g)) for g in generator.generators])
     return interval(y0.shape, seed_from(generator))  # on the generator's device (CUDA too)
+
+
+# Where in a step ``(tau0, tau1)``, besides ``tau0``, torchsde's SRK (its SRID2 tableau's ``C0``
+# and ``C1``) asks for f and g: ``tau0 + c (tau1 - tau0)``, which for c = 1 need not be tau1. A
+# time missing from the table is computed when asked: this list saves time, not correctness.
+_SRK_STAGES = (0.25, 0.5, 1.0)
+
+
+def _step_times(span: float, dt: float, method: str) -> list[float]:
+    """The times ``tau`` torchsde's fixed-step loop asks f and g for: ``tau += dt`` clipped to
+    ``span``, in its float64 arithmetic, and for ``srk`` the stages inside each step."""
+    taus = [0.0]
+    while taus[-1] < span:
+        taus.append(min(taus[-1] + dt, span))
+    if method == "srk":
+        taus += [t0 + c * (t1 - t0) for t0, t1 in zip(taus, taus[1:]) for c in _SRK_STAGES]
+    return taus
 
 
 def sample_torchsde(
@@ -190,10 +219,11 @@ def sample_torchsde(
         x: the prior draw at ``ts[0]``, shape ``(B, *dims)``.
         ts: evenly spaced decreasing times (torchsde steps with a fixed ``dt``); with
             ``adaptive=True`` the spacing is the first step size.
-        generator: seeds the Brownian motion (one integer drawn from it); a
-            :class:`~scoresde.sampling.PerSampleGenerator` seeds one path per sample (with
-            ``adaptive=True`` the steps are still chosen for the whole batch, so a sample's
-            result depends on the batch up to the tolerances).
+        generator: the Brownian motion's randomness: on fixed steps its increments are drawn
+            from it step by step; with ``adaptive=True`` one integer drawn from it seeds a
+            ``BrownianInterval``. A :class:`~scoresde.sampling.PerSampleGenerator` gives one
+            path per sample (with ``adaptive=True`` the steps are still chosen for the whole
+            batch, so a sample's result depends on the batch up to the tolerances).
         callback: called once, at the end, with ``i = 0``.
         method: one of :data:`TORCHSDE_METHODS`.
         adaptive: torchsde's step-doubling adaptive stepping with ``rtol`` and ``atol``.
@@ -216,19 +246,21 @@ def sample_torchsde(
     t_start, t_end = float(ts[0]), float(ts[-1])
     counted = CountedScore(score_fn)
     sde_type = "stratonovich" if method == "reversible_heun" else "ito"
-    rsde = _ReverseTimeSDE(sde.reverse(counted), x.shape, t_start, sde_type)
-    y0 = x.reshape(x.shape[0], -1)
     span = t_start - t_end
-    taus = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
-    bm = _brownian(generator, y0, span, steps, method, adaptive)
     # A step a hair longer than span / steps: the last step is clipped to the end, not split.
     dt = span / steps * (1 + 1e-6)
+    rsde = _ReverseTimeSDE(sde, counted, x.shape, t_start, sde_type,
+                           None if adaptive else _step_times(span, dt, method))
+    y0 = x.reshape(x.shape[0], -1)
+    taus = torch.tensor([0.0, span], dtype=torch.float64, device=y0.device)
+    bm = _brownian(generator, y0, span, steps, method, adaptive)
     with torch.no_grad(), warnings.catch_warnings():
         # torchsde warns that adaptive Euler may not converge for non-additive noise; the noise
         # here is additive (g depends on time only), declared "diagonal" for the state's shape.
         warnings.filterwarnings("ignore", message=".*non-additive noise", category=UserWarning)
         ys = torchsde.sdeint(rsde, y0, taus, bm=bm, method=method, dt=dt, adaptive=adaptive,
-                             rtol=rtol, atol=atol, dt_min=span * 1e-6)
+                             rtol=rtol, atol=atol, dt_min=span * 1e-6,
+                             options={"grad_free": method == "milstein"})  # dg/dy = 0
     x = run_callback(callback, ys[-1].reshape(x.shape), i=0, t=t_start, t_next=t_end,
                      denoised=None)
     info = {"nfe": counted.calls, "steps": None if adaptive else steps, "grid": ts,
