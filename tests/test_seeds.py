@@ -5,15 +5,11 @@ row: no reduction mixes samples), so any dependence on the batch would come from
 The runs are in float32, the dtype users sample in.
 """
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-
+from problems import folder_with_a_run, invoke
 from scoresde import GaussianMixture, VPSDE, impute, sample
-from scoresde.cli import main
 from scoresde.sampling import PerSampleBrownian, PerSampleGenerator
 from scoresde.sampling.torchsde_adapter import SteppedBrownian
 
@@ -147,30 +143,19 @@ def test_seeds_accept_ranges_and_tensors():
 
 
 # ----- the CLI --------------------------------------------------------------------------------
-def _invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder with one tiny trained run under ./runs."""
-    path = tmp_path_factory.mktemp("cli-seeds")
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        result = _invoke("train", "--sde", "vp", "--steps", 5, "--batch-size", 32, "--quiet")
-        assert result.exit_code == 0, result.output
+    with folder_with_a_run(tmp_path_factory.mktemp("cli-seeds"), "--sde", "vp", "--steps", 5,
+                           "--batch-size", 32) as path:
         yield path
-    finally:
-        os.chdir(old)
 
 
-def test_cli_seeds_set_n_and_are_written_with_the_samples(workdir, monkeypatch):
-    monkeypatch.chdir(workdir)
-    result = _invoke("sample", "--solver", "em", "--steps", 10, "--seeds", "0-3,7,9-10",
+def test_cli_seeds_set_n_and_are_written_with_the_samples(in_workdir):
+    result = invoke("sample", "--solver", "em", "--steps", 10, "--seeds", "0-3,7,9-10",
                      "--out", "all.npz")
     assert result.exit_code == 0, result.output
-    result = _invoke("sample", "--solver", "em", "--steps", 10, "--seeds", "9", "--n", 1,
+    result = invoke("sample", "--solver", "em", "--steps", 10, "--seeds", "9", "--n", 1,
                      "--out", "one.npz")
     assert result.exit_code == 0, result.output
     full, one = np.load("all.npz"), np.load("one.npz")
@@ -187,8 +172,7 @@ def test_cli_seeds_set_n_and_are_written_with_the_samples(workdir, monkeypatch):
     (("--seeds", "a,b"), "expected seeds as ranges"),
     (("--seeds", "-2"), "expected seeds as ranges"),
 ])
-def test_cli_bad_seeds_are_usage_errors(workdir, monkeypatch, args, match):
-    monkeypatch.chdir(workdir)
-    result = _invoke("sample", "--solver", "em", "--steps", 2, "--out", "bad.npz", *args)
+def test_cli_bad_seeds_are_usage_errors(in_workdir, args, match):
+    result = invoke("sample", "--solver", "em", "--steps", 2, "--out", "bad.npz", *args)
     assert result.exit_code == 2, result.output
     assert match in result.output
