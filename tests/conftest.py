@@ -11,9 +11,20 @@ def sde(request):
     return get_sde(request.param)
 
 
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A folder with one tiny trained VP run under ./runs; a module that needs another run
+    defines its own ``workdir``."""
+    from problems import folder_with_a_run
+
+    with folder_with_a_run(tmp_path_factory.mktemp("cli"), "--sde", "vp", "--steps", 5,
+                           "--batch-size", 32) as path:
+        yield path
+
+
 @pytest.fixture
 def in_workdir(workdir, monkeypatch):
-    """Works in the folder of the requesting module's own ``workdir`` fixture."""
+    """Works in the folder of the requesting module's ``workdir`` fixture."""
     monkeypatch.chdir(workdir)
     return workdir
 

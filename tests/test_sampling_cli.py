@@ -5,15 +5,7 @@ import warnings
 
 import pytest
 
-from problems import folder_with_a_run, invoke
-
-
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder with one tiny trained run under ./runs."""
-    with folder_with_a_run(tmp_path_factory.mktemp("cli-sample"), "--sde", "vp", "--steps", 5,
-                           "--batch-size", 32) as path:
-        yield path
+from problems import invoke
 
 
 def test_torchsde_adaptive_runs_with_the_given_tolerances_and_reports_them(in_workdir):

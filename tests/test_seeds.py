@@ -8,7 +8,7 @@ The runs are in float32, the dtype users sample in.
 import numpy as np
 import pytest
 import torch
-from problems import folder_with_a_run, invoke
+from problems import invoke
 from scoresde import GaussianMixture, VPSDE, impute, sample
 from scoresde.sampling import PerSampleBrownian, PerSampleGenerator
 from scoresde.sampling.torchsde_adapter import SteppedBrownian
@@ -143,14 +143,6 @@ def test_seeds_accept_ranges_and_tensors():
 
 
 # ----- the CLI --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    """A folder with one tiny trained run under ./runs."""
-    with folder_with_a_run(tmp_path_factory.mktemp("cli-seeds"), "--sde", "vp", "--steps", 5,
-                           "--batch-size", 32) as path:
-        yield path
-
-
 def test_cli_seeds_set_n_and_are_written_with_the_samples(in_workdir):
     result = invoke("sample", "--solver", "em", "--steps", 10, "--seeds", "0-3,7,9-10",
                      "--out", "all.npz")

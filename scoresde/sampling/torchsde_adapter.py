@@ -71,7 +71,32 @@ class _ReverseTimeSDE(torch.nn.Module):
         return y.new_full((), g).expand(y.shape)  # one number seen as (B, D): no per-step copy
 
 
-class PerSampleBrownian(torchsde.BaseBrownian):
+class _Brownian(torchsde.BaseBrownian):
+    """What torchsde asks of every Brownian motion besides its queries: shape, dtype, device and
+    the kind of Levy area it gives."""
+
+    def __init__(self, shape, dtype, device, levy_area_approximation):
+        self._shape, self._dtype = torch.Size(shape), dtype
+        self._device, self._levy = torch.device(device), levy_area_approximation
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def levy_area_approximation(self):
+        return self._levy
+
+
+class PerSampleBrownian(_Brownian):
     """A Brownian motion of shape ``(B, D)`` whose row ``i`` is the ``(1, D)`` path ``paths[i]``.
 
     Every query (increments, and the Levy areas ``U``, ``A`` that ``srk`` asks for) goes to
@@ -80,6 +105,9 @@ class PerSampleBrownian(torchsde.BaseBrownian):
 
     def __init__(self, paths: list):
         self.paths = list(paths)
+        first = self.paths[0]
+        super().__init__((len(self.paths), *first.shape[1:]), first.dtype, first.device,
+                         first.levy_area_approximation)
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         rows = [p(ta, tb, return_U=return_U, return_A=return_A) for p in self.paths]
@@ -90,24 +118,8 @@ class PerSampleBrownian(torchsde.BaseBrownian):
     def __repr__(self) -> str:
         return f"PerSampleBrownian({len(self.paths)} x {self.paths[0]!r})"
 
-    @property
-    def dtype(self):
-        return self.paths[0].dtype
 
-    @property
-    def device(self):
-        return self.paths[0].device
-
-    @property
-    def shape(self):
-        return torch.Size((len(self.paths), *self.paths[0].shape[1:]))
-
-    @property
-    def levy_area_approximation(self):
-        return self.paths[0].levy_area_approximation
-
-
-class SteppedBrownian(torchsde.BaseBrownian):
+class SteppedBrownian(_Brownian):
     """Brownian increments on consecutive steps, drawn as they are asked for from a generator.
 
     A query ``(ta, tb)`` must start where the last one ended (at 0 first): it gets ``W = sqrt(h)
@@ -122,9 +134,8 @@ class SteppedBrownian(torchsde.BaseBrownian):
     """
 
     def __init__(self, generator: Randomness, shape, dtype, device, levy_area_approximation):
-        self.generator, self._shape = generator, torch.Size(shape)
-        self._dtype, self._device = dtype, torch.device(device)
-        self._levy, self._t = levy_area_approximation, 0.0
+        super().__init__(shape, dtype, device, levy_area_approximation)
+        self.generator, self._t = generator, 0.0
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         ta, tb = (0.0, float(ta)) if tb is None else (float(ta), float(tb))
@@ -142,22 +153,6 @@ class SteppedBrownian(torchsde.BaseBrownian):
 
     def __repr__(self) -> str:
         return f"SteppedBrownian(shape={tuple(self._shape)}, t={self._t})"
-
-    @property
-    def dtype(self):
-        return self._dtype
-
-    @property
-    def device(self):
-        return self._device
-
-    @property
-    def shape(self):
-        return self._shape
-
-    @property
-    def levy_area_approximation(self):
-        return self._levy
 
 
 def _brownian(generator: Randomness, y0: torch.Tensor, span: float, steps: int, method: str,
