@@ -218,7 +218,19 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--data", type=str, default=_Default("train", "data"), show_default=True,
               metavar="NAME|PATH", cls=_LazyHelp,
               fields={"toys": lambda: ", ".join(_library("toys.TOYS"))},
-              help="A 2D toy ({toys}), 'digits', or a .npy/.npz file of (N, *dims).")
+              help="A 2D toy ({toys}), 'digits', a .npy/.npz file of (N, *dims) (uint8 of rank "
+                   "3 or 4: 8-bit images), or a folder of image files (one subfolder per class "
+                   "for --conditional).")
+@click.option("--channels", type=int, default=None, cls=_LazyHelp,
+              fields={"modes": lambda: ", ".join(f"{c} ({m})" for c, m in
+                                                 _library("images.MODES").items())},
+              help="Image folders: convert every image to {modes} channels [default: the "
+                   "images' own, which must agree].")
+@click.option("--resolution", type=click.IntRange(min=1), default=None, metavar="R",
+              help="Image folders: resize the shorter side to R and centre-crop to R x R "
+                   "[default: keep the size, which must agree].")
+@click.option("--flip", is_flag=True,
+              help="8-bit images: mirror training images left to right at random.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
               fields={"steps": _Default("train", "steps")},
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
@@ -254,12 +266,14 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               default=_Default("train", "checkpoint_every"), show_default=True)
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--conditional", is_flag=True,
-              help="Class-conditional model (labelled data: digits, 8gaussians, .npz with y).")
+              help="Class-conditional model (labelled data: digits, 8gaussians, .npz with y, a "
+                   "folder of class folders).")
 @click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True),
               default=_Default("train", "label_dropout"), show_default=True,
               help="Share of labels dropped (for classifier-free guidance).")
 @click.pass_context
-def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width, input_features,
+def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, weighting,
+          log_snr_share, width, input_features,
           run, resume, seed, device, checkpoint_every, quiet, conditional, label_dropout):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
@@ -272,6 +286,7 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
       scoresde train --data digits --steps 20000 --batch-size 128
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
+      scoresde train --data photos/ --resolution 32 --flip   # your own images
     """
     from .training import train as train_run
     from .utils import resolve_device
@@ -279,7 +294,8 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
     resolve_device(device)
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
-    keywords = dict(sde=sde, data=data, batch_size=batch_size, lr=lr, weighting=weighting,
+    keywords = dict(sde=sde, data=data, channels=channels, resolution=resolution, flip=flip,
+                    batch_size=batch_size, lr=lr, weighting=weighting,
                     log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
                     conditional=conditional, label_dropout=label_dropout, device=device,
                     resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
@@ -520,13 +536,13 @@ def _data_statistics(config: dict, solver: str, steps: int, grid, sigma_max, sig
     """``data_mean`` and ``data_cov`` (or ``data_std``) of the run's training data when the
     sampler uses them (few steps, no grid or window given); ``{}`` otherwise, or when the data
     can no longer be read (said on stderr)."""
-    from .data import get_dataset
+    from .data import run_dataset
     from .sampling.fewstep import uses_data_stats
 
     if not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
         return {}
     try:
-        mean, cov = get_dataset(config["data"]).moments()
+        mean, cov = run_dataset(config).moments()
     except (ValueError, OSError) as err:
         if not quiet:
             click.echo(f"few steps without the data's statistics ({_one_line(err)[:200]}): "
@@ -580,6 +596,9 @@ def _mask_values(path, config, n):
 
 
 def _sample_figure(plotting, x, solver, nfe, is_image, config, ncol=None):
+    if is_image and config.get("pixel_bits"):  # 8-bit images: pixel values, alpha not shown
+        raw = x * config["raw_scale"] + config["raw_offset"]
+        x = (raw / (2 ** config["pixel_bits"] - 1)).clamp(0, 1)[:, :3]
     if is_image:
         shown = x[:(64 // ncol) * ncol] if ncol else x[:64]
         return plotting.image_grid_figure(shown, title=f"{solver} · NFE {nfe}", ncol=ncol)
@@ -621,8 +640,7 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
       scoresde likelihood --run runs/00001-vp-digits --divergence hutchinson --probes 4
     """
 
-    from .data import get_dataset, load_array
-    from .likelihood import log_likelihood
+    from .data import load_array, run_dataset
     from .utils import make_generator, resolve_device
 
     dev = resolve_device(device)
@@ -631,27 +649,31 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
     shape = tuple(config["data_shape"])
     dataset = None
     if data is None:
-        dataset = get_dataset(config["data"])
+        dataset = run_dataset(config)
         x = dataset.test[:n]
     else:
         x = load_array(data)[0][:n]
     if tuple(x.shape[1:]) != shape:
         raise click.BadParameter(f"points of shape {tuple(x.shape[1:])} do not match the run's "
                                  f"data shape {shape}", param_hint="--data")
+    knobs = dict(eps=eps, method=method, rtol=rtol, atol=atol, divergence=divergence,
+                 probes=probes, generator=make_generator(seed, dev))
     start = time.perf_counter()
-    logp, info = log_likelihood(model, sde, x.to(dev), eps=eps, method=method, rtol=rtol,
-                                atol=atol, divergence=divergence, probes=probes,
-                                generator=make_generator(seed, dev))
+    logp, info, bpd = _log_likelihood(model, sde, x.to(dev), config, knobs)
     seconds = time.perf_counter() - start
-    logp = logp.double().cpu()
     count, dim = len(logp), math.prod(shape)
     mean = float(logp.mean())
     sem = float(logp.std() / math.sqrt(count)) if count > 1 else float("nan")
     record = {"run": str(path), "n": count, "log_likelihood": mean, "standard_error": sem,
               "nfe": info["nfe"], "time_s": round(seconds, 4), "divergence": divergence}
-    lines = [f"log-likelihood {mean:.4f} ± {sem:.4f} nats ({count} points, NFE {info['nfe']}, "
+    what = "nats of the 8-bit levels, dequantised bound" if bpd is not None else "nats"
+    lines = [f"log-likelihood {mean:.4f} ± {sem:.4f} {what} ({count} points, NFE {info['nfe']}, "
              f"{seconds:.1f} s)"]
-    if config.get("is_image"):  # per dimension, on the raw pixel scale (density, not discrete)
+    if bpd is not None:
+        record["bits_per_dim"] = float(bpd.double().mean())
+        lines.append(f"{record['bits_per_dim']:.4f} bits/dim ({config['pixel_bits']}-bit "
+                     "levels, uniform dequantisation: an upper bound)")
+    elif config.get("is_image"):  # per dimension, on the raw pixel scale (density)
         raw_logp = mean - dim * math.log(config.get("raw_scale", 1.0))
         record["bits_per_dim"] = -raw_logp / (dim * math.log(2))
         lines.append(f"{record['bits_per_dim']:.4f} bits/dim (continuous density, raw pixel "
@@ -662,6 +684,30 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
         record["gap"] = -mean - entropy
         lines.append(f"data entropy {entropy:.4f} nats: gap {record['gap']:+.4f} nats")
     _emit(record, as_json, lines)
+
+
+def _log_likelihood(model, sde, x, config: dict, knobs: dict):
+    """``(logp, info, bpd)``: for a run on 8-bit images, :func:`scoresde.bits_per_dim` of the
+    levels of ``x`` (``logp`` its bound on their log-probability, nats); otherwise the
+    density's :func:`scoresde.log_likelihood` of ``x`` and ``bpd`` None."""
+    import torch
+
+    from .likelihood import bits_per_dim, log_likelihood
+
+    bits = config.get("pixel_bits")
+    if not bits:
+        logp, info = log_likelihood(model, sde, x, **knobs)
+        return logp.double().cpu(), info, None
+    scale, offset = config["raw_scale"], config["raw_offset"]
+    raw = x * scale + offset
+    if not torch.equal(raw, raw.round()):
+        raise click.BadParameter(f"this run is on {bits}-bit images: --data must hold them "
+                                 "(uint8 arrays of rank 3 or 4)", param_hint="--data")
+    # the model range whose bins of width 1 / scale are centred on the levels 0 .. 2^bits - 1
+    data_range = ((-0.5 - offset) / scale, (2**bits - 0.5 - offset) / scale)
+    bpd, info = bits_per_dim(model, sde, raw.round().long(), bits=bits, data_range=data_range,
+                             **knobs)
+    return info["log_prob_bound"].double().cpu(), info, bpd.cpu()
 
 
 # ----- demo ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Data sets and files: the toys as data sets, scikit-learn's 8x8 digits, user arrays, masks.
+"""Data sets and files: the toys, scikit-learn's 8x8 digits, user arrays, image folders, masks.
 
 A :class:`Dataset` bundles what training, sampling and likelihood need to know about a data set:
 its event shape, held-out test points, whether it is an image set (and how model values map back
@@ -7,8 +7,10 @@ differential entropy in nats, the floor that a model's held-out negative log-lik
 The toys themselves (samplers, densities, entropies) live in :mod:`scoresde.toys`.
 
 Toys are infinite: every training batch is a fresh draw from a seeded ``torch.Generator``. Finite
-sets (digits, arrays) are sampled by index with that generator. :func:`load_array` and
-:func:`load_mask` read ``.npy``/``.npz`` files without pickles.
+sets (digits, arrays) are sampled by index with that generator. Pixel data (folders of image
+files and uint8 image arrays, read by :mod:`scoresde.images`) are 8-bit images whose training
+batches are a function of the seed and the step (:class:`scoresde.images.StepBatches`).
+:func:`load_array` and :func:`load_mask` read ``.npy``/``.npz`` files without pickles.
 """
 
 from __future__ import annotations
@@ -22,12 +24,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checks import check_int, check_number
+from . import images
+from .checks import check_choice, check_int, check_number
 from .targets import GaussianMixture
 from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy_entropy, \
     toy_log_prob
 
-__all__ = ["Dataset", "get_dataset", "load_array", "load_mask"]
+__all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS"]
+
+# The keywords of get_dataset that a run records in config.json, to rebuild the same data.
+DATA_OPTIONS = ("channels", "resolution", "flip")
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -48,6 +54,12 @@ class Dataset:
         entropy: differential entropy in nats, or None where unknown (computed on first access).
         log_prob: exact log-density ``(B, *event_shape) -> (B,)`` or None.
         raw_scale, raw_offset: map back to raw values (digits: pixel values 0..16).
+        pixel_bits: 8 for pixel data (image folders, uint8 arrays), whose raw values are
+            integer levels; None otherwise.
+        flip: training batches of pixel data are mirrored left to right at random.
+        train_source: pixel data from a folder: an :class:`~scoresde.images.ImageFiles` that
+            decodes training image ``i`` (``train`` is None when the folder is streamed).
+        reference_fn: the points that :meth:`std` and :meth:`moments` use, when not ``train``.
     """
 
     name: str
@@ -63,6 +75,17 @@ class Dataset:
     log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None
     raw_scale: float = 1.0
     raw_offset: float = 0.0
+    pixel_bits: int | None = None
+    flip: bool = False
+    train_source: images.ImageFiles | None = field(default=None, repr=False)
+    reference_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def train_size(self) -> int:
+        """The number of training points of a finite set (0 for toys)."""
+        if self.train is not None:
+            return self.train.shape[0]
+        return len(self.train_source) if self.train_source is not None else 0
 
     @property
     def entropy(self) -> float | None:
@@ -75,13 +98,18 @@ class Dataset:
             out = self.sampler(n, generator)
             return out if isinstance(out, tuple) else (out, None)
         device = generator.device if generator is not None else None
-        idx = torch.randint(0, self.train.shape[0], (check_int("n", n, low=1),),
+        idx = torch.randint(0, self.train_size, (check_int("n", n, low=1),),
                             generator=generator, device=device).cpu()
         y = None if self.train_labels is None else self.train_labels[idx]
+        if self.train is None:  # a streamed folder: decode the images drawn
+            return images.to_model(self.train_source.decode_all(idx.tolist())), y
         return self.train[idx], y
 
     def _reference(self) -> torch.Tensor:
-        """The training points, or for toys 20,000 fixed draws (never the test points)."""
+        """The training points (image folders: a fixed subset of them), or for toys 20,000 fixed
+        draws (never the test points)."""
+        if self.reference_fn is not None:
+            return self.reference_fn()
         return self.train if self.train is not None else self.sample(
             20_000, torch.Generator().manual_seed(TEST_SEED - 2))[0]
 
@@ -117,17 +145,28 @@ def _read_numpy(path: str, what: str) -> dict[str, np.ndarray]:
         raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
 
 
+def _is_pixels(x: np.ndarray) -> bool:
+    """uint8 arrays of rank 3 or 4 are images: ``(N, H, W)``, ``(N, H, W, C)``, ``(N, C, H, W)``."""
+    return x.dtype == np.uint8 and x.ndim in (3, 4)
+
+
 def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Read ``(N, *dims)`` points (and optional labels) from a ``.npy`` or ``.npz`` file.
 
     An ``.npz`` holds the points under ``x``, ``data`` or as its only array, and labels under
-    ``y`` or ``labels``.
+    ``y`` or ``labels``. A uint8 array of rank 3 or 4 holds 8-bit images (see
+    :func:`scoresde.images.pixels_of_array` for the layouts): they come back as ``(N, C, H, W)``
+    model values ``(p + 0.5) / 128 - 1``; any other array comes back as stored, in float32.
 
     Raises:
         ValueError: unreadable file, no points, fewer than 2 axes, non-numeric or non-finite values,
             or labels of the wrong length.
     """
-    path = os.fspath(path)
+    return _load_array(os.fspath(path))[:2]
+
+
+def _load_array(path: str) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """:func:`load_array`'s ``(x, y)`` and whether the file held 8-bit images."""
     arrays = _read_numpy(path, "data")
     labels = None
     if _NPY in arrays:
@@ -149,7 +188,10 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
                                or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
         raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)")
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y
+    if _is_pixels(x):
+        pixels = torch.from_numpy(np.ascontiguousarray(images.pixels_of_array(x, path)))
+        return images.to_model(pixels), y, True
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y, False
 
 
 def load_mask(path: str | os.PathLike,
@@ -217,22 +259,58 @@ def _mixture_dataset(mix: GaussianMixture, test_size: int) -> Dataset:
                    num_classes=mix.num_components, entropy_fn=entropy, log_prob=mix.log_prob)
 
 
-def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Dataset:
-    """A data set from a toy name, ``"digits"``, a ``.npy``/``.npz`` path or a ``GaussianMixture``.
+def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
+                channels: int | None = None, resolution: int | None = None, flip: bool = False,
+                in_memory: bool | None = None) -> Dataset:
+    """A data set from a toy name, ``"digits"``, a path or a ``GaussianMixture``.
 
     Args:
         data: one of :data:`scoresde.toys.TOYS`, ``"digits"`` (scikit-learn's 8x8 digits as
             ``(1, 8, 8)`` images in ``[-1, 1]``: raw pixel value = ``8 (x + 1)``, 0..16, with
-            labels 0..9), a path, a ``GaussianMixture``, or a dict ``{"means", "covs",
+            labels 0..9), a ``.npy``/``.npz`` path (uint8 arrays of rank 3 or 4 are 8-bit
+            images), a folder of image files (one subfolder per class makes it labelled; see
+            :mod:`scoresde.images`), a ``GaussianMixture``, or a dict ``{"means", "covs",
             "weights"}`` describing one (labelled: its components are the classes).
-        test_size: number of held-out points drawn for toys and mixtures (with a fixed seed).
-        test_fraction: share of a finite set held out (a fixed-seed permutation).
+        test_size: number of held-out points drawn for toys and mixtures (with a fixed seed),
+            and the most held-out images of a folder kept in ``test``.
+        test_fraction: share of a finite set held out (arrays: a fixed-seed permutation;
+            folders: the files first by the SHA-256 of their relative paths).
+        channels: folders: convert every image to 1 (grayscale), 3 (RGB) or 4 (RGBA)
+            channels; None takes the images' own count, which must then be the same for all.
+        resolution: folders: resize the shorter side to this and centre-crop to a square;
+            None keeps the size, which must then be the same for all images.
+        flip: pixel data: mirror training images left to right at random.
+        in_memory: folders: decode once and keep in memory (True), or decode as batches are
+            drawn (False); None decides by :data:`scoresde.images.IN_MEMORY_BYTES`.
 
     Raises:
-        ValueError: unknown name, bad file, or bad sizes.
+        ValueError: unknown name, bad file or folder, or bad sizes or options.
     """
     check_int("test_size", test_size, low=1)
     check_number("test_fraction", test_fraction, 0, 1, high_open=True)
+    if channels is not None:
+        channels = int(check_choice("channels", str(channels), [str(c) for c in images.MODES]))
+    if resolution is not None:
+        resolution = check_int("resolution", resolution, low=1)
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        folder = images.read_folder(os.fspath(data), channels=channels, resolution=resolution,
+                                    test_fraction=test_fraction, test_size=test_size,
+                                    in_memory=in_memory)
+        return Dataset(os.fspath(data), is_image=True, raw_scale=128.0, raw_offset=127.5,
+                       pixel_bits=8, flip=bool(flip), **folder)
+    if channels is not None or resolution is not None:
+        raise ValueError("channels and resolution apply to a folder of images, not to data "
+                         f"{data!r}")
+    dataset = _get_other(data, test_size, test_fraction)
+    if flip and dataset.pixel_bits is None:
+        raise ValueError(f"flip needs 8-bit images (a folder or a uint8 array), not data "
+                         f"{dataset.name!r}")
+    dataset.flip = bool(flip)
+    return dataset
+
+
+def _get_other(data, test_size: int, test_fraction: float) -> Dataset:
+    """The data sets that are not folders: toys, mixtures, digits, arrays."""
     if isinstance(data, dict):
         data = GaussianMixture(data["means"], data["covs"], data.get("weights"))
     if isinstance(data, GaussianMixture):
@@ -253,7 +331,29 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1) -> Da
         return _split(name, x, torch.from_numpy(d.target).long(), test_fraction, 0,
                       is_image=True, raw_scale=8.0, raw_offset=8.0)
     if name.endswith((".npy", ".npz")):
-        x, y = load_array(name)
+        x, y, pixels = _load_array(name)
+        if pixels:
+            return _split(name, x, y, test_fraction, 0, is_image=True, raw_scale=128.0,
+                          raw_offset=127.5, pixel_bits=8)
         return _split(name, x, y, test_fraction, 0, is_image=x.ndim == 4)
     raise ValueError(f"unknown data {name!r}; use one of {', '.join(TOYS)}, 'digits', "
-                     "or a .npy/.npz path")
+                     "a .npy/.npz path or a folder of images")
+
+
+def run_dataset(config: dict) -> Dataset:
+    """The data set of a run, from its ``config.json`` (``data`` and :data:`DATA_OPTIONS`),
+    with a folder's training images left on disk (only the held-out ones are decoded).
+
+    Raises:
+        ValueError: the data cannot be read, or no longer reads as the run's (another shape,
+            other classes or another pixel scale than ``config`` records).
+    """
+    options = {k: config[k] for k in DATA_OPTIONS if k in config}
+    dataset = get_dataset(config["data"], in_memory=False, **options)
+    facts = {"data_shape": list(dataset.event_shape), "num_classes": dataset.num_classes,
+             "raw_scale": dataset.raw_scale, "raw_offset": dataset.raw_offset}
+    differ = [key for key, value in facts.items() if key in config and config[key] != value]
+    if differ:
+        raise ValueError(f"the data {config['data']!r} no longer reads as the run's: its "
+                         f"{', '.join(differ)} differ from the run's config")
+    return dataset

@@ -26,6 +26,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .data import Dataset
+from .images import StepBatches
 from .labels import NULL_LABEL
 from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, save_checkpoint
@@ -93,6 +94,9 @@ class Parts:
     sde: SDE
     dataset: Dataset
     loss_fn: Callable
+    # Pixel data: this rank's share of each step's images, a function of the seed and the step
+    # (the shared generator draws the rest); None for other data (drawn from the generator).
+    batches: StepBatches | None = None
 
 
 def _lr_at(step: int, opts: Options) -> float:
@@ -185,7 +189,12 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(gen, state["rng"], place.device)
     net = DistributedDataParallel(model) if place.world > 1 else model
-    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]])
+    batches = None
+    if dataset.pixel_bits is not None:
+        start = int(state["step"]) if state is not None else 0
+        batches = StepBatches(dataset, config["seed"], start, config["steps"],
+                              config["batch_size"], place.share(config["batch_size"]))
+    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], batches)
 
 
 def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: float,
@@ -208,25 +217,32 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
 
 def _draw_batch(parts: Parts, opts: Options, place: Place):
     """``(x0, y, t, noise)``: this rank's slice of one global batch drawn from the shared
-    generator (so every rank draws the same), on the rank's device; ``y`` None without labels."""
-    gen, dev, n = parts.gen, place.device, opts.batch_size
-    x0, y = parts.dataset.sample(n, gen)
+    generator (so every rank draws the same), on the rank's device; ``y`` None without labels.
+
+    Pixel data come from ``parts.batches`` (already this rank's share); every other draw is
+    from the shared generator, in the same order either way."""
+    gen, dev, n, mine = parts.gen, place.device, opts.batch_size, place.share(opts.batch_size)
+    if parts.batches is None:
+        x0, y = parts.dataset.sample(n, gen)
+        x0, y = x0[mine], None if y is None else y[mine]
+    else:
+        x0, y = next(parts.batches)
     t = sample_time(parts.sde, n, eps=opts.eps, weighting=opts.weighting,
                     t_sampling=opts.t_sampling, log_snr_share=opts.log_snr_share,
                     generator=gen, device=dev)
-    z = torch.randn(x0.shape, generator=gen, device=dev)
-    y = _labels(y, opts, gen, dev)
-    mine = place.share(n)
-    return x0.to(dev)[mine], y[mine] if y is not None else None, t[mine], z[mine]
+    z = torch.randn((n, *parts.dataset.event_shape), generator=gen, device=dev)
+    y = _labels(y, n, mine, opts, gen, dev)
+    return x0.to(dev), y, t[mine], z[mine]
 
 
-def _labels(y, opts: Options, gen, dev):
-    """The batch's labels for the objective: none, all, or with ``label_dropout`` of them null."""
+def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
+    """This rank's labels ``y`` for the objective: none, all, or with ``label_dropout`` of them
+    null (drawn for the whole batch of ``n``, so that every rank draws the same)."""
     if y is None or not (opts.conditional or opts.objective == "classifier"):
         return None
     y = y.to(dev)
     if opts.objective == "score" and opts.label_dropout > 0:
-        drop = torch.rand(y.shape, generator=gen, device=dev) < opts.label_dropout
+        drop = torch.rand((n,), generator=gen, device=dev)[mine] < opts.label_dropout
         y = y.masked_fill(drop, NULL_LABEL)
     return y
 

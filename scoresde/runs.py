@@ -189,6 +189,10 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
     # Runs from before log_snr_share drew every time by the weighting's own rule.
     old.setdefault("log_snr_share", 0.0)
+    # Runs from before image folders read their data as given, with no 8-bit pixel data.
+    for key, value in (("channels", None), ("resolution", None), ("flip", False),
+                       ("pixel_bits", None)):
+        old.setdefault(key, value)
     if "net" in old:  # networks fill in keywords added since, with the values old runs had
         old["net"] = build_net(old["net"]).config()
     return old

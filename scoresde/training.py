@@ -16,7 +16,7 @@ from typing import Callable
 import torch.distributed as dist
 
 from .checks import check_choice, check_int, check_number
-from .data import get_dataset
+from .data import DATA_OPTIONS, get_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net
@@ -43,7 +43,14 @@ def _net_config(net, net_params, dataset, conditional, objective) -> dict:
     if objective == "classifier":  # the same family, ending in class logits
         net = net if net.endswith("_classifier") else f"{net}_classifier"
         params["num_classes"] = dataset.num_classes
-    return build_net({"name": net, **params}).config()
+    try:
+        return build_net({"name": net, **params}).config()
+    except ValueError as err:
+        if not dataset.is_image:
+            raise
+        raise ValueError(f"{err}; images of {dataset.event_shape} from data {dataset.name!r}: "
+                         "choose a resolution the network takes (resolution, --resolution R)"
+                         ) from None
 
 
 def _check(kw: dict, dataset) -> dict:
@@ -83,7 +90,7 @@ def _resolve(kw: dict, dataset) -> dict:
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
         num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
-        raw_offset=dataset.raw_offset, sde=sde.config(), sigma_data=float(sigma_data),
+        raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(), sigma_data=float(sigma_data),
         net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"],
                         kw["objective"]),
         run_dir=os.path.abspath(kw["run_dir"]))
@@ -101,6 +108,9 @@ def train(
     run_dir: str | os.PathLike,
     *,
     data="8gaussians",
+    channels: int | None = None,
+    resolution: int | None = None,
+    flip: bool = False,
     sde: str | SDE = "vp",
     sde_params: dict | None = None,
     net: str = "auto",
@@ -143,7 +153,14 @@ def train(
 
     Args:
         run_dir: the run folder; one that has a checkpoint is only continued with ``resume=True``.
-        data: a toy name, ``"digits"``, a ``.npy``/``.npz`` path or a ``GaussianMixture``.
+        data: a toy name, ``"digits"``, a ``.npy``/``.npz`` path (uint8 arrays of rank 3 or 4
+            are 8-bit images), a folder of image files (one subfolder per class for labels) or
+            a ``GaussianMixture``; see :func:`~scoresde.get_dataset`.
+        channels, resolution: image folders: convert to 1, 3 or 4 channels; resize the
+            shorter side and centre-crop to ``resolution x resolution`` (see
+            :func:`~scoresde.get_dataset`).
+        flip: 8-bit images: mirror each training image left to right with probability 1/2,
+            drawn with the run's seed, so a resumed run draws the same.
         sde, sde_params: an SDE name with its parameters, or an SDE instance.
         net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), ``"mlp"`` or ``"unet"``
             and keyword overrides for the network.
@@ -188,7 +205,7 @@ def train(
 
 def _run(kw: dict, place: Place) -> dict:
     """Resolve the options, open the run folder, build the parts and run the loop."""
-    dataset = get_dataset(kw["data"])
+    dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
     if kw["batch_size"] is None:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
@@ -204,8 +221,12 @@ def _run(kw: dict, place: Place) -> dict:
     sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])
     parts = build_parts(config, sde, dataset, place, state)
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0
-    result = run_loop(parts, Options.of(config), place, start=start, elapsed=elapsed,
-                      callback=kw["callback"], progress=kw["progress"])
+    try:
+        result = run_loop(parts, Options.of(config), place, start=start, elapsed=elapsed,
+                          callback=kw["callback"], progress=kw["progress"])
+    finally:
+        if parts.batches is not None:
+            parts.batches.close()  # the DataLoader workers of a streamed folder
     return dict(result, resumed_from=start if state is not None else None)
 
 
