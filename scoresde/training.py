@@ -90,7 +90,8 @@ def _resolve(kw: dict, dataset) -> dict:
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
         num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
-        raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(), sigma_data=float(sigma_data),
+        raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
+        sigma_data=float(sigma_data),
         net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"],
                         kw["objective"]),
         run_dir=os.path.abspath(kw["run_dir"]))

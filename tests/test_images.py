@@ -110,7 +110,8 @@ def test_resolution_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
     ds = get_dataset(folder, resolution=8)
     assert ds.event_shape == (3, 8, 8)
     every = raw(torch.cat([ds.train, ds.test]))
-    assert torch.from_numpy(wide[:, 4:12].copy()).permute(2, 0, 1).float().tolist() in every.tolist()
+    crop = torch.from_numpy(wide[:, 4:12].copy()).permute(2, 0, 1).float()
+    assert crop.tolist() in every.tolist()
     small = Image.fromarray(big).resize((12, 8), Image.Resampling.LANCZOS).crop((2, 0, 10, 8))
     assert torch.from_numpy(np.array(small)).permute(2, 0, 1).float().tolist() in every.tolist()
 
