@@ -169,6 +169,15 @@ def _pick_run(run: str | None, quiet: bool = False) -> Path:
     return path
 
 
+def _has_run(path: Path) -> bool:
+    """Whether ``path`` holds a run to continue; BadParameter if it is a file."""
+    from .runs import is_run
+
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} is a file, not a run folder", param_hint="--run")
+    return is_run(path)
+
+
 def _load_run(path: Path, device: str):
     from .runs import load_run
 
@@ -247,7 +256,9 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
                    "{features}); 64 helps data with sharp edges such as checkerboard.")
 @click.option("--run", "run", default=None, metavar="DIR",
               help="Run folder [default: a new one under ./runs].")
-@click.option("--resume", is_flag=True, help="Continue the run in --run (or the most recent).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run (or the most recent); a --run folder that is absent "
+                   "or has no checkpoint yet is started, so a requeued job can always pass it.")
 @click.option("--seed", type=int, default=_Default("train", "seed"), show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1),
@@ -273,6 +284,7 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
     """
+    from .runs import RunBusyError
     from .training import train as train_run
     from .utils import resolve_device
 
@@ -285,7 +297,11 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
                     resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
     if steps is not None:
         keywords["steps"] = steps
-    if resume:
+    if resume and run is not None and not _has_run(Path(run)):
+        path = Path(run)  # a job requeued before its first checkpoint: start it
+        click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
+        keywords["run_dir"] = path
+    elif resume:
         path = _pick_run(run)
         keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
     else:
@@ -297,6 +313,8 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
     created = not path.exists()
     try:
         result = train_run(**keywords)
+    except RunBusyError:
+        raise  # the folder is another process's, whoever created it
     except BaseException:
         if created:
             _remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
