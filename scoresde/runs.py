@@ -2,23 +2,20 @@
 
 A run is a folder holding ``config.json`` (every resolved option of :func:`~scoresde.train`),
 ``checkpoint.pt`` (written atomically), ``metrics.jsonl`` and ``writer.lock``, the lock that keeps
-a second trainer out of a folder while one writes it (:func:`writer_lock`). A checkpoint holds state dicts and
-plain data only and is read with ``torch.load(weights_only=True)``; a file that carries code or
-other pickled objects is refused before anything in it runs. This module is the only one that
+a second trainer out while one writes the folder (:func:`scoresde.utils.folder_lock`). A
+checkpoint holds state dicts and plain data only and is read with
+``torch.load(weights_only=True)``; a file that carries code or other pickled objects is refused
+before anything in it runs. This module is the only one that
 knows those file names: the training loop and the CLI ask it.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pickle
-import socket
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, TextIO
+from typing import Iterable
 
 import torch
 
@@ -26,13 +23,12 @@ from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
 from .utils import resolve_device, write_atomically
 
-__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "LOCK", "MAY_CHANGE", "RunBusyError", "writer_lock",
-           "save_checkpoint", "load_checkpoint", "has_checkpoint", "write_config", "read_config",
-           "append_metrics", "truncate_metrics", "is_run", "latest_run", "new_run_dir", "resume_state",
-           "differences", "upgrade_config", "resume_keywords", "build_model", "load_run"]
+__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "MAY_CHANGE", "save_checkpoint", "load_checkpoint",
+           "has_checkpoint", "write_config", "read_config", "append_metrics", "truncate_metrics",
+           "is_run", "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
+           "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
-LOCK = "writer.lock"
 
 # The options of train() that may differ between a run and its resumption; every other option
 # must match config.json. They are the caller's, not the run's: how long, where, how often to
@@ -125,63 +121,6 @@ def _step_of(line: str) -> int | None:
     except ValueError:
         return None
     return int(record.get("step", 0)) if isinstance(record, dict) else None
-
-
-# ----- one writer per folder ----------------------------------------------------------------------
-class RunBusyError(RuntimeError):
-    """Another process is writing the run folder (it holds the folder's :data:`LOCK`)."""
-
-
-@contextmanager
-def writer_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold the one-writer lock of ``run_dir`` (created if absent) while the block runs.
-
-    The lock is the operating system's lock on ``writer.lock`` (``flock``), so it dies with the
-    process that holds it: a trainer killed by SIGKILL leaves no lock behind that blocks the next
-    start. The file names its holder (pid, host, start time) for the error others get. On a
-    network file system it is as reliable as the file system's locks. Temporary files that a
-    killed writer left (``.tmp-*``) are removed once the lock is held.
-
-    Raises:
-        RunBusyError: another process holds the lock (the message names it).
-    """
-    run_dir = os.fspath(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    handle = open(os.path.join(run_dir, LOCK), "a+")
-    try:
-        if not _try_lock(handle):
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise RunBusyError(f"{run_dir} is being trained by {holder}; wait for it to finish, "
-                               "stop it, or choose another run folder")
-        handle.truncate(0)
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
-                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
-        for tmp in glob.glob(os.path.join(glob.escape(run_dir), ".tmp-*")):
-            os.unlink(tmp)
-        yield
-    finally:
-        handle.close()  # closing the file releases the lock
-
-
-def _try_lock(handle: TextIO) -> bool:
-    """Take an exclusive lock on the open file without waiting; False if another holds it."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        import msvcrt
-        handle.seek(0)
-        try:
-            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return False
-    return True
 
 
 # ----- finding runs -------------------------------------------------------------------------------

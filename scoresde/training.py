@@ -22,9 +22,9 @@ from .data import get_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net
-from .runs import RunBusyError, resume_state, truncate_metrics, write_config, writer_lock
+from .runs import resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
-from .utils import resolve_device
+from .utils import FolderBusyError, folder_lock, resolve_device
 
 __all__ = ["train", "train_classifier", "OBJECTIVES", "VECTOR_BATCH", "IMAGE_BATCH"]
 
@@ -177,7 +177,7 @@ def train(
     Raises:
         ValueError: bad options, or options that differ from the run being resumed.
         FileExistsError: ``run_dir`` has a checkpoint and ``resume`` is False.
-        RunBusyError: another process is training into ``run_dir`` (a ``RuntimeError``; the
+        FolderBusyError: another process is training into ``run_dir`` (a ``RuntimeError``; the
             message names it). The lock dies with its holder, so a killed run does not block.
         FloatingPointError: the loss became NaN or infinite (the message names the step; the
             last good checkpoint is kept).
@@ -200,14 +200,14 @@ def _one_writer(place: Place) -> Iterator[None]:
     with ExitStack() as stack:
         if place.rank == 0:
             try:
-                stack.enter_context(writer_lock(place.run_dir))
-            except RunBusyError as err:
+                stack.enter_context(folder_lock(place.run_dir))
+            except FolderBusyError as err:
                 error = err
         if place.world > 1:
             held = torch.tensor([error is None], dtype=torch.int32, device=place.device)
             dist.broadcast(held, 0)
             if not held.item() and error is None:
-                error = RunBusyError(f"{place.run_dir} is being trained by another process")
+                error = FolderBusyError(f"{place.run_dir} is being written by another process")
         if error is not None:
             raise error
         yield

@@ -13,15 +13,16 @@ import pytest
 import torch
 
 from scoresde import train
-from scoresde.runs import LOCK, RunBusyError, load_checkpoint, writer_lock
+from scoresde.runs import load_checkpoint
+from scoresde.utils import LOCK, FolderBusyError, folder_lock
 
 from problems import ROOT, TINY, invoke
 
 # A process that holds a run folder's lock until it is killed; prints "held" once it has it.
 HOLDER = """
 import sys, time
-from scoresde.runs import writer_lock
-with writer_lock(sys.argv[1]):
+from scoresde.utils import folder_lock
+with folder_lock(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)
 """
@@ -100,7 +101,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_does_not_b
     run = tmp_path / "run"
     holder = _holder(run)
     try:
-        with pytest.raises(RunBusyError, match=f"being trained by pid {holder.pid} on "):
+        with pytest.raises(FolderBusyError, match=f"being written by pid {holder.pid} on "):
             train(run, steps=2, **TINY)
         result = invoke("train", "--run", run, "--resume", "--steps", 2, *CLI_TINY)
         assert result.exit_code == 1 and f"pid {holder.pid}" in result.stderr
@@ -115,11 +116,11 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_does_not_b
 
 
 def test_the_lock_is_exclusive_within_a_process_and_released_after(tmp_path):
-    with writer_lock(tmp_path / "run"):
-        with pytest.raises(RunBusyError):
-            with writer_lock(tmp_path / "run"):
+    with folder_lock(tmp_path / "run"):
+        with pytest.raises(FolderBusyError):
+            with folder_lock(tmp_path / "run"):
                 pass
-    with writer_lock(tmp_path / "run"):
+    with folder_lock(tmp_path / "run"):
         pass  # released: taken again
 
 
