@@ -169,6 +169,15 @@ def _pick_run(run: str | None, quiet: bool = False) -> Path:
     return path
 
 
+def _has_run(path: Path) -> bool:
+    """Whether ``path`` holds a run to continue; BadParameter if it is a file."""
+    from .runs import is_run
+
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} is a file, not a run folder", param_hint="--run")
+    return is_run(path)
+
+
 def _load_run(path: Path, device: str):
     from .runs import load_run
 
@@ -259,7 +268,9 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
                    "{features}); 64 helps data with sharp edges such as checkerboard.")
 @click.option("--run", "run", default=None, metavar="DIR",
               help="Run folder [default: a new one under ./runs].")
-@click.option("--resume", is_flag=True, help="Continue the run in --run (or the most recent).")
+@click.option("--resume", is_flag=True,
+              help="Continue the run in --run (or the most recent); a --run folder that is absent "
+                   "or has no checkpoint yet is started, so a requeued job can always pass it.")
 @click.option("--seed", type=int, default=_Default("train", "seed"), show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--checkpoint-every", type=click.IntRange(min=1),
@@ -288,6 +299,7 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
       scoresde train --data photos/ --resolution 32 --flip   # your own images
     """
+    from .utils import FolderBusyError
     from .training import train as train_run
     from .utils import resolve_device
 
@@ -301,7 +313,11 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
                     resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
     if steps is not None:
         keywords["steps"] = steps
-    if resume:
+    if resume and run is not None and not _has_run(Path(run)):
+        path = Path(run)  # a job requeued before its first checkpoint: start it
+        click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
+        keywords["run_dir"] = path
+    elif resume:
         path = _pick_run(run)
         keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
     else:
@@ -313,6 +329,8 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
     created = not path.exists()
     try:
         result = train_run(**keywords)
+    except FolderBusyError:
+        raise  # the folder is another process's, whoever created it
     except BaseException:
         if created:
             _remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
@@ -444,6 +462,12 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS.npz]; the figure "
               "goes beside it as .png.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
+              fields={"vector": lambda: _library("sample_files.SAMPLE_BATCH")["vector"],
+                      "image": lambda: _library("sample_files.SAMPLE_BATCH")["image"]},
+              help="Samples drawn at a time [default: {vector}, {image} for images]. Each chunk "
+                   "is saved as it is done (OUT.parts/), so memory holds one chunk and the same "
+                   "command after a kill continues where it stopped.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--label", default=None, metavar="K|all",
@@ -457,7 +481,7 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           device, as_json, label, guidance, mask):
+           batch_size, device, as_json, label, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -471,13 +495,11 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --mask known.npz --solver pc                             # imputation
       scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
     """
-    import numpy as np
     import torch
 
     from . import plotting
-    from .sampling import impute
-    from .sampling import sample as draw
-    from .utils import make_generator, resolve_device
+    from .sample_files import SAMPLE_BATCH, write_in_chunks
+    from .utils import resolve_device
 
     dev = resolve_device(device)
     path = _pick_run(run, quiet=as_json)
@@ -486,44 +508,113 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     model, sde, config = _load_run(path, str(dev))
     is_image = bool(config.get("is_image"))
     n = _sample_count(ctx, n, seeds, is_image)
-    shape = (n, *config["data_shape"])
-    randomness = ({"seeds": seeds} if seeds is not None
-                  else {"generator": make_generator(seed, dev)})
+    batch_size = batch_size or SAMPLE_BATCH["image" if is_image else "vector"]
     stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
-    start = time.perf_counter()
-    score, labels = _conditioning(model, label, guidance, n)
-    with torch.no_grad():
-        if mask is not None:
-            known, values = _mask_values(mask, config, n)
-            x, info = impute(score, sde, values.to(dev), known.to(dev), solver=solver,
-                             steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
-                             **randomness, **knobs)
-        else:
-            x, info = draw(score, sde, shape, solver=solver, steps=steps, eps=eps, grid=grid,
-                           device=dev, denoise=not no_denoise, **stats, **randomness, **knobs)
-    seconds = time.perf_counter() - start
-    if not torch.isfinite(x).all():
-        raise RuntimeError(f"the {solver} sampler produced non-finite values; try more steps")
-    x = x.cpu()
-    raw = x * config.get("raw_scale", 1.0) + config.get("raw_offset", 0.0)
-    figure = _sample_figure(plotting, x, solver, info["nfe"], is_image, config,
-                            ncol=model.num_classes if label == "all" else None)
-    arrays = dict(samples=x.numpy(), raw=raw.numpy())
-    if labels is not None:
-        arrays["labels"] = labels.numpy()
-    if seeds is not None:
-        arrays["seeds"] = np.asarray(seeds, dtype=np.int64)
-    write_atomically(out, lambda fh: np.savez(fh, **arrays))
+    _, labels = _conditioning(model, label, guidance, n)  # checks the labels and guidance
+    known = _mask_values(mask, config, n) if mask is not None else None
+    options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
+                   knobs=knobs)
+    draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
+                       known)
+    fingerprint = dict(options, run=_run_identity(path), device=str(dev), seed=seed, seeds=seeds,
+                       label=label, guidance=guidance, mask=_file_identity(mask))
+    ncol = model.num_classes if label == "all" else None
+    keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep)
+    if result["drawn"] < result["chunks"] and not as_json:
+        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
+                   f"chunks were already drawn", err=True)
+    infos = result["info"]
+    nfe = _mean_nfe(infos)
+    seconds = sum(i["time_s"] for i in infos)
+    figure = _sample_figure(plotting, torch.from_numpy(result["head"]["samples"]), solver, nfe,
+                            is_image, config, ncol=ncol)
     fig_path = None
     if figure is not None:
         fig_path = out.with_suffix(".png")
         plotting.save_figure(figure, fig_path)
-    record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": info["nfe"],
-              "eps": info["eps"], "time_s": round(seconds, 4), "out": str(out),
+    record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
+              "eps": infos[0]["eps"], "time_s": round(seconds, 4), "out": str(out),
               "figure": str(fig_path) if fig_path else None, "options": knobs,
-              "data_statistics": sorted(stats)}
-    _emit(record, as_json, [f"{solver}: {n} samples, NFE {info['nfe']}, {seconds:.2f} s",
+              "data_statistics": sorted(stats), "batch_size": batch_size,
+              "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
+    _emit(record, as_json, [f"{solver}: {n} samples, NFE {nfe}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
+
+
+def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known):
+    """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
+    ``start:stop`` of the command, from chunk ``k``'s generator or the samples' own seeds."""
+    import numpy as np
+    import torch
+
+    from .guidance import classifier_free_guidance
+    from .sample_files import chunk_generator
+    from .sampling import impute
+    from .sampling import sample as draw_samples
+
+    shape = tuple(config["data_shape"])
+    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
+    solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid", "denoise")},
+                          **options["knobs"])
+
+    def draw(k: int, start: int, stop: int):
+        rows = slice(start, stop)
+        randomness = ({"seeds": seeds[rows]} if seeds is not None
+                      else {"generator": chunk_generator(seed, k, dev)})
+        score = model if labels is None else classifier_free_guidance(model, labels[rows],
+                                                                      guidance)
+        begin = time.perf_counter()
+        with torch.no_grad():
+            if known is not None:
+                mask, values = (_rows(a, rows, stop - start, shape) for a in known)
+                x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
+                                 **randomness)
+            else:
+                x, info = draw_samples(score, sde, (stop - start, *shape), device=dev, **stats,
+                                       **solver_options, **randomness)
+        if not torch.isfinite(x).all():
+            raise RuntimeError(f"the {options['solver']} sampler produced non-finite values in "
+                               f"samples {start}-{stop - 1}; try more steps (the chunks before "
+                               "them are kept)")
+        x = x.cpu()
+        arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy())
+        if labels is not None:
+            arrays["labels"] = labels[rows].numpy()
+        if seeds is not None:
+            arrays["seeds"] = np.asarray(seeds[rows], dtype=np.int64)
+        return arrays, {"nfe": info["nfe"], "eps": info["eps"],
+                        "time_s": time.perf_counter() - begin}
+
+    return draw
+
+
+def _rows(array, rows: slice, count: int, shape: tuple):
+    """Rows ``rows`` of a mask or values array of shape ``shape`` or ``(N, *shape)``."""
+    if array.ndim > len(shape) and array.shape[0] > 1:
+        return array[rows].clone()
+    return array.reshape(1, *shape).expand(count, *shape).clone()
+
+
+def _mean_nfe(infos: list[dict]):
+    """Score calls per chunk: the number, or their mean where chunks differ (``ode``)."""
+    values = {i["nfe"] for i in infos}
+    return values.pop() if len(values) == 1 else round(sum(i["nfe"] for i in infos) / len(infos),
+                                                       1)
+
+
+def _run_identity(path: Path) -> dict:
+    """What names a run's current weights: its folder and its checkpoint's size and time."""
+    from .runs import CHECKPOINT
+
+    return dict(_file_identity(path / CHECKPOINT), folder=str(path.resolve()))
+
+
+def _file_identity(path) -> dict | None:
+    if path is None:
+        return None
+    stat = os.stat(path)
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 # Above this many entries per sample the covariance is too large to pass: the run's sigma_data
@@ -581,7 +672,8 @@ def _conditioning(model, label, guidance, n):
 
 
 def _mask_values(path, config, n):
-    """``(mask, values)`` of shape ``(n, *data_shape)`` from ``--mask``; BadParameter if bad."""
+    """``(mask, values)`` from ``--mask``, each of the data's shape or with 1 or ``n`` rows in
+    front (expanded chunk by chunk); BadParameter if bad."""
     from .data import load_mask
 
     shape = tuple(config["data_shape"])
@@ -592,7 +684,7 @@ def _mask_values(path, config, n):
     if known.ndim > len(shape) and known.shape[0] not in (1, n):
         raise click.BadParameter(f"the mask holds {known.shape[0]} rows; --n is {n}",
                                  param_hint="--mask")
-    return known.expand(n, *shape), values.expand(n, *shape).clone()
+    return known, values
 
 
 def _sample_figure(plotting, x, solver, nfe, is_image, config, ncol=None):

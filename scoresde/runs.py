@@ -1,9 +1,11 @@
 """Run folders: their files, finding them, the rules for resuming one, and loading its model.
 
 A run is a folder holding ``config.json`` (every resolved option of :func:`~scoresde.train`),
-``checkpoint.pt`` (written atomically) and ``metrics.jsonl``. A checkpoint holds state dicts and
-plain data only and is read with ``torch.load(weights_only=True)``; a file that carries code or
-other pickled objects is refused before anything in it runs. This module is the only one that
+``checkpoint.pt`` (written atomically), ``metrics.jsonl`` and ``writer.lock``, the lock that keeps
+a second trainer out while one writes the folder (:func:`scoresde.utils.folder_lock`). A
+checkpoint holds state dicts and plain data only and is read with
+``torch.load(weights_only=True)``; a file that carries code or other pickled objects is refused
+before anything in it runs. This module is the only one that
 knows those file names: the training loop and the CLI ask it.
 """
 
@@ -21,10 +23,10 @@ from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
 from .utils import resolve_device, write_atomically
 
-__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "MAY_CHANGE", "save_checkpoint",
-           "load_checkpoint", "has_checkpoint", "write_config", "read_config", "append_metrics",
-           "truncate_metrics", "is_run", "latest_run", "new_run_dir", "resume_state",
-           "differences", "upgrade_config", "resume_keywords", "build_model", "load_run"]
+__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "MAY_CHANGE", "save_checkpoint", "load_checkpoint",
+           "has_checkpoint", "write_config", "read_config", "append_metrics", "truncate_metrics",
+           "is_run", "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
+           "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 
@@ -100,14 +102,25 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
 
 
 def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
-    """Drop the records after ``step`` (from a run that stopped before its next checkpoint)."""
+    """Drop the records after ``step`` (from a run that stopped before its next checkpoint), and a
+    line cut short by a kill in the middle of its write."""
     path = os.path.join(run_dir, METRICS)
     if not os.path.isfile(path):
         return
     with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = [line if line.endswith("\n") else line + "\n" for line in f
+                if _step_of(line) is not None and _step_of(line) <= step]
     text = "".join(keep).encode()
     write_atomically(path, lambda f: f.write(text))
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; None for a blank or unreadable (cut) line."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) else None
 
 
 # ----- finding runs -------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ inside a fork of PyTorch's random number generators.
 from __future__ import annotations
 
 import os
-from typing import Callable
+from contextlib import ExitStack, contextmanager
+from typing import Callable, Iterator
 
+import torch
 import torch.distributed as dist
 
 from .checks import check_choice, check_int, check_number
@@ -22,7 +24,7 @@ from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net
 from .runs import resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
-from .utils import resolve_device
+from .utils import FolderBusyError, folder_lock, resolve_device
 
 __all__ = ["train", "train_classifier", "OBJECTIVES", "VECTOR_BATCH", "IMAGE_BATCH"]
 
@@ -153,7 +155,9 @@ def train(
     ``log_every`` steps.
 
     Args:
-        run_dir: the run folder; one that has a checkpoint is only continued with ``resume=True``.
+        run_dir: the run folder; one that has a checkpoint is only continued with ``resume=True``;
+            with ``resume=True`` a folder that is absent or has no checkpoint yet starts afresh
+            (what a job that a scheduler may kill and requeue wants: always ``resume=True``).
         data: a toy name, ``"digits"``, a ``.npy``/``.npz`` path (uint8 arrays of rank 3 or 4
             are 8-bit images), a folder of image files (one subfolder per class for labels) or
             a ``GaussianMixture``; see :func:`~scoresde.get_dataset`.
@@ -191,6 +195,8 @@ def train(
     Raises:
         ValueError: bad options, or options that differ from the run being resumed.
         FileExistsError: ``run_dir`` has a checkpoint and ``resume`` is False.
+        FolderBusyError: another process is training into ``run_dir`` (a ``RuntimeError``; the
+            message names it). The lock dies with its holder, so a killed run does not block.
         FloatingPointError: the loss became NaN or infinite (the message names the step; the
             last good checkpoint is kept).
     """
@@ -204,8 +210,29 @@ def train(
             dist.destroy_process_group()
 
 
+@contextmanager
+def _one_writer(place: Place) -> Iterator[None]:
+    """Rank 0 holds the run folder's writer lock for the whole run; under ``torchrun`` every rank
+    learns whether it got it, so that a second job stops on all its ranks at once."""
+    error = None
+    with ExitStack() as stack:
+        if place.rank == 0:
+            try:
+                stack.enter_context(folder_lock(place.run_dir))
+            except FolderBusyError as err:
+                error = err
+        if place.world > 1:
+            held = torch.tensor([error is None], dtype=torch.int32, device=place.device)
+            dist.broadcast(held, 0)
+            if not held.item() and error is None:
+                error = FolderBusyError(f"{place.run_dir} is being written by another process")
+        if error is not None:
+            raise error
+        yield
+
+
 def _run(kw: dict, place: Place) -> dict:
-    """Resolve the options, open the run folder, build the parts and run the loop."""
+    """Resolve the options, take the run folder, build the parts and run the loop."""
     dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
     if kw["batch_size"] is None:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
@@ -213,6 +240,12 @@ def _run(kw: dict, place: Place) -> dict:
     if config["batch_size"] % place.world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
                          "processes")
+    with _one_writer(place):
+        return _train_locked(kw, config, dataset, place)
+
+
+def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:
+    """Continue or start the run in its folder, whose writer lock this process holds."""
     state = resume_state(place.run_dir, config, kw["resume"], place.rank, place.device)
     start = int(state["step"]) if state is not None else 0
     if place.rank == 0:

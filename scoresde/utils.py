@@ -6,15 +6,20 @@ and the likelihood both report ``nfe`` through it.
 
 from __future__ import annotations
 
+import glob
 import os
 import random
+import socket
 import tempfile
-from typing import BinaryIO, Callable
+import time
+from contextlib import contextmanager
+from typing import BinaryIO, Callable, Iterator, TextIO
 
 import numpy as np
 import torch
 
 __all__ = ["append_dims", "batch_sum", "time_vector", "CountedScore", "write_atomically",
+           "LOCK", "FolderBusyError", "folder_lock",
            "seed_everything", "make_generator", "seed_from", "resolve_device"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -136,3 +141,63 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# ----- one writer per folder ----------------------------------------------------------------------
+LOCK = "writer.lock"  # the lock file of folder_lock
+
+
+class FolderBusyError(RuntimeError):
+    """Another process is writing the folder (it holds the folder's :data:`LOCK`)."""
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold the one-writer lock of ``folder`` (created if absent) while the block runs.
+
+    The lock is the operating system's lock on ``writer.lock`` (``flock``), so it dies with the
+    process that holds it: a writer killed by SIGKILL leaves no lock behind that blocks the next
+    start. The file names its holder (pid, host, start time) for the error others get. On a
+    network file system it is as reliable as the file system's locks. Temporary files that a
+    killed writer left (``.tmp-*``) are removed once the lock is held.
+
+    Raises:
+        FolderBusyError: another process holds the lock (the message names it).
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    handle = open(os.path.join(folder, LOCK), "a+")
+    try:
+        if not _try_lock(handle):
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise FolderBusyError(f"{folder} is being written by {holder}; wait for it to "
+                                  "finish, stop it, or choose another folder")
+        handle.truncate(0)
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
+            os.unlink(tmp)
+        yield
+    finally:
+        handle.close()  # closing the file releases the lock
+
+
+def _try_lock(handle: TextIO) -> bool:
+    """Take an exclusive lock on the open file without waiting; False if another holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+        handle.seek(0)
+        try:
+            msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True

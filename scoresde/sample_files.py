@@ -1,0 +1,233 @@
+"""Many samples into one ``.npz`` file, in chunks: bounded memory, and a kill loses nothing.
+
+:func:`write_in_chunks` draws ``n`` samples ``batch_size`` at a time. Each chunk is written as
+soon as it is drawn into a folder beside the output (``OUT.parts/``, atomically, one file per
+chunk), so memory holds one chunk; when every chunk is there, they are streamed into ``OUT`` (its
+arrays written row block by row block, the file renamed into place when complete) and the folder
+is removed. Run again after a kill, the same call skips the chunks already written and draws the
+rest: chunk ``k`` depends only on its own randomness (:func:`chunk_generator`, or the samples'
+own seeds), so the file equals an uninterrupted run's. The folder records what the chunks were
+drawn with (``fingerprint``); a call with other options refuses to mix them in.
+
+:func:`sample_to_file` is :func:`~scoresde.sample` through this: the Python API for 50,000
+samples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .checks import check_int
+from .utils import folder_lock
+from .utils import make_generator, write_atomically
+
+__all__ = ["SAMPLE_BATCH", "chunk_generator", "write_in_chunks", "sample_to_file", "parts_dir"]
+
+# Samples per chunk when the caller does not say: vectors, images.
+SAMPLE_BATCH = {"vector": 10_000, "image": 256}
+_MANIFEST = "manifest.json"
+
+# draw(k, start, stop) -> (arrays of stop - start rows each, info of numbers)
+ChunkDraw = Callable[[int, int, int], tuple[dict[str, np.ndarray], dict]]
+
+
+def parts_dir(out: str | os.PathLike) -> Path:
+    """The folder that holds the finished chunks of ``out`` until it is complete."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def chunk_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of chunk ``index`` of a draw seeded with ``seed``.
+
+    Chunk 0 uses ``seed`` itself, so a draw that fits in one chunk is the one
+    ``make_generator(seed)`` gives; chunk ``k > 0`` uses a seed that NumPy's ``SeedSequence``
+    mixes from ``(seed, k)``, so the chunks of different seeds do not share streams.
+    """
+    seed, index = check_int("seed", seed, 0), check_int("index", index, 0)
+    if index:
+        seed = int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
+    return make_generator(seed, device)
+
+
+def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
+                    fingerprint: dict, progress: bool = True, keep: int = 0) -> dict:
+    """Draw ``n`` rows in chunks of ``batch_size`` with ``draw`` and write them to ``out`` (.npz).
+
+    Args:
+        out: the ``.npz`` file to write (replaced atomically when complete).
+        n: rows in all; batch_size: rows per chunk (the last may be smaller).
+        draw: ``draw(k, start, stop) -> (arrays, info)``: chunk ``k``'s rows ``start:stop`` as
+            NumPy arrays with ``stop - start`` rows each (the same keys, dtypes and row shapes for
+            every chunk), and a dict of numbers about it (e.g. ``{"nfe": 20}``).
+        fingerprint: JSON-able description of everything the rows depend on; chunks left by an
+            earlier call are reused only when it is equal.
+        progress: a progress bar on stderr (a terminal only) when there is more than one chunk.
+        keep: rows to hand back (the first ``keep``, e.g. for a figure).
+
+    Returns:
+        ``{"chunks": number of chunks, "drawn": chunks drawn by this call, "info": [info of each
+        chunk], "head": {key: the first keep rows}}``.
+
+    Raises:
+        ValueError: bad sizes, or ``OUT.parts/`` holds chunks drawn with another fingerprint.
+        FolderBusyError: another process is writing the same output.
+    """
+    n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
+    parts = parts_dir(out)
+    manifest = {"fingerprint": fingerprint, "n": n, "batch_size": batch_size}
+    fresh = not parts.exists()
+    try:
+        with folder_lock(parts):
+            result = _write_locked(out, parts, n, batch_size, draw, manifest, progress, keep)
+    except BaseException:
+        if fresh and parts.is_dir() and not any(parts.glob("chunk-*")):
+            shutil.rmtree(parts)  # nothing drawn: no partial output left behind
+        raise
+    shutil.rmtree(parts)
+    return result
+
+
+def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,
+                  progress: bool, keep: int) -> dict:
+    """:func:`write_in_chunks` once it holds the lock of the chunks' folder."""
+    _check_manifest(parts, manifest)
+    count = -(-n // batch_size)
+    todo = [k for k in range(count) if not (parts / _chunk_name(k)).is_file()]
+    with tqdm(total=count, initial=count - len(todo), unit="chunk", desc="sampling",
+              disable=True if not progress or count == 1 else None, leave=False) as bar:
+        for k in todo:
+            start, stop = k * batch_size, min(n, (k + 1) * batch_size)
+            arrays, info = draw(k, start, stop)
+            _write_chunk(parts / _chunk_name(k), arrays, info, stop - start)
+            bar.update()
+    chunks = [parts / _chunk_name(k) for k in range(count)]
+    infos = [_read_info(path) for path in chunks]
+    head = _head(chunks, check_int("keep", keep, 0))
+    _assemble(out, chunks)
+    return {"chunks": count, "drawn": len(todo), "info": infos, "head": head}
+
+
+def _chunk_name(k: int) -> str:
+    return f"chunk-{k:06d}.npz"
+
+
+def _check_manifest(parts: Path, manifest: dict) -> None:
+    path = parts / _MANIFEST
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != json.loads(json.dumps(manifest)):
+            raise ValueError(f"{parts} holds chunks drawn with other options; repeat the command "
+                             "that drew them to finish it, or delete the folder to start over")
+        return
+    text = json.dumps(manifest, indent=2).encode()
+    write_atomically(path, lambda f: f.write(text))
+
+
+def _write_chunk(path: Path, arrays: dict, info: dict, rows: int) -> None:
+    for key, value in arrays.items():
+        if key.startswith("info_") or np.shape(value)[:1] != (rows,):
+            raise ValueError(f"chunk array {key!r} must have {rows} rows, got {np.shape(value)}")
+    extra = {f"info_{k}": np.asarray(v) for k, v in info.items()}
+    write_atomically(path, lambda f: np.savez(f, **arrays, **extra))
+
+
+def _read_info(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return {k[5:]: data[k].item() for k in data.files if k.startswith("info_")}
+
+
+def _head(chunks: Sequence[Path], keep: int) -> dict[str, np.ndarray]:
+    """The first ``keep`` rows of every array, read from as few chunks as hold them."""
+    blocks: dict[str, list[np.ndarray]] = {}
+    rows = 0
+    for path in chunks:
+        with np.load(path, allow_pickle=False) as data:
+            for key in data.files:
+                if not key.startswith("info_"):
+                    blocks.setdefault(key, []).append(data[key][:keep - rows])
+        rows += len(next(iter(blocks.values()))[-1])
+        if rows >= keep:
+            break
+    return {key: np.concatenate(parts) for key, parts in blocks.items()}
+
+
+def _assemble(out: str | os.PathLike, chunks: Sequence[Path]) -> None:
+    """Stream the chunks' arrays, key by key and chunk by chunk, into one ``.npz`` at ``out``."""
+    with np.load(chunks[0], allow_pickle=False) as first:
+        keys = [k for k in first.files if not k.startswith("info_")]
+        layout = {k: (first[k].dtype, first[k].shape[1:]) for k in keys}
+    rows = 0
+    for path in chunks:
+        with np.load(path, allow_pickle=False) as data:
+            rows += data[keys[0]].shape[0]
+
+    def write(fh) -> None:
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for key in keys:
+                dtype, row_shape = layout[key]
+                with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array_header_2_0(member, {
+                        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                        "shape": (rows, *row_shape)})
+                    for path in chunks:
+                        with np.load(path, allow_pickle=False) as data:
+                            block = data[key]
+                        if block.dtype != dtype or block.shape[1:] != row_shape:
+                            raise ValueError(f"{path}: array {key!r} differs from chunk 0's")
+                        member.write(np.ascontiguousarray(block).tobytes())
+
+    write_atomically(out, write)
+
+
+def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], *,
+                   batch_size: int | None = None, seed: int = 0,
+                   seeds: Sequence[int] | None = None, device=None, progress: bool = True,
+                   fingerprint: dict | None = None, **sample_kwargs) -> dict:
+    """:func:`~scoresde.sample` of ``shape = (n, *dims)`` into ``out`` (.npz, key ``samples``),
+    ``batch_size`` samples at a time (default :data:`SAMPLE_BATCH`), resumable after a kill.
+
+    Chunk ``k`` draws from :func:`chunk_generator` ``(seed, k)``, or with ``seeds`` (one per
+    sample, written under ``seeds``) sample ``i`` from ``seeds[i]`` whatever the chunking.
+    Rerun after a kill with the same arguments (and the same score function: it cannot be
+    fingerprinted, so pass ``fingerprint`` naming it, e.g. the run folder and its step, to have
+    a changed model refused) and it continues where it stopped.
+
+    Returns:
+        :func:`write_in_chunks`'s answer, plus ``"nfe"``: score calls per chunk (their mean).
+    """
+    n, dims = check_int("n", shape[0], 1), tuple(int(d) for d in shape[1:])
+    if seeds is not None and len(seeds) != n:
+        raise ValueError(f"seeds must hold one integer per sample ({n}), got {len(seeds)}")
+    if batch_size is None:
+        batch_size = SAMPLE_BATCH["image" if len(dims) == 3 else "vector"]
+    from .sampling import sample
+
+    def draw(k: int, start: int, stop: int):
+        rand = ({"seeds": list(seeds[start:stop])} if seeds is not None
+                else {"generator": chunk_generator(seed, k, device or "cpu")})
+        with torch.no_grad():
+            x, info = sample(score_fn, sde, (stop - start, *dims), device=device, **rand,
+                             **sample_kwargs)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"chunk {k} (samples {start}-{stop - 1}) holds non-finite "
+                                     "values; the chunks before it are kept")
+        arrays = {"samples": x.cpu().numpy()}
+        if seeds is not None:
+            arrays["seeds"] = np.asarray(seeds[start:stop], dtype=np.int64)
+        return arrays, {"nfe": info["nfe"]}
+
+    print_kw = {k: repr(v) for k, v in sorted(sample_kwargs.items())}
+    mark = dict(fingerprint or {}, shape=[n, *dims], seed=seed,
+                seeds=None if seeds is None else [int(s) for s in seeds], options=print_kw)
+    result = write_in_chunks(out, n, batch_size, draw, mark, progress)
+    return dict(result, nfe=float(np.mean([i["nfe"] for i in result["info"]])))
