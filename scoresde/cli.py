@@ -238,6 +238,10 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
+@click.option("--net", type=_LazyChoice("models.TRAIN_NETS"), default=_Default("train", "net"),
+              show_default=True,
+              help="Network: auto (MLP for vectors, U-Net for images), one by name, or a preset "
+                   "(ddpmpp_cifar10 is the paper's DDPM++; the small ones fit a CPU).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               cls=_LazyHelp, fields={"width": _Default("ScoreMLP", "hidden")},
               help="Hidden width of the MLP (default: the library's, {width}).")
@@ -259,8 +263,9 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               default=_Default("train", "label_dropout"), show_default=True,
               help="Share of labels dropped (for classifier-free guidance).")
 @click.pass_context
-def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width, input_features,
-          run, resume, seed, device, checkpoint_every, quiet, conditional, label_dropout):
+def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, net, width,
+          input_features, run, resume, seed, device, checkpoint_every, quiet, conditional,
+          label_dropout):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
@@ -272,6 +277,7 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
       scoresde train --data digits --steps 20000 --batch-size 128
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
+      scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
     """
     from .training import train as train_run
     from .utils import resolve_device
@@ -279,10 +285,11 @@ def train(ctx, sde, data, steps, batch_size, lr, weighting, log_snr_share, width
     resolve_device(device)
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
-    keywords = dict(sde=sde, data=data, batch_size=batch_size, lr=lr, weighting=weighting,
-                    log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
-                    conditional=conditional, label_dropout=label_dropout, device=device,
-                    resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
+    keywords = dict(sde=sde, data=data, net=net, batch_size=batch_size, lr=lr,
+                    weighting=weighting, log_snr_share=log_snr_share, seed=seed,
+                    net_params=net_params or None, conditional=conditional,
+                    label_dropout=label_dropout, device=device, resume=resume,
+                    checkpoint_every=checkpoint_every, progress=not quiet)
     if steps is not None:
         keywords["steps"] = steps
     if resume:
