@@ -32,7 +32,7 @@ EMBEDDINGS = ("positional", "fourier")
 _SKIP = 1 / math.sqrt(2)
 
 
-def variance_scaling_(weight: torch.Tensor, scale: float = 1.0, fan_in_axis: int = 1,
+def _variance_scaling_(weight: torch.Tensor, scale: float = 1.0, fan_in_axis: int = 1,
                       fan_out_axis: int = 0) -> torch.Tensor:
     """Fill ``weight`` uniformly with variance ``scale / fan_avg`` (DDPM's initialisation);
     ``scale = 0`` means a tiny 1e-10, as in the reference."""
@@ -46,14 +46,14 @@ def variance_scaling_(weight: torch.Tensor, scale: float = 1.0, fan_in_axis: int
 
 def _conv(c_in: int, c_out: int, kernel: int = 3, init_scale: float = 1.0) -> nn.Conv2d:
     conv = nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2)
-    variance_scaling_(conv.weight, init_scale)
+    _variance_scaling_(conv.weight, init_scale)
     nn.init.zeros_(conv.bias)
     return conv
 
 
 def _linear(c_in: int, c_out: int) -> nn.Linear:
     lin = nn.Linear(c_in, c_out)
-    variance_scaling_(lin.weight)
+    _variance_scaling_(lin.weight)
     nn.init.zeros_(lin.bias)
     return lin
 
@@ -72,7 +72,7 @@ class _ChannelLinear(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, init_scale: float = 0.1):
         super().__init__()
-        self.weight = nn.Parameter(variance_scaling_(torch.empty(c_in, c_out), init_scale, 0, 1))
+        self.weight = nn.Parameter(_variance_scaling_(torch.empty(c_in, c_out), init_scale, 0, 1))
         self.bias = nn.Parameter(torch.zeros(c_out))
 
     def forward(self, x):
