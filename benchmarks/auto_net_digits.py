@@ -16,6 +16,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import tempfile
 import time
@@ -48,7 +49,6 @@ def main() -> None:
     parser.add_argument("--train-options", default="{}", help="JSON keywords for train()")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    import json
     extra = json.loads(args.train_options)
     test = get_dataset("digits").test
     losses = {}
