@@ -13,7 +13,7 @@ from .targets import MIXTURES, GaussianMixture, get_mixture
 from .utils import append_dims, batch_sum, make_generator, resolve_device, seed_everything
 from . import data, toys
 from .losses import dsm_loss, sample_time, time_weight
-from .models import ScoreMLP, ScoreModel, UNet
+from .models import DDPMpp, ScoreMLP, ScoreModel, UNet
 from .runs import load_run
 from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
@@ -32,6 +32,7 @@ __all__ = [
     "log_likelihood", "bits_per_dim", "encode", "decode",
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
     "data", "toys", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel",
+    "DDPMpp",
     "train", "load_run",
     "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",

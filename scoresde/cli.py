@@ -259,6 +259,10 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
+@click.option("--net", type=_LazyChoice("models.TRAIN_NETS"), default=_Default("train", "net"),
+              show_default=True,
+              help="Network: auto (MLP for vectors, U-Net for images), one by name, or a preset "
+                   "(ddpmpp_cifar10 is the paper's DDPM++; the small ones fit a CPU).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
               cls=_LazyHelp, fields={"width": _Default("ScoreMLP", "hidden")},
               help="Hidden width of the MLP (default: the library's, {width}).")
@@ -284,8 +288,8 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Share of labels dropped (for classifier-free guidance).")
 @click.pass_context
 def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, weighting,
-          log_snr_share, width, input_features,
-          run, resume, seed, device, checkpoint_every, quiet, conditional, label_dropout):
+          log_snr_share, net, width, input_features, run, resume, seed, device,
+          checkpoint_every, quiet, conditional, label_dropout):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
@@ -298,16 +302,16 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
       scoresde train --resume --steps 6000             # continue the most recent run
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
       scoresde train --data photos/ --resolution 32 --flip   # your own images
+      scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
     """
-    from .utils import FolderBusyError
     from .training import train as train_run
-    from .utils import resolve_device
+    from .utils import FolderBusyError, resolve_device
 
     resolve_device(device)
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
     keywords = dict(sde=sde, data=data, channels=channels, resolution=resolution, flip=flip,
-                    batch_size=batch_size, lr=lr, weighting=weighting,
+                    net=net, batch_size=batch_size, lr=lr, weighting=weighting,
                     log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
                     conditional=conditional, label_dropout=label_dropout, device=device,
                     resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)

@@ -21,7 +21,7 @@ from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
-from .models import build_net
+from .models import build_net, resolve_net
 from .runs import resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
 from .utils import FolderBusyError, folder_lock, resolve_device
@@ -39,7 +39,7 @@ def _net_config(net, net_params, dataset, conditional, objective) -> dict:
     the shape and classes of the data."""
     if net == "auto":
         net = "unet" if dataset.is_image else "mlp"
-    params = dict(net_params or {})
+    net, params = resolve_net(net, net_params)
     params.update(event_shape=list(dataset.event_shape),
                   num_classes=dataset.num_classes if conditional else 0)
     if objective == "classifier":  # the same family, ending in class logits
@@ -167,8 +167,10 @@ def train(
         flip: 8-bit images: mirror each training image left to right with probability 1/2,
             drawn with the run's seed, so a resumed run draws the same.
         sde, sde_params: an SDE name with its parameters, or an SDE instance.
-        net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), ``"mlp"`` or ``"unet"``
-            and keyword overrides for the network.
+        net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), a network of
+            ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of
+            ``models.NET_PRESETS`` (``"ddpmpp_cifar10"``, ``"ddpmpp_small8"``, ...), and keyword
+            overrides for the network (over the preset's).
         conditional: pass the data's labels to the network.
         label_dropout: with ``conditional``, the share of labels replaced by the null label
             (-1), so the same network also learns the unconditional score that classifier-free

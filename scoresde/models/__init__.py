@@ -5,16 +5,23 @@ from __future__ import annotations
 from torch import nn
 
 from .classifier import ClassifierMLP, ClassifierUNet, NoiseClassifier
+from .ddpmpp import DDPMpp
 from .mlp import InputFeatures, ScoreMLP, TimeFeatures
+from .presets import NET_PRESETS, resolve_net
 from .score_model import ScoreModel
 from .unet import UNet
 
-__all__ = ["ScoreMLP", "UNet", "ScoreModel", "TimeFeatures", "InputFeatures", "NETS",
-           "build_net", "ClassifierMLP", "ClassifierUNet", "NoiseClassifier"]
+__all__ = ["ScoreMLP", "UNet", "DDPMpp", "ScoreModel", "TimeFeatures", "InputFeatures", "NETS",
+           "NET_PRESETS", "TRAIN_NETS", "build_net", "resolve_net", "ClassifierMLP",
+           "ClassifierUNet", "NoiseClassifier"]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet,
+NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "ddpmpp": DDPMpp,
                                     "mlp_classifier": ClassifierMLP,
                                     "unet_classifier": ClassifierUNet}
+
+# What ``train(net=...)`` accepts: "auto" (by the data), a score network of NETS, or a preset.
+TRAIN_NETS: tuple[str, ...] = ("auto", *(n for n in NETS if not n.endswith("_classifier")),
+                               *NET_PRESETS)
 
 
 def build_net(config: dict) -> nn.Module:
