@@ -264,10 +264,10 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
               help="At most this many samples per forward pass: gradients accumulate over "
                    "micro-batches (same result as the whole batch) [default: the whole batch].")
-@click.option("--compile/--no-compile", "compile_", default=_Default("train", "compile"),
-              show_default=True, help="torch.compile the model (stops if it cannot).")
-@click.option("--channels-last/--no-channels-last", default=_Default("train", "channels_last"),
-              show_default=True, help="Images in channels-last memory format.")
+@click.option("--compile/--no-compile", "compile_", default=False,
+              help="torch.compile the model (stops if it cannot) [default: no].")
+@click.option("--channels-last/--no-channels-last", default=False,
+              help="Images in channels-last memory format [default: no].")
 @click.option("--sample-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")

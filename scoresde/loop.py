@@ -229,6 +229,7 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
                                       skipped)
             if done % opts.checkpoint_every == 0 or done == opts.steps:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
+                _check_weights(parts, place, done)
                 _checkpoint(parts, place, done, seconds)
             if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
                 recorder.settle(done)
@@ -326,6 +327,15 @@ def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tenso
             (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
+
+
+def _check_weights(parts: Parts, place: Place, step: int) -> None:
+    """Raise ``FloatingPointError`` if a weight is not finite (before writing a checkpoint:
+    finite losses and gradients keep them finite, but a callback may change them)."""
+    finite = [p.detach().isfinite().all() for p in parts.model.parameters()]
+    if not bool(torch.stack(finite).all()):
+        raise FloatingPointError(f"non-finite weights at step {step}; stopped, the last good "
+                                 f"checkpoint in {place.run_dir} is kept")
 
 
 def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:

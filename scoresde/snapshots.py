@@ -13,7 +13,6 @@ import os
 import torch
 from torch import nn
 
-from . import plotting
 from .sampling import sample
 from .sde import SDE
 
@@ -53,6 +52,8 @@ def write_snapshot(model: nn.Module, sde: SDE, dataset, path: str | os.PathLike,
         device: where to sample.
         title: the picture's title (the solver and its score calls are added).
     """
+    from . import plotting  # matplotlib loads only when a grid is drawn
+
     n = snapshot_size(dataset.event_shape, dataset.is_image)
     training = model.training
     model.eval()

@@ -6,7 +6,7 @@ import click
 import pytest
 
 import scoresde
-from scoresde import likelihood, losses, sampling, toys
+from scoresde import likelihood, losses, sampling, stepping, toys
 from scoresde.cli import main
 
 from problems import ROOT, invoke, run_python
@@ -14,6 +14,7 @@ from problems import ROOT, invoke, run_python
 CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
     ("train", "weighting"): losses.WEIGHTINGS,
+    ("train", "precision"): stepping.PRECISIONS,
     ("sample", "solver"): scoresde.SAMPLERS,
     ("sample", "grid"): sampling.GRIDS,
     ("sample", "predictor"): sampling.PREDICTORS,
@@ -26,7 +27,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
     **{("train", k): (scoresde.train, k) for k in (
         "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
-        "label_dropout")},
+        "label_dropout", "precision")},
     ("sample", "solver"): (scoresde.sample, "solver"),
     ("sample", "steps"): (scoresde.sample, "steps"),
     **{("sample", k): (sampling.sample_pc, k) for k in (
