@@ -4,8 +4,8 @@ For each case (a network, an image size, a precision, compiled or not) this trai
 ``scoresde.train`` and times the steps after ``--warmup`` (from the run's ``metrics.jsonl``, so
 neither the first step, which compiles, nor the checkpoint is counted), then runs a bare loop
 over the same network (rebuilt from the run's ``config.json``), batch size, precision and
-compilation: a batch of the same images, uniform times and noise, the DSM loss, backward, gradient clipping,
-Adam and an EMA of the weights; nothing else. Reported: images per second of each, and our
+compilation: a batch of the same images, uniform times and noise, the DSM loss, backward,
+gradient clipping, Adam and an EMA of the weights; nothing else. Reported: images per second of each, and our
 loop's overhead, ``bare / ours - 1`` in time per image, by the wall clock and by the process's
 CPU time (steadier on a machine shared with other work). Each loop runs ``--repeats`` times,
 alternating, and the best of each is kept.

@@ -18,6 +18,7 @@ the step where it first appeared; no checkpoint is ever written from the weights
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import sys
@@ -305,8 +306,24 @@ def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch)
         scaler.step(parts.opt)
         scaler.update()
         skipped = scaler_skipped(scaler, scale)
-    parts.ema.update_parameters(parts.model)
+    _update_ema(parts.ema, parts.model)
     return loss, grad_norm, skipped
+
+
+@torch.no_grad()
+def _update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """``ema.update_parameters(model)`` without its host syncs on a GPU (it sends its update
+    count, a CPU tensor, to the device each step, and the warmup reads it back): the same
+    arithmetic with the count read on the CPU."""
+    averaged = [p.detach() for p in itertools.chain(ema.module.parameters(),
+                                                    ema.module.buffers())]
+    current = [p.detach() for p in itertools.chain(model.parameters(), model.buffers())]
+    n = int(ema.n_averaged)  # a CPU buffer (AveragedModel's default)
+    if n == 0:
+        torch._foreach_copy_(averaged, current)
+    else:
+        ema.multi_avg_fn(averaged, current, n)
+    ema.n_averaged += 1
 
 
 def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tensor:

@@ -23,7 +23,8 @@ from .stepping import count_params
 from .utils import resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "SAMPLES", "MAY_CHANGE", "save_checkpoint",
-           "load_checkpoint", "has_checkpoint", "sample_grid_path", "write_config", "read_config", "append_metrics",
+           "load_checkpoint", "has_checkpoint", "sample_grid_path", "write_config",
+           "read_config", "append_metrics",
            "truncate_metrics", "is_run", "latest_run", "new_run_dir", "resume_state",
            "differences", "upgrade_config", "resume_keywords", "build_model", "load_run"]
 
