@@ -1,14 +1,16 @@
 r"""Training throughput on images: our loop against a bare PyTorch loop over the same network.
 
 For each case (a network, an image size, a precision, compiled or not) this trains with
-``scoresde.train`` and times the steps after ``--warmup`` (from the run's ``metrics.jsonl``, so
-neither the first step, which compiles, nor the checkpoint is counted), then runs a bare loop
+``scoresde.train`` and times the steps after ``--warmup`` (on the CPU through a callback, on a
+GPU from the run's ``metrics.jsonl``; neither the first step, which compiles, nor the checkpoint
+is counted), then runs a bare loop
 over the same network (rebuilt from the run's ``config.json``), batch size, precision and
 compilation: a batch of the same images, uniform times and noise, the DSM loss, backward,
-gradient clipping, Adam and an EMA of the weights; nothing else. Reported: images per second of each, and our
-loop's overhead, ``bare / ours - 1`` in time per image, by the wall clock and by the process's
-CPU time (steadier on a machine shared with other work). Each loop runs ``--repeats`` times,
-alternating, and the best of each is kept.
+gradient clipping, Adam and an EMA of the weights; nothing else. Reported: images per second of
+each, and our loop's overhead, ``bare / ours - 1`` in time per image, by the wall clock and by
+the process's CPU time (steadier on a machine shared with other work). Each loop runs
+``--repeats`` times, alternating, and the best of each is kept. ``--profile`` instead splits
+our loop's CPU time per step into its pieces.
 
 Data: ``digits`` (scikit-learn's 8x8 digits) at resolution 8; at other resolutions ``tiled``
 (the digits tiled to R x R) or ``random`` (uniform in [-1, 1]), written to a ``.npy`` of
@@ -146,6 +148,60 @@ def bare(run: str, args, precision: str, compiled: bool) -> dict:
     return _rates(start, _clocks(), args)
 
 
+def profile(data: str, args, precision: str, folder: str) -> dict:
+    """CPU milliseconds per step in each piece of our loop (``--profile``): the network's
+    forward and backward, what a bare loop also does (clipping, Adam, the EMA), and what only
+    ours does (drawing the batch with its stratified times, the records), after the warmup."""
+    import collections
+    import functools
+
+    import scoresde.loop as loop
+
+    spent = collections.defaultdict(float)
+    counting = [False]
+
+    def timed(name, fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            start = time.process_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                if counting[0]:
+                    spent[name] += time.process_time() - start
+        return wrapper
+
+    pieces = {"draw batch": "_draw_batch", "forward+backward": "_accumulate", "clip": "clip_norm",
+              "ema": "_update_ema", "step (all)": "_optimizer_step"}
+    saved = {attr: getattr(loop, attr) for attr in pieces.values()}
+    saved_record, saved_adam = loop._Recorder.record, torch.optim.Adam.step
+    marks = {}
+
+    def callback(done, record):
+        if done in (args.warmup, args.warmup + args.steps):
+            marks[done] = time.process_time()
+            counting[0] = True
+
+    try:
+        for name, attr in pieces.items():
+            setattr(loop, attr, timed(name, saved[attr]))
+        loop._Recorder.record = timed("records", saved_record)
+        torch.optim.Adam.step = timed("adam", saved_adam)
+        scoresde.train(os.path.join(folder, f"profile-{precision}"), data=data, net=args.net,
+                       net_params=json.loads(args.net_params), batch_size=args.batch,
+                       steps=args.warmup + args.steps, precision=precision, progress=False,
+                       checkpoint_every=10**9, log_every=args.warmup + args.steps,
+                       callback=callback)
+    finally:
+        for attr, fn in saved.items():
+            setattr(loop, attr, fn)
+        loop._Recorder.record, torch.optim.Adam.step = saved_record, saved_adam
+    total = marks[args.warmup + args.steps] - marks[args.warmup]
+    out = {name: 1000 * v / args.steps for name, v in spent.items()}
+    out["per step (all)"] = 1000 * total / args.steps
+    return out
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
@@ -167,11 +223,22 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="timed steps")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--profile", action="store_true",
+                        help="CPU ms per step in each piece of our loop instead (CPU only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
+    if args.profile:
+        for case in args.cases:
+            with tempfile.TemporaryDirectory() as folder:
+                data = image_data(*CASES[case], args.channels, folder)
+                for precision in args.precisions:
+                    ms = profile(data, args, precision, folder)
+                    print(case, precision, "CPU ms per step:",
+                          ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)
+        return
     print(f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch "
           f"{args.batch}, {args.steps} timed steps after {args.warmup}, net {args.net} "
           f"{args.net_params}")
