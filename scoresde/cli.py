@@ -286,10 +286,24 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True),
               default=_Default("train", "label_dropout"), show_default=True,
               help="Share of labels dropped (for classifier-free guidance).")
+@click.option("--precision", type=_LazyChoice("stepping.PRECISIONS"),
+              default=_Default("train", "precision"), show_default=True,
+              help="bf16: autocast (CPU, CUDA); fp16: autocast with a gradient scaler (CUDA).")
+@click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
+              help="At most this many samples per forward pass: gradients accumulate over "
+                   "micro-batches (same result as the whole batch) [default: the whole batch].")
+@click.option("--compile/--no-compile", "compile_", default=False,
+              help="torch.compile the model (stops if it cannot) [default: no].")
+@click.option("--channels-last/--no-channels-last", default=False,
+              help="Images in channels-last memory format [default: no].")
+@click.option("--sample-every", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Every N steps, a grid of samples from the EMA weights into "
+                   "RUN/samples/step_N.png [default: none].")
 @click.pass_context
 def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, weighting,
           log_snr_share, net, width, input_features, run, resume, seed, device,
-          checkpoint_every, quiet, conditional, label_dropout):
+          checkpoint_every, quiet, conditional, label_dropout, precision, batch_gpu, compile_,
+          channels_last, sample_every):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
@@ -303,6 +317,7 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
       scoresde train --data digits --conditional       # labels in, for --label / --guidance
       scoresde train --data photos/ --resolution 32 --flip   # your own images
       scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
+      scoresde train --data digits --precision bf16 --batch-gpu 32 --sample-every 500
     """
     from .training import train as train_run
     from .utils import FolderBusyError, resolve_device
@@ -314,7 +329,14 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
                     net=net, batch_size=batch_size, lr=lr, weighting=weighting,
                     log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
                     conditional=conditional, label_dropout=label_dropout, device=device,
-                    resume=resume, checkpoint_every=checkpoint_every, progress=not quiet)
+                    resume=resume, checkpoint_every=checkpoint_every, progress=not quiet,
+                    precision=precision)
+    for key, param, value in [("batch_gpu", "batch_gpu", batch_gpu),
+                              ("compile", "compile_", compile_),
+                              ("channels_last", "channels_last", channels_last),
+                              ("sample_every", "sample_every", sample_every)]:
+        if not resume or _explicit(ctx, param):  # on resume, the run's own unless given here
+            keywords[key] = value
     if steps is not None:
         keywords["steps"] = steps
     if resume and run is not None and not _has_run(Path(run)):

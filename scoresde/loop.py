@@ -7,10 +7,18 @@ of ``config.json``), where this process trains (:class:`Place`) and what it work
 generator and trains on its own slice; DistributedDataParallel averages the gradients and rank 0
 writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
 order, and a resumed run continues bit-identically.
+
+On a GPU the loop does not wait for the device each step: the loss, the gradient norm and
+whether either was non-finite are kept on the device and read only where a record is written
+(every ``log_every`` steps and at the end), before a checkpoint or a sample grid, and every step
+for a ``callback``. A non-finite loss or gradient norm stops the run at the next read, naming
+the step where it first appeared; no checkpoint is ever written from the weights after it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
 import os
 import sys
@@ -29,8 +37,11 @@ from .data import Dataset
 from .images import StepBatches
 from .labels import NULL_LABEL
 from .losses import classifier_loss, dsm_loss, sample_time
-from .runs import CHECKPOINT, append_metrics, build_model, save_checkpoint
+from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
+from .snapshots import write_snapshot
+from .stepping import (autocast, channels_last, clip_norm, compile_errors, compile_model,
+                       grad_scaler, micro_batches, scaler_skipped)
 
 __all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
            "dist_setup"]
@@ -61,6 +72,12 @@ class Options:
     label_dropout: float
     log_every: int
     checkpoint_every: int
+    precision: str
+    batch_gpu: int | None
+    compile: bool
+    channels_last: bool
+    sample_every: int | None
+    seed: int
 
     @classmethod
     def of(cls, config: dict) -> "Options":
@@ -94,6 +111,8 @@ class Parts:
     sde: SDE
     dataset: Dataset
     loss_fn: Callable
+    scaler: torch.amp.GradScaler | None  # fp16's gradient scaler
+    forward: nn.Module  # ``net``, compiled with compile=True
     # Pixel data: this rank's share of each step's images, a function of the seed and the step
     # (the shared generator draws the rest); None for other data (drawn from the generator).
     batches: StepBatches | None = None
@@ -178,41 +197,70 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
     data generator; restored from the checkpoint ``state`` when resuming."""
     torch.manual_seed(config["seed"])
     model = build_model(config, sde).to(place.device)
+    if config["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(config["ema_decay"]),
                         use_buffers=True)
     opt_cls = torch.optim.AdamW if config["optimizer"] == "adamw" else torch.optim.Adam
-    opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    # fp16: the fused CUDA Adam takes the scaler's inf check on the device (no host sync).
+    fused = {"fused": True} if config["precision"] == "fp16" else {}
+    opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"],
+                  **fused)
     gen = torch.Generator(device=place.device).manual_seed(config["seed"])
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(gen, state["rng"], place.device)
+    scaler = grad_scaler(config["precision"], place.device,
+                         state.get("scaler") if state is not None else None)
     net = DistributedDataParallel(model) if place.world > 1 else model
+    forward = compile_model(net) if config["compile"] else net
     batches = None
     if dataset.pixel_bits is not None:
         start = int(state["step"]) if state is not None else 0
         batches = StepBatches(dataset, config["seed"], start, config["steps"],
                               config["batch_size"], place.share(config["batch_size"]))
-    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], batches)
+    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
+                 forward, batches)
 
 
 def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: float,
              callback: Callable[[int, dict], None] | None, progress: bool) -> dict:
     """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then."""
-    recorder = _Recorder(opts, place, start, elapsed, callback, progress)
+    recorder = _Recorder(opts, place, start, elapsed, callback, progress,
+                         parts.scaler is not None)
     with recorder:
         for step in range(start, opts.steps):
             batch = _draw_batch(parts, opts, place)
-            loss, grad_norm = _optimizer_step(parts, opts, place, step, batch)
+            loss, grad_norm, skipped = _optimizer_step(parts, opts, place, step, batch)
             done = step + 1
-            seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm)
+            seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm,
+                                      skipped)
             if done % opts.checkpoint_every == 0 or done == opts.steps:
+                recorder.settle(done)  # never a checkpoint of non-finite weights
+                _check_weights(parts, place, done)
                 _checkpoint(parts, place, done, seconds)
+            if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
+                recorder.settle(done)
+                _sample_grid(parts, opts, place, done)
     wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
-    return {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
-            "train_time_s": elapsed + wall,
-            "steps_per_sec": (opts.steps - start) / wall if wall > 0 else float("nan")}
+    result = {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
+              "train_time_s": elapsed + wall,
+              "steps_per_sec": (opts.steps - start) / wall if wall > 0 else float("nan")}
+    if parts.scaler is not None:
+        result["skipped_steps"] = recorder.skipped_total
+    return result
+
+
+def _sample_grid(parts: Parts, opts: Options, place: Place, step: int) -> None:
+    """Rank 0 draws samples from the EMA weights into the run's sample folder; the training's
+    random streams are left as they were (its own generator, inside a fork of torch's)."""
+    if place.rank == 0:
+        with fork_rng(place.device):
+            write_snapshot(parts.ema.module, parts.sde, parts.dataset,
+                           sample_grid_path(place.run_dir, step), seed=opts.seed,
+                           device=place.device, title=f"EMA at step {step}")
 
 
 def _draw_batch(parts: Parts, opts: Options, place: Place):
@@ -247,36 +295,80 @@ def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
     return y
 
 
-def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int,
-                    batch) -> tuple[float, float]:
+def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch):
     """One step at ``step`` (from 0) on this rank's ``batch``, then the EMA update.
 
     Returns:
-        ``(loss, grad_norm)``: the mean loss over all ranks and this rank's gradient norm.
-
-    Raises:
-        FloatingPointError: the loss is not finite (checked before the weights change).
+        ``(loss, grad_norm, skipped)``, tensors on the device (nothing waits for them): the
+        mean loss over all ranks, this rank's gradient norm, and with fp16 whether the
+        gradient scaler skipped the step (inf/NaN gradients; None without a scaler).
     """
-    x0, y, t, z = batch
-    loss = parts.loss_fn(parts.net, parts.sde, x0, weighting=opts.weighting, eps=opts.eps, y=y,
-                         t=t, noise=z).mean()
     for group in parts.opt.param_groups:
         group["lr"] = _lr_at(step, opts)
     parts.opt.zero_grad(set_to_none=True)
-    loss.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(parts.model.parameters(),
-                                               opts.grad_clip if opts.grad_clip else math.inf)
-    global_loss = loss.detach().clone()
+    loss = _accumulate(parts, opts, place, batch)
+    scaler = parts.scaler
+    if scaler is not None:
+        scaler.unscale_(parts.opt)
+    grad_norm = clip_norm(parts.model.parameters(), opts.grad_clip)
     if place.world > 1:
-        dist.all_reduce(global_loss)
-        global_loss /= place.world
-    if not torch.isfinite(global_loss):
-        raise FloatingPointError(
-            f"non-finite loss ({float(global_loss)}) at step {step + 1}; stopped, the last "
-            f"good checkpoint in {place.run_dir} is kept")
-    parts.opt.step()
-    parts.ema.update_parameters(parts.model)
-    return float(global_loss), float(grad_norm)
+        dist.all_reduce(loss)
+        loss /= place.world
+    skipped = None
+    if scaler is None:
+        parts.opt.step()
+    else:
+        scale = scaler._scale.clone()  # noqa: SLF001 (compared on the device after the update)
+        scaler.step(parts.opt)
+        scaler.update()
+        skipped = scaler_skipped(scaler, scale)
+    _update_ema(parts.ema, parts.model)
+    return loss, grad_norm, skipped
+
+
+@torch.no_grad()
+def _update_ema(ema: AveragedModel, model: nn.Module) -> None:
+    """``ema.update_parameters(model)`` without its host syncs on a GPU (it sends its update
+    count, a CPU tensor, to the device each step, and the warmup reads it back): the same
+    arithmetic with the count read on the CPU."""
+    averaged = [p.detach() for p in itertools.chain(ema.module.parameters(),
+                                                    ema.module.buffers())]
+    current = [p.detach() for p in itertools.chain(model.parameters(), model.buffers())]
+    n = int(ema.n_averaged)  # a CPU buffer (AveragedModel's default)
+    if n == 0:
+        torch._foreach_copy_(averaged, current)
+    else:
+        ema.multi_avg_fn(averaged, current, n)
+    ema.n_averaged += 1
+
+
+def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tensor:
+    """Gradients of this rank's mean loss over ``batch``, added up over micro-batches of at
+    most ``batch_gpu`` samples (DDP averages them across ranks after the last); returns the
+    mean loss (detached, on the device)."""
+    if opts.channels_last:
+        batch = channels_last(batch)
+    n, total = batch[0].shape[0], None
+    pieces = micro_batches(batch, opts.batch_gpu)
+    for i, (x0, y, t, z) in enumerate(pieces):
+        last = i == len(pieces) - 1
+        quiet = parts.net.no_sync() if place.world > 1 and not last else contextlib.nullcontext()
+        with quiet, compile_errors(opts.compile):
+            with autocast(opts.precision, place.device):
+                loss = parts.loss_fn(parts.forward, parts.sde, x0, weighting=opts.weighting,
+                                     eps=opts.eps, y=y, t=t, noise=z).sum() / n
+            (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def _check_weights(parts: Parts, place: Place, step: int) -> None:
+    """Raise ``FloatingPointError`` if a weight is not finite (before writing a checkpoint:
+    finite losses and gradients keep them finite, but a callback may change them)."""
+    finite = [p.detach().isfinite().all() for p in parts.model.parameters()]
+    if not bool(torch.stack(finite).all()):
+        raise FloatingPointError(f"non-finite weights at step {step}; stopped, the last good "
+                                 f"checkpoint in {place.run_dir} is kept")
 
 
 def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
@@ -285,21 +377,34 @@ def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
         save_checkpoint(os.path.join(place.run_dir, CHECKPOINT), {
             "step": step, "elapsed_s": seconds, "model": parts.model.state_dict(),
             "ema": parts.ema.state_dict(), "optimizer": parts.opt.state_dict(),
-            "rng": _rng_state(parts.gen, place.device)})
+            "rng": _rng_state(parts.gen, place.device),
+            **({"scaler": parts.scaler.state_dict()} if parts.scaler is not None else {})})
     if place.world > 1:
         dist.barrier()
 
 
 class _Recorder:
-    """After each step (rank 0): a ``metrics.jsonl`` line every ``log_every`` steps and at the
-    end (the loss averaged since the last line), the callback, and the progress display."""
+    """After each step: a ``metrics.jsonl`` line every ``log_every`` steps and at the end (the
+    loss averaged since the last line; rank 0), the callback (rank 0), the progress display.
+
+    The step's loss and gradient norm are added up on the device and read (a host sync) only
+    at a record, for a callback, and in :meth:`settle`; the first step whose loss or gradient
+    norm was not finite is kept on the device too, so the error names it."""
 
     def __init__(self, opts: Options, place: Place, start: int, elapsed: float, callback,
-                 progress: bool):
+                 progress: bool, scaled: bool = False):
         self.opts, self.run_dir, self.lead = opts, place.run_dir, place.rank == 0
         self.start, self.elapsed, self.callback = start, elapsed, callback
-        self.t0, self.window, self.last = time.perf_counter(), [], float("nan")
+        self.scaled, self.device = scaled, place.device
+        self.t0, self.last, self.skipped_total = time.perf_counter(), float("nan"), 0
+        self._reset()
+        self.first_bad = torch.zeros(2, dtype=torch.long, device=place.device)  # loss, grad
         self.progress = _Progress(opts.steps, start, opts.log_every, progress and self.lead)
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.skipped = torch.zeros((), dtype=torch.long, device=self.device)
+        self.count = 0
 
     def __enter__(self) -> "_Recorder":
         return self
@@ -307,24 +412,55 @@ class _Recorder:
     def __exit__(self, *exc) -> None:
         self.progress.close()
 
-    def record(self, done: int, loss: float, lr: float, grad_norm: float) -> float:
+    def record(self, done: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
+               skipped: torch.Tensor | None) -> float:
         """Record step ``done``; returns the seconds trained so far (earlier attempts too)."""
+        self.loss_sum += loss
+        self.count += 1
+        bad = ~torch.isfinite(torch.stack([loss.float(), grad_norm.float()]))
+        if skipped is not None:  # inf/NaN gradients are the scaler's: it skips those steps
+            self.skipped += skipped
+            bad[1] = False
+        self.first_bad = torch.where(bad & (self.first_bad == 0), done, self.first_bad)
+        log = done % self.opts.log_every == 0 or done == self.opts.steps
+        record = None
+        if log:
+            self.settle(done)
+        if log or (self.callback is not None and self.lead):
+            record = {"step": done, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
         now = time.perf_counter()
         seconds = self.elapsed + now - self.t0
-        self.last = loss
-        self.window.append(loss)
-        record = {"step": done, "loss": loss, "lr": lr, "grad_norm": grad_norm}
-        if done % self.opts.log_every == 0 or done == self.opts.steps:
+        if log:
+            record["loss"] = self.last = float(self.loss_sum) / self.count
+            if self.scaled:
+                record["skipped_steps"] = int(self.skipped)
+                self.skipped_total += record["skipped_steps"]
             if self.lead:
-                record.update(loss=sum(self.window) / len(self.window),
-                              elapsed_s=round(seconds, 3),
+                record.update(elapsed_s=round(seconds, 3),
                               steps_per_sec=(done - self.start) / max(now - self.t0, 1e-9))
                 append_metrics(self.run_dir, record)
-            self.window = []
+            self._reset()
         if self.callback is not None and self.lead:
             self.callback(done, record)
-        self.progress.update(done, loss)
+        self.progress.update(done, record["loss"] if log else None)
         return seconds
+
+    def settle(self, done: int) -> None:
+        """Wait for the device and stop if a step up to ``done`` had a non-finite loss or
+        gradient norm (the same on every rank: the loss is averaged over ranks first).
+
+        Raises:
+            FloatingPointError: naming the first such step; the last checkpoint is kept.
+        """
+        first = dict(zip(("loss", "gradient norm"), self.first_bad.tolist()))
+        bad = {what: step for what, step in first.items() if step}
+        if not bad:
+            return
+        what = min(bad, key=bad.get)
+        step = bad[what]
+        raise FloatingPointError(
+            f"non-finite {what} at step {step}; stopped at step {done}, the last good checkpoint "
+            f"in {self.run_dir} is kept")
 
 
 class _Progress:
@@ -345,14 +481,16 @@ class _Progress:
                         dynamic_ncols=True, disable=not self.tty)
         self.t0 = self.shown = time.perf_counter()
 
-    def update(self, done: int, loss: float) -> None:
+    def update(self, done: int, loss: float | None) -> None:
+        """Show step ``done``; ``loss`` when it was read (at records), else the last shown."""
         if self.tty:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            if loss is not None:
+                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             self.bar.update(done - self.bar.n)
             return
         now = time.perf_counter()
         due = done % self.every == 0 and now - self.shown >= _LINE_EVERY_S
-        if self.enabled and (due or done == self.total):
+        if self.enabled and loss is not None and (due or done == self.total):
             self.shown = now
             line = tqdm.format_meter(done, self.total, now - self.t0, initial=self.start,
                                      unit="step", postfix=f"loss={loss:.4f}",

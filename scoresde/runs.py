@@ -21,20 +21,25 @@ import torch
 
 from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
+from .stepping import count_params
 from .utils import resolve_device, write_atomically
 
-__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "MAY_CHANGE", "save_checkpoint", "load_checkpoint",
-           "has_checkpoint", "write_config", "read_config", "append_metrics", "truncate_metrics",
-           "is_run", "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
-           "resume_keywords", "build_model", "load_run"]
+__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "SAMPLES", "MAY_CHANGE", "save_checkpoint",
+           "load_checkpoint", "has_checkpoint", "sample_grid_path", "write_config", "read_config",
+           "append_metrics", "truncate_metrics", "is_run", "latest_run", "new_run_dir",
+           "resume_state", "differences", "upgrade_config", "resume_keywords", "build_model",
+           "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
+SAMPLES = "samples"  # the folder of the sample grids drawn while training (sample_every)
 
 # The options of train() that may differ between a run and its resumption; every other option
 # must match config.json. They are the caller's, not the run's: how long, where, how often to
-# write, whether to show progress.
+# write, whether to show progress; and how the same arithmetic is carried out (micro-batches,
+# compilation, memory format: results differ by float round-off only, as on another device).
+# The precision changes the results, so it stays the run's.
 MAY_CHANGE = frozenset({"steps", "progress", "checkpoint_every", "log_every", "device", "resume",
-                        "run_dir"})
+                        "run_dir", "batch_gpu", "compile", "channels_last", "sample_every"})
 
 
 # ----- files --------------------------------------------------------------------------------------
@@ -74,6 +79,13 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
     """Whether ``run_dir`` holds a checkpoint (a run that got at least that far)."""
     return os.path.isfile(os.path.join(run_dir, CHECKPOINT))
+
+
+def sample_grid_path(run_dir: str | os.PathLike, step: int) -> str:
+    """``run_dir/samples/step_000500.png``: the grid drawn at ``step`` (the folder is made)."""
+    folder = os.path.join(run_dir, SAMPLES)
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"step_{step:06d}.png")
 
 
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
@@ -202,12 +214,16 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
     # Runs from before log_snr_share drew every time by the weighting's own rule.
     old.setdefault("log_snr_share", 0.0)
-    # Runs from before image folders read their data as given, with no 8-bit pixel data.
+    # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
+    # from before mixed precision, micro-batches, compilation and sample grids ran without them.
     for key, value in (("channels", None), ("resolution", None), ("flip", False),
-                       ("pixel_bits", None)):
+                       ("pixel_bits", None), ("precision", "fp32"), ("batch_gpu", None),
+                       ("compile", False), ("channels_last", False), ("sample_every", None)):
         old.setdefault(key, value)
     if "net" in old:  # networks fill in keywords added since, with the values old runs had
-        old["net"] = build_net(old["net"]).config()
+        net = build_net(old["net"])
+        old["net"] = net.config()
+        old.setdefault("num_params", count_params(net))
     return old
 
 

@@ -11,6 +11,7 @@ inside a fork of PyTorch's random number generators.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
@@ -24,6 +25,8 @@ from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
 from .runs import resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
+from .snapshots import snapshot_size
+from .stepping import PRECISIONS, check_batch_gpu, check_precision, count_params
 from .utils import FolderBusyError, folder_lock, resolve_device
 
 __all__ = ["train", "train_classifier", "OBJECTIVES", "VECTOR_BATCH", "IMAGE_BATCH"]
@@ -34,9 +37,9 @@ VECTOR_BATCH, IMAGE_BATCH = 1024, 128
 
 
 # ----- resolving the options ----------------------------------------------------------------------
-def _net_config(net, net_params, dataset, conditional, objective) -> dict:
-    """The full config of the run's network: the network's own defaults, ``net_params`` over them,
-    the shape and classes of the data."""
+def _build_net(net, net_params, dataset, conditional, objective):
+    """The run's network, freshly built: its config (``config()``) holds the network's own
+    defaults, ``net_params`` over them, the shape and classes of the data."""
     if net == "auto":
         net = "unet" if dataset.is_image else "mlp"
     net, params = resolve_net(net, net_params)
@@ -46,7 +49,7 @@ def _net_config(net, net_params, dataset, conditional, objective) -> dict:
         net = net if net.endswith("_classifier") else f"{net}_classifier"
         params["num_classes"] = dataset.num_classes
     try:
-        return build_net({"name": net, **params}).config()
+        return build_net({"name": net, **params})
     except ValueError as err:
         if not dataset.is_image:
             raise
@@ -74,9 +77,25 @@ def _check(kw: dict, dataset) -> dict:
         check_number("grad_clip", kw["grad_clip"], 0)
     check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
+    _check_scale(kw, dataset)
     if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
         raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
     return kw
+
+
+def _check_scale(kw: dict, dataset) -> None:
+    """The options of how training runs: precision, micro-batches, compile, sample grids."""
+    check_choice("precision", kw["precision"], PRECISIONS)
+    kw["batch_gpu"] = check_batch_gpu(kw["batch_gpu"])
+    for key in ("compile", "channels_last"):
+        if not isinstance(kw[key], bool):
+            raise TypeError(f"{key} must be True or False, got {kw[key]!r}")
+    if kw["channels_last"] and len(dataset.event_shape) != 3:
+        raise ValueError(f"channels_last is for images (C, H, W); data {dataset.name!r} has "
+                         f"shape {tuple(dataset.event_shape)}")
+    if kw["sample_every"] is not None:
+        kw["sample_every"] = check_int("sample_every", kw["sample_every"], 1)
+        snapshot_size(dataset.event_shape, dataset.is_image)
 
 
 def _resolve(kw: dict, dataset) -> dict:
@@ -86,6 +105,8 @@ def _resolve(kw: dict, dataset) -> dict:
     if not isinstance(sde, SDE):
         sde = get_sde(sde, **(kw["sde_params"] or {}))
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
+    network = _build_net(kw["net"], kw["net_params"], dataset, kw["conditional"],
+                         kw["objective"])
     config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
     config.update(
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
@@ -93,9 +114,7 @@ def _resolve(kw: dict, dataset) -> dict:
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
         num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
         raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
-        sigma_data=float(sigma_data),
-        net=_net_config(kw["net"], kw["net_params"], dataset, kw["conditional"],
-                        kw["objective"]),
+        sigma_data=float(sigma_data), net=network.config(), num_params=count_params(network),
         run_dir=os.path.abspath(kw["run_dir"]))
     return config
 
@@ -139,6 +158,11 @@ def train(
     device: str = "cpu",
     checkpoint_every: int = 1000,
     log_every: int = 100,
+    precision: str = "fp32",
+    batch_gpu: int | None = None,
+    compile: bool = False,
+    channels_last: bool = False,
+    sample_every: int | None = None,
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
@@ -187,20 +211,39 @@ def train(
             as checkerboard (BENCHMARKS.md).
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
+        precision: ``"fp32"``; ``"bf16"`` (autocast, CPU and CUDA); ``"fp16"`` (autocast with a
+            gradient scaler, CUDA only: a step whose gradients overflow is skipped and counted
+            as ``skipped_steps`` in the records, not stopped). Weights, optimizer and EMA stay
+            float32, and so do sampling and likelihoods of the trained run.
+        batch_gpu: the most samples per forward pass (EDM's name): each process's share of the
+            batch is cut into micro-batches whose gradients are added up before the step, so
+            the result equals the whole batch's up to float round-off; None: the whole share.
+            It may change on resume (so may ``compile``, ``channels_last``, ``sample_every``).
+        compile: run the model through ``torch.compile``; a platform that cannot compile stops
+            at the first step with a ``RuntimeError`` saying so (no silent fallback).
+        channels_last: images in ``torch.channels_last`` memory format (faster convolutions on
+            recent GPUs).
+        sample_every: every this many steps (and at the end), draw a seeded grid of images or a
+            2D scatter from the EMA weights into ``run_dir/samples/step_NNNNNN.png`` (rank 0).
         resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
-        progress: a progress line on stderr (rank 0 only).
-        callback: ``callback(step, record)`` after every step (rank 0 only), for monitoring.
+        progress: a progress line on stderr (rank 0 only), after the network's parameter
+            count.
+        callback: ``callback(step, record)`` after every step (rank 0 only), for monitoring; it
+            makes the loop read the loss from the device every step (a GPU waits for it).
 
     Returns:
-        ``{"run_dir", "step", "loss", "train_time_s", "steps_per_sec", "resumed_from"}``.
+        ``{"run_dir", "step", "loss", "train_time_s", "steps_per_sec", "resumed_from"}``
+        (and ``"skipped_steps"`` with fp16).
 
     Raises:
         ValueError: bad options, or options that differ from the run being resumed.
         FileExistsError: ``run_dir`` has a checkpoint and ``resume`` is False.
         FolderBusyError: another process is training into ``run_dir`` (a ``RuntimeError``; the
             message names it). The lock dies with its holder, so a killed run does not block.
-        FloatingPointError: the loss became NaN or infinite (the message names the step; the
-            last good checkpoint is kept).
+        FloatingPointError: the loss or the gradient norm became NaN or infinite (the message
+            names the step; the run stops at the next record, checkpoint or sample grid, and
+            the last good checkpoint is kept).
+        RuntimeError: ``compile=True`` on a platform where ``torch.compile`` fails.
     """
     kw = dict(locals())
     rank, world, dev, owned = dist_setup(resolve_device(device))
@@ -239,6 +282,7 @@ def _run(kw: dict, place: Place) -> dict:
     if kw["batch_size"] is None:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
+    check_precision(config["precision"], place.device)
     if config["batch_size"] % place.world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
                          "processes")
@@ -254,6 +298,9 @@ def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:
         write_config(place.run_dir, config)
         # Records after the checkpoint (or all, starting afresh) are from an attempt that died.
         truncate_metrics(place.run_dir, start)
+        if kw["progress"]:
+            print(f"network {config['net']['name']}: {config['num_params']:,} parameters",
+                  file=sys.stderr)
     sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])
     parts = build_parts(config, sde, dataset, place, state)
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0

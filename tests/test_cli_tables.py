@@ -6,7 +6,7 @@ import click
 import pytest
 
 import scoresde
-from scoresde import likelihood, losses, models, sampling, toys
+from scoresde import likelihood, losses, models, sampling, stepping, toys
 from scoresde.cli import main
 
 from problems import ROOT, invoke, run_python
@@ -15,6 +15,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
     ("train", "weighting"): losses.WEIGHTINGS,
     ("train", "net"): models.TRAIN_NETS,
+    ("train", "precision"): stepping.PRECISIONS,
     ("sample", "solver"): scoresde.SAMPLERS,
     ("sample", "grid"): sampling.GRIDS,
     ("sample", "predictor"): sampling.PREDICTORS,
@@ -27,7 +28,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
     **{("train", k): (scoresde.train, k) for k in (
         "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
-        "label_dropout", "net")},
+        "label_dropout", "net", "precision")},
     ("sample", "solver"): (scoresde.sample, "solver"),
     ("sample", "steps"): (scoresde.sample, "steps"),
     **{("sample", k): (sampling.sample_pc, k) for k in (

@@ -268,12 +268,14 @@ def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypat
 
     opts = dict(TINY, progress=True, log_every=5)
     train(tmp_path / "a", steps=20, **opts)
-    err = capsys.readouterr().err
+    count, err = capsys.readouterr().err.split("\n", 1)  # the parameter count comes first
+    n = sum(p.numel() for p in scoresde.ScoreMLP(hidden=16, depth=1).parameters())
+    assert count == f"network mlp: {n:,} parameters"
     assert "\r" not in err and err.splitlines() == [err.strip()]
     assert err.startswith("step 20/20 100%") and "loss=" in err
     monkeypatch.setattr(loop, "_LINE_EVERY_S", 0.0)
     train(tmp_path / "b", steps=20, **opts)
-    lines = capsys.readouterr().err.splitlines()
+    lines = capsys.readouterr().err.splitlines()[1:]
     assert "\r" not in "".join(lines)
     assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
 
