@@ -16,6 +16,7 @@ batch of the same shape), minus 1.
     PYTHONPATH=$PWD python benchmarks/samplers.py --pc       # pc's correctors at 1000 steps, ~8 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --defaults # NFE to the target: defaults with
                                                              # the data's statistics vs window
+    PYTHONPATH=$PWD python benchmarks/samplers.py --defaults --unseen 10 --no-baselines
 """
 
 from __future__ import annotations
@@ -213,15 +214,19 @@ def _moments(mix):
     return mean, (w[:, None, None] * (mix.covs + d[:, :, None] * d[:, None, :])).sum(0)
 
 
-def defaults_nfe(n: int = 2000, reps: int = 3, seeds=(0, 1, 2, 3)) -> None:
-    """Fewest NFE (of 6, 8, 10, 12, 15, 20) reaching the target with dpmpp_2m, per SDE and
-    mixture: today's default grid, the tuned window, and the few-step defaults from the data's
-    mean and covariance (``data_cov``) or mean and std (``data_std``)."""
-    ways = {"edm (no stats)": {}, "tuned window": dict(grid="log_snr", **WINDOW)}
-    print(f"\nNFE to reach the target, dpmpp_2m, R = {reps} draws of {n}:")
-    print("| mixture | sde | " + " | ".join([*ways, "defaults, data_cov", "defaults, data_std"])
-          + " |")
-    print("|" + " --- |" * (4 + len(ways)))
+def defaults_nfe(n: int = 2000, reps: int = 3, seeds=range(4), baselines: bool = True) -> None:
+    """Fewest NFE (of 6, 8, 10, 12, 15, 20) reaching the target, per SDE and mixture: dpmpp_2m
+    on today's default grid and on the tuned window (``baselines``), and the few-step defaults
+    from the data's mean and covariance (``data_cov``) or mean and std (``data_std``) with
+    dpmpp_2m and unipc."""
+    ways = {"edm (no stats)": ("dpmpp_2m", {}, 1),
+            "tuned window": ("dpmpp_2m", dict(grid="log_snr", **WINDOW), 1)} if baselines else {}
+    for solver in ("dpmpp_2m", "unipc"):
+        ways[f"{solver}, data_cov"] = (solver, "cov", 0)
+        ways[f"{solver}, data_std"] = (solver, "std", 0)
+    print(f"\nNFE to reach the target, R = {reps} draws of {n}:")
+    print("| mixture | sde | " + " | ".join(ways) + " |")
+    print("|" + " --- |" * (2 + len(ways)))
     mixes = [("ring", GaussianMixture.ring()), ("narrow", GaussianMixture.narrow())]
     mixes += [(f"unseen({s}{', narrow' if nar else ''})", GaussianMixture.unseen(s, narrow=nar))
               for s in seeds for nar in (False, True)]
@@ -235,15 +240,16 @@ def defaults_nfe(n: int = 2000, reps: int = 3, seeds=(0, 1, 2, 3)) -> None:
                  "std": dict(data_mean=mean, data_std=float(cov.diagonal().mean().sqrt()))}
         for sde_name in ("vp", "subvp", "ve"):
             sde = get_sde(sde_name)
-            cells = [_fewest(mix, sde, n, reps, gen, level, kw, shift=1) for kw in ways.values()]
-            cells += [_fewest(mix, sde, n, reps, gen, level, kw, shift=0) for kw in stats.values()]
+            cells = [_fewest(mix, sde, n, reps, gen, level, solver,
+                             stats[kw] if isinstance(kw, str) else kw, shift)
+                     for solver, kw, shift in ways.values()]
             print(f"| {name} | {sde_name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def _fewest(mix, sde, n, reps, gen, level, knobs, shift):
+def _fewest(mix, sde, n, reps, gen, level, solver, knobs, shift):
     """The fewest NFE of the ladder whose mean energy distance is below ``level``, or '> 20'."""
     for nfe in (6, 8, 10, 12, 15, 20):
-        stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver="dpmpp_2m",
+        stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver=solver,
                                         steps=nfe - shift, generator=torch.Generator()
                                         .manual_seed(100 + r), **knobs)[0],
                                  mix.sample(n, generator=gen)) for r in range(reps)]
@@ -278,6 +284,10 @@ def main() -> None:
                         help="only pc's batch-averaged against its default Langevin step")
     parser.add_argument("--defaults", action="store_true",
                         help="only NFE to the target: few-step defaults against the window")
+    parser.add_argument("--unseen", type=int, default=4, metavar="K",
+                        help="with --defaults: the mixtures unseen(0 .. K-1), both kinds")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="with --defaults: only the columns with the data's statistics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.overhead:
@@ -285,7 +295,7 @@ def main() -> None:
     if args.pc:
         return pc_correctors()
     if args.defaults:
-        return defaults_nfe()
+        return defaults_nfe(seeds=range(args.unseen), baselines=not args.no_baselines)
     print(f"# {datetime.date.today()}, torch {torch.__version__}, 1 thread")
     print("| target | sde | solver | steps | NFE | energy dist. mean ± sd | noise level | "
           "reached | wall s | loop overhead |")
