@@ -31,6 +31,7 @@ CASES = {
     "euler": dict(steps=50),
     "heun": dict(steps=25),
     "dpmpp_2m": dict(steps=30),
+    "unipc": dict(steps=30),
 }
 
 

@@ -88,7 +88,8 @@ def _gaussian_flow_errors(solver, sde, steps_list, warm):
     probability flow is exact (fewstep.gaussian_head), for each number of log-SNR steps."""
     mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
     cov = torch.tensor([[2.0, 0.6], [0.6, 0.3]], dtype=torch.float64)
-    mix, stats = GaussianMixture(mean[None], cov[None]), data_stats((2,), data_mean=mean, data_cov=cov)
+    mix = GaussianMixture(mean[None], cov[None])
+    stats = data_stats((2,), data_mean=mean, data_cov=cov)
     x = sde.prior_sampling((200, 2), generator=torch.Generator().manual_seed(0)).double()
     errors = []
     for steps in steps_list:

@@ -8,8 +8,9 @@ mask, through the samplers' per-step callback.
 
 Where it applies: the solvers with a per-step hook in :data:`~scoresde.sampling.api.SOLVERS`,
 :data:`IMPUTATION_SOLVERS` (``em``, ``pc`` with every predictor and corrector, ``euler``,
-``heun``, ``dpmpp_2m``, ``unipc``). Where it does not: ``ode`` and ``torchsde`` integrate the whole interval
-in one call to scipy or torchsde, which have no hook between steps to replace the known entries.
+``heun``, ``dpmpp_2m``, ``unipc``). Where it does not: ``ode`` and ``torchsde`` integrate the
+whole interval in one call to scipy or torchsde, which have no hook between steps to replace the
+known entries.
 
 The replacement method is an approximation: the unknown entries follow the joint score at a
 freshly noised copy of the known ones, not the exact conditional score, so a residual bias
