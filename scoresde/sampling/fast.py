@@ -123,7 +123,8 @@ def _unic_delta(m0: torch.Tensor, h: float, older, x0_t: torch.Tensor) -> torch.
         return -b_h * 0.5 * (x0_t - m0)
     m1, h1 = older
     r = -h1 / h
-    phi = b_h / -h - 1  # h phi_2 / h in the paper's notation, for the B2 variant
+    # b_k = k! phi_{k+1}(-h) h^k / B(h), with phi_2 and phi_3 written by their recursion
+    phi = b_h / -h - 1
     b1, b2 = phi / b_h, 2 * (phi / -h - 0.5) / b_h
     d1 = (m1 - m0) / r
     rho = (b1 - b2) / (1 - r)  # rho_1 of R rho = b, R = [[1, 1], [r, 1]]
