@@ -16,6 +16,8 @@ batch of the same shape), minus 1.
     PYTHONPATH=$PWD python benchmarks/samplers.py --pc       # pc's correctors at 1000 steps, ~8 min
     PYTHONPATH=$PWD python benchmarks/samplers.py --defaults # NFE to the target: defaults with
                                                              # the data's statistics vs window
+    PYTHONPATH=$PWD python benchmarks/samplers.py --defaults --unseen 10 --no-baselines
+    PYTHONPATH=$PWD python benchmarks/samplers.py --recheck u2/subvp u9n/subvp  # R = 8
 """
 
 from __future__ import annotations
@@ -213,15 +215,19 @@ def _moments(mix):
     return mean, (w[:, None, None] * (mix.covs + d[:, :, None] * d[:, None, :])).sum(0)
 
 
-def defaults_nfe(n: int = 2000, reps: int = 3, seeds=(0, 1, 2, 3)) -> None:
-    """Fewest NFE (of 6, 8, 10, 12, 15, 20) reaching the target with dpmpp_2m, per SDE and
-    mixture: today's default grid, the tuned window, and the few-step defaults from the data's
-    mean and covariance (``data_cov``) or mean and std (``data_std``)."""
-    ways = {"edm (no stats)": {}, "tuned window": dict(grid="log_snr", **WINDOW)}
-    print(f"\nNFE to reach the target, dpmpp_2m, R = {reps} draws of {n}:")
-    print("| mixture | sde | " + " | ".join([*ways, "defaults, data_cov", "defaults, data_std"])
-          + " |")
-    print("|" + " --- |" * (4 + len(ways)))
+def defaults_nfe(n: int = 2000, reps: int = 3, seeds=range(4), baselines: bool = True) -> None:
+    """Fewest NFE (of 6, 8, 10, 12, 15, 20) reaching the target, per SDE and mixture: dpmpp_2m
+    on today's default grid and on the tuned window (``baselines``), and the few-step defaults
+    from the data's mean and covariance (``data_cov``) or mean and std (``data_std``) with
+    dpmpp_2m and unipc."""
+    ways = {"edm (no stats)": ("dpmpp_2m", {}, 1),
+            "tuned window": ("dpmpp_2m", dict(grid="log_snr", **WINDOW), 1)} if baselines else {}
+    for solver in ("dpmpp_2m", "unipc"):
+        ways[f"{solver}, data_cov"] = (solver, "cov", 0)
+        ways[f"{solver}, data_std"] = (solver, "std", 0)
+    print(f"\nNFE to reach the target, R = {reps} draws of {n}:")
+    print("| mixture | sde | " + " | ".join(ways) + " |")
+    print("|" + " --- |" * (2 + len(ways)))
     mixes = [("ring", GaussianMixture.ring()), ("narrow", GaussianMixture.narrow())]
     mixes += [(f"unseen({s}{', narrow' if nar else ''})", GaussianMixture.unseen(s, narrow=nar))
               for s in seeds for nar in (False, True)]
@@ -235,21 +241,54 @@ def defaults_nfe(n: int = 2000, reps: int = 3, seeds=(0, 1, 2, 3)) -> None:
                  "std": dict(data_mean=mean, data_std=float(cov.diagonal().mean().sqrt()))}
         for sde_name in ("vp", "subvp", "ve"):
             sde = get_sde(sde_name)
-            cells = [_fewest(mix, sde, n, reps, gen, level, kw, shift=1) for kw in ways.values()]
-            cells += [_fewest(mix, sde, n, reps, gen, level, kw, shift=0) for kw in stats.values()]
+            cells = [_fewest(mix, sde, n, reps, gen, level, solver,
+                             stats[kw] if isinstance(kw, str) else kw, shift)
+                     for solver, kw, shift in ways.values()]
             print(f"| {name} | {sde_name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def _fewest(mix, sde, n, reps, gen, level, knobs, shift):
+def _fewest(mix, sde, n, reps, gen, level, solver, knobs, shift):
     """The fewest NFE of the ladder whose mean energy distance is below ``level``, or '> 20'."""
     for nfe in (6, 8, 10, 12, 15, 20):
-        stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver="dpmpp_2m",
+        stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver=solver,
                                         steps=nfe - shift, generator=torch.Generator()
                                         .manual_seed(100 + r), **knobs)[0],
                                  mix.sample(n, generator=gen)) for r in range(reps)]
         if statistics.mean(stats) < level:
             return str(nfe)
     return "> 20"
+
+
+def _mixture(code: str):
+    """``ring``, ``narrow``, ``u<k>`` (``unseen(k)``) or ``u<k>n`` (``unseen(k, narrow=True)``)."""
+    if code in ("ring", "narrow"):
+        return getattr(GaussianMixture, code)()
+    return GaussianMixture.unseen(int(code[1:].rstrip("n")), narrow=code.endswith("n"))
+
+
+def recheck(cases, n: int = 2000, reps: int = 8) -> None:
+    """Cells that missed at R = 3, redrawn: unipc at 10 calls with the data's mean and
+    covariance and the adaptive ODE (RK45, 1e-5) on prior seeds 200.., fresh references, the
+    level from 30 true-vs-true pairs; mean energy distance over the level (< 1: reached)."""
+    print(f"\n| mixture | sde | unipc, 10 NFE | ode RK45 1e-5 |  (R = {reps} draws of {n})")
+    print("| --- | --- | --- | --- |")
+    for case in cases:
+        code, sde_name = case.split("/")
+        mix, sde, gen = _mixture(code), get_sde(sde_name), torch.Generator().manual_seed(11)
+        null = [energy_distance(mix.sample(n, generator=gen), mix.sample(n, generator=gen))
+                for _ in range(30)]
+        level = statistics.mean(null) + 3 * statistics.stdev(null) / reps**0.5
+        mean, cov = _moments(mix)
+        cells = []
+        for solver, steps, kw in (("unipc", 10, dict(data_mean=mean, data_cov=cov)),
+                                  ("ode", 1, dict(rtol=1e-5, atol=1e-5))):
+            eds = []
+            for r in range(reps):
+                x, info = sample(mix.score_fn(sde), sde, (n, 2), solver=solver, steps=steps,
+                                 generator=torch.Generator().manual_seed(200 + r), **kw)
+                eds.append(energy_distance(x, mix.sample(n, generator=gen)))
+            cells.append(f"{statistics.mean(eds) / level:.2f} ({info['nfe']} NFE)")
+        print(f"| {code} | {sde_name} | " + " | ".join(cells) + " |", flush=True)
 
 
 def _fmt(r: dict) -> str:
@@ -278,14 +317,22 @@ def main() -> None:
                         help="only pc's batch-averaged against its default Langevin step")
     parser.add_argument("--defaults", action="store_true",
                         help="only NFE to the target: few-step defaults against the window")
+    parser.add_argument("--unseen", type=int, default=4, metavar="K",
+                        help="with --defaults: the mixtures unseen(0 .. K-1), both kinds")
+    parser.add_argument("--recheck", nargs="+", metavar="MIX/SDE",
+                        help="only redraw cells (ring, narrow, u<k>, u<k>n; vp, subvp, ve)")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="with --defaults: only the columns with the data's statistics")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.overhead:
         return overhead()
     if args.pc:
         return pc_correctors()
+    if args.recheck:
+        return recheck(args.recheck)
     if args.defaults:
-        return defaults_nfe()
+        return defaults_nfe(seeds=range(args.unseen), baselines=not args.no_baselines)
     print(f"# {datetime.date.today()}, torch {torch.__version__}, 1 thread")
     print("| target | sde | solver | steps | NFE | energy dist. mean ± sd | noise level | "
           "reached | wall s | loop overhead |")

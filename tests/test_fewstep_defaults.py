@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from scoresde import GaussianMixture, get_sde
-from scoresde.sampling import sample
+from scoresde.sampling import impute, sample
 from scoresde.sampling.fewstep import data_stats, gaussian_head
 from scoresde.sampling.grids import get_grid, default_eps
 from scoresde.sampling.metrics import energy_distance
@@ -27,19 +27,35 @@ def moments(mix):
     return mean, (w[:, None, None] * (mix.covs + d[:, :, None] * d[:, None, :])).sum(0)
 
 
-def ten_calls(mix, sde, seed=7, **stats):
-    x, info = sample(mix.score_fn(sde), sde, (N, 2), solver="dpmpp_2m", steps=10,
+def ten_calls(mix, sde, seed=7, solver="dpmpp_2m", **stats):
+    x, info = sample(mix.score_fn(sde), sde, (N, 2), solver=solver, steps=10,
                      generator=torch.Generator().manual_seed(seed), **stats)
     assert info["nfe"] == 10 and info["gaussian_head"]
     return x
 
 
+@pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 @pytest.mark.parametrize("preset", ["ring", "narrow"])
-def test_ten_score_calls_reach_the_presets_with_the_data_covariance(preset, sde_name):
+def test_ten_score_calls_reach_the_presets_with_the_data_covariance(preset, sde_name, solver):
     target = reference(getattr(GaussianMixture, preset)(), N)
     mean, cov = moments(target[0])
-    assert_matches(ten_calls(target[0], get_sde(sde_name), data_mean=mean, data_cov=cov), target)
+    assert_matches(ten_calls(target[0], get_sde(sde_name), solver=solver, data_mean=mean,
+                             data_cov=cov), target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+def test_unipc_in_ten_score_calls_reaches_unseen_mixtures_with_the_data_covariance(sde_name):
+    """Ten drawn mixtures (scale 0.5-5, narrow axes down to 0.001) on each SDE, three draws."""
+    sde = get_sde(sde_name)
+    for seed in range(5):
+        for narrow in (False, True):
+            mix, ref, threshold = reference(GaussianMixture.unseen(seed, narrow=narrow), N)
+            mean, cov = moments(mix)
+            stats = [energy_distance(ten_calls(mix, sde, seed=r, solver="unipc", data_mean=mean,
+                                               data_cov=cov), ref) for r in range(3)]
+            assert sum(stats) / 3 < threshold, (seed, narrow, stats, threshold)
 
 
 @pytest.mark.slow
@@ -81,7 +97,8 @@ def test_explicit_grid_or_window_wins_over_the_statistics(explicit):
     assert torch.equal(a, b) and torch.equal(ia["grid"], ib["grid"]) and not ib["gaussian_head"]
 
 
-@pytest.mark.parametrize("solver,steps", [("dpmpp_2m", 21), ("em", 10), ("pc", 10)])
+@pytest.mark.parametrize("solver,steps", [("dpmpp_2m", 21), ("unipc", 21), ("em", 10),
+                                          ("pc", 10)])
 def test_many_steps_and_other_solvers_ignore_the_statistics(solver, steps):
     sde, mix = get_sde("ve"), GaussianMixture.ring()
 
@@ -135,3 +152,25 @@ def test_bad_statistics_raise_value_error(kwargs, words):
     with pytest.raises(ValueError) as err:
         sample(mix.score_fn(sde), sde, (4, 2), solver="dpmpp_2m", steps=9, **kwargs)
     assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+def test_imputation_in_ten_score_calls_with_the_data_statistics(sde_name):
+    """x_2 given x_1 on the 3x3 grid (where replacement is unbiased, test_conditional): ten calls
+    with the data's statistics match the exact conditional; without them they do not."""
+    from test_conditional import ks_statistic
+
+    mix, sde, n = GaussianMixture.grid(), get_sde(sde_name), 2000
+    known, v = torch.tensor([True, False]), torch.tensor([1.45, 0.0])
+    truth = mix.condition(known, v).sample(n, torch.Generator().manual_seed(2))[:, 0]
+    crit = 1.95 * (2 / n) ** 0.5  # two-sample KS at level 1e-3, as in test_conditional
+    mean, cov = moments(mix)
+
+    def ks(**kw):
+        x, info = impute(mix.score_fn(sde), sde, v.expand(n, 2).clone(), known,
+                         generator=torch.Generator().manual_seed(1), **kw)
+        assert info["nfe"] == 10 and torch.equal(x[:, 0], v[0].expand(n))
+        return ks_statistic(x[:, 1], truth)
+
+    assert ks(solver="unipc", steps=10, data_mean=mean, data_cov=cov) < crit
+    assert ks(solver="dpmpp_2m", steps=9) > crit

@@ -31,6 +31,7 @@ CASES = {
     "euler": dict(steps=50),
     "heun": dict(steps=25),
     "dpmpp_2m": dict(steps=30),
+    "unipc": dict(steps=30),
 }
 
 
@@ -217,7 +218,7 @@ def test_one_table_serves_samplers_grids_and_imputation():
     assert list(SAMPLERS) == list(SOLVERS) == list(DEFAULT_GRIDS)
     assert all(SAMPLERS[name] is row.sampler for name, row in SOLVERS.items())
     assert all(DEFAULT_GRIDS[name] == row.grid in GRIDS for name, row in SOLVERS.items())
-    assert IMPUTATION_SOLVERS == ("em", "pc", "euler", "heun", "dpmpp_2m")
+    assert IMPUTATION_SOLVERS == ("em", "pc", "euler", "heun", "dpmpp_2m", "unipc")
     assert scoresde.IMPUTATION_SOLVERS is IMPUTATION_SOLVERS
 
 

@@ -8,7 +8,9 @@ call: the prior draw ``x_T = s(T) z`` is carried there along the Gaussian flow (
 corrects the prior's mismatch with the true marginal at ``T``, large for VE). The other steps
 are spaced in log-SNR from ``sigma_max`` to ``sigma_min = 0.01 * scale``, then one to ``eps``.
 ``scale = sqrt(trace(S) / D)``, the data's standard deviation per entry (a run's
-``sigma_data``). The rule and its measurements: BENCHMARKS.md, "Few-step defaults".
+``sigma_data``). The multistep solvers (``dpmpp_2m``, ``unipc``) also get the Gaussian's data
+estimate one grid step above ``sigma_max`` (:func:`gaussian_warm_start`), so their first step
+is second order. The rule and its measurements: BENCHMARKS.md, "Few-step defaults".
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import torch
 from ..checks import check_number
 from ..sde import SDE
 from .common import Callback, run_callback
-from .grids import sigma_of_t, time_log_snr
+from .grids import sigma_of_t, time_log_snr, time_of_sigma
 
 __all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
-           "TAIL_SIGMA", "uses_data_stats", "fewstep_grid", "gaussian_head", "shifted"]
+           "TAIL_SIGMA", "uses_data_stats", "fewstep_grid", "gaussian_head", "gaussian_warm_start",
+           "shifted"]
 
-FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m")
+FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")
 FEWSTEP_MAX_STEPS = 20  # above it the head's fixed Gaussian jump would cap the accuracy
 HEAD_SIGMA, TAIL_SIGMA = 2.0, 0.01  # the window's ends, in units of the data's scale
 
@@ -132,15 +135,43 @@ def gaussian_head(sde: SDE, x: torch.Tensor, ts: torch.Tensor, stats: DataStats,
     m, s = (v.tolist() for v in sde.marginal_coeffs(ts[:2].to(torch.float64)))
     sig1 = s[1] / m[1]
     z = x.reshape(x.shape[0], -1).to(torch.float64) / s[0]
-    mean = stats.mean.to(z.device)
-    if stats.cov is None:
-        y = mean + math.sqrt(stats.var + sig1**2) * z
-    else:
-        evals, evecs = torch.linalg.eigh(stats.cov.to(z.device))
-        root = (evecs * torch.sqrt(evals.clamp(min=0) + sig1**2)) @ evecs.T
-        y = mean + z @ root  # root is symmetric
+    y = _gaussian_map(stats, z, lambda var: torch.sqrt(var + sig1**2))
     x1 = (m[1] * y).to(x.dtype).reshape(x.shape)
     return run_callback(callback, x1, i=0, t=float(ts[0]), t_next=float(ts[1]), denoised=None)
+
+
+def gaussian_warm_start(sde: SDE, x: torch.Tensor, ts: torch.Tensor,
+                        stats: DataStats) -> tuple[float, torch.Tensor]:
+    """The Gaussian's data estimate on the path of the prior draw ``x = s(T) z``, one step
+    above ``ts[1]``: ``E[x_0 | y] = mu + S (S + sigma_w^2 I)^(-1/2) z`` on its flow.
+
+    ``sigma_w = sigma_1^2 / sigma_2`` (the log-SNR step of ``ts[1] -> ts[2]``), at most
+    ``sigma(T)``; the multistep solvers take it as ``warm=`` (no score call).
+
+    Args:
+        sde, stats: as :func:`gaussian_head`; x: ``(B, *dims)`` prior draw at ``ts[0]``.
+        ts: the grid, ``(steps + 1,)`` with ``steps >= 2``.
+
+    Returns:
+        ``(t_w, x0)``: the time and the estimate, shape and dtype of ``x``.
+    """
+    ts = ts.to(torch.float64)
+    sig = sigma_of_t(sde, ts[:3]).tolist()
+    sig_w = min(sig[1] ** 2 / sig[2], sig[0])
+    t_w = float(ts[0]) if sig_w == sig[0] else min(float(time_of_sigma(sde, sig_w)), sde.T)
+    (s_T,) = sde.marginal_coeffs(ts[:1])[1].tolist()
+    z = x.reshape(x.shape[0], -1).to(torch.float64) / s_T
+    x0 = _gaussian_map(stats, z, lambda var: var / torch.sqrt(var + sig_w**2))
+    return t_w, x0.to(x.dtype).reshape(x.shape)
+
+
+def _gaussian_map(stats: DataStats, z: torch.Tensor, f) -> torch.Tensor:
+    """``mu + f(S) z`` for ``z`` ``(B, D)`` float64, ``f`` applied to the eigenvalues of ``S``."""
+    mean = stats.mean.to(z.device)
+    if stats.cov is None:
+        return mean + f(torch.tensor(stats.var, dtype=torch.float64)).item() * z
+    evals, evecs = torch.linalg.eigh(stats.cov.to(z.device))
+    return mean + z @ ((evecs * f(evals.clamp(min=0))) @ evecs.T)  # symmetric
 
 
 def shifted(callback: Callback | None) -> Callback | None:

@@ -17,7 +17,7 @@ from ..checks import check_choice, check_int, check_number
 from ..sde import SDE
 
 __all__ = ["GRIDS", "default_eps", "check_eps", "check_steps", "time_uniform", "time_log_snr",
-           "time_edm", "sigma_of_t", "get_grid"]
+           "time_edm", "sigma_of_t", "time_of_sigma", "get_grid"]
 
 VE_EPS, VP_EPS = 1e-5, 1e-3
 
@@ -55,7 +55,9 @@ def _ends(sde: SDE, steps: int, eps: float) -> torch.Tensor:
     return torch.tensor([sde.T, check_eps(sde, eps)], dtype=torch.float64)
 
 
-def _t_of_sigma(sde: SDE, sigma: torch.Tensor) -> torch.Tensor:
+def time_of_sigma(sde: SDE, sigma) -> torch.Tensor:
+    """The time whose ``sigma(t) = s / m`` is ``sigma`` (a number or a tensor); float64."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
     return sde.t_from_log_snr(-2 * torch.log(sigma)).to(torch.float64)
 
 
@@ -79,7 +81,7 @@ def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
     inner = steps - head - tail
     if inner < 1:
         raise ValueError(f"steps must be >= {head + tail + 1} with this sigma window, got {steps}")
-    window = _t_of_sigma(sde, torch.tensor([sigma_max or 1.0, sigma_min or 1.0],
+    window = time_of_sigma(sde, torch.tensor([sigma_max or 1.0, sigma_min or 1.0],
                                            dtype=torch.float64)).tolist()
     t_hi = window[0] if head else float(ends[0])
     t_lo = window[1] if tail else float(ends[1])

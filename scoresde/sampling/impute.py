@@ -8,13 +8,20 @@ mask, through the samplers' per-step callback.
 
 Where it applies: the solvers with a per-step hook in :data:`~scoresde.sampling.api.SOLVERS`,
 :data:`IMPUTATION_SOLVERS` (``em``, ``pc`` with every predictor and corrector, ``euler``,
-``heun``, ``dpmpp_2m``). Where it does not: ``ode`` and ``torchsde`` integrate the whole interval
-in one call to scipy or torchsde, which have no hook between steps to replace the known entries.
+``heun``, ``dpmpp_2m``, ``unipc``). Where it does not: ``ode`` and ``torchsde`` integrate the
+whole interval in one call to scipy or torchsde, which have no hook between steps to replace the
+known entries.
 
 The replacement method is an approximation: the unknown entries follow the joint score at a
 freshly noised copy of the known ones, not the exact conditional score, so a residual bias
 remains where the known and unknown entries are strongly dependent at high noise
 (``benchmarks/conditional.py`` measures it against exact conditionals of Gaussian mixtures).
+
+The few-step defaults apply as in :func:`~scoresde.sample`: with the data's statistics
+(``data_mean`` and ``data_cov`` or ``data_std``), ``unipc`` or ``dpmpp_2m`` at ``steps=10`` is
+10 score calls. Their Gaussian head is the data's, not conditioned on the known entries (the
+replacement after it puts those in place); at 10 calls it reaches what 50 Euler steps reach
+(BENCHMARKS.md, "Few-step defaults").
 """
 
 from __future__ import annotations
@@ -103,7 +110,9 @@ def impute(
             :mod:`scoresde.sampling.common`).
         seeds: one integer per sample, instead of ``generator``: sample ``i`` (its prior, its
             solver noise and its replacement noise) depends only on ``seeds[i]``.
-        **kwargs: passed to :func:`~scoresde.sample` (``denoise``, ``grid``, solver knobs).
+        **kwargs: passed to :func:`~scoresde.sample` (``denoise``, ``grid``, solver knobs,
+            the data's statistics ``data_mean``, ``data_cov``, ``data_std`` for the few-step
+            defaults).
 
     Returns:
         ``(x, info)``: ``x`` of ``values``' shape, equal to ``values`` where known, and the
