@@ -514,7 +514,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     Examples:
       scoresde sample --solver pc --steps 1000       # the most recent run under ./runs
       scoresde sample --solver ode --rtol 1e-4 --json
-      scoresde sample --solver dpmpp_2m --steps 10 --n 5000
+      scoresde sample --solver unipc --steps 10 --n 5000   # 10 score calls
       scoresde sample --solver dpmpp_2m --steps 9 --grid log_snr --sigma-max 5 --sigma-min 0.01
       scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
       scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional

@@ -50,6 +50,7 @@ def solve_ode(
     Raises:
         ValueError: unknown method or non-positive tolerance.
         RuntimeError: scipy reports a failed integration.
+        FloatingPointError: ``fun`` returned NaN or inf (the message names the time).
     """
     check_choice("ODE method", method, ODE_METHODS)
     rtol = check_number("rtol", rtol, 0, low_open=True)
@@ -60,7 +61,12 @@ def solve_ode(
         y_t = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
         with torch.no_grad():
             dy = fun(float(t), y_t)
-        return dy.detach().reshape(-1).to("cpu", torch.float64).numpy()
+        out = dy.detach().reshape(-1).to("cpu", torch.float64).numpy()
+        if not np.isfinite(out).all():
+            raise FloatingPointError(f"non-finite values in the ODE's right-hand side at "
+                                     f"t = {float(t):.4g} (integrating {float(t0):.4g} -> "
+                                     f"{float(t1):.4g})")
+        return out
 
     y_init = y0.detach().reshape(-1).to("cpu", torch.float64).numpy()
     sol = solve_ivp(rhs, (float(t0), float(t1)), y_init, method=method, rtol=rtol, atol=atol,

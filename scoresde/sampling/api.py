@@ -66,6 +66,36 @@ def _solver_knobs(solver: str) -> tuple[str, ...]:
                  if name not in _COMMON and p.kind is not p.VAR_KEYWORD)
 
 
+def _stop_if_not_finite(solver: str, callback: Callback | None) -> Callback:
+    """``callback``, then a check of the step's result: a NaN or inf stops the sampler with a
+    ``FloatingPointError`` naming the step and its times, before it spreads to later steps."""
+
+    def check(d: dict):
+        out = callback(d) if callback is not None else None
+        x = out if out is not None else d["x"]
+        if not torch.isfinite(x).all():
+            where = f"step {d['i'] + 1}" if SOLVERS[solver].per_step_hook else "the solve"
+            raise FloatingPointError(
+                f"{solver}: non-finite values after {where} (t = {float(d['t']):.4g} -> "
+                f"{float(d['t_next']):.4g}); try more steps, another grid or float64")
+        return out
+
+    return check
+
+
+def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, knobs):
+    """The solver from the prior draw ``x`` over ``ts``; with the Gaussian head, its first step
+    exactly (and the multistep solvers' warm start), the solver over the rest."""
+    if not head:
+        return SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
+                                **knobs)
+    if "warm" in inspect.signature(SAMPLERS[solver]).parameters and len(ts) > 2:
+        knobs = {**knobs, "warm": gaussian_warm_start(sde, x, ts, stats)}
+    x = gaussian_head(sde, x, ts, stats, callback)
+    return SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
+                            callback=shifted(callback), **knobs)
+
+
 def prior_draw(sde: SDE, shape, generator: Randomness, device=None, dtype=None) -> torch.Tensor:
     """``sde.prior_sampling(shape)``; with a :class:`PerSampleGenerator`, one call per sample
     (row ``i`` from generator ``i``), so a user's own prior is drawn per sample too.
@@ -158,6 +188,8 @@ def sample(
     Raises:
         ValueError: unknown solver, grid or knob, ``steps < 1``, ``eps`` outside ``(0, T)``,
             both ``seeds`` and ``generator``, ``len(seeds) != shape[0]``.
+        FloatingPointError: a step produced NaN or inf (the message names the step and its
+            times; checked after every step, or at the end for ``ode`` and ``torchsde``).
         TypeError: ``seeds`` is not a sequence of integers.
     """
     if not isinstance(sde, SDE):
@@ -186,21 +218,25 @@ def sample(
         grid = DEFAULT_GRIDS[solver] if grid is None else grid
         ts = get_grid(sde, grid, steps, eps, rho=rho, sigma_max=sigma_max, sigma_min=sigma_min)
     counted = CountedScore(score_fn)
+    callback = _stop_if_not_finite(solver, callback)
     x = prior_draw(sde, shape, generator, device=device, dtype=dtype)
+    try:
+        x, info = _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback,
+                              knobs)
+    except FloatingPointError as err:  # from inside a library call (scipy): name the solver
+        if str(err).startswith(f"{solver}:"):
+            raise
+        raise FloatingPointError(f"{solver}: {err}; try more steps, another grid or float64"
+                                 ) from None
     if head:
-        if "warm" in inspect.signature(SAMPLERS[solver]).parameters and len(ts) > 2:
-            knobs = {**knobs, "warm": gaussian_warm_start(sde, x, ts, stats)}
-        x = gaussian_head(sde, x, ts, stats, callback)
-        x, info = SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
-                                   callback=shifted(callback), **knobs)
         info.update(grid=ts, steps=steps)
-    else:
-        x, info = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
-                                   **knobs)
     if denoise:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
         with torch.no_grad():
             x = tweedie(counted, x, float(ts[-1]), m, s)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"{solver}: non-finite values from the final denoising "
+                                     f"step at t = {float(ts[-1]):.4g}; try a larger eps")
     info.update(nfe=counted.calls, solver=solver, eps=eps, denoise=bool(denoise),
                 grid_name=grid, gaussian_head=head)
     return x, info
