@@ -79,6 +79,7 @@ class Dataset:
     flip: bool = False
     train_source: images.ImageFiles | None = field(default=None, repr=False)
     reference_fn: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    _copies: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def train_size(self) -> int:
@@ -99,11 +100,24 @@ class Dataset:
             return out if isinstance(out, tuple) else (out, None)
         device = generator.device if generator is not None else None
         idx = torch.randint(0, self.train_size, (check_int("n", n, low=1),),
-                            generator=generator, device=device).cpu()
-        y = None if self.train_labels is None else self.train_labels[idx]
+                            generator=generator, device=device)
         if self.train is None:  # a streamed folder: decode the images drawn
+            idx = idx.cpu()
+            y = None if self.train_labels is None else self.train_labels[idx]
             return images.to_model(self.train_source.decode_all(idx.tolist())), y
-        return self.train[idx], y
+        train, labels = self._on(idx.device)
+        return train[idx], None if labels is None else labels[idx]
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training points and labels on ``device``, copied there once: a GPU run indexes
+        its batches where they live, with no copy and no wait for the host each step."""
+        if device.type == "cpu":
+            return self.train, self.train_labels
+        key = str(device)
+        if key not in self._copies:
+            self._copies[key] = (self.train.to(device), None if self.train_labels is None
+                                 else self.train_labels.to(device))
+        return self._copies[key]
 
     def _reference(self) -> torch.Tensor:
         """The training points (image folders: a fixed subset of them), or for toys 20,000 fixed

@@ -243,7 +243,7 @@ def test_help_has_runnable_examples():
 
 
 CHEAP_EXAMPLES = [  # the help's examples that take a second or less on a tiny run
-    "scoresde sample --solver dpmpp_2m --steps 10 --n 5000",
+    "scoresde sample --solver unipc --steps 10 --n 5000",
     "scoresde sample --solver dpmpp_2m --steps 9 --grid log_snr --sigma-max 5 --sigma-min 0.01",
     "scoresde sample --solver ode --rtol 1e-4 --json",
 ]  # the others train, or sample and integrate 1000 points for 1000 steps: seconds each
