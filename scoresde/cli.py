@@ -600,9 +600,8 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
                 x, info = draw_samples(score, sde, (stop - start, *shape), device=dev, **stats,
                                        **solver_options, **randomness)
         if not torch.isfinite(x).all():
-            raise RuntimeError(f"the {options['solver']} sampler produced non-finite values in "
-                               f"samples {start}-{stop - 1}; try more steps (the chunks before "
-                               "them are kept)")
+            raise FloatingPointError(f"the {options['solver']} sampler produced non-finite "
+                                     "values; try more steps")
         x = x.cpu()
         arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy())
         if labels is not None:

@@ -80,6 +80,8 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
 
     Raises:
         ValueError: bad sizes, or ``OUT.parts/`` holds chunks drawn with another fingerprint.
+        FloatingPointError: ``draw`` raised it (a sampler's NaN); the message names the chunk,
+            and the chunks before it stay for the next call.
         FolderBusyError: another process is writing the same output.
     """
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
@@ -107,7 +109,11 @@ def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, ma
               disable=True if not progress or count == 1 else None, leave=False) as bar:
         for k in todo:
             start, stop = k * batch_size, min(n, (k + 1) * batch_size)
-            arrays, info = draw(k, start, stop)
+            try:
+                arrays, info = draw(k, start, stop)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"chunk {k} (samples {start}-{stop - 1}): {err}; the "
+                                         f"{k} chunks before it are kept") from None
             _write_chunk(parts / _chunk_name(k), arrays, info, stop - start)
             bar.update()
     chunks = [parts / _chunk_name(k) for k in range(count)]
@@ -219,8 +225,7 @@ def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], 
             x, info = sample(score_fn, sde, (stop - start, *dims), device=device, **rand,
                              **sample_kwargs)
         if not torch.isfinite(x).all():
-            raise FloatingPointError(f"chunk {k} (samples {start}-{stop - 1}) holds non-finite "
-                                     "values; the chunks before it are kept")
+            raise FloatingPointError("non-finite values in the samples")
         arrays = {"samples": x.cpu().numpy()}
         if seeds is not None:
             arrays["seeds"] = np.asarray(seeds[start:stop], dtype=np.int64)
