@@ -340,9 +340,12 @@ class StepBatches:
                 x = torch.where(flips[:, None, None, None], x.flip(-1), x)
             return x, y
         if self._loader is None:
+            # Its own generator: a DataLoader otherwise seeds its workers with a draw from
+            # PyTorch's global generator, which would shift dropout's draws after a resume.
             self._loader = iter(DataLoader(
                 self.dataset.train_source, batch_sampler=_StepSampler(self),
-                num_workers=self.workers, prefetch_factor=PREFETCH if self.workers else None))
+                num_workers=self.workers, prefetch_factor=PREFETCH if self.workers else None,
+                generator=torch.Generator().manual_seed(0)))
         try:
             return to_model(next(self._loader)), y
         except ValueError as err:  # a worker's error: its last line, without the traceback
