@@ -24,13 +24,16 @@ from .sde import SDE, get_sde
 from .stepping import count_params
 from .utils import resolve_device, write_atomically
 
-__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "SAMPLES", "MAY_CHANGE", "save_checkpoint",
-           "load_checkpoint", "has_checkpoint", "sample_grid_path", "write_config", "read_config",
-           "append_metrics", "truncate_metrics", "is_run", "latest_run", "new_run_dir",
-           "resume_state", "differences", "upgrade_config", "resume_keywords", "build_model",
-           "load_run"]
+__all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
+           "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
+           "write_config", "read_config", "append_metrics", "truncate_metrics", "is_run",
+           "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
+           "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
+# The suffixes of the temporary files that only a run's trainer writes (its atomic writes of the
+# files above): those a killed trainer left are removed when the next one takes the folder.
+TRAINER_TEMPORARIES = tuple(os.path.splitext(name)[1] for name in (CONFIG, CHECKPOINT, METRICS))
 SAMPLES = "samples"  # the folder of the sample grids drawn while training (sample_every)
 
 # The options of train() that may differ between a run and its resumption; every other option

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,6 +36,7 @@ __all__ = ["SAMPLE_BATCH", "chunk_generator", "write_in_chunks", "sample_to_file
 # Samples per chunk when the caller does not say: vectors, images.
 SAMPLE_BATCH = {"vector": 10_000, "image": 256}
 _MANIFEST = "manifest.json"
+_TEMPORARIES = (".npz", ".json")  # what only the holder of a chunks' folder writes there
 
 # draw(k, start, stop) -> (arrays of stop - start rows each, info of numbers)
 ChunkDraw = Callable[[int, int, int], tuple[dict[str, np.ndarray], dict]]
@@ -87,16 +89,29 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
     parts = parts_dir(out)
     manifest = {"fingerprint": fingerprint, "n": n, "batch_size": batch_size}
-    fresh = not parts.exists()
+    trash = None
     try:
-        with folder_lock(parts):
-            result = _write_locked(out, parts, n, batch_size, draw, manifest, progress, keep)
-    except BaseException:
-        if fresh and parts.is_dir() and not any(parts.glob("chunk-*")):
-            shutil.rmtree(parts)  # nothing drawn: no partial output left behind
-        raise
-    shutil.rmtree(parts)
+        with folder_lock(parts, _TEMPORARIES):
+            started = (parts / _MANIFEST).is_file()
+            try:
+                result = _write_locked(out, parts, n, batch_size, draw, manifest, progress, keep)
+            except BaseException:
+                if not started and not any(parts.glob("chunk-*")):
+                    trash = _set_aside(parts)  # nothing drawn: no partial output left behind
+                raise
+            trash = _set_aside(parts)
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     return result
+
+
+def _set_aside(parts: Path) -> Path:
+    """Move the chunks' folder out of the way while its lock is held (a process that arrives
+    next finds no folder, or a fresh one, never a half-deleted one); the caller deletes it."""
+    trash = parts.with_name(f".{parts.name}-done-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(parts, trash)
+    return trash
 
 
 def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,

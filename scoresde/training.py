@@ -23,7 +23,7 @@ from .data import DATA_OPTIONS, get_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import resume_state, truncate_metrics, write_config
+from .runs import TRAINER_TEMPORARIES, resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
 from .snapshots import snapshot_size
 from .stepping import PRECISIONS, check_batch_gpu, check_precision, count_params
@@ -263,7 +263,7 @@ def _one_writer(place: Place) -> Iterator[None]:
     with ExitStack() as stack:
         if place.rank == 0:
             try:
-                stack.enter_context(folder_lock(place.run_dir))
+                stack.enter_context(folder_lock(place.run_dir, TRAINER_TEMPORARIES))
             except FolderBusyError as err:
                 error = err
         if place.world > 1:

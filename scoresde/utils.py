@@ -13,7 +13,7 @@ import socket
 import tempfile
 import time
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator, TextIO
+from typing import BinaryIO, Callable, Iterator, Sequence, TextIO
 
 import numpy as np
 import torch
@@ -152,14 +152,20 @@ class FolderBusyError(RuntimeError):
 
 
 @contextmanager
-def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+def folder_lock(folder: str | os.PathLike, stale: Sequence[str] = ()) -> Iterator[None]:
     """Hold the one-writer lock of ``folder`` (created if absent) while the block runs.
 
     The lock is the operating system's lock on ``writer.lock`` (``flock``), so it dies with the
     process that holds it: a writer killed by SIGKILL leaves no lock behind that blocks the next
     start. The file names its holder (pid, host, start time) for the error others get. On a
-    network file system it is as reliable as the file system's locks. Temporary files that a
-    killed writer left (``.tmp-*``) are removed once the lock is held.
+    network file system it is as reliable as the file system's locks.
+
+    Args:
+        folder: the folder.
+        stale: suffixes (e.g. ``".pt"``) of the temporary files (``.tmp-*SUFFIX``, from
+            :func:`write_atomically`) that only the lock's holder writes: those a killed
+            holder left are removed once the lock is held. Other writers' temporary files in
+            the folder (a sampler writing its output there) are left alone.
 
     Raises:
         FolderBusyError: another process holds the lock (the message names it).
@@ -177,8 +183,9 @@ def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
         handle.write(f"pid {os.getpid()} on {socket.gethostname()} since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
         handle.flush()
-        for tmp in glob.glob(os.path.join(glob.escape(folder), ".tmp-*")):
-            os.unlink(tmp)
+        for suffix in stale:
+            for tmp in glob.glob(os.path.join(glob.escape(folder), f".tmp-*{suffix}")):
+                os.unlink(tmp)
         yield
     finally:
         handle.close()  # closing the file releases the lock

@@ -110,8 +110,10 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_does_not_b
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     (run / ".tmp-cut.pt").write_bytes(b"half a checkpoint")  # left by a writer killed mid-write
+    (run / ".tmp-sampler.npz").write_bytes(b"a sampler writing")  # another writer's, still busy
     train(run, steps=2, resume=True, **TINY)
     assert _states(run)["step"] == 2 and not (run / ".tmp-cut.pt").exists()
+    assert (run / ".tmp-sampler.npz").exists()
     assert (run / LOCK).read_text().startswith(f"pid {os.getpid()} on ")
 
 

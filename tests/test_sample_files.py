@@ -13,6 +13,7 @@ import torch
 
 from scoresde import GaussianMixture, get_sde, make_generator
 from scoresde.sample_files import chunk_generator, parts_dir, sample_to_file, write_in_chunks
+from scoresde.utils import FolderBusyError, folder_lock
 
 from problems import ROOT, invoke
 
@@ -136,3 +137,14 @@ def test_cli_killed_halfway_continues_to_the_uninterrupted_file(in_workdir):
     assert '"chunks": 20' in again.stdout
     a, b = _load("straight.npz"), _load("cut.npz")
     assert a["samples"].shape == (20000, 2) and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_writer_is_refused_and_leaves_the_first_ones_folder(tmp_path):
+    out = tmp_path / "out.npz"
+    draw = lambda k, a, b: ({"x": np.zeros((b - a, 2))}, {"nfe": 1})  # noqa: E731
+    with folder_lock(parts_dir(out)):  # the first writer, still before its manifest
+        with pytest.raises(FolderBusyError, match="being written by pid"):
+            write_in_chunks(out, 10, 4, draw, {}, progress=False)
+        assert parts_dir(out).is_dir()
+    assert write_in_chunks(out, 10, 4, draw, {}, progress=False)["chunks"] == 3
+    assert not parts_dir(out).exists() and not list(tmp_path.glob(".out.npz.parts-done-*"))
