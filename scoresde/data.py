@@ -33,7 +33,7 @@ from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy
 __all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS"]
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
-DATA_OPTIONS = ("channels", "resolution", "flip")
+DATA_OPTIONS = ("channels", "resolution", "flip", "pixels")
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -179,7 +179,8 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
     return _load_array(os.fspath(path))[:2]
 
 
-def _load_array(path: str) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+def _load_array(path: str, pixels: bool | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
     """:func:`load_array`'s ``(x, y)`` and whether the file held 8-bit images."""
     arrays = _read_numpy(path, "data")
     labels = None
@@ -202,9 +203,12 @@ def _load_array(path: str) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
                                or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
         raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)")
     y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
-    if _is_pixels(x):
-        pixels = torch.from_numpy(np.ascontiguousarray(images.pixels_of_array(x, path)))
-        return images.to_model(pixels), y, True
+    if pixels and not _is_pixels(x):
+        raise ValueError(f"{path}: pixels=True needs a uint8 array of rank 3 or 4, got dtype "
+                         f"{x.dtype} and shape {x.shape}")
+    if _is_pixels(x) and pixels is not False:
+        levels = torch.from_numpy(np.ascontiguousarray(images.pixels_of_array(x, path)))
+        return images.to_model(levels), y, True
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), y, False
 
 
@@ -275,7 +279,7 @@ def _mixture_dataset(mix: GaussianMixture, test_size: int) -> Dataset:
 
 def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
                 channels: int | None = None, resolution: int | None = None, flip: bool = False,
-                in_memory: bool | None = None) -> Dataset:
+                pixels: bool | None = None, in_memory: bool | None = None) -> Dataset:
     """A data set from a toy name, ``"digits"``, a path or a ``GaussianMixture``.
 
     Args:
@@ -294,6 +298,9 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
         resolution: folders: resize the shorter side to this and centre-crop to a square;
             None keeps the size, which must then be the same for all images.
         flip: pixel data: mirror training images left to right at random.
+        pixels: ``.npy``/``.npz`` arrays: None reads a uint8 array of rank 3 or 4 as 8-bit
+            images, False reads every array as its stored values (as versions before image
+            support did; runs of those versions record it), True requires 8-bit images.
         in_memory: folders: decode once and keep in memory (True), or decode as batches are
             drawn (False); None decides by :data:`scoresde.images.IN_MEMORY_BYTES`.
 
@@ -306,7 +313,12 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
         channels = int(check_choice("channels", str(channels), [str(c) for c in images.MODES]))
     if resolution is not None:
         resolution = check_int("resolution", resolution, low=1)
+    if pixels is not None and not isinstance(pixels, bool):
+        raise TypeError(f"pixels must be None, True or False, got {pixels!r}")
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        if pixels is False:
+            raise ValueError(f"pixels=False reads arrays as stored values; a folder "
+                             f"{os.fspath(data)!r} holds 8-bit images")
         folder = images.read_folder(os.fspath(data), channels=channels, resolution=resolution,
                                     test_fraction=test_fraction, test_size=test_size,
                                     in_memory=in_memory)
@@ -315,7 +327,7 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
     if channels is not None or resolution is not None:
         raise ValueError("channels and resolution apply to a folder of images, not to data "
                          f"{data!r}")
-    dataset = _get_other(data, test_size, test_fraction)
+    dataset = _get_other(data, test_size, test_fraction, pixels)
     if flip and dataset.pixel_bits is None:
         raise ValueError(f"flip needs 8-bit images (a folder or a uint8 array), not data "
                          f"{dataset.name!r}")
@@ -323,7 +335,7 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
     return dataset
 
 
-def _get_other(data, test_size: int, test_fraction: float) -> Dataset:
+def _get_other(data, test_size: int, test_fraction: float, pixels: bool | None) -> Dataset:
     """The data sets that are not folders: toys, mixtures, digits, arrays."""
     if isinstance(data, dict):
         data = GaussianMixture(data["means"], data["covs"], data.get("weights"))
@@ -345,8 +357,8 @@ def _get_other(data, test_size: int, test_fraction: float) -> Dataset:
         return _split(name, x, torch.from_numpy(d.target).long(), test_fraction, 0,
                       is_image=True, raw_scale=8.0, raw_offset=8.0)
     if name.endswith((".npy", ".npz")):
-        x, y, pixels = _load_array(name)
-        if pixels:
+        x, y, is_pixels = _load_array(name, pixels)
+        if is_pixels:
             return _split(name, x, y, test_fraction, 0, is_image=True, raw_scale=128.0,
                           raw_offset=127.5, pixel_bits=8)
         return _split(name, x, y, test_fraction, 0, is_image=x.ndim == 4)

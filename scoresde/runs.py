@@ -219,9 +219,13 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     old.setdefault("log_snr_share", 0.0)
     # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
     # from before mixed precision, micro-batches, compilation and sample grids ran without them.
+    # Runs from before image support read every .npy/.npz array as its stored values.
+    if "pixel_bits" not in old and str(old.get("data", "")).endswith((".npy", ".npz")):
+        old.setdefault("pixels", False)
     for key, value in (("channels", None), ("resolution", None), ("flip", False),
-                       ("pixel_bits", None), ("precision", "fp32"), ("batch_gpu", None),
-                       ("compile", False), ("channels_last", False), ("sample_every", None)):
+                       ("pixels", None), ("pixel_bits", None), ("precision", "fp32"),
+                       ("batch_gpu", None), ("compile", False), ("channels_last", False),
+                       ("sample_every", None)):
         old.setdefault(key, value)
     if "net" in old:  # networks fill in keywords added since, with the values old runs had
         net = build_net(old["net"])

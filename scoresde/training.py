@@ -133,6 +133,7 @@ def train(
     channels: int | None = None,
     resolution: int | None = None,
     flip: bool = False,
+    pixels: bool | None = None,
     sde: str | SDE = "vp",
     sde_params: dict | None = None,
     net: str = "auto",
@@ -190,6 +191,9 @@ def train(
             :func:`~scoresde.get_dataset`).
         flip: 8-bit images: mirror each training image left to right with probability 1/2,
             drawn with the run's seed, so a resumed run draws the same.
+        pixels: ``.npy``/``.npz`` data: None reads a uint8 array of rank 3 or 4 as 8-bit
+            images; False as stored values (what runs of versions before image support did,
+            which their upgraded config records: pass ``pixels=False`` to resume one).
         sde, sde_params: an SDE name with its parameters, or an SDE instance.
         net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), a network of
             ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of

@@ -280,3 +280,28 @@ def test_cli_grayscale_folder_and_its_errors(tmp_path, monkeypatch):
     result = invoke("train", "--data", gray, "--run", tmp_path / "r2", *CLI_NET)
     assert result.exit_code == 2 and "--resolution" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_run_on_a_uint8_array_from_before_images_resumes_reading_stored_values(tmp_path,
+                                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.save("u8.npy", tiles(12).transpose(0, 3, 1, 2).copy())  # (N, 3, 8, 8) uint8
+    as_stored = get_dataset("u8.npy", pixels=False)
+    assert as_stored.pixel_bits is None and as_stored.raw_scale == 1.0
+    assert float(as_stored.train.max()) > 100  # values as stored, 0..255
+    np.save("f.npy", np.zeros((4, 2), np.float32))
+    with pytest.raises(ValueError, match="pixels=True needs a uint8"):
+        get_dataset("f.npy", pixels=True)
+    train("run", data="u8.npy", pixels=False, steps=2, batch_size=4, net_params=SMALL_NET,
+          progress=False, checkpoint_every=2)
+    config = json.loads(open("run/config.json").read())
+    old = {k: v for k, v in config.items() if k not in (  # what a run of that version wrote
+        "channels", "resolution", "flip", "pixels", "pixel_bits", "precision", "batch_gpu",
+        "compile", "channels_last", "sample_every", "num_params")}
+    with open("run/config.json", "w") as f:
+        json.dump(old, f)
+    assert upgrade_config(old)["pixels"] is False
+    result = invoke("train", "--resume", "--run", "run", "--steps", 3, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint("run/checkpoint.pt")["step"] == 3
+    assert run_dataset(upgrade_config(old)).raw_scale == 1.0
