@@ -3,15 +3,41 @@
 Each check returns the value in its plain Python type, or raises ``ValueError`` with one line
 that names the argument, says what is accepted and shows what was given. ``bool`` is refused
 where a number is expected (``True`` is an ``int`` to Python, never a step count to a user).
+
+Checks of tensor values (times in ``[0, T]``, labels in range) must read the tensor back to the
+host, which makes a GPU wait. Inside :func:`trusted_values` they are skipped: for callers whose
+values are valid by construction, such as the training loop.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterable
+import threading
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
-__all__ = ["check_int", "check_number", "check_choice"]
+__all__ = ["check_int", "check_number", "check_choice", "trusted_values", "values_trusted"]
+
+_TRUST = threading.local()
+
+
+@contextmanager
+def trusted_values() -> Iterator[None]:
+    """Skip the value checks of tensors (times, labels) in this thread while the block runs:
+    the training loop's times come from ``sample_time`` and its labels from the data, so a GPU
+    step need not wait for the device to confirm them."""
+    before = values_trusted()
+    _TRUST.on = True
+    try:
+        yield
+    finally:
+        _TRUST.on = before
+
+
+def values_trusted() -> bool:
+    """Whether this thread is inside :func:`trusted_values`."""
+    return getattr(_TRUST, "on", False)
 
 
 def _bounds(low, high, low_open: bool, high_open: bool) -> str:

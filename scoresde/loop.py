@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from .checks import trusted_values
 from .data import Dataset
 from .images import StepBatches
 from .labels import NULL_LABEL
@@ -354,7 +355,7 @@ def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tenso
         last = i == len(pieces) - 1
         quiet = parts.net.no_sync() if place.world > 1 and not last else contextlib.nullcontext()
         with quiet, compile_errors(opts.compile):
-            with autocast(opts.precision, place.device):
+            with autocast(opts.precision, place.device), trusted_values():
                 loss = parts.loss_fn(parts.forward, parts.sde, x0, weighting=opts.weighting,
                                      eps=opts.eps, y=y, t=t, noise=z).sum() / n
             (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()

@@ -357,3 +357,26 @@ def test_the_cli_options(tmp_path):
         result = invoke("train", "--steps", 1, "--quiet", "--run", tmp_path / "bad", *bad)
         assert result.exit_code == 2 and words in result.output, result.output
         assert "Traceback" not in result.output
+
+
+def test_training_steps_leave_times_and_labels_unread_on_the_host(tmp_path, monkeypatch):
+    """The loop's times and labels are valid by construction, so the checks that would make a
+    GPU wait (reading them back) are skipped inside its steps, and only there."""
+    import scoresde.sde
+    from scoresde.checks import trusted_values, values_trusted
+    from scoresde.labels import check_labels
+
+    seen, real = [], scoresde.sde._check_times
+    monkeypatch.setattr(scoresde.sde, "_check_times",
+                        lambda t, T: (seen.append(values_trusted()), real(t, T)))
+    train(tmp_path / "run", data="8gaussians", conditional=True, steps=2, batch_size=16,
+          net_params={"hidden": 16, "depth": 1}, progress=False)
+    assert seen and all(seen) and not values_trusted()
+    sde, x = scoresde.get_sde("vp"), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+        sde.check_time(torch.tensor([0.5, 2.0]), x)
+    with pytest.raises(ValueError, match="labels must lie in"):
+        check_labels(torch.tensor([0, 9]), 2, num_classes=8)
+    with trusted_values():
+        sde.check_time(torch.tensor([0.5, 2.0]), x)
+        check_labels(torch.tensor([0, 9]), 2, num_classes=8)
