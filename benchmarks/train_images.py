@@ -148,7 +148,7 @@ def bare(run: str, args, precision: str, compiled: bool) -> dict:
     return _rates(start, _clocks(), args)
 
 
-def profile(data: str, args, precision: str, folder: str) -> dict:
+def profile(data: str, args, precision: str, compiled: bool, folder: str) -> dict:
     """CPU milliseconds per step in each piece of our loop (``--profile``): the network's
     forward and backward, what a bare loop also does (clipping, Adam, the EMA), and what only
     ours does (drawing the batch with its stratified times, the records), after the warmup."""
@@ -187,11 +187,11 @@ def profile(data: str, args, precision: str, folder: str) -> dict:
             setattr(loop, attr, timed(name, saved[attr]))
         loop._Recorder.record = timed("records", saved_record)
         torch.optim.Adam.step = timed("adam", saved_adam)
-        scoresde.train(os.path.join(folder, f"profile-{precision}"), data=data, net=args.net,
+        scoresde.train(os.path.join(folder, f"profile-{precision}-{compiled}"), data=data, net=args.net,
                        net_params=json.loads(args.net_params), batch_size=args.batch,
                        steps=args.warmup + args.steps, precision=precision, progress=False,
                        checkpoint_every=10**9, log_every=args.warmup + args.steps,
-                       callback=callback)
+                       compile=compiled, callback=callback)
     finally:
         for attr, fn in saved.items():
             setattr(loop, attr, fn)
@@ -235,9 +235,11 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as folder:
                 data = image_data(*CASES[case], args.channels, folder)
                 for precision in args.precisions:
-                    ms = profile(data, args, precision, folder)
-                    print(case, precision, "CPU ms per step:",
-                          ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)
+                    for compiled in compiles:
+                        ms = profile(data, args, precision, compiled, folder)
+                        print(case, precision, "compiled" if compiled else "eager",
+                              "CPU ms per step:",
+                              ", ".join(f"{k} {v:.1f}" for k, v in ms.items()), flush=True)
         return
     print(f"torch {torch.__version__}, {args.device}, {args.threads} threads, batch "
           f"{args.batch}, {args.steps} timed steps after {args.warmup}, net {args.net} "
