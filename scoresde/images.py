@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .utils import append_dims
+
 __all__ = ["IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "ImageFiles", "read_folder", "to_model",
            "pixels_of_array", "step_draw", "StepBatches"]
 
@@ -337,7 +339,7 @@ class StepBatches:
         if self.dataset.train is not None:
             x = self.dataset.train[idx]
             if flips is not None:
-                x = torch.where(flips[:, None, None, None], x.flip(-1), x)
+                x = torch.where(append_dims(flips, x.ndim), x.flip(-1), x)
             return x, y
         if self._loader is None:
             # Its own generator: a DataLoader otherwise seeds its workers with a draw from
