@@ -521,8 +521,6 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --mask known.npz --solver pc                             # imputation
       scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
     """
-    import torch
-
     from . import plotting
     from .sample_files import SAMPLE_BATCH, write_in_chunks
     from .utils import resolve_device
@@ -553,8 +551,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     infos = result["info"]
     nfe = _mean_nfe(infos)
     seconds = sum(i["time_s"] for i in infos)
-    figure = _sample_figure(plotting, torch.from_numpy(result["head"]["samples"]), solver, nfe,
-                            is_image, config, ncol=ncol)
+    figure = plotting.samples_picture(
+        result["head"]["samples"], solver, nfe, is_image=is_image, ncol=ncol,
+        raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
+        pixel_bits=config.get("pixel_bits"))
     fig_path = None
     if figure is not None:
         fig_path = out.with_suffix(".png")
@@ -710,18 +710,6 @@ def _mask_values(path, config, n):
         raise click.BadParameter(f"the mask holds {known.shape[0]} rows; --n is {n}",
                                  param_hint="--mask")
     return known, values
-
-
-def _sample_figure(plotting, x, solver, nfe, is_image, config, ncol=None):
-    if is_image and config.get("pixel_bits"):  # 8-bit images: pixel values, alpha not shown
-        raw = x * config["raw_scale"] + config["raw_offset"]
-        x = (raw / (2 ** config["pixel_bits"] - 1)).clamp(0, 1)[:, :3]
-    if is_image:
-        shown = x[:(64 // ncol) * ncol] if ncol else x[:64]
-        return plotting.image_grid_figure(shown, title=f"{solver} · NFE {nfe}", ncol=ncol)
-    if tuple(config["data_shape"]) == (2,):
-        return plotting.samples_figure({solver: x}, {solver: nfe})
-    return None
 
 
 # ----- likelihood ---------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ __all__ = [
     "draw_image_grid",
     "samples_figure",
     "image_grid_figure",
+    "samples_picture",
     "demo_figure",
     "save_figure",
 ]
@@ -241,6 +242,29 @@ def image_grid_figure(images, title: str | None = None, ncol: int | None = None)
     draw_image_grid(fig.subplots(), images, title, ncol)
     fig.tight_layout()
     return fig
+
+
+def samples_picture(x, name: str, nfe: int, *, is_image: bool, raw_scale: float = 1.0,
+                    raw_offset: float = 0.0, pixel_bits: int | None = None,
+                    ncol: int | None = None, most: int = 64) -> Figure | None:
+    """The picture of a sampler's output ``x`` (model space, ``(B, *event_shape)``), titled
+    with ``name`` and its NFE; the one view that ``scoresde sample`` and the training's sample
+    grids share.
+
+    Images: a grid of the first ``most`` (whole rows of ``ncol``), 8-bit images (``pixel_bits``)
+    in their pixel values, the first three channels (alpha not shown) or the first one, other
+    images rescaled to their range. 2D points: a scatter. Other data: None (nothing to draw).
+    """
+    x = _np(x)
+    if is_image:
+        if pixel_bits:
+            x = np.clip((x * raw_scale + raw_offset) / (2 ** pixel_bits - 1), 0, 1)
+        x = x[:(most // ncol) * ncol if ncol else most]
+        return image_grid_figure(x[:, :3] if x.shape[1] >= 3 else x[:, :1],
+                                 title=f"{name} · NFE {nfe}", ncol=ncol)
+    if x.shape[1:] == (2,):
+        return samples_figure({name: x}, {name: nfe})
+    return None
 
 
 def demo_figure(

@@ -63,13 +63,8 @@ def write_snapshot(model: nn.Module, sde: SDE, dataset, path: str | os.PathLike,
                          steps=SNAPSHOT_STEPS, generator=gen, device=device)
     finally:
         model.train(training)
-    x = x.float().cpu()
-    if dataset.is_image:
-        raw = x * dataset.raw_scale + dataset.raw_offset
-        shown = raw[:, :3] if raw.shape[1] >= 3 else raw[:, :1]  # RGB(A) as RGB, else grey
-        figure = plotting.image_grid_figure(
-            shown, title=f"{title} · {SNAPSHOT_SOLVER} · NFE {info['nfe']}")
-    else:
-        figure = plotting.samples_figure({f"{title} · {SNAPSHOT_SOLVER}": x},
-                                         {f"{title} · {SNAPSHOT_SOLVER}": info["nfe"]})
+    name = f"{title} · {SNAPSHOT_SOLVER}"
+    figure = plotting.samples_picture(x.float().cpu(), name, info["nfe"],
+                                      is_image=dataset.is_image, raw_scale=dataset.raw_scale,
+                                      raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits)
     return plotting.save_figure(figure, path)
