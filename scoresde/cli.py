@@ -571,11 +571,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
 def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known):
     """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
     ``start:stop`` of the command, from chunk ``k``'s generator or the samples' own seeds."""
-    import numpy as np
     import torch
 
     from .guidance import classifier_free_guidance
-    from .sample_files import chunk_generator
+    from .sample_files import chunk_randomness
     from .sampling import impute
     from .sampling import sample as draw_samples
 
@@ -586,8 +585,7 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
 
     def draw(k: int, start: int, stop: int):
         rows = slice(start, stop)
-        randomness = ({"seeds": seeds[rows]} if seeds is not None
-                      else {"generator": chunk_generator(seed, k, dev)})
+        randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
         score = model if labels is None else classifier_free_guidance(model, labels[rows],
                                                                       guidance)
         begin = time.perf_counter()
@@ -599,15 +597,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
             else:
                 x, info = draw_samples(score, sde, (stop - start, *shape), device=dev, **stats,
                                        **solver_options, **randomness)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"the {options['solver']} sampler produced non-finite "
-                                     "values; try more steps")
-        x = x.cpu()
-        arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy())
+        x = x.cpu()  # finite: the samplers stop at the first non-finite step
+        arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy(), **recorded)
         if labels is not None:
             arrays["labels"] = labels[rows].numpy()
-        if seeds is not None:
-            arrays["seeds"] = np.asarray(seeds[rows], dtype=np.int64)
         return arrays, {"nfe": info["nfe"], "eps": info["eps"],
                         "time_s": time.perf_counter() - begin}
 

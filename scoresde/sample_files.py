@@ -31,7 +31,8 @@ from .checks import check_int
 from .utils import folder_lock
 from .utils import make_generator, write_atomically
 
-__all__ = ["SAMPLE_BATCH", "chunk_generator", "write_in_chunks", "sample_to_file", "parts_dir"]
+__all__ = ["SAMPLE_BATCH", "chunk_generator", "chunk_randomness", "write_in_chunks",
+           "sample_to_file", "parts_dir"]
 
 # Samples per chunk when the caller does not say: vectors, images.
 SAMPLE_BATCH = {"vector": 10_000, "image": 256}
@@ -59,6 +60,17 @@ def chunk_generator(seed: int, index: int, device: torch.device | str = "cpu") -
     if index:
         seed = int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> 1)
     return make_generator(seed, device)
+
+
+def chunk_randomness(k: int, start: int, stop: int, seed: int, seeds: Sequence[int] | None,
+                     device) -> tuple[dict, dict[str, np.ndarray]]:
+    """The randomness of chunk ``k`` (samples ``start:stop``): the keywords for
+    :func:`~scoresde.sample` (the samples' own ``seeds``, or :func:`chunk_generator`), and the
+    arrays that record it in the output (``{"seeds": ...}``, or nothing)."""
+    if seeds is None:
+        return {"generator": chunk_generator(seed, k, device)}, {}
+    own = [int(s) for s in seeds[start:stop]]
+    return {"seeds": own}, {"seeds": np.asarray(own, dtype=np.int64)}
 
 
 def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
@@ -234,17 +246,11 @@ def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], 
     from .sampling import sample
 
     def draw(k: int, start: int, stop: int):
-        rand = ({"seeds": list(seeds[start:stop])} if seeds is not None
-                else {"generator": chunk_generator(seed, k, device or "cpu")})
-        with torch.no_grad():
-            x, info = sample(score_fn, sde, (stop - start, *dims), device=device, **rand,
+        randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, device or "cpu")
+        with torch.no_grad():  # sample() stops at the first non-finite step
+            x, info = sample(score_fn, sde, (stop - start, *dims), device=device, **randomness,
                              **sample_kwargs)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError("non-finite values in the samples")
-        arrays = {"samples": x.cpu().numpy()}
-        if seeds is not None:
-            arrays["seeds"] = np.asarray(seeds[start:stop], dtype=np.int64)
-        return arrays, {"nfe": info["nfe"]}
+        return {"samples": x.cpu().numpy(), **recorded}, {"nfe": info["nfe"]}
 
     print_kw = {k: repr(v) for k, v in sorted(sample_kwargs.items())}
     mark = dict(fingerprint or {}, shape=[n, *dims], seed=seed,
