@@ -26,6 +26,7 @@ import torch
 import scoresde
 from scoresde.data import get_dataset
 from scoresde.losses import dsm_loss
+from scoresde.stepping import count_params
 
 
 def held_out_loss(model, sde, x, weighting: str, draws: int) -> torch.Tensor:
@@ -60,7 +61,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
             model, sde, config = scoresde.load_run(run)
         model.eval()
-        count = sum(p.numel() for p in model.net.parameters())
+        count = count_params(model.net)
         losses[net] = {w: held_out_loss(model, sde, test, w, args.draws)
                        for w in ("sigma2", "likelihood")}
         print(f"{net}: {count:,} parameters, {seconds:.0f} s for {args.steps} steps; held-out "

@@ -23,6 +23,7 @@ import torch
 from scoresde import VPSDE, ScoreModel
 from scoresde.losses import dsm_loss
 from scoresde.models import NET_PRESETS, build_net, resolve_net
+from scoresde.stepping import count_params
 
 SHAPES = {"unet": (1, 8, 8), "ddpmpp_small8": (1, 8, 8), "ddpmpp_small16": (3, 16, 16),
           "ddpmpp_small32": (3, 32, 32), "ddpmpp_cifar10": (3, 32, 32),
@@ -46,7 +47,7 @@ def step_times(net_name: str, batch: int, steps: int) -> tuple[int, list[float]]
         loss.backward()
         opt.step()
         times.append(time.perf_counter() - start)
-    return sum(p.numel() for p in net.parameters()), times[1:]
+    return count_params(net), times[1:]
 
 
 def main() -> None:
