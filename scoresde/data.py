@@ -322,8 +322,8 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
         folder = images.read_folder(os.fspath(data), channels=channels, resolution=resolution,
                                     test_fraction=test_fraction, test_size=test_size,
                                     in_memory=in_memory)
-        return Dataset(os.fspath(data), is_image=True, raw_scale=128.0, raw_offset=127.5,
-                       pixel_bits=8, flip=bool(flip), **folder)
+        return Dataset(os.fspath(data), is_image=True, flip=bool(flip), **images.PIXELS,
+                       **folder)
     if channels is not None or resolution is not None:
         raise ValueError("channels and resolution apply to a folder of images, not to data "
                          f"{data!r}")
@@ -359,8 +359,7 @@ def _get_other(data, test_size: int, test_fraction: float, pixels: bool | None) 
     if name.endswith((".npy", ".npz")):
         x, y, is_pixels = _load_array(name, pixels)
         if is_pixels:
-            return _split(name, x, y, test_fraction, 0, is_image=True, raw_scale=128.0,
-                          raw_offset=127.5, pixel_bits=8)
+            return _split(name, x, y, test_fraction, 0, is_image=True, **images.PIXELS)
         return _split(name, x, y, test_fraction, 0, is_image=x.ndim == 4)
     raise ValueError(f"unknown data {name!r}; use one of {', '.join(TOYS)}, 'digits', "
                      "a .npy/.npz path or a folder of images")

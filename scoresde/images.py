@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from .utils import append_dims
 
-__all__ = ["IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "ImageFiles", "read_folder", "to_model",
+__all__ = ["PIXELS", "IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "ImageFiles", "read_folder", "to_model",
            "pixels_of_array", "step_draw", "StepBatches"]
 
 # A folder decodes to float32 tensors in memory up to this many bytes; above it, it streams.
@@ -41,9 +41,15 @@ _CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 4, "La": 4, "PA": 
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
+# How 8-bit pixel data map to model values and back: raw = raw_scale * x + raw_offset, the
+# Dataset fields of every pixel data set (folders and uint8 arrays).
+PIXELS = {"raw_scale": 128.0, "raw_offset": 127.5, "pixel_bits": 8}
+
+
 def to_model(pixels: torch.Tensor) -> torch.Tensor:
-    """Model values ``(p + 0.5) / 128 - 1`` (float32) of uint8 pixels ``p``, any shape."""
-    return (pixels.to(torch.float32) + 0.5) / 128 - 1
+    """Model values ``(p + 0.5) / 128 - 1`` (float32) of uint8 pixels ``p``, any shape: the
+    inverse of :data:`PIXELS`' map."""
+    return (pixels.to(torch.float32) - PIXELS["raw_offset"]) / PIXELS["raw_scale"]
 
 
 def _image_module():
