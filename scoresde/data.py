@@ -105,10 +105,10 @@ class Dataset:
             idx = idx.cpu()
             y = None if self.train_labels is None else self.train_labels[idx]
             return images.to_model(self.train_source.decode_all(idx.tolist())), y
-        train, labels = self._on(idx.device)
+        train, labels = self.on(idx.device)
         return train[idx], None if labels is None else labels[idx]
 
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The training points and labels on ``device``, copied there once: a GPU run indexes
         its batches where they live, with no copy and no wait for the host each step."""
         if device.type == "cpu":

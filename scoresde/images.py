@@ -302,13 +302,16 @@ class _StepSampler(torch.utils.data.Sampler):
 class StepBatches:
     """This rank's share ``(x, y)`` of the global batch of each step ``start .. stop - 1``.
 
-    ``x`` is ``(b, C, H, W)`` model values, ``y`` ``(b,)`` labels or None. From the data set's
-    ``train`` tensor when it is in memory, otherwise decoded by ``DataLoader`` workers that
-    prefetch the next steps; the same batches either way (a pure function of seed and step).
+    ``x`` is ``(b, C, H, W)`` model values, ``y`` ``(b,)`` labels or None, on ``device``. From
+    the data set's ``train`` tensor when it is in memory (copied to ``device`` once, so a GPU
+    run indexes its batches where they live), otherwise decoded by ``DataLoader`` workers that
+    prefetch the next steps (into pinned memory for a GPU, copied without waiting); the same
+    batches either way (a pure function of seed and step).
     """
 
     def __init__(self, dataset, seed: int, start: int, stop: int, batch_size: int, share: slice,
-                 workers: int | None = None):
+                 workers: int | None = None, device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
         self.dataset, self.seed, self.start, self.stop = dataset, seed, start, stop
         self.batch_size, self.share, self.step = batch_size, share, start
         self.n_train = dataset.train_size
@@ -340,10 +343,11 @@ class StepBatches:
             raise StopIteration
         idx, flips = self.draw(self.step)
         self.step += 1
-        labels = self.dataset.train_labels
-        y = None if labels is None else labels[idx]
         if self.dataset.train is not None:
-            x = self.dataset.train[idx]
+            train, labels = self.dataset.on(self.device)
+            idx = idx.to(self.device)
+            flips = None if flips is None else flips.to(self.device)
+            x, y = train[idx], None if labels is None else labels[idx]
             if flips is not None:
                 x = torch.where(append_dims(flips, x.ndim), x.flip(-1), x)
             return x, y
@@ -353,9 +357,13 @@ class StepBatches:
             self._loader = iter(DataLoader(
                 self.dataset.train_source, batch_sampler=_StepSampler(self),
                 num_workers=self.workers, prefetch_factor=PREFETCH if self.workers else None,
+                pin_memory=self.device.type == "cuda",
                 generator=torch.Generator().manual_seed(0)))
+        labels = self.dataset.train_labels
+        y = None if labels is None else labels[idx].to(self.device)
         try:
-            return to_model(next(self._loader)), y
+            x = next(self._loader).to(self.device, non_blocking=True)
+            return to_model(x), y
         except ValueError as err:  # a worker's error: its last line, without the traceback
             raise ValueError(str(err).strip().splitlines()[-1].removeprefix("ValueError: ")) \
                 from None

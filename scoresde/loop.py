@@ -221,7 +221,8 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
     if dataset.pixel_bits is not None:
         start = int(state["step"]) if state is not None else 0
         batches = StepBatches(dataset, config["seed"], start, config["steps"],
-                              config["batch_size"], place.share(config["batch_size"]))
+                              config["batch_size"], place.share(config["batch_size"]),
+                              device=place.device)
     return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
                  forward, batches)
 

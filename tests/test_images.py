@@ -194,6 +194,19 @@ def test_streamed_batches_equal_in_memory_batches(classes):
         assert torch.equal(x[k], memory.train[i].flip(-1) if f else memory.train[i])
 
 
+
+def test_batches_are_made_on_the_training_device(classes):
+    """In memory, the images are copied to the device once and each batch is indexed there (no
+    copy from the host per step); streamed batches are sent there as uint8 and converted on it.
+    The "meta" device stands in for a GPU: it has shapes and devices but no values."""
+    memory = get_dataset(classes, flip=True, in_memory=True)
+    streamed = get_dataset(classes, flip=True, in_memory=False)
+    for ds in (memory, streamed):
+        x, y = next(StepBatches(ds, 3, 0, 2, 8, slice(0, 8), workers=0, device="meta"))
+        assert x.device.type == y.device.type == "meta" and x.shape == (8, 3, 8, 8)
+        assert x.dtype == torch.float32
+    assert memory.on(torch.device("meta"))[0] is memory.on(torch.device("meta"))[0]  # once
+
 def _weights(run):
     state = load_checkpoint(os.path.join(run, "checkpoint.pt"))
     return {k: v for k, v in state["model"].items()}, state["rng"]["data"]
