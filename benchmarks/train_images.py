@@ -9,8 +9,9 @@ compilation: a batch of the same images, uniform times and noise, the DSM loss, 
 gradient clipping, Adam and an EMA of the weights; nothing else. Reported: images per second of
 each, and our loop's overhead, ``bare / ours - 1`` in time per image, by the wall clock and by
 the process's CPU time (steadier on a machine shared with other work). Each loop runs
-``--repeats`` times, alternating, and the best of each is kept. ``--profile`` instead splits
-our loop's CPU time per step into its pieces.
+``--repeats`` times, alternating which goes first, each in a fresh Python process of its own
+(so neither inherits the other's compiled code, allocator or cache state), and the best of
+each is kept. ``--profile`` instead splits our loop's CPU time per step into its pieces.
 
 Data: ``digits`` (scikit-learn's 8x8 digits) at resolution 8; at other resolutions ``tiled``
 (the digits tiled to R x R) or ``random`` (uniform in [-1, 1]), written to a ``.npy`` of
@@ -36,7 +37,8 @@ import copy
 import json
 import math
 import os
-import shutil
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -207,6 +209,50 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
+def _in_own_process(which: str, data: str, precision: str, compiled: bool, folder: str,
+                    run: str) -> dict:
+    """The rates of ``ours`` or ``bare`` measured in a fresh process (``--worker``)."""
+    argv = [a for a in sys.argv[1:] if a != "--in-process"]
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--worker", which,
+               "--worker-data", data, "--worker-case", json.dumps([precision, compiled]),
+               "--worker-folder", folder, "--worker-run", run]
+    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _worker(args) -> None:
+    """``--worker ours|bare``: one measurement, printed as a JSON line."""
+    precision, compiled = json.loads(args.worker_case)
+    if args.worker == "ours":
+        rate, run = ours(args.worker_data, args, precision, compiled, args.worker_folder)
+        os.replace(run, args.worker_run)
+    else:
+        rate = bare(args.worker_run, args, precision, compiled)
+    print(json.dumps(rate))
+
+
+def measure(data: str, args, precision: str, compiled: bool, folder: str):
+    """Best images per second of ours and of the bare loop over ``--repeats`` runs of each,
+    and the network's parameter count. The bare loop reads the network from the first run of
+    ours, so ours goes first, then the order alternates."""
+    rate, plain = {"wall": 0, "cpu": 0}, {"wall": 0, "cpu": 0}
+    first = os.path.join(folder, "ours-0")
+    for repeat in range(args.repeats):
+        got, run = {}, os.path.join(folder, f"ours-{repeat}")
+        for which in ("ours", "bare") if repeat % 2 == 0 else ("bare", "ours"):
+            if args.in_process and which == "ours":
+                got[which], made = ours(data, args, precision, compiled, folder)
+                os.replace(made, run)
+            elif args.in_process:
+                got[which] = bare(first, args, precision, compiled)
+            else:
+                got[which] = _in_own_process(which, data, precision, compiled, folder,
+                                             run if which == "ours" else first)
+        rate = {k: max(rate[k], got["ours"][k]) for k in rate}
+        plain = {k: max(plain[k], got["bare"][k]) for k in plain}
+    return rate, plain, read_config(first)["num_params"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", default=["digits8", "tiled16", "tiled32"],
@@ -227,8 +273,15 @@ def main() -> None:
                         help="CPU ms per step in each piece of our loop instead (CPU only)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--in-process", action="store_true",
+                        help="run both loops in this process (faster, but the second inherits "
+                             "the first's compiled code and memory state)")
+    for name in ("worker", "worker-data", "worker-case", "worker-folder", "worker-run"):
+        parser.add_argument(f"--{name}", help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.worker:
+        return _worker(args)
     compiles = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     if args.profile:
         for case in args.cases:
@@ -253,14 +306,7 @@ def main() -> None:
             data = image_data(kind, resolution, args.channels, folder)
             for precision in args.precisions:
                 for compiled in compiles:
-                    rate, plain = {"wall": 0, "cpu": 0}, {"wall": 0, "cpu": 0}
-                    for _ in range(args.repeats):
-                        mine, run = ours(data, args, precision, compiled, folder)
-                        other = bare(run, args, precision, compiled)
-                        rate = {k: max(rate[k], mine[k]) for k in rate}
-                        plain = {k: max(plain[k], other[k]) for k in plain}
-                        params = read_config(run)["num_params"]
-                        shutil.rmtree(run)
+                    rate, plain, params = measure(data, args, precision, compiled, folder)
                     print(f"| {case} | {params:,} | {precision} | {'yes' if compiled else 'no'} "
                           f"| {rate['wall']:.0f} | {plain['wall']:.0f} "
                           f"| {plain['wall'] / rate['wall'] - 1:+.1%} "
