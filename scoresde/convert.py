@@ -34,7 +34,9 @@ from .runs import CHECKPOINT, is_run, load_checkpoint, save_checkpoint, write_co
 from .sde import SDE, get_sde
 from .stepping import count_params
 
-__all__ = ["SCORE_SDE_CONFIGS", "from_score_sde", "convert_score_sde"]
+__all__ = ["SOURCES", "SCORE_SDE_CONFIGS", "from_score_sde", "convert_score_sde", "pixel_scale"]
+
+SOURCES = ("score_sde",)  # the codes whose checkpoints convert (yang-song/score_sde_pytorch)
 
 _VP = dict(sde=dict(name="vp", beta_min=0.1, beta_max=20.0), conditioning="time", centered=True)
 _SUBVP = dict(_VP, sde=dict(name="subvp", beta_min=0.1, beta_max=20.0))

@@ -72,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain "
                          f"data (weights_only load rejected it: {first})") from None
-    except (RuntimeError, EOFError) as err:
+    except (RuntimeError, EOFError, OSError) as err:  # OSError: a truncated zip archive
         raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a scoresde checkpoint (a {type(state).__name__})")

@@ -1,4 +1,4 @@
-"""Named networks: the paper's DDPM++ and NCSN++ on CIFAR-10 and small DDPM++ for a CPU, in one table.
+"""Named networks: the paper's DDPM++ and NCSN++ on CIFAR-10, small DDPM++ for a CPU, in one table.
 
 ``train(net="ddpmpp_cifar10")`` builds the preset's network; ``net_params`` override single
 keywords of it. A run's ``config.json`` holds the resolved network (``"name": "ddpmpp"`` and every
