@@ -44,6 +44,9 @@ SMALL = {
 }
 # The DDPM++ (VP) lists are tools/ddpmpp_reference_shapes.py's fixtures.
 FULL = ["ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous"]
+COMPARED = ["vp.cifar10_ddpmpp_continuous", "vp.cifar10_ddpmpp_deep_continuous",
+            "subvp.cifar10_ddpmpp_continuous", "ve.cifar10_ncsnpp_continuous",
+            "ve.cifar10_ncsnpp_deep_continuous"]
 
 
 def _import_reference(repo: Path) -> None:
@@ -117,6 +120,34 @@ def small_fixture(name: str, module: str, changes: dict) -> dict:
             "x": x, "t": t, "labels": labels, "output": output, "score": score}
 
 
+def compare_full(config_name: str) -> float:
+    """The largest difference between the reference's scores and ours, relative to each sample's
+    largest score, for the full-size config with every weight random (two images, t = 0.1 and
+    0.6), loaded through :func:`scoresde.from_score_sde`."""
+    sys.path.insert(0, str(ROOT))
+    from scoresde import from_score_sde
+
+    utils, sde_lib = (importlib.import_module(m) for m in ("models.utils", "sde_lib"))
+    config = _config(f"configs.{config_name}")
+    net = importlib.import_module("models.ncsnpp").NCSNpp(config)
+    _randomise(net, torch.Generator().manual_seed(1))
+    net.eval()
+    m = config.model
+    sde = (sde_lib.VPSDE(m.beta_min, m.beta_max, m.num_scales) if config.training.sde == "vpsde"
+           else sde_lib.subVPSDE(m.beta_min, m.beta_max, m.num_scales)
+           if config.training.sde == "subvpsde" else sde_lib.VESDE(m.sigma_min, m.sigma_max,
+                                                                  m.num_scales))
+    ours, _ = from_score_sde(net.state_dict(), ("subvp_" if "subvp" in config_name else "")
+                             + config_name.split(".")[1])
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x = x if not config.data.centered else 2 * x - 1
+    t = torch.tensor([0.1, 0.6])
+    with torch.no_grad():
+        ref = utils.get_score_fn(sde, net, continuous=True)(x, t)
+        diff = (ours(x, t) - ref).abs().flatten(1).amax(1) / ref.abs().flatten(1).amax(1)
+    return float(diff.max())
+
+
 def full_shapes(config_name: str) -> dict:
     ncsnpp = importlib.import_module("models.ncsnpp")
     net = ncsnpp.NCSNpp(_config(f"configs.{config_name}"))
@@ -128,9 +159,16 @@ def full_shapes(config_name: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("repo", type=Path, help="a copy of yang-song/score_sde_pytorch")
+    parser.add_argument("--compare", action="store_true",
+                        help="only compare the full-size CIFAR-10 scores with ours (no files)")
     args = parser.parse_args()
     _import_reference(args.repo)
     torch.manual_seed(0)  # the reference draws its Fourier features from the global generator
+    if args.compare:
+        for name in COMPARED:
+            print(f"{name}: largest score difference {compare_full(name):.1e} of the largest "
+                  "score")
+        return
     DATA.mkdir(parents=True, exist_ok=True)
     for name, (module, changes) in SMALL.items():
         record = small_fixture(name, module, changes)
