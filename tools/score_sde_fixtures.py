@@ -42,6 +42,8 @@ SMALL = {
                                   dict(nf=8, ch_mult=(1, 2, 2), num_res_blocks=1,
                                        attn_resolutions=(8,), image_size=16)),
 }
+SMALL_CONFIGS = {"score_sde_vp_ddpmpp_small": "small_ddpmpp_continuous",  # convert.py's names
+                 "score_sde_ve_ncsnpp_small": "small_ncsnpp_continuous"}
 # The DDPM++ (VP) lists are tools/ddpmpp_reference_shapes.py's fixtures.
 FULL = ["ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous"]
 COMPARED = ["vp.cifar10_ddpmpp_continuous", "vp.cifar10_ddpmpp_deep_continuous",
@@ -86,6 +88,7 @@ def small_fixture(name: str, module: str, changes: dict) -> dict:
     ncsnpp, utils, sde_lib = (importlib.import_module(m)
                               for m in ("models.ncsnpp", "models.utils", "sde_lib"))
     config = _config(module, changes)
+    torch.manual_seed(0)  # the reference draws its Fourier features from the global generator
     gen = torch.Generator().manual_seed(0)
     net = ncsnpp.NCSNpp(config)
     _randomise(net, gen)
@@ -129,6 +132,7 @@ def compare_full(config_name: str) -> float:
 
     utils, sde_lib = (importlib.import_module(m) for m in ("models.utils", "sde_lib"))
     config = _config(f"configs.{config_name}")
+    torch.manual_seed(0)
     net = importlib.import_module("models.ncsnpp").NCSNpp(config)
     _randomise(net, torch.Generator().manual_seed(1))
     net.eval()
@@ -144,8 +148,27 @@ def compare_full(config_name: str) -> float:
     t = torch.tensor([0.1, 0.6])
     with torch.no_grad():
         ref = utils.get_score_fn(sde, net, continuous=True)(x, t)
-        diff = (ours(x, t) - ref).abs().flatten(1).amax(1) / ref.abs().flatten(1).amax(1)
-    return float(diff.max())
+        return _relative(ours(x, t), ref)
+
+
+def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
+    """Largest difference relative to each sample's largest entry."""
+    return float(((ours - ref).abs().flatten(1).amax(1) / ref.abs().flatten(1).amax(1)).max())
+
+
+def check_small(record: dict, config: str) -> tuple[float, float]:
+    """How far our converted network's output and score are from the fixture's."""
+    sys.path.insert(0, str(ROOT))
+    from scoresde import from_score_sde
+
+    model, _ = from_score_sde(record["checkpoint"], config)
+    x, t, labels = record["x"], record["t"], record["labels"]
+    with torch.no_grad():
+        if model.config()["conditioning"] == "time":
+            out = model.net(x, labels)
+        else:  # the reference's network takes sigma and divides its output by it
+            out = model.net(2 * x - 1, labels.log()) / labels[:, None, None, None]
+        return _relative(out, record["output"]), _relative(model(x, t), record["score"])
 
 
 def full_shapes(config_name: str) -> dict:
@@ -163,7 +186,6 @@ def main() -> None:
                         help="only compare the full-size CIFAR-10 scores with ours (no files)")
     args = parser.parse_args()
     _import_reference(args.repo)
-    torch.manual_seed(0)  # the reference draws its Fourier features from the global generator
     if args.compare:
         for name in COMPARED:
             print(f"{name}: largest score difference {compare_full(name):.1e} of the largest "
@@ -174,7 +196,9 @@ def main() -> None:
         record = small_fixture(name, module, changes)
         torch.save(record, DATA / f"{name}.pt")
         count = sum(v.numel() for v in record["checkpoint"]["model"].values())
-        print(f"{name}: {count:,} numbers -> tests/data/{name}.pt")
+        net, score = check_small(record, SMALL_CONFIGS[name])
+        print(f"{name}: {count:,} numbers -> tests/data/{name}.pt; ours against it: network "
+              f"{net:.1e}, score {score:.1e} of the largest entry")
     shapes = {name.split(".")[1]: full_shapes(name) for name in FULL}
     out = DATA / "ncsnpp_cifar10_shapes.json"
     lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in shapes.items())
