@@ -33,6 +33,7 @@ from .models.score_sde import reference_names
 from .runs import CHECKPOINT, is_run, load_checkpoint, save_checkpoint, write_config
 from .sde import SDE, get_sde
 from .stepping import count_params
+from .utils import resolve_device
 
 __all__ = ["SOURCES", "SCORE_SDE_CONFIGS", "from_score_sde", "convert_score_sde", "pixel_scale"]
 
@@ -164,13 +165,18 @@ def from_score_sde(checkpoint, config: str, *, ema: bool = True,
         TypeError: ``checkpoint`` is neither a path nor a dict.
     """
     check_choice("config", config, SCORE_SDE_CONFIGS)
-    model_sd, ema_state, what = _read(checkpoint)
+    model, sde = _convert(_read(checkpoint), config, ema)
+    return model.to(resolve_device(device)).eval().requires_grad_(False), sde
+
+
+def _convert(read: tuple, config: str, use_ema: bool) -> tuple[ScoreSDEModel, SDE]:
+    """The model and SDE of what :func:`_read` read, for a known ``config``."""
+    model_sd, ema_state, what = read
     net = _network(config)
     names = reference_names(net)
     _match(model_sd, names, what, config)
-    net.load_state_dict(_weights(model_sd, ema_state, names, net, what, config, ema))
-    model, sde = _build(config, net)
-    return model.to(device or "cpu").eval().requires_grad_(False), sde
+    net.load_state_dict(_weights(model_sd, ema_state, names, net, what, config, use_ema))
+    return _build(config, net)
 
 
 def pixel_scale(centered: bool) -> dict:
@@ -201,8 +207,10 @@ def convert_score_sde(checkpoint, config: str, out: str | os.PathLike, *,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists{' as a run' if is_run(out) else ''}: give a new "
                          "folder")
-    raw, _ = from_score_sde(checkpoint, config, ema=False)
-    averaged, sde = from_score_sde(checkpoint, config, ema=ema)
+    check_choice("config", config, SCORE_SDE_CONFIGS)
+    read = _read(checkpoint)
+    raw, _ = _convert(read, config, use_ema=False)
+    averaged, sde = _convert(read, config, use_ema=ema)
     spec = SCORE_SDE_CONFIGS[config]
     run_config = dict(
         source={"format": "score_sde_pytorch", "config": config,

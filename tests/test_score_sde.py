@@ -19,9 +19,10 @@ import torch
 from problems import invoke
 from scoresde import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde, load_run
 from scoresde.convert import pixel_scale
-from scoresde.models import build_net, resolve_net
+from scoresde.models import DDPMpp, build_net, resolve_net
 from scoresde.models.resample import fir_downsample, fir_kernel, fir_upsample
 from scoresde.models.score_sde import reference_names
+from scoresde.stepping import count_params
 
 DATA = Path(__file__).parent / "data"
 CASES = {"vp": ("score_sde_vp_ddpmpp_small", "small_ddpmpp_continuous"),
@@ -152,6 +153,28 @@ def test_cifar10_ncsnpp_maps_name_by_name_onto_the_reference():
     (the lists were written from the reference by tools/score_sde_fixtures.py)."""
     config = "cifar10_ncsnpp_continuous"
     assert _our_names(config) == _shape_list("ncsnpp_cifar10_shapes.json", config)
+    record = json.loads((DATA / "ncsnpp_cifar10_shapes.json").read_text())[config]
+    name, params = resolve_net("ncsnpp_cifar10")
+    net = build_net({"name": name, "event_shape": [3, 32, 32], **params})
+    assert count_params(net) == record["num_parameters"] == 62_758_787
+
+
+def test_ncsnpp_keywords_are_checked_and_kept_in_the_config():
+    """The NCSN++ options: the pyramid needs a filter, taps are checked, and ``config()``
+    rebuilds the same network (a run's config.json keeps them)."""
+    kw = dict(event_shape=(3, 16, 16), nf=8, ch_mult=(1, 2), num_res_blocks=1,
+              attn_resolutions=(8,))
+    with pytest.raises(ValueError, match="progressive_input='residual' needs a fir_kernel"):
+        DDPMpp(**kw, progressive_input="residual")
+    with pytest.raises(ValueError, match="unknown progressive_input .output_skip.; choose one of none, residual"):
+        DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="output_skip")
+    with pytest.raises(ValueError, match="fir_kernel must be"):
+        DDPMpp(**kw, fir_kernel=[1, -1])
+    net = DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="residual")
+    again = build_net(net.config())
+    assert net.config()["fir_kernel"] == [1.0, 3.0, 3.0, 1.0]
+    assert [t.shape for t in again.state_dict().values()] == [
+        t.shape for t in net.state_dict().values()]
 
 
 @pytest.mark.slow
