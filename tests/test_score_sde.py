@@ -19,6 +19,7 @@ import torch
 from problems import invoke
 from scoresde import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde, load_run
 from scoresde.convert import pixel_scale
+from scoresde.data import load_run_array
 from scoresde.models import DDPMpp, build_net, resolve_net
 from scoresde.models.resample import fir_downsample, fir_kernel, fir_upsample
 from scoresde.models.score_sde import reference_names
@@ -209,6 +210,17 @@ def test_the_pixel_scales_dequantise_as_the_reference():
         lo = (-0.5 - px["raw_offset"]) / px["raw_scale"]
         hi = (2 ** px["pixel_bits"] - 0.5 - px["raw_offset"]) / px["raw_scale"]
         assert (lo, hi) == span
+
+
+def test_images_given_to_a_converted_run_come_on_its_scale(tmp_path):
+    """8-bit --data for likelihood: level p is (p - 127.5) / 128 on a centred run (as on our
+    own runs) and (p + 0.5) / 256 on a [0, 1] one, the centres of the reference's bins."""
+    levels = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16)
+    np.save(tmp_path / "levels.npy", levels)
+    p = torch.arange(256.0).reshape(1, 1, 16, 16)
+    for centered, expected in ((True, (p - 127.5) / 128), (False, (p + 0.5) / 256)):
+        x = load_run_array(tmp_path / "levels.npy", pixel_scale(centered))
+        assert torch.equal(x, expected)
 
 
 @pytest.mark.slow
