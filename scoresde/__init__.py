@@ -22,6 +22,7 @@ from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
 from .demo import run_demo
+from .convert import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
     "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
+    "from_score_sde", "convert_score_sde", "SCORE_SDE_CONFIGS",
 ]

@@ -738,7 +738,7 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
       scoresde likelihood --run runs/00001-vp-digits --divergence hutchinson --probes 4
     """
 
-    from .data import load_array, run_dataset
+    from .data import load_run_array, run_dataset
     from .utils import make_generator, resolve_device
 
     dev = resolve_device(device)
@@ -746,11 +746,14 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
     model, sde, config = _load_run(path, str(dev))
     shape = tuple(config["data_shape"])
     dataset = None
+    if data is None and config.get("data") is None:
+        raise click.UsageError(f"run {path} has no data set of its own (it was converted): "
+                               "give --data")
     if data is None:
         dataset = run_dataset(config)
         x = dataset.test[:n]
     else:
-        x = load_array(data)[0][:n]
+        x = load_run_array(data, config)[:n]
     if tuple(x.shape[1:]) != shape:
         raise click.BadParameter(f"points of shape {tuple(x.shape[1:])} do not match the run's "
                                  f"data shape {shape}", param_hint="--data")
@@ -806,6 +809,47 @@ def _log_likelihood(model, sde, x, config: dict, knobs: dict):
     bpd, info = bits_per_dim(model, sde, raw.round().long(), bits=bits, data_range=data_range,
                              **knobs)
     return info["log_prob_bound"].double().cpu(), info, bpd.cpu()
+
+
+# ----- convert ------------------------------------------------------------------------------------
+@main.command(context_settings=_CTX)
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--from", "source", type=_LazyChoice("convert.SOURCES"), required=True,
+              help="The code that wrote CHECKPOINT.")
+@click.option("--config", type=_LazyChoice("convert.SCORE_SDE_CONFIGS"), required=True,
+              help="The config it was trained with (the reference's configs/<sde>/<name>.py).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="The new run folder [default: a new folder under ./runs].")
+@click.option("--ema/--no-ema", default=_Default("convert_score_sde", "ema"), show_default=True,
+              help="Sample and evaluate with the checkpoint's EMA weights (as the reference).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
+def convert(checkpoint, source, config, out, ema, as_json):
+    """Turn another code's checkpoint into a run folder for sample and likelihood.
+
+    The network is rebuilt as ours with every tensor matched by name and shape; its score is
+    the reference's own score function, its SDE the config's. Then `scoresde sample --run RUN`
+    and `scoresde likelihood --run RUN --data IMAGES.npy` work on it as on a trained run.
+
+    \b
+    Examples:
+      scoresde convert checkpoint_8.pth --from score_sde --config cifar10_ddpmpp_continuous \\
+          --out runs/ddpmpp
+      scoresde convert checkpoint_24.pth --from score_sde --config cifar10_ncsnpp_continuous
+    """
+    from .convert import convert_score_sde
+
+    out = out if out is not None else _new_run_dir(source, config)
+    try:
+        path = convert_score_sde(checkpoint, config, out, ema=ema)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.UsageError(_one_line(err)) from None
+    from .runs import read_config
+
+    run = read_config(path)
+    record = {"run": str(path), "source": source, "config": config, "ema": ema,
+              "num_params": run["num_params"], "sde": run["sde"]["name"]}
+    _emit(record, as_json, [f"converted {checkpoint} ({config}, {run['num_params']:,} "
+                            f"parameters, {'EMA' if ema else 'raw'} weights) into {path}"])
 
 
 # ----- demo ---------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from .targets import GaussianMixture
 from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy_entropy, \
     toy_log_prob
 
-__all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS"]
+__all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS",
+           "load_run_array"]
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
 DATA_OPTIONS = ("channels", "resolution", "flip", "pixels")
@@ -177,6 +178,22 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
             or labels of the wrong length.
     """
     return _load_array(os.fspath(path))[:2]
+
+
+def load_run_array(path: str | os.PathLike, config: dict) -> torch.Tensor:
+    """The points of a ``.npy``/``.npz`` file on a run's scale: 8-bit images come back as the
+    run's model values of their levels (``(p - raw_offset) / raw_scale`` of its
+    ``config.json``, which :func:`load_array`'s :data:`~scoresde.images.PIXELS` values are
+    for runs trained here), other arrays as stored.
+
+    Raises:
+        ValueError: as :func:`load_array`.
+    """
+    x, _, is_pixels = _load_array(os.fspath(path))
+    if is_pixels and "raw_scale" in config:
+        levels = x * images.PIXELS["raw_scale"] + images.PIXELS["raw_offset"]
+        x = (levels - config["raw_offset"]) / config["raw_scale"]
+    return x
 
 
 def _load_array(path: str, pixels: bool | None = None
@@ -371,8 +388,10 @@ def run_dataset(config: dict) -> Dataset:
 
     Raises:
         ValueError: the data cannot be read, or no longer reads as the run's (another shape,
-            other classes or another pixel scale than ``config`` records).
+            other classes or another pixel scale than ``config`` records), or the run has none.
     """
+    if config.get("data") is None:  # a run converted from another code's checkpoint
+        raise ValueError("the run has no data set of its own")
     options = {k: config[k] for k in DATA_OPTIONS if k in config}
     dataset = get_dataset(config["data"], in_memory=False, **options)
     facts = {"data_shape": list(dataset.event_shape), "num_classes": dataset.num_classes,

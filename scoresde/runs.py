@@ -19,7 +19,7 @@ from typing import Iterable
 
 import torch
 
-from .models import NoiseClassifier, ScoreModel, build_net
+from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
 from .stepping import count_params
 from .utils import resolve_device, write_atomically
@@ -72,7 +72,7 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain "
                          f"data (weights_only load rejected it: {first})") from None
-    except (RuntimeError, EOFError) as err:
+    except (RuntimeError, EOFError, OSError) as err:  # OSError: a truncated zip archive
         raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a scoresde checkpoint (a {type(state).__name__})")
@@ -268,7 +268,10 @@ def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
 # ----- the run's model ----------------------------------------------------------------------------
 def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
     """The module a run trains, freshly initialised: its network rebuilt from ``config["net"]``
-    inside the objective's wrapper (a score or a noisy classifier) for ``sde``."""
+    inside the objective's wrapper (a score or a noisy classifier) for ``sde``; a run converted
+    from score_sde_pytorch (``score_sde`` in its config) in the reference's score."""
+    if config.get("score_sde"):
+        return ScoreSDEModel(build_net(config["net"]), sde, **config["score_sde"])
     wrapper = NoiseClassifier if config.get("objective", "score") == "classifier" else ScoreModel
     return wrapper(build_net(config["net"]), sde, config["sigma_data"])
 

@@ -9,11 +9,12 @@ from .ddpmpp import DDPMpp
 from .mlp import InputFeatures, ScoreMLP, TimeFeatures
 from .presets import NET_PRESETS, resolve_net
 from .score_model import ScoreModel
+from .score_sde import ScoreSDEModel
 from .unet import UNet
 
 __all__ = ["ScoreMLP", "UNet", "DDPMpp", "ScoreModel", "TimeFeatures", "InputFeatures", "NETS",
            "NET_PRESETS", "TRAIN_NETS", "build_net", "resolve_net", "ClassifierMLP",
-           "ClassifierUNet", "NoiseClassifier"]
+           "ClassifierUNet", "NoiseClassifier", "ScoreSDEModel"]
 
 NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "ddpmpp": DDPMpp,
                                     "mlp_classifier": ClassifierMLP,

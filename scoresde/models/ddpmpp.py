@@ -11,8 +11,15 @@ concatenated, ending in GroupNorm, swish and a 3x3 convolution. Every residual s
 (fan-average, uniform), with the last layer of each residual branch and of the network scaled by
 ``init_scale`` (0: almost zero).
 
+The same class is the paper's NCSN++ of its CIFAR-10 continuous configs with two keywords:
+``fir_kernel`` (FIR up- and downsampling inside the residual blocks, StyleGAN2's, instead of
+nearest neighbour and 2x2 averages) and ``progressive_input="residual"`` (the input image is
+carried down a pyramid of filtered, strided convolutions, each added to the encoder's output
+after a downsampling block, ``(pyramid + h) / sqrt(2)``); with a Fourier noise embedding.
+
 The layers are created in the reference's order with its tensor shapes, so that its checkpoints
-(``all_modules.N.*``) map onto :meth:`DDPMpp.state_dict` one to one, in order.
+(``all_modules.N.*``) map onto :meth:`DDPMpp.state_dict` one to one, in order
+(:func:`~scoresde.models.from_score_sde`).
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ from torch import nn
 
 from ..checks import check_choice, check_int, check_number
 from .mlp import conditioning
+from .resample import fir_conv_downsample, fir_downsample, fir_upsample
+from .resample import fir_kernel as _fir_2d
 
-__all__ = ["DDPMpp", "EMBEDDINGS"]
+__all__ = ["DDPMpp", "EMBEDDINGS", "PROGRESSIVE_INPUTS"]
 
 EMBEDDINGS = ("positional", "fourier")
+PROGRESSIVE_INPUTS = ("none", "residual")
 _SKIP = 1 / math.sqrt(2)
 
 
@@ -101,10 +111,11 @@ class _Attention(nn.Module):
 
 class _ResBlock(nn.Module):
     """BigGAN-style residual block; ``resample`` ``"up"`` / ``"down"`` doubles / halves the
-    resolution of both paths (nearest neighbour / 2x2 average) before the first convolution."""
+    resolution of both paths (nearest neighbour / 2x2 average, or the FIR filter ``fir``)
+    before the first convolution."""
 
     def __init__(self, c_in: int, c_out: int, cond: int, dropout: float, init_scale: float,
-                 skip_rescale: bool, resample: str | None = None):
+                 skip_rescale: bool, resample: str | None = None, fir=None):
         super().__init__()
         self.norm1, self.conv1 = _norm(c_in), _conv(c_in, c_out)
         self.emb = _linear(cond, c_out)
@@ -112,19 +123,40 @@ class _ResBlock(nn.Module):
         self.conv2 = _conv(c_out, c_out, init_scale=init_scale)
         self.skip = _conv(c_in, c_out, 1) if c_in != c_out or resample else None
         self.resample, self.skip_rescale = resample, skip_rescale
+        self.register_buffer("fir", _fir_2d(fir) if fir is not None and resample else None,
+                             persistent=False)
 
     def forward(self, x, c=None):
         h = F.silu(self.norm1(x))
         if self.resample == "up":
-            h, x = (F.interpolate(z, scale_factor=2.0, mode="nearest") for z in (h, x))
+            h, x = ((F.interpolate(z, scale_factor=2.0, mode="nearest") if self.fir is None
+                     else fir_upsample(z, self.fir)) for z in (h, x))
         elif self.resample == "down":
-            h, x = (F.avg_pool2d(z, 2) for z in (h, x))
+            h, x = ((F.avg_pool2d(z, 2) if self.fir is None else fir_downsample(z, self.fir))
+                    for z in (h, x))
         h = self.conv1(h)
         if c is not None:
             h = h + self.emb(F.silu(c))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         x = x if self.skip is None else self.skip(x)
         return (x + h) * _SKIP if self.skip_rescale else x + h
+
+
+class _InputPyramid(nn.Module):
+    """One step down the input pyramid: ``(down(pyramid) + h) / sqrt(2)``, ``down`` a filtered
+    3x3 convolution of stride 2 from ``c_in`` to ``c_out`` channels (NCSN++'s "residual"
+    progressive input)."""
+
+    def __init__(self, c_in: int, c_out: int, fir, skip_rescale: bool):
+        super().__init__()
+        self.weight = nn.Parameter(_variance_scaling_(torch.empty(c_out, c_in, 3, 3)))
+        self.bias = nn.Parameter(torch.zeros(c_out))
+        self.register_buffer("fir", _fir_2d(fir), persistent=False)
+        self.skip_rescale = skip_rescale
+
+    def forward(self, pyramid, h):
+        h = fir_conv_downsample(pyramid, self.fir, self.weight, self.bias) + h
+        return h * _SKIP if self.skip_rescale else h
 
 
 class _NoiseEmbedding(nn.Module):
@@ -140,9 +172,10 @@ class _NoiseEmbedding(nn.Module):
             self.register_buffer("W", torch.randn(nf, generator=gen) * scale)
             self.dim = 2 * nf
         else:
-            half = nf // 2
-            self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(half)
-                                                    / (half - 1)), persistent=False)
+            half = nf // 2  # the reference's rounding: exp(k * -(log(1e4) / (half - 1)))
+            self.register_buffer("freqs", torch.exp(torch.arange(half, dtype=torch.float32)
+                                                    * -(math.log(1e4) / (half - 1))),
+                                 persistent=False)
             self.dim = nf
 
     def forward(self, c: torch.Tensor) -> torch.Tensor:
@@ -175,6 +208,10 @@ class DDPMpp(nn.Module):
         fourier_scale: standard deviation of the Fourier frequencies.
         init_scale: scale of the initial weights of each branch's last layer (0: about 1e-5).
         skip_rescale: divide every residual sum by ``sqrt(2)``.
+        fir_kernel: taps of the FIR filter of the resampling blocks (NCSN++: ``[1, 3, 3, 1]``);
+            None for nearest-neighbour upsampling and 2x2 averages (DDPM++).
+        progressive_input: ``"residual"`` adds the input pyramid after every downsampling
+            block (NCSN++; needs ``fir_kernel``); ``"none"`` for none.
         noise_conditional: condition on ``c_noise`` at all (the reference's ``conditional``);
             ``False`` gives a network that ignores the noise level, and takes no labels.
         num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the noise
@@ -185,7 +222,8 @@ class DDPMpp(nn.Module):
                  num_res_blocks: int = 4, attn_resolutions=(16,), dropout: float = 0.1,
                  embedding_type: str = "positional", fourier_scale: float = 16.0,
                  init_scale: float = 0.0, skip_rescale: bool = True,
-                 noise_conditional: bool = True, num_classes: int = 0):
+                 noise_conditional: bool = True, num_classes: int = 0, fir_kernel=None,
+                 progressive_input: str = "none"):
         super().__init__()
         event_shape, ch_mult, attn_resolutions = _check_layout(event_shape, nf, ch_mult,
                                                                attn_resolutions)
@@ -195,6 +233,13 @@ class DDPMpp(nn.Module):
         fourier_scale = check_number("fourier_scale", fourier_scale, 0, low_open=True)
         init_scale = check_number("init_scale", init_scale, 0)
         self.num_classes = check_int("num_classes", num_classes, 0)
+        check_choice("progressive_input", progressive_input, PROGRESSIVE_INPUTS)
+        if fir_kernel is not None:
+            _fir_2d(fir_kernel)  # checks the taps
+            fir_kernel = [float(v) for v in fir_kernel]
+        if progressive_input != "none" and fir_kernel is None:
+            raise ValueError("progressive_input='residual' needs a fir_kernel (NCSN++: "
+                             "[1, 3, 3, 1])")
         if self.num_classes and not noise_conditional:
             raise ValueError("DDPMpp takes labels only with noise_conditional=True")
         self._config = dict(event_shape=list(event_shape), nf=nf, ch_mult=list(ch_mult),
@@ -203,26 +248,30 @@ class DDPMpp(nn.Module):
                             fourier_scale=fourier_scale, init_scale=init_scale,
                             skip_rescale=bool(skip_rescale),
                             noise_conditional=bool(noise_conditional),
-                            num_classes=self.num_classes)
+                            num_classes=self.num_classes, fir_kernel=fir_kernel,
+                            progressive_input=progressive_input)
         cond = 4 * nf
         self.time = _NoiseEmbedding(embedding_type, nf, fourier_scale)
         self.cond = (nn.Sequential(_linear(self.time.dim, cond), nn.SiLU(), _linear(cond, cond))
                      if noise_conditional else None)
         block = dict(cond=cond, dropout=dropout, init_scale=init_scale,
-                     skip_rescale=bool(skip_rescale))
+                     skip_rescale=bool(skip_rescale), fir=fir_kernel)
+        pyramid = (dict(c_in=event_shape[0], fir=fir_kernel, skip_rescale=bool(skip_rescale))
+                   if progressive_input == "residual" else None)
         attn = dict(init_scale=init_scale, skip_rescale=bool(skip_rescale))
         self.inp = _conv(event_shape[0], nf)
         self.down, self.mid, self.up = self._layers(event_shape[1], nf, ch_mult, num_res_blocks,
-                                                    attn_resolutions, block, attn)
+                                                    attn_resolutions, block, attn, pyramid)
         self.out = nn.Sequential(_norm(nf * ch_mult[0]), nn.SiLU(),
                                  _conv(nf * ch_mult[0], event_shape[0], init_scale=init_scale))
         self.label = nn.Embedding(self.num_classes, cond) if self.num_classes else None
 
     @staticmethod
-    def _layers(res, nf, ch_mult, num_res_blocks, attn_resolutions, block, attn):
+    def _layers(res, nf, ch_mult, num_res_blocks, attn_resolutions, block, attn, pyramid):
         """The encoder's and decoder's stages (each a list of modules run in turn; the output of
         every encoder stage is a skip, and every decoder stage without ``resample`` takes one)
-        and the middle, in the reference's order."""
+        and the middle, in the reference's order. With an input ``pyramid`` (the keywords of
+        its first step) every downsampling stage ends in its next step."""
         down, chans, c_cur = nn.ModuleList(), [nf], nf
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
@@ -232,7 +281,11 @@ class DDPMpp(nn.Module):
                 down.append(nn.ModuleList(stage))
                 chans.append(c_cur)
             if level < len(ch_mult) - 1:
-                down.append(nn.ModuleList([_ResBlock(c_cur, c_cur, resample="down", **block)]))
+                stage = [_ResBlock(c_cur, c_cur, resample="down", **block)]
+                if pyramid is not None:
+                    stage.append(_InputPyramid(c_out=c_cur, **pyramid))
+                    pyramid = dict(pyramid, c_in=c_cur)
+                down.append(nn.ModuleList(stage))
                 chans.append(c_cur)
                 res //= 2
         mid = nn.ModuleList([_ResBlock(c_cur, c_cur, **block), _Attention(c_cur, **attn),
@@ -257,10 +310,13 @@ class DDPMpp(nn.Module):
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map images ``x`` ``(B, C, H, W)`` and ``c_noise`` ``(B,)`` to ``(B, C, H, W)``."""
         c = conditioning(self, c_noise, y, x.dtype) if self.cond is not None else None
-        h = self.inp(x)
+        h, pyramid = self.inp(x), x
         skips = [h]
         for stage in self.down:
-            h = _run(stage, h, c)
+            if isinstance(stage[-1], _InputPyramid):
+                h = pyramid = stage[-1](pyramid, _run(stage[:-1], h, c))
+            else:
+                h = _run(stage, h, c)
             skips.append(h)
         h = _run(self.mid, h, c)
         for stage in self.up:

@@ -1,4 +1,4 @@
-"""Named networks: the paper's DDPM++ on CIFAR-10 and small DDPM++ for a CPU, in one table.
+"""Named networks: the paper's DDPM++ and NCSN++ on CIFAR-10, small DDPM++ for a CPU, in one table.
 
 ``train(net="ddpmpp_cifar10")`` builds the preset's network; ``net_params`` override single
 keywords of it. A run's ``config.json`` holds the resolved network (``"name": "ddpmpp"`` and every
@@ -21,6 +21,13 @@ NET_PRESETS: dict[str, dict] = {
     "ddpmpp_cifar10": _PAPER,
     # ... cifar10_ddpmpp_deep_continuous.py (8 blocks per resolution): 106,632,579 parameters.
     "ddpmpp_cifar10_deep": dict(_PAPER, num_res_blocks=8),
+    # configs/ve/cifar10_ncsnpp_continuous.py: NCSN++ cont., DDPM++ with FIR resampling, the
+    # residual input pyramid and Fourier features: 62,758,787 parameters (+ 128 fixed features).
+    "ncsnpp_cifar10": dict(_PAPER, embedding_type="fourier", fir_kernel=[1, 3, 3, 1],
+                           progressive_input="residual"),
+    # ... cifar10_ncsnpp_deep_continuous.py: 107,586,947 parameters.
+    "ncsnpp_cifar10_deep": dict(_PAPER, num_res_blocks=8, embedding_type="fourier",
+                                fir_kernel=[1, 3, 3, 1], progressive_input="residual"),
     # Small DDPM++ for two CPU cores: 8x8 (digits), 16x16 and 32x32 images.
     "ddpmpp_small8": dict(_SMALL, ch_mult=[1, 2], attn_resolutions=[4]),
     "ddpmpp_small16": dict(_SMALL, ch_mult=[1, 2, 2], attn_resolutions=[8]),
