@@ -5,8 +5,8 @@ set, resolution and extractor and caches them in ``$SCORESDE_CACHE/reference/`` 
 ``$XDG_CACHE_HOME/scoresde`` or ``~/.cache/scoresde``): the mean and covariance of all of them
 (up to :data:`REFERENCE_MAX` images) and the features of a fixed random subset of
 :data:`KEEP_FEATURES` for KID and precision/recall. The file is written atomically, and its
-name is a digest of the key (the data's name, options, size and file fingerprint, and the
-extractor's digest), which the file also holds and which is checked when it is read.
+name is a digest of the key (the data's name, image shape, pixel scale, number of training
+images and file fingerprint, and the extractor's digest), which the file also holds and which is checked when it is read.
 
 :func:`sample_quality` draws ``n`` samples from a model in chunks (chunk ``k`` from
 :func:`~scoresde.sample_files.chunk_generator`, as ``scoresde sample`` draws them), turns each
@@ -37,7 +37,8 @@ from .metrics import check_fid_size, frechet_distance, kid, precision_recall
 from .utils import write_atomically
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
-           "reference_stats", "image_features", "sample_quality", "quality_scores"]
+           "reference_stats", "image_features", "sample_quality", "quality_scores", "run_quality",
+           "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
 
 CACHE_ENV = "SCORESDE_CACHE"  # the cache folder, when set
 REFERENCE_MAX = 50_000  # reference images: the training split's first this many
@@ -137,15 +138,14 @@ def image_features(extractor, x: torch.Tensor, dataset: Dataset) -> torch.Tensor
     return extract_features(extractor, to_extractor_range(x, **_scale(dataset)))
 
 
-def reference_stats(dataset: Dataset, extractor, *, options: dict | None = None,
-                    cache: str | os.PathLike | bool = True, seed: int = 0) -> Reference:
+def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | bool = True,
+                    seed: int = 0) -> Reference:
     """The reference statistics of ``dataset``'s training images under ``extractor``, read from
     the cache when there, computed once and cached otherwise.
 
     Args:
         dataset: an image data set with training images.
         extractor: a feature extractor (see :mod:`scoresde.features`).
-        options: the data's options (channels, resolution, ...) for the key.
         cache: True for :func:`cache_dir`, a folder, or False to neither read nor write.
         seed: the subset of kept features.
 
@@ -156,8 +156,7 @@ def reference_stats(dataset: Dataset, extractor, *, options: dict | None = None,
         raise ValueError(f"reference statistics need image data with training images; "
                          f"{dataset.name!r} has none")
     key = {"version": _VERSION, "data": os.path.abspath(dataset.name) if os.path.exists(
-        dataset.name) else dataset.name, "options": options or {},
-        "shape": list(dataset.event_shape), **_scale(dataset),
+        dataset.name) else dataset.name, "shape": list(dataset.event_shape), **_scale(dataset),
         "n": min(dataset.train_size, REFERENCE_MAX), "files": _fingerprint(dataset.name),
         "extractor": extractor_digest(extractor), "seed": seed}
     text = json.dumps(key, sort_keys=True)
@@ -199,10 +198,25 @@ def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,
             "kid_se": kid_se, "precision": precision, "recall": recall}
 
 
+def _data_statistics(dataset: Dataset, solver: str, steps: int, options: dict) -> dict:
+    """What ``scoresde sample`` gives a few-step solver: the training data's mean and
+    covariance (its standard deviation above 1024 dimensions), when the solver uses them."""
+    from .sampling.fewstep import uses_data_stats
+
+    if not uses_data_stats(solver, steps, *(options.get(k) for k in ("grid", "sigma_max",
+                                                                        "sigma_min"))):
+        return {}
+    mean, cov = dataset.moments()
+    if mean.numel() > 1024:
+        return {"data_mean": mean, "data_std": dataset.std()}
+    return {"data_mean": mean, "data_cov": cov}
+
+
 @torch.no_grad()
 def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: str,
                    steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
-                   reference: Reference | None = None, progress=None, **sample_options) -> dict:
+                   reference: Reference | None = None, progress=None,
+                   data_statistics: bool = True, **sample_options) -> dict:
     """FID, KID, precision and recall of ``n`` samples of ``model`` (a score function) against
     ``dataset``'s reference statistics.
 
@@ -218,6 +232,8 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
         seed: the samples' seed, also KID's subsets'. device: where to sample.
         reference: precomputed reference statistics (else :func:`reference_stats`, cached).
         progress: ``progress(done, n)`` after each chunk, or None.
+        data_statistics: give a few-step solver the training data's mean and covariance, as
+            ``scoresde sample`` does (see :func:`scoresde.sampling.fewstep.uses_data_stats`).
 
     Returns:
         ``{"fid", "kid", "kid_se", "precision", "recall", "n", "nfe", "seed", "solver",
@@ -233,6 +249,9 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     modes = model.training if isinstance(model, torch.nn.Module) else None
     if modes is not None:
         model.eval()
+    if data_statistics:
+        sample_options = dict(_data_statistics(dataset, solver, steps, sample_options),
+                              **sample_options)
     begin, nfe = time.perf_counter(), []
     try:
         for k, start in enumerate(range(0, n, batch_size)):
@@ -251,3 +270,96 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
     return dict(scores, n=n, nfe=sum(nfe) / len(nfe), seed=seed, solver=solver, steps=steps,
                 time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n)
+
+
+def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
+                solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
+                device="cpu", cache: str | os.PathLike | bool = True, progress=None,
+                **sample_options) -> dict:
+    """:func:`sample_quality` of a run folder's EMA model against its data's cached reference.
+
+    Args:
+        run_dir: a run of image data (:func:`~scoresde.train`).
+        features: an extractor, a name of :data:`~scoresde.features.EXTRACTORS` (``"digits"``,
+            for 1x8x8 images) or the path of a TorchScript file (trusted: it runs code).
+        n, solver, steps, seed, batch_size, device, progress, sample_options: as for
+            :func:`sample_quality` (the solver's defaults are :func:`~scoresde.sample`'s).
+        cache: as for :func:`reference_stats`.
+
+    Returns:
+        :func:`sample_quality`'s dict with ``"run"`` and ``"features"`` (the extractor's digest).
+
+    Raises:
+        ValueError: a run that is not of images, or an extractor that does not take them.
+    """
+    from .data import run_dataset
+    from .features import get_extractor
+    from .runs import load_run
+
+    model, sde, config = load_run(run_dir, device=device)
+    if not config.get("is_image"):
+        raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
+                         f"of shape {tuple(config['data_shape'])}")
+    if features == "digits" and tuple(config["data_shape"]) != (1, 8, 8):
+        raise ValueError(f"the digits feature network takes 1x8x8 images, the run's are "
+                         f"{'x'.join(map(str, config['data_shape']))}; name a TorchScript "
+                         "extractor file instead")
+    dataset = run_dataset(config)
+    extractor = get_extractor(features)
+    reference = reference_stats(dataset, extractor, cache=cache)
+    result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
+                            seed=seed, batch_size=batch_size, device=device,
+                            reference=reference, progress=progress, **sample_options)
+    return dict(result, run=os.fspath(run_dir), features=extractor_digest(extractor))
+
+
+# ----- during training ----------------------------------------------------------------------------
+EVAL_SOLVER, EVAL_STEPS = "dpmpp_2m", 16  # train(eval_every=...): as the sample grids' draw
+
+
+def check_eval(dataset: Dataset, features, n: int) -> int:
+    """Check ``train``'s evaluation options against the data before training starts: image
+    data the extractor takes, and ``n`` above its number of features. Returns ``n``.
+
+    Raises:
+        ValueError: naming what does not fit.
+    """
+    from .features import get_extractor
+
+    n = check_int("eval_n", n, low=2)
+    if not dataset.is_image:
+        raise ValueError(f"eval_every measures FID of images; data {dataset.name!r} has shape "
+                         f"{tuple(dataset.event_shape)} (leave eval_every off)")
+    if features == "digits" and tuple(dataset.event_shape) != (1, 8, 8):
+        raise ValueError(f"eval_features='digits' takes 1x8x8 images, data {dataset.name!r} "
+                         f"has {'x'.join(map(str, dataset.event_shape))}; name a TorchScript "
+                         "extractor file")
+    width = image_features(get_extractor(features), dataset.test[:2], dataset).shape[1]
+    check_fid_size(n, width)
+    return n
+
+
+class TrainingEvaluator:
+    """FID and KID of the EMA weights during training: ``evaluator(model, sde, step)`` draws
+    ``n`` samples with :data:`EVAL_SOLVER` at :data:`EVAL_STEPS` steps from the same seed each
+    time (so the curve compares the weights, not the draws) and returns the record for
+    ``metrics.jsonl``. The extractor and the reference are loaded on first use."""
+
+    def __init__(self, dataset: Dataset, *, features, n: int, seed: int, device):
+        self.dataset, self.features, self.n, self.seed = dataset, features, n, seed
+        self.device = device
+        self.extractor = self.reference = None
+
+    def __call__(self, model, sde, step: int) -> dict:
+        from .features import get_extractor
+
+        if self.extractor is None:
+            self.extractor = get_extractor(self.features)
+            self.reference = reference_stats(self.dataset, self.extractor)
+        result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
+                                solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,
+                                device=self.device, reference=self.reference)
+        return {"step": step, **{k: result[k] for k in ("fid", "kid", "kid_se", "precision",
+                                                        "recall")},
+                "eval_n": self.n, "eval_nfe": result["nfe"], "eval_solver": EVAL_SOLVER,
+                "eval_seed": self.seed, "eval_s": result["time_s"]}
