@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--out", default="fid_nfe.jsonl")
     parser.add_argument("--figure", default=None)
+    parser.add_argument("--figure-n", type=int, default=1000,
+                        help="the sample count of the points drawn (FID is comparable at one N)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     dataset, extractor = get_dataset("digits"), digits_extractor()
@@ -92,8 +94,10 @@ def main() -> None:
         from scoresde import plotting
 
         with open(args.out) as f:
-            records = [json.loads(line) for line in f]
-        plotting.save_figure(plotting.quality_figure(records, floor=base["fid"]), args.figure)
+            records = [r for r in map(json.loads, f) if r["point"]["n"] == args.figure_n]
+        figure = plotting.quality_figure(records, floor=base["fid"],
+                                         floor_label=f"held-out digits, N = {base['n']}")
+        plotting.save_figure(figure, args.figure)
         print(f"wrote {args.figure}")
 
 
