@@ -867,8 +867,9 @@ def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size
     path = _pick_run(run, quiet=as_json)
     options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
                if v is not None}
-    if features != "digits" and not Path(features).is_file():
-        raise click.BadParameter(f"{features!r} is neither 'digits' nor a file",
+    names = _library("features.EXTRACTORS")
+    if features not in names and not Path(features).is_file():
+        raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
                                  param_hint="--features")
     if n < FID_N:
         click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "

@@ -25,9 +25,10 @@ import torch
 
 from .checks import check_int
 
-__all__ = ["check_fid_size", "feature_stats", "frechet_distance", "fid_from_features", "kid", "precision_recall"]
+__all__ = ["KID_MIN_SUBSETS", "check_fid_size", "feature_stats", "frechet_distance", "fid_from_features", "kid", "precision_recall"]
 
 _CHUNK = 2048  # rows of a distance or kernel matrix computed at once (bounded memory)
+KID_MIN_SUBSETS = 10  # kid()'s fewest subsets by default: it needs twice as many points
 
 
 def _features(name: str, x, min_rows: int = 1) -> torch.Tensor:
@@ -134,7 +135,7 @@ def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((kxx + kyy) / (m * (m - 1)) - 2 * kxy / (m * m))
 
 
-def kid(x, y, *, subset_size: int = 1000, min_subsets: int = 10,
+def kid(x, y, *, subset_size: int = 1000, min_subsets: int = KID_MIN_SUBSETS,
         generator: torch.Generator | None = None) -> tuple[float, float]:
     """Kernel inception distance: the mean unbiased MMD^2 over disjoint subsets, and its
     standard error.

@@ -33,7 +33,7 @@ from . import images
 from .checks import check_int
 from .data import Dataset
 from .features import FEATURE_BATCH, extract_features, extractor_digest, to_extractor_range
-from .metrics import check_fid_size, frechet_distance, kid, precision_recall
+from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, precision_recall
 from .utils import write_atomically
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
@@ -244,6 +244,9 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
 
     n, batch_size = check_int("n", n, low=2), check_int("batch_size", batch_size, low=1)
     reference = reference if reference is not None else reference_stats(dataset, extractor)
+    check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
+    if n < 2 * KID_MIN_SUBSETS:
+        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
     moments = _Moments(KEEP_FEATURES)
     dev = torch.device(device)
     modes = model.training if isinstance(model, torch.nn.Module) else None

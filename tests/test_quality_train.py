@@ -88,8 +88,10 @@ def test_fid_command_prints_the_scores_the_seeds_and_a_small_n_warning(digits_ru
 
 def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
     result = invoke("fid", "--run", digits_run, "--features", tmp_path / "none.pt")
-    assert result.exit_code == 2 and "neither 'digits' nor a file" in result.stderr
+    assert result.exit_code == 2 and "neither one of digits nor a file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+    result = invoke("fid", "--run", digits_run, "--n", 64)  # refused before sampling
+    assert result.exit_code == 2 and "more samples than features: got N=64" in result.stderr
     train(tmp_path / "toy", steps=1, **TINY)
     result = invoke("fid", "--run", tmp_path / "toy", "--n", 100)
     assert result.exit_code == 2 and "FID needs a run of images" in result.stderr
