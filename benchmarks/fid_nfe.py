@@ -25,7 +25,7 @@ import torch
 from scoresde import load_run
 from scoresde.data import get_dataset
 from scoresde.features import digits_extractor
-from scoresde.metrics import feature_stats
+from scoresde.metrics import feature_stats, frechet_distance
 from scoresde.quality import image_features, quality_scores, reference_stats, sample_quality
 
 SOLVERS = ("em", "pc", "ode", "euler", "heun", "dpmpp_2m", "torchsde")
@@ -47,11 +47,19 @@ def _done(path: str) -> set:
         return {json.dumps(r["point"], sort_keys=True) for r in map(json.loads, f)}
 
 
-def floor(dataset, extractor, reference) -> dict:
-    """FID, KID, precision and recall of the held-out digits against the training digits."""
+def floor(dataset, extractor, reference, subsets: int = 5) -> dict:
+    """FID, KID, precision and recall of the held-out digits against the training digits, and
+    the FID of as many training digits (the mean over ``subsets`` random subsets): the bias of
+    FID at that N for images the feature network was trained on."""
     feats = image_features(extractor, dataset.test, dataset)
-    return dict(quality_scores(*feature_stats(feats), feats.float(), reference),
-                n=feats.shape[0])
+    n = feats.shape[0]
+    train = image_features(extractor, dataset.train, dataset)
+    gen = torch.Generator().manual_seed(0)
+    same_n = [frechet_distance(*feature_stats(train[torch.randperm(train.shape[0],
+                                                                   generator=gen)[:n]]),
+                               reference.mu, reference.sigma) for _ in range(subsets)]
+    return dict(quality_scores(*feature_stats(feats), feats.float(), reference), n=n,
+                train_subset_fid=sum(same_n) / subsets)
 
 
 def main() -> None:
