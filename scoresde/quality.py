@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -164,11 +165,9 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
     if cache is not False:
         folder = (cache_dir() if cache is True else Path(cache)) / "reference"
         path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as f:
-                if str(f["key"]) == text:
-                    return Reference(f["mu"], f["sigma"], torch.from_numpy(f["features"]),
-                                     int(f["n"]), key, path)
+        cached = _read_cached(path, text)
+        if cached is not None:
+            return Reference(*cached, key, path)
     moments, total = _Moments(KEEP_FEATURES), key["n"]
     chosen = torch.zeros(total, dtype=torch.bool)  # the kept subset: a fixed random one
     chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[
@@ -184,6 +183,18 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
         write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
                                                   features=feats.numpy(), n=moments.n))
     return ref
+
+
+def _read_cached(path: Path, text: str):
+    """``(mu, sigma, features, n)`` from a cache file written for key ``text``; None when there
+    is none, or it is unreadable or of another key (it is then computed and written again)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != text:
+                return None
+            return f["mu"], f["sigma"], torch.from_numpy(f["features"]), int(f["n"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
 
 
 def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,

@@ -211,10 +211,13 @@ def test_reference_statistics_are_computed_once_and_cached(digits, tmp_path):
     assert ours.calls == calls  # read back, not recomputed
     assert np.array_equal(again.mu, first.mu) and np.array_equal(again.sigma, first.sigma)
     assert torch.equal(again.features, first.features)
+    first.path.write_bytes(b"cut short")  # an unreadable file is computed and written again
+    assert np.array_equal(reference_stats(digits, ours, cache=tmp_path).mu, first.mu)
+    assert ours.calls == 2 * calls
     with torch.no_grad():
         ours.lin.weight += 1  # other weights: another extractor, another key
     third = reference_stats(digits, ours, cache=tmp_path)
-    assert ours.calls == 2 * calls and third.path != first.path
+    assert ours.calls == 3 * calls and third.path != first.path
 
 
 def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path):
