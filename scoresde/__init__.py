@@ -23,6 +23,9 @@ from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
 from .demo import run_demo
 from .convert import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde
+from . import features, metrics, quality
+from .metrics import frechet_distance, kid, precision_recall
+from .quality import run_quality, sample_quality
 
 __version__ = "0.1.0"
 
@@ -40,4 +43,6 @@ __all__ = [
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
     "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
     "from_score_sde", "convert_score_sde", "SCORE_SDE_CONFIGS",
+    "features", "metrics", "quality", "frechet_distance", "kid", "precision_recall",
+    "sample_quality", "run_quality",
 ]

@@ -299,11 +299,19 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
 @click.option("--sample-every", type=click.IntRange(min=1), default=None, metavar="N",
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")
+@click.option("--eval-every", type=click.IntRange(min=1), default=None, metavar="K",
+              help="Every K steps, FID/KID of the EMA weights into metrics.jsonl "
+                   "[default: none].")
+@click.option("--eval-n", type=click.IntRange(min=2), default=_Default("train", "eval_n"),
+              show_default=True, help="Samples per evaluation (the same seed each time).")
+@click.option("--eval-features", default=_Default("train", "eval_features"), show_default=True,
+              metavar="NAME|PATH", help="Evaluation features: 'digits' or a trusted "
+                                        "TorchScript file (it runs code).")
 @click.pass_context
 def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, weighting,
           log_snr_share, net, width, input_features, run, resume, seed, device,
           checkpoint_every, quiet, conditional, label_dropout, precision, batch_gpu, compile_,
-          channels_last, sample_every):
+          channels_last, sample_every, eval_every, eval_n, eval_features):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
@@ -318,6 +326,7 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
       scoresde train --data photos/ --resolution 32 --flip   # your own images
       scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
       scoresde train --data digits --precision bf16 --batch-gpu 32 --sample-every 500
+      scoresde train --data digits --eval-every 500 --eval-n 1000   # FID/KID in metrics
     """
     from .training import train as train_run
     from .utils import FolderBusyError, resolve_device
@@ -334,7 +343,10 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
     for key, param, value in [("batch_gpu", "batch_gpu", batch_gpu),
                               ("compile", "compile_", compile_),
                               ("channels_last", "channels_last", channels_last),
-                              ("sample_every", "sample_every", sample_every)]:
+                              ("sample_every", "sample_every", sample_every),
+                              ("eval_every", "eval_every", eval_every),
+                              ("eval_n", "eval_n", eval_n),
+                              ("eval_features", "eval_features", eval_features)]:
         if not resume or _explicit(ctx, param):  # on resume, the run's own unless given here
             keywords[key] = value
     if steps is not None:
@@ -850,6 +862,70 @@ def convert(checkpoint, source, config, out, ema, as_json):
               "num_params": run["num_params"], "sde": run["sde"]["name"]}
     _emit(record, as_json, [f"converted {checkpoint} ({config}, {run['num_params']:,} "
                             f"parameters, {'EMA' if ema else 'raw'} weights) into {path}"])
+
+
+# ----- fid ----------------------------------------------------------------------------------------
+@main.command(context_settings=_CTX)
+@click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
+@click.option("--n", "n", type=click.IntRange(min=2), default=_Default("quality.run_quality", "n"),
+              show_default=True, help="Samples (FID is biased below 10,000; compare equal N).")
+@click.option("--solver", type=_LazyChoice("sampling.SAMPLERS"),
+              default=_Default("sample", "solver"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=_Default("sample", "steps"),
+              show_default=True)
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The last time [default: the SDE's].")
+@click.option("--grid", type=_LazyChoice("sampling.GRIDS"), default=None,
+              help="The time grid [default: the solver's].")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ode, torchsde: relative tolerance [default: the solver's].")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ode, torchsde: absolute tolerance [default: the solver's].")
+@click.option("--features", default=_Default("quality.run_quality", "features"),
+              show_default=True, metavar="NAME|PATH",
+              help="'digits' (the shipped digits network, 1x8x8) or a TorchScript file, e.g. "
+                   "the FID Inception network; TorchScript runs code: use trusted files only.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the samples (chunk k from seed and k, as `scoresde sample`) and KID's "
+                   "subsets.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=_Default("quality.run_quality", "batch_size"), show_default=True,
+              help="Samples per chunk (memory holds one chunk and the features).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, device,
+        as_json):
+    """FID, KID, precision and recall of a run's samples against its training images.
+
+    The reference statistics of the data (per data, resolution and extractor) are computed
+    once and cached under $SCORESDE_CACHE (default ~/.cache/scoresde).
+
+    \b
+    Examples:
+      scoresde fid --run runs/00000-vp-digits --solver dpmpp_2m --steps 20
+      scoresde fid --n 50000 --features inception-2015-12-05.pt --json
+    """
+    from .quality import FID_N, run_quality
+    from .utils import resolve_device
+
+    path = _pick_run(run, quiet=as_json)
+    options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
+               if v is not None}
+    names = _library("features.EXTRACTORS")
+    if features not in names and not Path(features).is_file():
+        raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
+                                 param_hint="--features")
+    if n < FID_N:
+        click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
+                   "only between equal N (KID is unbiased)", err=True)
+    record = run_quality(path, features=features, n=n, solver=solver, steps=steps, seed=seed,
+                         batch_size=batch_size, device=resolve_device(device), **options)
+    record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
+    _emit(record, as_json, [
+        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
+        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
+        f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
+        f"{record['reference_n']} training images, features {record['features']}"])
 
 
 # ----- demo ---------------------------------------------------------------------------------------

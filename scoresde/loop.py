@@ -79,6 +79,9 @@ class Options:
     channels_last: bool
     sample_every: int | None
     seed: int
+    eval_every: int | None
+    eval_n: int
+    eval_features: str
 
     @classmethod
     def of(cls, config: dict) -> "Options":
@@ -232,6 +235,7 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
     """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then."""
     recorder = _Recorder(opts, place, start, elapsed, callback, progress,
                          parts.scaler is not None)
+    evaluator = _evaluator(parts, opts, place)
     with recorder:
         for step in range(start, opts.steps):
             batch = _draw_batch(parts, opts, place)
@@ -246,6 +250,10 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
             if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
                 recorder.settle(done)
                 _sample_grid(parts, opts, place, done)
+            if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
+                recorder.settle(done)
+                with fork_rng(place.device):  # the training's random streams stay as they were
+                    append_metrics(place.run_dir, evaluator(parts.ema.module, parts.sde, done))
     wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
     result = {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
               "train_time_s": elapsed + wall,
@@ -263,6 +271,16 @@ def _sample_grid(parts: Parts, opts: Options, place: Place, step: int) -> None:
             write_snapshot(parts.ema.module, parts.sde, parts.dataset,
                            sample_grid_path(place.run_dir, step), seed=opts.seed,
                            device=place.device, title=f"EMA at step {step}")
+
+
+def _evaluator(parts: Parts, opts: Options, place: Place):
+    """Rank 0's FID/KID of the EMA weights (``eval_every``), or None."""
+    if not opts.eval_every or place.rank != 0:
+        return None
+    from .quality import TrainingEvaluator
+
+    return TrainingEvaluator(parts.dataset, features=opts.eval_features, n=opts.eval_n,
+                             seed=opts.seed, device=place.device)
 
 
 def _draw_batch(parts: Parts, opts: Options, place: Place):

@@ -33,6 +33,7 @@ __all__ = [
     "image_grid_figure",
     "samples_picture",
     "demo_figure",
+    "quality_figure",
     "save_figure",
 ]
 
@@ -317,6 +318,40 @@ def demo_figure(
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)
     fig.tight_layout(h_pad=2.0)
+    return fig
+
+
+def quality_figure(records, floor: float | None = None, metric: str = "fid",
+                   floor_label: str = "held-out data") -> Figure:
+    """FID (or ``metric``) against score calls, one panel per SDE and one line per solver.
+
+    Args:
+        records: dicts with ``point`` (``{"sde", "solver", "n"}``), ``nfe`` and ``metric``;
+            values of different sample counts are not comparable, so give records of one.
+        floor: the data's own value (held-out against training data), drawn dashed.
+        metric: the key plotted.
+        floor_label: the floor's legend.
+    """
+    sdes = list(dict.fromkeys(r["point"]["sde"] for r in records))
+    fig = _figure((4.2 * max(len(sdes), 1), 3.6))
+    for i, sde in enumerate(sdes):
+        ax = fig.add_subplot(1, len(sdes), i + 1)
+        mine = [r for r in records if r["point"]["sde"] == sde]
+        for j, solver in enumerate(dict.fromkeys(r["point"]["solver"] for r in mine)):
+            pts = sorted((r["nfe"], r[metric]) for r in mine if r["point"]["solver"] == solver)
+            color = (_PATH_COLORS + (_POINT_COLOR,))[j % (len(_PATH_COLORS) + 1)]
+            ax.plot(*zip(*pts), marker="o", color=color, label=solver)
+        if floor is not None:
+            ax.axhline(floor, color=_DATA_COLOR, linestyle="--", label=floor_label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ns = sorted({r["point"]["n"] for r in mine})
+        ax.set_title(f"{sde}, N = {', '.join(f'{n:,}' for n in ns)}")
+        ax.set_xlabel("score calls (NFE)")
+        if i == 0:
+            ax.set_ylabel(metric.upper())
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig
 
 

@@ -42,7 +42,8 @@ SAMPLES = "samples"  # the folder of the sample grids drawn while training (samp
 # compilation, memory format: results differ by float round-off only, as on another device).
 # The precision changes the results, so it stays the run's.
 MAY_CHANGE = frozenset({"steps", "progress", "checkpoint_every", "log_every", "device", "resume",
-                        "run_dir", "batch_gpu", "compile", "channels_last", "sample_every"})
+                        "run_dir", "batch_gpu", "compile", "channels_last", "sample_every",
+                        "eval_every", "eval_n", "eval_features"})
 
 
 # ----- files --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
 from .runs import TRAINER_TEMPORARIES, resume_state, truncate_metrics, write_config
 from .sde import SDE, get_sde
+from .quality import check_eval
 from .snapshots import snapshot_size
 from .stepping import PRECISIONS, check_batch_gpu, check_precision, count_params
 from .utils import FolderBusyError, folder_lock, resolve_device
@@ -96,6 +97,9 @@ def _check_scale(kw: dict, dataset) -> None:
     if kw["sample_every"] is not None:
         kw["sample_every"] = check_int("sample_every", kw["sample_every"], 1)
         snapshot_size(dataset.event_shape, dataset.is_image)
+    if kw["eval_every"] is not None:
+        kw["eval_every"] = check_int("eval_every", kw["eval_every"], 1)
+        kw["eval_n"] = check_eval(dataset, kw["eval_features"], kw["eval_n"])
 
 
 def _resolve(kw: dict, dataset) -> dict:
@@ -164,6 +168,9 @@ def train(
     compile: bool = False,
     channels_last: bool = False,
     sample_every: int | None = None,
+    eval_every: int | None = None,
+    eval_n: int = 1000,
+    eval_features: str = "digits",
     resume: bool = False,
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
@@ -229,6 +236,14 @@ def train(
             recent GPUs).
         sample_every: every this many steps (and at the end), draw a seeded grid of images or a
             2D scatter from the EMA weights into ``run_dir/samples/step_NNNNNN.png`` (rank 0).
+        eval_every, eval_n, eval_features: every ``eval_every`` steps (and at the end), record
+            FID, KID, precision and recall of ``eval_n`` samples of the EMA weights in
+            ``metrics.jsonl`` (rank 0; :class:`scoresde.quality.TrainingEvaluator`: the same
+            seed each time, the solver and steps of the sample grids), with features from
+            ``eval_features`` (``"digits"`` or a TorchScript file, see
+            :func:`scoresde.features.get_extractor`). FID of ``eval_n`` samples is comparable
+            only with FID of as many. The draws leave the training's random streams alone, and
+            all three may change on resume.
         resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
         progress: a progress line on stderr (rank 0 only), after the network's parameter
             count.

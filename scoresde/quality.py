@@ -1,0 +1,379 @@
+"""Sample quality of a trained model: reference statistics (cached) and FID, KID, precision/recall.
+
+:func:`reference_stats` computes the features of a data set's training images once per data
+set, resolution and extractor and caches them in ``$SCORESDE_CACHE/reference/`` (by default
+``$XDG_CACHE_HOME/scoresde`` or ``~/.cache/scoresde``): the mean and covariance of all of them
+(up to :data:`REFERENCE_MAX` images) and the features of a fixed random subset of
+:data:`KEEP_FEATURES` for KID and precision/recall. The file is written atomically, and its
+name is a digest of the key (the data's name, image shape, pixel scale, number of training
+images and file fingerprint, and the extractor's digest), which the file also holds and which is checked when it is read.
+
+:func:`sample_quality` draws ``n`` samples from a model in chunks (chunk ``k`` from
+:func:`~scoresde.sample_files.chunk_generator`, as ``scoresde sample`` draws them), turns each
+chunk into features at once and keeps only running moments and at most
+:data:`KEEP_FEATURES` features, so memory does not grow with ``n``. FID is biased upward at
+small ``n`` and comparable only between equal ``n`` (:data:`FID_N`, 10,000, is the smallest
+the CLI calls comparable; 50,000 is the papers'); KID is unbiased.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import images
+from .checks import check_int
+from .data import Dataset
+from .features import FEATURE_BATCH, extract_features, extractor_digest, to_extractor_range
+from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, precision_recall
+from .utils import write_atomically
+
+__all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
+           "reference_stats", "image_features", "sample_quality", "quality_scores", "run_quality",
+           "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
+
+CACHE_ENV = "SCORESDE_CACHE"  # the cache folder, when set
+REFERENCE_MAX = 50_000  # reference images: the training split's first this many
+KEEP_FEATURES = 10_000  # features kept (of samples, of the reference) for KID and precision/recall
+FID_N = 10_000  # below this many samples the CLI warns that FID is biased
+_VERSION = 1  # of the cache files' layout
+
+
+@dataclass
+class Reference:
+    """A data set's reference statistics: ``mu`` ``(F,)``, ``sigma`` ``(F, F)`` over ``n``
+    images, ``features`` ``(<= KEEP_FEATURES, F)``, the ``key`` and the cache ``path``."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    features: torch.Tensor
+    n: int
+    key: dict
+    path: Path | None
+
+
+class _Moments:
+    """Running sums of features: their mean and covariance without keeping them all, and the
+    rows that ``add`` is told to keep (at most ``keep`` of them)."""
+
+    def __init__(self, keep: int):
+        self.n, self.sum, self.outer, self.keep, self.kept = 0, None, None, keep, []
+
+    def add(self, feats: torch.Tensor, chosen: torch.Tensor | None = None) -> None:
+        """Add rows ``(B, F)``; keep those where ``chosen`` ``(B,)`` is True (all if None)."""
+        if self.sum is None:
+            self.sum = torch.zeros(feats.shape[1], dtype=torch.float64)
+            self.outer = torch.zeros(feats.shape[1], feats.shape[1], dtype=torch.float64)
+        self.n += feats.shape[0]
+        self.sum += feats.sum(0)
+        self.outer += feats.T @ feats
+        room = self.keep - sum(k.shape[0] for k in self.kept)
+        if room > 0:
+            self.kept.append((feats if chosen is None else feats[chosen])[:room].float())
+
+    def stats(self) -> tuple[np.ndarray, np.ndarray]:
+        check_fid_size(self.n, self.sum.shape[0])
+        mu = self.sum / self.n
+        cov = (self.outer - self.n * torch.outer(mu, mu)) / (self.n - 1)
+        return mu.numpy(), ((cov + cov.T) / 2).numpy()
+
+    def features(self) -> torch.Tensor:
+        return torch.cat(self.kept)
+
+
+def cache_dir() -> Path:
+    """``$SCORESDE_CACHE``, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "scoresde"
+
+
+def _fingerprint(name: str) -> list:
+    """The size and modification time of a data file, or of every file under a folder (what
+    changes when the data does); nothing for names that are not files (toys, digits)."""
+    if os.path.isfile(name):
+        st = os.stat(name)
+        return [st.st_size, st.st_mtime_ns]
+    if os.path.isdir(name):
+        h = hashlib.sha256()
+        for root, dirs, files in os.walk(name):
+            dirs.sort()
+            for f in sorted(files):
+                st = os.stat(os.path.join(root, f))
+                h.update(f"{os.path.relpath(os.path.join(root, f), name)}:{st.st_size}:"
+                         f"{st.st_mtime_ns}\n".encode())
+        return [h.hexdigest()[:16]]
+    return []
+
+
+def _scale(dataset: Dataset) -> dict:
+    return dict(raw_scale=dataset.raw_scale, raw_offset=dataset.raw_offset,
+                pixel_bits=dataset.pixel_bits)
+
+
+def _reference_batches(dataset: Dataset, batch: int) -> Iterator[torch.Tensor]:
+    """The training images in model space, ``batch`` at a time (a streamed folder decoded as it
+    goes), at most :data:`REFERENCE_MAX` of them."""
+    total = min(dataset.train_size, REFERENCE_MAX)
+    for i in range(0, total, batch):
+        rows = range(i, min(i + batch, total))
+        if dataset.train is not None:
+            yield dataset.train[rows.start:rows.stop]
+        else:
+            yield images.to_model(dataset.train_source.decode_all(list(rows)))
+
+
+def image_features(extractor, x: torch.Tensor, dataset: Dataset) -> torch.Tensor:
+    """Features ``(N, F)`` of model-space images ``x`` ``(N, *event_shape)`` of ``dataset``
+    (mapped to ``0..255`` by :func:`~scoresde.features.to_extractor_range`)."""
+    return extract_features(extractor, to_extractor_range(x, **_scale(dataset)))
+
+
+def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | bool = True,
+                    seed: int = 0) -> Reference:
+    """The reference statistics of ``dataset``'s training images under ``extractor``, read from
+    the cache when there, computed once and cached otherwise.
+
+    Args:
+        dataset: an image data set with training images.
+        extractor: a feature extractor (see :mod:`scoresde.features`).
+        cache: True for :func:`cache_dir`, a folder, or False to neither read nor write.
+        seed: the subset of kept features.
+
+    Raises:
+        ValueError: data without training images.
+    """
+    if not dataset.is_image or dataset.train_size == 0:
+        raise ValueError(f"reference statistics need image data with training images; "
+                         f"{dataset.name!r} has none")
+    key = {"version": _VERSION, "data": os.path.abspath(dataset.name) if os.path.exists(
+        dataset.name) else dataset.name, "shape": list(dataset.event_shape), **_scale(dataset),
+        "n": min(dataset.train_size, REFERENCE_MAX), "files": _fingerprint(dataset.name),
+        "extractor": extractor_digest(extractor), "seed": seed}
+    text = json.dumps(key, sort_keys=True)
+    path = None
+    if cache is not False:
+        folder = (cache_dir() if cache is True else Path(cache)) / "reference"
+        path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
+        cached = _read_cached(path, text)
+        if cached is not None:
+            return Reference(*cached, key, path)
+    moments, total = _Moments(KEEP_FEATURES), key["n"]
+    chosen = torch.zeros(total, dtype=torch.bool)  # the kept subset: a fixed random one
+    chosen[torch.randperm(total, generator=torch.Generator().manual_seed(seed))[
+        :KEEP_FEATURES]] = True
+    for x in _reference_batches(dataset, FEATURE_BATCH):
+        start = moments.n
+        moments.add(image_features(extractor, x, dataset), chosen[start:start + x.shape[0]])
+    mu, sigma = moments.stats()
+    feats = moments.features()
+    ref = Reference(mu, sigma, feats, moments.n, key, path)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
+                                                  features=feats.numpy(), n=moments.n))
+    return ref
+
+
+def _read_cached(path: Path, text: str):
+    """``(mu, sigma, features, n)`` from a cache file written for key ``text``; None when there
+    is none, or it is unreadable or of another key (it is then computed and written again)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if str(f["key"]) != text:
+                return None
+            return f["mu"], f["sigma"], torch.from_numpy(f["features"]), int(f["n"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,
+                   reference: Reference, *, seed: int = 0, k: int = 3) -> dict:
+    """FID, KID (mean and standard error), precision and recall of samples' statistics and
+    kept features against a :class:`Reference`; KID's subsets and the precision/recall subsets
+    are drawn from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    kid_mean, kid_se = kid(features, reference.features, generator=gen)
+    precision, recall = precision_recall(reference.features, features, k=k, generator=gen)
+    return {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma), "kid": kid_mean,
+            "kid_se": kid_se, "precision": precision, "recall": recall}
+
+
+def _data_statistics(dataset: Dataset, solver: str, steps: int, options: dict) -> dict:
+    """What ``scoresde sample`` gives a few-step solver: the training data's mean and
+    covariance (its standard deviation above 1024 dimensions), when the solver uses them."""
+    from .sampling.fewstep import uses_data_stats
+
+    if not uses_data_stats(solver, steps, *(options.get(k) for k in ("grid", "sigma_max",
+                                                                        "sigma_min"))):
+        return {}
+    mean, cov = dataset.moments()
+    if mean.numel() > 1024:
+        return {"data_mean": mean, "data_std": dataset.std()}
+    return {"data_mean": mean, "data_cov": cov}
+
+
+@torch.no_grad()
+def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: str,
+                   steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
+                   reference: Reference | None = None, progress=None,
+                   data_statistics: bool = True, **sample_options) -> dict:
+    """FID, KID, precision and recall of ``n`` samples of ``model`` (a score function) against
+    ``dataset``'s reference statistics.
+
+    Chunk ``k`` of ``batch_size`` samples is drawn with
+    :func:`~scoresde.sample_files.chunk_generator` ``(seed, k)``, so the samples equal those of
+    ``scoresde sample --seed SEED --batch-size B``; only features are kept (bounded memory).
+    A module ``model`` is used in eval mode and its mode put back.
+
+    Args:
+        model: a score function ``model(x, t)``; dataset: its data set (image data).
+        extractor: a feature extractor; n: samples (more than the features' width).
+        solver, steps, sample_options: as for :func:`~scoresde.sample`.
+        seed: the samples' seed, also KID's subsets'. device: where to sample.
+        reference: precomputed reference statistics (else :func:`reference_stats`, cached).
+        progress: ``progress(done, n)`` after each chunk, or None.
+        data_statistics: give a few-step solver the training data's mean and covariance, as
+            ``scoresde sample`` does (see :func:`scoresde.sampling.fewstep.uses_data_stats`).
+
+    Returns:
+        ``{"fid", "kid", "kid_se", "precision", "recall", "n", "nfe", "seed", "solver",
+        "steps", "time_s", "reference_n"}``.
+    """
+    from .sample_files import chunk_generator
+    from .sampling import sample
+
+    n, batch_size = check_int("n", n, low=2), check_int("batch_size", batch_size, low=1)
+    reference = reference if reference is not None else reference_stats(dataset, extractor)
+    check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
+    if n < 2 * KID_MIN_SUBSETS:
+        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
+    moments = _Moments(KEEP_FEATURES)
+    dev = torch.device(device)
+    modes = model.training if isinstance(model, torch.nn.Module) else None
+    if modes is not None:
+        model.eval()
+    if data_statistics:
+        sample_options = dict(_data_statistics(dataset, solver, steps, sample_options),
+                              **sample_options)
+    begin, nfe = time.perf_counter(), []
+    try:
+        for k, start in enumerate(range(0, n, batch_size)):
+            rows = min(batch_size, n - start)
+            x, info = sample(model, sde, (rows, *dataset.event_shape), solver=solver,
+                             steps=steps, generator=chunk_generator(seed, k, dev), device=dev,
+                             **sample_options)
+            moments.add(image_features(extractor, x.cpu(), dataset))
+            nfe.append(info["nfe"])
+            if progress is not None:
+                progress(start + rows, n)
+    finally:
+        if modes is not None:
+            model.train(modes)
+    mu, sigma = moments.stats()
+    scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
+    return dict(scores, n=n, nfe=sum(nfe) / len(nfe), seed=seed, solver=solver, steps=steps,
+                time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n)
+
+
+def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
+                solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
+                device="cpu", cache: str | os.PathLike | bool = True, progress=None,
+                **sample_options) -> dict:
+    """:func:`sample_quality` of a run folder's EMA model against its data's cached reference.
+
+    Args:
+        run_dir: a run of image data (:func:`~scoresde.train`).
+        features: an extractor, a name of :data:`~scoresde.features.EXTRACTORS` (``"digits"``,
+            for 1x8x8 images) or the path of a TorchScript file (trusted: it runs code).
+        n, solver, steps, seed, batch_size, device, progress, sample_options: as for
+            :func:`sample_quality` (the solver's defaults are :func:`~scoresde.sample`'s).
+        cache: as for :func:`reference_stats`.
+
+    Returns:
+        :func:`sample_quality`'s dict with ``"run"`` and ``"features"`` (the extractor's digest).
+
+    Raises:
+        ValueError: a run that is not of images, or an extractor that does not take them.
+    """
+    from .data import run_dataset
+    from .features import get_extractor
+    from .runs import load_run
+
+    model, sde, config = load_run(run_dir, device=device)
+    if not config.get("is_image"):
+        raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
+                         f"of shape {tuple(config['data_shape'])}")
+    if features == "digits" and tuple(config["data_shape"]) != (1, 8, 8):
+        raise ValueError(f"the digits feature network takes 1x8x8 images, the run's are "
+                         f"{'x'.join(map(str, config['data_shape']))}; name a TorchScript "
+                         "extractor file instead")
+    dataset = run_dataset(config)
+    extractor = get_extractor(features)
+    reference = reference_stats(dataset, extractor, cache=cache)
+    result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
+                            seed=seed, batch_size=batch_size, device=device,
+                            reference=reference, progress=progress, **sample_options)
+    return dict(result, run=os.fspath(run_dir), features=extractor_digest(extractor))
+
+
+# ----- during training ----------------------------------------------------------------------------
+EVAL_SOLVER, EVAL_STEPS = "dpmpp_2m", 16  # train(eval_every=...): as the sample grids' draw
+
+
+def check_eval(dataset: Dataset, features, n: int) -> int:
+    """Check ``train``'s evaluation options against the data before training starts: image
+    data the extractor takes, and ``n`` above its number of features. Returns ``n``.
+
+    Raises:
+        ValueError: naming what does not fit.
+    """
+    from .features import get_extractor
+
+    n = check_int("eval_n", n, low=2)
+    if not dataset.is_image:
+        raise ValueError(f"eval_every measures FID of images; data {dataset.name!r} has shape "
+                         f"{tuple(dataset.event_shape)} (leave eval_every off)")
+    if features == "digits" and tuple(dataset.event_shape) != (1, 8, 8):
+        raise ValueError(f"eval_features='digits' takes 1x8x8 images, data {dataset.name!r} "
+                         f"has {'x'.join(map(str, dataset.event_shape))}; name a TorchScript "
+                         "extractor file")
+    width = image_features(get_extractor(features), dataset.test[:2], dataset).shape[1]
+    check_fid_size(n, width)
+    return n
+
+
+class TrainingEvaluator:
+    """FID and KID of the EMA weights during training: ``evaluator(model, sde, step)`` draws
+    ``n`` samples with :data:`EVAL_SOLVER` at :data:`EVAL_STEPS` steps from the same seed each
+    time (so the curve compares the weights, not the draws) and returns the record for
+    ``metrics.jsonl``. The extractor and the reference are loaded on first use."""
+
+    def __init__(self, dataset: Dataset, *, features, n: int, seed: int, device):
+        self.dataset, self.features, self.n, self.seed = dataset, features, n, seed
+        self.device = device
+        self.extractor = self.reference = None
+
+    def __call__(self, model, sde, step: int) -> dict:
+        from .features import get_extractor
+
+        if self.extractor is None:
+            self.extractor = get_extractor(self.features)
+            self.reference = reference_stats(self.dataset, self.extractor)
+        result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
+                                solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,
+                                device=self.device, reference=self.reference)
+        return {"step": step, **{k: result[k] for k in ("fid", "kid", "kid_se", "precision",
+                                                        "recall")},
+                "eval_n": self.n, "eval_nfe": result["nfe"], "eval_solver": EVAL_SOLVER,
+                "eval_seed": self.seed, "eval_s": result["time_s"]}

@@ -1,0 +1,101 @@
+"""FID/KID during training (eval_every) and the `scoresde fid` command."""
+
+import json
+
+import pytest
+import torch
+
+from scoresde import train
+from scoresde.runs import load_checkpoint
+
+from problems import TINY, invoke
+
+# A small U-Net on digits: the plumbing, not the quality.
+DIGITS = dict(data="digits", net="unet", net_params={"ch": 8, "num_res_blocks": 1,
+                                                      "attn_resolutions": []},
+              batch_size=8, progress=False, log_every=1)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path / "cache"))
+
+
+def _records(run):
+    return [json.loads(line) for line in open(run / "metrics.jsonl")]
+
+
+def _weights(run):
+    state = load_checkpoint(run / "checkpoint.pt")
+    return state["model"], state["ema"], state["step"]
+
+
+@pytest.mark.slow
+def test_evaluation_records_fid_and_leaves_the_training_bit_identical(tmp_path):
+    train(tmp_path / "plain", steps=4, **DIGITS)
+    train(tmp_path / "eval", steps=4, eval_every=2, eval_n=100, **DIGITS)
+    # A resumed run whose evaluation options changed on the way.
+    train(tmp_path / "resumed", steps=2, eval_every=2, eval_n=100, **DIGITS)
+    train(tmp_path / "resumed", steps=4, eval_every=1, eval_n=80, resume=True, **DIGITS)
+    plain = _weights(tmp_path / "plain")
+    for other in ("eval", "resumed"):
+        model, ema, step = _weights(tmp_path / other)
+        assert step == 4
+        assert all(torch.equal(model[k], plain[0][k]) for k in model)
+        assert all(torch.equal(ema[k], plain[1][k]) for k in ema)
+    evals = [r for r in _records(tmp_path / "eval") if "fid" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(r["eval_n"] == 100 and r["fid"] > 0 and r["kid_se"] > 0 for r in evals)
+    # The same seed each time: the curve compares weights, not draws.
+    assert len({r["eval_seed"] for r in evals}) == 1
+    resumed = [(r["step"], r["eval_n"]) for r in _records(tmp_path / "resumed") if "fid" in r]
+    assert resumed == [(2, 100), (3, 80), (4, 80)]
+    assert not any("fid" in r for r in _records(tmp_path / "plain"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(TINY, eval_every=1), "measures FID of images"),
+    (dict(DIGITS, eval_every=1, eval_n=64), "more samples than features: got N=64"),
+    (dict(DIGITS, eval_every=1, eval_features="nowhere.pt"), "use one of digits or the path"),
+])
+def test_bad_evaluation_options_are_refused_before_training(tmp_path, kw, message):
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "run", steps=1, **kw)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fid") / "run"
+    train(path, steps=2, **DIGITS)
+    return path
+
+
+def test_fid_command_prints_the_scores_the_seeds_and_a_small_n_warning(digits_run):
+    result = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["n"] == 100 and record["solver"] == "euler" and record["seed"] == 0
+    assert {"fid", "kid", "kid_se", "precision", "recall", "seeds", "features"} <= set(record)
+    assert "FID is biased upward at small N" in result.stderr
+    again = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3,
+                   "--json")
+    assert json.loads(again.stdout)["fid"] == record["fid"]  # same seed, same number
+    text = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3)
+    assert "KID" in text.stdout and "+-" in text.stdout and "N 100" in text.stdout
+
+
+def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
+    result = invoke("fid", "--run", digits_run, "--features", tmp_path / "none.pt")
+    assert result.exit_code == 2 and "neither one of digits nor a file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    result = invoke("fid", "--run", digits_run, "--n", 64)  # refused before sampling
+    assert result.exit_code == 2 and "more samples than features: got N=64" in result.stderr
+    train(tmp_path / "toy", steps=1, **TINY)
+    result = invoke("fid", "--run", tmp_path / "toy", "--n", 100)
+    assert result.exit_code == 2 and "FID needs a run of images" in result.stderr
+    result = invoke("train", "--data", "moons", "--steps", 1, "--eval-every", 1, "--run",
+                    tmp_path / "cli", "--quiet")
+    assert result.exit_code == 2 and "measures FID of images" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
