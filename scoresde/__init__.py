@@ -22,6 +22,9 @@ from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .sampling import IMPUTATION_SOLVERS, imputation_callback, impute
 from .demo import run_demo
+from .observe import LinearObservation, grey_matrix, mask_matrix
+from .sampling import INVERSE_METHODS, solve_inverse
+from .targets import LinearPosterior
 
 __version__ = "0.1.0"
 
@@ -38,4 +41,6 @@ __all__ = [
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
     "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
+    "solve_inverse", "INVERSE_METHODS", "LinearObservation", "LinearPosterior", "mask_matrix",
+    "grey_matrix",
 ]

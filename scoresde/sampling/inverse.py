@@ -18,7 +18,7 @@ One entry point, :func:`solve_inverse`, and the table :data:`INVERSE_METHODS`:
     the number of ``particles``; ``info["ess"]`` holds the effective sample sizes.
 
 The first three run any solver with a per-step hook (:data:`IMPUTATION_SOLVERS`) through its
-callback; ``smc`` runs the reverse SDE's Euler-Maruyama kernel (``solver="em"``). All of them
+callback; ``smc`` runs its own Gaussian kernel, the ancestral step of the reverse process. All of them
 ask the SDE only for ``marginal_coeffs`` and ``reverse``, and take data of any shape.
 """
 
@@ -159,7 +159,8 @@ def _measurement(A, y, noise_std, event_shape, method):
         shape = tuple(int(n) for n in event_shape)
         return None, lambda flat_x: A(flat_x.reshape(len(flat_x), *shape)), y, shape
     obs = LinearObservation(A, y, noise_std, event_shape)
-    return obs, lambda x: x.reshape(len(x), -1) @ obs.A.T.to(x), obs.y, obs.event_shape
+    y = obs.y.reshape(-1, obs.A.shape[0])
+    return obs, lambda x: x.reshape(len(x), -1) @ obs.A.T.to(x), y, obs.event_shape
 
 
 def solve_inverse(
@@ -169,7 +170,7 @@ def solve_inverse(
     y,
     noise_std: float = 0.0,
     method: str = "smc",
-    solver: str = "em",
+    solver: str | None = None,
     steps: int = 100,
     n: int | None = None,
     event_shape: Sequence[int] | None = None,
@@ -197,8 +198,8 @@ def solve_inverse(
             ``repaint`` treat ``y`` as noiseless whatever it is).
         method: a key of :data:`INVERSE_METHODS`: ``replacement``, ``repaint``, ``dps``,
             ``smc``.
-        solver: for ``replacement``, ``repaint``, ``dps`` one of :data:`IMPUTATION_SOLVERS`;
-            ``smc`` takes ``em`` only (its kernel is Euler-Maruyama's).
+        solver: for ``replacement``, ``repaint``, ``dps`` one of :data:`IMPUTATION_SOLVERS`
+            (default ``em``); ``smc`` takes none (its kernel is the ancestral step).
         steps: steps of the time grid.
         n: samples to draw (default: the rows of ``y``; one ``y`` is repeated ``n`` times).
         event_shape: the shape of one sample (default ``(D,)``).
@@ -223,10 +224,13 @@ def solve_inverse(
     if not isinstance(sde, SDE):
         raise TypeError(f"sde must be a scoresde.SDE, got {type(sde).__name__}")
     check_choice("method", method, INVERSE_METHODS)
-    allowed = ("em",) if method == "smc" else IMPUTATION_SOLVERS
-    if solver not in allowed:
-        raise ValueError(f"method {method!r} runs the solvers {', '.join(allowed)}, got "
-                         f"{solver!r}")
+    if method == "smc" and solver is not None:
+        raise ValueError(f"method 'smc' runs its own kernel (the reverse process's ancestral "
+                         f"step); leave solver unset, got {solver!r}")
+    solver = "em" if solver is None else solver
+    if solver not in IMPUTATION_SOLVERS:
+        raise ValueError(f"method {method!r} runs the solvers {', '.join(IMPUTATION_SOLVERS)} "
+                         f"(with a per-step hook), got {solver!r}")
     own, theirs = _method_knobs(method), () if method == "smc" else _solver_knobs(solver)
     unknown = sorted(set(knobs) - set(own) - set(theirs))
     if unknown:
@@ -266,6 +270,6 @@ def solve_inverse(
     if not torch.isfinite(x).all():
         raise FloatingPointError(f"{method}: non-finite values in the result; try more steps, "
                                  "a smaller step_size or float64")
-    info.update(nfe=counted.calls, method=method, solver=solver, grid=ts, grid_name=grid,
+    info.update(nfe=counted.calls, method=method, solver=None if method == "smc" else solver, grid=ts, grid_name=grid,
                 eps=eps, steps=steps)
     return x, info

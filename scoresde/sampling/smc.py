@@ -1,14 +1,18 @@
 """Sequential Monte Carlo over the reverse diffusion: the twisted diffusion sampler (Wu et al. 2023).
 
-Each observation gets ``K`` particles that run the Euler-Maruyama kernel of the reverse SDE,
-``p(x_next | x) = N(x + drift dt, g^2 |dt| I)``. The twisting function is the measurement's
+Each observation gets ``K`` particles that run the ancestral kernel of the reverse process
+(the forward process's Gaussian posterior given Tweedie's estimate, as pc's ``ancestral``
+predictor): with ``x_cur = a x_next + b z`` the exact forward step between grid times,
+``p(x_next | x) = N((x + b^2 score) / a, (s_next b / s_cur)^2 I)``. (Euler-Maruyama's kernel
+was measured: its 25-step chain misses the "two columns" weight by 0.05 however many
+particles; this one by less than the noise.) The twisting function is the measurement's
 likelihood under a Gaussian guess of ``x_0`` given ``x_t``: Tweedie's mean ``x0_hat(x_t)`` and
 variance ``r_t^2 = (s/m)^2`` per coordinate,
 
     ``p~_t(y | x_t) = N(y~; S V^T x0_hat(x_t), noise_std^2 + r_t^2 S^2)``
 
 (in the row space of ``A``, :class:`~scoresde.observe.LinearObservation`). The proposal shifts
-the kernel's mean by ``g^2 |dt| grad log p~_t(y | x_t)`` (one score call and one backward pass
+the kernel's mean by its variance times ``grad log p~_t(y | x_t)`` (one score call and one backward pass
 a step); the weights ``p(x_next | x) p~_next(y | x_next) / (q(x_next | x) p~_t(y | x))`` correct
 for the shift and the twist, so whatever ``p~`` is, the weighted particles target the
 discretised reverse chain conditioned on ``y``: the error falls as particles grow, down to the
@@ -91,16 +95,15 @@ def sample_smc(score_fn, sde: SDE, obs: LinearObservation, x: torch.Tensor, ts: 
         raise ValueError(f"x must hold {k} particles per observation; got {x.shape[0]} rows "
                          f"for {obs.y_tilde.shape[0]} measurement rows")
     c = GridCoeffs.build(sde, ts)
-    reverse = sde.reverse(score_fn, times=ts)
-    log_w = torch.zeros(b, k, dtype=torch.float64, device=x.device)
     score, x0, log_lik, grad = _twist(score_fn, obs, x, c.t[0], c.m[0], c.s[0])
+    log_w = log_lik.to(torch.float64).reshape(b, k)  # the prior draws, twisted
     ess, resampled = [], 0
     for i in range(len(c.t) - 1):
         t_cur, t_next = c.t[i], c.t[i + 1]
-        dt = t_next - t_cur
-        var = reverse.diffusion(t_cur) ** 2 * -dt
+        a, b2 = c.transition(i)
+        var = c.s[i + 1] ** 2 * b2 / c.s[i] ** 2
         # Propose: the reverse kernel's mean, moved up the twist's gradient.
-        mean = x + reverse.drift(x, t_cur, score=score) * dt
+        mean = (x + b2 * score) / a
         shift = var * grad
         z = randn(x.shape, generator, dtype=x.dtype, device=x.device)
         x = mean + shift + math.sqrt(var) * z
