@@ -130,15 +130,17 @@ class LinearObservation:
         v = self.V.to(z)
         return z @ v @ v.T
 
-    def batch(self, batch: int) -> "LinearObservation":
-        """This observation with ``y`` of shape ``(batch, M)``: one ``y`` is repeated, a batch
-        of ``y`` must have ``batch`` rows (a batch of 1 is repeated too)."""
+    def batch(self, batch: int, repeat: int = 1) -> "LinearObservation":
+        """This observation with ``y`` of shape ``(batch * repeat, M)``: one ``y`` is repeated,
+        a batch of ``y`` must have ``batch`` rows (a batch of 1 is repeated too); then each row
+        is repeated ``repeat`` times in place (row ``i`` becomes rows ``i repeat`` to
+        ``(i + 1) repeat - 1``, e.g. one row per particle)."""
         y = self.y.reshape(-1, self.y.shape[-1])
         if y.shape[0] not in (1, batch):
             raise ValueError(f"y holds {y.shape[0]} measurements for {batch} samples")
         out = object.__new__(LinearObservation)
         out.__dict__.update(self.__dict__)
-        out.y = y.expand(batch, -1)
+        out.y = y.expand(batch, -1).repeat_interleave(repeat, 0)
         out.y_tilde = out.y @ self.U
         out.x_row = (out.y_tilde / self.S) @ self.V.T
         return out

@@ -157,6 +157,22 @@ def test_dps_moves_samples_towards_a_nonlinear_measurement():
     assert (on[:, 0] - 2.5).abs().mean() < 0.5 * (off[:, 0] - 2.5).abs().mean()
 
 
+@pytest.mark.parametrize("method", list(INVERSE_METHODS))
+def test_each_sample_answers_its_own_measurement(method):
+    # Three different noiseless measurements, two draws of each: every draw satisfies its own.
+    base, sde = GaussianMixture.random(4, k=2, seed=0), VPSDE()
+    mix = GaussianMixture(base.means, base.covs, base.weights, event_shape=(2, 2))
+    a = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.5, 0.5, 0.0]])
+    y = torch.tensor([[0.5, -1.0], [1.5, 0.0], [-2.0, 2.0]]).repeat_interleave(2, 0)
+    x, _ = solve_inverse(mix.score_fn(sde), sde, a, y, method=method, steps=10,
+                         event_shape=(2, 2), generator=torch.Generator().manual_seed(0),
+                         **({"particles": 3} if method == "smc" else {}))
+    assert x.shape == (6, 2, 2) and torch.isfinite(x).all()
+    if method != "dps":  # dps only pulls towards y
+        torch.testing.assert_close(x.reshape(6, -1).double() @ a.T.double(), y.double(),
+                                   atol=1e-5, rtol=0)
+
+
 def test_bad_arguments_are_refused_in_one_line():
     mix, sde = GaussianMixture.ring(), VPSDE()
     score, a, y = mix.score_fn(sde), mask_matrix([True, False]), torch.tensor([1.0])

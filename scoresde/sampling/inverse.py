@@ -251,7 +251,7 @@ def solve_inverse(
         device = generator.device
     particles = check_int("particles", knobs.get("particles", 64), low=1) if method == "smc" else 1
     if obs is not None:
-        obs = obs.batch(n * particles) if method == "smc" else obs.batch(n)
+        obs = obs.batch(n, repeat=particles)
     counted = CountedScore(score_fn)
     x = prior_draw(sde, (n * particles, *shape), generator, device=device, dtype=dtype)
     hook = _stop_if_not_finite(solver, callback)
