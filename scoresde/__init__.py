@@ -26,6 +26,9 @@ from .convert import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde
 from . import features, metrics, quality
 from .metrics import frechet_distance, kid, precision_recall
 from .quality import run_quality, sample_quality
+from .observe import LinearObservation, grey_matrix, mask_matrix
+from .sampling import INVERSE_METHODS, solve_inverse
+from .targets import LinearPosterior
 
 __version__ = "0.1.0"
 
@@ -45,4 +48,6 @@ __all__ = [
     "from_score_sde", "convert_score_sde", "SCORE_SDE_CONFIGS",
     "features", "metrics", "quality", "frechet_distance", "kid", "precision_recall",
     "sample_quality", "run_quality",
+    "solve_inverse", "INVERSE_METHODS", "LinearObservation", "LinearPosterior", "mask_matrix",
+    "grey_matrix",
 ]

@@ -516,10 +516,30 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Impute: .npz with 'mask' (True = known) and 'values' of the data's shape "
               "(model space), or a .npy mask (values 0).")
+@click.option("--observe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Inverse problem: .npz with 'A' (M, D) acting on flattened samples, 'y' (M,) "
+              "or (N, M) in model space, optionally 'noise_std'; solved by --inverse.")
+@click.option("--inverse", type=_LazyChoice("sampling.INVERSE_METHODS"), default=None,
+              cls=_LazyHelp, fields={"default": _Default("sampling.solve_inverse", "method")},
+              help="Method for --observe, or for --mask instead of plain replacement [default "
+              "with --observe: {default}]. smc takes no --solver.")
+@click.option("--particles", type=click.IntRange(min=1),
+              default=_Default("sampling.sample_smc", "particles"), show_default=True,
+              help="--inverse smc: particles per sample.")
+@click.option("--step-size", type=click.FloatRange(min=0),
+              default=_Default("sampling.inverse._dps", "step_size"), show_default=True,
+              help="--inverse dps: the gradient step.")
+@click.option("--jump", type=click.IntRange(min=1),
+              default=_Default("sampling.inverse._repaint", "jump"), show_default=True,
+              help="--inverse repaint: steps per segment.")
+@click.option("--resample", type=click.IntRange(min=1),
+              default=_Default("sampling.inverse._repaint", "resample"), show_default=True,
+              help="--inverse repaint: runs of each segment.")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           batch_size, device, as_json, label, guidance, mask):
+           batch_size, device, as_json, label, guidance, mask, observe, inverse, particles,
+           step_size, jump, resample):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -531,6 +551,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
       scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
       scoresde sample --mask known.npz --solver pc                             # imputation
+      scoresde sample --observe a_y.npz --inverse smc --particles 32 --steps 100   # y = A x + n
       scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
     """
     from . import plotting
@@ -550,10 +571,17 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     known = _mask_values(mask, config, n) if mask is not None else None
     options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
                    knobs=knobs)
+    problem = None
+    if observe is not None or inverse is not None:
+        problem = _inverse_problem(ctx, observe, inverse, known, config, n, seeds)
+        known = None
     draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
-                       known)
+                       known, problem)
     fingerprint = dict(options, run=_run_identity(path), device=str(dev), seed=seed, seeds=seeds,
                        label=label, guidance=guidance, mask=_file_identity(mask))
+    if problem is not None:
+        fingerprint.update(observe=_file_identity(observe), inverse=problem["method"],
+                           inverse_knobs=problem["knobs"])
     ncol = model.num_classes if label == "all" else None
     keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n
     result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep)
@@ -580,7 +608,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 
-def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known):
+def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known,
+                problem=None):
     """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
     ``start:stop`` of the command, from chunk ``k``'s generator or the samples' own seeds."""
     import torch
@@ -602,7 +631,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
                                                                       guidance)
         begin = time.perf_counter()
         with torch.no_grad():
-            if known is not None:
+            if problem is not None:
+                x, info = _solve_chunk(score, sde, problem, options, rows, stop - start, shape,
+                                       randomness["generator"])
+            elif known is not None:
                 mask, values = (_rows(a, rows, stop - start, shape) for a in known)
                 x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
                                  **randomness)
@@ -617,6 +649,70 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
                         "time_s": time.perf_counter() - begin}
 
     return draw
+
+
+def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
+    """``--observe`` (or ``--mask`` with ``--inverse``) as keywords of ``solve_inverse``;
+    BadParameter if the options do not fit together."""
+    from .data import load_observation
+    from .observe import LinearObservation, mask_matrix
+
+    if seeds is not None:
+        raise click.BadParameter("--inverse and --observe draw with --seed, not --seeds",
+                                 param_hint="--seeds")
+    if observe is not None and known is not None:
+        raise click.BadParameter("give --observe or --mask, not both", param_hint="--observe")
+    if observe is None and known is None:
+        raise click.BadParameter("--inverse needs --observe or --mask", param_hint="--inverse")
+    method = inverse or _Default("sampling.solve_inverse", "method")()
+    if observe is not None:
+        try:
+            a, y, noise_std = load_observation(observe, tuple(config["data_shape"]))
+        except ValueError as err:
+            raise click.BadParameter(str(err), param_hint="--observe") from None
+    else:
+        mask, values = known
+        if mask.ndim > len(config["data_shape"]):
+            raise click.BadParameter("--inverse takes one mask of the data's shape (not one "
+                                     "per row)", param_hint="--mask")
+        flat = mask.reshape(-1)
+        a, y, noise_std = mask_matrix(flat), values.reshape(-1)[flat].double(), 0.0
+    if y.ndim == 2 and y.shape[0] not in (1, n):
+        raise click.BadParameter(f"y holds {y.shape[0]} rows; --n is {n}", param_hint="--observe")
+    try:  # before any chunk is drawn: y in the range of A when noiseless, and so on
+        LinearObservation(a, y, noise_std, tuple(config["data_shape"]))
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--observe/--mask") from None
+    own = {"smc": ("particles",), "dps": ("step_size",), "repaint": ("jump", "resample")}
+    knobs = {k: ctx.params[k] for k in own.get(method, ())}
+    wrong = [k for group in own.values() for k in group
+             if k not in knobs and _explicit(ctx, k)]
+    if wrong:
+        raise click.BadParameter(f"--{wrong[0].replace('_', '-')} does not apply to --inverse "
+                                 f"{method}", param_hint=f"--{wrong[0].replace('_', '-')}")
+    return dict(A=a, y=y, noise_std=noise_std, method=method, knobs=knobs,
+                solver=ctx.params["solver"] if _explicit(ctx, "solver") else None,
+                steps=ctx.params["steps"] if _explicit(ctx, "steps") else None)
+
+
+def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
+    """Rows ``rows`` of the inverse problem, through ``solve_inverse``; UsageError if it
+    refuses the options."""
+    from .sampling import solve_inverse
+
+    y = problem["y"]
+    y = y[rows] if y.ndim == 2 and y.shape[0] > 1 else y.reshape(1, -1)
+    keywords = dict(problem["knobs"], **options["knobs"])
+    for k in ("solver", "steps"):
+        if problem[k] is not None:
+            keywords[k] = problem[k]
+    try:
+        return solve_inverse(score, sde, problem["A"], y, problem["noise_std"],
+                             method=problem["method"], n=count, event_shape=shape,
+                             eps=options["eps"], grid=options["grid"], generator=generator,
+                             denoise=options["denoise"], **keywords)
+    except ValueError as err:
+        raise click.UsageError(_one_line(err)) from None
 
 
 def _rows(array, rows: slice, count: int, shape: tuple):

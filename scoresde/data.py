@@ -30,8 +30,8 @@ from .targets import GaussianMixture
 from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy_entropy, \
     toy_log_prob
 
-__all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS",
-           "load_run_array"]
+__all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "load_observation",
+           "DATA_OPTIONS", "load_run_array"]
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
 DATA_OPTIONS = ("channels", "resolution", "flip", "pixels")
@@ -266,6 +266,45 @@ def load_mask(path: str | os.PathLike,
         raise ValueError(f"{path}: values must be finite numbers")
     return (torch.from_numpy(mask.astype(bool)),
             torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
+
+
+def load_observation(path: str | os.PathLike,
+                     event_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Read a linear measurement ``y = A x + noise_std n`` from a ``.npz`` file.
+
+    The file holds ``A`` (``(M, D)``, acting on flattened samples of ``event_shape``, ``D`` its
+    size), ``y`` (``(M,)`` or ``(N, M)``, model space) and optionally ``noise_std`` (a number,
+    default 0).
+
+    Returns:
+        ``(A, y, noise_std)``: float64 tensors and a float.
+
+    Raises:
+        ValueError: unreadable file, missing keys, shapes other than these, non-finite or
+            negative values.
+    """
+    path, event_shape = os.fspath(path), tuple(int(n) for n in event_shape)
+    arrays = _read_numpy(path, "observation")
+    missing = [k for k in ("A", "y") if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: put the matrix under key 'A' and the measurement under 'y' "
+                         f"(found {list(arrays)})")
+    a, y = arrays["A"], arrays["y"]
+    noise = arrays.get("noise_std", np.zeros(()))
+    dim = int(np.prod(event_shape))
+    if a.ndim != 2 or a.shape[1] != dim:
+        raise ValueError(f"{path}: A must have shape (M, {dim}) for data of shape "
+                         f"{event_shape}, got {a.shape}")
+    if y.ndim not in (1, 2) or y.shape[-1] != a.shape[0]:
+        raise ValueError(f"{path}: y must have shape ({a.shape[0]},) or (N, {a.shape[0]}), got "
+                         f"{y.shape}")
+    for name, arr in (("A", a), ("y", y), ("noise_std", noise)):
+        if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
+            raise ValueError(f"{path}: {name} must hold finite numbers")
+    if noise.size != 1 or float(noise) < 0:
+        raise ValueError(f"{path}: noise_std must be one number >= 0, got {noise!r}")
+    return (torch.from_numpy(a.astype(np.float64)), torch.from_numpy(y.astype(np.float64)),
+            float(noise))
 
 
 def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:

@@ -15,9 +15,10 @@ import torch
 
 from .checks import check_int
 from .labels import check_labels
+from .observe import LinearObservation, mask_matrix
 from .sde import SDE
 
-__all__ = ["GaussianMixture", "MIXTURES", "get_mixture"]
+__all__ = ["GaussianMixture", "LinearPosterior", "MIXTURES", "get_mixture"]
 
 
 class GaussianMixture:
@@ -154,6 +155,9 @@ class GaussianMixture:
     def condition(self, known: torch.Tensor, values: torch.Tensor) -> "GaussianMixture":
         """The exact distribution of the unknown coordinates given the known ones.
 
+        The noiseless mask case of :meth:`condition_linear`: its ``mixture`` over the free
+        coordinates, which for a mask are the unknown ones in their order.
+
         Args:
             known: boolean mask of shape ``(D,)`` (or ``event_shape``), True where a coordinate is
                 observed; at least one coordinate must stay unknown.
@@ -170,18 +174,74 @@ class GaussianMixture:
                              f"{known.numel()} and {values.numel()}")
         if known.all() or not known.any():
             raise ValueError("known must mark at least one coordinate known and one unknown")
-        k_idx, u_idx = known.nonzero().flatten(), (~known).nonzero().flatten()
-        s_kk = self.covs[:, k_idx][:, :, k_idx]
-        s_uk = self.covs[:, u_idx][:, :, k_idx]
-        s_uu = self.covs[:, u_idx][:, :, u_idx]
-        resid = values[k_idx][None] - self.means[:, k_idx]  # (K, Dk)
+        return self.condition_linear(mask_matrix(known), values[known]).mixture
+
+    def condition_linear(self, A, y, noise_std: float = 0.0) -> "LinearPosterior":
+        """The exact posterior given a linear measurement ``y = A x + noise_std * n``.
+
+        Each component updates by the Kalman (Schur complement) formulas, in the row space of
+        ``A`` (:class:`~scoresde.observe.LinearObservation`; a rank-deficient ``A`` is fine),
+        and its weight becomes proportional to ``w_k N(y; A mu_k, A S_k A^T + noise_std^2 I)``.
+        With ``noise_std > 0`` the posterior is a mixture over all ``D`` coordinates; with
+        ``noise_std = 0`` it lives on the affine set ``{x : A x = y}`` and is a mixture over
+        the ``D - rank(A)`` free coordinates ``z`` of ``x = offset + basis z`` (for a mask:
+        the unknown coordinates, in their order).
+
+        Args:
+            A: ``(M, D)`` matrix acting on the flattened data.
+            y: ``(M,)`` the measurement.
+            noise_std: the measurement noise's standard deviation, ``>= 0``.
+
+        Returns:
+            A :class:`LinearPosterior`: exact samples and density in data space, the mixture
+            over the free coordinates, the posterior weights of the components.
+
+        Raises:
+            ValueError: shapes disagree; with ``noise_std = 0``, ``y`` outside the range of
+                ``A``, or ``A`` of full column rank (nothing is left to draw).
+        """
+        obs = LinearObservation(A, y, noise_std, self.event_shape)
+        if obs.y_tilde.ndim != 1:
+            raise ValueError(f"y must be one measurement of shape ({obs.A.shape[0]},)")
+        if obs.noise_std > 0:
+            return self._condition_noisy(obs)
+        return self._condition_exact(obs)
+
+    def _condition_noisy(self, obs) -> "LinearPosterior":
+        a = obs.S[:, None] * obs.V.T  # (r, D): y~ = a x + noise_std n~
+        a_s = a @ self.covs  # (K, r, D)
+        pred = a_s @ a.T + obs.noise_std**2 * torch.eye(obs.rank, dtype=torch.float64)
+        pred = (pred + pred.transpose(1, 2)) / 2
+        resid = obs.y_tilde[None] - self.means @ a.T  # (K, r)
+        gain_t = torch.linalg.solve(pred, a_s)  # (K, r, D): (S_k a^T C_k^-1)^T
+        means = self.means + torch.einsum("krd,kr->kd", gain_t, resid)
+        covs = self.covs - a_s.transpose(1, 2) @ gain_t
+        covs = (covs + covs.transpose(1, 2)) / 2
+        log_w = self.weights.log() + torch.distributions.MultivariateNormal(
+            self.means @ a.T, pred).log_prob(obs.y_tilde[None])
+        mixture = GaussianMixture(means, covs, torch.softmax(log_w, dim=0),
+                                  event_shape=self.event_shape)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        return LinearPosterior(mixture, eye, torch.zeros(self.dim, dtype=torch.float64),
+                               self.event_shape)
+
+    def _condition_exact(self, obs) -> "LinearPosterior":
+        if obs.rank == self.dim:
+            raise ValueError(f"A has rank {obs.rank} = D: with noise_std = 0 it fixes x "
+                             "entirely; give noise_std > 0 or fewer measurements")
+        rows, free, known = _bases(obs)  # (D, r), (D, D - r), (r,) = rows^T x on {A x = y}
+        s_kk = rows.T @ self.covs @ rows
+        s_uk = free.T @ self.covs @ rows
+        s_uu = free.T @ self.covs @ free
+        resid = known[None] - self.means @ rows  # (K, r)
         gain = torch.linalg.solve(s_kk, s_uk.transpose(1, 2)).transpose(1, 2)  # S_uk S_kk^-1
-        means = self.means[:, u_idx] + torch.einsum("kij,kj->ki", gain, resid)
+        means = self.means @ free + torch.einsum("kij,kj->ki", gain, resid)
         covs = s_uu - gain @ s_uk.transpose(1, 2)
         covs = (covs + covs.transpose(1, 2)) / 2
         log_w = self.weights.log() + torch.distributions.MultivariateNormal(
-            self.means[:, k_idx], s_kk).log_prob(values[k_idx][None])
-        return GaussianMixture(means, covs, torch.softmax(log_w, dim=0))
+            self.means @ rows, s_kk).log_prob(known[None])
+        mixture = GaussianMixture(means, covs, torch.softmax(log_w, dim=0))
+        return LinearPosterior(mixture, free, rows @ known, self.event_shape)
 
     # ----- internals -------------------------------------------------------------------------
     def _coeffs(self, x, t, sde):
@@ -230,6 +290,15 @@ class GaussianMixture:
         ticks = (torch.arange(n, dtype=torch.float64) - (n - 1) / 2) * spacing
         means = torch.cartesian_prod(ticks, ticks)
         return cls(means, torch.eye(2, dtype=torch.float64).repeat(n * n, 1, 1) * std**2)
+
+    @classmethod
+    def two_columns(cls, offset: float = 1.5, rows: float = 2.0, var: float = 0.5
+                    ) -> "GaussianMixture":
+        """Two 2D Gaussians at ``(-offset, -rows)`` and ``(offset, rows)`` of variance ``var``:
+        the first coordinate decides which row the second lies in (a hard case for imputation
+        by replacement)."""
+        means = torch.tensor([[-offset, -rows], [offset, rows]], dtype=torch.float64)
+        return cls(means, torch.eye(2, dtype=torch.float64).repeat(2, 1, 1) * var)
 
     @classmethod
     def narrow(cls, narrow_std: float = 0.01) -> "GaussianMixture":
@@ -297,15 +366,71 @@ class GaussianMixture:
         return cls(torch.zeros(1, dim), torch.eye(dim, dtype=torch.float64)[None])
 
 
+def _bases(obs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Orthonormal bases of A's row space and null space, and the row coordinates of every x
+    with ``A x = y``. A mask (one non-zero entry per row, on distinct columns) keeps the
+    coordinate axes, the known ones and the unknown ones each in their order."""
+    a, dim = obs.A, obs.dim
+    nonzero = a != 0
+    cols = nonzero.to(torch.int64).argmax(1)
+    if bool((nonzero.sum(1) == 1).all()) and len(set(cols.tolist())) == len(cols):
+        sel = torch.zeros(dim, dtype=torch.bool)
+        sel[cols] = True
+        eye = torch.eye(dim, dtype=torch.float64)
+        return eye[:, sel], eye[:, ~sel], obs.x_row[sel]
+    _, _, vh = torch.linalg.svd(a, full_matrices=True)
+    return obs.V, vh[obs.rank:].T, obs.y_tilde / obs.S
+
+
+class LinearPosterior:
+    """The exact posterior of a :class:`GaussianMixture` given ``y = A x + noise_std * n``.
+
+    ``x = offset + basis z`` with ``z`` drawn from :attr:`mixture`: for ``noise_std > 0``
+    ``basis`` is the identity and ``offset`` zero; for ``noise_std = 0`` ``basis`` spans the
+    null space of ``A`` and ``offset`` is the row-space part every solution of ``A x = y``
+    shares. Built by :meth:`GaussianMixture.condition_linear`.
+
+    Attributes:
+        mixture: the posterior over the free coordinates ``z`` (exact samples, density, and
+            the exact score of every diffused marginal of ``z``).
+        basis: ``(D, F)`` orthonormal columns; ``offset``: ``(D,)``; ``event_shape``.
+        weights: ``(K,)`` the posterior weights of the prior's components.
+    """
+
+    def __init__(self, mixture: GaussianMixture, basis: torch.Tensor, offset: torch.Tensor,
+                 event_shape: tuple[int, ...]):
+        self.mixture, self.basis, self.offset = mixture, basis, offset
+        self.event_shape = tuple(event_shape)
+        self.weights = mixture.weights
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``n`` exact posterior draws, shape ``(n, *event_shape)``."""
+        z = self.mixture.sample(n, generator, dtype=torch.float64)
+        x = self.offset.to(z.device) + z.reshape(len(z), -1) @ self.basis.T.to(z.device)
+        return x.to(dtype).reshape(len(z), *self.event_shape)
+
+    def free(self, x: torch.Tensor) -> torch.Tensor:
+        """The free coordinates ``z = basis^T (x - offset)`` of ``(B, *event_shape)``: ``(B, F)``."""
+        flat = x.reshape(x.shape[0], -1).to(torch.float64)
+        return (flat - self.offset.to(flat.device)) @ self.basis.to(flat.device)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """Exact log-density of the free coordinates of ``x`` (``x`` off the set ``A x = y``
+        is projected onto it); shape ``(B,)``."""
+        return self.mixture.log_prob(self.free(x).reshape(x.shape[0], *self.mixture.event_shape))
+
+
 MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
     "ring": GaussianMixture.ring,
     "grid": GaussianMixture.grid,
     "narrow": GaussianMixture.narrow,
+    "two_columns": GaussianMixture.two_columns,
 }
 
 
 def get_mixture(name: str) -> GaussianMixture:
-    """One of the named 2D presets: ``ring``, ``grid`` or ``narrow``."""
+    """One of the named 2D presets: ``ring``, ``grid``, ``narrow`` or ``two_columns``."""
     if name not in MIXTURES:
         raise ValueError(f"unknown mixture {name!r}; choose one of {', '.join(MIXTURES)}")
     return MIXTURES[name]()

@@ -20,6 +20,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("sample", "grid"): sampling.GRIDS,
     ("sample", "predictor"): sampling.PREDICTORS,
     ("sample", "corrector"): sampling.CORRECTORS,
+    ("sample", "inverse"): sampling.INVERSE_METHODS,
     ("likelihood", "divergence"): likelihood.DIVERGENCES,
     ("demo", "toy"): toys.TOYS,
     ("demo", "sde"): scoresde.SDES,
@@ -37,6 +38,9 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
         "divergence", "probes", "method", "rtol", "atol", "eps")},
     **{("demo", k): (scoresde.run_demo, k) for k in ("toy", "sde", "n", "seed")},
     ("demo", "steps"): (scoresde.train, "steps"),
+    ("sample", "particles"): (sampling.sample_smc, "particles"),
+    ("sample", "step_size"): (sampling.inverse._dps, "step_size"),
+    **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
 }
 
 

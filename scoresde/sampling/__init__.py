@@ -16,6 +16,8 @@ from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, SOLVERS, Solver, p
 from .common import PerSampleGenerator
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun
 from .impute import imputation_callback, impute
+from .inverse import INVERSE_METHODS, solve_inverse
+from .smc import sample_smc
 from .grids import GRIDS, default_eps, sigma_of_t, time_edm, time_log_snr, time_uniform
 from .ode import sample_ode
 from .sde_solvers import CORRECTORS, PREDICTORS, sample_em, sample_pc
@@ -28,4 +30,5 @@ __all__ = [
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
     "sample_dpmpp_2m", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
     "PerSampleGenerator", "PerSampleBrownian", "SteppedBrownian", "prior_draw",
+    "solve_inverse", "INVERSE_METHODS", "sample_smc",
 ]

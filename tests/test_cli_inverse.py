@@ -1,0 +1,61 @@
+"""scoresde sample --observe / --inverse: plumbing and errors (quality: tests/test_inverse.py)."""
+
+import numpy as np
+import pytest
+
+from problems import invoke
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_inverse")
+    result = invoke("train", "--data", "8gaussians", "--steps", 5, "--batch-size", 32,
+                    "--width", 16, "--quiet", "--run", root / "r")
+    assert result.exit_code == 0, result.output
+    return root / "r"
+
+
+def test_observe_and_mask_solve_inverse_problems(run, tmp_path):
+    np.savez(tmp_path / "obs.npz", A=np.array([[1.0, 1.0]]), y=np.array([1.5]))
+    for method, extra in (("smc", ["--particles", 4]), ("dps", ["--step-size", 0.5]),
+                          ("repaint", ["--jump", 2, "--resample", 2]), ("replacement", [])):
+        out = tmp_path / f"{method}.npz"
+        result = invoke("sample", "--run", run, "--observe", tmp_path / "obs.npz", "--inverse",
+                        method, "--steps", 4, "--n", 6, "--out", out, "--json", *extra)
+        assert result.exit_code == 0, result.output
+        with np.load(out) as f:
+            x = f["samples"]
+        assert x.shape == (6, 2) and np.isfinite(x).all()
+        if method in ("smc", "replacement", "repaint"):  # noiseless: A x = y exactly
+            np.testing.assert_allclose(x.sum(1), 1.5, atol=1e-5)
+    np.savez(tmp_path / "m.npz", mask=np.array([True, False]), values=np.array([1.25, 0.0]))
+    out = tmp_path / "mask-smc.npz"
+    result = invoke("sample", "--run", run, "--mask", tmp_path / "m.npz", "--inverse", "smc",
+                    "--particles", 3, "--steps", 4, "--n", 5, "--out", out)
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["samples"][:, 0], 1.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("content,args,match", [
+    (dict(A=np.ones((1, 3)), y=np.ones(1)), [], "shape (M, 2)"),
+    (dict(A=np.ones((1, 2))), [], "'y'"),
+    (dict(A=np.ones((1, 2)), y=np.ones(1), noise_std=-1.0), [], "noise_std"),
+    (dict(A=np.ones((1, 2)), y=np.ones(1)), ["--inverse", "smc", "--solver", "em"],
+     "leave solver unset"),
+    (dict(A=np.ones((1, 2)), y=np.ones(1)), ["--inverse", "dps", "--particles", 3],
+     "does not apply"),
+    (dict(A=np.ones((1, 2)), y=np.ones((3, 1))), [], "3 rows"),
+    (dict(A=np.array([[1.0, 0.0], [2.0, 0.0]]), y=np.array([1.0, 1.0])), [], "range of A"),
+])
+def test_bad_observations_are_usage_errors(run, tmp_path, content, args, match):
+    np.savez(tmp_path / "obs.npz", **content)
+    result = invoke("sample", "--run", run, "--observe", tmp_path / "obs.npz", "--steps", 2,
+                    "--n", 4, "--out", tmp_path / "x.npz", *args)
+    assert result.exit_code == 2 and match in result.output, result.output
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.parts").exists()
+
+
+def test_inverse_needs_a_measurement(run, tmp_path):
+    result = invoke("sample", "--run", run, "--inverse", "dps", "--steps", 2, "--n", 4)
+    assert result.exit_code == 2 and "needs --observe or --mask" in result.output
