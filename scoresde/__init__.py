@@ -17,6 +17,7 @@ from .models import DDPMpp, ScoreMLP, ScoreModel, UNet
 from .runs import load_run
 from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
+from .guidance import function_guidance
 from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
@@ -38,4 +39,5 @@ __all__ = [
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
     "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
+    "function_guidance",
 ]

@@ -9,6 +9,9 @@ sampler (and the likelihood) without their knowing:
     ``classifier_guidance``: ``s(x, t) + scale * grad_x log p(y | x_t, t)`` (Dhariwal & Nichol
         2021; Song et al. 2021, eq. 14); with the exact noisy classifier and ``scale = 1`` it is
         exactly the conditional score, by Bayes' rule.
+    ``function_guidance``: ``s(x, t) + scale * grad_x f(x, t)`` for any differentiable ``f``
+        (GLIDE's CLIP guidance is ``f = similarity(image_encoder(x_t), text_embedding)``);
+        classifier guidance is the case ``f = log p(y | x_t)``.
 
 Labels are an integer (the same class for every sample) or ``(B,)`` integers, checked against
 the number of classes when the wrapper is made and against the batch at every call.
@@ -23,7 +26,8 @@ import torch
 from .checks import check_int, check_number
 from .labels import check_labels
 
-__all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance"]
+__all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance",
+           "function_guidance"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -133,16 +137,60 @@ def classifier_guidance(score_fn: ScoreFn, classifier: Callable[[torch.Tensor, t
     scale = check_number("classifier scale", scale)
     labels = _bind(y, _num_classes(classifier, num_classes))
 
+    def log_p(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = classifier(x, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the classifier must return logits of shape (B, K), got "
+                             f"{tuple(logits.shape)}")
+        return torch.log_softmax(logits, dim=1).gather(1, labels(x)[:, None])[:, 0]
+
+    return function_guidance(score_fn, log_p, scale)
+
+
+def function_guidance(score_fn: ScoreFn, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      scale: float = 1.0) -> ScoreFn:
+    """Guidance by a differentiable function: ``s(x, t) + scale * grad_x f(x, t)``.
+
+    ``f`` scores how well each noisy sample ``x_t`` meets the wish: the guided sampler draws
+    from ``p_t(x) exp(scale * f(x, t))`` at every noise level (exactly so when ``f`` is defined
+    at each ``t`` as the log of such a tilt). With ``f = log p(y | x_t)`` of an exact classifier
+    this is :func:`classifier_guidance`; GLIDE's CLIP guidance is ``f = cos(image_encoder(x_t,
+    t), text_embedding)``; a hand-written ``f`` (minus the squared distance to a region, say)
+    steers samples there. The gradient is taken by autograd on a detached copy of ``x``, so the
+    guided score works inside ``torch.no_grad`` (as samplers call it) and returns no graph.
+
+    Args:
+        score_fn: the score function ``score_fn(x, t)`` to guide.
+        f: ``f(x, t) -> (B,)`` (or a scalar: its gradient is then that of the sum),
+            differentiable in ``x`` of shape ``(B, *dims)``; sample ``i``'s value may depend on
+            ``x[i]`` only, since the gradient is that of the sum over the batch.
+        scale: the guidance weight; 0 gives ``score_fn`` back unchanged in value.
+
+    Returns:
+        A score function ``score(x, t)`` of ``x``'s shape (one score call and one forward and
+        backward pass of ``f`` per call).
+
+    Raises:
+        ValueError: a non-finite ``scale`` (now); ``f`` returning neither a scalar nor ``(B,)``
+            values, or values that do not depend on ``x`` (at the call).
+        TypeError: ``f`` is not callable.
+    """
+    scale = check_number("guidance scale", scale)
+    if not callable(f):
+        raise TypeError(f"f must be a function f(x, t) -> (B,), got {type(f).__name__}")
+
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        y_b = labels(x)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            logits = classifier(x_in, t)
-            if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"the classifier must return logits of shape (B, K), got "
-                                 f"{tuple(logits.shape)}")
-            log_p = torch.log_softmax(logits, dim=1).gather(1, y_b[:, None]).sum()
-            (grad,) = torch.autograd.grad(log_p, x_in)
-        return score_fn(x, t) + scale * grad.to(x.dtype)
+            value = f(x_in, t)
+            if not isinstance(value, torch.Tensor) or value.shape not in ((), (x.shape[0],)):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(f"f must return a scalar or one value per sample, shape "
+                                 f"({x.shape[0]},); got {shape}")
+            if not value.requires_grad:
+                raise ValueError("f(x, t) does not depend on x differentiably: it has no "
+                                 "gradient to guide with")
+            (grad,) = torch.autograd.grad(value.sum(), x_in)
+        return score_fn(x, t) + scale * grad.detach().to(x.dtype)
 
     return guided
