@@ -499,6 +499,9 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--label", default=None, metavar="K|all",
               help="Class of every sample, or 'all' to cycle through the classes (conditional "
               "runs).")
+@click.option("--embedding", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Runs conditioned on embeddings: a .npy of one embedding (E,) for every "
+              "sample or (N, E), one per sample (floats).")
 @click.option("--guidance", type=float, default=0.0, show_default=True,
               help="Classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t).")
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -507,7 +510,7 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           batch_size, device, as_json, label, guidance, mask):
+           batch_size, device, as_json, label, embedding, guidance, mask):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -534,14 +537,18 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     n = _sample_count(ctx, n, seeds, is_image)
     batch_size = batch_size or SAMPLE_BATCH["image" if is_image else "vector"]
     stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
-    _, labels = _conditioning(model, label, guidance, n)  # checks the labels and guidance
+    if embedding is not None:  # embeddings take the place of labels
+        label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
+    else:
+        _, labels = _conditioning(model, label, guidance, n)  # checks labels and guidance
     known = _mask_values(mask, config, n) if mask is not None else None
     options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
                    knobs=knobs)
     draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
                        known)
     fingerprint = dict(options, run=_run_identity(path), device=str(dev), seed=seed, seeds=seeds,
-                       label=label, guidance=guidance, mask=_file_identity(mask))
+                       label=label, guidance=guidance, mask=_file_identity(mask),
+                       embedding=_file_identity(embedding))
     ncol = model.num_classes if label == "all" else None
     keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n
     result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep)
@@ -687,6 +694,30 @@ def _conditioning(model, label, guidance, n):
         return classifier_free_guidance(model, labels, guidance), labels
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--label/--guidance") from None
+
+
+def _embeddings(model, path, guidance, n):
+    """The ``(n, E)`` embeddings of ``--embedding`` (one row for all, or ``n`` rows), checked
+    with ``--guidance`` against the run; BadParameter if bad."""
+    import numpy as np
+    import torch
+
+    from .guidance import classifier_free_guidance
+
+    if not model.embed_dim:
+        raise click.BadParameter("this run is not conditioned on embeddings; train with "
+                                 "--conditional on an .npz whose y holds floats (N, E)",
+                                 param_hint="--embedding")
+    try:
+        e = torch.from_numpy(np.load(path, allow_pickle=False)).float()
+        e = e.expand(n, -1) if e.ndim == 1 else e
+        classifier_free_guidance(model, e if e.shape[0] == n else e[:0], guidance)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise click.BadParameter(_one_line(err), param_hint="--embedding") from None
+    if e.shape[0] != n:
+        raise click.BadParameter(f"expected one embedding or {n} (one per sample), got "
+                                 f"{e.shape[0]}", param_hint="--embedding")
+    return e.contiguous()
 
 
 def _mask_values(path, config, n):

@@ -14,7 +14,10 @@ sampler (and the likelihood) without their knowing:
         classifier guidance is the case ``f = log p(y | x_t)``.
 
 Labels are an integer (the same class for every sample) or ``(B,)`` integers, checked against
-the number of classes when the wrapper is made and against the batch at every call.
+the number of classes when the wrapper is made and against the batch at every call. A score
+function conditioned on embeddings (``embed_dim = E > 0``, :mod:`scoresde.embeddings`) takes
+``(E,)`` or ``(B, E)`` floats in their place, in ``conditional_score`` and
+``classifier_free_guidance`` alike.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Callable
 import torch
 
 from .checks import check_int, check_number
+from .embeddings import check_embeddings
 from .labels import check_labels
 
 __all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance",
@@ -57,6 +61,27 @@ def _bind(y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     return labels
 
 
+def _conditions(score_fn, y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``conditions(x)``: the labels ``y`` bound (see :func:`_bind`), or for a score function
+    conditioned on embeddings (``score_fn.embed_dim > 0``) the embeddings ``y``, ``(E,)`` or
+    ``(B, E)``, checked now and against the batch at every call."""
+    embed_dim = int(getattr(score_fn, "embed_dim", 0) or 0)
+    if not embed_dim:
+        return _bind(y, _num_classes(score_fn, num_classes))
+    try:
+        t = y if isinstance(y, torch.Tensor) else torch.as_tensor(
+            y, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"embeddings must be floats of shape (B, {embed_dim}), got {y!r}"
+                         ) from None
+    check_embeddings(t, t.shape[0] if t.ndim == 2 else 1, embed_dim)
+
+    def embeddings(x: torch.Tensor) -> torch.Tensor:
+        return check_embeddings(t, x.shape[0], embed_dim).to(x.device, x.dtype)
+
+    return embeddings
+
+
 def conditional_score(score_fn: Callable[..., torch.Tensor], y,
                       num_classes: int | None = None) -> ScoreFn:
     """The score function ``(x, t) -> score_fn(x, t, y)`` with labels ``y`` bound.
@@ -74,7 +99,7 @@ def conditional_score(score_fn: Callable[..., torch.Tensor], y,
         ValueError: labels that are not integers or lie outside ``[0, num_classes)`` (now), or
             whose count is neither 1 nor the batch (at the call).
     """
-    labels = _bind(y, _num_classes(score_fn, num_classes))
+    labels = _conditions(score_fn, y, num_classes)
     return lambda x, t: score_fn(x, t, labels(x))
 
 
@@ -90,7 +115,8 @@ def classifier_free_guidance(score_fn: Callable[..., torch.Tensor], y, w: float 
     Args:
         score_fn: a class-conditional score function ``score_fn(x, t, y)`` that gives the
             unconditional score for ``y=None``.
-        y: an integer class or ``(B,)`` integer labels.
+        y: an integer class or ``(B,)`` integer labels; for a score function conditioned on
+            embeddings (``embed_dim > 0``), one embedding ``(E,)`` or ``(B, E)`` floats.
         w: guidance weight; 0 is plain conditional sampling, negative values down to -1 move
             towards the unconditional model.
         num_classes: the number of classes; read from ``score_fn.num_classes`` when it has one.
@@ -102,7 +128,7 @@ def classifier_free_guidance(score_fn: Callable[..., torch.Tensor], y, w: float 
         ValueError: bad labels (see :func:`conditional_score`) or a non-finite ``w``.
     """
     w = check_number("guidance weight w", w)
-    labels = _bind(y, _num_classes(score_fn, num_classes))
+    labels = _conditions(score_fn, y, num_classes)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond = score_fn(x, t, labels(x))

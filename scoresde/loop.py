@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .checks import trusted_values
 from .data import Dataset
 from .images import StepBatches
-from .labels import NULL_LABEL
+from .embeddings import drop_conditions
 from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
@@ -292,7 +292,7 @@ def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
     y = y.to(dev)
     if opts.objective == "score" and opts.label_dropout > 0:
         drop = torch.rand((n,), generator=gen, device=dev)[mine] < opts.label_dropout
-        y = y.masked_fill(drop, NULL_LABEL)
+        y = drop_conditions(y, drop)
     return y
 
 

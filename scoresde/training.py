@@ -45,6 +45,8 @@ def _build_net(net, net_params, dataset, conditional, objective):
     net, params = resolve_net(net, net_params)
     params.update(event_shape=list(dataset.event_shape),
                   num_classes=dataset.num_classes if conditional else 0)
+    if conditional and dataset.embed_dim and objective == "score":
+        params["embed_dim"] = dataset.embed_dim
     if objective == "classifier":  # the same family, ending in class logits
         net = net if net.endswith("_classifier") else f"{net}_classifier"
         params["num_classes"] = dataset.num_classes
@@ -78,8 +80,11 @@ def _check(kw: dict, dataset) -> dict:
     check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
     _check_scale(kw, dataset)
-    if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
-        raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
+    if kw["objective"] == "classifier" and not dataset.num_classes:
+        raise ValueError(f"a classifier needs class labels; data {dataset.name!r} has none")
+    if kw["conditional"] and not (dataset.num_classes or dataset.embed_dim):
+        raise ValueError(f"conditional training needs labels or embeddings; data "
+                         f"{dataset.name!r} has none")
     return kw
 
 
@@ -112,7 +117,7 @@ def _resolve(kw: dict, dataset) -> dict:
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
-        num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
+        num_classes=dataset.num_classes, embed_dim=dataset.embed_dim, raw_scale=dataset.raw_scale,
         raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
         sigma_data=float(sigma_data), net=network.config(), num_params=count_params(network),
         run_dir=os.path.abspath(kw["run_dir"]))
@@ -199,10 +204,12 @@ def train(
             ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of
             ``models.NET_PRESETS`` (``"ddpmpp_cifar10"``, ``"ddpmpp_small8"``, ...), and keyword
             overrides for the network (over the preset's).
-        conditional: pass the data's labels to the network.
+        conditional: pass the data's labels to the network: class labels, or embeddings (an
+            ``.npz`` whose ``y`` holds floats of shape ``(N, E)``; the network then projects
+            them and learns a null embedding, see :mod:`scoresde.embeddings`).
         label_dropout: with ``conditional``, the share of labels replaced by the null label
-            (-1), so the same network also learns the unconditional score that classifier-free
-            guidance needs (Ho & Salimans 2021); 0 to never drop.
+            (-1; embeddings: the learnt null embedding), so the same network also learns the
+            unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to never drop.
         objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
             :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
             with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_choice, check_int, check_number
-from .mlp import conditioning
+from ..embeddings import EmbeddingConditioning
+from .mlp import check_embed_dim, conditioning
 
 __all__ = ["DDPMpp", "EMBEDDINGS"]
 
@@ -179,13 +180,15 @@ class DDPMpp(nn.Module):
             ``False`` gives a network that ignores the noise level, and takes no labels.
         num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the noise
             embedding (the null label -1 adds nothing); 0 for an unconditional network.
+        embed_dim: embeddings ``y`` ``(B, embed_dim)`` instead of labels (see
+            :class:`~scoresde.ScoreMLP`); 0 for none.
     """
 
     def __init__(self, event_shape=(3, 32, 32), nf: int = 128, ch_mult=(1, 2, 2, 2),
                  num_res_blocks: int = 4, attn_resolutions=(16,), dropout: float = 0.1,
                  embedding_type: str = "positional", fourier_scale: float = 16.0,
                  init_scale: float = 0.0, skip_rescale: bool = True,
-                 noise_conditional: bool = True, num_classes: int = 0):
+                 noise_conditional: bool = True, num_classes: int = 0, embed_dim: int = 0):
         super().__init__()
         event_shape, ch_mult, attn_resolutions = _check_layout(event_shape, nf, ch_mult,
                                                                attn_resolutions)
@@ -195,7 +198,8 @@ class DDPMpp(nn.Module):
         fourier_scale = check_number("fourier_scale", fourier_scale, 0, low_open=True)
         init_scale = check_number("init_scale", init_scale, 0)
         self.num_classes = check_int("num_classes", num_classes, 0)
-        if self.num_classes and not noise_conditional:
+        self.embed_dim = check_embed_dim(embed_dim, self.num_classes)
+        if (self.num_classes or self.embed_dim) and not noise_conditional:
             raise ValueError("DDPMpp takes labels only with noise_conditional=True")
         self._config = dict(event_shape=list(event_shape), nf=nf, ch_mult=list(ch_mult),
                             num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
@@ -203,7 +207,7 @@ class DDPMpp(nn.Module):
                             fourier_scale=fourier_scale, init_scale=init_scale,
                             skip_rescale=bool(skip_rescale),
                             noise_conditional=bool(noise_conditional),
-                            num_classes=self.num_classes)
+                            num_classes=self.num_classes, embed_dim=self.embed_dim)
         cond = 4 * nf
         self.time = _NoiseEmbedding(embedding_type, nf, fourier_scale)
         self.cond = (nn.Sequential(_linear(self.time.dim, cond), nn.SiLU(), _linear(cond, cond))
@@ -217,6 +221,7 @@ class DDPMpp(nn.Module):
         self.out = nn.Sequential(_norm(nf * ch_mult[0]), nn.SiLU(),
                                  _conv(nf * ch_mult[0], event_shape[0], init_scale=init_scale))
         self.label = nn.Embedding(self.num_classes, cond) if self.num_classes else None
+        self.embed = EmbeddingConditioning(self.embed_dim, cond) if self.embed_dim else None
 
     @staticmethod
     def _layers(res, nf, ch_mult, num_res_blocks, attn_resolutions, block, attn):

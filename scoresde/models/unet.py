@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import TIME_FEATURES, TIME_SCALE, TimeFeatures, conditioning
+from ..embeddings import EmbeddingConditioning
+from .mlp import TIME_FEATURES, TIME_SCALE, TimeFeatures, check_embed_dim, conditioning
 
 __all__ = ["UNet"]
 
@@ -64,11 +65,13 @@ class UNet(nn.Module):
         attn_resolutions: spatial sizes (``H``) at which self-attention is applied.
         time_dim: size of the noise-level features; num_classes: 0 for unconditional (labels
             ``y`` in ``[0, num_classes)``, the null label -1 adds nothing).
+        embed_dim: embeddings ``y`` ``(B, embed_dim)`` instead of labels (see
+            :class:`~scoresde.ScoreMLP`); 0 for none.
     """
 
     def __init__(self, event_shape=(1, 8, 8), ch: int = 32, ch_mult=(1, 2),
                  num_res_blocks: int = 2, attn_resolutions=(4,), time_dim: int = 64,
-                 num_classes: int = 0):
+                 num_classes: int = 0, embed_dim: int = 0):
         super().__init__()
         event_shape = tuple(int(n) for n in event_shape)
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -80,9 +83,11 @@ class UNet(nn.Module):
                             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                             time_dim=time_dim, num_classes=num_classes)
         cond, self.num_classes = 4 * ch, int(num_classes)
+        self.embed_dim = self._config["embed_dim"] = check_embed_dim(embed_dim, num_classes)
         self.time = TimeFeatures(time_dim, TIME_FEATURES, TIME_SCALE)
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
+        self.embed = EmbeddingConditioning(self.embed_dim, cond) if self.embed_dim else None
         self.inp = nn.Conv2d(event_shape[0], ch, 3, padding=1)
         res, chans, c_cur = event_shape[1], [ch], ch
         self.down = nn.ModuleList()
