@@ -209,7 +209,8 @@ def train(
             them and learns a null embedding, see :mod:`scoresde.embeddings`).
         label_dropout: with ``conditional``, the share of labels replaced by the null label
             (-1; embeddings: the learnt null embedding), so the same network also learns the
-            unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to never drop.
+            unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to
+            never drop.
         objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
             :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
             with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
