@@ -240,6 +240,17 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
                    "[default: keep the size, which must agree].")
 @click.option("--flip", is_flag=True,
               help="8-bit images: mirror training images left to right at random.")
+@click.option("--downsample", type=click.IntRange(min=1), default=_Default("train", "downsample"),
+              show_default=True, metavar="F",
+              help="Digits and float image arrays: train at 1/F of the resolution (block means); "
+                   "2 gives the 4x4 base model of a digits cascade.")
+@click.option("--super-res", type=click.IntRange(min=2), default=None, metavar="F",
+              help="Train a super-resolution model conditioned on the images downsampled by F "
+                   "(upsampled, as extra U-Net channels): the second stage of a cascade.")
+@click.option("--cond-aug", type=click.FloatRange(min=0), default=_Default("train", "cond_aug"),
+              show_default=True,
+              help="--super-res: conditioning augmentation, the low-resolution image noised at a "
+                   "level drawn per sample in [0, A] and given to the network; 0 for none.")
 @click.option("--steps", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
               fields={"steps": _Default("train", "steps")},
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
@@ -300,7 +311,8 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")
 @click.pass_context
-def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, weighting,
+def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, cond_aug, steps,
+          batch_size, lr, weighting,
           log_snr_share, net, width, input_features, run, resume, seed, device,
           checkpoint_every, quiet, conditional, label_dropout, precision, batch_gpu, compile_,
           channels_last, sample_every):
@@ -318,6 +330,8 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
       scoresde train --data photos/ --resolution 32 --flip   # your own images
       scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
       scoresde train --data digits --precision bf16 --batch-gpu 32 --sample-every 500
+      scoresde train --data digits --downsample 2 --run runs/base4   # a cascade: 4x4 base,
+      scoresde train --data digits --super-res 2 --run runs/sr8      # then 4x4 -> 8x8
     """
     from .training import train as train_run
     from .utils import FolderBusyError, resolve_device
@@ -326,7 +340,8 @@ def train(ctx, sde, data, channels, resolution, flip, steps, batch_size, lr, wei
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
     keywords = dict(sde=sde, data=data, channels=channels, resolution=resolution, flip=flip,
-                    net=net, batch_size=batch_size, lr=lr, weighting=weighting,
+                    downsample=downsample, super_res=super_res, cond_aug=cond_aug, net=net,
+                    batch_size=batch_size, lr=lr, weighting=weighting,
                     log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
                     conditional=conditional, label_dropout=label_dropout, device=device,
                     resume=resume, checkpoint_every=checkpoint_every, progress=not quiet,
@@ -507,10 +522,22 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Impute: .npz with 'mask' (True = known) and 'values' of the data's shape "
               "(model space), or a .npy mask (values 0).")
+@click.option("--cascade", "cascade_runs", nargs=2, type=click.Path(path_type=Path),
+              default=None, metavar="BASE_RUN SR_RUN",
+              help="Sample a cascade: BASE_RUN with --solver/--steps, then the super-resolution "
+                   "run SR_RUN conditioned on it with --sr-solver/--sr-steps.")
+@click.option("--sr-solver", type=_LazyChoice("sampling.SAMPLERS"), default=None,
+              help="--cascade: the second stage's solver [default: --solver].")
+@click.option("--sr-steps", type=click.IntRange(min=1), default=None,
+              help="--cascade: the second stage's steps [default: --steps].")
+@click.option("--aug-level", type=click.FloatRange(min=0),
+              default=_Default("cascade.cascade", "aug_level"), show_default=True,
+              help="--cascade: conditioning-augmentation level of the second stage.")
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           batch_size, device, as_json, label, embedding, guidance, mask):
+           batch_size, device, as_json, label, embedding, guidance, mask, cascade_runs,
+           sr_solver, sr_steps, aug_level):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -523,12 +550,18 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
       scoresde sample --mask known.npz --solver pc                             # imputation
       scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
+      scoresde sample --cascade runs/base4 runs/sr8 --solver euler --steps 50 --sr-steps 20
     """
     from . import plotting
     from .sample_files import SAMPLE_BATCH, write_in_chunks
     from .utils import resolve_device
 
     dev = resolve_device(device)
+    if cascade_runs is not None:
+        return _sample_cascade(ctx, cascade_runs, dev, n, seed, out, as_json)
+    for name in ("sr_solver", "sr_steps", "aug_level"):
+        if _explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
     path = _pick_run(run, quiet=as_json)
     out = _check_out(out or path / f"samples-{solver}-{steps}.npz")
     knobs = {k: ctx.params[k] for k in _KNOBS if _explicit(ctx, k)}
@@ -573,6 +606,55 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     _emit(record, as_json, [f"{solver}: {n} samples, NFE {nfe}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
+
+
+def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
+    """``scoresde sample --cascade BASE_RUN SR_RUN``: both stages at once, one .npz and figure."""
+    import numpy as np
+    import torch
+
+    from . import plotting
+    from .cascade import cascade
+    from .utils import write_atomically
+
+    p = ctx.params
+    for name in ("run", "seeds", "label", "embedding", "mask", "grid", "sigma_max", "sigma_min",
+                 "eps", "guidance", "no_denoise", "batch_size"):
+        if _explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
+    (base, base_sde, _), (sr, sr_sde, config) = (_load_run(path, str(dev)) for path in runs)
+    if not sr.cond_channels:
+        raise click.BadParameter(f"{runs[1]} is not a super-resolution run (train it with "
+                                 "--super-res)", param_hint="--cascade")
+    out = _check_out(out or runs[1] / f"cascade-{p['solver']}-{p['steps']}.npz")
+    knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
+    sr_knobs = knobs if p["sr_solver"] in (None, p["solver"]) else {}
+    n = n or 64
+    begin = time.perf_counter()
+    try:
+        with torch.no_grad():
+            x, info = cascade(base, base_sde, sr, sr_sde, n, solver=p["solver"], steps=p["steps"],
+                              sr_solver=p["sr_solver"], sr_steps=p["sr_steps"],
+                              aug_level=p["aug_level"], device=dev, base_knobs=knobs,
+                              sr_knobs=sr_knobs, generator=torch.Generator(dev).manual_seed(seed))
+    except ValueError as err:
+        raise click.UsageError(_one_line(err)) from None
+    seconds = time.perf_counter() - begin
+    x, low = x.cpu(), info["low_res"].cpu()
+    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
+    write_atomically(out, lambda f: np.savez(f, samples=x.numpy(), low_res=low.numpy(),
+                                             raw=(x * scale + offset).numpy()))
+    fig_path = out.with_suffix(".png")
+    plotting.save_figure(plotting.samples_picture(
+        x, "cascade", info["nfe"], is_image=True, raw_scale=scale, raw_offset=offset,
+        pixel_bits=config.get("pixel_bits")), fig_path)
+    record = {"cascade": [str(r) for r in runs], "n": n, "nfe": info["nfe"],
+              "nfe_base": info["base"]["nfe"], "nfe_sr": info["sr"]["nfe"],
+              "aug_level": info["aug_level"], "time_s": round(seconds, 4), "out": str(out),
+              "figure": str(fig_path)}
+    _emit(record, as_json, [f"cascade: {n} samples, NFE {info['nfe']} ({info['base']['nfe']} + "
+                            f"{info['sr']['nfe']}), {seconds:.2f} s",
+                            f"wrote {out} and {fig_path}"])
 
 
 def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known):

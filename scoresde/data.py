@@ -15,6 +15,7 @@ batches are a function of the seed and the step (:class:`scoresde.images.StepBat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -33,7 +34,7 @@ from .toys import LABELLED_TOYS, TEST_SEED, TOYS, Sampler, entropy_estimate, toy
 __all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "DATA_OPTIONS"]
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
-DATA_OPTIONS = ("channels", "resolution", "flip", "pixels")
+DATA_OPTIONS = ("channels", "resolution", "flip", "pixels", "downsample")
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -300,7 +301,8 @@ def _mixture_dataset(mix: GaussianMixture, test_size: int) -> Dataset:
 
 def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
                 channels: int | None = None, resolution: int | None = None, flip: bool = False,
-                pixels: bool | None = None, in_memory: bool | None = None) -> Dataset:
+                pixels: bool | None = None, in_memory: bool | None = None,
+                downsample: int = 1) -> Dataset:
     """A data set from a toy name, ``"digits"``, a path or a ``GaussianMixture``.
 
     Args:
@@ -324,6 +326,9 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
             support did; runs of those versions record it), True requires 8-bit images.
         in_memory: folders: decode once and keep in memory (True), or decode as batches are
             drawn (False); None decides by :data:`scoresde.images.IN_MEMORY_BYTES`.
+        downsample: image sets held in memory (digits, float image arrays): the mean of each
+            ``downsample x downsample`` block, e.g. 2 for digits at 4x4 (the base of a
+            cascade, :mod:`scoresde.cascade`); 1 keeps the resolution.
 
     Raises:
         ValueError: unknown name, bad file or folder, or bad sizes or options.
@@ -337,6 +342,9 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
     if pixels is not None and not isinstance(pixels, bool):
         raise TypeError(f"pixels must be None, True or False, got {pixels!r}")
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        if downsample != 1:
+            raise ValueError(f"downsample is for image sets held as values; a folder "
+                             f"{os.fspath(data)!r} takes resolution instead")
         if pixels is False:
             raise ValueError(f"pixels=False reads arrays as stored values; a folder "
                              f"{os.fspath(data)!r} holds 8-bit images")
@@ -353,7 +361,17 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
         raise ValueError(f"flip needs 8-bit images (a folder or a uint8 array), not data "
                          f"{dataset.name!r}")
     dataset.flip = bool(flip)
-    return dataset
+    return _downsampled(dataset, downsample) if downsample != 1 else dataset
+
+
+def _downsampled(dataset: Dataset, factor: int) -> Dataset:
+    """``dataset`` at ``1 / factor`` of its resolution (block means of every image)."""
+    factor = images.check_factor("downsample", factor, dataset.event_shape)
+    if dataset.train is None or dataset.pixel_bits is not None or not dataset.is_image:
+        raise ValueError(f"downsample is for image sets held as values (digits, float arrays), "
+                         f"not data {dataset.name!r} (a folder: use resolution)")
+    train, test = (images.downsample(x, factor) for x in (dataset.train, dataset.test))
+    return dataclasses.replace(dataset, event_shape=tuple(train.shape[1:]), train=train, test=test)
 
 
 def _get_other(data, test_size: int, test_fraction: float, pixels: bool | None) -> Dataset:

@@ -34,6 +34,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from .checks import trusted_values
+from .cascade import training_condition
 from .data import Dataset
 from .images import StepBatches
 from .embeddings import drop_conditions
@@ -79,6 +80,8 @@ class Options:
     channels_last: bool
     sample_every: int | None
     seed: int
+    super_res: int | None
+    cond_aug: float
 
     @classmethod
     def of(cls, config: dict) -> "Options":
@@ -280,8 +283,12 @@ def _draw_batch(parts: Parts, opts: Options, place: Place):
                     t_sampling=opts.t_sampling, log_snr_share=opts.log_snr_share,
                     generator=gen, device=dev)
     z = torch.randn((n, *parts.dataset.event_shape), generator=gen, device=dev)
-    y = _labels(y, n, mine, opts, gen, dev)
-    return x0.to(dev), y, t[mine], z[mine]
+    x0 = x0.to(dev)
+    if opts.super_res:  # the condition is the low-resolution image, augmented
+        y = training_condition(x0, opts.super_res, opts.cond_aug, n, mine, gen)
+    else:
+        y = _labels(y, n, mine, opts, gen, dev)
+    return x0, y, t[mine], z[mine]
 
 
 def _labels(y, n: int, mine: slice, opts: Options, gen, dev):

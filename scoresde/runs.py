@@ -217,8 +217,11 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
     # Runs from before log_snr_share drew every time by the weighting's own rule.
     old.setdefault("log_snr_share", 0.0)
-    # Runs from before embedding conditioning had class labels or nothing.
+    # Runs from before embedding conditioning had class labels or nothing; runs from before
+    # cascades were at the data's resolution and not super-resolution models.
     old.setdefault("embed_dim", 0)
+    for key, value in (("downsample", 1), ("super_res", None), ("cond_aug", 0.0)):
+        old.setdefault(key, value)
     # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
     # from before mixed precision, micro-batches, compilation and sample grids ran without them.
     # Runs from before image support read every .npy/.npz array as its stored values.
@@ -259,7 +262,8 @@ def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
         callers = key in explicit or (key in MAY_CHANGE and key in given)
         if key in old and key not in ("run_dir", "sde", "net") and not callers:
             out[key] = old[key]
-    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes", "embed_dim"))):
+    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes", "embed_dim",
+                                             "cond_channels"))):
         params = {k: v for k, v in old[key].items() if k not in facts}  # facts come from data
         name = params.pop("name")
         if key not in explicit or given.get(key) == name:

@@ -20,6 +20,7 @@ import torch.distributed as dist
 
 from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
+from .images import check_factor
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
@@ -37,7 +38,7 @@ VECTOR_BATCH, IMAGE_BATCH = 1024, 128
 
 
 # ----- resolving the options ----------------------------------------------------------------------
-def _build_net(net, net_params, dataset, conditional, objective):
+def _build_net(net, net_params, dataset, conditional, objective, super_res=None):
     """The run's network, freshly built: its config (``config()``) holds the network's own
     defaults, ``net_params`` over them, the shape and classes of the data."""
     if net == "auto":
@@ -45,6 +46,8 @@ def _build_net(net, net_params, dataset, conditional, objective):
     net, params = resolve_net(net, net_params)
     params.update(event_shape=list(dataset.event_shape),
                   num_classes=dataset.num_classes if conditional else 0)
+    if super_res:  # the upsampled low-resolution image comes in as extra channels
+        params["cond_channels"] = dataset.event_shape[0]
     if conditional and dataset.embed_dim and objective == "score":
         params["embed_dim"] = dataset.embed_dim
     if objective == "classifier":  # the same family, ending in class logits
@@ -80,12 +83,28 @@ def _check(kw: dict, dataset) -> dict:
     check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
     _check_scale(kw, dataset)
+    _check_super_res(kw, dataset)
     if kw["objective"] == "classifier" and not dataset.num_classes:
         raise ValueError(f"a classifier needs class labels; data {dataset.name!r} has none")
     if kw["conditional"] and not (dataset.num_classes or dataset.embed_dim):
         raise ValueError(f"conditional training needs labels or embeddings; data "
                          f"{dataset.name!r} has none")
     return kw
+
+
+def _check_super_res(kw: dict, dataset) -> None:
+    """A super-resolution run: the factor divides the images; an unconditional score."""
+    kw["downsample"] = check_int("downsample", kw["downsample"], 1)
+    if kw["super_res"] is None:
+        kw["cond_aug"] = 0.0  # not used: recorded as what it does
+        return
+    kw["super_res"] = check_factor("super_res", kw["super_res"], dataset.event_shape)
+    kw["cond_aug"] = check_number("cond_aug", kw["cond_aug"], 0)
+    for key, bad in (("conditional", kw["conditional"]), ("sample_every", kw["sample_every"]),
+                     ("objective", kw["objective"] != "score")):
+        if bad:
+            raise ValueError(f"super_res trains a score conditioned on the low-resolution image "
+                             f"only; {key}={kw[key]!r} is not supported with it")
 
 
 def _check_scale(kw: dict, dataset) -> None:
@@ -111,7 +130,7 @@ def _resolve(kw: dict, dataset) -> dict:
         sde = get_sde(sde, **(kw["sde_params"] or {}))
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     network = _build_net(kw["net"], kw["net_params"], dataset, kw["conditional"],
-                         kw["objective"])
+                         kw["objective"], kw["super_res"])
     config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
     config.update(
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
@@ -139,6 +158,9 @@ def train(
     resolution: int | None = None,
     flip: bool = False,
     pixels: bool | None = None,
+    downsample: int = 1,
+    super_res: int | None = None,
+    cond_aug: float = 0.2,
     sde: str | SDE = "vp",
     sde_params: dict | None = None,
     net: str = "auto",
@@ -199,6 +221,15 @@ def train(
         pixels: ``.npy``/``.npz`` data: None reads a uint8 array of rank 3 or 4 as 8-bit
             images; False as stored values (what runs of versions before image support did,
             which their upgraded config records: pass ``pixels=False`` to resume one).
+        downsample: image sets held as values (digits, float arrays): train at ``1 /
+            downsample`` of the resolution (block means), e.g. the 4x4 base of a cascade.
+        super_res: train a super-resolution model (:mod:`scoresde.cascade`): the score of the
+            images given the images downsampled by this factor, upsampled, as extra input
+            channels of a U-Net (``cond_channels``); None for an ordinary model.
+        cond_aug: with ``super_res``, conditioning augmentation (Ho et al. 2021): each training
+            sample's low-resolution image is noised by ``a N(0, I)`` with ``a ~ U[0,
+            cond_aug]``, and ``a`` is given to the network; 0 for none. Recorded as 0 without
+            ``super_res``.
         sde, sde_params: an SDE name with its parameters, or an SDE instance.
         net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), a network of
             ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of

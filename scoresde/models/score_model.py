@@ -31,6 +31,18 @@ def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch
     return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
 
 
+def _check_low_res(y, x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The condition of a super-resolution model: ``(B, channels + 1, H, W)`` for ``x``
+    ``(B, C, H, W)`` (see :func:`scoresde.cascade.low_res_condition`)."""
+    want = (x.shape[0], channels + 1, *x.shape[2:])
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"a super-resolution model needs its low-resolution condition y of "
+                         f"shape {want} (scoresde.cascade.low_res_condition; sample it with "
+                         f"cascade or scoresde sample --cascade), got {got}")
+    return y.to(x.device)
+
+
 class Preconditioned(nn.Module):
     """A network ``net`` seen through an SDE's ``(m(t), s(t))`` and the data's ``sigma_data``.
 
@@ -47,6 +59,11 @@ class Preconditioned(nn.Module):
     def num_classes(self) -> int:
         """Number of classes the network takes as labels or gives logits of (0: none)."""
         return int(getattr(self.net, "num_classes", 0))
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the low-resolution image a super-resolution network takes (0: none)."""
+        return int(getattr(self.net, "cond_channels", 0))
 
     @property
     def embed_dim(self) -> int:
@@ -101,7 +118,9 @@ class ScoreModel(Preconditioned):
         """``eps_hat`` (shape of ``x``) and ``s(t)`` ``(B,)``: time checked and coefficients
         computed once per call."""
         t = self.sde.check_time(t, x)
-        if y is not None and self.embed_dim:
+        if self.cond_channels:
+            y = _check_low_res(y, x, self.cond_channels)
+        elif y is not None and self.embed_dim:
             y = check_embeddings(y, x.shape[0], self.embed_dim, allow_null=True).to(x.device)
         elif y is not None:
             if not self.num_classes:
