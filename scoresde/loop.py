@@ -33,11 +33,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from .checks import trusted_values
 from .cascade import training_condition
+from .checks import trusted_values
 from .data import Dataset
-from .images import StepBatches
 from .embeddings import drop_conditions
+from .images import StepBatches
+from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
@@ -48,9 +49,10 @@ from .stepping import (autocast, channels_last, clip_norm, compile_errors, compi
 __all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
            "dist_setup"]
 
-# What a run learns, with its loss: the score (a ``ScoreModel``) or a noisy classifier (a
-# ``NoiseClassifier``); :func:`scoresde.runs.build_model` wraps the network accordingly.
-LOSSES = {"score": dsm_loss, "classifier": classifier_loss}
+# What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
+# ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
+# :func:`scoresde.runs.build_model` wraps the network accordingly.
+LOSSES = {"score": dsm_loss, "classifier": classifier_loss, "autoencoder": autoencoder_loss}
 # On a stream that is not a terminal (a log file), a progress line at most this often.
 _LINE_EVERY_S = 30.0
 

@@ -19,6 +19,7 @@ from typing import Iterable
 
 import torch
 
+from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, build_net
 from .sde import SDE, get_sde
 from .stepping import count_params
@@ -220,7 +221,8 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     # Runs from before embedding conditioning had class labels or nothing; runs from before
     # cascades were at the data's resolution and not super-resolution models.
     old.setdefault("embed_dim", 0)
-    for key, value in (("downsample", 1), ("super_res", None), ("cond_aug", 0.0)):
+    for key, value in (("downsample", 1), ("super_res", None), ("cond_aug", 0.0),
+                       ("latent", None), ("latent_scale", None)):
         old.setdefault(key, value)
     # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
     # from before mixed precision, micro-batches, compilation and sample grids ran without them.
@@ -275,7 +277,10 @@ def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
 def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
     """The module a run trains, freshly initialised: its network rebuilt from ``config["net"]``
     inside the objective's wrapper (a score or a noisy classifier) for ``sde``."""
-    wrapper = NoiseClassifier if config.get("objective", "score") == "classifier" else ScoreModel
+    objective = config.get("objective", "score")
+    if objective == "autoencoder":
+        return build_net(config["net"])
+    wrapper = NoiseClassifier if objective == "classifier" else ScoreModel
     return wrapper(build_net(config["net"]), sde, config["sigma_data"])
 
 
@@ -284,7 +289,10 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
     """Rebuild a trained model from a run folder (no code is read from the checkpoint).
 
     A score run gives a :class:`~scoresde.ScoreModel`, a classifier run
-    (:func:`~scoresde.train_classifier`) a :class:`~scoresde.NoiseClassifier`.
+    (:func:`~scoresde.train_classifier`) a :class:`~scoresde.NoiseClassifier`, an autoencoder
+    run (``objective="autoencoder"``) its :class:`~scoresde.models.ConvAutoencoder`, and a
+    latent run (``latent=AE_RUN``) a :class:`~scoresde.latent.LatentDiffusion` that samples
+    images (its autoencoder read from ``AE_RUN``, which must still be there).
 
     Args:
         run_dir: a folder written by :func:`~scoresde.train`.
@@ -309,4 +317,7 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
                    if k != "n_averaged"}
     model.load_state_dict(weights)
     model.to(dev).eval().requires_grad_(False)
+    if config.get("latent"):  # a score of an autoencoder's latents: it decodes
+        autoencoder = load_run(config["latent"], device=dev, ema=ema)[0]
+        model = LatentDiffusion(model, autoencoder, config["latent_scale"], sde)
     return model, sde, config

@@ -21,6 +21,7 @@ import torch.distributed as dist
 from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
+from .latent import check_latent_run, latent_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
@@ -41,6 +42,14 @@ VECTOR_BATCH, IMAGE_BATCH = 1024, 128
 def _build_net(net, net_params, dataset, conditional, objective, super_res=None):
     """The run's network, freshly built: its config (``config()``) holds the network's own
     defaults, ``net_params`` over them, the shape and classes of the data."""
+    if objective == "autoencoder":
+        if net not in ("auto", "autoencoder"):
+            raise ValueError(f"objective='autoencoder' trains net='autoencoder', not {net!r}")
+        if not dataset.is_image:
+            raise ValueError(f"the autoencoder is for images (C, H, W); data {dataset.name!r} "
+                             f"has shape {tuple(dataset.event_shape)}")
+        return build_net({"name": "autoencoder", **(net_params or {}),
+                          "event_shape": list(dataset.event_shape)})
     if net == "auto":
         net = "unet" if dataset.is_image else "mlp"
     net, params = resolve_net(net, net_params)
@@ -82,6 +91,7 @@ def _check(kw: dict, dataset) -> dict:
         check_number("grad_clip", kw["grad_clip"], 0)
     check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
+    _check_objective(kw)
     _check_scale(kw, dataset)
     _check_super_res(kw, dataset)
     if kw["objective"] == "classifier" and not dataset.num_classes:
@@ -90,6 +100,18 @@ def _check(kw: dict, dataset) -> dict:
         raise ValueError(f"conditional training needs labels or embeddings; data "
                          f"{dataset.name!r} has none")
     return kw
+
+
+def _check_objective(kw: dict) -> None:
+    """What an autoencoder run or a latent run cannot do."""
+    if kw["objective"] == "autoencoder":
+        for key in ("conditional", "sample_every", "super_res", "latent"):
+            if kw[key]:
+                raise ValueError(f"objective='autoencoder' trains an autoencoder only; "
+                                 f"{key}={kw[key]!r} is not supported with it")
+    elif kw["latent"] is not None and (kw["super_res"] or kw["downsample"] != 1
+                                       or kw["sample_every"]):
+        raise ValueError("latent runs take no super_res, downsample or sample_every")
 
 
 def _check_super_res(kw: dict, dataset) -> None:
@@ -168,6 +190,7 @@ def train(
     conditional: bool = False,
     label_dropout: float = 0.1,
     objective: str = "score",
+    latent: str | os.PathLike | None = None,
     steps: int = 1500,
     batch_size: int | None = None,
     lr: float = 5e-3,
@@ -242,9 +265,16 @@ def train(
             (-1; embeddings: the learnt null embedding), so the same network also learns the
             unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to
             never drop.
-        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
+        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`), ``"classifier"`` (a
             :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
-            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
+            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`) or
+            ``"autoencoder"`` (a :class:`~scoresde.models.ConvAutoencoder` of images, trained
+            with :func:`~scoresde.latent.autoencoder_loss`, for ``latent``; ``net_params`` are
+            its keywords).
+        latent: an autoencoder run: train the score model on its latents of its data (``data``
+            and the data options are the autoencoder run's, recorded as such), scaled to unit
+            variance; the scale is recorded as ``latent_scale``. :func:`~scoresde.load_run`
+            then gives a :class:`~scoresde.latent.LatentDiffusion` (see :mod:`scoresde.latent`).
         steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
             vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
@@ -321,16 +351,34 @@ def _one_writer(place: Place) -> Iterator[None]:
 
 def _run(kw: dict, place: Place) -> dict:
     """Resolve the options, take the run folder, build the parts and run the loop."""
-    dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
+    scale = None
+    if kw["latent"] is not None:  # the autoencoder's data, encoded
+        dataset, scale = _latents(kw)
+    else:
+        dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
     if kw["batch_size"] is None:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
+    config["latent_scale"] = scale
     check_precision(config["precision"], place.device)
     if config["batch_size"] % place.world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
                          "processes")
     with _one_writer(place):
         return _train_locked(kw, config, dataset, place)
+
+
+def _latents(kw: dict):
+    """The latents of the autoencoder run ``kw["latent"]`` (its data and data options, which
+    ``kw`` then records) and their scale: see :func:`scoresde.latent.latent_dataset`."""
+    from .runs import load_run
+
+    kw["latent"] = check_latent_run(kw["latent"])
+    autoencoder, _, ae_config = load_run(kw["latent"])
+    kw["data"] = ae_config["data"]
+    kw.update({k: ae_config[k] for k in DATA_OPTIONS if k in ae_config})
+    dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
+    return latent_dataset(dataset, autoencoder)
 
 
 def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:
