@@ -17,6 +17,8 @@ from .models import DDPMpp, ScoreMLP, ScoreModel, UNet
 from .runs import load_run
 from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
+from .guidance import function_guidance
+from .cascade import cascade
 from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
@@ -50,4 +52,5 @@ __all__ = [
     "sample_quality", "run_quality",
     "solve_inverse", "INVERSE_METHODS", "LinearObservation", "LinearPosterior", "mask_matrix",
     "grey_matrix",
+    "function_guidance", "cascade",
 ]

@@ -15,6 +15,7 @@ batches are a function of the seed and the step (:class:`scoresde.images.StepBat
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -34,7 +35,7 @@ __all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "
            "DATA_OPTIONS", "load_run_array"]
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
-DATA_OPTIONS = ("channels", "resolution", "flip", "pixels")
+DATA_OPTIONS = ("channels", "resolution", "flip", "pixels", "downsample")
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -51,6 +52,8 @@ class Dataset:
             ``-> (x, labels)`` for labelled ones (mixtures, whose components are the classes).
         train_labels, test_labels: integer labels ``(N,)`` or None.
         num_classes: number of label values (0 without labels).
+        embed_dim: size ``E`` of the float embeddings ``(N, E)`` held in place of labels by
+            ``train_labels`` and ``test_labels`` (0: none; then ``num_classes`` is 0).
         is_image: True for ``(C, H, W)`` image sets.
         entropy: differential entropy in nats, or None where unknown (computed on first access).
         log_prob: exact log-density ``(B, *event_shape) -> (B,)`` or None.
@@ -71,6 +74,7 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     num_classes: int = 0
+    embed_dim: int = 0
     is_image: bool = False
     entropy_fn: Callable[[], float | None] = field(default=lambda: None, repr=False)
     log_prob: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -169,7 +173,9 @@ def load_array(path: str | os.PathLike) -> tuple[torch.Tensor, torch.Tensor | No
     """Read ``(N, *dims)`` points (and optional labels) from a ``.npy`` or ``.npz`` file.
 
     An ``.npz`` holds the points under ``x``, ``data`` or as its only array, and labels under
-    ``y`` or ``labels``. A uint8 array of rank 3 or 4 holds 8-bit images (see
+    ``y`` or ``labels``: integers of shape ``(N,)`` are class labels, floats of shape ``(N, E)``
+    are embeddings (continuous conditioning vectors, :mod:`scoresde.embeddings`). A uint8
+    array of rank 3 or 4 holds 8-bit images (see
     :func:`scoresde.images.pixels_of_array` for the layouts): they come back as ``(N, C, H, W)``
     model values ``(p + 0.5) / 128 - 1``; any other array comes back as stored, in float32.
 
@@ -216,10 +222,19 @@ def _load_array(path: str, pixels: bool | None = None
                          f"got dtype {x.dtype} and shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{path}: the points contain NaN or infinite values")
-    if labels is not None and (labels.shape != (x.shape[0],)
-                               or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0):
-        raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)")
-    y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
+    if labels is not None and np.issubdtype(labels.dtype, np.floating):
+        if labels.ndim != 2 or labels.shape[0] != x.shape[0] or not labels.shape[1] \
+                or not np.isfinite(labels).all():
+            raise ValueError(f"{path}: float y are embeddings: finite, of shape ({x.shape[0]}, E);"
+                             f" got shape {labels.shape} (class labels are integers)")
+        y = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32))
+    elif labels is not None and (labels.shape != (x.shape[0],)
+                                 or not np.issubdtype(labels.dtype, np.integer)
+                                 or labels.min() < 0):
+        raise ValueError(f"{path}: labels must be non-negative integers of shape ({x.shape[0]},)"
+                         f" (or embeddings: floats of shape ({x.shape[0]}, E))")
+    else:
+        y = None if labels is None else torch.from_numpy(labels.astype(np.int64))
     if pixels and not _is_pixels(x):
         raise ValueError(f"{path}: pixels=True needs a uint8 array of rank 3 or 4, got dtype "
                          f"{x.dtype} and shape {x.shape}")
@@ -315,7 +330,14 @@ def _split(name, x, y, test_fraction, seed, **kw) -> Dataset:
     lab = (lambda i: None) if y is None else (lambda i: y[i])
     return Dataset(name, tuple(x.shape[1:]), test, train=x[train_idx], train_labels=lab(train_idx),
                    test_labels=lab(test_idx) if n_test else lab(train_idx),
-                   num_classes=0 if y is None else int(y.max()) + 1, **kw)
+                   **_conditions_of(y), **kw)
+
+
+def _conditions_of(y: torch.Tensor | None) -> dict:
+    """``num_classes`` of integer labels, or ``embed_dim`` of float embeddings ``(N, E)``."""
+    if y is not None and y.dtype.is_floating_point:
+        return {"num_classes": 0, "embed_dim": int(y.shape[1])}
+    return {"num_classes": 0 if y is None else int(y.max()) + 1}
 
 
 def _test_generator() -> torch.Generator:
@@ -335,7 +357,8 @@ def _mixture_dataset(mix: GaussianMixture, test_size: int) -> Dataset:
 
 def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
                 channels: int | None = None, resolution: int | None = None, flip: bool = False,
-                pixels: bool | None = None, in_memory: bool | None = None) -> Dataset:
+                pixels: bool | None = None, in_memory: bool | None = None,
+                downsample: int = 1) -> Dataset:
     """A data set from a toy name, ``"digits"``, a path or a ``GaussianMixture``.
 
     Args:
@@ -359,6 +382,9 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
             support did; runs of those versions record it), True requires 8-bit images.
         in_memory: folders: decode once and keep in memory (True), or decode as batches are
             drawn (False); None decides by :data:`scoresde.images.IN_MEMORY_BYTES`.
+        downsample: image sets held in memory (digits, float image arrays): the mean of each
+            ``downsample x downsample`` block, e.g. 2 for digits at 4x4 (the base of a
+            cascade, :mod:`scoresde.cascade`); 1 keeps the resolution.
 
     Raises:
         ValueError: unknown name, bad file or folder, or bad sizes or options.
@@ -372,6 +398,9 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
     if pixels is not None and not isinstance(pixels, bool):
         raise TypeError(f"pixels must be None, True or False, got {pixels!r}")
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        if downsample != 1:
+            raise ValueError(f"downsample is for image sets held as values; a folder "
+                             f"{os.fspath(data)!r} takes resolution instead")
         if pixels is False:
             raise ValueError(f"pixels=False reads arrays as stored values; a folder "
                              f"{os.fspath(data)!r} holds 8-bit images")
@@ -388,7 +417,17 @@ def get_dataset(data, test_size: int = 10_000, test_fraction: float = 0.1, *,
         raise ValueError(f"flip needs 8-bit images (a folder or a uint8 array), not data "
                          f"{dataset.name!r}")
     dataset.flip = bool(flip)
-    return dataset
+    return _downsampled(dataset, downsample) if downsample != 1 else dataset
+
+
+def _downsampled(dataset: Dataset, factor: int) -> Dataset:
+    """``dataset`` at ``1 / factor`` of its resolution (block means of every image)."""
+    factor = images.check_factor("downsample", factor, dataset.event_shape)
+    if dataset.train is None or dataset.pixel_bits is not None or not dataset.is_image:
+        raise ValueError(f"downsample is for image sets held as values (digits, float arrays), "
+                         f"not data {dataset.name!r} (a folder: use resolution)")
+    train, test = (images.downsample(x, factor) for x in (dataset.train, dataset.test))
+    return dataclasses.replace(dataset, event_shape=tuple(train.shape[1:]), train=train, test=test)
 
 
 def _get_other(data, test_size: int, test_fraction: float, pixels: bool | None) -> Dataset:
@@ -434,6 +473,7 @@ def run_dataset(config: dict) -> Dataset:
     options = {k: config[k] for k in DATA_OPTIONS if k in config}
     dataset = get_dataset(config["data"], in_memory=False, **options)
     facts = {"data_shape": list(dataset.event_shape), "num_classes": dataset.num_classes,
+             "embed_dim": dataset.embed_dim,
              "raw_scale": dataset.raw_scale, "raw_offset": dataset.raw_offset}
     differ = [key for key, value in facts.items() if key in config and config[key] != value]
     if differ:

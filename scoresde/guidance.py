@@ -9,9 +9,15 @@ sampler (and the likelihood) without their knowing:
     ``classifier_guidance``: ``s(x, t) + scale * grad_x log p(y | x_t, t)`` (Dhariwal & Nichol
         2021; Song et al. 2021, eq. 14); with the exact noisy classifier and ``scale = 1`` it is
         exactly the conditional score, by Bayes' rule.
+    ``function_guidance``: ``s(x, t) + scale * grad_x f(x, t)`` for any differentiable ``f``
+        (GLIDE's CLIP guidance is ``f = similarity(image_encoder(x_t), text_embedding)``);
+        classifier guidance is the case ``f = log p(y | x_t)``.
 
 Labels are an integer (the same class for every sample) or ``(B,)`` integers, checked against
-the number of classes when the wrapper is made and against the batch at every call.
+the number of classes when the wrapper is made and against the batch at every call. A score
+function conditioned on embeddings (``embed_dim = E > 0``, :mod:`scoresde.embeddings`) takes
+``(E,)`` or ``(B, E)`` floats in their place, in ``conditional_score`` and
+``classifier_free_guidance`` alike.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from typing import Callable
 import torch
 
 from .checks import check_int, check_number
+from .embeddings import check_embeddings
 from .labels import check_labels
 
-__all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance"]
+__all__ = ["conditional_score", "classifier_free_guidance", "classifier_guidance",
+           "function_guidance"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -53,6 +61,27 @@ def _bind(y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
     return labels
 
 
+def _conditions(score_fn, y, num_classes: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``conditions(x)``: the labels ``y`` bound (see :func:`_bind`), or for a score function
+    conditioned on embeddings (``score_fn.embed_dim > 0``) the embeddings ``y``, ``(E,)`` or
+    ``(B, E)``, checked now and against the batch at every call."""
+    embed_dim = int(getattr(score_fn, "embed_dim", 0) or 0)
+    if not embed_dim:
+        return _bind(y, _num_classes(score_fn, num_classes))
+    try:
+        t = y if isinstance(y, torch.Tensor) else torch.as_tensor(
+            y, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"embeddings must be floats of shape (B, {embed_dim}), got {y!r}"
+                         ) from None
+    check_embeddings(t, t.shape[0] if t.ndim == 2 else 1, embed_dim)
+
+    def embeddings(x: torch.Tensor) -> torch.Tensor:
+        return check_embeddings(t, x.shape[0], embed_dim).to(x.device, x.dtype)
+
+    return embeddings
+
+
 def conditional_score(score_fn: Callable[..., torch.Tensor], y,
                       num_classes: int | None = None) -> ScoreFn:
     """The score function ``(x, t) -> score_fn(x, t, y)`` with labels ``y`` bound.
@@ -70,7 +99,7 @@ def conditional_score(score_fn: Callable[..., torch.Tensor], y,
         ValueError: labels that are not integers or lie outside ``[0, num_classes)`` (now), or
             whose count is neither 1 nor the batch (at the call).
     """
-    labels = _bind(y, _num_classes(score_fn, num_classes))
+    labels = _conditions(score_fn, y, num_classes)
     return lambda x, t: score_fn(x, t, labels(x))
 
 
@@ -86,7 +115,8 @@ def classifier_free_guidance(score_fn: Callable[..., torch.Tensor], y, w: float 
     Args:
         score_fn: a class-conditional score function ``score_fn(x, t, y)`` that gives the
             unconditional score for ``y=None``.
-        y: an integer class or ``(B,)`` integer labels.
+        y: an integer class or ``(B,)`` integer labels; for a score function conditioned on
+            embeddings (``embed_dim > 0``), one embedding ``(E,)`` or ``(B, E)`` floats.
         w: guidance weight; 0 is plain conditional sampling, negative values down to -1 move
             towards the unconditional model.
         num_classes: the number of classes; read from ``score_fn.num_classes`` when it has one.
@@ -98,7 +128,7 @@ def classifier_free_guidance(score_fn: Callable[..., torch.Tensor], y, w: float 
         ValueError: bad labels (see :func:`conditional_score`) or a non-finite ``w``.
     """
     w = check_number("guidance weight w", w)
-    labels = _bind(y, _num_classes(score_fn, num_classes))
+    labels = _conditions(score_fn, y, num_classes)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         cond = score_fn(x, t, labels(x))
@@ -133,16 +163,60 @@ def classifier_guidance(score_fn: ScoreFn, classifier: Callable[[torch.Tensor, t
     scale = check_number("classifier scale", scale)
     labels = _bind(y, _num_classes(classifier, num_classes))
 
+    def log_p(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        logits = classifier(x, t)
+        if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the classifier must return logits of shape (B, K), got "
+                             f"{tuple(logits.shape)}")
+        return torch.log_softmax(logits, dim=1).gather(1, labels(x)[:, None])[:, 0]
+
+    return function_guidance(score_fn, log_p, scale)
+
+
+def function_guidance(score_fn: ScoreFn, f: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                      scale: float = 1.0) -> ScoreFn:
+    """Guidance by a differentiable function: ``s(x, t) + scale * grad_x f(x, t)``.
+
+    ``f`` scores how well each noisy sample ``x_t`` meets the wish: the guided sampler draws
+    from ``p_t(x) exp(scale * f(x, t))`` at every noise level (exactly so when ``f`` is defined
+    at each ``t`` as the log of such a tilt). With ``f = log p(y | x_t)`` of an exact classifier
+    this is :func:`classifier_guidance`; GLIDE's CLIP guidance is ``f = cos(image_encoder(x_t,
+    t), text_embedding)``; a hand-written ``f`` (minus the squared distance to a region, say)
+    steers samples there. The gradient is taken by autograd on a detached copy of ``x``, so the
+    guided score works inside ``torch.no_grad`` (as samplers call it) and returns no graph.
+
+    Args:
+        score_fn: the score function ``score_fn(x, t)`` to guide.
+        f: ``f(x, t) -> (B,)`` (or a scalar: its gradient is then that of the sum),
+            differentiable in ``x`` of shape ``(B, *dims)``; sample ``i``'s value may depend on
+            ``x[i]`` only, since the gradient is that of the sum over the batch.
+        scale: the guidance weight; 0 gives ``score_fn`` back unchanged in value.
+
+    Returns:
+        A score function ``score(x, t)`` of ``x``'s shape (one score call and one forward and
+        backward pass of ``f`` per call).
+
+    Raises:
+        ValueError: a non-finite ``scale`` (now); ``f`` returning neither a scalar nor ``(B,)``
+            values, or values that do not depend on ``x`` (at the call).
+        TypeError: ``f`` is not callable.
+    """
+    scale = check_number("guidance scale", scale)
+    if not callable(f):
+        raise TypeError(f"f must be a function f(x, t) -> (B,), got {type(f).__name__}")
+
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        y_b = labels(x)
         with torch.enable_grad():
             x_in = x.detach().requires_grad_(True)
-            logits = classifier(x_in, t)
-            if logits.ndim != 2 or logits.shape[0] != x.shape[0]:
-                raise ValueError(f"the classifier must return logits of shape (B, K), got "
-                                 f"{tuple(logits.shape)}")
-            log_p = torch.log_softmax(logits, dim=1).gather(1, y_b[:, None]).sum()
-            (grad,) = torch.autograd.grad(log_p, x_in)
-        return score_fn(x, t) + scale * grad.to(x.dtype)
+            value = f(x_in, t)
+            if not isinstance(value, torch.Tensor) or value.shape not in ((), (x.shape[0],)):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value)
+                raise ValueError(f"f must return a scalar or one value per sample, shape "
+                                 f"({x.shape[0]},); got {shape}")
+            if not value.requires_grad:
+                raise ValueError("f(x, t) does not depend on x differentiably: it has no "
+                                 "gradient to guide with")
+            (grad,) = torch.autograd.grad(value.sum(), x_in)
+        return score_fn(x, t) + scale * grad.detach().to(x.dtype)
 
     return guided

@@ -24,12 +24,15 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from .checks import check_int
 from .utils import append_dims
 
 __all__ = ["PIXELS", "IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "ImageFiles", "read_folder", "to_model",
-           "pixels_of_array", "step_draw", "StepBatches"]
+           "pixels_of_array", "step_draw", "StepBatches", "downsample", "upsample",
+           "check_factor"]
 
 # A folder decodes to float32 tensors in memory up to this many bytes; above it, it streams.
 IN_MEMORY_BYTES = 2 * 2**30
@@ -367,3 +370,26 @@ class StepBatches:
         except ValueError as err:  # a worker's error: its last line, without the traceback
             raise ValueError(str(err).strip().splitlines()[-1].removeprefix("ValueError: ")) \
                 from None
+
+
+# ----- resolution ------------------------------------------------------------------------------
+def downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """The mean of each ``factor x factor`` block: ``(B, C, H, W)`` -> ``(B, C, H/f, W/f)``."""
+    return F.avg_pool2d(x, factor) if factor > 1 else x
+
+
+def upsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Each pixel repeated over a ``factor x factor`` block: ``(B, C, h, w)`` ->
+    ``(B, C, f h, f w)``."""
+    return F.interpolate(x, scale_factor=factor, mode="nearest") if factor > 1 else x
+
+
+def check_factor(name: str, factor: int, shape) -> int:
+    """``factor`` as an int >= 1 that divides the height and width of images ``shape``."""
+    factor = check_int(name, factor, 1)
+    if len(shape) != 3 or shape[1] % factor or shape[2] % factor:
+        raise ValueError(f"{name}={factor} needs images (C, H, W) with H and W divisible by it, "
+                         f"got shape {tuple(shape)}")
+    return factor
+
+

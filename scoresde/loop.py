@@ -33,10 +33,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
+from .cascade import training_condition
 from .checks import trusted_values
 from .data import Dataset
+from .embeddings import drop_conditions
 from .images import StepBatches
-from .labels import NULL_LABEL
+from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
@@ -47,9 +49,10 @@ from .stepping import (autocast, channels_last, clip_norm, compile_errors, compi
 __all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
            "dist_setup"]
 
-# What a run learns, with its loss: the score (a ``ScoreModel``) or a noisy classifier (a
-# ``NoiseClassifier``); :func:`scoresde.runs.build_model` wraps the network accordingly.
-LOSSES = {"score": dsm_loss, "classifier": classifier_loss}
+# What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
+# ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
+# :func:`scoresde.runs.build_model` wraps the network accordingly.
+LOSSES = {"score": dsm_loss, "classifier": classifier_loss, "autoencoder": autoencoder_loss}
 # On a stream that is not a terminal (a log file), a progress line at most this often.
 _LINE_EVERY_S = 30.0
 
@@ -82,6 +85,8 @@ class Options:
     eval_every: int | None
     eval_n: int
     eval_features: str
+    super_res: int | None
+    cond_aug: float
 
     @classmethod
     def of(cls, config: dict) -> "Options":
@@ -299,8 +304,12 @@ def _draw_batch(parts: Parts, opts: Options, place: Place):
                     t_sampling=opts.t_sampling, log_snr_share=opts.log_snr_share,
                     generator=gen, device=dev)
     z = torch.randn((n, *parts.dataset.event_shape), generator=gen, device=dev)
-    y = _labels(y, n, mine, opts, gen, dev)
-    return x0.to(dev), y, t[mine], z[mine]
+    x0 = x0.to(dev)
+    if opts.super_res:  # the condition is the low-resolution image, augmented
+        y = training_condition(x0, opts.super_res, opts.cond_aug, n, mine, gen)
+    else:
+        y = _labels(y, n, mine, opts, gen, dev)
+    return x0, y, t[mine], z[mine]
 
 
 def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
@@ -311,7 +320,7 @@ def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
     y = y.to(dev)
     if opts.objective == "score" and opts.label_dropout > 0:
         drop = torch.rand((n,), generator=gen, device=dev)[mine] < opts.label_dropout
-        y = y.masked_fill(drop, NULL_LABEL)
+        y = drop_conditions(y, drop)
     return y
 
 

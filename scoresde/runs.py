@@ -19,6 +19,7 @@ from typing import Iterable
 
 import torch
 
+from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
 from .stepping import count_params
@@ -218,6 +219,12 @@ def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
     old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
     # Runs from before log_snr_share drew every time by the weighting's own rule.
     old.setdefault("log_snr_share", 0.0)
+    # Runs from before embedding conditioning had class labels or nothing; runs from before
+    # cascades were at the data's resolution and not super-resolution models.
+    old.setdefault("embed_dim", 0)
+    for key, value in (("downsample", 1), ("super_res", None), ("cond_aug", 0.0),
+                       ("latent", None), ("latent_scale", None)):
+        old.setdefault(key, value)
     # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
     # from before mixed precision, micro-batches, compilation and sample grids ran without them.
     # Runs from before image support read every .npy/.npz array as its stored values.
@@ -258,7 +265,8 @@ def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
         callers = key in explicit or (key in MAY_CHANGE and key in given)
         if key in old and key not in ("run_dir", "sde", "net") and not callers:
             out[key] = old[key]
-    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes"))):
+    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes", "embed_dim",
+                                             "cond_channels"))):
         params = {k: v for k, v in old[key].items() if k not in facts}  # facts come from data
         name = params.pop("name")
         if key not in explicit or given.get(key) == name:
@@ -269,11 +277,15 @@ def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
 # ----- the run's model ----------------------------------------------------------------------------
 def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
     """The module a run trains, freshly initialised: its network rebuilt from ``config["net"]``
-    inside the objective's wrapper (a score or a noisy classifier) for ``sde``; a run converted
-    from score_sde_pytorch (``score_sde`` in its config) in the reference's score."""
+    inside the objective's wrapper (a score, a noisy classifier, or for an autoencoder run the
+    network itself) for ``sde``; a run converted from score_sde_pytorch (``score_sde`` in its
+    config) in the reference's score."""
     if config.get("score_sde"):
         return ScoreSDEModel(build_net(config["net"]), sde, **config["score_sde"])
-    wrapper = NoiseClassifier if config.get("objective", "score") == "classifier" else ScoreModel
+    objective = config.get("objective", "score")
+    if objective == "autoencoder":
+        return build_net(config["net"])
+    wrapper = NoiseClassifier if objective == "classifier" else ScoreModel
     return wrapper(build_net(config["net"]), sde, config["sigma_data"])
 
 
@@ -282,7 +294,10 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
     """Rebuild a trained model from a run folder (no code is read from the checkpoint).
 
     A score run gives a :class:`~scoresde.ScoreModel`, a classifier run
-    (:func:`~scoresde.train_classifier`) a :class:`~scoresde.NoiseClassifier`.
+    (:func:`~scoresde.train_classifier`) a :class:`~scoresde.NoiseClassifier`, an autoencoder
+    run (``objective="autoencoder"``) its :class:`~scoresde.models.ConvAutoencoder`, and a
+    latent run (``latent=AE_RUN``) a :class:`~scoresde.latent.LatentDiffusion` that samples
+    images (its autoencoder read from ``AE_RUN``, which must still be there).
 
     Args:
         run_dir: a folder written by :func:`~scoresde.train`.
@@ -307,4 +322,7 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
                    if k != "n_averaged"}
     model.load_state_dict(weights)
     model.to(dev).eval().requires_grad_(False)
+    if config.get("latent"):  # a score of an autoencoder's latents: it decodes
+        autoencoder = load_run(config["latent"], device=dev, ema=ema)[0]
+        model = LatentDiffusion(model, autoencoder, config["latent_scale"], sde)
     return model, sde, config

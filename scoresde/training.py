@@ -20,6 +20,8 @@ import torch.distributed as dist
 
 from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
+from .images import check_factor
+from .latent import check_latent_run, latent_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
@@ -38,14 +40,26 @@ VECTOR_BATCH, IMAGE_BATCH = 1024, 128
 
 
 # ----- resolving the options ----------------------------------------------------------------------
-def _build_net(net, net_params, dataset, conditional, objective):
+def _build_net(net, net_params, dataset, conditional, objective, super_res=None):
     """The run's network, freshly built: its config (``config()``) holds the network's own
     defaults, ``net_params`` over them, the shape and classes of the data."""
+    if objective == "autoencoder":
+        if net not in ("auto", "autoencoder"):
+            raise ValueError(f"objective='autoencoder' trains net='autoencoder', not {net!r}")
+        if not dataset.is_image:
+            raise ValueError(f"the autoencoder is for images (C, H, W); data {dataset.name!r} "
+                             f"has shape {tuple(dataset.event_shape)}")
+        return build_net({"name": "autoencoder", **(net_params or {}),
+                          "event_shape": list(dataset.event_shape)})
     if net == "auto":
         net = "unet" if dataset.is_image else "mlp"
     net, params = resolve_net(net, net_params)
     params.update(event_shape=list(dataset.event_shape),
                   num_classes=dataset.num_classes if conditional else 0)
+    if super_res:  # the upsampled low-resolution image comes in as extra channels
+        params["cond_channels"] = dataset.event_shape[0]
+    if conditional and dataset.embed_dim and objective == "score":
+        params["embed_dim"] = dataset.embed_dim
     if objective == "classifier":  # the same family, ending in class logits
         net = net if net.endswith("_classifier") else f"{net}_classifier"
         params["num_classes"] = dataset.num_classes
@@ -78,10 +92,42 @@ def _check(kw: dict, dataset) -> dict:
         check_number("grad_clip", kw["grad_clip"], 0)
     check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
+    _check_objective(kw)
     _check_scale(kw, dataset)
-    if (kw["conditional"] or kw["objective"] == "classifier") and not dataset.num_classes:
-        raise ValueError(f"conditional training needs labels; data {dataset.name!r} has none")
+    _check_super_res(kw, dataset)
+    if kw["objective"] == "classifier" and not dataset.num_classes:
+        raise ValueError(f"a classifier needs class labels; data {dataset.name!r} has none")
+    if kw["conditional"] and not (dataset.num_classes or dataset.embed_dim):
+        raise ValueError(f"conditional training needs labels or embeddings; data "
+                         f"{dataset.name!r} has none")
     return kw
+
+
+def _check_objective(kw: dict) -> None:
+    """What an autoencoder run or a latent run cannot do."""
+    if kw["objective"] == "autoencoder":
+        for key in ("conditional", "sample_every", "super_res", "latent"):
+            if kw[key]:
+                raise ValueError(f"objective='autoencoder' trains an autoencoder only; "
+                                 f"{key}={kw[key]!r} is not supported with it")
+    elif kw["latent"] is not None and (kw["super_res"] or kw["downsample"] != 1
+                                       or kw["sample_every"]):
+        raise ValueError("latent runs take no super_res, downsample or sample_every")
+
+
+def _check_super_res(kw: dict, dataset) -> None:
+    """A super-resolution run: the factor divides the images; an unconditional score."""
+    kw["downsample"] = check_int("downsample", kw["downsample"], 1)
+    if kw["super_res"] is None:
+        kw["cond_aug"] = 0.0  # not used: recorded as what it does
+        return
+    kw["super_res"] = check_factor("super_res", kw["super_res"], dataset.event_shape)
+    kw["cond_aug"] = check_number("cond_aug", kw["cond_aug"], 0)
+    for key, bad in (("conditional", kw["conditional"]), ("sample_every", kw["sample_every"]),
+                     ("objective", kw["objective"] != "score")):
+        if bad:
+            raise ValueError(f"super_res trains a score conditioned on the low-resolution image "
+                             f"only; {key}={kw[key]!r} is not supported with it")
 
 
 def _check_scale(kw: dict, dataset) -> None:
@@ -110,13 +156,13 @@ def _resolve(kw: dict, dataset) -> dict:
         sde = get_sde(sde, **(kw["sde_params"] or {}))
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     network = _build_net(kw["net"], kw["net_params"], dataset, kw["conditional"],
-                         kw["objective"])
+                         kw["objective"], kw["super_res"])
     config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
     config.update(
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
-        num_classes=dataset.num_classes, raw_scale=dataset.raw_scale,
+        num_classes=dataset.num_classes, embed_dim=dataset.embed_dim, raw_scale=dataset.raw_scale,
         raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
         sigma_data=float(sigma_data), net=network.config(), num_params=count_params(network),
         run_dir=os.path.abspath(kw["run_dir"]))
@@ -138,6 +184,9 @@ def train(
     resolution: int | None = None,
     flip: bool = False,
     pixels: bool | None = None,
+    downsample: int = 1,
+    super_res: int | None = None,
+    cond_aug: float = 0.2,
     sde: str | SDE = "vp",
     sde_params: dict | None = None,
     net: str = "auto",
@@ -145,6 +194,7 @@ def train(
     conditional: bool = False,
     label_dropout: float = 0.1,
     objective: str = "score",
+    latent: str | os.PathLike | None = None,
     steps: int = 1500,
     batch_size: int | None = None,
     lr: float = 5e-3,
@@ -201,18 +251,37 @@ def train(
         pixels: ``.npy``/``.npz`` data: None reads a uint8 array of rank 3 or 4 as 8-bit
             images; False as stored values (what runs of versions before image support did,
             which their upgraded config records: pass ``pixels=False`` to resume one).
+        downsample: image sets held as values (digits, float arrays): train at ``1 /
+            downsample`` of the resolution (block means), e.g. the 4x4 base of a cascade.
+        super_res: train a super-resolution model (:mod:`scoresde.cascade`): the score of the
+            images given the images downsampled by this factor, upsampled, as extra input
+            channels of a U-Net (``cond_channels``); None for an ordinary model.
+        cond_aug: with ``super_res``, conditioning augmentation (Ho et al. 2021): each training
+            sample's low-resolution image is noised by ``a N(0, I)`` with ``a ~ U[0,
+            cond_aug]``, and ``a`` is given to the network; 0 for none. Recorded as 0 without
+            ``super_res``.
         sde, sde_params: an SDE name with its parameters, or an SDE instance.
         net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), a network of
             ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of
             ``models.NET_PRESETS`` (``"ddpmpp_cifar10"``, ``"ddpmpp_small8"``, ...), and keyword
             overrides for the network (over the preset's).
-        conditional: pass the data's labels to the network.
+        conditional: pass the data's labels to the network: class labels, or embeddings (an
+            ``.npz`` whose ``y`` holds floats of shape ``(N, E)``; the network then projects
+            them and learns a null embedding, see :mod:`scoresde.embeddings`).
         label_dropout: with ``conditional``, the share of labels replaced by the null label
-            (-1), so the same network also learns the unconditional score that classifier-free
-            guidance needs (Ho & Salimans 2021); 0 to never drop.
-        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`) or ``"classifier"`` (a
+            (-1; embeddings: the learnt null embedding), so the same network also learns the
+            unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to
+            never drop.
+        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`), ``"classifier"`` (a
             :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
-            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`).
+            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`) or
+            ``"autoencoder"`` (a :class:`~scoresde.models.ConvAutoencoder` of images, trained
+            with :func:`~scoresde.latent.autoencoder_loss`, for ``latent``; ``net_params`` are
+            its keywords).
+        latent: an autoencoder run: train the score model on its latents of its data (``data``
+            and the data options are the autoencoder run's, recorded as such), scaled to unit
+            variance; the scale is recorded as ``latent_scale``. :func:`~scoresde.load_run`
+            then gives a :class:`~scoresde.latent.LatentDiffusion` (see :mod:`scoresde.latent`).
         steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
             vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
@@ -297,16 +366,34 @@ def _one_writer(place: Place) -> Iterator[None]:
 
 def _run(kw: dict, place: Place) -> dict:
     """Resolve the options, take the run folder, build the parts and run the loop."""
-    dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
+    scale = None
+    if kw["latent"] is not None:  # the autoencoder's data, encoded
+        dataset, scale = _latents(kw)
+    else:
+        dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
     if kw["batch_size"] is None:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
+    config["latent_scale"] = scale
     check_precision(config["precision"], place.device)
     if config["batch_size"] % place.world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
                          "processes")
     with _one_writer(place):
         return _train_locked(kw, config, dataset, place)
+
+
+def _latents(kw: dict):
+    """The latents of the autoencoder run ``kw["latent"]`` (its data and data options, which
+    ``kw`` then records) and their scale: see :func:`scoresde.latent.latent_dataset`."""
+    from .runs import load_run
+
+    kw["latent"] = check_latent_run(kw["latent"])
+    autoencoder, _, ae_config = load_run(kw["latent"])
+    kw["data"] = ae_config["data"]
+    kw.update({k: ae_config[k] for k in DATA_OPTIONS if k in ae_config})
+    dataset = get_dataset(kw["data"], **{k: kw[k] for k in DATA_OPTIONS})
+    return latent_dataset(dataset, autoencoder)
 
 
 def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:

@@ -17,6 +17,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "net"): models.TRAIN_NETS,
     ("train", "precision"): stepping.PRECISIONS,
     ("sample", "solver"): scoresde.SAMPLERS,
+    ("sample", "sr_solver"): scoresde.SAMPLERS,
     ("sample", "grid"): sampling.GRIDS,
     ("sample", "predictor"): sampling.PREDICTORS,
     ("sample", "corrector"): sampling.CORRECTORS,
@@ -29,7 +30,8 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
     **{("train", k): (scoresde.train, k) for k in (
         "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
-        "label_dropout", "net", "precision")},
+        "label_dropout", "net", "precision", "downsample", "cond_aug")},
+    ("sample", "aug_level"): (scoresde.cascade, "aug_level"),
     ("sample", "solver"): (scoresde.sample, "solver"),
     ("sample", "steps"): (scoresde.sample, "steps"),
     **{("sample", k): (sampling.sample_pc, k) for k in (

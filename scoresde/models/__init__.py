@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .autoencoder import ConvAutoencoder
 from .classifier import ClassifierMLP, ClassifierUNet, NoiseClassifier
 from .ddpmpp import DDPMpp
 from .mlp import InputFeatures, ScoreMLP, TimeFeatures
@@ -14,14 +15,16 @@ from .unet import UNet
 
 __all__ = ["ScoreMLP", "UNet", "DDPMpp", "ScoreModel", "TimeFeatures", "InputFeatures", "NETS",
            "NET_PRESETS", "TRAIN_NETS", "build_net", "resolve_net", "ClassifierMLP",
-           "ClassifierUNet", "NoiseClassifier", "ScoreSDEModel"]
+           "ClassifierUNet", "NoiseClassifier", "ScoreSDEModel", "ConvAutoencoder"]
 
 NETS: dict[str, type[nn.Module]] = {"mlp": ScoreMLP, "unet": UNet, "ddpmpp": DDPMpp,
                                     "mlp_classifier": ClassifierMLP,
-                                    "unet_classifier": ClassifierUNet}
+                                    "unet_classifier": ClassifierUNet,
+                                    "autoencoder": ConvAutoencoder}
 
 # What ``train(net=...)`` accepts: "auto" (by the data), a score network of NETS, or a preset.
-TRAIN_NETS: tuple[str, ...] = ("auto", *(n for n in NETS if not n.endswith("_classifier")),
+TRAIN_NETS: tuple[str, ...] = ("auto", *(n for n in NETS if not n.endswith("_classifier")
+                                          and n != "autoencoder"),
                                *NET_PRESETS)
 
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import check_choice, check_int, check_number
-from .mlp import conditioning
+from ..embeddings import EmbeddingConditioning
+from .mlp import check_embed_dim, conditioning
 from .resample import fir_conv_downsample, fir_downsample, fir_upsample
 from .resample import fir_kernel as _fir_2d
 
@@ -216,6 +217,8 @@ class DDPMpp(nn.Module):
             ``False`` gives a network that ignores the noise level, and takes no labels.
         num_classes: labels ``y`` in ``[0, num_classes)`` are embedded and added to the noise
             embedding (the null label -1 adds nothing); 0 for an unconditional network.
+        embed_dim: embeddings ``y`` ``(B, embed_dim)`` instead of labels (see
+            :class:`~scoresde.ScoreMLP`); 0 for none.
     """
 
     def __init__(self, event_shape=(3, 32, 32), nf: int = 128, ch_mult=(1, 2, 2, 2),
@@ -223,7 +226,7 @@ class DDPMpp(nn.Module):
                  embedding_type: str = "positional", fourier_scale: float = 16.0,
                  init_scale: float = 0.0, skip_rescale: bool = True,
                  noise_conditional: bool = True, num_classes: int = 0, fir_kernel=None,
-                 progressive_input: str = "none"):
+                 progressive_input: str = "none", embed_dim: int = 0):
         super().__init__()
         event_shape, ch_mult, attn_resolutions = _check_layout(event_shape, nf, ch_mult,
                                                                attn_resolutions)
@@ -240,7 +243,8 @@ class DDPMpp(nn.Module):
         if progressive_input != "none" and fir_kernel is None:
             raise ValueError("progressive_input='residual' needs a fir_kernel (NCSN++: "
                              "[1, 3, 3, 1])")
-        if self.num_classes and not noise_conditional:
+        self.embed_dim = check_embed_dim(embed_dim, self.num_classes)
+        if (self.num_classes or self.embed_dim) and not noise_conditional:
             raise ValueError("DDPMpp takes labels only with noise_conditional=True")
         self._config = dict(event_shape=list(event_shape), nf=nf, ch_mult=list(ch_mult),
                             num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions,
@@ -249,7 +253,8 @@ class DDPMpp(nn.Module):
                             skip_rescale=bool(skip_rescale),
                             noise_conditional=bool(noise_conditional),
                             num_classes=self.num_classes, fir_kernel=fir_kernel,
-                            progressive_input=progressive_input)
+                            progressive_input=progressive_input,
+                            embed_dim=self.embed_dim)
         cond = 4 * nf
         self.time = _NoiseEmbedding(embedding_type, nf, fourier_scale)
         self.cond = (nn.Sequential(_linear(self.time.dim, cond), nn.SiLU(), _linear(cond, cond))
@@ -265,6 +270,7 @@ class DDPMpp(nn.Module):
         self.out = nn.Sequential(_norm(nf * ch_mult[0]), nn.SiLU(),
                                  _conv(nf * ch_mult[0], event_shape[0], init_scale=init_scale))
         self.label = nn.Embedding(self.num_classes, cond) if self.num_classes else None
+        self.embed = EmbeddingConditioning(self.embed_dim, cond) if self.embed_dim else None
 
     @staticmethod
     def _layers(res, nf, ch_mult, num_res_blocks, attn_resolutions, block, attn, pyramid):

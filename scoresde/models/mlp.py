@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from ..checks import check_choice, check_int, check_number
+from ..embeddings import EmbeddingConditioning
 
-__all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "conditioning", "HIDDEN", "DEPTH",
+__all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "conditioning", "check_embed_dim",
+           "HIDDEN", "DEPTH",
            "TIME_DIM", "TIME_FEATURES", "TIME_SCALE", "INPUT_SCALE"]
 
 # The MLPs' defaults (ScoreMLP and ClassifierMLP), tuned on the 2D toys (BENCHMARKS.md,
@@ -23,14 +25,29 @@ def conditioning(net: nn.Module, c_noise: torch.Tensor, y: torch.Tensor | None,
     """The conditioning vector ``cond(time(c_noise)) + E[y]`` of a network, shape ``(B, C)``.
 
     ``net`` has noise-level features ``time``, an MLP ``cond`` and, when conditional, a label
-    embedding ``label``; the null label (-1) and ``y=None`` add nothing.
+    embedding ``label``; the null label (-1) and ``y=None`` add nothing. A network conditioned
+    on embeddings ``y`` ``(B, E)`` has ``embed`` instead (an
+    :class:`~scoresde.embeddings.EmbeddingConditioning`): null rows and ``y=None`` add its
+    learnt null embedding.
     """
     c = net.cond(net.time(c_noise).to(dtype))
+    embed = getattr(net, "embed", None)
+    if embed is not None:
+        return c + embed(y, c.shape[0], c.dtype)
     embedding = getattr(net, "label", None)
     if embedding is None or y is None:
         return c
     keep = (y >= 0).to(c.dtype)[:, None]
     return c + keep * embedding(y.clamp(min=0))
+
+
+def check_embed_dim(embed_dim: int, num_classes: int) -> int:
+    """``embed_dim`` as an int >= 0; a network takes labels or embeddings, not both."""
+    embed_dim = check_int("embed_dim", embed_dim, 0)
+    if embed_dim and num_classes:
+        raise ValueError(f"a network is conditioned on class labels (num_classes = "
+                         f"{num_classes}) or on embeddings (embed_dim = {embed_dim}), not both")
+    return embed_dim
 
 
 class TimeFeatures(nn.Module):
@@ -123,12 +140,15 @@ class ScoreMLP(nn.Module):
             :class:`InputFeatures`) fed to the first layer beside the input; 0 for none.
         input_scale: frequency scale of those features, for an input of unit variance (0.3 was
             best on checkerboard of 0.2, 0.3, 0.5 and 1; BENCHMARKS.md).
+        embed_dim: embeddings ``y`` of shape ``(B, embed_dim)`` are projected and added to the
+            conditioning (rows of NaN and ``y=None``: a learnt null embedding); 0 for none.
+            Exclusive with ``num_classes``.
     """
 
     def __init__(self, event_shape=(2,), hidden: int = HIDDEN, depth: int = DEPTH,
                  time_dim: int = TIME_DIM, time_features: str = TIME_FEATURES,
                  time_scale: float = TIME_SCALE, num_classes: int = 0, input_features: int = 0,
-                 input_scale: float = INPUT_SCALE):
+                 input_scale: float = INPUT_SCALE, embed_dim: int = 0):
         super().__init__()
         self.event_shape = tuple(int(n) for n in event_shape)
         dim = math.prod(self.event_shape)
@@ -137,14 +157,17 @@ class ScoreMLP(nn.Module):
         hidden, depth = check_int("hidden", hidden, 1), check_int("depth", depth, 0)
         num_classes = check_int("num_classes", num_classes, 0)
         self.num_classes = int(num_classes)
+        self.embed_dim = check_embed_dim(embed_dim, num_classes)
         self._config = dict(event_shape=list(self.event_shape), hidden=hidden, depth=depth,
                             time_dim=time_dim, time_features=time_features,
                             time_scale=time_scale, num_classes=num_classes,
-                            input_features=input_features, input_scale=input_scale)
+                            input_features=input_features, input_scale=input_scale,
+                            embed_dim=self.embed_dim)
         self.time = TimeFeatures(time_dim, time_features, time_scale)
         cond = hidden
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
+        self.embed = EmbeddingConditioning(self.embed_dim, cond) if self.embed_dim else None
         self.features = InputFeatures(dim, input_features, input_scale)
         self.inp = nn.Linear(self.features.out_dim, hidden)
         self.blocks = nn.ModuleList(_Block(hidden, cond) for _ in range(depth))

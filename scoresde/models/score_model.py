@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..checks import check_number
+from ..embeddings import check_embeddings
 from ..labels import check_labels
 from ..sde import SDE
 from ..utils import append_dims
@@ -30,6 +31,18 @@ def preconditioning(sde: SDE, t: torch.Tensor, sigma_data: float) -> tuple[torch
     return c_in, s * c_in, a * c_in, (torch.log(s) - torch.log(m)) / 4, s
 
 
+def _check_low_res(y, x: torch.Tensor, channels: int) -> torch.Tensor:
+    """The condition of a super-resolution model: ``(B, channels + 1, H, W)`` for ``x``
+    ``(B, C, H, W)`` (see :func:`scoresde.cascade.low_res_condition`)."""
+    want = (x.shape[0], channels + 1, *x.shape[2:])
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != want:
+        got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ValueError(f"a super-resolution model needs its low-resolution condition y of "
+                         f"shape {want} (scoresde.cascade.low_res_condition; sample it with "
+                         f"cascade or scoresde sample --cascade), got {got}")
+    return y.to(x.device)
+
+
 class Preconditioned(nn.Module):
     """A network ``net`` seen through an SDE's ``(m(t), s(t))`` and the data's ``sigma_data``.
 
@@ -47,6 +60,16 @@ class Preconditioned(nn.Module):
         """Number of classes the network takes as labels or gives logits of (0: none)."""
         return int(getattr(self.net, "num_classes", 0))
 
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the low-resolution image a super-resolution network takes (0: none)."""
+        return int(getattr(self.net, "cond_channels", 0))
+
+    @property
+    def embed_dim(self) -> int:
+        """Size ``E`` of the embeddings ``y`` ``(B, E)`` the network is conditioned on (0: none)."""
+        return int(getattr(self.net, "embed_dim", 0))
+
     def preconditioning(self, t: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``(c_in, c_skip, c_out, c_noise, s)`` at times ``t`` of shape ``(B,)``, each ``(B,)``."""
         return preconditioning(self.sde, t, self.sigma_data)
@@ -56,7 +79,9 @@ class ScoreModel(Preconditioned):
     """A score function ``model(x, t, y=None)`` built from a network and an SDE's ``(m(t), s(t))``.
 
     Labels ``y`` (an integer or ``(B,)`` integers in ``[0, num_classes)``, -1 for "no label")
-    reach networks built with ``num_classes > 0``; ``y=None`` is the unconditional score.
+    reach networks built with ``num_classes > 0``, embeddings ``y`` (``(E,)`` or ``(B, E)``
+    floats, rows of NaN for "none") those built with ``embed_dim = E > 0``; ``y=None`` is the
+    unconditional score.
 
     With ``x_t = m x_0 + s z`` and data of standard deviation ``sigma_data`` (write
     ``a = m sigma_data``), the network ``F`` sees the input scaled to unit variance and a noise
@@ -93,7 +118,11 @@ class ScoreModel(Preconditioned):
         """``eps_hat`` (shape of ``x``) and ``s(t)`` ``(B,)``: time checked and coefficients
         computed once per call."""
         t = self.sde.check_time(t, x)
-        if y is not None:
+        if self.cond_channels:
+            y = _check_low_res(y, x, self.cond_channels)
+        elif y is not None and self.embed_dim:
+            y = check_embeddings(y, x.shape[0], self.embed_dim, allow_null=True).to(x.device)
+        elif y is not None:
             if not self.num_classes:
                 raise ValueError("this model is unconditional: call it without labels y")
             y = check_labels(y, x.shape[0], self.num_classes, allow_null=True).to(x.device)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import TIME_FEATURES, TIME_SCALE, TimeFeatures, conditioning
+from ..checks import check_int
+from ..embeddings import EmbeddingConditioning
+from .mlp import TIME_FEATURES, TIME_SCALE, TimeFeatures, check_embed_dim, conditioning
 
 __all__ = ["UNet"]
 
@@ -64,11 +66,17 @@ class UNet(nn.Module):
         attn_resolutions: spatial sizes (``H``) at which self-attention is applied.
         time_dim: size of the noise-level features; num_classes: 0 for unconditional (labels
             ``y`` in ``[0, num_classes)``, the null label -1 adds nothing).
+        embed_dim: embeddings ``y`` ``(B, embed_dim)`` instead of labels (see
+            :class:`~scoresde.ScoreMLP`); 0 for none.
+        cond_channels: a super-resolution network (:mod:`scoresde.cascade`): ``y`` is
+            ``(B, cond_channels + 1, H, W)``, the upsampled low-resolution image as extra input
+            channels and a constant channel holding its augmentation level, embedded and added
+            to the conditioning; 0 for none. Exclusive with labels and embeddings.
     """
 
     def __init__(self, event_shape=(1, 8, 8), ch: int = 32, ch_mult=(1, 2),
                  num_res_blocks: int = 2, attn_resolutions=(4,), time_dim: int = 64,
-                 num_classes: int = 0):
+                 num_classes: int = 0, embed_dim: int = 0, cond_channels: int = 0):
         super().__init__()
         event_shape = tuple(int(n) for n in event_shape)
         ch_mult = tuple(int(m) for m in ch_mult)
@@ -80,10 +88,20 @@ class UNet(nn.Module):
                             num_res_blocks=num_res_blocks, attn_resolutions=list(attn_resolutions),
                             time_dim=time_dim, num_classes=num_classes)
         cond, self.num_classes = 4 * ch, int(num_classes)
+        self.embed_dim = self._config["embed_dim"] = check_embed_dim(embed_dim, num_classes)
+        self.cond_channels = self._config["cond_channels"] = check_int("cond_channels",
+                                                                       cond_channels, 0)
+        if self.cond_channels and (num_classes or self.embed_dim):
+            raise ValueError("a super-resolution UNet (cond_channels > 0) takes no labels or "
+                             "embeddings")
         self.time = TimeFeatures(time_dim, TIME_FEATURES, TIME_SCALE)
         self.cond = nn.Sequential(nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
         self.label = nn.Embedding(num_classes, cond) if num_classes else None
-        self.inp = nn.Conv2d(event_shape[0], ch, 3, padding=1)
+        self.embed = EmbeddingConditioning(self.embed_dim, cond) if self.embed_dim else None
+        self.aug = (nn.Sequential(TimeFeatures(time_dim, TIME_FEATURES, TIME_SCALE),
+                                  nn.Linear(time_dim, cond), nn.SiLU(), nn.Linear(cond, cond))
+                    if self.cond_channels else None)
+        self.inp = nn.Conv2d(event_shape[0] + self.cond_channels, ch, 3, padding=1)
         res, chans, c_cur = event_shape[1], [ch], ch
         self.down = nn.ModuleList()
         for level, mult in enumerate(ch_mult):
@@ -123,7 +141,11 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
                 y: torch.Tensor | None = None) -> torch.Tensor:
         """Map images ``x`` ``(B, C, H, W)`` and ``c_noise`` ``(B,)`` to ``(B, C, H, W)``."""
-        c = conditioning(self, c_noise, y, x.dtype)
+        if self.cond_channels:  # the low-resolution image and its augmentation level
+            c = conditioning(self, c_noise, None, x.dtype) + self.aug(y[:, -1, 0, 0]).to(x.dtype)
+            x = torch.cat([x, y[:, :-1].to(x.dtype)], dim=1)
+        else:
+            c = conditioning(self, c_noise, y, x.dtype)
         h = self.inp(x)
         skips = [h]
         for layer in self.down:

@@ -1,0 +1,171 @@
+"""Direct, cascaded and latent diffusion on digits: train time, NFE and sample quality.
+
+Models (all U-Nets, ``ch=16``, VP SDE, the same steps and batch):
+
+    direct:   an 8x8 score model.
+    cascade:  a 4x4 base model (digits downsampled by 2) and a 4x4 -> 8x8 super-resolution model,
+              trained with conditioning augmentation (``cond_aug``) and without (0); sampled
+              with the fixed level ``aug_level`` at the second stage (0 and the given one).
+    latent:   an autoencoder (``objective="autoencoder"``) and a score model on its latents
+              (``latent=AE_RUN``), sampled in latent space and decoded.
+
+Quality is judged by a logistic regression fitted on clean training digits (the judge of
+``benchmarks/conditional.py``): its mean top-class probability on the samples (confidence; on
+held-out digits it is the reference value printed beside), the perplexity of the predicted
+classes (10 = all classes equally often), the mean pairwise distance over the held-out data's
+(diversity), and the Frechet distance between Gaussians fitted to the 64 pixels of the samples
+and of all 1,797 digits (pixel FD; the floor is that of as many real digits drawn at random).
+No digits FID exists in this tree; the pixel FD is not an FID.
+
+    PYTHONPATH=$PWD python benchmarks/scaling.py --root /tmp/scaling          # ~30 min, 2 cores
+    PYTHONPATH=$PWD python benchmarks/scaling.py --root /tmp/scaling --quick  # ~1 min, plumbing
+
+Runs are kept under ``--root`` and reused (``resume=True``): a second call only samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+
+import scoresde as S
+from scoresde import plotting
+
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--root", required=True)
+parser.add_argument("--steps", type=int, default=2500)
+parser.add_argument("--batch", type=int, default=64)
+parser.add_argument("--n", type=int, default=500)
+parser.add_argument("--nfe", type=int, default=20, help="score calls per sample (about)")
+parser.add_argument("--cond-aug", type=float, default=0.2)
+parser.add_argument("--aug-level", type=float, default=0.1)
+parser.add_argument("--stages", nargs="+", default=["direct", "cascade", "latent"])
+parser.add_argument("--figure", default="docs/scaling_samples.png")
+parser.add_argument("--quick", action="store_true")
+args = parser.parse_args()
+if args.quick:
+    args.steps, args.n = 20, 50
+torch.set_num_threads(1)
+
+DIGITS = S.data.get_dataset("digits")
+ALL = torch.cat([DIGITS.train, DIGITS.test]).reshape(-1, 64).double()
+
+
+def common(steps=None):
+    return dict(data="digits", steps=steps or args.steps, batch_size=args.batch,
+                net_params={"ch": 16}, progress=False, resume=True,
+                log_every=max(1, args.steps // 5), checkpoint_every=args.steps)
+
+
+def trained(name: str, **kw) -> float:
+    """Train (or find trained) ``root/name``; its training wall time in seconds."""
+    result = S.train(os.path.join(args.root, name), **{**common(), **kw})
+    return float(result["train_time_s"])
+
+
+def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
+    ma, mb = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
+    root = scipy.linalg.sqrtm(ca @ cb).real
+    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
+
+
+def mean_pairwise(x: torch.Tensor) -> float:
+    d = torch.cdist(x, x)
+    return float(d.sum() / (len(x) * (len(x) - 1)))
+
+
+def build_judge():
+    from sklearn.linear_model import LogisticRegression
+    flat = lambda x: x.reshape(len(x), -1).numpy()  # noqa: E731
+    judge = LogisticRegression(max_iter=2000).fit(flat(DIGITS.train), DIGITS.train_labels.numpy())
+    return judge
+
+
+JUDGE = build_judge()
+
+
+def quality(x: torch.Tensor) -> dict:
+    x = x.clamp(-1, 1).reshape(len(x), -1).double()
+    p = JUDGE.predict_proba(x.numpy())
+    counts = np.bincount(p.argmax(1), minlength=10) / len(x)
+    nz = counts[counts > 0]
+    return {"confidence": float(p.max(1).mean()),
+            "perplexity": float(np.exp(-(nz * np.log(nz)).sum())),
+            "diversity": mean_pairwise(x.float()) / mean_pairwise(DIGITS.test.reshape(-1, 64)),
+            "pixel_fd": frechet(x, ALL)}
+
+
+def gen():
+    return torch.Generator().manual_seed(0)
+
+
+rows, pictures = [], {}
+
+
+def report(name, x, nfe, train_s, wall):
+    q = quality(x)
+    rows.append(dict(model=name, nfe=nfe, train_s=train_s, sample_s=wall, **q))
+    pictures[name] = x[:32]
+    print(json.dumps(rows[-1]), flush=True)
+
+
+steps_each = max(2, args.nfe // 2)
+if "direct" in args.stages:
+    t = trained("direct")
+    model, sde, _ = S.load_run(os.path.join(args.root, "direct"))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x, info = S.sample(model, sde, (args.n, 1, 8, 8), solver="dpmpp_2m", steps=args.nfe,
+                           generator=gen())
+    report("direct 8x8", x, info["nfe"], t, time.perf_counter() - t0)
+
+if "cascade" in args.stages:
+    t_base = trained("base4", downsample=2)
+    base, base_sde, _ = S.load_run(os.path.join(args.root, "base4"))
+    for aug in (args.cond_aug, 0.0):
+        name = f"sr8_aug{aug:g}"
+        t_sr = trained(name, super_res=2, cond_aug=aug)
+        sr, sr_sde, _ = S.load_run(os.path.join(args.root, name))
+        for level in sorted({0.0, args.aug_level if aug > 0 else 0.0}):
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                x, info = S.cascade(base, base_sde, sr, sr_sde, args.n, solver="dpmpp_2m",
+                                    steps=steps_each, sr_steps=steps_each, aug_level=level,
+                                    generator=gen())
+            report(f"cascade, train aug {aug:g}, sample level {level:g}", x, info["nfe"],
+                   t_base + t_sr, time.perf_counter() - t0)
+
+if "latent" in args.stages:
+    t_ae = trained("ae", objective="autoencoder")
+    t_lat = trained("latent", latent=os.path.join(args.root, "ae"))
+    model, sde, config = S.load_run(os.path.join(args.root, "latent"))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        x, info = model.sample(args.n, solver="dpmpp_2m", steps=args.nfe, generator=gen())
+    report("latent", x, info["nfe"], t_ae + t_lat, time.perf_counter() - t0)
+
+# the noise floor: real digits, as many as the samples
+pick = torch.randperm(len(ALL), generator=gen())[:args.n]
+real = quality(ALL[pick].float().reshape(-1, 1, 8, 8))
+print("real digits:", json.dumps(real))
+print(f"\nsteps {args.steps}, batch {args.batch}, {args.n} samples, dpmpp_2m\n")
+print("| model | NFE | train s | sample s | judge confidence | class perplexity | diversity | "
+      "pixel FD |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for r in rows:
+    print(f"| {r['model']} | {r['nfe']} | {r['train_s']:.0f} | {r['sample_s']:.1f} | "
+          f"{r['confidence']:.3f} | {r['perplexity']:.2f} | {r['diversity']:.2f} | "
+          f"{r['pixel_fd']:.1f} |")
+print(f"| real digits ({args.n}) | | | | {real['confidence']:.3f} | {real['perplexity']:.2f} | "
+      f"{real['diversity']:.2f} | {real['pixel_fd']:.1f} |")
+if pictures and args.figure:
+    fig = plotting.image_grid_rows(pictures) if hasattr(plotting, "image_grid_rows") else None
+    if fig is not None:
+        print("wrote", plotting.save_figure(fig, args.figure))

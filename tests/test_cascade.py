@@ -1,0 +1,132 @@
+"""Cascaded diffusion: a base model at 4x4 and a super-resolution model 4x4 -> 8x8.
+
+Conditioning augmentation is a fact about what the network sees: in training, the
+low-resolution image noised at a level drawn per sample (and that level); at sampling, the
+clean upsampled base samples unless a level is asked for. The runs train a few steps only: these
+tests are about plumbing, not quality (BENCHMARKS.md measures that).
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from scoresde import UNet, load_run, train
+from scoresde.cascade import cascade, low_res_condition
+from scoresde.images import downsample, upsample
+
+from problems import invoke
+
+IMAGE = torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(0)).clamp(-2, 2)
+TINY = dict(batch_size=64, net_params={"ch": 8, "num_res_blocks": 1}, progress=False,
+            sigma_data=0.5)
+
+
+@pytest.fixture(scope="module")
+def same(tmp_path_factory):
+    """A data set of one image repeated: every clean condition is up(down(IMAGE))."""
+    root = tmp_path_factory.mktemp("cascade")
+    np.save(root / "same.npy", IMAGE.expand(40, 1, 8, 8).numpy().astype(np.float32))
+    return root
+
+
+@pytest.fixture
+def seen(monkeypatch):
+    """The conditions ``y`` every UNet receives, in call order."""
+    calls = []
+    forward = UNet.forward
+
+    def spy(self, x, c_noise, y=None):
+        calls.append(None if y is None else y.detach().clone())
+        return forward(self, x, c_noise, y)
+
+    monkeypatch.setattr(UNet, "forward", spy)
+    return calls
+
+
+def _noise_to_level(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(levels (B,), noise (B, 16))``: the level channel, and the condition's low-res
+    deviation from the clean IMAGE (nearest upsampling: block means recover it exactly)."""
+    clean = downsample(IMAGE[None], 2)
+    return y[:, -1, 0, 0], (downsample(y[:, :1], 2) - clean).flatten(1)
+
+
+@pytest.mark.slow
+def test_training_noises_the_condition_at_a_level_drawn_per_sample(same, seen, tmp_path):
+    train(tmp_path / "aug", data=same / "same.npy", super_res=2, cond_aug=0.5, steps=2, **TINY)
+    y = torch.cat(seen)
+    assert y.shape[1:] == (2, 8, 8)
+    level, noise = _noise_to_level(y)
+    assert (y[:, -1] == level[:, None, None]).all()  # one level per sample, given as a channel
+    assert level.min() >= 0 and level.max() <= 0.5 and level.std() > 0.1  # U[0, 0.5]: 0.144
+    # noise = level * N(0, I): the pooled ratio of 128 x 16 squares is 1 within ~4% (1 sd)
+    ratio = noise.pow(2).sum() / (16 * level.pow(2)).sum()
+    assert 0.85 < ratio < 1.15
+    seen.clear()
+    train(tmp_path / "plain", data=same / "same.npy", super_res=2, cond_aug=0.0, steps=2, **TINY)
+    level, noise = _noise_to_level(torch.cat(seen))
+    assert (level == 0).all() and noise.abs().max() < 1e-6
+
+
+def test_sampling_conditions_on_the_clean_base_samples_unless_asked(same, seen, tmp_path):
+    train(tmp_path / "base", data=same / "same.npy", downsample=2, steps=2, **TINY)
+    train(tmp_path / "sr", data=same / "same.npy", super_res=2, cond_aug=0.5, steps=2, **TINY)
+    base, base_sde, base_config = load_run(tmp_path / "base")
+    sr, sr_sde, _ = load_run(tmp_path / "sr")
+    assert base_config["data_shape"] == [1, 4, 4] and sr.cond_channels == 1
+    for level in (0.0, 0.3):
+        seen.clear()
+        with torch.no_grad():
+            x, info = cascade(base, base_sde, sr, sr_sde, 32, solver="euler", steps=3,
+                              sr_solver="heun", sr_steps=2, aug_level=level,
+                              generator=torch.Generator().manual_seed(0))
+        assert x.shape == (32, 1, 8, 8) and info["nfe"] == info["base"]["nfe"] + info["sr"]["nfe"]
+        conds = [y for y in seen if y is not None]
+        assert len(conds) == info["sr"]["nfe"]  # every SR call is conditioned, on the same y
+        assert all(torch.equal(y, conds[0]) for y in conds)
+        up = upsample(info["low_res"], 2)
+        if level == 0:
+            assert torch.equal(conds[0], low_res_condition(info["low_res"], 2, torch.zeros(32)))
+            assert torch.equal(conds[0][:, :1], up)
+        else:
+            assert (conds[0][:, -1] == level).all()
+            dev = (conds[0][:, :1] - up)[:, :, ::2, ::2].flatten()  # one entry per block
+            assert abs(float(dev.std()) / level - 1) < 0.15  # 512 draws: sd of the ratio ~3%
+
+
+@pytest.mark.slow
+def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path):
+    common = ("--data", "digits", "--steps", 3, "--batch-size", 16, "--quiet")
+    result = invoke("train", *common, "--downsample", 2, "--run", tmp_path / "base")
+    assert result.exit_code == 0, result.output
+    result = invoke("train", *common, "--super-res", 2, "--cond-aug", 0.3,
+                    "--run", tmp_path / "sr")
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "sr" / "config.json").read_text())
+    assert config["super_res"] == 2 and config["cond_aug"] == 0.3
+    assert config["net"]["cond_channels"] == 1
+    out = tmp_path / "c.npz"
+    result = invoke("sample", "--cascade", tmp_path / "base", tmp_path / "sr", "--solver",
+                    "euler", "--steps", 4, "--sr-solver", "dpmpp_2m", "--sr-steps", 3,
+                    "--n", 6, "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["nfe"] == record["nfe_base"] + record["nfe_sr"]
+    with np.load(out) as f:
+        assert f["samples"].shape == (6, 1, 8, 8) and f["low_res"].shape == (6, 1, 4, 4)
+    for args in (("--cascade", tmp_path / "sr", tmp_path / "base"),  # swapped
+                 ("--run", tmp_path / "sr"),  # an SR run alone has no condition
+                 ("--cascade", tmp_path / "base", tmp_path / "sr", "--label", 1)):
+        result = invoke("sample", *args, "--steps", 2, "--n", 2, "--out", tmp_path / "x.npz")
+        assert result.exit_code != 0 and "Traceback" not in result.output
+        assert result.output.startswith("Error")
+
+
+def test_bad_super_res_options_are_one_line(same, tmp_path):
+    with pytest.raises(ValueError, match="super_res=3 needs images"):
+        train(tmp_path / "a", data=same / "same.npy", super_res=3, steps=1, **TINY)
+    with pytest.raises(ValueError, match="conditional"):
+        train(tmp_path / "b", data="digits", super_res=2, conditional=True, steps=1, **TINY)
+    with pytest.raises(ValueError, match="downsample"):
+        train(tmp_path / "c", data="moons", downsample=2, steps=1, **TINY)
