@@ -817,13 +817,15 @@ def _log_likelihood(model, sde, x, config: dict, knobs: dict):
 @click.option("--from", "source", type=_LazyChoice("convert.SOURCES"), required=True,
               help="The code that wrote CHECKPOINT.")
 @click.option("--config", type=_LazyChoice("convert.SCORE_SDE_CONFIGS"), required=True,
-              help="The config it was trained with (the reference's configs/<sde>/<name>.py).")
+              help="The config it was trained with: the reference's configs/vp/NAME.py or "
+                   "configs/ve/NAME.py, subvp_NAME for configs/subvp/NAME.py.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The new run folder [default: a new folder under ./runs].")
-@click.option("--ema/--no-ema", default=_Default("convert_score_sde", "ema"), show_default=True,
-              help="Sample and evaluate with the checkpoint's EMA weights (as the reference).")
+@click.option("--no-ema", is_flag=True,
+              help="Keep the raw weights for sampling and evaluation, not the EMA's (which the "
+                   "reference samples and evaluates with).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
-def convert(checkpoint, source, config, out, ema, as_json):
+def convert(checkpoint, source, config, out, no_ema, as_json):
     """Turn another code's checkpoint into a run folder for sample and likelihood.
 
     The network is rebuilt as ours with every tensor matched by name and shape; its score is
@@ -838,7 +840,7 @@ def convert(checkpoint, source, config, out, ema, as_json):
     """
     from .convert import convert_score_sde
 
-    out = out if out is not None else _new_run_dir(source, config)
+    out, ema = (out if out is not None else _new_run_dir(source, config)), not no_ema
     try:
         path = convert_score_sde(checkpoint, config, out, ema=ema)
     except (ValueError, FileNotFoundError) as err:

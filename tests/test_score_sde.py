@@ -260,7 +260,12 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path):
         result = invoke("convert", *args, "--from", "score_sde", "--out", tmp_path / "run")
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "run").exists()
-    invoke("convert", path, "--from", "score_sde", "--config", "small_ddpmpp_continuous",
-           "--out", tmp_path / "run")
+    result = invoke("convert", path, "--from", "score_sde", "--config",
+                    "small_ddpmpp_continuous", "--out", tmp_path / "run", "--no-ema")
+    assert result.exit_code == 0, result.output
+    raw, _ = from_score_sde(path, "small_ddpmpp_continuous", ema=False)
+    model, _, _ = load_run(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  raw.state_dict().values(), strict=True))
     result = invoke("likelihood", "--run", tmp_path / "run", "--n", 2)
     assert result.exit_code == 2 and "give --data" in result.output, result.output
