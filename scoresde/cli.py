@@ -817,8 +817,8 @@ def _log_likelihood(model, sde, x, config: dict, knobs: dict):
 @click.option("--from", "source", type=_LazyChoice("convert.SOURCES"), required=True,
               help="The code that wrote CHECKPOINT.")
 @click.option("--config", type=_LazyChoice("convert.SCORE_SDE_CONFIGS"), required=True,
-              help="The config it was trained with: the reference's configs/vp/NAME.py or "
-                   "configs/ve/NAME.py, subvp_NAME for configs/subvp/NAME.py.")
+              help="The reference's config it was trained with, by the name of its "
+                   "configs/SDE/NAME.py: NAME, or SDE_NAME where NAME alone is another SDE's.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The new run folder [default: a new folder under ./runs].")
 @click.option("--no-ema", is_flag=True,

@@ -28,7 +28,7 @@ import torch
 
 from .checks import check_choice
 from .images import PIXELS
-from .models import ScoreSDEModel, build_net, resolve_net
+from .models import NET_PRESETS, ScoreSDEModel, build_net, resolve_net
 from .models.score_sde import reference_names
 from .runs import CHECKPOINT, is_run, load_checkpoint, save_checkpoint, write_config
 from .sde import SDE, get_sde
@@ -56,6 +56,11 @@ SCORE_SDE_CONFIGS: dict[str, dict] = {
                                                  shape=[3, 32, 32]),
     "cifar10_ncsnpp_continuous": dict(_VE, net="ncsnpp_cifar10", shape=[3, 32, 32]),
     "cifar10_ncsnpp_deep_continuous": dict(_VE, net="ncsnpp_cifar10_deep", shape=[3, 32, 32]),
+    # configs/vp/ and configs/subvp/cifar10_ncsnpp_(deep_)continuous.py: NCSN++, positional.
+    **{f"{kind}_cifar10_ncsnpp{deep}_continuous": dict(
+        sde_kind, shape=[3, 32, 32],
+        net=dict(NET_PRESETS[f"ncsnpp_cifar10{deep}"], embedding_type="positional"))
+       for kind, sde_kind in (("vp", _VP), ("subvp", _SUBVP)) for deep in ("", "_deep")},
     # The shrunk configs of the tests' fixtures (tools/score_sde_fixtures.py).
     "small_ddpmpp_continuous": dict(_VP, shape=[3, 8, 8], net=dict(
         _SMALL, ch_mult=[1, 2], attn_resolutions=[4], embedding_type="positional")),
