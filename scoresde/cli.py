@@ -848,6 +848,7 @@ def convert(checkpoint, source, config, out, no_ema, as_json):
     from .runs import read_config
 
     run = read_config(path)
+    ema = run["source"]["ema"]  # False for a checkpoint without an EMA
     record = {"run": str(path), "source": source, "config": config, "ema": ema,
               "num_params": run["num_params"], "sde": run["sde"]["name"]}
     _emit(record, as_json, [f"converted {checkpoint} ({config}, {run['num_params']:,} "

@@ -116,6 +116,8 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
     model = dict(ckpt["model"], **{"module.all_modules.5.Conv_1.bias": torch.zeros(3)})
     _convert_fails(tmp_path, dict(ckpt, model=model), "small_ddpmpp_continuous",
                    r"wrong shapes of all_modules\.5\.Conv_1\.bias \(3,\) \(expected \(16,\)\)")
+    _convert_fails(tmp_path, dict(ckpt, ema={"decay": 0.999}), "small_ddpmpp_continuous",
+                   "its 'ema' is not score_sde_pytorch's")
     shadow = ckpt["ema"]["shadow_params"][:-1]
     _convert_fails(tmp_path, dict(ckpt, ema=dict(ckpt["ema"], shadow_params=shadow)),
                    "small_ddpmpp_continuous", r"EMA holds \d+ tensors that do not match")
