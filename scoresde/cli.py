@@ -1096,13 +1096,15 @@ def _log_likelihood(model, sde, x, config: dict, knobs: dict):
 @click.option("--from", "source", type=_LazyChoice("convert.SOURCES"), required=True,
               help="The code that wrote CHECKPOINT.")
 @click.option("--config", type=_LazyChoice("convert.SCORE_SDE_CONFIGS"), required=True,
-              help="The config it was trained with (the reference's configs/<sde>/<name>.py).")
+              help="The reference's config it was trained with, by the name of its "
+                   "configs/SDE/NAME.py: NAME, or SDE_NAME where NAME alone is another SDE's.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="The new run folder [default: a new folder under ./runs].")
-@click.option("--ema/--no-ema", default=_Default("convert_score_sde", "ema"), show_default=True,
-              help="Sample and evaluate with the checkpoint's EMA weights (as the reference).")
+@click.option("--no-ema", is_flag=True,
+              help="Keep the raw weights for sampling and evaluation, not the EMA's (which the "
+                   "reference samples and evaluates with).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON line.")
-def convert(checkpoint, source, config, out, ema, as_json):
+def convert(checkpoint, source, config, out, no_ema, as_json):
     """Turn another code's checkpoint into a run folder for sample and likelihood.
 
     The network is rebuilt as ours with every tensor matched by name and shape; its score is
@@ -1117,7 +1119,7 @@ def convert(checkpoint, source, config, out, ema, as_json):
     """
     from .convert import convert_score_sde
 
-    out = out if out is not None else _new_run_dir(source, config)
+    out, ema = (out if out is not None else _new_run_dir(source, config)), not no_ema
     try:
         path = convert_score_sde(checkpoint, config, out, ema=ema)
     except (ValueError, FileNotFoundError) as err:
@@ -1125,6 +1127,7 @@ def convert(checkpoint, source, config, out, ema, as_json):
     from .runs import read_config
 
     run = read_config(path)
+    ema = run["source"]["ema"]  # False for a checkpoint without an EMA
     record = {"run": str(path), "source": source, "config": config, "ema": ema,
               "num_params": run["num_params"], "sde": run["sde"]["name"]}
     _emit(record, as_json, [f"converted {checkpoint} ({config}, {run['num_params']:,} "

@@ -28,7 +28,7 @@ import torch
 
 from .checks import check_choice
 from .images import PIXELS
-from .models import ScoreSDEModel, build_net, resolve_net
+from .models import NET_PRESETS, ScoreSDEModel, build_net, resolve_net
 from .models.score_sde import reference_names
 from .runs import CHECKPOINT, is_run, load_checkpoint, save_checkpoint, write_config
 from .sde import SDE, get_sde
@@ -56,6 +56,11 @@ SCORE_SDE_CONFIGS: dict[str, dict] = {
                                                  shape=[3, 32, 32]),
     "cifar10_ncsnpp_continuous": dict(_VE, net="ncsnpp_cifar10", shape=[3, 32, 32]),
     "cifar10_ncsnpp_deep_continuous": dict(_VE, net="ncsnpp_cifar10_deep", shape=[3, 32, 32]),
+    # configs/vp/ and configs/subvp/cifar10_ncsnpp_(deep_)continuous.py: NCSN++, positional.
+    **{f"{kind}_cifar10_ncsnpp{deep}_continuous": dict(
+        sde_kind, shape=[3, 32, 32],
+        net=dict(NET_PRESETS[f"ncsnpp_cifar10{deep}"], embedding_type="positional"))
+       for kind, sde_kind in (("vp", _VP), ("subvp", _SUBVP)) for deep in ("", "_deep")},
     # The shrunk configs of the tests' fixtures (tools/score_sde_fixtures.py).
     "small_ddpmpp_continuous": dict(_VP, shape=[3, 8, 8], net=dict(
         _SMALL, ch_mult=[1, 2], attn_resolutions=[4], embedding_type="positional")),
@@ -90,7 +95,7 @@ def _read(checkpoint) -> tuple[dict, dict | None, str]:
         model, ema = state, None
     else:
         raise ValueError(f"{what} is not a score_sde_pytorch checkpoint: expected a 'model' "
-                         f"state dict (found keys {sorted(state)[:6]})")
+                         f"state dict (found keys {list(state)[:6]})")
     model = {k.removeprefix("module."): v for k, v in model.items()}
     return {k: v for k, v in model.items() if k not in _BUFFERS}, ema, what
 
@@ -101,27 +106,33 @@ def _names(items, most: int = 4) -> str:
     return ", ".join(items[:most]) + more
 
 
-def _match(model: dict, names: dict, what: str, config: str) -> None:
+def _match(model: dict, names: dict, net, what: str, config: str) -> None:
     """Raise one ValueError naming the missing, unexpected and mis-shaped tensors."""
+    shapes = {ours: tuple(t.shape) for ours, t in net.state_dict().items()}
     missing = [k for k in names if k not in model]
     extra = [k for k in model if k not in names]
+    wrong = [f"{ref} {_shape(model[ref])} (expected {shapes[ours]})"
+             for ref, (ours, _) in names.items()
+             if ref in model and _shape(model[ref]) != shapes[ours]]
     problems = [f"missing {len(missing)} tensors ({_names(missing)})"] if missing else []
     problems += [f"{len(extra)} unexpected tensors ({_names(extra)})"] if extra else []
+    problems += [f"wrong shapes of {_names(wrong, 3)}"] if wrong else []
     if problems:
         raise ValueError(f"{what} is not score_sde_pytorch's {config}: " + "; ".join(problems))
 
 
-def _weights(model: dict, ema, names: dict, net, what: str, config: str, use_ema: bool) -> dict:
-    """Our state dict from the reference's tensors (the EMA's averages over the trainable ones
-    when ``use_ema`` and the checkpoint has them), shapes checked."""
-    shapes = {ours: t.shape for ours, t in net.state_dict().items()}
-    wrong = [f"{ref} {tuple(model[ref].shape)} (expected {tuple(shapes[ours])})"
-             for ref, (ours, _) in names.items() if model[ref].shape != shapes[ours]]
-    if wrong:
-        raise ValueError(f"{what} is not score_sde_pytorch's {config}: wrong shapes of "
-                         f"{_names(wrong, 3)}")
+def _shape(value) -> tuple | str:
+    return tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def _weights(model: dict, ema, names: dict, what: str, use_ema: bool) -> dict:
+    """Our state dict from the reference's tensors (matched already), with the EMA's averages
+    over the trainable ones when ``use_ema`` and the checkpoint has them."""
     weights = {ours: model[ref] for ref, (ours, _) in names.items()}
-    if use_ema and isinstance(ema, dict) and "shadow_params" in ema:
+    if use_ema and ema is not None:
+        if not isinstance(ema, dict) or "shadow_params" not in ema:
+            raise ValueError(f"{what}: its 'ema' is not score_sde_pytorch's (a dict with "
+                             "'shadow_params'); convert with ema=False for the raw weights")
         trainable = [ref for ref in model if names[ref][1]]  # the reference's order
         shadow = list(ema["shadow_params"])
         if len(shadow) != len(trainable) or any(
@@ -151,7 +162,7 @@ def from_score_sde(checkpoint, config: str, *, ema: bool = True,
             dropped.
         config: the reference's config, a key of :data:`SCORE_SDE_CONFIGS`.
         ema: take the EMA's averages when the checkpoint has them (as the reference samples
-            and evaluates); False for the raw weights.
+            and evaluates); False for the raw weights. A bare state dict has no EMA.
         device: where to put the model (CPU by default).
 
     Returns:
@@ -174,8 +185,8 @@ def _convert(read: tuple, config: str, use_ema: bool) -> tuple[ScoreSDEModel, SD
     model_sd, ema_state, what = read
     net = _network(config)
     names = reference_names(net)
-    _match(model_sd, names, what, config)
-    net.load_state_dict(_weights(model_sd, ema_state, names, net, what, config, use_ema))
+    _match(model_sd, names, net, what, config)
+    net.load_state_dict(_weights(model_sd, ema_state, names, what, use_ema))
     return _build(config, net)
 
 
@@ -209,6 +220,7 @@ def convert_score_sde(checkpoint, config: str, out: str | os.PathLike, *,
                          "folder")
     check_choice("config", config, SCORE_SDE_CONFIGS)
     read = _read(checkpoint)
+    ema = bool(ema) and read[1] is not None  # a bare state dict has no EMA
     raw, _ = _convert(read, config, use_ema=False)
     averaged, sde = _convert(read, config, use_ema=ema)
     spec = SCORE_SDE_CONFIGS[config]
@@ -216,7 +228,7 @@ def convert_score_sde(checkpoint, config: str, out: str | os.PathLike, *,
         source={"format": "score_sde_pytorch", "config": config,
                 "checkpoint": (os.path.abspath(checkpoint)
                                if isinstance(checkpoint, (str, os.PathLike)) else None),
-                "ema": bool(ema)},
+                "ema": ema},
         data=None, data_shape=list(spec["shape"]), is_image=True, num_classes=0,
         conditional=False, objective="score", **pixel_scale(spec["centered"]),
         sde=sde.config(), net=averaged.net.config(), num_params=count_params(averaged.net),

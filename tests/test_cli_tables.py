@@ -25,6 +25,8 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("likelihood", "divergence"): likelihood.DIVERGENCES,
     ("demo", "toy"): toys.TOYS,
     ("demo", "sde"): scoresde.SDES,
+    ("convert", "source"): scoresde.convert.SOURCES,
+    ("convert", "config"): scoresde.SCORE_SDE_CONFIGS,
 }
 
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be

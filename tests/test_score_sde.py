@@ -116,6 +116,8 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
     model = dict(ckpt["model"], **{"module.all_modules.5.Conv_1.bias": torch.zeros(3)})
     _convert_fails(tmp_path, dict(ckpt, model=model), "small_ddpmpp_continuous",
                    r"wrong shapes of all_modules\.5\.Conv_1\.bias \(3,\) \(expected \(16,\)\)")
+    _convert_fails(tmp_path, dict(ckpt, ema={"decay": 0.999}), "small_ddpmpp_continuous",
+                   "its 'ema' is not score_sde_pytorch's")
     shadow = ckpt["ema"]["shadow_params"][:-1]
     _convert_fails(tmp_path, dict(ckpt, ema=dict(ckpt["ema"], shadow_params=shadow)),
                    "small_ddpmpp_continuous", r"EMA holds \d+ tensors that do not match")
@@ -260,7 +262,12 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path):
         result = invoke("convert", *args, "--from", "score_sde", "--out", tmp_path / "run")
         assert result.exit_code == 2 and message in result.output, result.output
         assert not (tmp_path / "run").exists()
-    invoke("convert", path, "--from", "score_sde", "--config", "small_ddpmpp_continuous",
-           "--out", tmp_path / "run")
+    result = invoke("convert", path, "--from", "score_sde", "--config",
+                    "small_ddpmpp_continuous", "--out", tmp_path / "run", "--no-ema")
+    assert result.exit_code == 0, result.output
+    raw, _ = from_score_sde(path, "small_ddpmpp_continuous", ema=False)
+    model, _, _ = load_run(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                  raw.state_dict().values(), strict=True))
     result = invoke("likelihood", "--run", tmp_path / "run", "--n", 2)
     assert result.exit_code == 2 and "give --data" in result.output, result.output

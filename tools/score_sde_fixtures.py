@@ -46,9 +46,15 @@ SMALL_CONFIGS = {"score_sde_vp_ddpmpp_small": "small_ddpmpp_continuous",  # conv
                  "score_sde_ve_ncsnpp_small": "small_ncsnpp_continuous"}
 # The DDPM++ (VP) lists are tools/ddpmpp_reference_shapes.py's fixtures.
 FULL = ["ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous"]
-COMPARED = ["vp.cifar10_ddpmpp_continuous", "vp.cifar10_ddpmpp_deep_continuous",
-            "subvp.cifar10_ddpmpp_continuous", "ve.cifar10_ncsnpp_continuous",
-            "ve.cifar10_ncsnpp_deep_continuous"]
+COMPARED = {  # the reference's config -> the name in scoresde.SCORE_SDE_CONFIGS
+    "vp.cifar10_ddpmpp_continuous": "cifar10_ddpmpp_continuous",
+    "vp.cifar10_ddpmpp_deep_continuous": "cifar10_ddpmpp_deep_continuous",
+    "subvp.cifar10_ddpmpp_continuous": "subvp_cifar10_ddpmpp_continuous",
+    "ve.cifar10_ncsnpp_continuous": "cifar10_ncsnpp_continuous",
+    "ve.cifar10_ncsnpp_deep_continuous": "cifar10_ncsnpp_deep_continuous",
+    "vp.cifar10_ncsnpp_continuous": "vp_cifar10_ncsnpp_continuous",
+    "subvp.cifar10_ncsnpp_deep_continuous": "subvp_cifar10_ncsnpp_deep_continuous",
+}
 
 
 def _import_reference(repo: Path) -> None:
@@ -123,10 +129,11 @@ def small_fixture(name: str, module: str, changes: dict) -> dict:
             "x": x, "t": t, "labels": labels, "output": output, "score": score}
 
 
-def compare_full(config_name: str) -> float:
+def compare_full(config_name: str) -> tuple[float, int, int]:
     """The largest difference between the reference's scores and ours, relative to each sample's
     largest score, for the full-size config with every weight random (two images, t = 0.1 and
-    0.6), loaded through :func:`scoresde.from_score_sde`."""
+    0.6), loaded through :func:`scoresde.from_score_sde`; and the trainable parameters of the
+    reference's network and of ours."""
     sys.path.insert(0, str(ROOT))
     from scoresde import from_score_sde
 
@@ -141,14 +148,15 @@ def compare_full(config_name: str) -> float:
            else sde_lib.subVPSDE(m.beta_min, m.beta_max, m.num_scales)
            if config.training.sde == "subvpsde" else sde_lib.VESDE(m.sigma_min, m.sigma_max,
                                                                   m.num_scales))
-    ours, _ = from_score_sde(net.state_dict(), ("subvp_" if "subvp" in config_name else "")
-                             + config_name.split(".")[1])
+    ours, _ = from_score_sde(net.state_dict(), COMPARED[config_name])
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     x = x if not config.data.centered else 2 * x - 1
     t = torch.tensor([0.1, 0.6])
     with torch.no_grad():
         ref = utils.get_score_fn(sde, net, continuous=True)(x, t)
-        return _relative(ours(x, t), ref)
+        counts = (sum(p.numel() for p in net.parameters() if p.requires_grad),
+                  sum(p.numel() for p in ours.net.parameters()))
+        return _relative(ours(x, t), ref), *counts
 
 
 def _relative(ours: torch.Tensor, ref: torch.Tensor) -> float:
@@ -188,8 +196,9 @@ def main() -> None:
     _import_reference(args.repo)
     if args.compare:
         for name in COMPARED:
-            print(f"{name}: largest score difference {compare_full(name):.1e} of the largest "
-                  "score")
+            diff, theirs, ours = compare_full(name)
+            print(f"{name}: largest score difference {diff:.1e} of the largest score; "
+                  f"parameters {theirs:,} (reference), {ours:,} (ours)")
         return
     DATA.mkdir(parents=True, exist_ok=True)
     for name, (module, changes) in SMALL.items():
