@@ -71,7 +71,9 @@ def trained(name: str, **kw) -> float:
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     ma, mb = a.mean(0), b.mean(0)
-    ca, cb = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
+    # a ridge of 1e-6: corner pixels of digits are (almost) always 0, a singular covariance
+    ridge = 1e-6 * np.eye(a.shape[1])
+    ca, cb = torch.cov(a.T).numpy() + ridge, torch.cov(b.T).numpy() + ridge
     root = scipy.linalg.sqrtm(ca @ cb).real
     return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
@@ -166,6 +168,4 @@ for r in rows:
 print(f"| real digits ({args.n}) | | | | {real['confidence']:.3f} | {real['perplexity']:.2f} | "
       f"{real['diversity']:.2f} | {real['pixel_fd']:.1f} |")
 if pictures and args.figure:
-    fig = plotting.image_grid_rows(pictures) if hasattr(plotting, "image_grid_rows") else None
-    if fig is not None:
-        print("wrote", plotting.save_figure(fig, args.figure))
+    print("wrote", plotting.save_figure(plotting.image_grids_figure(pictures), args.figure))
