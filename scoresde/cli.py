@@ -373,7 +373,7 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         path = _pick_run(run)
         keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
     else:
-        path = Path(run) if run else _new_run_dir(sde, data)
+        path = Path(run) if run else _new_run_dir(sde, "latent" if latent else data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise click.BadParameter(f"{path} already exists; pass --resume to continue it or "
                                      "choose another --run", param_hint="--run")
