@@ -157,15 +157,16 @@ if "latent" in args.stages:
 pick = torch.randperm(len(ALL), generator=gen())[:args.n]
 real = quality(ALL[pick].float().reshape(-1, 1, 8, 8))
 print("real digits:", json.dumps(real))
-print(f"\nsteps {args.steps}, batch {args.batch}, {args.n} samples, dpmpp_2m\n")
+print(f"\nsteps {args.steps}, batch {args.batch}, {args.n} samples, dpmpp_2m; train s: both "
+      "models of a cascade (base + SR) or of a latent model (autoencoder + score)\n")
 print("| model | NFE | train s | sample s | judge confidence | class perplexity | diversity | "
       "pixel FD |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in rows:
     print(f"| {r['model']} | {r['nfe']} | {r['train_s']:.0f} | {r['sample_s']:.1f} | "
           f"{r['confidence']:.3f} | {r['perplexity']:.2f} | {r['diversity']:.2f} | "
-          f"{r['pixel_fd']:.1f} |")
+          f"{r['pixel_fd']:.3f} |")
 print(f"| real digits ({args.n}) | | | | {real['confidence']:.3f} | {real['perplexity']:.2f} | "
-      f"{real['diversity']:.2f} | {real['pixel_fd']:.1f} |")
+      f"{real['diversity']:.2f} | {real['pixel_fd']:.3f} |")
 if pictures and args.figure:
     print("wrote", plotting.save_figure(plotting.image_grids_figure(pictures), args.figure))
