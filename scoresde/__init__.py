@@ -19,6 +19,8 @@ from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
 from .guidance import function_guidance
 from .cascade import cascade
+from .latent import LatentDiffusion
+from .models import ConvAutoencoder
 from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
@@ -40,5 +42,5 @@ __all__ = [
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",
     "ClassifierUNet", "classifier_loss", "train_classifier", "run_demo",
-    "function_guidance", "cascade",
+    "function_guidance", "cascade", "LatentDiffusion", "ConvAutoencoder",
 ]
