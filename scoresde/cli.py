@@ -182,9 +182,14 @@ def _load_run(path: Path, device: str):
     from .runs import load_run
 
     try:
-        return load_run(path, device=device)
+        loaded = load_run(path, device=device)
     except Exception as err:  # corrupt files, a checkpoint from another network, ...
         raise click.UsageError(f"cannot load run {path}: {_one_line(err)[:300]}") from None
+    if loaded[2].get("objective") == "autoencoder":
+        raise click.UsageError(f"{path} is an autoencoder run, with no score to sample or "
+                               f"measure: train a latent model on it (scoresde train --latent "
+                               f"{path})")
+    return loaded
 
 
 def _new_run_dir(*words: str) -> Path:

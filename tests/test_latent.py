@@ -83,6 +83,9 @@ def test_cli_samples_images_and_reports_the_latent_likelihood_as_such(runs, tmp_
     assert "bits_per_dim" not in record and "log_likelihood" not in record
     assert np.isfinite(record["latent_nll_nats"]) and record["reconstruction_mse"] < 0.05
     assert "not over images" in record["note"]
+    for command in ("sample", "likelihood"):  # an autoencoder has no score
+        result = invoke(command, "--run", runs / "ae", "--n", 2)
+        assert result.exit_code == 2 and "autoencoder run" in result.output
 
 
 def test_bad_latent_options_are_one_line(tmp_path):
