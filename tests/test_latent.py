@@ -99,3 +99,14 @@ def test_bad_latent_options_are_one_line(tmp_path):
         train(tmp_path / "c", latent=tmp_path / "s", steps=1, progress=False)
     with pytest.raises(ValueError, match="larger than the images"):
         ConvAutoencoder((1, 8, 8), latent_channels=8)
+
+
+def test_an_autoencoder_run_resumes_bit_identically(tmp_path):
+    opts = dict(data="digits", objective="autoencoder", batch_size=16, progress=False,
+                net_params={"ch": 8}, checkpoint_every=2)
+    train(tmp_path / "straight", steps=4, **opts)
+    train(tmp_path / "resumed", steps=2, **opts)
+    train(tmp_path / "resumed", steps=4, resume=True, **opts)
+    a, b = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
