@@ -47,6 +47,7 @@ parser.add_argument("--cond-aug", type=float, default=0.2)
 parser.add_argument("--aug-level", type=float, default=0.1)
 parser.add_argument("--stages", nargs="+", default=["direct", "cascade", "latent"])
 parser.add_argument("--figure", default="docs/scaling_samples.png")
+parser.add_argument("--seeds", type=int, default=3, help="sampling seeds per model (mean, sd)")
 parser.add_argument("--quick", action="store_true")
 args = parser.parse_args()
 if args.quick:
@@ -71,7 +72,9 @@ def trained(name: str, **kw) -> float:
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
     ma, mb = a.mean(0), b.mean(0)
-    ca, cb = torch.cov(a.T).numpy(), torch.cov(b.T).numpy()
+    # a ridge of 1e-6: corner pixels of digits are (almost) always 0, a singular covariance
+    ridge = 1e-6 * np.eye(a.shape[1])
+    ca, cb = torch.cov(a.T).numpy() + ridge, torch.cov(b.T).numpy() + ridge
     root = scipy.linalg.sqrtm(ca @ cb).real
     return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
 
@@ -102,17 +105,29 @@ def quality(x: torch.Tensor) -> dict:
             "pixel_fd": frechet(x, ALL)}
 
 
-def gen():
-    return torch.Generator().manual_seed(0)
+def gen(seed: int = 0):
+    return torch.Generator().manual_seed(seed)
 
 
 rows, pictures = [], {}
+KEYS = ("confidence", "perplexity", "diversity", "pixel_fd")
 
 
-def report(name, x, nfe, train_s, wall):
-    q = quality(x)
-    rows.append(dict(model=name, nfe=nfe, train_s=train_s, sample_s=wall, **q))
-    pictures[name] = x[:32]
+def report(name, draw, train_s):
+    """Sample with ``draw(generator) -> (x, nfe)`` once per seed; mean and sd of the metrics."""
+    qs, walls = [], []
+    for seed in range(args.seeds):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            x, nfe = draw(gen(seed))
+        walls.append(time.perf_counter() - t0)
+        qs.append(quality(x))
+        if seed == 0:
+            pictures[name] = x[:32]
+    stats = {k: (float(np.mean([q[k] for q in qs])), float(np.std([q[k] for q in qs], ddof=1))
+                 if len(qs) > 1 else float("nan")) for k in KEYS}
+    rows.append(dict(model=name, nfe=nfe, train_s=train_s, sample_s=float(np.median(walls)),
+                     **stats))
     print(json.dumps(rows[-1]), flush=True)
 
 
@@ -120,11 +135,13 @@ steps_each = max(2, args.nfe // 2)
 if "direct" in args.stages:
     t = trained("direct")
     model, sde, _ = S.load_run(os.path.join(args.root, "direct"))
-    t0 = time.perf_counter()
-    with torch.no_grad():
+
+    def direct(g):
         x, info = S.sample(model, sde, (args.n, 1, 8, 8), solver="dpmpp_2m", steps=args.nfe,
-                           generator=gen())
-    report("direct 8x8", x, info["nfe"], t, time.perf_counter() - t0)
+                           generator=g)
+        return x, info["nfe"]
+
+    report("direct 8x8", direct, t)
 
 if "cascade" in args.stages:
     t_base = trained("base4", downsample=2)
@@ -134,38 +151,48 @@ if "cascade" in args.stages:
         t_sr = trained(name, super_res=2, cond_aug=aug)
         sr, sr_sde, _ = S.load_run(os.path.join(args.root, name))
         for level in sorted({0.0, args.aug_level if aug > 0 else 0.0}):
-            t0 = time.perf_counter()
-            with torch.no_grad():
+            def two_stages(g, sr=sr, sr_sde=sr_sde, level=level):
                 x, info = S.cascade(base, base_sde, sr, sr_sde, args.n, solver="dpmpp_2m",
                                     steps=steps_each, sr_steps=steps_each, aug_level=level,
-                                    generator=gen())
-            report(f"cascade, train aug {aug:g}, sample level {level:g}", x, info["nfe"],
-                   t_base + t_sr, time.perf_counter() - t0)
+                                    generator=g)
+                return x, info["nfe"]
+
+            report(f"cascade, train aug {aug:g}, sample level {level:g}", two_stages,
+                   t_base + t_sr)
 
 if "latent" in args.stages:
     t_ae = trained("ae", objective="autoencoder")
     t_lat = trained("latent", latent=os.path.join(args.root, "ae"))
-    model, sde, config = S.load_run(os.path.join(args.root, "latent"))
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        x, info = model.sample(args.n, solver="dpmpp_2m", steps=args.nfe, generator=gen())
-    report("latent", x, info["nfe"], t_ae + t_lat, time.perf_counter() - t0)
+    latent, _, _ = S.load_run(os.path.join(args.root, "latent"))
 
-# the noise floor: real digits, as many as the samples
-pick = torch.randperm(len(ALL), generator=gen())[:args.n]
-real = quality(ALL[pick].float().reshape(-1, 1, 8, 8))
+    def decoded(g):
+        x, info = latent.sample(args.n, solver="dpmpp_2m", steps=args.nfe, generator=g)
+        return x, info["nfe"]
+
+    report("latent", decoded, t_ae + t_lat)
+
+# the noise floor: real digits, as many as the samples, drawn at random once per seed
+reals = [quality(ALL[torch.randperm(len(ALL), generator=gen(s))[:args.n]].float()
+                 .reshape(-1, 1, 8, 8)) for s in range(args.seeds)]
+real = {k: (float(np.mean([q[k] for q in reals])),
+            float(np.std([q[k] for q in reals], ddof=1)) if len(reals) > 1 else float("nan"))
+        for k in KEYS}
 print("real digits:", json.dumps(real))
-print(f"\nsteps {args.steps}, batch {args.batch}, {args.n} samples, dpmpp_2m\n")
+print(f"\nsteps {args.steps}, batch {args.batch}, {args.n} samples, dpmpp_2m; train s: both "
+      "models of a cascade (base + SR) or of a latent model (autoencoder + score)\n")
+print(f"metrics: mean ± sd over {args.seeds} sampling seeds\n")
+
+
+def cells(r) -> str:
+    digits = {"confidence": 3, "perplexity": 2, "diversity": 3, "pixel_fd": 3}
+    return " | ".join(f"{r[k][0]:.{d}f} ± {r[k][1]:.{d}f}" for k, d in digits.items())
+
+
 print("| model | NFE | train s | sample s | judge confidence | class perplexity | diversity | "
       "pixel FD |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for r in rows:
-    print(f"| {r['model']} | {r['nfe']} | {r['train_s']:.0f} | {r['sample_s']:.1f} | "
-          f"{r['confidence']:.3f} | {r['perplexity']:.2f} | {r['diversity']:.2f} | "
-          f"{r['pixel_fd']:.1f} |")
-print(f"| real digits ({args.n}) | | | | {real['confidence']:.3f} | {real['perplexity']:.2f} | "
-      f"{real['diversity']:.2f} | {real['pixel_fd']:.1f} |")
+    print(f"| {r['model']} | {r['nfe']} | {r['train_s']:.0f} | {r['sample_s']:.1f} | {cells(r)} |")
+print(f"| real digits ({args.n}) | | | | {cells(real)} |")
 if pictures and args.figure:
-    fig = plotting.image_grid_rows(pictures) if hasattr(plotting, "image_grid_rows") else None
-    if fig is not None:
-        print("wrote", plotting.save_figure(fig, args.figure))
+    print("wrote", plotting.save_figure(plotting.image_grids_figure(pictures), args.figure))

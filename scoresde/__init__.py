@@ -19,6 +19,8 @@ from .training import train, train_classifier
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
 from .guidance import function_guidance
 from .cascade import cascade
+from .latent import LatentDiffusion
+from .models import ConvAutoencoder
 from .labels import NULL_LABEL
 from .losses import classifier_loss
 from .models import ClassifierMLP, ClassifierUNet, NoiseClassifier
@@ -52,5 +54,5 @@ __all__ = [
     "sample_quality", "run_quality",
     "solve_inverse", "INVERSE_METHODS", "LinearObservation", "LinearPosterior", "mask_matrix",
     "grey_matrix",
-    "function_guidance", "cascade",
+    "function_guidance", "cascade", "LatentDiffusion", "ConvAutoencoder",
 ]

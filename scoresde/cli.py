@@ -182,9 +182,14 @@ def _load_run(path: Path, device: str):
     from .runs import load_run
 
     try:
-        return load_run(path, device=device)
+        loaded = load_run(path, device=device)
     except Exception as err:  # corrupt files, a checkpoint from another network, ...
         raise click.UsageError(f"cannot load run {path}: {_one_line(err)[:300]}") from None
+    if loaded[2].get("objective") == "autoencoder":
+        raise click.UsageError(f"{path} is an autoencoder run, with no score to sample or "
+                               f"measure: train a latent model on it (scoresde train --latent "
+                               f"{path})")
+    return loaded
 
 
 def _new_run_dir(*words: str) -> Path:
@@ -385,7 +390,7 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         path = _pick_run(run)
         keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
     else:
-        path = Path(run) if run else _new_run_dir(sde, data)
+        path = Path(run) if run else _new_run_dir(sde, "latent" if latent else data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise click.BadParameter(f"{path} already exists; pass --resume to continue it or "
                                      "choose another --run", param_hint="--run")

@@ -16,8 +16,6 @@ gives the other half, how far decoding the encoding is from the image.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .data import Dataset
@@ -130,16 +128,3 @@ class LatentDiffusion:
         self.score.to(device)
         self.autoencoder.to(device)
         return self
-
-
-def check_latent_run(path) -> str:
-    """The absolute path of an autoencoder run, or a ``ValueError`` saying what it is not."""
-    from .runs import read_config
-
-    path = os.path.abspath(os.fspath(path))
-    config = read_config(path)
-    if config.get("objective") != "autoencoder":
-        raise ValueError(f"latent={path!r} must be an autoencoder run (train one with "
-                         f"objective='autoencoder'), not a {config.get('objective', 'score')!r} "
-                         "run")
-    return path

@@ -245,6 +245,19 @@ def image_grid_figure(images, title: str | None = None, ncol: int | None = None)
     return fig
 
 
+def image_grids_figure(grids: Mapping[str, object], ncol: int = 8) -> Figure:
+    """One titled image grid per entry of ``grids`` (name -> images ``(B, [C,] H, W)``, each
+    rescaled to ``[0, 1]`` from ``[-1, 1]`` model values), side by side."""
+    if not grids:
+        raise ValueError("image_grids_figure needs at least one set of images")
+    fig = _figure((3.0 * len(grids), 3.4))
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    for ax, (name, images) in zip(axes, grids.items()):
+        draw_image_grid(ax, np.clip((_np(images) + 1) / 2, 0, 1), name, ncol)
+    fig.tight_layout()
+    return fig
+
+
 def samples_picture(x, name: str, nfe: int, *, is_image: bool, raw_scale: float = 1.0,
                     raw_offset: float = 0.0, pixel_bits: int | None = None,
                     ncol: int | None = None, most: int = 64) -> Figure | None:

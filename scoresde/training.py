@@ -21,11 +21,12 @@ import torch.distributed as dist
 from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
-from .latent import check_latent_run, latent_dataset
+from .latent import latent_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import TRAINER_TEMPORARIES, resume_state, truncate_metrics, write_config
+from .runs import (TRAINER_TEMPORARIES, load_run, read_config, resume_state, truncate_metrics,
+                   write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
@@ -386,9 +387,11 @@ def _run(kw: dict, place: Place) -> dict:
 def _latents(kw: dict):
     """The latents of the autoencoder run ``kw["latent"]`` (its data and data options, which
     ``kw`` then records) and their scale: see :func:`scoresde.latent.latent_dataset`."""
-    from .runs import load_run
-
-    kw["latent"] = check_latent_run(kw["latent"])
+    kw["latent"] = os.path.abspath(os.fspath(kw["latent"]))
+    objective = read_config(kw["latent"]).get("objective", "score")
+    if objective != "autoencoder":
+        raise ValueError(f"latent={kw['latent']!r} must be an autoencoder run (train one with "
+                         f"objective='autoencoder'), not a {objective!r} run")
     autoencoder, _, ae_config = load_run(kw["latent"])
     kw["data"] = ae_config["data"]
     kw.update({k: ae_config[k] for k in DATA_OPTIONS if k in ae_config})

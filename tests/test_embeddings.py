@@ -145,7 +145,8 @@ def test_bad_embeddings_are_one_line():
 
 
 def test_runs_saved_before_embeddings_load_and_resume(tmp_path):
-    """config.json without ``embed_dim`` (top level and network) is read as the run it was."""
+    """config.json without ``embed_dim`` (top level and network) and the cascade and latent
+    options is read as the run it was."""
     from scoresde import train
     from scoresde.runs import load_checkpoint
 
@@ -154,10 +155,13 @@ def test_runs_saved_before_embeddings_load_and_resume(tmp_path):
                 progress=False, conditional=True)
     train(run, steps=2, **opts)
     config = json.loads((run / "config.json").read_text())
-    del config["embed_dim"], config["net"]["embed_dim"]
+    for key in ("embed_dim", "downsample", "super_res", "cond_aug", "latent", "latent_scale"):
+        del config[key]  # what runs before embeddings, cascades and latents lack
+    del config["net"]["embed_dim"]
     (run / "config.json").write_text(json.dumps(config))
     model, _, loaded = load_run(run)
     assert loaded["embed_dim"] == 0 and model.embed_dim == 0 and model.num_classes == 8
+    assert (loaded["downsample"], loaded["super_res"], loaded["latent"]) == (1, None, None)
     train(run, steps=3, resume=True, **opts)
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
     (run / "config.json").write_text(json.dumps(config))

@@ -70,3 +70,14 @@ def test_bad_f_is_one_line():
         function_guidance(score, 3.0, 1.0)
     with pytest.raises(ValueError, match="guidance scale"):
         function_guidance(score, lambda x, t: x.sum(1), float("nan"))
+
+
+@pytest.mark.slow
+def test_the_2d_example_steers_samples_and_draws_a_figure(tmp_path):
+    from problems import ROOT, run_python
+
+    out = tmp_path / "fg.png"
+    proc = run_python(ROOT / "examples" / "function_guidance_2d.py", "--steps", 100, "--out",
+                      out, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0 and "guided, scale 2" in proc.stdout

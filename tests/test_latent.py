@@ -83,6 +83,9 @@ def test_cli_samples_images_and_reports_the_latent_likelihood_as_such(runs, tmp_
     assert "bits_per_dim" not in record and "log_likelihood" not in record
     assert np.isfinite(record["latent_nll_nats"]) and record["reconstruction_mse"] < 0.05
     assert "not over images" in record["note"]
+    for command in ("sample", "likelihood"):  # an autoencoder has no score
+        result = invoke(command, "--run", runs / "ae", "--n", 2)
+        assert result.exit_code == 2 and "autoencoder run" in result.output
 
 
 def test_bad_latent_options_are_one_line(tmp_path):
@@ -96,3 +99,14 @@ def test_bad_latent_options_are_one_line(tmp_path):
         train(tmp_path / "c", latent=tmp_path / "s", steps=1, progress=False)
     with pytest.raises(ValueError, match="larger than the images"):
         ConvAutoencoder((1, 8, 8), latent_channels=8)
+
+
+def test_an_autoencoder_run_resumes_bit_identically(tmp_path):
+    opts = dict(data="digits", objective="autoencoder", batch_size=16, progress=False,
+                net_params={"ch": 8}, checkpoint_every=2)
+    train(tmp_path / "straight", steps=4, **opts)
+    train(tmp_path / "resumed", steps=2, **opts)
+    train(tmp_path / "resumed", steps=4, resume=True, **opts)
+    a, b = (load_checkpoint(tmp_path / r / "checkpoint.pt") for r in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 4
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
