@@ -52,11 +52,8 @@ def targets():
 
 
 def mode_shares(post, x):
-    z = post.free(x)
-    mix = post.mixture
-    logc = torch.stack([mix.component(k).log_prob(z) for k in range(mix.num_components)], 1)
-    labels = (logc + mix.weights.log()).argmax(1)
-    return torch.bincount(labels, minlength=mix.num_components).double() / len(x)
+    k = post.mixture.num_components
+    return torch.bincount(post.modes(x), minlength=k).double() / len(x)
 
 
 def settings(quick: bool):
