@@ -612,6 +612,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         if _explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
     path = _pick_run(run, quiet=as_json)
+    if out is None and (observe is not None or inverse is not None):
+        out = path / f"samples-{inverse or _Default('sampling.solve_inverse', 'method')()}.npz"
     out = _check_out(out or path / f"samples-{solver}-{steps}.npz")
     knobs = {k: ctx.params[k] for k in _KNOBS if _explicit(ctx, k)}
     model, sde, config = _load_run(path, str(dev))
@@ -660,6 +662,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
               "figure": str(fig_path) if fig_path else None, "options": knobs,
               "data_statistics": sorted(stats), "batch_size": batch_size,
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
+    if problem is not None:
+        record.update(inverse=problem["method"], inverse_options=problem["knobs"])
     _emit(record, as_json, [f"{solver}: {n} samples, NFE {nfe}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 

@@ -420,6 +420,15 @@ class LinearPosterior:
         is projected onto it); shape ``(B,)``."""
         return self.mixture.log_prob(self.free(x).reshape(x.shape[0], *self.mixture.event_shape))
 
+    def modes(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable posterior component of each sample of ``x``: ``(B,)`` labels
+        (``bincount`` of them, over ``B``, gives the shares of draws per mode)."""
+        mix = self.mixture
+        z = self.free(x).reshape(x.shape[0], *mix.event_shape)
+        one = torch.ones(len(z), dtype=torch.float64, device=z.device)
+        logc, _, _ = mix._components(z, one, torch.zeros_like(one))
+        return logc.argmax(1)
+
 
 MIXTURES: dict[str, Callable[[], GaussianMixture]] = {
     "ring": GaussianMixture.ring,

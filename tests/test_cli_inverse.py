@@ -1,5 +1,7 @@
 """scoresde sample --observe / --inverse: plumbing and errors (quality: tests/test_inverse.py)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -54,6 +56,16 @@ def test_bad_observations_are_usage_errors(run, tmp_path, content, args, match):
                     "--n", 4, "--out", tmp_path / "x.npz", *args)
     assert result.exit_code == 2 and match in result.output, result.output
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "x.npz.parts").exists()
+
+
+def test_the_default_output_names_the_method(run, tmp_path):
+    np.savez(tmp_path / "obs.npz", A=np.array([[0.5, 0.5]]), y=np.array([1.0]), noise_std=0.2)
+    result = invoke("sample", "--run", run, "--observe", tmp_path / "obs.npz", "--steps", 3,
+                    "--n", 4, "--particles", 2, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["inverse"] == "smc" and record["inverse_options"] == {"particles": 2}
+    assert record["out"].endswith("samples-smc.npz") and record["nfe"] == 4
 
 
 def test_inverse_needs_a_measurement(run, tmp_path):

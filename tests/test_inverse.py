@@ -33,11 +33,8 @@ def _target(name):
 
 def _mode_shares(post, x):
     """Share of draws whose most probable posterior component is k, shape (K,)."""
-    z = post.free(x)
-    mix = post.mixture
-    logc = torch.stack([mix.component(k).log_prob(z) for k in range(mix.num_components)], 1)
-    labels = (logc + mix.weights.log()).argmax(1)
-    return torch.bincount(labels, minlength=mix.num_components).double() / len(x)
+    k = post.mixture.num_components
+    return torch.bincount(post.modes(x), minlength=k).double() / len(x)
 
 
 @pytest.mark.slow
@@ -192,3 +189,10 @@ def test_bad_arguments_are_refused_in_one_line():
             solve_inverse(score, sde, a, kw.pop("y"), steps=2, **kw)
     with pytest.raises(ValueError, match="needs method='dps'"):
         solve_inverse(score, sde, lambda x: x, y, method="smc", event_shape=(2,))
+
+
+@pytest.mark.parametrize("method", list(INVERSE_METHODS))
+def test_a_non_finite_score_stops_with_the_method_named(method):
+    sde, a, y = VPSDE(), mask_matrix([True, False]), torch.tensor([1.0])
+    with pytest.raises(FloatingPointError, match=f"^{method}: "):
+        solve_inverse(lambda x, t: x * math.nan, sde, a, y, method=method, n=4, steps=3)

@@ -17,6 +17,10 @@ freshly noised copy of the known ones, not the exact conditional score, so a res
 remains where the known and unknown entries are strongly dependent at high noise
 (``benchmarks/conditional.py`` measures it against exact conditionals of Gaussian mixtures).
 
+:func:`~scoresde.sampling.inverse.solve_inverse` generalises it to any linear measurement
+``y = A x + noise`` and adds methods without this bias (``smc``); ``impute`` stays the mask
+shorthand of its ``replacement`` method, with per-sample masks.
+
 The few-step defaults apply as in :func:`~scoresde.sample`: with the data's statistics
 (``data_mean`` and ``data_cov`` or ``data_std``), ``unipc`` or ``dpmpp_2m`` at ``steps=10`` is
 10 score calls. Their Gaussian head is the data's, not conditioned on the known entries (the

@@ -249,7 +249,10 @@ def solve_inverse(
     ts = get_grid(sde, grid, steps, eps)
     if device is None and generator is not None:
         device = generator.device
-    particles = check_int("particles", knobs.get("particles", 64), low=1) if method == "smc" else 1
+    particles = 1
+    if method == "smc":
+        default = inspect.signature(_smc).parameters["particles"].default
+        particles = check_int("particles", knobs.get("particles", default), low=1)
     if obs is not None:
         obs = obs.batch(n, repeat=particles)
     counted = CountedScore(score_fn)
@@ -257,9 +260,12 @@ def solve_inverse(
     hook = _stop_if_not_finite(solver, callback)
     extra = dict(measure=measure, y=y) if method == "dps" else {}
     own_knobs = {k: v for k, v in knobs.items() if k in own}
-    x, info = INVERSE_METHODS[method](
-        counted, sde, obs, x, ts, solver=solver, generator=generator, callback=hook,
-        knobs={k: v for k, v in knobs.items() if k not in own}, **extra, **own_knobs)
+    try:
+        x, info = INVERSE_METHODS[method](
+            counted, sde, obs, x, ts, solver=solver, generator=generator, callback=hook,
+            knobs={k: v for k, v in knobs.items() if k not in own}, **extra, **own_knobs)
+    except FloatingPointError as err:
+        raise FloatingPointError(f"{method}: {err}") from None
     if method != "smc" and denoise:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
         with torch.no_grad():

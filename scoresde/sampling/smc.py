@@ -60,7 +60,8 @@ def _twist(score_fn, obs: LinearObservation, x: torch.Tensor, t: float, m: float
         x_in = x.detach().requires_grad_(True)
         score = score_fn(x_in, time_vector(t, x))
         x0 = (x_in + s**2 * score) / m
-        log_lik = obs.log_likelihood(x0.reshape(len(x), -1), (s / m) ** 2)
+        # float64: the log-likelihoods reach 1e4 near t = 0 and weights use their differences
+        log_lik = obs.log_likelihood(x0.reshape(len(x), -1).double(), (s / m) ** 2)
         (grad,) = torch.autograd.grad(log_lik.sum(), x_in)
     return score.detach(), x0.detach(), log_lik.detach(), grad.detach()
 
