@@ -23,6 +23,8 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("likelihood", "divergence"): likelihood.DIVERGENCES,
     ("demo", "toy"): toys.TOYS,
     ("demo", "sde"): scoresde.SDES,
+    ("fid", "solver"): scoresde.SAMPLERS,
+    ("fid", "grid"): sampling.GRIDS,
 }
 
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
@@ -37,6 +39,10 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
         "divergence", "probes", "method", "rtol", "atol", "eps")},
     **{("demo", k): (scoresde.run_demo, k) for k in ("toy", "sde", "n", "seed")},
     ("demo", "steps"): (scoresde.train, "steps"),
+    ("fid", "solver"): (scoresde.sample, "solver"),
+    ("fid", "steps"): (scoresde.sample, "steps"),
+    **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
+    **{("train", k): (scoresde.train, k) for k in ("eval_n", "eval_features")},
 }
 
 
