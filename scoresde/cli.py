@@ -137,6 +137,7 @@ def main() -> None:
       scoresde train --sde vp                      # a 2D toy into a new folder under ./runs
       scoresde sample --solver pc --steps 1000     # from the most recent run
       scoresde likelihood                          # held-out log-likelihood in nats
+      scoresde fid --solver dpmpp_2m --steps 20    # FID, KID, precision/recall of images
     """
 
 
@@ -322,7 +323,7 @@ def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")
 @click.option("--eval-every", type=click.IntRange(min=1), default=None, metavar="K",
-              help="Every K steps, FID/KID of the EMA weights into metrics.jsonl "
+              help="Every K steps, FID/KID of the EMA weights into the run's metrics "
                    "[default: none].")
 @click.option("--eval-n", type=click.IntRange(min=2), default=_Default("train", "eval_n"),
               show_default=True, help="Samples per evaluation (the same seed each time).")

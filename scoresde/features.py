@@ -198,7 +198,7 @@ def extract_features(extractor, images: torch.Tensor, *, batch_size: int = FEATU
 
     A module extractor runs in eval mode for the call (dropout off, batch norm on its running
     statistics) whatever mode it was in; its own mode is put back afterwards, so the caller sees
-    no change. ``batch_size`` images go in at a time.
+    no change. ``batch_size`` images go in at a time, on the device of the module's parameters.
 
     Raises:
         ValueError: images the extractor does not take (its message), or an answer that is not
@@ -211,9 +211,11 @@ def extract_features(extractor, images: torch.Tensor, *, batch_size: int = FEATU
     modes = [m.training for m in modules]  # in pre-order: a parent's train() comes first
     if modules:
         extractor.eval()
+    params = next(iter(extractor.parameters()), None) if modules else None
+    device = params.device if params is not None else images.device  # where the module is
     try:
-        out = [extractor(images[i:i + batch_size]) for i in range(0, images.shape[0],
-                                                                      batch_size)]
+        out = [extractor(images[i:i + batch_size].to(device))
+               for i in range(0, images.shape[0], batch_size)]
     finally:
         for m, mode in zip(modules, modes):
             m.train(mode)

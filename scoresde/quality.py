@@ -320,6 +320,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
                          "extractor file instead")
     dataset = run_dataset(config)
     extractor = get_extractor(features)
+    if extractor is not features and isinstance(extractor, torch.nn.Module):
+        extractor.to(device)  # ours, built from a name or a file: on the sampling device
     reference = reference_stats(dataset, extractor, cache=cache)
     result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
                             seed=seed, batch_size=batch_size, device=device,
@@ -369,6 +371,9 @@ class TrainingEvaluator:
 
         if self.extractor is None:
             self.extractor = get_extractor(self.features)
+            if self.extractor is not self.features and isinstance(self.extractor,
+                                                                  torch.nn.Module):
+                self.extractor.to(self.device)
             self.reference = reference_stats(self.dataset, self.extractor)
         result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
                                 solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,

@@ -27,6 +27,8 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("demo", "sde"): scoresde.SDES,
     ("convert", "source"): scoresde.convert.SOURCES,
     ("convert", "config"): scoresde.SCORE_SDE_CONFIGS,
+    ("fid", "solver"): scoresde.SAMPLERS,
+    ("fid", "grid"): sampling.GRIDS,
 }
 
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
@@ -45,6 +47,10 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     ("sample", "particles"): (sampling.sample_smc, "particles"),
     ("sample", "step_size"): (sampling.inverse._dps, "step_size"),
     **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
+    ("fid", "solver"): (scoresde.sample, "solver"),
+    ("fid", "steps"): (scoresde.sample, "steps"),
+    **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
+    **{("train", k): (scoresde.train, k) for k in ("eval_n", "eval_features")},
 }
 
 
