@@ -358,6 +358,11 @@ def quality_figure(records, floor: float | None = None, metric: str = "fid",
             ax.axhline(floor, color=_DATA_COLOR, linestyle="--", label=floor_label)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+        nfes = [r["nfe"] for r in mine]
+        ticks = [t for t in (2, 3, 5, 10, 20, 50, 100, 200, 500, 1000)
+                 if min(nfes) / 1.5 <= t <= max(nfes) * 1.5]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ns = sorted({r["point"]["n"] for r in mine})
         ax.set_title(f"{sde}, N = {', '.join(f'{n:,}' for n in ns)}")
         ax.set_xlabel("score calls (NFE)")

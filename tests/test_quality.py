@@ -243,3 +243,18 @@ def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path)
                             steps=2, seed=0, reference=ref)
     assert helped["fid"] < crude["fid"] / 2
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+
+
+def test_quality_figure_draws_a_panel_per_sde_and_the_floor(tmp_path):
+    from scoresde import plotting
+
+    records = [{"point": {"sde": sde, "solver": solver, "n": 1000}, "nfe": nfe, "fid": fid}
+               for sde in ("vp", "ve") for solver, nfe, fid in (("euler", 9, 0.7),
+                                                                 ("euler", 19, 0.5),
+                                                                 ("heun", 7, 0.5))]
+    fig = plotting.quality_figure(records, floor=0.9)
+    assert [ax.get_title() for ax in fig.axes] == ["vp, N = 1,000", "ve, N = 1,000"]
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["euler", "heun", "held-out data"]
+    assert list(lines[0].get_xdata()) == [9, 19] and list(lines[2].get_ydata()) == [0.9, 0.9]
+    assert os.path.getsize(plotting.save_figure(fig, tmp_path / "f.png")) > 0
