@@ -164,17 +164,24 @@ def get_extractor(features: str | os.PathLike | nn.Module | Callable) -> nn.Modu
                      "TorchScript file")
 
 
-def extractor_digest(extractor) -> str:
-    """What identifies an extractor in a cache key: the digest of its file for ours, otherwise
-    its class and a SHA-256 of its parameters and buffers."""
+def extractor_digest(extractor) -> str | None:
+    """What identifies an extractor in a cache key: its ``digest`` attribute when it has one
+    (ours: the digest of its file); for another module, a SHA-256 of its class, its ``repr``
+    (which holds the settings of PyTorch's layers, such as a pooling's kernel size) and its
+    parameters and buffers; None for a plain function, which nothing identifies across calls
+    (its reference statistics are then not cached). A module whose features depend on anything
+    else should carry its own ``digest`` string."""
     digest = getattr(extractor, "digest", None)
     if isinstance(digest, str):
         return digest
-    h = hashlib.sha256(type(extractor).__qualname__.encode())
-    if isinstance(extractor, nn.Module):
-        for key, value in sorted(extractor.state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    if not isinstance(extractor, nn.Module):
+        return None
+    cls = type(extractor)
+    h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}\n{extractor!r}".encode())
+    for key, value in sorted(extractor.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        h.update(f"\n{key}:{value.dtype}:{tuple(value.shape)}:".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "module:" + h.hexdigest()[:16]
 
 

@@ -147,7 +147,9 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
     Args:
         dataset: an image data set with training images.
         extractor: a feature extractor (see :mod:`scoresde.features`).
-        cache: True for :func:`cache_dir`, a folder, or False to neither read nor write.
+        cache: True for :func:`cache_dir`, a folder, or False to neither read nor write. An
+            extractor that :func:`~scoresde.features.extractor_digest` cannot identify (a plain
+            function) is never cached.
         seed: the subset of kept features.
 
     Raises:
@@ -162,7 +164,7 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
         "extractor": extractor_digest(extractor), "seed": seed}
     text = json.dumps(key, sort_keys=True)
     path = None
-    if cache is not False:
+    if cache is not False and key["extractor"] is not None:
         folder = (cache_dir() if cache is True else Path(cache)) / "reference"
         path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
         cached = _read_cached(path, text)

@@ -220,6 +220,20 @@ def test_reference_statistics_are_computed_once_and_cached(digits, tmp_path):
     assert ours.calls == 3 * calls and third.path != first.path
 
 
+def test_extractors_that_differ_only_in_settings_or_code_never_share_a_cache_entry(digits,
+                                                                                   tmp_path):
+    # Two poolings with no tensors, told apart by their kernel size alone.
+    two = reference_stats(digits, nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), cache=tmp_path)
+    four = reference_stats(digits, nn.Sequential(nn.AvgPool2d(4), nn.Flatten()), cache=tmp_path)
+    assert two.path != four.path and two.mu.shape == (16,) and four.mu.shape == (4,)
+    # Plain functions: nothing identifies them, so nothing is read or written for them.
+    first = reference_stats(digits, lambda x: x[:, :, :2].flatten(1), cache=tmp_path)
+    other = reference_stats(digits, lambda x: x[:, :, 2:4].flatten(1), cache=tmp_path)
+    assert first.path is None and other.path is None
+    assert not np.array_equal(first.mu, other.mu)
+    assert sorted(os.listdir(tmp_path / "reference")) == sorted([two.path.name, four.path.name])
+
+
 def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path):
     # A Gaussian fitted to the digits, sampled through its exact score by a solver, has the
     # FID of direct draws from it, up to the solver's error and the noise of 1000 samples
