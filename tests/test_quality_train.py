@@ -53,6 +53,27 @@ def test_evaluation_records_fid_and_leaves_the_training_bit_identical(tmp_path):
     assert not any("fid" in r for r in _records(tmp_path / "plain"))
 
 
+@pytest.mark.slow
+def test_a_run_stopped_during_an_evaluation_records_it_once_on_resume(tmp_path, monkeypatch):
+    from scoresde.quality import TrainingEvaluator
+
+    evaluate = TrainingEvaluator.__call__
+
+    def stop_at_step_2(self, model, sde, step):
+        if step == 2:
+            raise KeyboardInterrupt  # as a kill in the middle of the evaluation
+        return evaluate(self, model, sde, step)
+
+    run = tmp_path / "run"
+    options = dict(DIGITS, steps=3, eval_every=2, eval_n=80, checkpoint_every=1)
+    monkeypatch.setattr(TrainingEvaluator, "__call__", stop_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, **options)
+    monkeypatch.setattr(TrainingEvaluator, "__call__", evaluate)
+    train(run, resume=True, **options)
+    assert [r["step"] for r in _records(run) if "fid" in r] == [2, 3]
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(TINY, eval_every=1), "measures FID of images"),
     (dict(DIGITS, eval_every=1, eval_n=64), "more samples than features: got N=64"),
