@@ -78,6 +78,9 @@ def test_a_run_stopped_during_an_evaluation_records_it_once_on_resume(tmp_path, 
     (dict(TINY, eval_every=1), "measures FID of images"),
     (dict(DIGITS, eval_every=1, eval_n=64), "more samples than features: got N=64"),
     (dict(DIGITS, eval_every=1, eval_features="nowhere.pt"), "use one of digits or the path"),
+    (dict(DIGITS, eval_every=1, super_res=2), "super_res=2 is not supported"),
+    (dict(DIGITS, eval_every=1, objective="classifier", net="auto", net_params=None),
+     "objective='classifier' is not supported"),
 ])
 def test_bad_evaluation_options_are_refused_before_training(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
