@@ -145,6 +145,11 @@ def test_extractor_runs_in_eval_mode_whatever_the_caller_did(digits):
     shipped = digits_extractor().train()
     images = image_features(shipped, digits.test, digits)
     assert torch.equal(images, image_features(shipped.eval(), digits.test, digits))
+    # A module's method is that module: eval mode for the call, the caller's mode back after.
+    net = digits_extractor().net.train()
+    x = to_extractor_range(digits.test, raw_scale=8.0, raw_offset=8.0, pixel_bits=None)
+    assert torch.equal(extract_features(net.features, x), images)
+    assert net.training and net.body[-3].training
 
 
 def test_wrong_image_shapes_give_one_clear_error():
