@@ -6,7 +6,8 @@ set, resolution and extractor and caches them in ``$SCORESDE_CACHE/reference/`` 
 (up to :data:`REFERENCE_MAX` images) and the features of a fixed random subset of
 :data:`KEEP_FEATURES` for KID and precision/recall. The file is written atomically, and its
 name is a digest of the key (the data's name, image shape, pixel scale, number of training
-images and file fingerprint, and the extractor's digest), which the file also holds and which is checked when it is read.
+images and file fingerprint, and the extractor's digest), which the file also holds and which
+is checked when it is read.
 
 :func:`sample_quality` draws ``n`` samples from a model in chunks (chunk ``k`` from
 :func:`~scoresde.sample_files.chunk_generator`, as ``scoresde sample`` draws them), turns each
