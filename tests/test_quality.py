@@ -86,6 +86,23 @@ def test_kid_uses_disjoint_subsets_and_a_fixed_seed_repeats():
     x, y = torch.randn(95, 8, generator=_gen(4)), torch.randn(300, 8, generator=_gen(5))
     a = kid(x, y, generator=_gen(6))
     assert a == kid(x, y, generator=_gen(6))
+    # By hand: 95 // 10 = 9 points per subset, 10 subsets cut from the same two permutations;
+    # each the U-statistic of (x.y / 8 + 1)^3 (diagonals left out within a set), then the mean
+    # and std / sqrt(10).
+    g = _gen(6)
+    px, py = torch.randperm(95, generator=g), torch.randperm(300, generator=g)
+    off = ~torch.eye(9, dtype=torch.bool)
+
+    def k(u, v):
+        return (u.double() @ v.double().T / 8 + 1) ** 3
+
+    values = []
+    for i in range(10):
+        u, v = x[px[9 * i:9 * i + 9]], y[py[9 * i:9 * i + 9]]
+        values.append(float(k(u, u)[off].mean() + k(v, v)[off].mean() - 2 * k(u, v).mean()))
+    values = np.array(values)
+    assert a[0] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
+    assert a[1] == pytest.approx(values.std(ddof=1) / math.sqrt(10), rel=1e-12)
     with pytest.raises(ValueError, match="at least 20 points"):
         kid(x[:19], y)
 
