@@ -289,6 +289,24 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
                 time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n)
 
 
+def _check_digits_shape(features, shape, whose: str) -> None:
+    """The digits network takes 1x8x8 images only: one clear error for others."""
+    if isinstance(features, str) and features == "digits" and tuple(shape) != (1, 8, 8):
+        raise ValueError(f"the digits feature network takes 1x8x8 images; {whose} are "
+                         f"{'x'.join(map(str, shape))}; name a TorchScript extractor file")
+
+
+def _extractor_on(features, device):
+    """:func:`~scoresde.features.get_extractor`; ours (built from a name or a file) is moved to
+    ``device``, the caller's own extractor is left where it is."""
+    from .features import get_extractor
+
+    extractor = get_extractor(features)
+    if extractor is not features and isinstance(extractor, torch.nn.Module):
+        extractor.to(device)
+    return extractor
+
+
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
                 solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
                 device="cpu", cache: str | os.PathLike | bool = True, progress=None,
@@ -310,21 +328,15 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         ValueError: a run that is not of images, or an extractor that does not take them.
     """
     from .data import run_dataset
-    from .features import get_extractor
     from .runs import load_run
 
     model, sde, config = load_run(run_dir, device=device)
     if not config.get("is_image"):
         raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
                          f"of shape {tuple(config['data_shape'])}")
-    if features == "digits" and tuple(config["data_shape"]) != (1, 8, 8):
-        raise ValueError(f"the digits feature network takes 1x8x8 images, the run's are "
-                         f"{'x'.join(map(str, config['data_shape']))}; name a TorchScript "
-                         "extractor file instead")
+    _check_digits_shape(features, config["data_shape"], "the run's images")
     dataset = run_dataset(config)
-    extractor = get_extractor(features)
-    if extractor is not features and isinstance(extractor, torch.nn.Module):
-        extractor.to(device)  # ours, built from a name or a file: on the sampling device
+    extractor = _extractor_on(features, device)
     reference = reference_stats(dataset, extractor, cache=cache)
     result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
                             seed=seed, batch_size=batch_size, device=device,
@@ -349,10 +361,7 @@ def check_eval(dataset: Dataset, features, n: int) -> int:
     if not dataset.is_image:
         raise ValueError(f"eval_every measures FID of images; data {dataset.name!r} has shape "
                          f"{tuple(dataset.event_shape)} (leave eval_every off)")
-    if features == "digits" and tuple(dataset.event_shape) != (1, 8, 8):
-        raise ValueError(f"eval_features='digits' takes 1x8x8 images, data {dataset.name!r} "
-                         f"has {'x'.join(map(str, dataset.event_shape))}; name a TorchScript "
-                         "extractor file")
+    _check_digits_shape(features, dataset.event_shape, f"the images of data {dataset.name!r}")
     width = image_features(get_extractor(features), dataset.test[:2], dataset).shape[1]
     check_fid_size(n, width)
     return n
@@ -370,13 +379,8 @@ class TrainingEvaluator:
         self.extractor = self.reference = None
 
     def __call__(self, model, sde, step: int) -> dict:
-        from .features import get_extractor
-
         if self.extractor is None:
-            self.extractor = get_extractor(self.features)
-            if self.extractor is not self.features and isinstance(self.extractor,
-                                                                  torch.nn.Module):
-                self.extractor.to(self.device)
+            self.extractor = _extractor_on(self.features, self.device)
             self.reference = reference_stats(self.dataset, self.extractor)
         result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
                                 solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,
