@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +151,8 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
         extractor: a feature extractor (see :mod:`scoresde.features`).
         cache: True for :func:`cache_dir`, a folder, or False to neither read nor write. An
             extractor that :func:`~scoresde.features.extractor_digest` cannot identify (a plain
-            function) is never cached.
+            function) is never cached; a cache that cannot be written is a warning, and the
+            statistics are returned all the same.
         seed: the subset of kept features.
 
     Raises:
@@ -182,9 +184,14 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
     feats = moments.features()
     ref = Reference(mu, sigma, feats, moments.n, key, path)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
-                                                  features=feats.numpy(), n=moments.n))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
+                                                      features=feats.numpy(), n=moments.n))
+        except OSError as err:  # an unwritable cache costs the next call time, not this result
+            warnings.warn(f"reference statistics not cached: cannot write {path} ({err}); set "
+                          f"{CACHE_ENV} to a writable folder", stacklevel=2)
+            ref.path = None
     return ref
 
 

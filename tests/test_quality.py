@@ -256,6 +256,16 @@ def test_extractors_that_differ_only_in_settings_or_code_never_share_a_cache_ent
     assert sorted(os.listdir(tmp_path / "reference")) == sorted([two.path.name, four.path.name])
 
 
+def test_a_cache_that_cannot_be_written_warns_and_gives_the_statistics(digits, tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # its "reference" folder cannot be made
+    ext = nn.Flatten()
+    with pytest.warns(UserWarning, match="reference statistics not cached"):
+        ref = reference_stats(digits, ext, cache=blocked)
+    assert ref.path is None
+    assert np.array_equal(ref.mu, reference_stats(digits, ext, cache=False).mu)
+
+
 def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path):
     # A Gaussian fitted to the digits, sampled through its exact score by a solver, has the
     # FID of direct draws from it, up to the solver's error and the noise of 1000 samples
