@@ -341,6 +341,14 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
     if not config.get("is_image"):
         raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
                          f"of shape {tuple(config['data_shape'])}")
+    kind = config.get("objective", "score")
+    for what, bad in ((f"a run of objective {kind!r}", kind != "score"),
+                      ("a latent run (its samples need decoding)", config.get("latent")),
+                      ("a super-resolution run (its samples need a condition)",
+                       config.get("super_res"))):
+        if bad:
+            raise ValueError(f"FID of {what} is not supported: {os.fspath(run_dir)}; give a run "
+                             "of an unconditioned image score model")
     _check_digits_shape(features, config["data_shape"], "the run's images")
     dataset = run_dataset(config)
     extractor = _extractor_on(features, device)

@@ -119,6 +119,10 @@ def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
     train(tmp_path / "toy", steps=1, **TINY)
     result = invoke("fid", "--run", tmp_path / "toy", "--n", 100)
     assert result.exit_code == 2 and "FID needs a run of images" in result.stderr
+    train(tmp_path / "clf", data="digits", objective="classifier", steps=1, batch_size=8,
+          progress=False)
+    result = invoke("fid", "--run", tmp_path / "clf", "--n", 100)
+    assert result.exit_code == 2 and "objective 'classifier' is not supported" in result.stderr
     result = invoke("train", "--data", "moons", "--steps", 1, "--eval-every", 1, "--run",
                     tmp_path / "cli", "--quiet")
     assert result.exit_code == 2 and "measures FID of images" in result.stderr
