@@ -332,7 +332,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         :func:`sample_quality`'s dict with ``"run"`` and ``"features"`` (the extractor's digest).
 
     Raises:
-        ValueError: a run that is not of images, or an extractor that does not take them.
+        ValueError: a run that is not of images, not of a score model, a latent or a
+            super-resolution run, or an extractor that does not take the images.
     """
     from .data import run_dataset
     from .runs import load_run
