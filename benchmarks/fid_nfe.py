@@ -40,11 +40,33 @@ def _points(solver: str, budgets, tolerances) -> list[dict]:
     return [{"steps": max(1, round(b / CALLS_PER_STEP.get(solver, 1)) - 1)} for b in budgets]
 
 
-def _done(path: str) -> set:
+def _records(path: str) -> list[dict]:
+    """The points measured so far; a line cut short by a kill is left out (measured again)."""
     if not os.path.isfile(path):
-        return set()
+        return []
+    records = []
     with open(path) as f:
-        return {json.dumps(r["point"], sort_keys=True) for r in map(json.loads, f)}
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
+def _append(path: str, record: dict) -> None:
+    """One JSON line at the end of ``path``, on a line of its own after a cut one."""
+    cut = False
+    if os.path.isfile(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            cut = f.read(1) != b"\n"
+    with open(path, "a") as f:
+        f.write(("\n" if cut else "") + json.dumps(record) + "\n")
+
+
+def _done(path: str) -> set:
+    return {json.dumps(r["point"], sort_keys=True) for r in _records(path)}
 
 
 def floor(dataset, extractor, reference, subsets: int = 5) -> dict:
@@ -93,16 +115,14 @@ def main() -> None:
                                         steps=options["steps"], seed=0, reference=reference,
                                         **extra)
                 record = dict(point=point, floor=base, **result)
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                _append(args.out, record)
                 print(f"{sde_name} {solver} {options}: NFE {result['nfe']:.0f} FID "
                       f"{result['fid']:.3f} KID {result['kid']:.4f} +- {result['kid_se']:.4f} "
                       f"({result['time_s']:.0f} s)", flush=True)
     if args.figure:
         from scoresde import plotting
 
-        with open(args.out) as f:
-            records = [r for r in map(json.loads, f) if r["point"]["n"] == args.figure_n]
+        records = [r for r in _records(args.out) if r["point"]["n"] == args.figure_n]
         figure = plotting.quality_figure(records, floor=base["fid"],
                                          floor_label=f"held-out digits, N = {base['n']}")
         plotting.save_figure(figure, args.figure)

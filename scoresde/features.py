@@ -164,17 +164,35 @@ def get_extractor(features: str | os.PathLike | nn.Module | Callable) -> nn.Modu
                      "TorchScript file")
 
 
-def extractor_digest(extractor) -> str:
-    """What identifies an extractor in a cache key: the digest of its file for ours, otherwise
-    its class and a SHA-256 of its parameters and buffers."""
+def _owner(extractor) -> nn.Module | None:
+    """The module an extractor runs: itself, or the module of a bound method; else None."""
+    if isinstance(extractor, nn.Module):
+        return extractor
+    owner = getattr(extractor, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def extractor_digest(extractor) -> str | None:
+    """What identifies an extractor in a cache key: its ``digest`` attribute when it has one
+    (ours: the digest of its file); for another module (or its method), a SHA-256 of its class
+    (and the method's name), its ``repr`` (which holds the settings of PyTorch's layers, such
+    as a pooling's kernel size) and its parameters and buffers; None for a plain function,
+    which nothing identifies across calls (its reference statistics are then not cached). A
+    module whose features depend on anything else should carry its own ``digest`` string."""
     digest = getattr(extractor, "digest", None)
     if isinstance(digest, str):
         return digest
-    h = hashlib.sha256(type(extractor).__qualname__.encode())
-    if isinstance(extractor, nn.Module):
-        for key, value in sorted(extractor.state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    owner = _owner(extractor)
+    if owner is None:
+        return None
+    cls = type(owner)
+    method = "" if owner is extractor else "." + getattr(
+        getattr(extractor, "__func__", None), "__qualname__", type(extractor).__name__)
+    h = hashlib.sha256(f"{cls.__module__}.{cls.__qualname__}{method}\n{owner!r}".encode())
+    for key, value in sorted(owner.state_dict().items()):
+        value = value.detach().cpu().contiguous()
+        h.update(f"\n{key}:{value.dtype}:{tuple(value.shape)}:".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
     return "module:" + h.hexdigest()[:16]
 
 
@@ -203,15 +221,18 @@ def extract_features(extractor, images: torch.Tensor, *, batch_size: int = FEATU
     Raises:
         ValueError: images the extractor does not take (its message), or an answer that is not
             one finite row of features per image.
+
+    A method of a module (``net.features``) counts as that module: it too runs in eval mode.
     """
     batch_size = check_int("batch_size", batch_size, low=1)
     if images.ndim < 2 or images.shape[0] == 0:
         raise ValueError(f"need a batch of images (N, C, H, W), got shape {tuple(images.shape)}")
-    modules = list(extractor.modules()) if isinstance(extractor, nn.Module) else []
+    owner = _owner(extractor)
+    modules = list(owner.modules()) if owner is not None else []
     modes = [m.training for m in modules]  # in pre-order: a parent's train() comes first
     if modules:
-        extractor.eval()
-    params = next(iter(extractor.parameters()), None) if modules else None
+        owner.eval()
+    params = next(iter(owner.parameters()), None) if modules else None
     device = params.device if params is not None else images.device  # where the module is
     try:
         out = [extractor(images[i:i + batch_size].to(device))

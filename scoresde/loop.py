@@ -248,6 +248,12 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
             done = step + 1
             seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm,
                                       skipped)
+            # Before the step's checkpoint: a run stopped between the two redoes the evaluation
+            # on resume (records after the checkpoint are dropped), so each is written once.
+            if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
+                recorder.settle(done)
+                with fork_rng(place.device):  # the training's random streams stay as they were
+                    append_metrics(place.run_dir, evaluator(parts.ema.module, parts.sde, done))
             if done % opts.checkpoint_every == 0 or done == opts.steps:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
                 _check_weights(parts, place, done)
@@ -255,10 +261,6 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
             if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
                 recorder.settle(done)
                 _sample_grid(parts, opts, place, done)
-            if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
-                recorder.settle(done)
-                with fork_rng(place.device):  # the training's random streams stay as they were
-                    append_metrics(place.run_dir, evaluator(parts.ema.module, parts.sde, done))
     wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
     result = {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
               "train_time_s": elapsed + wall,

@@ -6,7 +6,8 @@ set, resolution and extractor and caches them in ``$SCORESDE_CACHE/reference/`` 
 (up to :data:`REFERENCE_MAX` images) and the features of a fixed random subset of
 :data:`KEEP_FEATURES` for KID and precision/recall. The file is written atomically, and its
 name is a digest of the key (the data's name, image shape, pixel scale, number of training
-images and file fingerprint, and the extractor's digest), which the file also holds and which is checked when it is read.
+images and file fingerprint, and the extractor's digest), which the file also holds and which
+is checked when it is read.
 
 :func:`sample_quality` draws ``n`` samples from a model in chunks (chunk ``k`` from
 :func:`~scoresde.sample_files.chunk_generator`, as ``scoresde sample`` draws them), turns each
@@ -22,6 +23,7 @@ import hashlib
 import json
 import os
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +149,10 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
     Args:
         dataset: an image data set with training images.
         extractor: a feature extractor (see :mod:`scoresde.features`).
-        cache: True for :func:`cache_dir`, a folder, or False to neither read nor write.
+        cache: True for :func:`cache_dir`, a folder, or False to neither read nor write. An
+            extractor that :func:`~scoresde.features.extractor_digest` cannot identify (a plain
+            function) is never cached; a cache that cannot be written is a warning, and the
+            statistics are returned all the same.
         seed: the subset of kept features.
 
     Raises:
@@ -162,7 +167,7 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
         "extractor": extractor_digest(extractor), "seed": seed}
     text = json.dumps(key, sort_keys=True)
     path = None
-    if cache is not False:
+    if cache is not False and key["extractor"] is not None:
         folder = (cache_dir() if cache is True else Path(cache)) / "reference"
         path = folder / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
         cached = _read_cached(path, text)
@@ -179,9 +184,14 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
     feats = moments.features()
     ref = Reference(mu, sigma, feats, moments.n, key, path)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
-                                                  features=feats.numpy(), n=moments.n))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda f: np.savez(f, key=np.array(text), mu=mu, sigma=sigma,
+                                                      features=feats.numpy(), n=moments.n))
+        except OSError as err:  # an unwritable cache costs the next call time, not this result
+            warnings.warn(f"reference statistics not cached: cannot write {path} ({err}); set "
+                          f"{CACHE_ENV} to a writable folder", stacklevel=2)
+            ref.path = None
     return ref
 
 
@@ -286,6 +296,24 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
                 time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n)
 
 
+def _check_digits_shape(features, shape, whose: str) -> None:
+    """The digits network takes 1x8x8 images only: one clear error for others."""
+    if isinstance(features, str) and features == "digits" and tuple(shape) != (1, 8, 8):
+        raise ValueError(f"the digits feature network takes 1x8x8 images; {whose} are "
+                         f"{'x'.join(map(str, shape))}; name a TorchScript extractor file")
+
+
+def _extractor_on(features, device):
+    """:func:`~scoresde.features.get_extractor`; ours (built from a name or a file) is moved to
+    ``device``, the caller's own extractor is left where it is."""
+    from .features import get_extractor
+
+    extractor = get_extractor(features)
+    if extractor is not features and isinstance(extractor, torch.nn.Module):
+        extractor.to(device)
+    return extractor
+
+
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
                 solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
                 device="cpu", cache: str | os.PathLike | bool = True, progress=None,
@@ -304,24 +332,27 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         :func:`sample_quality`'s dict with ``"run"`` and ``"features"`` (the extractor's digest).
 
     Raises:
-        ValueError: a run that is not of images, or an extractor that does not take them.
+        ValueError: a run that is not of images, not of a score model, a latent or a
+            super-resolution run, or an extractor that does not take the images.
     """
     from .data import run_dataset
-    from .features import get_extractor
     from .runs import load_run
 
     model, sde, config = load_run(run_dir, device=device)
     if not config.get("is_image"):
         raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
                          f"of shape {tuple(config['data_shape'])}")
-    if features == "digits" and tuple(config["data_shape"]) != (1, 8, 8):
-        raise ValueError(f"the digits feature network takes 1x8x8 images, the run's are "
-                         f"{'x'.join(map(str, config['data_shape']))}; name a TorchScript "
-                         "extractor file instead")
+    kind = config.get("objective", "score")
+    for what, bad in ((f"a run of objective {kind!r}", kind != "score"),
+                      ("a latent run (its samples need decoding)", config.get("latent")),
+                      ("a super-resolution run (its samples need a condition)",
+                       config.get("super_res"))):
+        if bad:
+            raise ValueError(f"FID of {what} is not supported: {os.fspath(run_dir)}; give a run "
+                             "of an unconditioned image score model")
+    _check_digits_shape(features, config["data_shape"], "the run's images")
     dataset = run_dataset(config)
-    extractor = get_extractor(features)
-    if extractor is not features and isinstance(extractor, torch.nn.Module):
-        extractor.to(device)  # ours, built from a name or a file: on the sampling device
+    extractor = _extractor_on(features, device)
     reference = reference_stats(dataset, extractor, cache=cache)
     result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
                             seed=seed, batch_size=batch_size, device=device,
@@ -346,10 +377,7 @@ def check_eval(dataset: Dataset, features, n: int) -> int:
     if not dataset.is_image:
         raise ValueError(f"eval_every measures FID of images; data {dataset.name!r} has shape "
                          f"{tuple(dataset.event_shape)} (leave eval_every off)")
-    if features == "digits" and tuple(dataset.event_shape) != (1, 8, 8):
-        raise ValueError(f"eval_features='digits' takes 1x8x8 images, data {dataset.name!r} "
-                         f"has {'x'.join(map(str, dataset.event_shape))}; name a TorchScript "
-                         "extractor file")
+    _check_digits_shape(features, dataset.event_shape, f"the images of data {dataset.name!r}")
     width = image_features(get_extractor(features), dataset.test[:2], dataset).shape[1]
     check_fid_size(n, width)
     return n
@@ -367,13 +395,8 @@ class TrainingEvaluator:
         self.extractor = self.reference = None
 
     def __call__(self, model, sde, step: int) -> dict:
-        from .features import get_extractor
-
         if self.extractor is None:
-            self.extractor = get_extractor(self.features)
-            if self.extractor is not self.features and isinstance(self.extractor,
-                                                                  torch.nn.Module):
-                self.extractor.to(self.device)
+            self.extractor = _extractor_on(self.features, self.device)
             self.reference = reference_stats(self.dataset, self.extractor)
         result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
                                 solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,

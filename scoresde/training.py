@@ -146,6 +146,12 @@ def _check_scale(kw: dict, dataset) -> None:
         snapshot_size(dataset.event_shape, dataset.is_image)
     if kw["eval_every"] is not None:
         kw["eval_every"] = check_int("eval_every", kw["eval_every"], 1)
+        # FID of samples drawn with no condition: a score of the images themselves only
+        for key, bad in (("objective", kw["objective"] != "score"),
+                         ("super_res", kw["super_res"]), ("latent", kw["latent"])):
+            if bad:
+                raise ValueError(f"eval_every measures FID of a score model's unconditioned "
+                                 f"image samples; {key}={kw[key]!r} is not supported with it")
         kw["eval_n"] = check_eval(dataset, kw["eval_features"], kw["eval_n"])
 
 
@@ -313,7 +319,8 @@ def train(
             ``eval_features`` (``"digits"`` or a TorchScript file, see
             :func:`scoresde.features.get_extractor`). FID of ``eval_n`` samples is comparable
             only with FID of as many. The draws leave the training's random streams alone, and
-            all three may change on resume.
+            all three may change on resume. Score runs only, without ``super_res`` or
+            ``latent`` (their samples need a condition or a decoder).
         resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
         progress: a progress line on stderr (rank 0 only), after the network's parameter
             count.

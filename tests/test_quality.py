@@ -86,6 +86,23 @@ def test_kid_uses_disjoint_subsets_and_a_fixed_seed_repeats():
     x, y = torch.randn(95, 8, generator=_gen(4)), torch.randn(300, 8, generator=_gen(5))
     a = kid(x, y, generator=_gen(6))
     assert a == kid(x, y, generator=_gen(6))
+    # By hand: 95 // 10 = 9 points per subset, 10 subsets cut from the same two permutations;
+    # each the U-statistic of (x.y / 8 + 1)^3 (diagonals left out within a set), then the mean
+    # and std / sqrt(10).
+    g = _gen(6)
+    px, py = torch.randperm(95, generator=g), torch.randperm(300, generator=g)
+    off = ~torch.eye(9, dtype=torch.bool)
+
+    def k(u, v):
+        return (u.double() @ v.double().T / 8 + 1) ** 3
+
+    values = []
+    for i in range(10):
+        u, v = x[px[9 * i:9 * i + 9]], y[py[9 * i:9 * i + 9]]
+        values.append(float(k(u, u)[off].mean() + k(v, v)[off].mean() - 2 * k(u, v).mean()))
+    values = np.array(values)
+    assert a[0] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
+    assert a[1] == pytest.approx(values.std(ddof=1) / math.sqrt(10), rel=1e-12)
     with pytest.raises(ValueError, match="at least 20 points"):
         kid(x[:19], y)
 
@@ -145,6 +162,11 @@ def test_extractor_runs_in_eval_mode_whatever_the_caller_did(digits):
     shipped = digits_extractor().train()
     images = image_features(shipped, digits.test, digits)
     assert torch.equal(images, image_features(shipped.eval(), digits.test, digits))
+    # A module's method is that module: eval mode for the call, the caller's mode back after.
+    net = digits_extractor().net.train()
+    x = to_extractor_range(digits.test, raw_scale=8.0, raw_offset=8.0, pixel_bits=None)
+    assert torch.equal(extract_features(net.features, x), images)
+    assert net.training and net.body[-3].training
 
 
 def test_wrong_image_shapes_give_one_clear_error():
@@ -218,6 +240,30 @@ def test_reference_statistics_are_computed_once_and_cached(digits, tmp_path):
         ours.lin.weight += 1  # other weights: another extractor, another key
     third = reference_stats(digits, ours, cache=tmp_path)
     assert ours.calls == 3 * calls and third.path != first.path
+
+
+def test_extractors_that_differ_only_in_settings_or_code_never_share_a_cache_entry(digits,
+                                                                                   tmp_path):
+    # Two poolings with no tensors, told apart by their kernel size alone.
+    two = reference_stats(digits, nn.Sequential(nn.AvgPool2d(2), nn.Flatten()), cache=tmp_path)
+    four = reference_stats(digits, nn.Sequential(nn.AvgPool2d(4), nn.Flatten()), cache=tmp_path)
+    assert two.path != four.path and two.mu.shape == (16,) and four.mu.shape == (4,)
+    # Plain functions: nothing identifies them, so nothing is read or written for them.
+    first = reference_stats(digits, lambda x: x[:, :, :2].flatten(1), cache=tmp_path)
+    other = reference_stats(digits, lambda x: x[:, :, 2:4].flatten(1), cache=tmp_path)
+    assert first.path is None and other.path is None
+    assert not np.array_equal(first.mu, other.mu)
+    assert sorted(os.listdir(tmp_path / "reference")) == sorted([two.path.name, four.path.name])
+
+
+def test_a_cache_that_cannot_be_written_warns_and_gives_the_statistics(digits, tmp_path):
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")  # its "reference" folder cannot be made
+    ext = nn.Flatten()
+    with pytest.warns(UserWarning, match="reference statistics not cached"):
+        ref = reference_stats(digits, ext, cache=blocked)
+    assert ref.path is None
+    assert np.array_equal(ref.mu, reference_stats(digits, ext, cache=False).mu)
 
 
 def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path):

@@ -53,10 +53,34 @@ def test_evaluation_records_fid_and_leaves_the_training_bit_identical(tmp_path):
     assert not any("fid" in r for r in _records(tmp_path / "plain"))
 
 
+@pytest.mark.slow
+def test_a_run_stopped_during_an_evaluation_records_it_once_on_resume(tmp_path, monkeypatch):
+    from scoresde.quality import TrainingEvaluator
+
+    evaluate = TrainingEvaluator.__call__
+
+    def stop_at_step_2(self, model, sde, step):
+        if step == 2:
+            raise KeyboardInterrupt  # as a kill in the middle of the evaluation
+        return evaluate(self, model, sde, step)
+
+    run = tmp_path / "run"
+    options = dict(DIGITS, steps=3, eval_every=2, eval_n=80, checkpoint_every=1)
+    monkeypatch.setattr(TrainingEvaluator, "__call__", stop_at_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, **options)
+    monkeypatch.setattr(TrainingEvaluator, "__call__", evaluate)
+    train(run, resume=True, **options)
+    assert [r["step"] for r in _records(run) if "fid" in r] == [2, 3]
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(TINY, eval_every=1), "measures FID of images"),
     (dict(DIGITS, eval_every=1, eval_n=64), "more samples than features: got N=64"),
     (dict(DIGITS, eval_every=1, eval_features="nowhere.pt"), "use one of digits or the path"),
+    (dict(DIGITS, eval_every=1, super_res=2), "super_res=2 is not supported"),
+    (dict(DIGITS, eval_every=1, objective="classifier", net="auto", net_params=None),
+     "objective='classifier' is not supported"),
 ])
 def test_bad_evaluation_options_are_refused_before_training(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
@@ -95,6 +119,10 @@ def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
     train(tmp_path / "toy", steps=1, **TINY)
     result = invoke("fid", "--run", tmp_path / "toy", "--n", 100)
     assert result.exit_code == 2 and "FID needs a run of images" in result.stderr
+    train(tmp_path / "clf", data="digits", objective="classifier", steps=1, batch_size=8,
+          progress=False)
+    result = invoke("fid", "--run", tmp_path / "clf", "--n", 100)
+    assert result.exit_code == 2 and "objective 'classifier' is not supported" in result.stderr
     result = invoke("train", "--data", "moons", "--steps", 1, "--eval-every", 1, "--run",
                     tmp_path / "cli", "--quiet")
     assert result.exit_code == 2 and "measures FID of images" in result.stderr

@@ -169,10 +169,12 @@ def test_ncsnpp_keywords_are_checked_and_kept_in_the_config():
               attn_resolutions=(8,))
     with pytest.raises(ValueError, match="progressive_input='residual' needs a fir_kernel"):
         DDPMpp(**kw, progressive_input="residual")
-    with pytest.raises(ValueError, match="unknown progressive_input .output_skip.; choose one of none, residual"):
+    with pytest.raises(ValueError, match="unknown progressive_input .output_skip.; choose one "
+                                         "of none, residual"):
         DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="output_skip")
-    with pytest.raises(ValueError, match="fir_kernel must be"):
-        DDPMpp(**kw, fir_kernel=[1, -1])
+    for bad in ([1, -1], 3, "13", [[1, 3], [3, 1]]):
+        with pytest.raises(ValueError, match="fir_kernel must be"):
+            DDPMpp(**kw, fir_kernel=bad)
     net = DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="residual")
     again = build_net(net.config())
     assert net.config()["fir_kernel"] == [1.0, 3.0, 3.0, 1.0]

@@ -1,7 +1,8 @@
 """Train the digits feature network that ``scoresde.features.digits_extractor`` loads.
 
 A fixed seed, the digits' own training split (``get_dataset("digits").train``, the split every
-run uses; the held-out digits are never seen), Adam, 40 epochs of 64; the features scaled to unit root-mean-square on the training digits. It writes the state dict to
+run uses; the held-out digits are never seen), Adam, 40 epochs of 64; the features scaled to
+unit root-mean-square on the training digits. It writes the state dict to
 ``scoresde/weights/digits_features.pt`` (or ``--out``) and prints the held-out accuracy. With one
 thread on one platform the file is the same each time; elsewhere it may differ by float
 round-off, so a digits FID is comparable between machines when they use the same file (its

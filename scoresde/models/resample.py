@@ -17,7 +17,12 @@ __all__ = ["fir_kernel", "upfirdn", "fir_downsample", "fir_upsample", "fir_conv_
 
 def fir_kernel(taps) -> torch.Tensor:
     """The 2D kernel ``outer(k, k) / sum`` of separable taps ``k``, shape ``(len(k), len(k))``."""
-    k = torch.as_tensor([float(v) for v in taps], dtype=torch.float32)
+    try:
+        if isinstance(taps, (str, bytes)):
+            raise TypeError
+        k = torch.as_tensor([float(v) for v in taps], dtype=torch.float32)
+    except (TypeError, ValueError):  # not a sequence of numbers
+        k = torch.zeros(0)
     if k.ndim != 1 or len(k) < 2 or not torch.isfinite(k).all() or float(k.sum()) <= 0:
         raise ValueError(f"fir_kernel must be at least 2 finite taps with a positive sum, got "
                          f"{taps!r}")
