@@ -650,8 +650,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     infos = result["info"]
     nfe = _mean_nfe(infos)
     seconds = sum(i["time_s"] for i in infos)
+    if problem is not None:  # what solve_inverse ran: its own defaults where none was given
+        solver, steps = _inverse_solver(problem)
     figure = plotting.samples_picture(
-        result["head"]["samples"], solver, nfe, is_image=is_image, ncol=ncol,
+        result["head"]["samples"], solver or problem["method"], nfe, is_image=is_image, ncol=ncol,
         raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
         pixel_bits=config.get("pixel_bits"))
     fig_path = None
@@ -665,7 +667,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     if problem is not None:
         record.update(inverse=problem["method"], inverse_options=problem["knobs"])
-    _emit(record, as_json, [f"{solver}: {n} samples, NFE {nfe}, {seconds:.2f} s",
+    _emit(record, as_json, [f"{solver or problem['method']}: {n} samples, NFE {nfe}, {seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 
@@ -737,8 +739,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     def draw(k: int, start: int, stop: int):
         rows = slice(start, stop)
         randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
-        score = model if labels is None else classifier_free_guidance(model, labels[rows],
-                                                                      guidance)
+        cond = None if labels is None else labels[rows]
+        if cond is not None and problem is not None and problem["method"] == "smc":
+            cond = cond.repeat_interleave(problem["knobs"]["particles"], 0)  # per particle
+        score = model if cond is None else classifier_free_guidance(model, cond, guidance)
         begin = time.perf_counter()
         with torch.no_grad():
             if problem is not None:
@@ -788,8 +792,9 @@ def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
         if mask.ndim > len(config["data_shape"]):
             raise click.BadParameter("--inverse takes one mask of the data's shape (not one "
                                      "per row)", param_hint="--mask")
-        flat = mask.reshape(-1)
-        a, y, noise_std = mask_matrix(flat), values.reshape(-1)[flat].double(), 0.0
+        flat, rows = mask.reshape(-1), values.ndim > len(config["data_shape"])
+        values = values.reshape(values.shape[0] if rows else 1, -1)[:, flat].double()
+        a, y, noise_std = mask_matrix(flat), values if rows else values[0], 0.0
     if y.ndim == 2 and y.shape[0] not in (1, n):
         raise click.BadParameter(f"y holds {y.shape[0]} rows; --n is {n}", param_hint="--observe")
     try:  # before any chunk is drawn: y in the range of A when noiseless, and so on
@@ -806,6 +811,16 @@ def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
     return dict(A=a, y=y, noise_std=noise_std, method=method, knobs=knobs,
                 solver=ctx.params["solver"] if _explicit(ctx, "solver") else None,
                 steps=ctx.params["steps"] if _explicit(ctx, "steps") else None)
+
+
+def _inverse_solver(problem: dict) -> tuple[str | None, int]:
+    """``(solver, steps)`` that ``solve_inverse`` runs for ``problem`` (solver None for smc)."""
+    from .sampling.inverse import DEFAULT_SOLVER
+
+    steps = problem["steps"] or _Default("sampling.solve_inverse", "steps")()
+    if problem["method"] == "smc":
+        return None, steps
+    return problem["solver"] or DEFAULT_SOLVER, steps
 
 
 def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):

@@ -40,7 +40,10 @@ from .common import Callback, GridCoeffs, randn, tweedie
 from .grids import check_eps, check_steps, default_eps, get_grid
 from .smc import sample_smc
 
-__all__ = ["solve_inverse", "INVERSE_METHODS"]
+__all__ = ["solve_inverse", "INVERSE_METHODS", "DEFAULT_SOLVER"]
+
+# The solver of replacement, repaint and dps when none is given.
+DEFAULT_SOLVER = "em"
 
 
 def _offset(callback: Callback | None, start: int) -> Callback | None:
@@ -227,7 +230,7 @@ def solve_inverse(
     if method == "smc" and solver is not None:
         raise ValueError(f"method 'smc' runs its own kernel (the reverse process's ancestral "
                          f"step); leave solver unset, got {solver!r}")
-    solver = "em" if solver is None else solver
+    solver = DEFAULT_SOLVER if solver is None else solver
     if solver not in IMPUTATION_SOLVERS:
         raise ValueError(f"method {method!r} runs the solvers {', '.join(IMPUTATION_SOLVERS)} "
                          f"(with a per-step hook), got {solver!r}")
