@@ -685,10 +685,19 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
                  "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "batch_size"):
         if _explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
-    (base, base_sde, _), (sr, sr_sde, config) = (_load_run(path, str(dev)) for path in runs)
+    (base, base_sde, base_config), (sr, sr_sde, config) = (_load_run(path, str(dev))
+                                                           for path in runs)
     if not sr.cond_channels:
         raise click.BadParameter(f"{runs[1]} is not a super-resolution run (train it with "
                                  "--super-res)", param_hint="--cascade")
+    if base.cond_channels:
+        raise click.BadParameter(f"{runs[0]} is a super-resolution run; the base run of a "
+                                 "cascade is an ordinary one", param_hint="--cascade")
+    low, high = base_config["data_shape"][1:], config["data_shape"][1:]
+    if [side * config["super_res"] for side in low] != high:  # the factor it was trained for
+        raise click.BadParameter(f"{runs[1]} was trained to raise {high[0] // config['super_res']}"
+                                 f" pixels to {high[0]} (--super-res {config['super_res']}); "
+                                 f"{runs[0]} samples {low[0]}x{low[1]}", param_hint="--cascade")
     out = _check_out(out or runs[1] / f"cascade-{p['solver']}-{p['steps']}.npz")
     knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
     sr_knobs = knobs if p["sr_solver"] in (None, p["solver"]) else {}
