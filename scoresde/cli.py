@@ -626,6 +626,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
     else:
         _, labels = _conditioning(model, label, guidance, n)  # checks labels and guidance
+    if config.get("latent") and (mask is not None or observe is not None):
+        raise click.UsageError(f"--mask and --observe are not supported for the latent run "
+                               f"{path}: it samples latents {tuple(config['data_shape'])} and "
+                               "decodes them, so a measurement of images cannot be imposed")
     known = _mask_values(mask, config, n) if mask is not None else None
     options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
                    knobs=knobs)
