@@ -671,7 +671,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     if problem is not None:
         record.update(inverse=problem["method"], inverse_options=problem["knobs"])
-    _emit(record, as_json, [f"{solver or problem['method']}: {n} samples, NFE {nfe}, {seconds:.2f} s",
+    _emit(record, as_json, [f"{solver or problem['method']}: {n} samples, NFE {nfe}, "
+                            f"{seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 

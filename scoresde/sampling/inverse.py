@@ -18,8 +18,8 @@ One entry point, :func:`solve_inverse`, and the table :data:`INVERSE_METHODS`:
     the number of ``particles``; ``info["ess"]`` holds the effective sample sizes.
 
 The first three run any solver with a per-step hook (:data:`IMPUTATION_SOLVERS`) through its
-callback; ``smc`` runs its own Gaussian kernel, the ancestral step of the reverse process. All of them
-ask the SDE only for ``marginal_coeffs`` and ``reverse``, and take data of any shape.
+callback; ``smc`` runs its own Gaussian kernel, the ancestral step of the reverse process. All of
+them ask the SDE only for ``marginal_coeffs`` and ``reverse``, and take data of any shape.
 """
 
 from __future__ import annotations
@@ -279,6 +279,6 @@ def solve_inverse(
     if not torch.isfinite(x).all():
         raise FloatingPointError(f"{method}: non-finite values in the result; try more steps, "
                                  "a smaller step_size or float64")
-    info.update(nfe=counted.calls, method=method, solver=None if method == "smc" else solver, grid=ts, grid_name=grid,
-                eps=eps, steps=steps)
+    info.update(nfe=counted.calls, method=method, solver=None if method == "smc" else solver,
+                grid=ts, grid_name=grid, eps=eps, steps=steps)
     return x, info
