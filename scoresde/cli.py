@@ -1068,17 +1068,19 @@ def _latent_likelihood(model, sde, path, config, data, n, options, as_json):
     density over latents, labelled so, never image bits/dim) and the reconstruction error."""
     import torch
 
-    from .data import get_dataset, load_array
+    from .data import DATA_OPTIONS, get_dataset, load_run_array
     from .likelihood import log_likelihood
     from .utils import make_generator
-
-    from .data import DATA_OPTIONS
 
     if data is None:
         x = get_dataset(config["data"], **{k: config[k] for k in DATA_OPTIONS if k in config}
                         ).test[:n]
     else:
-        x = load_array(data)[0][:n]
+        x = load_run_array(data, config)[:n]
+    shape = tuple(model.autoencoder.config()["event_shape"])
+    if tuple(x.shape[1:]) != shape:
+        raise click.BadParameter(f"images of shape {tuple(x.shape[1:])} do not match the "
+                                 f"autoencoder's {shape}", param_hint="--data")
     dev = next(model.net.parameters()).device
     with torch.no_grad():
         z = model.encode(x.to(dev))
