@@ -622,6 +622,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     n = _sample_count(ctx, n, seeds, is_image)
     batch_size = batch_size or SAMPLE_BATCH["image" if is_image else "vector"]
     stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
+    if embedding is not None and label is not None:
+        raise click.UsageError("give --label (class labels) or --embedding, not both")
     if embedding is not None:  # embeddings take the place of labels
         label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
     else:
@@ -953,13 +955,20 @@ def _embeddings(model, path, guidance, n):
                                  param_hint="--embedding")
     try:
         e = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        e = e.expand(n, -1) if e.ndim == 1 else e
-        classifier_free_guidance(model, e if e.shape[0] == n else e[:0], guidance)
     except (OSError, ValueError, RuntimeError) as err:
         raise click.BadParameter(_one_line(err), param_hint="--embedding") from None
+    if e.ndim not in (1, 2) or e.shape[-1] != model.embed_dim:
+        raise click.BadParameter(f"expected one embedding ({model.embed_dim},) or one per "
+                                 f"sample ({n}, {model.embed_dim}), got shape {tuple(e.shape)}",
+                                 param_hint="--embedding")
+    e = e.expand(n, -1) if e.ndim == 1 else e
     if e.shape[0] != n:
         raise click.BadParameter(f"expected one embedding or {n} (one per sample), got "
                                  f"{e.shape[0]}", param_hint="--embedding")
+    try:
+        classifier_free_guidance(model, e, guidance)
+    except ValueError as err:
+        raise click.BadParameter(_one_line(err), param_hint="--embedding") from None
     return e.contiguous()
 
 
