@@ -784,6 +784,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     return draw
 
 
+# The methods' knobs that sample has options for (the library says which method takes which).
+_INVERSE_KNOBS = ("particles", "step_size", "jump", "resample")
+
+
 def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
     """``--observe`` (or ``--mask`` with ``--inverse``) as keywords of ``solve_inverse``;
     BadParameter if the options do not fit together."""
@@ -817,8 +821,10 @@ def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
         LinearObservation(a, y, noise_std, tuple(config["data_shape"]))
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--observe/--mask") from None
-    own = {"smc": ("particles",), "dps": ("step_size",), "repaint": ("jump", "resample")}
-    knobs = {k: ctx.params[k] for k in own.get(method, ())}
+    from .sampling.inverse import INVERSE_METHODS, _method_knobs
+
+    own = {m: [k for k in _method_knobs(m) if k in _INVERSE_KNOBS] for m in INVERSE_METHODS}
+    knobs = {k: ctx.params[k] for k in own[method]}
     wrong = [k for group in own.values() for k in group
              if k not in knobs and _explicit(ctx, k)]
     if wrong:
