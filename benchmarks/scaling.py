@@ -15,7 +15,7 @@ held-out digits it is the reference value printed beside), the perplexity of the
 classes (10 = all classes equally often), the mean pairwise distance over the held-out data's
 (diversity), and the Frechet distance between Gaussians fitted to the 64 pixels of the samples
 and of all 1,797 digits (pixel FD; the floor is that of as many real digits drawn at random).
-No digits FID exists in this tree; the pixel FD is not an FID.
+The pixel FD is not an FID; this script does not measure the digits FID of scoresde.quality.
 
     PYTHONPATH=$PWD python benchmarks/scaling.py --root /tmp/scaling          # ~30 min, 2 cores
     PYTHONPATH=$PWD python benchmarks/scaling.py --root /tmp/scaling --quick  # ~1 min, plumbing

@@ -622,10 +622,16 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     n = _sample_count(ctx, n, seeds, is_image)
     batch_size = batch_size or SAMPLE_BATCH["image" if is_image else "vector"]
     stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
+    if embedding is not None and label is not None:
+        raise click.UsageError("give --label (class labels) or --embedding, not both")
     if embedding is not None:  # embeddings take the place of labels
         label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
     else:
         _, labels = _conditioning(model, label, guidance, n)  # checks labels and guidance
+    if config.get("latent") and (mask is not None or observe is not None):
+        raise click.UsageError(f"--mask and --observe are not supported for the latent run "
+                               f"{path}: it samples latents {tuple(config['data_shape'])} and "
+                               "decodes them, so a measurement of images cannot be imposed")
     known = _mask_values(mask, config, n) if mask is not None else None
     options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=not no_denoise,
                    knobs=knobs)
@@ -650,8 +656,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     infos = result["info"]
     nfe = _mean_nfe(infos)
     seconds = sum(i["time_s"] for i in infos)
+    if problem is not None:  # what solve_inverse ran: its own defaults where none was given
+        solver, steps = _inverse_solver(problem)
     figure = plotting.samples_picture(
-        result["head"]["samples"], solver, nfe, is_image=is_image, ncol=ncol,
+        result["head"]["samples"], solver or problem["method"], nfe, is_image=is_image, ncol=ncol,
         raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
         pixel_bits=config.get("pixel_bits"))
     fig_path = None
@@ -665,7 +673,8 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     if problem is not None:
         record.update(inverse=problem["method"], inverse_options=problem["knobs"])
-    _emit(record, as_json, [f"{solver}: {n} samples, NFE {nfe}, {seconds:.2f} s",
+    _emit(record, as_json, [f"{solver or problem['method']}: {n} samples, NFE {nfe}, "
+                            f"{seconds:.2f} s",
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 
@@ -683,10 +692,19 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
                  "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "batch_size"):
         if _explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
-    (base, base_sde, _), (sr, sr_sde, config) = (_load_run(path, str(dev)) for path in runs)
+    (base, base_sde, base_config), (sr, sr_sde, config) = (_load_run(path, str(dev))
+                                                           for path in runs)
     if not sr.cond_channels:
         raise click.BadParameter(f"{runs[1]} is not a super-resolution run (train it with "
                                  "--super-res)", param_hint="--cascade")
+    if base.cond_channels:
+        raise click.BadParameter(f"{runs[0]} is a super-resolution run; the base run of a "
+                                 "cascade is an ordinary one", param_hint="--cascade")
+    low, high = base_config["data_shape"][1:], config["data_shape"][1:]
+    if [side * config["super_res"] for side in low] != high:  # the factor it was trained for
+        raise click.BadParameter(f"{runs[1]} was trained to raise {high[0] // config['super_res']}"
+                                 f" pixels to {high[0]} (--super-res {config['super_res']}); "
+                                 f"{runs[0]} samples {low[0]}x{low[1]}", param_hint="--cascade")
     out = _check_out(out or runs[1] / f"cascade-{p['solver']}-{p['steps']}.npz")
     knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
     sr_knobs = knobs if p["sr_solver"] in (None, p["solver"]) else {}
@@ -737,8 +755,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     def draw(k: int, start: int, stop: int):
         rows = slice(start, stop)
         randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
-        score = model if labels is None else classifier_free_guidance(model, labels[rows],
-                                                                      guidance)
+        cond = None if labels is None else labels[rows]
+        if cond is not None and problem is not None and problem["method"] == "smc":
+            cond = cond.repeat_interleave(problem["knobs"]["particles"], 0)  # per particle
+        score = model if cond is None else classifier_free_guidance(model, cond, guidance)
         begin = time.perf_counter()
         with torch.no_grad():
             if problem is not None:
@@ -762,6 +782,10 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
                         "time_s": time.perf_counter() - begin}
 
     return draw
+
+
+# The methods' knobs that sample has options for (the library says which method takes which).
+_INVERSE_KNOBS = ("particles", "step_size", "jump", "resample")
 
 
 def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
@@ -788,16 +812,19 @@ def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
         if mask.ndim > len(config["data_shape"]):
             raise click.BadParameter("--inverse takes one mask of the data's shape (not one "
                                      "per row)", param_hint="--mask")
-        flat = mask.reshape(-1)
-        a, y, noise_std = mask_matrix(flat), values.reshape(-1)[flat].double(), 0.0
+        flat, rows = mask.reshape(-1), values.ndim > len(config["data_shape"])
+        values = values.reshape(values.shape[0] if rows else 1, -1)[:, flat].double()
+        a, y, noise_std = mask_matrix(flat), values if rows else values[0], 0.0
     if y.ndim == 2 and y.shape[0] not in (1, n):
         raise click.BadParameter(f"y holds {y.shape[0]} rows; --n is {n}", param_hint="--observe")
     try:  # before any chunk is drawn: y in the range of A when noiseless, and so on
         LinearObservation(a, y, noise_std, tuple(config["data_shape"]))
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--observe/--mask") from None
-    own = {"smc": ("particles",), "dps": ("step_size",), "repaint": ("jump", "resample")}
-    knobs = {k: ctx.params[k] for k in own.get(method, ())}
+    from .sampling.inverse import INVERSE_METHODS, _method_knobs
+
+    own = {m: [k for k in _method_knobs(m) if k in _INVERSE_KNOBS] for m in INVERSE_METHODS}
+    knobs = {k: ctx.params[k] for k in own[method]}
     wrong = [k for group in own.values() for k in group
              if k not in knobs and _explicit(ctx, k)]
     if wrong:
@@ -806,6 +833,16 @@ def _inverse_problem(ctx, observe, inverse, known, config, n, seeds) -> dict:
     return dict(A=a, y=y, noise_std=noise_std, method=method, knobs=knobs,
                 solver=ctx.params["solver"] if _explicit(ctx, "solver") else None,
                 steps=ctx.params["steps"] if _explicit(ctx, "steps") else None)
+
+
+def _inverse_solver(problem: dict) -> tuple[str | None, int]:
+    """``(solver, steps)`` that ``solve_inverse`` runs for ``problem`` (solver None for smc)."""
+    from .sampling.inverse import DEFAULT_SOLVER
+
+    steps = problem["steps"] or _Default("sampling.solve_inverse", "steps")()
+    if problem["method"] == "smc":
+        return None, steps
+    return problem["solver"] or DEFAULT_SOLVER, steps
 
 
 def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
@@ -924,13 +961,20 @@ def _embeddings(model, path, guidance, n):
                                  param_hint="--embedding")
     try:
         e = torch.from_numpy(np.load(path, allow_pickle=False)).float()
-        e = e.expand(n, -1) if e.ndim == 1 else e
-        classifier_free_guidance(model, e if e.shape[0] == n else e[:0], guidance)
     except (OSError, ValueError, RuntimeError) as err:
         raise click.BadParameter(_one_line(err), param_hint="--embedding") from None
+    if e.ndim not in (1, 2) or e.shape[-1] != model.embed_dim:
+        raise click.BadParameter(f"expected one embedding ({model.embed_dim},) or one per "
+                                 f"sample ({n}, {model.embed_dim}), got shape {tuple(e.shape)}",
+                                 param_hint="--embedding")
+    e = e.expand(n, -1) if e.ndim == 1 else e
     if e.shape[0] != n:
         raise click.BadParameter(f"expected one embedding or {n} (one per sample), got "
                                  f"{e.shape[0]}", param_hint="--embedding")
+    try:
+        classifier_free_guidance(model, e, guidance)
+    except ValueError as err:
+        raise click.BadParameter(_one_line(err), param_hint="--embedding") from None
     return e.contiguous()
 
 
@@ -1039,17 +1083,19 @@ def _latent_likelihood(model, sde, path, config, data, n, options, as_json):
     density over latents, labelled so, never image bits/dim) and the reconstruction error."""
     import torch
 
-    from .data import get_dataset, load_array
+    from .data import DATA_OPTIONS, get_dataset, load_run_array
     from .likelihood import log_likelihood
     from .utils import make_generator
-
-    from .data import DATA_OPTIONS
 
     if data is None:
         x = get_dataset(config["data"], **{k: config[k] for k in DATA_OPTIONS if k in config}
                         ).test[:n]
     else:
-        x = load_array(data)[0][:n]
+        x = load_run_array(data, config)[:n]
+    shape = tuple(model.autoencoder.config()["event_shape"])
+    if tuple(x.shape[1:]) != shape:
+        raise click.BadParameter(f"images of shape {tuple(x.shape[1:])} do not match the "
+                                 f"autoencoder's {shape}", param_hint="--data")
     dev = next(model.net.parameters()).device
     with torch.no_grad():
         z = model.encode(x.to(dev))

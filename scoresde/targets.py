@@ -411,7 +411,8 @@ class LinearPosterior:
         return x.to(dtype).reshape(len(z), *self.event_shape)
 
     def free(self, x: torch.Tensor) -> torch.Tensor:
-        """The free coordinates ``z = basis^T (x - offset)`` of ``(B, *event_shape)``: ``(B, F)``."""
+        """The free coordinates ``z = basis^T (x - offset)`` of ``x`` ``(B, *event_shape)``;
+        shape ``(B, F)``."""
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
         return (flat - self.offset.to(flat.device)) @ self.basis.to(flat.device)
 

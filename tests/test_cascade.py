@@ -121,6 +121,15 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path):
         result = invoke("sample", *args, "--steps", 2, "--n", 2, "--out", tmp_path / "x.npz")
         assert result.exit_code != 0 and "Traceback" not in result.output
         assert result.output.startswith("Error")
+    # A base at 2x2 gives the 4x4 -> 8x8 model a condition of another scale: refused.
+    result = invoke("train", *common, "--downsample", 4, "--run", tmp_path / "base2")
+    assert result.exit_code == 0, result.output
+    for base, match in ((tmp_path / "base2", "trained to raise 4 pixels to 8"),
+                        (tmp_path / "sr", "is a super-resolution run")):
+        result = invoke("sample", "--cascade", base, tmp_path / "sr", "--steps", 2, "--n", 2,
+                        "--out", tmp_path / "x.npz")
+        assert result.exit_code == 2 and match in result.output, result.output
+        assert not (tmp_path / "x.npz").exists()
 
 
 def test_bad_super_res_options_are_one_line(same, tmp_path):

@@ -1,11 +1,13 @@
 """scoresde sample --observe / --inverse: plumbing and errors (quality: tests/test_inverse.py)."""
 
+import inspect
 import json
 
 import numpy as np
 import pytest
 
 from problems import invoke
+from scoresde.sampling.inverse import DEFAULT_SOLVER, solve_inverse
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +73,32 @@ def test_the_default_output_names_the_method(run, tmp_path):
 def test_inverse_needs_a_measurement(run, tmp_path):
     result = invoke("sample", "--run", run, "--inverse", "dps", "--steps", 2, "--n", 4)
     assert result.exit_code == 2 and "needs --observe or --mask" in result.output
+
+
+def test_mask_rows_and_labels_reach_every_sample_and_the_record_names_what_ran(tmp_path):
+    # A mask with one row of values per sample: each sample keeps its own known entry.
+    root = tmp_path / "c"
+    result = invoke("train", "--data", "8gaussians", "--steps", 5, "--batch-size", 32,
+                    "--width", 16, "--quiet", "--conditional", "--run", root)
+    assert result.exit_code == 0, result.output
+    values = np.stack([np.linspace(-1, 1, 4), np.zeros(4)], 1)
+    np.savez(tmp_path / "m.npz", mask=np.array([True, False]), values=values)
+    out = tmp_path / "rows.npz"
+    # Labels with smc: the network sees one label per particle (3 particles a sample).
+    result = invoke("sample", "--run", root, "--mask", tmp_path / "m.npz", "--inverse", "smc",
+                    "--particles", 3, "--steps", 3, "--n", 4, "--label", 1, "--guidance", 1,
+                    "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        np.testing.assert_allclose(f["samples"][:, 0], values[:, 0], atol=1e-6)
+    record = json.loads(result.output)
+    assert record["solver"] is None and record["steps"] == 3
+    # dps without --solver or --steps runs solve_inverse's defaults, and says so.
+    np.savez(tmp_path / "obs.npz", A=np.array([[1.0, 1.0]]), y=np.array([0.5]))
+    result = invoke("sample", "--run", root, "--observe", tmp_path / "obs.npz", "--inverse",
+                    "dps", "--n", 2, "--out", tmp_path / "dps.npz", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    steps = inspect.signature(solve_inverse).parameters["steps"].default
+    assert (record["solver"], record["steps"]) == (DEFAULT_SOLVER, steps)
+    assert record["nfe"] == 2 * steps + 1

@@ -76,6 +76,14 @@ def test_cli_samples_with_an_embedding_file(embedded, tmp_path):
     assert "(2,)" in result.output
     result = invoke("sample", "--run", embedded / "run", "--label", 1, "--n", 5, "--out", out)
     assert result.exit_code == 2 and "Traceback" not in result.output
+    for array, match in ((np.array(1.0), "got shape ()"), (np.ones((2, 2, 2)), "(2, 2, 2)")):
+        np.save(tmp_path / "odd.npy", array.astype(np.float32))
+        result = invoke("sample", "--run", embedded / "run", "--embedding", tmp_path / "odd.npy",
+                        "--n", 5, "--out", out)
+        assert result.exit_code == 2 and match in result.output, result.output
+    result = invoke("sample", "--run", embedded / "run", "--embedding", tmp_path / "e.npy",
+                    "--label", 1, "--n", 5, "--out", out)
+    assert result.exit_code == 2 and "not both" in result.output
 
 
 @pytest.mark.parametrize("net", [

@@ -83,6 +83,18 @@ def test_cli_samples_images_and_reports_the_latent_likelihood_as_such(runs, tmp_
     assert "bits_per_dim" not in record and "log_likelihood" not in record
     assert np.isfinite(record["latent_nll_nats"]) and record["reconstruction_mse"] < 0.05
     assert "not over images" in record["note"]
+    # Images of another size would encode to a smaller latent: refused, not measured.
+    np.save(tmp_path / "small.npy", np.zeros((3, 1, 4, 4), np.float32))
+    result = invoke("likelihood", "--run", runs / "latent", "--data", tmp_path / "small.npy",
+                    "--n", 3)
+    assert result.exit_code == 2 and "do not match the autoencoder's (1, 8, 8)" in result.output
+    # A measurement of images cannot be imposed on latents: refused in one line.
+    np.savez(tmp_path / "m.npz", mask=np.ones((1, 8, 8), bool), values=np.zeros((1, 8, 8)))
+    np.savez(tmp_path / "o.npz", A=np.ones((1, 64)), y=np.ones(1))
+    for option, path in (("--mask", tmp_path / "m.npz"), ("--observe", tmp_path / "o.npz")):
+        result = invoke("sample", "--run", runs / "latent", option, path, "--n", 2,
+                        "--out", tmp_path / "x.npz")
+        assert result.exit_code == 2 and "not supported for the latent run" in result.output
     for command in ("sample", "likelihood"):  # an autoencoder has no score
         result = invoke(command, "--run", runs / "ae", "--n", 2)
         assert result.exit_code == 2 and "autoencoder run" in result.output

@@ -18,8 +18,8 @@ One entry point, :func:`solve_inverse`, and the table :data:`INVERSE_METHODS`:
     the number of ``particles``; ``info["ess"]`` holds the effective sample sizes.
 
 The first three run any solver with a per-step hook (:data:`IMPUTATION_SOLVERS`) through its
-callback; ``smc`` runs its own Gaussian kernel, the ancestral step of the reverse process. All of them
-ask the SDE only for ``marginal_coeffs`` and ``reverse``, and take data of any shape.
+callback; ``smc`` runs its own Gaussian kernel, the ancestral step of the reverse process. All of
+them ask the SDE only for ``marginal_coeffs`` and ``reverse``, and take data of any shape.
 """
 
 from __future__ import annotations
@@ -40,7 +40,10 @@ from .common import Callback, GridCoeffs, randn, tweedie
 from .grids import check_eps, check_steps, default_eps, get_grid
 from .smc import sample_smc
 
-__all__ = ["solve_inverse", "INVERSE_METHODS"]
+__all__ = ["solve_inverse", "INVERSE_METHODS", "DEFAULT_SOLVER"]
+
+# The solver of replacement, repaint and dps when none is given.
+DEFAULT_SOLVER = "em"
 
 
 def _offset(callback: Callback | None, start: int) -> Callback | None:
@@ -227,7 +230,7 @@ def solve_inverse(
     if method == "smc" and solver is not None:
         raise ValueError(f"method 'smc' runs its own kernel (the reverse process's ancestral "
                          f"step); leave solver unset, got {solver!r}")
-    solver = "em" if solver is None else solver
+    solver = DEFAULT_SOLVER if solver is None else solver
     if solver not in IMPUTATION_SOLVERS:
         raise ValueError(f"method {method!r} runs the solvers {', '.join(IMPUTATION_SOLVERS)} "
                          f"(with a per-step hook), got {solver!r}")
@@ -276,6 +279,6 @@ def solve_inverse(
     if not torch.isfinite(x).all():
         raise FloatingPointError(f"{method}: non-finite values in the result; try more steps, "
                                  "a smaller step_size or float64")
-    info.update(nfe=counted.calls, method=method, solver=None if method == "smc" else solver, grid=ts, grid_name=grid,
-                eps=eps, steps=steps)
+    info.update(nfe=counted.calls, method=method, solver=None if method == "smc" else solver,
+                grid=ts, grid_name=grid, eps=eps, steps=steps)
     return x, info

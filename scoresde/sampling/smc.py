@@ -1,4 +1,5 @@
-"""Sequential Monte Carlo over the reverse diffusion: the twisted diffusion sampler (Wu et al. 2023).
+"""Sequential Monte Carlo over the reverse diffusion: the twisted diffusion sampler (Wu et al.
+2023).
 
 Each observation gets ``K`` particles that run the ancestral kernel of the reverse process
 (the forward process's Gaussian posterior given Tweedie's estimate, as pc's ``ancestral``
@@ -12,9 +13,10 @@ variance ``r_t^2 = (s/m)^2`` per coordinate,
     ``p~_t(y | x_t) = N(y~; S V^T x0_hat(x_t), noise_std^2 + r_t^2 S^2)``
 
 (in the row space of ``A``, :class:`~scoresde.observe.LinearObservation`). The proposal shifts
-the kernel's mean by its variance times ``grad log p~_t(y | x_t)`` (one score call and one backward pass
-a step); the weights ``p(x_next | x) p~_next(y | x_next) / (q(x_next | x) p~_t(y | x))`` correct
-for the shift and the twist, so whatever ``p~`` is, the weighted particles target the
+the kernel's mean by its variance times ``grad log p~_t(y | x_t)`` (one score call and one
+backward pass a step); the weights
+``p(x_next | x) p~_next(y | x_next) / (q(x_next | x) p~_t(y | x))`` correct for the shift and
+the twist, so whatever ``p~`` is, the weighted particles target the
 discretised reverse chain conditioned on ``y``: the error falls as particles grow, down to the
 chain's own discretisation error. Particles are resampled (systematic, within each
 observation's group) when the effective sample size falls below ``ess_threshold * K``.
