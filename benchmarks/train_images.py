@@ -87,18 +87,21 @@ def ours(data: str, args, precision: str, compiled: bool, folder: str) -> tuple[
     """Images per second of ``scoresde.train`` after the warmup steps, and its run folder.
 
     On the CPU both clocks are read by a callback at the first and last timed step (a
-    callback costs nothing there); on a GPU the wall times of the run's records are used (a
-    callback would make the loop wait for the device every step)."""
+    callback costs nothing there), and the run records every ``--log-every`` steps, as a run
+    does; on a GPU the wall times of the run's records are used (a callback would make the
+    loop wait for the device every step), so it records every ``gcd(warmup, warmup + steps)``
+    steps."""
     run = os.path.join(folder, f"run-{precision}-{compiled}")
     marks = {}
     timed = (args.warmup, args.warmup + args.steps)
+    log_every = args.log_every if args.device == "cpu" else math.gcd(*timed)
 
     def callback(done, record):
         if done in timed:
             marks[done] = _clocks()
 
     scoresde.train(run, data=data, net=args.net, net_params=json.loads(args.net_params),
-                   batch_size=args.batch, steps=timed[1], log_every=math.gcd(*timed),
+                   batch_size=args.batch, steps=timed[1], log_every=log_every,
                    checkpoint_every=10**9, precision=precision, compile=compiled,
                    device=args.device, progress=False, channels_last=args.channels_last,
                    batch_gpu=args.batch_gpu, callback=callback if args.device == "cpu" else None)
@@ -236,9 +239,10 @@ def measure(data: str, args, precision: str, compiled: bool, folder: str):
     and the network's parameter count. The bare loop reads the network from the first run of
     ours, so ours goes first, then the order alternates."""
     rate, plain = {"wall": 0, "cpu": 0}, {"wall": 0, "cpu": 0}
-    first = os.path.join(folder, "ours-0")
+    case = f"{precision}-{'compiled' if compiled else 'eager'}"
+    first = os.path.join(folder, f"ours-{case}-0")
     for repeat in range(args.repeats):
-        got, run = {}, os.path.join(folder, f"ours-{repeat}")
+        got, run = {}, os.path.join(folder, f"ours-{case}-{repeat}")
         for which in ("ours", "bare") if repeat % 2 == 0 else ("bare", "ours"):
             if args.in_process and which == "ours":
                 got[which], made = ours(data, args, precision, compiled, folder)
@@ -269,6 +273,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12, help="timed steps")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs")
+    parser.add_argument("--log-every", type=int, default=100,
+                        help="our loop's records (CPU; as train's default)")
     parser.add_argument("--profile", action="store_true",
                         help="CPU ms per step in each piece of our loop instead (CPU only)")
     parser.add_argument("--device", default="cpu")

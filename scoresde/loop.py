@@ -23,7 +23,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Callable, TextIO
 
 import torch
@@ -125,6 +125,17 @@ class Parts:
     # Pixel data: this rank's share of each step's images, a function of the seed and the step
     # (the shared generator draws the rest); None for other data (drawn from the generator).
     batches: StepBatches | None = None
+    # The tensors each step updates, listed once (a module walk per step costs a millisecond
+    # on a small network): the model's parameters, and the EMA's tensors beside the model's.
+    params: list = field(init=False, repr=False)
+    ema_pairs: tuple = field(init=False, repr=False)
+
+    def __post_init__(self):
+        def tensors(module):
+            return [v.detach() for v in itertools.chain(module.parameters(), module.buffers())]
+
+        object.__setattr__(self, "params", list(self.model.parameters()))
+        object.__setattr__(self, "ema_pairs", (tensors(self.ema.module), tensors(self.model)))
 
 
 def _lr_at(step: int, opts: Options) -> float:
@@ -341,7 +352,7 @@ def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch)
     scaler = parts.scaler
     if scaler is not None:
         scaler.unscale_(parts.opt)
-    grad_norm = clip_norm(parts.model.parameters(), opts.grad_clip)
+    grad_norm = clip_norm(parts.params, opts.grad_clip)
     if place.world > 1:
         dist.all_reduce(loss)
         loss /= place.world
@@ -353,18 +364,16 @@ def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch)
         scaler.step(parts.opt)
         scaler.update()
         skipped = scaler_skipped(scaler, scale)
-    _update_ema(parts.ema, parts.model)
+    _update_ema(parts.ema, *parts.ema_pairs)
     return loss, grad_norm, skipped
 
 
 @torch.no_grad()
-def _update_ema(ema: AveragedModel, model: nn.Module) -> None:
+def _update_ema(ema: AveragedModel, averaged: list, current: list) -> None:
     """``ema.update_parameters(model)`` without its host syncs on a GPU (it sends its update
     count, a CPU tensor, to the device each step, and the warmup reads it back): the same
-    arithmetic with the count read on the CPU."""
-    averaged = [p.detach() for p in itertools.chain(ema.module.parameters(),
-                                                    ema.module.buffers())]
-    current = [p.detach() for p in itertools.chain(model.parameters(), model.buffers())]
+    arithmetic with the count read on the CPU, on the EMA's and the model's tensors
+    (parameters, then buffers: :attr:`Parts.ema_pairs`)."""
     n = int(ema.n_averaged)  # a CPU buffer (AveragedModel's default)
     if n == 0:
         torch._foreach_copy_(averaged, current)
