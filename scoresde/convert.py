@@ -157,9 +157,9 @@ def from_score_sde(checkpoint, config: str, *, ema: bool = True,
     """Load a score_sde_pytorch checkpoint into our network, with the reference's score.
 
     Args:
-        checkpoint: a checkpoint file of the reference (read with ``torch.load(weights_only=
-            True)``), its dict, or the ``model`` state dict alone; ``module.`` prefixes are
-            dropped.
+        checkpoint: a checkpoint file of the reference (read with ``weights_only=True``, so
+            it runs no code), its dict, or the ``model`` state dict alone; ``module.``
+            prefixes are dropped.
         config: the reference's config, a key of :data:`SCORE_SDE_CONFIGS`.
         ema: take the EMA's averages when the checkpoint has them (as the reference samples
             and evaluates); False for the raw weights. A bare state dict has no EMA.
