@@ -32,13 +32,19 @@ def _small(**over):
     return DDPMpp(**{**kw, **over})
 
 
+def _reference(config: str) -> dict:
+    """The reference's tensor list of one CIFAR-10 config (``sigmas``, its noise levels, is a
+    buffer of the SDE's, not the network's)."""
+    return json.loads((FIXTURES / "score_sde_cifar10_shapes.json").read_text())[config]
+
+
 def test_cifar10_preset_is_the_reference_network_and_runs_at_32x32():
     """The tensors of the reference's CIFAR-10 DDPM++ cont. (VP) checkpoint, in order, have our
-    tensors' shapes (tools/ddpmpp_reference_shapes.py lists them), the parameter count is the
+    tensors' shapes (tools/score_sde_fixtures.py lists them), the parameter count is the
     reference's 61,804,419, and one forward pass at 32x32 gives the input's shape."""
-    ref = json.loads((FIXTURES / "ddpmpp_cifar10_shapes.json").read_text())
+    ref = _reference("cifar10_ddpmpp_continuous")
     net = _preset("ddpmpp_cifar10").eval()
-    assert _shapes(net) == [shape for _, shape in ref["tensors"]]
+    assert _shapes(net) == [shape for name, shape in ref["tensors"] if name != "sigmas"]
     assert sum(p.numel() for p in net.parameters()) == ref["num_parameters"] == 61_804_419
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
@@ -47,9 +53,9 @@ def test_cifar10_preset_is_the_reference_network_and_runs_at_32x32():
 
 
 def test_deep_preset_is_the_reference_deep_network():
-    ref = json.loads((FIXTURES / "ddpmpp_cifar10_deep_shapes.json").read_text())
+    ref = _reference("cifar10_ddpmpp_deep_continuous")
     net = _preset("ddpmpp_cifar10_deep")
-    assert _shapes(net) == [shape for _, shape in ref["tensors"]]
+    assert _shapes(net) == [shape for name, shape in ref["tensors"] if name != "sigmas"]
     assert sum(p.numel() for p in net.parameters()) == ref["num_parameters"]
 
 

@@ -136,10 +136,12 @@ def test_a_truncated_file_an_unknown_config_or_not_a_checkpoint_is_one_error(tmp
                    "is not a score_sde_pytorch checkpoint: expected a 'model' state dict")
 
 
-def _shape_list(name, config=None):
-    """``{name: shape}`` of a list of the reference's tensors (its noise levels aside)."""
-    record = json.loads((DATA / name).read_text())
-    record = record[config] if config else record
+SHAPES = "score_sde_cifar10_shapes.json"  # the reference's CIFAR-10 configs, by name
+
+
+def _shape_list(config):
+    """``{name: shape}`` of the reference's tensors of ``config`` (its noise levels aside)."""
+    record = json.loads((DATA / SHAPES).read_text())[config]
     return {k: v for k, v in record["tensors"] if k != "sigmas"}
 
 
@@ -155,8 +157,8 @@ def test_cifar10_ncsnpp_maps_name_by_name_onto_the_reference():
     """Every tensor name of the reference's CIFAR-10 NCSN++ cont. has ours, of its shape
     (the lists were written from the reference by tools/score_sde_fixtures.py)."""
     config = "cifar10_ncsnpp_continuous"
-    assert _our_names(config) == _shape_list("ncsnpp_cifar10_shapes.json", config)
-    record = json.loads((DATA / "ncsnpp_cifar10_shapes.json").read_text())[config]
+    assert _our_names(config) == _shape_list(config)
+    record = json.loads((DATA / SHAPES).read_text())[config]
     name, params = resolve_net("ncsnpp_cifar10")
     net = build_net({"name": name, "event_shape": [3, 32, 32], **params})
     assert count_params(net) == record["num_parameters"] == 62_758_787
@@ -184,11 +186,9 @@ def test_ncsnpp_keywords_are_checked_and_kept_in_the_config():
 
 @pytest.mark.slow
 def test_cifar10_ddpmpp_and_the_deep_variants_map_name_by_name():
-    config = "cifar10_ncsnpp_deep_continuous"
-    assert _our_names(config) == _shape_list("ncsnpp_cifar10_shapes.json", config)
-    for config, fixture in (("cifar10_ddpmpp_continuous", "ddpmpp_cifar10_shapes.json"),
-                            ("cifar10_ddpmpp_deep_continuous", "ddpmpp_cifar10_deep_shapes.json")):
-        assert _our_names(config) == _shape_list(fixture)
+    for config in ("cifar10_ncsnpp_deep_continuous", "cifar10_ddpmpp_continuous",
+                   "cifar10_ddpmpp_deep_continuous"):
+        assert _our_names(config) == _shape_list(config)
 
 
 def test_fir_resampling_keeps_constants_and_box_taps_are_nearest_and_average():

@@ -7,7 +7,8 @@ CPU with random weights, draws an EMA state unlike the raw weights, and saves, i
 a checkpoint as the reference writes it (``model`` with DataParallel's ``module.`` prefix, ``ema``
 with ``shadow_params``), fixed inputs and times, the network's outputs and the reference
 ``get_score_fn`` scores (both with the EMA weights, as the reference evaluates). For the CIFAR-10
-NCSN++ configs it writes the parameter names, shapes and counts (JSON, no weights).
+DDPM++ (VP) and NCSN++ (VE) configs and their deep variants it writes the parameter names,
+shapes and counts (one JSON file, no weights).
 
 Usage::
 
@@ -44,8 +45,8 @@ SMALL = {
 }
 SMALL_CONFIGS = {"score_sde_vp_ddpmpp_small": "small_ddpmpp_continuous",  # convert.py's names
                  "score_sde_ve_ncsnpp_small": "small_ncsnpp_continuous"}
-# The DDPM++ (VP) lists are tools/ddpmpp_reference_shapes.py's fixtures.
-FULL = ["ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous"]
+FULL = ["vp.cifar10_ddpmpp_continuous", "vp.cifar10_ddpmpp_deep_continuous",
+        "ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous"]
 COMPARED = {  # the reference's config -> the name in scoresde.SCORE_SDE_CONFIGS
     "vp.cifar10_ddpmpp_continuous": "cifar10_ddpmpp_continuous",
     "vp.cifar10_ddpmpp_deep_continuous": "cifar10_ddpmpp_deep_continuous",
@@ -209,7 +210,7 @@ def main() -> None:
         print(f"{name}: {count:,} numbers -> tests/data/{name}.pt; ours against it: network "
               f"{net:.1e}, score {score:.1e} of the largest entry")
     shapes = {name.split(".")[1]: full_shapes(name) for name in FULL}
-    out = DATA / "ncsnpp_cifar10_shapes.json"
+    out = DATA / "score_sde_cifar10_shapes.json"
     lines = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in shapes.items())
     out.write_text("{\n" + lines + "\n}\n")
     for name, record in shapes.items():
