@@ -39,13 +39,12 @@ import os
 import time
 
 import numpy as np
-import scipy.linalg
 import torch
 
 import scoresde as S
 from scoresde import plotting
 from scoresde.features import digits_extractor
-from scoresde.metrics import check_fid_size, feature_stats
+from scoresde.metrics import check_fid_size, feature_stats, frechet_distance
 from scoresde.quality import image_features, quality_scores, reference_stats
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -88,12 +87,10 @@ def trained(name: str, **kw) -> float:
 
 
 def frechet(a: torch.Tensor, b: torch.Tensor) -> float:
-    ma, mb = a.mean(0), b.mean(0)
-    # a ridge of 1e-6: corner pixels of digits are (almost) always 0, a singular covariance
-    ridge = 1e-6 * np.eye(a.shape[1])
-    ca, cb = torch.cov(a.T).numpy() + ridge, torch.cov(b.T).numpy() + ridge
-    root = scipy.linalg.sqrtm(ca @ cb).real
-    return float(((ma - mb) ** 2).sum() + np.trace(ca + cb - 2 * root))
+    """The Frechet distance between Gaussians fitted to the pixels of ``a`` and ``b`` (N, 64)
+    (``metrics.frechet_distance``, which takes singular covariances: the corner pixels of
+    digits are almost always 0)."""
+    return frechet_distance(*feature_stats(a), *feature_stats(b))
 
 
 def mean_pairwise(x: torch.Tensor) -> float:
