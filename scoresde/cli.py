@@ -895,29 +895,23 @@ def _file_identity(path) -> dict | None:
 
 # Above this many entries per sample the covariance is too large to pass: the run's sigma_data
 # and the data's mean stand for it (an isotropic Gaussian).
-_FULL_COVARIANCE_MAX_DIM = 1024
-
-
 def _data_statistics(config: dict, solver: str, steps: int, grid, sigma_max, sigma_min,
                      quiet: bool = False) -> dict:
-    """``data_mean`` and ``data_cov`` (or ``data_std``) of the run's training data when the
-    sampler uses them (few steps, no grid or window given); ``{}`` otherwise, or when the data
-    can no longer be read (said on stderr)."""
+    """The run's training data's statistics when the sampler uses them (few steps, no grid or
+    window given: ``Dataset.sampling_statistics``); ``{}`` otherwise, or when the data can no
+    longer be read (said on stderr)."""
     from .data import run_dataset
     from .sampling.fewstep import uses_data_stats
 
     if config.get("latent") or not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
         return {}  # a latent run's data are not its training points
     try:
-        mean, cov = run_dataset(config).moments()
+        return run_dataset(config).sampling_statistics(config["sigma_data"])
     except (ValueError, OSError) as err:
         if not quiet:
             click.echo(f"few steps without the data's statistics ({_one_line(err)[:200]}): "
                        "the solver's default grid", err=True)
         return {}
-    if mean.numel() > _FULL_COVARIANCE_MAX_DIM:
-        return {"data_mean": mean, "data_std": config["sigma_data"]}
-    return {"data_mean": mean, "data_cov": cov}
 
 
 def _conditioning(model, label, guidance, n):

@@ -36,6 +36,9 @@ __all__ = ["Dataset", "get_dataset", "run_dataset", "load_array", "load_mask", "
 
 # The keywords of get_dataset that a run records in config.json, to rebuild the same data.
 DATA_OPTIONS = ("channels", "resolution", "flip", "pixels", "downsample")
+# Above this many entries per sample, few-step solvers get the data's standard deviation, not
+# its covariance (a D x D matrix that would be slow to build and to factorise).
+COVARIANCE_MAX_DIM = 1024
 
 
 # ----- data sets ---------------------------------------------------------------------------------
@@ -141,6 +144,16 @@ class Dataset:
         for toys), float64: what :func:`~scoresde.sample`'s ``data_mean``/``data_cov`` take."""
         x = self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
         return x.mean(0), torch.atleast_2d(torch.cov(x.T))
+
+    def sampling_statistics(self, std: float | None = None) -> dict:
+        """What a few-step solver of :func:`~scoresde.sample` is given: ``data_mean`` and
+        ``data_cov``, or above :data:`COVARIANCE_MAX_DIM` entries per sample ``data_mean`` and
+        ``data_std`` (``std``, e.g. a run's ``sigma_data``; the data's own if None)."""
+        if math.prod(self.event_shape) <= COVARIANCE_MAX_DIM:
+            mean, cov = self.moments()
+            return {"data_mean": mean, "data_cov": cov}
+        x = self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
+        return {"data_mean": x.mean(0), "data_std": self.std() if std is None else float(std)}
 
 
 _NPY = ""  # the key of a .npy file's one array in _read_numpy's answer

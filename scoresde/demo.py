@@ -108,7 +108,7 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     say.line(f"trained in {time.perf_counter() - start:.1f} s")
     model, sde_obj, config = load_run(run_dir, device=dev)
     dataset = get_dataset(config["data"])
-    stats = dict(zip(("data_mean", "data_cov"), dataset.moments()))
+    stats = dataset.sampling_statistics()
     with torch.no_grad():
         samples, paths = _samples(model, sde_obj, n, quick, seed, dev, say, stats)
     shown = dataset.test[:max(n // 2, 10)]  # the data panel: n // 2 held-out points

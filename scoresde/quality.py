@@ -219,18 +219,15 @@ def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,
             "kid_se": kid_se, "precision": precision, "recall": recall}
 
 
-def _data_statistics(dataset: Dataset, solver: str, steps: int, options: dict) -> dict:
-    """What ``scoresde sample`` gives a few-step solver: the training data's mean and
-    covariance (its standard deviation above 1024 dimensions), when the solver uses them."""
+def _data_statistics(model, dataset: Dataset, solver: str, steps: int, options: dict) -> dict:
+    """What ``scoresde sample`` gives a few-step solver (``Dataset.sampling_statistics``, with
+    the model's ``sigma_data`` as the run's), when the solver uses them."""
     from .sampling.fewstep import uses_data_stats
 
     if not uses_data_stats(solver, steps, *(options.get(k) for k in ("grid", "sigma_max",
                                                                         "sigma_min"))):
         return {}
-    mean, cov = dataset.moments()
-    if mean.numel() > 1024:
-        return {"data_mean": mean, "data_std": dataset.std()}
-    return {"data_mean": mean, "data_cov": cov}
+    return dataset.sampling_statistics(getattr(model, "sigma_data", None))
 
 
 @torch.no_grad()
@@ -274,7 +271,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     if modes is not None:
         model.eval()
     if data_statistics:
-        sample_options = dict(_data_statistics(dataset, solver, steps, sample_options),
+        sample_options = dict(_data_statistics(model, dataset, solver, steps, sample_options),
                               **sample_options)
     begin, nfe = time.perf_counter(), []
     try:

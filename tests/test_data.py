@@ -54,7 +54,7 @@ def test_8gaussians_entropy_matches_separated_components():
 
 
 def test_digits():
-    ds = data.get_dataset("digits")
+    ds = data.data.get_dataset("digits")
     assert ds.is_image and ds.event_shape == (1, 8, 8) and ds.num_classes == 10
     raw = ds.train * ds.raw_scale + ds.raw_offset
     assert raw.min() == 0 and raw.max() == 16 and torch.equal(raw, raw.round())
@@ -100,3 +100,24 @@ def test_bad_names_and_files_are_refused(tmp_path):
         data.get_dataset(str(tmp_path / "two.npz"))
     with pytest.raises(TypeError, match="data must be"):
         data.get_dataset(3)
+
+
+def test_few_step_statistics_are_a_covariance_up_to_the_limit_and_a_std_above(tmp_path):
+    """What scoresde sample and scoresde fid give a few-step solver: the mean and covariance of
+    the training data up to COVARIANCE_MAX_DIM entries per sample, the mean and one standard
+    deviation above (the run's sigma_data when given)."""
+    from scoresde.data import COVARIANCE_MAX_DIM
+
+    small = data.get_dataset("digits").sampling_statistics()
+    mean, cov = data.get_dataset("digits").moments()
+    assert set(small) == {"data_mean", "data_cov"}
+    assert torch.equal(small["data_mean"], mean) and torch.equal(small["data_cov"], cov)
+    x = np.random.default_rng(0).normal(0.3, 2.0, (40, 3, 19, 19)).astype(np.float32)
+    assert x[0].size > COVARIANCE_MAX_DIM
+    np.save(tmp_path / "wide.npy", x)
+    wide = data.get_dataset(str(tmp_path / "wide.npy"))
+    stats = wide.sampling_statistics()
+    assert set(stats) == {"data_mean", "data_std"} and stats["data_std"] == wide.std()
+    assert torch.allclose(stats["data_mean"], wide.train.double().reshape(len(wide.train), -1)
+                          .mean(0))
+    assert wide.sampling_statistics(0.5)["data_std"] == 0.5
