@@ -11,8 +11,8 @@ in the same process, then times blocks of steps of each in turn (ours, bare, bar
 - ours: ``loop._draw_batch`` (per-step images, stratified times, noise from the run's
   generator) and ``loop._optimizer_step`` (learning-rate schedule, the loss, backward, clipping,
   Adam, the EMA with its warmup);
-- bare: a batch of the same images, uniform times and noise, the DSM loss, backward, clipping,
-  Adam and an EMA of the weights.
+- bare: ``train_images.bare_step``, a batch of the same images, uniform times and noise, the
+  DSM loss, backward, clipping, Adam and an EMA of the weights.
 
 Reported: milliseconds per step of each (the minimum and the median over blocks) and our
 overhead ``ours / bare - 1``.
@@ -25,7 +25,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -35,23 +34,18 @@ import torch
 import scoresde
 import scoresde.loop as loop
 from scoresde.data import run_dataset
-from scoresde.losses import dsm_loss
-from scoresde.runs import build_model, read_config
+from scoresde.runs import read_config
+from train_images import bare_step  # the same bare step as the whole-run comparison
 
 
 def steps(run: str, compiled: bool, batch: int):
-    """``(ours, bare)``: one training step each, on the run's network, data and batch size."""
+    """``(ours, bare)``: one training step each, on the run's network, data and batch size
+    (the bare one is ``train_images.py``'s)."""
     config = dict(read_config(run), steps=10**9, compile=compiled)
     sde = scoresde.get_sde(**config["sde"])
     place = loop.Place(0, 1, torch.device("cpu"), run)
     parts = loop.build_parts(config, sde, run_dataset(config), place, None)
     opts = loop.Options.of(config)
-    torch.manual_seed(0)
-    model = build_model(config, sde)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    forward = torch.compile(model) if compiled else model
-    train_x = run_dataset(config).train
     counter = [0]
 
     def ours():
@@ -59,18 +53,7 @@ def steps(run: str, compiled: bool, batch: int):
         loop._optimizer_step(parts, opts, place, counter[0], batch_)
         counter[0] += 1
 
-    def bare():
-        x0 = train_x[torch.randint(0, len(train_x), (batch,))]
-        t = torch.rand(batch) * (1 - 1e-5) + 1e-5
-        loss = dsm_loss(forward, sde, x0, t=t, noise=torch.randn(x0.shape)).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1e-3)
-
-    return ours, bare
+    return ours, bare_step(run, batch, compiled=compiled)
 
 
 def measure(ours, bare, blocks: int, per_block: int, warmup: int) -> dict:

@@ -112,28 +112,28 @@ def ours(data: str, args, precision: str, compiled: bool, folder: str) -> tuple[
     return {"wall": args.steps * args.batch / (last - first), "cpu": math.nan}, run
 
 
-def bare(run: str, args, precision: str, compiled: bool) -> dict:
-    """Images per second of a plain loop over the run's network, batch and precision."""
+def bare_step(run: str, batch: int, precision: str = "fp32", compiled: bool = False,
+              device: str = "cpu", channels_last: bool = False):
+    """One step of a plain loop over the run's network (rebuilt from its ``config.json``) and
+    images: a batch of them, uniform times and noise, the DSM loss, backward, clipping, Adam and
+    an EMA of the weights; nothing else. Returns the step, a function of no arguments."""
     config = read_config(run)
     sde = scoresde.get_sde(**config["sde"])
-    dev = torch.device(args.device)
+    dev = torch.device(device)
     torch.manual_seed(0)
     model = build_model(config, sde).to(dev)
-    if args.channels_last:
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=True if precision == "fp16" else None)
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
     forward = compile_model(model) if compiled else model
-    shape = (args.batch, *config["data_shape"])
+    shape = (batch, *config["data_shape"])
     train_x = scoresde.data.get_dataset(config["data"]).train.to(dev)  # the same images
-    start = None
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:
-            _sync(dev)
-            start = _clocks()
-        x0 = train_x[torch.randint(0, len(train_x), (args.batch,), device=dev)]
-        t = torch.rand(args.batch, device=dev) * (1 - 1e-5) + 1e-5
+
+    def step() -> None:
+        x0 = train_x[torch.randint(0, len(train_x), (batch,), device=dev)]
+        t = torch.rand(batch, device=dev) * (1 - 1e-5) + 1e-5
         z = torch.randn(shape, device=dev)
         with autocast(precision, dev):
             loss = dsm_loss(forward, sde, x0, t=t, noise=z).mean()
@@ -149,6 +149,21 @@ def bare(run: str, args, precision: str, compiled: bool) -> dict:
             scaler.update()
         with torch.no_grad():
             torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1e-3)
+
+    return step
+
+
+def bare(run: str, args, precision: str, compiled: bool) -> dict:
+    """Images per second of a plain loop (:func:`bare_step`) over the run's network, batch and
+    precision."""
+    step = bare_step(run, args.batch, precision, compiled, args.device, args.channels_last)
+    dev = torch.device(args.device)
+    start = None
+    for done in range(args.warmup + args.steps):
+        if done == args.warmup:
+            _sync(dev)
+            start = _clocks()
+        step()
     _sync(dev)
     return _rates(start, _clocks(), args)
 
