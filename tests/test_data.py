@@ -54,7 +54,7 @@ def test_8gaussians_entropy_matches_separated_components():
 
 
 def test_digits():
-    ds = data.data.get_dataset("digits")
+    ds = data.get_dataset("digits")
     assert ds.is_image and ds.event_shape == (1, 8, 8) and ds.num_classes == 10
     raw = ds.train * ds.raw_scale + ds.raw_offset
     assert raw.min() == 0 and raw.max() == 16 and torch.equal(raw, raw.round())
