@@ -1211,19 +1211,26 @@ def convert(checkpoint, source, config, out, no_ema, as_json):
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=_Default("quality.run_quality", "batch_size"), show_default=True,
               help="Samples per chunk (memory holds one chunk and the features).")
+@click.option("--label", default=None, metavar="K|all",
+              help="Class-conditional runs: the class of every sample, or 'all' for each class "
+              "in turn [default: the unconditional score].")
+@click.option("--guidance", type=float, default=0.0, show_default=True,
+              help="Classifier-free guidance weight w, with --label.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, device,
-        as_json):
+def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, label,
+        guidance, device, as_json):
     """FID, KID, precision and recall of a run's samples against its training images.
 
     The reference statistics of the data (per data, resolution and extractor) are computed
-    once and cached under $SCORESDE_CACHE (default ~/.cache/scoresde).
+    once and cached under $SCORESDE_CACHE (default ~/.cache/scoresde). A latent run's samples
+    are decoded first and compared with its autoencoder's images.
 
     \b
     Examples:
       scoresde fid --run runs/00000-vp-digits --solver dpmpp_2m --steps 20
       scoresde fid --n 50000 --features inception-2015-12-05.pt --json
+      scoresde fid --label all --guidance 1 --solver dpmpp_2m --steps 20   # conditional run
     """
     from .quality import FID_N, run_quality
     from .utils import resolve_device
@@ -1235,11 +1242,20 @@ def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size
     if features not in names and not Path(features).is_file():
         raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
                                  param_hint="--features")
+    if label is not None and label != "all":
+        try:
+            label = int(label)
+        except ValueError:
+            raise click.BadParameter(f"expected an integer class or 'all', got {label!r}",
+                                     param_hint="--label") from None
+    if guidance != 0 and label is None:
+        raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
     if n < FID_N:
         click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
                    "only between equal N (KID is unbiased)", err=True)
     record = run_quality(path, features=features, n=n, solver=solver, steps=steps, seed=seed,
-                         batch_size=batch_size, device=resolve_device(device), **options)
+                         batch_size=batch_size, device=resolve_device(device), label=label,
+                         guidance=guidance, **options)
     record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
     _emit(record, as_json, [
         f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "

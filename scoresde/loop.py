@@ -297,8 +297,9 @@ def _evaluator(parts: Parts, opts: Options, place: Place):
         return None
     from .quality import TrainingEvaluator
 
+    label = "all" if opts.conditional and parts.dataset.num_classes else None  # every class
     return TrainingEvaluator(parts.dataset, features=opts.eval_features, n=opts.eval_n,
-                             seed=opts.seed, device=place.device)
+                             seed=opts.seed, device=place.device, label=label)
 
 
 def _draw_batch(parts: Parts, opts: Options, place: Place):

@@ -40,7 +40,7 @@ from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, pre
 from .utils import write_atomically
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
-           "reference_stats", "image_features", "sample_quality", "quality_scores", "run_quality",
+           "reference_stats", "image_features", "chunk_labels", "sample_quality", "quality_scores", "run_quality",
            "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
 
 CACHE_ENV = "SCORESDE_CACHE"  # the cache folder, when set
@@ -230,33 +230,66 @@ def _data_statistics(model, dataset: Dataset, solver: str, steps: int, options: 
     return dataset.sampling_statistics(getattr(model, "sigma_data", None))
 
 
+def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor | None:
+    """The class labels of samples ``start:stop`` for ``label``: None, an integer class (every
+    sample), or ``"all"`` (sample ``i`` of class ``i % num_classes``, as ``scoresde sample
+    --label all``, so every class has its share of the samples).
+
+    Raises:
+        ValueError: a label that is not None, ``"all"`` or a class in ``[0, num_classes)``, or
+            any label for an unconditional model (``num_classes`` 0).
+    """
+    if label is None:
+        return None
+    if not num_classes:
+        raise ValueError(f"label={label!r} needs a class-conditional model; this one is "
+                         "unconditional (train it with conditional=True on labelled data)")
+    if isinstance(label, str) and label == "all":
+        return torch.arange(start, stop) % num_classes
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
+            or not 0 <= label < num_classes:
+        raise ValueError(f"label must be None, 'all' or a class in [0, {num_classes}), "
+                         f"got {label!r}")
+    return torch.full((stop - start,), int(label))
+
+
 @torch.no_grad()
 def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: str,
                    steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
                    reference: Reference | None = None, progress=None,
-                   data_statistics: bool = True, **sample_options) -> dict:
+                   data_statistics: bool = True, label=None, guidance: float = 0.0,
+                   **sample_options) -> dict:
     """FID, KID, precision and recall of ``n`` samples of ``model`` (a score function) against
     ``dataset``'s reference statistics.
 
     Chunk ``k`` of ``batch_size`` samples is drawn with
     :func:`~scoresde.sample_files.chunk_generator` ``(seed, k)``, so the samples equal those of
-    ``scoresde sample --seed SEED --batch-size B``; only features are kept (bounded memory).
-    A module ``model`` is used in eval mode and its mode put back.
+    ``scoresde sample --seed SEED --batch-size B`` (with ``--label``/``--guidance`` for a
+    class-conditional model); only features are kept (bounded memory). A module ``model`` is
+    used in eval mode and its mode put back. A latent model (one with ``decode`` and
+    ``latent_shape``, :class:`~scoresde.latent.LatentDiffusion`) samples latents, which are
+    decoded into images before their features are taken.
 
     Args:
-        model: a score function ``model(x, t)``; dataset: its data set (image data).
+        model: a score function ``model(x, t)`` (``model(x, t, y)`` with ``label``), or a latent
+            model; dataset: the data set of its images.
         extractor: a feature extractor; n: samples (more than the features' width).
         solver, steps, sample_options: as for :func:`~scoresde.sample`.
         seed: the samples' seed, also KID's subsets'. device: where to sample.
         reference: precomputed reference statistics (else :func:`reference_stats`, cached).
         progress: ``progress(done, n)`` after each chunk, or None.
         data_statistics: give a few-step solver the training data's mean and covariance, as
-            ``scoresde sample`` does (see :func:`scoresde.sampling.fewstep.uses_data_stats`).
+            ``scoresde sample`` does (see :func:`scoresde.sampling.fewstep.uses_data_stats`);
+            never for a latent model (the images' statistics are not its latents').
+        label: None, an integer class or ``"all"`` (:func:`chunk_labels`): the class labels of
+            a class-conditional model's samples. guidance: the classifier-free guidance weight
+            (:func:`~scoresde.guidance.classifier_free_guidance`) with ``label``.
 
     Returns:
         ``{"fid", "kid", "kid_se", "precision", "recall", "n", "nfe", "seed", "solver",
-        "steps", "time_s", "reference_n"}``.
+        "steps", "time_s", "reference_n", "label", "guidance"}``.
     """
+    from .guidance import classifier_free_guidance
     from .sample_files import chunk_generator
     from .sampling import sample
 
@@ -265,32 +298,46 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
     if n < 2 * KID_MIN_SUBSETS:
         raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
+    if guidance != 0 and label is None:
+        raise ValueError("guidance needs label (the classes to guide towards)")
+    num_classes = getattr(model, "num_classes", 0) or 0
+    chunk_labels(label, 0, 1, num_classes)  # a bad label fails before any sample is drawn
+    latent = hasattr(model, "decode") and hasattr(model, "latent_shape")
+    shape = tuple(model.latent_shape) if latent else tuple(dataset.event_shape)
     moments = _Moments(KEEP_FEATURES)
     dev = torch.device(device)
-    modes = model.training if isinstance(model, torch.nn.Module) else None
-    if modes is not None:
-        model.eval()
-    if data_statistics:
+    modules = [m for m in ((model.score, model.autoencoder) if latent else (model,))
+               if isinstance(m, torch.nn.Module)]
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    if data_statistics and not latent:
         sample_options = dict(_data_statistics(model, dataset, solver, steps, sample_options),
                               **sample_options)
     begin, nfe = time.perf_counter(), []
     try:
         for k, start in enumerate(range(0, n, batch_size)):
             rows = min(batch_size, n - start)
-            x, info = sample(model, sde, (rows, *dataset.event_shape), solver=solver,
-                             steps=steps, generator=chunk_generator(seed, k, dev), device=dev,
+            labels = chunk_labels(label, start, start + rows, num_classes)
+            score = model if labels is None else classifier_free_guidance(
+                model, labels.to(dev), guidance)
+            x, info = sample(score, sde, (rows, *shape), solver=solver, steps=steps,
+                             generator=chunk_generator(seed, k, dev), device=dev,
                              **sample_options)
+            if latent:
+                x = model.decode(x)
             moments.add(image_features(extractor, x.cpu(), dataset))
             nfe.append(info["nfe"])
             if progress is not None:
                 progress(start + rows, n)
     finally:
-        if modes is not None:
-            model.train(modes)
+        for module, mode in zip(modules, modes):
+            module.train(mode)
     mu, sigma = moments.stats()
     scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
     return dict(scores, n=n, nfe=sum(nfe) / len(nfe), seed=seed, solver=solver, steps=steps,
-                time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n)
+                time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n,
+                label=label, guidance=guidance)
 
 
 def _check_digits_shape(features, shape, whose: str) -> None:
@@ -314,47 +361,63 @@ def _extractor_on(features, device):
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
                 solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
                 device="cpu", cache: str | os.PathLike | bool = True, progress=None,
-                **sample_options) -> dict:
+                label=None, guidance: float = 0.0, **sample_options) -> dict:
     """:func:`sample_quality` of a run folder's EMA model against its data's cached reference.
 
+    A latent run's samples are decoded and compared with its autoencoder's images. A
+    class-conditional run samples its unconditional score (``label=None``, which needs labels
+    dropped in training), one class, or every class in turn (``label="all"``, the usual
+    class-conditional FID), with classifier-free ``guidance``.
+
     Args:
-        run_dir: a run of image data (:func:`~scoresde.train`).
+        run_dir: a run of image data, or a latent run of an image autoencoder
+            (:func:`~scoresde.train`).
         features: an extractor, a name of :data:`~scoresde.features.EXTRACTORS` (``"digits"``,
             for 1x8x8 images) or the path of a TorchScript file (trusted: it runs code).
-        n, solver, steps, seed, batch_size, device, progress, sample_options: as for
-            :func:`sample_quality` (the solver's defaults are :func:`~scoresde.sample`'s).
+        n, solver, steps, seed, batch_size, device, progress, label, guidance, sample_options:
+            as for :func:`sample_quality` (the solver's defaults are :func:`~scoresde.sample`'s).
         cache: as for :func:`reference_stats`.
 
     Returns:
         :func:`sample_quality`'s dict with ``"run"`` and ``"features"`` (the extractor's digest).
 
     Raises:
-        ValueError: a run that is not of images, not of a score model, a latent or a
-            super-resolution run, or an extractor that does not take the images.
+        ValueError: a run that is not of images, not of a score model, a super-resolution run
+            (its samples need a condition: measure the cascade's samples), a conditional run
+            without the unconditional score asked for, or an extractor that does not take the
+            images.
     """
     from .data import run_dataset
-    from .runs import load_run
+    from .runs import load_run, read_config
 
     model, sde, config = load_run(run_dir, device=device)
-    if not config.get("is_image"):
-        raise ValueError(f"FID needs a run of images; {os.fspath(run_dir)} was trained on data "
-                         f"of shape {tuple(config['data_shape'])}")
+    where = os.fspath(run_dir)
+    images = read_config(config["latent"]) if config.get("latent") else config
+    if not images.get("is_image"):
+        raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
+                         f"{tuple(images['data_shape'])}")
     kind = config.get("objective", "score")
     for what, bad in ((f"a run of objective {kind!r}", kind != "score"),
-                      ("a latent run (its samples need decoding)", config.get("latent")),
                       ("a super-resolution run (its samples need a condition)",
                        config.get("super_res"))):
         if bad:
-            raise ValueError(f"FID of {what} is not supported: {os.fspath(run_dir)}; give a run "
-                             "of an unconditioned image score model")
-    _check_digits_shape(features, config["data_shape"], "the run's images")
-    dataset = run_dataset(config)
+            raise ValueError(f"FID of {what} is not supported: {where}; give a run of an "
+                             "image score model or a latent run")
+    if config.get("conditional") and label is None and not config.get("label_dropout"):
+        raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
+                         "unconditional score that label=None samples; give label='all' (each "
+                         "class in turn) or a class" if model.num_classes else
+                         f"{where} was trained with label_dropout=0, so its null embedding, "
+                         "which FID samples, was never learnt")
+    _check_digits_shape(features, images["data_shape"], "the run's images")
+    dataset = run_dataset(images)
     extractor = _extractor_on(features, device)
     reference = reference_stats(dataset, extractor, cache=cache)
     result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
                             seed=seed, batch_size=batch_size, device=device,
-                            reference=reference, progress=progress, **sample_options)
-    return dict(result, run=os.fspath(run_dir), features=extractor_digest(extractor))
+                            reference=reference, progress=progress, label=label,
+                            guidance=guidance, **sample_options)
+    return dict(result, run=where, features=extractor_digest(extractor))
 
 
 # ----- during training ----------------------------------------------------------------------------
@@ -384,11 +447,13 @@ class TrainingEvaluator:
     """FID and KID of the EMA weights during training: ``evaluator(model, sde, step)`` draws
     ``n`` samples with :data:`EVAL_SOLVER` at :data:`EVAL_STEPS` steps from the same seed each
     time (so the curve compares the weights, not the draws) and returns the record for
-    ``metrics.jsonl``. The extractor and the reference are loaded on first use."""
+    ``metrics.jsonl``. ``label`` is as for :func:`sample_quality` (``"all"`` for a
+    class-conditional model: each class in turn, unguided). The extractor and the reference
+    are loaded on first use."""
 
-    def __init__(self, dataset: Dataset, *, features, n: int, seed: int, device):
+    def __init__(self, dataset: Dataset, *, features, n: int, seed: int, device, label=None):
         self.dataset, self.features, self.n, self.seed = dataset, features, n, seed
-        self.device = device
+        self.device, self.label = device, label
         self.extractor = self.reference = None
 
     def __call__(self, model, sde, step: int) -> dict:
@@ -397,8 +462,10 @@ class TrainingEvaluator:
             self.reference = reference_stats(self.dataset, self.extractor)
         result = sample_quality(model, sde, self.dataset, self.extractor, n=self.n,
                                 solver=EVAL_SOLVER, steps=EVAL_STEPS, seed=self.seed,
-                                device=self.device, reference=self.reference)
+                                device=self.device, reference=self.reference,
+                                label=self.label)
         return {"step": step, **{k: result[k] for k in ("fid", "kid", "kid_se", "precision",
                                                         "recall")},
                 "eval_n": self.n, "eval_nfe": result["nfe"], "eval_solver": EVAL_SOLVER,
-                "eval_seed": self.seed, "eval_s": result["time_s"]}
+                "eval_seed": self.seed, "eval_s": result["time_s"],
+                **({} if self.label is None else {"eval_label": self.label})}

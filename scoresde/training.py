@@ -146,12 +146,16 @@ def _check_scale(kw: dict, dataset) -> None:
         snapshot_size(dataset.event_shape, dataset.is_image)
     if kw["eval_every"] is not None:
         kw["eval_every"] = check_int("eval_every", kw["eval_every"], 1)
-        # FID of samples drawn with no condition: a score of the images themselves only
+        # FID of a score of the images themselves (each class in turn for class labels; the
+        # null embedding, learnt from dropped embeddings, for embedding conditioning)
         for key, bad in (("objective", kw["objective"] != "score"),
                          ("super_res", kw["super_res"]), ("latent", kw["latent"])):
             if bad:
-                raise ValueError(f"eval_every measures FID of a score model's unconditioned "
-                                 f"image samples; {key}={kw[key]!r} is not supported with it")
+                raise ValueError(f"eval_every measures FID of a score model's image samples; "
+                                 f"{key}={kw[key]!r} is not supported with it")
+        if kw["conditional"] and dataset.embed_dim and not kw["label_dropout"]:
+            raise ValueError("eval_every samples an embedding-conditioned model with its null "
+                             "embedding, which label_dropout=0 never trains; set label_dropout")
         kw["eval_n"] = check_eval(dataset, kw["eval_features"], kw["eval_n"])
 
 

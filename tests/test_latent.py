@@ -100,6 +100,41 @@ def test_cli_samples_images_and_reports_the_latent_likelihood_as_such(runs, tmp_
         assert result.exit_code == 2 and "autoencoder run" in result.output
 
 
+def test_fid_of_a_latent_run_scores_its_decoded_samples(runs, tmp_path, monkeypatch):
+    from scoresde.features import digits_extractor
+    from scoresde.metrics import feature_stats, frechet_distance
+    from scoresde.quality import (image_features, reference_stats, run_quality,
+                                  sample_quality)
+    from scoresde.sample_files import chunk_generator
+    from scoresde.sampling import sample
+
+    monkeypatch.setenv("SCORESDE_CACHE", str(tmp_path / "cache"))
+    record = run_quality(runs / "latent", n=100, solver="euler", steps=3, batch_size=50)
+    # The same draws by hand: latents of chunk k from (0, k), decoded, against the digits.
+    model, sde, _ = load_run(runs / "latent")
+    ext = digits_extractor()
+    with torch.no_grad():
+        images = torch.cat([model.decode(sample(model, sde, (50, *model.latent_shape),
+                                                solver="euler", steps=3,
+                                                generator=chunk_generator(0, k))[0])
+                            for k in range(2)])
+    ref = reference_stats(DIGITS, ext)
+    fid = frechet_distance(*feature_stats(image_features(ext, images, DIGITS)), ref.mu,
+                           ref.sigma)
+    assert record["fid"] == pytest.approx(fid, rel=1e-6) and record["reference_n"] == ref.n
+    model.score.train(), model.autoencoder.eval()  # each part's mode is put back
+    again = sample_quality(model, sde, DIGITS, ext, n=100, solver="euler", steps=3,
+                           batch_size=50, reference=ref)
+    assert again["fid"] == pytest.approx(record["fid"], rel=1e-9)
+    assert model.score.training and not model.autoencoder.training
+    result = invoke("fid", "--run", runs / "latent", "--n", 100, "--solver", "euler",
+                    "--steps", 3, "--batch-size", 50, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["fid"] == pytest.approx(record["fid"], rel=1e-9)
+    result = invoke("fid", "--run", runs / "ae", "--n", 100)
+    assert result.exit_code == 2 and "objective 'autoencoder' is not supported" in result.output
+
+
 def test_bad_latent_options_are_one_line(tmp_path):
     with pytest.raises(ValueError, match="is for images"):
         train(tmp_path / "a", data="moons", objective="autoencoder", steps=1, progress=False)

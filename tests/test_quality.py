@@ -15,7 +15,7 @@ from scoresde.features import (DIGITS_WEIGHTS, digits_extractor, extract_feature
                                torchscript_extractor)
 from scoresde.metrics import (feature_stats, fid_from_features, frechet_distance, kid,
                               precision_recall)
-from scoresde.quality import image_features, reference_stats, sample_quality
+from scoresde.quality import chunk_labels, image_features, reference_stats, sample_quality
 from scoresde.targets import GaussianMixture
 
 
@@ -289,6 +289,56 @@ def test_sample_quality_of_an_exact_score_matches_direct_draws(digits, tmp_path)
                             steps=2, seed=0, reference=ref)
     assert helped["fid"] < crude["fid"] / 2
     assert 0 <= result["precision"] <= 1 and 0 <= result["recall"] <= 1
+
+
+def test_class_conditional_quality_samples_each_class_in_turn_or_one(digits, tmp_path):
+    # One Gaussian per digit class, fitted to that class: the exact class-conditional score.
+    # label="all" gives every class its share (FID of direct draws of the balanced mixture,
+    # within the ~0.2 spread of 1000 draws); one class covers a tenth of the digits (recall near
+    # 0.1, FID ~30); guidance sharpens the classes: precision up, recall down (1000 samples:
+    # both move by ~0.1, several times their ~0.015 draw noise).
+    x, y = digits.train.reshape(-1, 64).double(), digits.train_labels
+    means = torch.stack([x[y == k].mean(0) for k in range(10)])
+    covs = torch.stack([torch.cov(x[y == k].T) + 0.05 * torch.eye(64, dtype=torch.float64)
+                        for k in range(10)])
+    mix = GaussianMixture(means, covs, event_shape=(1, 8, 8))
+    sde, ext = get_sde("vp"), digits_extractor()
+    ref = reference_stats(digits, ext, cache=tmp_path)
+    score = mix.conditional_score_fn(sde)
+    score.num_classes = 10
+    quality = {}
+    for label, w in (("all", 0.0), ("all", 2.0), (3, 0.0)):
+        quality[label, w] = sample_quality(score, sde, digits, ext, n=1000, solver="heun",
+                                           steps=20, reference=ref, data_statistics=False,
+                                           batch_size=300, label=label, guidance=w)
+    direct = image_features(ext, mix.sample(1000, _gen(11)).float(), digits)
+    fid_direct = frechet_distance(*feature_stats(direct), ref.mu, ref.sigma)
+    assert quality["all", 0.0]["fid"] == pytest.approx(fid_direct, abs=0.3)
+    assert quality["all", 0.0]["label"] == "all" and quality["all", 2.0]["guidance"] == 2.0
+    assert quality[3, 0.0]["fid"] > fid_direct + 20 and quality[3, 0.0]["recall"] < 0.2
+    assert quality["all", 2.0]["precision"] > quality["all", 0.0]["precision"] + 0.05
+    assert quality["all", 2.0]["recall"] < quality["all", 0.0]["recall"] - 0.05
+
+
+def test_chunk_labels_continue_across_chunks_and_refuse_bad_labels():
+    chunks = [chunk_labels("all", start, min(start + 7, 30), 4) for start in range(0, 30, 7)]
+    assert torch.equal(torch.cat(chunks), torch.arange(30) % 4)
+    assert torch.equal(chunk_labels(2, 5, 8, 4), torch.tensor([2, 2, 2]))
+    assert chunk_labels(None, 0, 3, 0) is None
+    for bad, message in ((4, r"a class in \[0, 4\)"), ("some", "None, 'all' or a class"),
+                         (True, "None, 'all' or a class")):
+        with pytest.raises(ValueError, match=message):
+            chunk_labels(bad, 0, 3, 4)
+    with pytest.raises(ValueError, match="needs a class-conditional model"):
+        chunk_labels("all", 0, 3, 0)
+
+
+def test_guidance_without_a_label_is_refused_before_sampling(digits, tmp_path):
+    sde = get_sde("vp")
+    with pytest.raises(ValueError, match="guidance needs label"):
+        sample_quality(lambda x, t: -x, sde, digits, nn.Flatten(), n=100, solver="euler",
+                       steps=1, guidance=1.0, reference=reference_stats(digits, nn.Flatten(),
+                                                                        cache=False))
 
 
 def test_quality_figure_draws_a_panel_per_sde_and_the_floor(tmp_path):

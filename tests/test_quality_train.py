@@ -127,3 +127,43 @@ def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
                     tmp_path / "cli", "--quiet")
     assert result.exit_code == 2 and "measures FID of images" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_null(tmp_path):
+    run = tmp_path / "cond"
+    train(run, steps=2, conditional=True, label_dropout=0.0, eval_every=2, eval_n=100,
+          **DIGITS)
+    evals = [r for r in _records(run) if "fid" in r]
+    assert [(r["step"], r["eval_label"]) for r in evals] == [(2, "all")]  # every class in turn
+    result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2)
+    assert result.exit_code == 2 and "label_dropout=0" in result.stderr
+    assert "give label='all'" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+    assert len(errors) == 1  # one line after the small-N warning
+    result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
+                    "--label", "all", "--guidance", 1, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["label"] == "all" and record["guidance"] == 1 and record["fid"] > 0
+    for args, message in ((("--label", "x"), "expected an integer class or 'all'"),
+                          (("--label", 10), r"a class in \[0, 10\)"),
+                          (("--guidance", 1), "--guidance needs --label")):
+        result = invoke("fid", "--run", run, "--n", 10_000, *args)  # no small-N warning
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert __import__("re").search(message, result.stderr), result.stderr
+    with pytest.raises(ValueError, match="null embedding, which label_dropout=0 never trains"):
+        train(tmp_path / "emb", steps=1, data=_embedded_digits(tmp_path), conditional=True,
+              label_dropout=0.0, eval_every=1, eval_n=100, **{k: v for k, v in DIGITS.items()
+                                                              if k != "data"})
+
+
+def _embedded_digits(tmp_path):
+    """The digits in an .npz with a float embedding per image (its class's one-hot row)."""
+    import numpy as np
+
+    from scoresde.data import get_dataset
+
+    digits = get_dataset("digits")
+    path = tmp_path / "embedded.npz"
+    np.savez(path, x=digits.train.numpy(), y=np.eye(10, dtype=np.float32)[digits.train_labels])
+    return path
