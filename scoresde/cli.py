@@ -679,17 +679,14 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
 
 
 def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
-    """``scoresde sample --cascade BASE_RUN SR_RUN``: both stages at once, one .npz and figure."""
-    import numpy as np
-    import torch
-
+    """``scoresde sample --cascade BASE_RUN SR_RUN``: both stages at once, chunk by chunk (chunk
+    ``k`` from ``(seed, k)``, resumed after a kill as ``sample`` is), one .npz and figure."""
     from . import plotting
-    from .cascade import cascade
-    from .utils import write_atomically
+    from .sample_files import SAMPLE_BATCH, write_in_chunks
 
     p = ctx.params
     for name in ("run", "seeds", "label", "embedding", "mask", "observe", "inverse", "grid",
-                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "batch_size"):
+                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise"):
         if _explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
     (base, base_sde, base_config), (sr, sr_sde, config) = (_load_run(path, str(dev))
@@ -707,33 +704,60 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
                                  f"{runs[0]} samples {low[0]}x{low[1]}", param_hint="--cascade")
     out = _check_out(out or runs[1] / f"cascade-{p['solver']}-{p['steps']}.npz")
     knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
-    sr_knobs = knobs if p["sr_solver"] in (None, p["solver"]) else {}
-    n = n or 64
-    begin = time.perf_counter()
-    try:
-        with torch.no_grad():
-            x, info = cascade(base, base_sde, sr, sr_sde, n, solver=p["solver"], steps=p["steps"],
-                              sr_solver=p["sr_solver"], sr_steps=p["sr_steps"],
-                              aug_level=p["aug_level"], device=dev, base_knobs=knobs,
-                              sr_knobs=sr_knobs, generator=torch.Generator(dev).manual_seed(seed))
-    except ValueError as err:
-        raise click.UsageError(_one_line(err)) from None
-    seconds = time.perf_counter() - begin
-    x, low = x.cpu(), info["low_res"].cpu()
-    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
-    write_atomically(out, lambda f: np.savez(f, samples=x.numpy(), low_res=low.numpy(),
-                                             raw=(x * scale + offset).numpy()))
+    stages = dict(solver=p["solver"], steps=p["steps"], sr_solver=p["sr_solver"],
+                  sr_steps=p["sr_steps"], aug_level=p["aug_level"], base_knobs=knobs,
+                  sr_knobs=knobs if p["sr_solver"] in (None, p["solver"]) else {})
+    n, batch_size = n or 64, p["batch_size"] or SAMPLE_BATCH["image"]
+    draw = _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev)
+    fingerprint = dict(stages, cascade=[_run_identity(r) for r in runs], device=str(dev),
+                       seed=seed)
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=64)
+    if result["drawn"] < result["chunks"] and not as_json:
+        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
+                   f"chunks were already drawn", err=True)
+    infos = result["info"]
+    nfe, nfe_base, nfe_sr = (_mean_nfe(infos, key) for key in ("nfe", "nfe_base", "nfe_sr"))
+    seconds = sum(i["time_s"] for i in infos)
     fig_path = out.with_suffix(".png")
     plotting.save_figure(plotting.samples_picture(
-        x, "cascade", info["nfe"], is_image=True, raw_scale=scale, raw_offset=offset,
+        result["head"]["samples"], "cascade", nfe, is_image=True,
+        raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
         pixel_bits=config.get("pixel_bits")), fig_path)
-    record = {"cascade": [str(r) for r in runs], "n": n, "nfe": info["nfe"],
-              "nfe_base": info["base"]["nfe"], "nfe_sr": info["sr"]["nfe"],
-              "aug_level": info["aug_level"], "time_s": round(seconds, 4), "out": str(out),
-              "figure": str(fig_path)}
-    _emit(record, as_json, [f"cascade: {n} samples, NFE {info['nfe']} ({info['base']['nfe']} + "
-                            f"{info['sr']['nfe']}), {seconds:.2f} s",
-                            f"wrote {out} and {fig_path}"])
+    record = {"cascade": [str(r) for r in runs], "n": n, "nfe": nfe, "nfe_base": nfe_base,
+              "nfe_sr": nfe_sr, "aug_level": infos[0]["aug_level"],
+              "time_s": round(seconds, 4), "out": str(out), "figure": str(fig_path),
+              "batch_size": batch_size, "chunks": result["chunks"],
+              "chunks_reused": result["chunks"] - result["drawn"]}
+    _emit(record, as_json, [f"cascade: {n} samples, NFE {nfe} ({nfe_base} + {nfe_sr}), "
+                            f"{seconds:.2f} s", f"wrote {out} and {fig_path}"])
+
+
+def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):
+    """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: a cascade's
+    samples ``start:stop`` from chunk ``k``'s generator, with their low-resolution stage."""
+    import torch
+
+    from .cascade import cascade
+    from .sample_files import chunk_generator
+
+    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
+
+    def draw(k: int, start: int, stop: int):
+        begin = time.perf_counter()
+        try:
+            with torch.no_grad():
+                x, info = cascade(base, base_sde, sr, sr_sde, stop - start, device=dev,
+                                  generator=chunk_generator(seed, k, dev), **stages)
+        except ValueError as err:  # before anything is drawn: the models do not fit
+            raise click.UsageError(_one_line(err)) from None
+        x = x.cpu()
+        arrays = dict(samples=x.numpy(), low_res=info["low_res"].cpu().numpy(),
+                      raw=(x * scale + offset).numpy())
+        return arrays, {"nfe": info["nfe"], "nfe_base": info["base"]["nfe"],
+                        "nfe_sr": info["sr"]["nfe"], "aug_level": info["aug_level"],
+                        "time_s": time.perf_counter() - begin}
+
+    return draw
 
 
 def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known,
@@ -872,10 +896,11 @@ def _rows(array, rows: slice, count: int, shape: tuple):
     return array.reshape(1, *shape).expand(count, *shape).clone()
 
 
-def _mean_nfe(infos: list[dict]):
-    """Score calls per chunk: the number, or their mean where chunks differ (``ode``)."""
-    values = {i["nfe"] for i in infos}
-    return values.pop() if len(values) == 1 else round(sum(i["nfe"] for i in infos) / len(infos),
+def _mean_nfe(infos: list[dict], key: str = "nfe"):
+    """Score calls per chunk (``info[key]``): the number, or their mean where chunks differ
+    (``ode``)."""
+    values = {i[key] for i in infos}
+    return values.pop() if len(values) == 1 else round(sum(i[key] for i in infos) / len(infos),
                                                        1)
 
 

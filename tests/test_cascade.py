@@ -6,7 +6,9 @@ clean upsampled base samples unless a level is asked for. The runs train a few s
 tests are about plumbing, not quality (BENCHMARKS.md measures that).
 """
 
+import functools
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -96,7 +98,7 @@ def test_sampling_conditions_on_the_clean_base_samples_unless_asked(same, seen, 
 
 
 @pytest.mark.slow
-def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path):
+def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path, monkeypatch):
     common = ("--data", "digits", "--steps", 3, "--batch-size", 16, "--quiet")
     result = invoke("train", *common, "--downsample", 2, "--run", tmp_path / "base")
     assert result.exit_code == 0, result.output
@@ -115,6 +117,32 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path):
     assert record["nfe"] == record["nfe_base"] + record["nfe_sr"]
     with np.load(out) as f:
         assert f["samples"].shape == (6, 1, 8, 8) and f["low_res"].shape == (6, 1, 4, 4)
+    # Chunk by chunk, as `sample`: chunk k from (seed, k), and a run stopped after its first
+    # chunk continues to the file the uninterrupted command writes.
+    chunked = ("sample", "--cascade", tmp_path / "base", tmp_path / "sr", "--solver", "euler",
+               "--steps", 4, "--n", 6, "--batch-size", 4, "--json")
+    straight = invoke(*chunked, "--out", tmp_path / "straight.npz")
+    assert straight.exit_code == 0, straight.output
+    assert json.loads(straight.output)["chunks"] == 2
+    module = sys.modules["scoresde.cascade"]  # the package's name `cascade` is the function
+    calls, draw = [], module.cascade
+
+    @functools.wraps(draw)  # its signature too: the CLI's defaults read it
+    def stop_at_the_second_chunk(*args, **kwargs):
+        calls.append(args[4])
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # as a kill between chunks
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(module, "cascade", stop_at_the_second_chunk)
+    cut = tmp_path / "cut.npz"
+    assert invoke(*chunked, "--out", cut).exit_code != 0 and not cut.exists()
+    monkeypatch.setattr(module, "cascade", draw)
+    again = invoke(*chunked, "--out", cut)
+    assert again.exit_code == 0 and json.loads(again.output)["chunks_reused"] == 1
+    assert calls == [4, 2]
+    with np.load(tmp_path / "straight.npz") as a, np.load(cut) as b:
+        assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
     for args in (("--cascade", tmp_path / "sr", tmp_path / "base"),  # swapped
                  ("--run", tmp_path / "sr"),  # an SR run alone has no condition
                  ("--cascade", tmp_path / "base", tmp_path / "sr", "--label", 1)):
