@@ -1241,10 +1241,18 @@ def convert(checkpoint, source, config, out, no_ema, as_json):
               "in turn [default: the unconditional score].")
 @click.option("--guidance", type=float, default=0.0, show_default=True,
               help="Classifier-free guidance weight w, with --label.")
+@click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Measure the images of this .npz/.npy instead of sampling: its 'samples' "
+              "(a `scoresde sample` file: model values) or its array as a data file is read "
+              "(uint8: 8-bit images, e.g. another code's).")
+@click.option("--data", default=None, metavar="NAME|PATH",
+              help="With --samples: the data to compare with [default: the run's].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, label,
-        guidance, device, as_json):
+@click.pass_context
+def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, label,
+        guidance, samples_file, data, device, as_json):
     """FID, KID, precision and recall of a run's samples against its training images.
 
     The reference statistics of the data (per data, resolution and extractor) are computed
@@ -1256,17 +1264,22 @@ def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size
       scoresde fid --run runs/00000-vp-digits --solver dpmpp_2m --steps 20
       scoresde fid --n 50000 --features inception-2015-12-05.pt --json
       scoresde fid --label all --guidance 1 --solver dpmpp_2m --steps 20   # conditional run
+      scoresde fid --samples runs/sr8/cascade-euler-50.npz --run runs/sr8   # a file's images
     """
     from .quality import FID_N, run_quality
     from .utils import resolve_device
 
-    path = _pick_run(run, quiet=as_json)
-    options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
-               if v is not None}
     names = _library("features.EXTRACTORS")
     if features not in names and not Path(features).is_file():
         raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
                                  param_hint="--features")
+    if samples_file is not None:
+        return _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json)
+    if data is not None:
+        raise click.UsageError("--data is for --samples (a run is compared with its own data)")
+    path = _pick_run(run, quiet=as_json)
+    options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
+               if v is not None}
     if label is not None and label != "all":
         try:
             label = int(label)
@@ -1287,6 +1300,38 @@ def fid(run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size
         f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
         f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
         f"{record['reference_n']} training images, features {record['features']}"])
+
+
+def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
+    """``scoresde fid --samples FILE``: the scores of a file's images against ``--data`` or the
+    run's data."""
+    from .data import get_dataset
+    from .quality import FID_N, file_quality, run_images
+    from .utils import resolve_device
+
+    for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size", "label",
+                 "guidance"):
+        if _explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} is for sampling; --samples "
+                                   "measures the file's images as they are")
+    if not samples_file.is_file():
+        raise click.BadParameter(f"{samples_file} does not exist", param_hint="--samples")
+    if data is not None and run is not None:
+        raise click.UsageError("give --data or --run (whose data the samples are compared "
+                               "with), not both")
+    dataset = get_dataset(data) if data is not None else run_images(_pick_run(run, as_json))
+    record = file_quality(samples_file, dataset, features=features, seed=seed,
+                          device=resolve_device(device))
+    if record["n"] < FID_N:
+        click.echo(f"warning: N={record['n']} < {FID_N:,}: FID is biased upward at small N and "
+                   "comparable only between equal N (KID is unbiased)", err=True)
+    _emit(record, as_json, [
+        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
+        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
+        f"N {record['n']} images of {samples_file} ("
+        f"{'8-bit' if record['pixels'] else 'model values'}), KID subsets from seed {seed}, "
+        f"reference {record['reference_n']} training images of {dataset.name}, features "
+        f"{record['features']}"])
 
 
 # ----- demo ---------------------------------------------------------------------------------------

@@ -40,7 +40,8 @@ from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, pre
 from .utils import write_atomically
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
-           "reference_stats", "image_features", "chunk_labels", "sample_quality", "quality_scores", "run_quality",
+           "reference_stats", "image_features", "chunk_labels", "sample_quality",
+           "samples_quality", "file_quality", "run_images", "quality_scores", "run_quality",
            "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
 
 CACHE_ENV = "SCORESDE_CACHE"  # the cache folder, when set
@@ -340,6 +341,88 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
                 label=label, guidance=guidance)
 
 
+def samples_quality(samples: torch.Tensor, dataset: Dataset, extractor, *,
+                    pixels: bool = False, seed: int = 0,
+                    reference: Reference | None = None) -> dict:
+    """FID, KID, precision and recall of given images against ``dataset``'s reference.
+
+    Args:
+        samples: ``(N, *event_shape)`` images in ``dataset``'s model space (what
+            :func:`~scoresde.sample` returns and ``scoresde sample`` saves as ``samples``), or
+            with ``pixels`` 8-bit levels ``0..255`` ``(N, C, H, W)``, given to the extractor as
+            they are.
+        dataset, extractor, reference: as for :func:`sample_quality`.
+        seed: KID's subsets and the precision/recall subsets.
+
+    Returns:
+        ``{"fid", "kid", "kid_se", "precision", "recall", "n", "seed", "reference_n"}``.
+
+    Raises:
+        ValueError: images of another shape than the data's, values that are not finite (or
+            not levels in ``0..255`` with ``pixels``), or fewer images than the features' width
+            (FID) or than KID's subsets need.
+    """
+    x = torch.as_tensor(samples)
+    what = "8-bit images" if pixels else "model values"
+    if tuple(x.shape[1:]) != tuple(dataset.event_shape) or not x.is_floating_point():
+        raise ValueError(f"samples of {dataset.name!r} are {what} (floats) of shape (N, "
+                         f"{', '.join(map(str, dataset.event_shape))}); got {x.dtype} of shape "
+                         f"{tuple(x.shape)}")
+    if not torch.isfinite(x).all() or (pixels and not ((x >= 0) & (x <= 255)).all()):
+        raise ValueError(f"the samples contain values that are not {what}: NaN, infinite"
+                         + (" or outside 0..255" if pixels else ""))
+    reference = reference if reference is not None else reference_stats(dataset, extractor)
+    n = x.shape[0]
+    check_fid_size(n, reference.mu.shape[0])
+    if n < 2 * KID_MIN_SUBSETS:
+        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got {n}")
+    moments = _Moments(KEEP_FEATURES)
+    for start in range(0, n, FEATURE_BATCH):
+        chunk = x[start:start + FEATURE_BATCH]
+        moments.add(extract_features(extractor, chunk.float()) if pixels
+                    else image_features(extractor, chunk, dataset))
+    mu, sigma = moments.stats()
+    scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
+    return dict(scores, n=n, seed=seed, reference_n=reference.n)
+
+
+def file_quality(path: str | os.PathLike, dataset: Dataset, *, features="digits",
+                 seed: int = 0, cache: str | os.PathLike | bool = True, device="cpu") -> dict:
+    """:func:`samples_quality` of the images in an ``.npz``/``.npy`` file.
+
+    The images are the ``.npz``'s ``samples`` array when it has one (what ``scoresde sample``
+    writes), else the array :func:`~scoresde.data.load_array` reads (``x``, ``data`` or the
+    only one). Floats are values in ``dataset``'s model space; 8-bit images (uint8 ``(N, H,
+    W)``, ``(N, H, W, C)`` or ``(N, C, H, W)``, e.g. another code's samples) are pixel levels,
+    which the extractor sees as they are (:func:`~scoresde.data.load_samples`). The file is
+    read whole (50,000 32x32 colour images: 150 MB as uint8, 600 MB as floats).
+
+    Returns:
+        :func:`samples_quality`'s dict with ``"samples"`` (the path), ``"pixels"`` and
+        ``"features"``.
+
+    Raises:
+        ValueError: an unreadable file, images that do not fit the data or the extractor.
+    """
+    from .data import load_samples
+
+    where = os.fspath(path)
+    _check_digits_shape(features, dataset.event_shape, f"the images of {dataset.name!r}")
+    key = None
+    if os.path.isfile(where) and zipfile.is_zipfile(where):  # an .npz: read its names only
+        try:
+            with zipfile.ZipFile(where) as f:
+                key = "samples" if "samples.npy" in f.namelist() else None
+        except (OSError, zipfile.BadZipFile):
+            pass  # load_samples says what is wrong with the file
+    x, pixels = load_samples(where, key=key)
+    extractor = _extractor_on(features, device)
+    reference = reference_stats(dataset, extractor, cache=cache)
+    result = samples_quality(x, dataset, extractor, pixels=pixels, seed=seed,
+                             reference=reference)
+    return dict(result, samples=where, pixels=pixels, features=extractor_digest(extractor))
+
+
 def _check_digits_shape(features, shape, whose: str) -> None:
     """The digits network takes 1x8x8 images only: one clear error for others."""
     if isinstance(features, str) and features == "digits" and tuple(shape) != (1, 8, 8):
@@ -356,6 +439,30 @@ def _extractor_on(features, device):
     if extractor is not features and isinstance(extractor, torch.nn.Module):
         extractor.to(device)
     return extractor
+
+
+def _images_config(config: dict, where: str) -> dict:
+    """The config of the images a run's samples are: its own, or a latent run's autoencoder's."""
+    from .runs import read_config
+
+    images = read_config(config["latent"]) if config.get("latent") else config
+    if not images.get("is_image"):
+        raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
+                         f"{tuple(images['data_shape'])}")
+    return images
+
+
+def run_images(run_dir: str | os.PathLike) -> Dataset:
+    """The data set a run's samples are measured against: its images, or a latent run's
+    autoencoder's (what :func:`run_quality` compares with).
+
+    Raises:
+        ValueError: a run not of images, or whose data can no longer be read.
+    """
+    from .data import run_dataset
+    from .runs import read_config
+
+    return run_dataset(_images_config(read_config(run_dir), os.fspath(run_dir)))
 
 
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
@@ -388,14 +495,11 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
             images.
     """
     from .data import run_dataset
-    from .runs import load_run, read_config
+    from .runs import load_run
 
     model, sde, config = load_run(run_dir, device=device)
     where = os.fspath(run_dir)
-    images = read_config(config["latent"]) if config.get("latent") else config
-    if not images.get("is_image"):
-        raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
-                         f"{tuple(images['data_shape'])}")
+    images = _images_config(config, where)
     kind = config.get("objective", "score")
     for what, bad in ((f"a run of objective {kind!r}", kind != "score"),
                       ("a super-resolution run (its samples need a condition)",

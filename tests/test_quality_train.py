@@ -167,3 +167,50 @@ def _embedded_digits(tmp_path):
     path = tmp_path / "embedded.npz"
     np.savez(path, x=digits.train.numpy(), y=np.eye(10, dtype=np.float32)[digits.train_labels])
     return path
+
+
+def test_fid_of_a_sample_file_equals_fid_of_the_same_draws(digits_run, tmp_path):
+    common = ("--n", 100, "--solver", "euler", "--steps", 3, "--batch-size", 50)
+    drawn = invoke("fid", "--run", digits_run, *common, "--json")
+    assert drawn.exit_code == 0, drawn.output
+    out = tmp_path / "s.npz"
+    assert invoke("sample", "--run", digits_run, *common, "--out", out).exit_code == 0
+    measured = invoke("fid", "--samples", out, "--run", digits_run, "--json")
+    assert measured.exit_code == 0, measured.output
+    a, b = json.loads(drawn.stdout), json.loads(measured.stdout)
+    assert b["n"] == 100 and b["pixels"] is False and b["samples"] == str(out)
+    for key in ("fid", "kid", "precision", "recall"):  # the same images, chunked otherwise
+        assert b[key] == pytest.approx(a[key], rel=1e-6, abs=1e-9)
+
+
+def test_fid_of_8_bit_images_in_a_file_sees_their_levels(tmp_path):
+    import numpy as np
+
+    from scoresde.data import get_dataset
+
+    # 8-bit digits (levels 0..240): the file of the training images themselves, as uint8
+    # (N, H, W), is the reference: FID 0 to round-off, precision and recall 1.
+    levels = (get_dataset("digits").train.numpy()[:, 0] * 8 + 8).round().astype(np.uint8) * 15
+    np.save(tmp_path / "digits8.npy", levels)
+    data = get_dataset(str(tmp_path / "digits8.npy"))
+    assert data.pixel_bits == 8
+    train = (data.train.numpy()[:, 0] * 128 + 127.5).round().astype(np.uint8)
+    np.savez(tmp_path / "train.npz", samples=train[..., None])  # (N, H, W, 1), channel-last
+    result = invoke("fid", "--samples", tmp_path / "train.npz", "--data",
+                    tmp_path / "digits8.npy", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["pixels"] is True and record["n"] == data.train_size
+    assert abs(record["fid"]) < 1e-6 and record["precision"] == record["recall"] == 1.0
+    np.save(tmp_path / "nan.npy", np.full((200, 1, 8, 8), np.nan, np.float32))
+    np.save(tmp_path / "small.npy", np.zeros((200, 1, 4, 4), np.float32))
+    for args, message in (
+            (("--samples", tmp_path / "train.npz", "--data", "digits", "--solver", "em"),
+             "--solver is for sampling"),
+            (("--samples", tmp_path / "none.npz", "--data", "digits"), "does not exist"),
+            (("--samples", tmp_path / "nan.npy", "--data", "digits"), "NaN or infinite"),
+            (("--samples", tmp_path / "small.npy", "--data", "digits"), r"shape \(N, 1, 8, 8\)"),
+            (("--data", "digits"), "--data is for --samples")):
+        result = invoke("fid", *args)
+        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+        assert __import__("re").search(message, result.stderr), result.stderr
