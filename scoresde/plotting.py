@@ -346,14 +346,17 @@ def quality_figure(records, floor: float | None = None, metric: str = "fid",
         floor_label: the floor's legend.
     """
     sdes = list(dict.fromkeys(r["point"]["sde"] for r in records))
+    solvers = list(dict.fromkeys(r["point"]["solver"] for r in records))  # one colour each
+    colors = _PATH_COLORS + (_POINT_COLOR,)
     fig = _figure((4.2 * max(len(sdes), 1), 3.6))
     for i, sde in enumerate(sdes):
         ax = fig.add_subplot(1, len(sdes), i + 1)
         mine = [r for r in records if r["point"]["sde"] == sde]
-        for j, solver in enumerate(dict.fromkeys(r["point"]["solver"] for r in mine)):
+        for solver in dict.fromkeys(r["point"]["solver"] for r in mine):
             pts = sorted((r["nfe"], r[metric]) for r in mine if r["point"]["solver"] == solver)
-            color = (_PATH_COLORS + (_POINT_COLOR,))[j % (len(_PATH_COLORS) + 1)]
-            ax.plot(*zip(*pts), marker="o", color=color, label=solver)
+            j = solvers.index(solver)
+            ax.plot(*zip(*pts), marker="os^"[j // len(colors) % 3], color=colors[j % len(colors)],
+                    label=solver)
         if floor is not None:
             ax.axhline(floor, color=_DATA_COLOR, linestyle="--", label=floor_label)
         ax.set_xscale("log")

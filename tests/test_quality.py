@@ -354,3 +354,10 @@ def test_quality_figure_draws_a_panel_per_sde_and_the_floor(tmp_path):
     assert [line.get_label() for line in lines] == ["euler", "heun", "held-out data"]
     assert list(lines[0].get_xdata()) == [9, 19] and list(lines[2].get_ydata()) == [0.9, 0.9]
     assert os.path.getsize(plotting.save_figure(fig, tmp_path / "f.png")) > 0
+    # A solver keeps its colour in every panel, whichever solvers a panel has.
+    first = [{"point": {"sde": "ve", "solver": "dpmpp_2m", "n": 1000}, "nfe": 4, "fid": 0.3}]
+    fig = plotting.quality_figure(records[:3] + first + records[3:])  # ve: dpmpp_2m first
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()} for ax in fig.axes]
+    assert colours[0]["euler"] != colours[0]["heun"]
+    assert all(c["euler"] == colours[0]["euler"] and c["heun"] == colours[0]["heun"]
+               for c in colours)
