@@ -9,8 +9,8 @@ appended to ``--out`` as it is measured (points already there are skipped, so a 
 continues); ``--figure`` draws FID against NFE from that file.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/fid_nfe.py \\
-        --runs vp=runs/digits-vp subvp=runs/digits-subvp ve=runs/digits-ve --n 1000 \\
-        --nfe 10 20 --ode-tol 1e-2 --out fid_nfe.jsonl --figure docs/fid_nfe.png
+        --runs vp=runs/digits-vp subvp=runs/digits-subvp ve=runs/digits-ve \\
+        --nfe 10 20 40 --ode-tol 1e-2 1e-3 --out fid_nfe.jsonl --figure docs/fid_nfe.png
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--out", default="fid_nfe.jsonl")
     parser.add_argument("--figure", default=None)
-    parser.add_argument("--figure-n", type=int, default=1000,
+    parser.add_argument("--figure-n", type=int, default=10_000,
                         help="the sample count of the points drawn (FID is comparable at one N)")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
