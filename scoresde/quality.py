@@ -491,8 +491,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
     Raises:
         ValueError: a run that is not of images, not of a score model, a super-resolution run
             (its samples need a condition: measure the cascade's samples), a conditional run
-            without the unconditional score asked for, or an extractor that does not take the
-            images.
+            trained without label dropout asked for its unconditional score (``label=None``, or
+            ``guidance`` other than 0), or an extractor that does not take the images.
     """
     from .data import run_dataset
     from .runs import load_run
@@ -507,12 +507,17 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         if bad:
             raise ValueError(f"FID of {what} is not supported: {where}; give a run of an "
                              "image score model or a latent run")
-    if config.get("conditional") and label is None and not config.get("label_dropout"):
-        raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
-                         "unconditional score that label=None samples; give label='all' (each "
-                         "class in turn) or a class" if model.num_classes else
-                         f"{where} was trained with label_dropout=0, so its null embedding, "
-                         "which FID samples, was never learnt")
+    if config.get("conditional") and not config.get("label_dropout"):
+        if label is None:
+            raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
+                             "unconditional score that label=None samples; give label='all' "
+                             "(each class in turn) or a class" if model.num_classes else
+                             f"{where} was trained with label_dropout=0, so its null "
+                             "embedding, which FID samples, was never learnt")
+        if guidance != 0:
+            raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
+                             f"unconditional score that guidance={guidance:g} mixes in; give "
+                             "guidance=0 (plain conditional samples)")
     _check_digits_shape(features, images["data_shape"], "the run's images")
     dataset = run_dataset(images)
     extractor = _extractor_on(features, device)

@@ -140,11 +140,17 @@ def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_nul
     assert "give label='all'" in result.stderr
     errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1  # one line after the small-N warning
+    # Guidance mixes in the same untrained unconditional score: refused too, before sampling.
     result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
-                    "--label", "all", "--guidance", 1, "--json")
+                    "--label", "all", "--guidance", 1)
+    assert result.exit_code == 2, result.output
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    assert "label_dropout=0" in result.stderr and "guidance" in result.stderr, result.stderr
+    result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
+                    "--label", "all", "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["label"] == "all" and record["guidance"] == 1 and record["fid"] > 0
+    assert record["label"] == "all" and record["guidance"] == 0 and record["fid"] > 0
     for args, message in ((("--label", "x"), "expected an integer class or 'all'"),
                           (("--label", 10), r"a class in \[0, 10\)"),
                           (("--guidance", 1), "--guidance needs --label")):
