@@ -254,6 +254,20 @@ def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor
     return torch.full((stop - start,), int(label))
 
 
+def _check_condition(model, label, guidance: float) -> int:
+    """Check ``label`` and ``guidance`` against ``model``; return its number of classes."""
+    if guidance != 0 and label is None:
+        raise ValueError("guidance needs label (the classes to guide towards)")
+    embed_dim = getattr(model, "embed_dim", 0) or 0
+    if label is not None and embed_dim:
+        raise ValueError(f"label={label!r} is a class; this model is conditioned on embeddings "
+                         f"(embed_dim {embed_dim}), which FID samples with its null embedding: "
+                         "give label=None")
+    num_classes = getattr(model, "num_classes", 0) or 0
+    chunk_labels(label, 0, 1, num_classes)
+    return num_classes
+
+
 @torch.no_grad()
 def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: str,
                    steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
@@ -299,10 +313,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
     if n < 2 * KID_MIN_SUBSETS:
         raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
-    if guidance != 0 and label is None:
-        raise ValueError("guidance needs label (the classes to guide towards)")
-    num_classes = getattr(model, "num_classes", 0) or 0
-    chunk_labels(label, 0, 1, num_classes)  # a bad label fails before any sample is drawn
+    num_classes = _check_condition(model, label, guidance)  # before any sample is drawn
     latent = hasattr(model, "decode") and hasattr(model, "latent_shape")
     shape = tuple(model.latent_shape) if latent else tuple(dataset.event_shape)
     moments = _Moments(KEEP_FEATURES)
@@ -507,6 +518,7 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         if bad:
             raise ValueError(f"FID of {what} is not supported: {where}; give a run of an "
                              "image score model or a latent run")
+    _check_condition(model, label, guidance)  # before the reference statistics
     if config.get("conditional") and not config.get("label_dropout"):
         if label is None:
             raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
