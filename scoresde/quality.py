@@ -453,10 +453,11 @@ def _extractor_on(features, device):
 
 
 def _images_config(config: dict, where: str) -> dict:
-    """The config of the images a run's samples are: its own, or a latent run's autoencoder's."""
-    from .runs import read_config
+    """The config of the images a run's samples are: its own, or a latent run's autoencoder's,
+    with the keys of older versions filled in (:func:`~scoresde.runs.upgrade_config`)."""
+    from .runs import read_config, upgrade_config
 
-    images = read_config(config["latent"]) if config.get("latent") else config
+    images = upgrade_config(read_config(config["latent"]) if config.get("latent") else config)
     if not images.get("is_image"):
         raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
                          f"{tuple(images['data_shape'])}")

@@ -220,3 +220,25 @@ def test_fid_of_8_bit_images_in_a_file_sees_their_levels(tmp_path):
         result = invoke("fid", *args)
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
         assert __import__("re").search(message, result.stderr), result.stderr
+
+
+def test_run_images_reads_an_old_run_as_it_was_trained(tmp_path):
+    # A run on a uint8 array from before 8-bit image support read it as its stored values; its
+    # config lacks pixels and pixel_bits, which the config upgrade fills in (pixels=False).
+    import numpy as np
+
+    from scoresde.data import get_dataset
+    from scoresde.quality import run_images
+
+    digits = get_dataset("digits")
+    path = tmp_path / "levels.npy"
+    np.save(path, ((digits.train + 1) * 127.5).round().numpy().astype(np.uint8))
+    run = tmp_path / "old"
+    train(run, steps=1, pixels=False, **dict(DIGITS, data=str(path)))
+    config = json.loads((run / "config.json").read_text())
+    for key in ("pixels", "pixel_bits"):
+        del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    images = run_images(run)
+    assert images.raw_scale == 1.0
+    assert torch.equal(images.test, get_dataset(str(path), pixels=False).test)
