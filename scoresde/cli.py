@@ -950,6 +950,9 @@ def _conditioning(model, label, guidance, n):
         if guidance != 0:
             raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
         return model, None
+    if getattr(model, "embed_dim", 0):
+        raise click.BadParameter("this run is conditioned on embeddings, not classes; give "
+                                 "--embedding FILE", param_hint="--label")
     if not model.num_classes:
         raise click.BadParameter("this run is unconditional; train with --conditional",
                                  param_hint="--label")
