@@ -716,7 +716,8 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
         click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
                    f"chunks were already drawn", err=True)
     infos = result["info"]
-    nfe, nfe_base, nfe_sr = (_mean_nfe(infos, key) for key in ("nfe", "nfe_base", "nfe_sr"))
+    nfe_base, nfe_sr = _mean_nfe(infos, "nfe_base"), _mean_nfe(infos, "nfe_sr")
+    nfe = round(nfe_base + nfe_sr, 1)  # the stages' means as shown (an int stays an int)
     seconds = sum(i["time_s"] for i in infos)
     fig_path = out.with_suffix(".png")
     plotting.save_figure(plotting.samples_picture(
@@ -949,6 +950,9 @@ def _conditioning(model, label, guidance, n):
         if guidance != 0:
             raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
         return model, None
+    if getattr(model, "embed_dim", 0):
+        raise click.BadParameter("this run is conditioned on embeddings, not classes; give "
+                                 "--embedding FILE", param_hint="--label")
     if not model.num_classes:
         raise click.BadParameter("this run is unconditional; train with --conditional",
                                  param_hint="--label")

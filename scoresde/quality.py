@@ -254,6 +254,20 @@ def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor
     return torch.full((stop - start,), int(label))
 
 
+def _check_condition(model, label, guidance: float) -> int:
+    """Check ``label`` and ``guidance`` against ``model``; return its number of classes."""
+    if guidance != 0 and label is None:
+        raise ValueError("guidance needs label (the classes to guide towards)")
+    embed_dim = getattr(model, "embed_dim", 0) or 0
+    if label is not None and embed_dim:
+        raise ValueError(f"label={label!r} is a class; this model is conditioned on embeddings "
+                         f"(embed_dim {embed_dim}), which FID samples with its null embedding: "
+                         "give label=None")
+    num_classes = getattr(model, "num_classes", 0) or 0
+    chunk_labels(label, 0, 1, num_classes)
+    return num_classes
+
+
 @torch.no_grad()
 def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: str,
                    steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
@@ -299,10 +313,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
     if n < 2 * KID_MIN_SUBSETS:
         raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
-    if guidance != 0 and label is None:
-        raise ValueError("guidance needs label (the classes to guide towards)")
-    num_classes = getattr(model, "num_classes", 0) or 0
-    chunk_labels(label, 0, 1, num_classes)  # a bad label fails before any sample is drawn
+    num_classes = _check_condition(model, label, guidance)  # before any sample is drawn
     latent = hasattr(model, "decode") and hasattr(model, "latent_shape")
     shape = tuple(model.latent_shape) if latent else tuple(dataset.event_shape)
     moments = _Moments(KEEP_FEATURES)
@@ -442,10 +453,11 @@ def _extractor_on(features, device):
 
 
 def _images_config(config: dict, where: str) -> dict:
-    """The config of the images a run's samples are: its own, or a latent run's autoencoder's."""
-    from .runs import read_config
+    """The config of the images a run's samples are: its own, or a latent run's autoencoder's,
+    with the keys of older versions filled in (:func:`~scoresde.runs.upgrade_config`)."""
+    from .runs import read_config, upgrade_config
 
-    images = read_config(config["latent"]) if config.get("latent") else config
+    images = upgrade_config(read_config(config["latent"]) if config.get("latent") else config)
     if not images.get("is_image"):
         raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
                          f"{tuple(images['data_shape'])}")
@@ -491,8 +503,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
     Raises:
         ValueError: a run that is not of images, not of a score model, a super-resolution run
             (its samples need a condition: measure the cascade's samples), a conditional run
-            without the unconditional score asked for, or an extractor that does not take the
-            images.
+            trained without label dropout asked for its unconditional score (``label=None``, or
+            ``guidance`` other than 0), or an extractor that does not take the images.
     """
     from .data import run_dataset
     from .runs import load_run
@@ -507,12 +519,18 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         if bad:
             raise ValueError(f"FID of {what} is not supported: {where}; give a run of an "
                              "image score model or a latent run")
-    if config.get("conditional") and label is None and not config.get("label_dropout"):
-        raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
-                         "unconditional score that label=None samples; give label='all' (each "
-                         "class in turn) or a class" if model.num_classes else
-                         f"{where} was trained with label_dropout=0, so its null embedding, "
-                         "which FID samples, was never learnt")
+    _check_condition(model, label, guidance)  # before the reference statistics
+    if config.get("conditional") and not config.get("label_dropout"):
+        if label is None:
+            raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
+                             "unconditional score that label=None samples; give label='all' "
+                             "(each class in turn) or a class" if model.num_classes else
+                             f"{where} was trained with label_dropout=0, so its null "
+                             "embedding, which FID samples, was never learnt")
+        if guidance != 0:
+            raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
+                             f"unconditional score that guidance={guidance:g} mixes in; give "
+                             "guidance=0 (plain conditional samples)")
     _check_digits_shape(features, images["data_shape"], "the run's images")
     dataset = run_dataset(images)
     extractor = _extractor_on(features, device)

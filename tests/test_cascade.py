@@ -143,6 +143,22 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path, monkeypatch):
     assert calls == [4, 2]
     with np.load(tmp_path / "straight.npz") as a, np.load(cut) as b:
         assert a.files == b.files and all(np.array_equal(a[k], b[k]) for k in a.files)
+    # Chunks whose score calls differ (as an adaptive ode's do): the record's total is the sum of
+    # its two stages' means, as the line printed says, "NFE 40.4 (20.2 + 20.2)".
+    chunk_nfe = iter([21, 20, 20, 20])
+
+    @functools.wraps(draw)
+    def adaptive(*args, **kwargs):
+        x, info = draw(*args, **kwargs)
+        calls = next(chunk_nfe)
+        info["base"], info["sr"] = dict(info["base"], nfe=calls), dict(info["sr"], nfe=calls)
+        return x, dict(info, nfe=2 * calls)
+
+    monkeypatch.setattr(module, "cascade", adaptive)
+    varied = invoke(*chunked[:-5], "--n", 8, "--batch-size", 2, "--out", tmp_path / "v.npz")
+    monkeypatch.setattr(module, "cascade", draw)
+    assert varied.exit_code == 0, varied.output
+    assert "NFE 40.4 (20.2 + 20.2)" in varied.stdout, varied.stdout
     for args in (("--cascade", tmp_path / "sr", tmp_path / "base"),  # swapped
                  ("--run", tmp_path / "sr"),  # an SR run alone has no condition
                  ("--cascade", tmp_path / "base", tmp_path / "sr", "--label", 1)):

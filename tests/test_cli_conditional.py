@@ -55,6 +55,17 @@ def test_labels_on_an_unconditional_run_and_unlabelled_data_are_usage_errors(run
     assert result.exit_code == 2 and "labels" in result.output
 
 
+def test_a_label_for_a_run_conditioned_on_embeddings_points_to_embedding(tmp_path):
+    x = np.random.default_rng(0).standard_normal((64, 2)).astype(np.float32)
+    np.savez(tmp_path / "e.npz", x=x, y=np.eye(4, dtype=np.float32)[np.arange(64) % 4])
+    result = invoke("train", "--data", tmp_path / "e.npz", "--conditional", "--steps", 2,
+                    "--batch-size", 16, "--width", 16, "--quiet", "--run", tmp_path / "emb")
+    assert result.exit_code == 0, result.output
+    result = invoke("sample", "--run", tmp_path / "emb", "--label", 1, "--steps", 2, "--n", 4)
+    assert result.exit_code == 2 and "--embedding" in result.output, result.output
+    assert "unconditional" not in result.output
+
+
 def test_mask_imputes_and_wrong_shapes_are_usage_errors(runs, tmp_path):
     np.savez(tmp_path / "m.npz", mask=np.array([True, False]), values=np.array([1.25, 0.0]))
     out = tmp_path / "imp.npz"

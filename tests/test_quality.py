@@ -341,6 +341,20 @@ def test_guidance_without_a_label_is_refused_before_sampling(digits, tmp_path):
                                                                         cache=False))
 
 
+def test_a_class_label_for_a_model_of_embeddings_is_refused_as_such(digits):
+    # A model conditioned on embeddings has no classes (num_classes 0) but is not unconditional.
+    def score(x, t, y=None):
+        return -x
+
+    score.embed_dim, score.num_classes = 16, 0
+    ref = reference_stats(digits, nn.Flatten(), cache=False)
+    for label in (3, "all"):
+        with pytest.raises(ValueError, match="conditioned on embeddings") as err:
+            sample_quality(score, get_sde("vp"), digits, nn.Flatten(), n=100, solver="euler",
+                           steps=1, label=label, reference=ref)
+        assert "unconditional" not in str(err.value)
+
+
 def test_quality_figure_draws_a_panel_per_sde_and_the_floor(tmp_path):
     from scoresde import plotting
 

@@ -140,11 +140,17 @@ def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_nul
     assert "give label='all'" in result.stderr
     errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
     assert len(errors) == 1  # one line after the small-N warning
+    # Guidance mixes in the same untrained unconditional score: refused too, before sampling.
     result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
-                    "--label", "all", "--guidance", 1, "--json")
+                    "--label", "all", "--guidance", 1)
+    assert result.exit_code == 2, result.output
+    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
+    assert "label_dropout=0" in result.stderr and "guidance" in result.stderr, result.stderr
+    result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
+                    "--label", "all", "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
-    assert record["label"] == "all" and record["guidance"] == 1 and record["fid"] > 0
+    assert record["label"] == "all" and record["guidance"] == 0 and record["fid"] > 0
     for args, message in ((("--label", "x"), "expected an integer class or 'all'"),
                           (("--label", 10), r"a class in \[0, 10\)"),
                           (("--guidance", 1), "--guidance needs --label")):
@@ -214,3 +220,25 @@ def test_fid_of_8_bit_images_in_a_file_sees_their_levels(tmp_path):
         result = invoke("fid", *args)
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
         assert __import__("re").search(message, result.stderr), result.stderr
+
+
+def test_run_images_reads_an_old_run_as_it_was_trained(tmp_path):
+    # A run on a uint8 array from before 8-bit image support read it as its stored values; its
+    # config lacks pixels and pixel_bits, which the config upgrade fills in (pixels=False).
+    import numpy as np
+
+    from scoresde.data import get_dataset
+    from scoresde.quality import run_images
+
+    digits = get_dataset("digits")
+    path = tmp_path / "levels.npy"
+    np.save(path, ((digits.train + 1) * 127.5).round().numpy().astype(np.uint8))
+    run = tmp_path / "old"
+    train(run, steps=1, pixels=False, **dict(DIGITS, data=str(path)))
+    config = json.loads((run / "config.json").read_text())
+    for key in ("pixels", "pixel_bits"):
+        del config[key]
+    (run / "config.json").write_text(json.dumps(config))
+    images = run_images(run)
+    assert images.raw_scale == 1.0
+    assert torch.equal(images.test, get_dataset(str(path), pixels=False).test)
