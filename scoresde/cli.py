@@ -628,6 +628,10 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
     else:
         _, labels = _conditioning(model, label, guidance, n)  # checks labels and guidance
+    if guidance != 0 and labels is not None and not config.get("label_dropout"):
+        raise click.BadParameter(f"{path} was trained with label_dropout=0, so it never learnt "
+                                 "the unconditional score that guidance mixes in; sample it "
+                                 "unguided, or train with --label-dropout", param_hint="--guidance")
     if config.get("latent") and (mask is not None or observe is not None):
         raise click.UsageError(f"--mask and --observe are not supported for the latent run "
                                f"{path}: it samples latents {tuple(config['data_shape'])} and "
@@ -702,7 +706,12 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
         raise click.BadParameter(f"{runs[1]} was trained to raise {high[0] // config['super_res']}"
                                  f" pixels to {high[0]} (--super-res {config['super_res']}); "
                                  f"{runs[0]} samples {low[0]}x{low[1]}", param_hint="--cascade")
-    out = _check_out(out or runs[1] / f"cascade-{p['solver']}-{p['steps']}.npz")
+    name = f"cascade-{p['solver']}-{p['steps']}"  # the stages' solvers, steps and level
+    if p["sr_solver"] is not None or p["sr_steps"] is not None:
+        name += f"-sr-{p['sr_solver'] or p['solver']}-{p['sr_steps'] or p['steps']}"
+    if p["aug_level"]:
+        name += f"-aug{p['aug_level']:g}"
+    out = _check_out(out or runs[1] / f"{name}.npz")
     knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
     stages = dict(solver=p["solver"], steps=p["steps"], sr_solver=p["sr_solver"],
                   sr_steps=p["sr_steps"], aug_level=p["aug_level"], base_knobs=knobs,

@@ -461,6 +461,10 @@ def _images_config(config: dict, where: str) -> dict:
     if not images.get("is_image"):
         raise ValueError(f"FID needs a run of images; {where} was trained on data of shape "
                          f"{tuple(images['data_shape'])}")
+    if images.get("data") is None:
+        raise ValueError(f"{where} has no data set of its own (it was converted from another "
+                         "code's checkpoint): draw its samples with `scoresde sample` and measure "
+                         "the file with `scoresde fid --samples FILE --data NAME`")
     return images
 
 

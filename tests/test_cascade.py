@@ -115,6 +115,12 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert record["nfe"] == record["nfe_base"] + record["nfe_sr"]
+    # The default file name holds each stage's solver and steps: other SR options, another file.
+    result = invoke("sample", "--cascade", tmp_path / "base", tmp_path / "sr", "--solver",
+                    "euler", "--steps", 2, "--sr-steps", 3, "--aug-level", 0.1, "--n", 2,
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["out"].endswith("cascade-euler-2-sr-euler-3-aug0.1.npz")
     with np.load(out) as f:
         assert f["samples"].shape == (6, 1, 8, 8) and f["low_res"].shape == (6, 1, 4, 4)
     # Chunk by chunk, as `sample`: chunk k from (seed, k), and a run stopped after its first

@@ -157,6 +157,10 @@ def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_nul
         result = invoke("fid", "--run", run, "--n", 10_000, *args)  # no small-N warning
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
         assert __import__("re").search(message, result.stderr), result.stderr
+    result = invoke("sample", "--run", run, "--label", "all", "--guidance", 1, "--n", 4,
+                    "--out", tmp_path / "guided.npz")  # the same reason as for fid
+    assert result.exit_code == 2 and "trained with label_dropout=0" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "guided.npz").exists()
     with pytest.raises(ValueError, match="null embedding, which label_dropout=0 never trains"):
         train(tmp_path / "emb", steps=1, data=_embedded_digits(tmp_path), conditional=True,
               label_dropout=0.0, eval_every=1, eval_n=100, **{k: v for k, v in DIGITS.items()

@@ -251,6 +251,9 @@ def test_convert_then_sample_and_likelihood_through_the_cli(kind, tmp_path):
                     "--divergence", "hutchinson", "--rtol", 0.1, "--atol", 0.1, "--json")
     assert result.exit_code == 0, result.output
     assert math.isfinite(json.loads(result.output)["bits_per_dim"])
+    result = invoke("fid", "--run", run, "--n", 10_000)  # no data of its own to compare with
+    assert result.exit_code == 2 and "fid --samples FILE --data NAME" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path):
