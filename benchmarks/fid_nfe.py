@@ -93,6 +93,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--out", default="fid_nfe.jsonl")
     parser.add_argument("--figure", default=None)
+    parser.add_argument("--no-data-statistics", action="store_true",
+                        help="few-step solvers run their default grid from the prior, without "
+                             "the training digits' mean and covariance")
     parser.add_argument("--figure-n", type=int, default=10_000,
                         help="the sample count of the points drawn (FID is comparable at one N)")
     args = parser.parse_args()
@@ -108,12 +111,14 @@ def main() -> None:
         for solver in args.solvers:
             for options in _points(solver, args.nfe, args.ode_tol):
                 point = dict(sde=sde_name, solver=solver, n=args.n, **options)
+                if args.no_data_statistics:
+                    point["data_statistics"] = False
                 if json.dumps(point, sort_keys=True) in done:
                     continue
                 extra = {k: v for k, v in options.items() if k != "steps"}
                 result = sample_quality(model, sde, dataset, extractor, n=args.n, solver=solver,
                                         steps=options["steps"], seed=0, reference=reference,
-                                        **extra)
+                                        data_statistics=not args.no_data_statistics, **extra)
                 record = dict(point=point, floor=base, **result)
                 _append(args.out, record)
                 print(f"{sde_name} {solver} {options}: NFE {result['nfe']:.0f} FID "
@@ -122,7 +127,8 @@ def main() -> None:
     if args.figure:
         from scoresde import plotting
 
-        records = [r for r in _records(args.out) if r["point"]["n"] == args.figure_n]
+        records = [r for r in _records(args.out) if r["point"]["n"] == args.figure_n
+                   and r["point"].get("data_statistics", True)]
         figure = plotting.quality_figure(records, floor=base["fid"],
                                          floor_label=f"held-out digits, N = {base['n']}")
         plotting.save_figure(figure, args.figure)
