@@ -603,6 +603,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --cascade runs/base4 runs/sr8 --solver euler --steps 50 --sr-steps 20
     """
     from . import plotting
+    from .runs import learnt_unconditional
     from .sample_files import SAMPLE_BATCH, write_in_chunks
     from .utils import resolve_device
 
@@ -628,7 +629,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         label, labels = str(embedding), _embeddings(model, embedding, guidance, n)
     else:
         _, labels = _conditioning(model, label, guidance, n)  # checks labels and guidance
-    if guidance != 0 and labels is not None and not config.get("label_dropout"):
+    if guidance != 0 and labels is not None and not learnt_unconditional(config):
         raise click.BadParameter(f"{path} was trained with label_dropout=0, so it never learnt "
                                  "the unconditional score that guidance mixes in; sample it "
                                  "unguided, or train with --label-dropout", param_hint="--guidance")
@@ -951,9 +952,8 @@ def _data_statistics(config: dict, solver: str, steps: int, grid, sigma_max, sig
 
 def _conditioning(model, label, guidance, n):
     """``(score_fn, labels)`` for ``--label`` and ``--guidance``; bad values raise BadParameter."""
-    import torch
-
     from .guidance import classifier_free_guidance
+    from .quality import chunk_labels
 
     if label is None:
         if guidance != 0:
@@ -965,18 +965,22 @@ def _conditioning(model, label, guidance, n):
     if not model.num_classes:
         raise click.BadParameter("this run is unconditional; train with --conditional",
                                  param_hint="--label")
-    if label == "all":
-        labels = torch.arange(n) % model.num_classes
-    else:
-        try:
-            labels = torch.full((n,), int(label))
-        except ValueError:
-            raise click.BadParameter(f"expected an integer class or 'all', got {label!r}",
-                                     param_hint="--label") from None
     try:
+        labels = chunk_labels(_parse_label(label), 0, n, model.num_classes)
         return classifier_free_guidance(model, labels, guidance), labels
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--label/--guidance") from None
+
+
+def _parse_label(label: str | None):
+    """``--label``: None, ``"all"`` or an integer class (its range is the model's to check)."""
+    if label is None or label == "all":
+        return label
+    try:
+        return int(label)
+    except ValueError:
+        raise click.BadParameter(f"expected an integer class or 'all', got {label!r}",
+                                 param_hint="--label") from None
 
 
 def _embeddings(model, path, guidance, n):
@@ -1279,7 +1283,7 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
       scoresde fid --label all --guidance 1 --solver dpmpp_2m --steps 20   # conditional run
       scoresde fid --samples runs/sr8/cascade-euler-50.npz --run runs/sr8   # a file's images
     """
-    from .quality import FID_N, run_quality
+    from .quality import run_quality
     from .utils import resolve_device
 
     names = _library("features.EXTRACTORS")
@@ -1293,17 +1297,10 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
     path = _pick_run(run, quiet=as_json)
     options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
                if v is not None}
-    if label is not None and label != "all":
-        try:
-            label = int(label)
-        except ValueError:
-            raise click.BadParameter(f"expected an integer class or 'all', got {label!r}",
-                                     param_hint="--label") from None
+    label = _parse_label(label)
     if guidance != 0 and label is None:
         raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
-    if n < FID_N:
-        click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
-                   "only between equal N (KID is unbiased)", err=True)
+    _warn_small_n(n)
     record = run_quality(path, features=features, n=n, solver=solver, steps=steps, seed=seed,
                          batch_size=batch_size, device=resolve_device(device), label=label,
                          guidance=guidance, **options)
@@ -1315,11 +1312,19 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
         f"{record['reference_n']} training images, features {record['features']}"])
 
 
+def _warn_small_n(n: int) -> None:
+    from .quality import FID_N
+
+    if n < FID_N:
+        click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
+                   "only between equal N (KID is unbiased)", err=True)
+
+
 def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
     """``scoresde fid --samples FILE``: the scores of a file's images against ``--data`` or the
     run's data."""
     from .data import get_dataset
-    from .quality import FID_N, file_quality, run_images
+    from .quality import file_quality, run_images
     from .utils import resolve_device
 
     for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size", "label",
@@ -1335,9 +1340,7 @@ def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
     dataset = get_dataset(data) if data is not None else run_images(_pick_run(run, as_json))
     record = file_quality(samples_file, dataset, features=features, seed=seed,
                           device=resolve_device(device))
-    if record["n"] < FID_N:
-        click.echo(f"warning: N={record['n']} < {FID_N:,}: FID is biased upward at small N and "
-                   "comparable only between equal N (KID is unbiased)", err=True)
+    _warn_small_n(record["n"])
     _emit(record, as_json, [
         f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
         f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",

@@ -215,37 +215,39 @@ def load_run_array(path: str | os.PathLike, config: dict) -> torch.Tensor:
     return x
 
 
-def load_samples(path: str | os.PathLike, key: str | None = None
-                 ) -> tuple[torch.Tensor, bool]:
-    """Images to measure from a ``.npy``/``.npz`` file: ``(x, pixels)``. 8-bit images (uint8
-    of rank 3 or 4, the layouts of :func:`load_array`) come back as their levels ``0..255``
-    (float32 ``(N, C, H, W)``) with ``pixels`` True; any other array as stored (float32) with
-    False. ``key`` names the ``.npz`` array (else :func:`load_array`'s rule).
+def load_samples(path: str | os.PathLike) -> tuple[torch.Tensor, bool]:
+    """Images to measure from a ``.npy``/``.npz`` file: ``(x, pixels)``, read from the
+    ``.npz``'s ``samples`` array (what ``scoresde sample`` writes) or else as :func:`load_array`
+    reads points. 8-bit images (uint8 of rank 3 or 4, the layouts of :func:`load_array`) come
+    back as their levels ``0..255`` (float32 ``(N, C, H, W)``) with ``pixels`` True; any other
+    array as stored (float32) with False.
 
     Raises:
-        ValueError: as :func:`load_array`, or no array ``key``.
+        ValueError: as :func:`load_array`.
     """
-    x, _, is_pixels = _load_array(os.fspath(path), key=key)
+    x, _, is_pixels = _load_array(os.fspath(path), keys=("samples", *_POINT_KEYS))
     if is_pixels:
         x = x * images.PIXELS["raw_scale"] + images.PIXELS["raw_offset"]  # exact: half-integers
     return x, is_pixels
 
 
-def _load_array(path: str, pixels: bool | None = None, key: str | None = None
+_POINT_KEYS = ("x", "data")  # where an .npz holds its points (else its only array)
+
+
+def _load_array(path: str, pixels: bool | None = None, keys: tuple[str, ...] = _POINT_KEYS
                 ) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
-    """:func:`load_array`'s ``(x, y)`` and whether the file held 8-bit images; ``key``: the
-    ``.npz`` array of the points, if not :func:`load_array`'s rule."""
+    """:func:`load_array`'s ``(x, y)`` and whether the file held 8-bit images; the points are
+    an ``.npz``'s first array of ``keys``, else its only array."""
     arrays = _read_numpy(path, "data")
     labels = None
     if _NPY in arrays:
         x = arrays[_NPY]
     else:
         files = list(arrays)
-        keys = [key] if key in files else [] if key is not None else (
-            [k for k in ("x", "data") if k in files] or (files if len(files) == 1 else []))
-        if not keys:
-            raise ValueError(f"{path}: put the points under key {key or 'x'!r} (found {files})")
-        x = arrays[keys[0]]
+        found = [k for k in keys if k in files] or (files if len(files) == 1 else [])
+        if not found:
+            raise ValueError(f"{path}: put the points under key {keys[0]!r} (found {files})")
+        x = arrays[found[0]]
         lab = [k for k in ("y", "labels") if k in files]
         labels = arrays[lab[0]] if lab else None
     if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:

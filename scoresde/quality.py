@@ -231,6 +231,14 @@ def _data_statistics(model, dataset: Dataset, solver: str, steps: int, options: 
     return dataset.sampling_statistics(getattr(model, "sigma_data", None))
 
 
+def _check_count(n: int, reference: Reference) -> int:
+    """``n``, if FID (more samples than features) and KID (its subsets) can be measured on it."""
+    check_fid_size(n, reference.mu.shape[0])
+    if n < 2 * KID_MIN_SUBSETS:
+        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
+    return n
+
+
 def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor | None:
     """The class labels of samples ``start:stop`` for ``label``: None, an integer class (every
     sample), or ``"all"`` (sample ``i`` of class ``i % num_classes``, as ``scoresde sample
@@ -310,9 +318,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
 
     n, batch_size = check_int("n", n, low=2), check_int("batch_size", batch_size, low=1)
     reference = reference if reference is not None else reference_stats(dataset, extractor)
-    check_fid_size(n, reference.mu.shape[0])  # before any sample is drawn
-    if n < 2 * KID_MIN_SUBSETS:
-        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
+    _check_count(n, reference)  # before any sample is drawn
     num_classes = _check_condition(model, label, guidance)  # before any sample is drawn
     latent = hasattr(model, "decode") and hasattr(model, "latent_shape")
     shape = tuple(model.latent_shape) if latent else tuple(dataset.event_shape)
@@ -383,10 +389,7 @@ def samples_quality(samples: torch.Tensor, dataset: Dataset, extractor, *,
         raise ValueError(f"the samples contain values that are not {what}: NaN, infinite"
                          + (" or outside 0..255" if pixels else ""))
     reference = reference if reference is not None else reference_stats(dataset, extractor)
-    n = x.shape[0]
-    check_fid_size(n, reference.mu.shape[0])
-    if n < 2 * KID_MIN_SUBSETS:
-        raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got {n}")
+    n = _check_count(x.shape[0], reference)
     moments = _Moments(KEEP_FEATURES)
     for start in range(0, n, FEATURE_BATCH):
         chunk = x[start:start + FEATURE_BATCH]
@@ -419,14 +422,7 @@ def file_quality(path: str | os.PathLike, dataset: Dataset, *, features="digits"
 
     where = os.fspath(path)
     _check_digits_shape(features, dataset.event_shape, f"the images of {dataset.name!r}")
-    key = None
-    if os.path.isfile(where) and zipfile.is_zipfile(where):  # an .npz: read its names only
-        try:
-            with zipfile.ZipFile(where) as f:
-                key = "samples" if "samples.npy" in f.namelist() else None
-        except (OSError, zipfile.BadZipFile):
-            pass  # load_samples says what is wrong with the file
-    x, pixels = load_samples(where, key=key)
+    x, pixels = load_samples(where)
     extractor = _extractor_on(features, device)
     reference = reference_stats(dataset, extractor, cache=cache)
     result = samples_quality(x, dataset, extractor, pixels=pixels, seed=seed,
@@ -511,7 +507,7 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
             ``guidance`` other than 0), or an extractor that does not take the images.
     """
     from .data import run_dataset
-    from .runs import load_run
+    from .runs import learnt_unconditional, load_run
 
     model, sde, config = load_run(run_dir, device=device)
     where = os.fspath(run_dir)
@@ -524,7 +520,7 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
             raise ValueError(f"FID of {what} is not supported: {where}; give a run of an "
                              "image score model or a latent run")
     _check_condition(model, label, guidance)  # before the reference statistics
-    if config.get("conditional") and not config.get("label_dropout"):
+    if not learnt_unconditional(config):
         if label is None:
             raise ValueError(f"{where} was trained with label_dropout=0, so it never learnt the "
                              "unconditional score that label=None samples; give label='all' "

@@ -29,7 +29,7 @@ __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", 
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
            "write_config", "read_config", "append_metrics", "truncate_metrics", "is_run",
            "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
-           "resume_keywords", "build_model", "load_run"]
+           "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 # The suffixes of the temporary files that only a run's trainer writes (its atomic writes of the
@@ -207,6 +207,14 @@ def differences(old: dict, new: dict) -> Iterable[str]:
             yield from (f"{key}.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))
         else:
             yield key
+
+
+def learnt_unconditional(config: dict) -> bool:
+    """Whether a run's network learnt the unconditional score (what ``y=None``, the null
+    embedding and classifier-free guidance use): an unconditional run, or a conditional one
+    trained with labels dropped (``label_dropout > 0``). ``config`` is a run's config or
+    :func:`~scoresde.train`'s keywords."""
+    return not config.get("conditional") or bool(config.get("label_dropout"))
 
 
 def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:

@@ -25,8 +25,8 @@ from .latent import latent_dataset
 from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import (TRAINER_TEMPORARIES, load_run, read_config, resume_state, truncate_metrics,
-                   write_config)
+from .runs import (TRAINER_TEMPORARIES, learnt_unconditional, load_run, read_config,
+                   resume_state, truncate_metrics, write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
@@ -153,7 +153,7 @@ def _check_scale(kw: dict, dataset) -> None:
             if bad:
                 raise ValueError(f"eval_every measures FID of a score model's image samples; "
                                  f"{key}={kw[key]!r} is not supported with it")
-        if kw["conditional"] and dataset.embed_dim and not kw["label_dropout"]:
+        if dataset.embed_dim and not learnt_unconditional(kw):
             raise ValueError("eval_every samples an embedding-conditioned model with its null "
                              "embedding, which label_dropout=0 never trains; set label_dropout")
         kw["eval_n"] = check_eval(dataset, kw["eval_features"], kw["eval_n"])
