@@ -60,6 +60,15 @@ def reference(mix, n, seed=2024):
     return mix, ref, float(null.mean() + 4 * null.std())
 
 
+def labelled_points(n=64, dim=3, k=4, seed=0):
+    """``(x, t, y)``: ``n`` float64 points of spread 3, times in ``[0.02, 0.97]`` and labels in
+    ``[0, k)``, from one seed: where a guided score is compared with an exact one."""
+    gen = torch.Generator().manual_seed(seed)
+    x = 3 * torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    t = 0.02 + 0.95 * torch.rand(n, generator=gen, dtype=torch.float64)
+    return x, t, torch.randint(0, k, (n,), generator=gen)
+
+
 def assert_matches(x, target):
     """x is finite and its energy distance to the reference draw of target is below the noise."""
     _, ref, threshold = target

@@ -14,6 +14,8 @@ from scoresde import (GaussianMixture, NULL_LABEL, ScoreMLP, ScoreModel, VPSDE,
                       classifier_free_guidance, classifier_guidance, conditional_score, get_sde,
                       impute, IMPUTATION_SOLVERS, sample)
 
+from problems import labelled_points
+
 
 def data_posterior_argmax(mix: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
     """argmax_k of the exact posterior p(k | x_0 = x) of the data, shape (B,)."""
@@ -41,10 +43,7 @@ def test_guided_exact_samples_land_in_the_requested_component(solver, steps, w):
 def test_classifier_guidance_with_the_exact_classifier_is_the_conditional_score(sde):
     # Bayes: grad log p_t(x | y) = grad log p_t(x) + grad log p(y | x_t); float64 round-off only.
     mix = GaussianMixture.random(3, k=4, seed=1)
-    gen = torch.Generator().manual_seed(0)
-    x = 3 * torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    t = 0.02 + 0.95 * torch.rand(64, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 4, (64,), generator=gen)
+    x, t, y = labelled_points()
     exact = mix.conditional_score_fn(sde)(x, t, y)
     guided = classifier_guidance(mix.score_fn(sde), lambda x, t: mix.class_log_prob(x, t, sde),
                                  y, scale=1.0, num_classes=4)

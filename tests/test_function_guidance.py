@@ -9,13 +9,12 @@ import torch
 
 from scoresde import (GaussianMixture, VPSDE, classifier_guidance, function_guidance, sample)
 
+from problems import labelled_points
+
 
 def test_exact_log_posterior_guidance_equals_classifier_guidance(sde):
     mix = GaussianMixture.random(3, k=4, seed=2)
-    gen = torch.Generator().manual_seed(0)
-    x = 3 * torch.randn(64, 3, generator=gen, dtype=torch.float64)
-    t = 0.02 + 0.95 * torch.rand(64, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 4, (64,), generator=gen)
+    x, t, y = labelled_points()
     logits = lambda x, t: mix.class_log_prob(x, t, sde)  # noqa: E731
     f = lambda x, t: logits(x, t).gather(1, y[:, None])[:, 0]  # noqa: E731
     for scale in (1.0, 2.5):
