@@ -108,12 +108,19 @@ class _Main(click.Group):
             self._fail(f"Error: {_one_line(err.format_message())}{hint}", 2, debug)
         except click.ClickException as err:
             self._fail(f"Error: {_one_line(err.format_message())}", err.exit_code, debug)
-        except click.Abort:
+        except click.Abort as err:  # click's word for Ctrl-C (or end of input at a prompt)
+            stop = err.__cause__ or err.__context__
+            if isinstance(stop, KeyboardInterrupt):
+                self._fail("Interrupted.", 128 + getattr(stop, "signum", 2), debug)
             self._fail("Aborted.", 1, debug)
         except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
             self._fail(f"Error: {_one_line(err)}", 2, debug)
         except KeyboardInterrupt:
             self._fail("Interrupted.", 130, debug)
+        except OSError as err:  # the system's word (a full disk, a permission), said once
+            where = f": {err.filename}" if err.filename and str(err.filename) not in str(
+                err.strerror) else ""
+            self._fail(f"Error: {_one_line(err.strerror or err)}{where}", 1, debug)
         except Exception as err:  # a runtime failure: one line, status 1
             self._fail(f"Error: {type(err).__name__}: {_one_line(err)}", 1, debug)
         sys.exit(rv if isinstance(rv, int) else 0)
@@ -208,14 +215,15 @@ def _remove_unfinished(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _check_out(path: Path, param: str = "--out") -> Path:
-    folder = path.resolve().parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise click.BadParameter(f"cannot write {path}: {folder} is not a writable folder",
-                                 param_hint=param)
-    if path.is_dir():
-        raise click.BadParameter(f"cannot write {path}: it is a folder", param_hint=param)
-    return path
+def _check_out(path: Path, param: str = "--out", **rules) -> Path:
+    """``path`` if the command may write it (:func:`scoresde.outputs.check_output` with
+    ``rules``); a BadParameter of ``param`` that says why not otherwise."""
+    from .outputs import check_output
+
+    try:
+        return check_output(path, **rules)
+    except (ValueError, FileExistsError) as err:
+        raise click.BadParameter(_one_line(err), param_hint=param) from None
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -223,7 +231,29 @@ def _explicit(ctx: click.Context, name: str) -> bool:
 
 
 def _emit(record: dict, as_json: bool, lines: list[str]) -> None:
-    click.echo(json.dumps(record) if as_json else "\n".join(lines))
+    click.echo(_strict_json(record) if as_json else "\n".join(lines))
+
+
+def _strict_json(record: dict) -> str:
+    """``record`` as strict JSON: a NaN or infinite number becomes ``null`` (``NaN`` and
+    ``Infinity`` are not JSON, and strict readers refuse them), and ``"non_finite"`` maps each
+    such key (``a.b`` inside dicts) to what it was, ``"nan"``, ``"inf"`` or ``"-inf"``."""
+    bad: dict[str, str] = {}
+
+    def clean(value, key: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[key] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = clean(record, "")
+    if bad:
+        out["non_finite"] = bad
+    return json.dumps(out, allow_nan=False)
 
 
 # ----- train --------------------------------------------------------------------------------------
@@ -384,12 +414,13 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
     if steps is not None:
         keywords["steps"] = steps
     if resume and run is not None and not _has_run(Path(run)):
-        path = Path(run)  # a job requeued before its first checkpoint: start it
+        path = _run_folder(Path(run))  # a job requeued before its first checkpoint: start it
         click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
         keywords["run_dir"] = path
     elif resume:
-        path = _pick_run(run)
+        path = _run_folder(_pick_run(run))
         keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
+        _check_eval_features(ctx, keywords)
     else:
         path = Path(run) if run else _new_run_dir(sde, "latent" if latent else data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
@@ -401,13 +432,67 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         result = train_run(**keywords)
     except FolderBusyError:
         raise  # the folder is another process's, whoever created it
-    except BaseException:
+    except BaseException as err:
         if created:
             _remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
+        if isinstance(err, _library("training.TrainingInterrupted")):  # the checkpoint is saved
+            click.echo(_interrupted(ctx, err, path), err=True)
+            ctx.exit(128 + err.signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
         raise
-    click.echo(f"trained {result['step']} steps in {result['train_time_s']:.1f} s "
-               f"(loss {result['loss']:.4f}) into {path}")
+    if result["resumed_from"] == result["step"]:
+        click.echo(f"{path} is already at step {result['step']} of {result['step']}: nothing "
+                   f"to train; pass --steps N (N > {result['step']}) to train longer")
+    else:
+        click.echo(f"trained {result['step']} steps in {result['train_time_s']:.1f} s "
+                   f"(loss {result['loss']:.4f}) into {path}")
     click.echo(f"next: scoresde sample --run {path}")
+
+
+def _interrupted(ctx: click.Context, stop, path: Path) -> str:
+    """What an interrupted ``train`` (``stop``, a TrainingInterrupted) says: the step saved and
+    the command that resumes the run, with the options given here that ``--resume`` does not
+    take from the run (the total given as ``--steps`` included, though the run has it too)."""
+    import shlex
+
+    from .runs import has_checkpoint
+
+    if not has_checkpoint(path):
+        return f"interrupted ({stop.signal_name}) before the first step: nothing was saved"
+    command = ["scoresde", "train", "--resume", "--run", str(path)]
+    for name, flag in (("steps", "--steps"), ("device", "--device"),
+                       ("checkpoint_every", "--checkpoint-every")):
+        if _explicit(ctx, name):
+            command += [flag, str(ctx.params[name])]
+    command += ["--quiet"] if ctx.params.get("quiet") else []
+    if stop.step is None:
+        saved = f"before training resumed: {path} is as it was"
+    else:
+        saved = (f"at step {stop.step} of {stop.steps}: saved the checkpoint of step "
+                 f"{stop.step} in {path}")
+    return f"interrupted ({stop.signal_name}) {saved}; resume with: {shlex.join(command)}"
+
+
+def _run_folder(path: Path) -> Path:
+    """``path`` if training may write there (:func:`scoresde.runs.check_run_folder`)."""
+    from .runs import check_run_folder
+
+    try:
+        check_run_folder(path)
+    except ValueError as err:
+        raise click.BadParameter(_one_line(err), param_hint="--run") from None
+    return path
+
+
+def _check_eval_features(ctx: click.Context, keywords: dict) -> None:
+    """Refuse a resumed run whose evaluation would load a TorchScript file that only its
+    config names: a file that runs code is loaded only when the command line names it."""
+    features = str(keywords.get("eval_features"))
+    if (keywords.get("eval_every") and not _explicit(ctx, "eval_features")
+            and features not in _library("features.EXTRACTORS")):
+        raise click.BadParameter(
+            f"the run measures FID with the TorchScript file {features!r}, which runs code; a "
+            f"file named only in a run's config is never loaded: pass --eval-features "
+            f"{features} to trust it, or --eval-features digits", param_hint="--eval-features")
 
 
 def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
@@ -530,8 +615,11 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
               "seed, whatever the batch (ode and --adaptive torchsde choose their steps for the "
               "batch: equal within tolerance) [default: --n samples from --seed].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS.npz]; the figure "
-              "goes beside it as .png.")
+              help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS-nN-seedS[-HASH].npz, "
+              "HASH naming any other option given]; the figure goes beside it as .png.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --out (and its figure) that holds other samples or "
+              "another file [default: refuse; the same command again reuses its own file].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=_LazyHelp,
               fields={"vector": lambda: _library("sample_files.SAMPLE_BATCH")["vector"],
                       "image": lambda: _library("sample_files.SAMPLE_BATCH")["image"]},
@@ -584,8 +672,8 @@ _KNOBS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptiv
 @click.pass_context
 def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           batch_size, device, as_json, label, embedding, guidance, mask, observe, inverse,
-           particles, step_size, jump, resample, cascade_runs, sr_solver, sr_steps,
+           force, batch_size, device, as_json, label, embedding, guidance, mask, observe,
+           inverse, particles, step_size, jump, resample, cascade_runs, sr_solver, sr_steps,
            aug_level):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
@@ -603,25 +691,27 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --cascade runs/base4 runs/sr8 --solver euler --steps 50 --sr-steps 20
     """
     from . import plotting
+    from .outputs import samples_name
     from .runs import learnt_unconditional
     from .sample_files import SAMPLE_BATCH, write_in_chunks
     from .utils import resolve_device
 
     dev = resolve_device(device)
     if cascade_runs is not None:
-        return _sample_cascade(ctx, cascade_runs, dev, n, seed, out, as_json)
+        return _sample_cascade(ctx, cascade_runs, dev, n, seed, out, force, as_json)
     for name in ("sr_solver", "sr_steps", "aug_level"):
         if _explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
     path = _pick_run(run, quiet=as_json)
-    if out is None and (observe is not None or inverse is not None):
-        out = path / f"samples-{inverse or _Default('sampling.solve_inverse', 'method')()}.npz"
-    out = _check_out(out or path / f"samples-{solver}-{steps}.npz")
+    inputs = [path, mask, observe, embedding]
+    if out is not None:  # the cheap checks first; the figure's and the inputs' below
+        _check_out(out, suffixes=(".npz",), inputs=inputs, replace=True)
     knobs = {k: ctx.params[k] for k in _KNOBS if _explicit(ctx, k)}
     model, sde, config = _load_run(path, str(dev))
     is_image = bool(config.get("is_image"))
     n = _sample_count(ctx, n, seeds, is_image)
-    batch_size = batch_size or SAMPLE_BATCH["image" if is_image else "vector"]
+    default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
+    batch_size = batch_size or default_batch
     stats = _data_statistics(config, solver, steps, grid, sigma_max, sigma_min, quiet=as_json)
     if embedding is not None and label is not None:
         raise click.UsageError("give --label (class labels) or --embedding, not both")
@@ -652,25 +742,39 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     if problem is not None:
         fingerprint.update(observe=_file_identity(observe), inverse=problem["method"],
                            inverse_knobs=problem["knobs"])
+    if out is None:
+        extras = {k: v for k, v in fingerprint.items()
+                  if k not in ("solver", "steps", "seed", "seeds", "run")
+                  and v != _UNSET.get(k, object())}
+        if seeds is None and batch_size != default_batch:  # chunk k draws from (seed, k)
+            extras["batch_size"] = batch_size
+        if seeds is not None:
+            extras["seeds"] = seeds
+        stem, run_with = "samples", (solver, steps)
+        if problem is not None:  # the method, then what solve_inverse runs
+            stem, run_with = f"samples-{problem['method']}", _inverse_solver(problem)
+        out = path / samples_name(stem, solver=run_with[0], steps=run_with[1], n=n,
+                                  seed=None if seeds is not None else seed, extras=extras)
+    out = _check_out(out, suffixes=(".npz",), inputs=inputs + _data_files(config), replace=True)
+    fig_path = None
+    if is_image or tuple(config["data_shape"]) == (2,):  # what samples_picture draws
+        fig_path = _check_out(out.with_suffix(".png"), inputs=inputs + _data_files(config),
+                              others=[out], replace=force or out.exists())
     ncol = model.num_classes if label == "all" else None
-    keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep)
-    if result["drawn"] < result["chunks"] and not as_json:
-        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
-                   f"chunks were already drawn", err=True)
+    keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep, replace=force)
+    _say_reused(result, out, as_json)
     infos = result["info"]
     nfe = _mean_nfe(infos)
     seconds = sum(i["time_s"] for i in infos)
     if problem is not None:  # what solve_inverse ran: its own defaults where none was given
         solver, steps = _inverse_solver(problem)
-    figure = plotting.samples_picture(
-        result["head"]["samples"], solver or problem["method"], nfe, is_image=is_image, ncol=ncol,
-        raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
-        pixel_bits=config.get("pixel_bits"))
-    fig_path = None
-    if figure is not None:
-        fig_path = out.with_suffix(".png")
-        plotting.save_figure(figure, fig_path)
+    if fig_path is not None:
+        plotting.save_figure(plotting.samples_picture(
+            result["head"]["samples"], solver or problem["method"], nfe, is_image=is_image,
+            ncol=ncol, raw_scale=config.get("raw_scale", 1.0),
+            raw_offset=config.get("raw_offset", 0.0), pixel_bits=config.get("pixel_bits")),
+            fig_path)
     record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
               "eps": infos[0]["eps"], "time_s": round(seconds, 4), "out": str(out),
               "figure": str(fig_path) if fig_path else None, "options": knobs,
@@ -683,10 +787,35 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                             f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
 
 
-def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
+def _say_reused(result: dict, out: Path, as_json: bool) -> None:
+    """On stderr: what of a sample file was there already (the file, or some chunks)."""
+    if as_json:
+        return
+    if result["reused"]:
+        click.echo(f"{out} already holds these samples (the same options): nothing drawn",
+                   err=True)
+    elif result["drawn"] < result["chunks"]:
+        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
+                   f"chunks were already drawn", err=True)
+
+
+# The fingerprint entries of `sample` at their defaults: the default file name spells out the
+# others (their hash).
+_UNSET = {"eps": None, "grid": None, "denoise": True, "knobs": {}, "device": "cpu",
+          "label": None, "guidance": 0.0, "mask": None, "embedding": None}
+
+
+def _data_files(config: dict) -> list:
+    """The files and run folders a run reads its data from (never to be written over)."""
+    return [Path(p) for p in (config.get("data"), config.get("latent"))
+            if isinstance(p, str) and os.path.exists(p)]
+
+
+def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, force, as_json):
     """``scoresde sample --cascade BASE_RUN SR_RUN``: both stages at once, chunk by chunk (chunk
     ``k`` from ``(seed, k)``, resumed after a kill as ``sample`` is), one .npz and figure."""
     from . import plotting
+    from .outputs import samples_name
     from .sample_files import SAMPLE_BATCH, write_in_chunks
 
     p = ctx.params
@@ -707,12 +836,6 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
         raise click.BadParameter(f"{runs[1]} was trained to raise {high[0] // config['super_res']}"
                                  f" pixels to {high[0]} (--super-res {config['super_res']}); "
                                  f"{runs[0]} samples {low[0]}x{low[1]}", param_hint="--cascade")
-    name = f"cascade-{p['solver']}-{p['steps']}"  # the stages' solvers, steps and level
-    if p["sr_solver"] is not None or p["sr_steps"] is not None:
-        name += f"-sr-{p['sr_solver'] or p['solver']}-{p['sr_steps'] or p['steps']}"
-    if p["aug_level"]:
-        name += f"-aug{p['aug_level']:g}"
-    out = _check_out(out or runs[1] / f"{name}.npz")
     knobs = {k: p[k] for k in _KNOBS if _explicit(ctx, k)}
     stages = dict(solver=p["solver"], steps=p["steps"], sr_solver=p["sr_solver"],
                   sr_steps=p["sr_steps"], aug_level=p["aug_level"], base_knobs=knobs,
@@ -721,15 +844,27 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, as_json):
     draw = _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev)
     fingerprint = dict(stages, cascade=[_run_identity(r) for r in runs], device=str(dev),
                        seed=seed)
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=64)
-    if result["drawn"] < result["chunks"] and not as_json:
-        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
-                   f"chunks were already drawn", err=True)
+    if out is None:  # the stages' solvers, steps and level, then the rest as a hash
+        stem = f"cascade-{p['solver']}-{p['steps']}"
+        if p["sr_solver"] is not None or p["sr_steps"] is not None:
+            stem += f"-sr-{p['sr_solver'] or p['solver']}-{p['sr_steps'] or p['steps']}"
+        if p["aug_level"]:
+            stem += f"-aug{p['aug_level']:g}"
+        extras = {k: v for k, v in fingerprint.items() if k not in ("solver", "steps", "seed")}
+        if batch_size != SAMPLE_BATCH["image"]:
+            extras["batch_size"] = batch_size
+        out = runs[1] / samples_name(stem, solver=None, steps=None, n=n, seed=seed,
+                                     extras=extras)
+    inputs = [*runs, *_data_files(base_config), *_data_files(config)]
+    out = _check_out(out, suffixes=(".npz",), inputs=inputs, replace=True)
+    fig_path = _check_out(out.with_suffix(".png"), inputs=inputs, others=[out],
+                          replace=force or out.exists())
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=64, replace=force)
+    _say_reused(result, out, as_json)
     infos = result["info"]
     nfe_base, nfe_sr = _mean_nfe(infos, "nfe_base"), _mean_nfe(infos, "nfe_sr")
     nfe = round(nfe_base + nfe_sr, 1)  # the stages' means as shown (an int stays an int)
     seconds = sum(i["time_s"] for i in infos)
-    fig_path = out.with_suffix(".png")
     plotting.save_figure(plotting.samples_picture(
         result["head"]["samples"], "cascade", nfe, is_image=True,
         raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
@@ -1286,6 +1421,7 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
     from .quality import run_quality
     from .utils import resolve_device
 
+    resolve_device(device)  # before anything else: a device that is not there is bad input
     names = _library("features.EXTRACTORS")
     if features not in names and not Path(features).is_file():
         raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
@@ -1366,11 +1502,12 @@ def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
               help="Samples per solver (half as many held-out points drawn; the likelihood on "
                    "at most {points} of them).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="The figure [default: RUN/demo.png].")
+              help="The figure (.png, .pdf or .svg) [default: RUN/demo.png].")
+@click.option("--force", is_flag=True, help="Replace an existing --out [default: refuse].")
 @click.option("--seed", type=int, default=_Default("run_demo", "seed"), show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--quick", is_flag=True, help="A small, fast version (for tests and a first look).")
-def demo(toy, sde, steps, n, out, seed, device, quick):
+def demo(toy, sde, steps, n, out, force, seed, device, quick):
     """Train on a 2D toy, sample with em, pc, ode and dpmpp_2m, measure the likelihood, draw it.
 
     The figure shows the data, the samples of each solver with its NFE, the learned log-density,
@@ -1389,11 +1526,14 @@ def demo(toy, sde, steps, n, out, seed, device, quick):
 
     dev = resolve_device(device)
     if out is not None:
-        _check_out(out)
+        _check_out(out, replace=force, suffixes=(".png", ".pdf", ".svg"))
     path = _new_run_dir("demo", sde, toy)
     try:
         figure, summary = run_demo(path, toy=toy, sde=sde, steps=steps, n=n, seed=seed,
                                    device=dev, quick=quick)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: a demo cut short is no run to keep
+        shutil.rmtree(path, ignore_errors=True)
+        raise
     except BaseException:
         _remove_unfinished(path)  # a demo that failed before its checkpoint leaves nothing
         raise

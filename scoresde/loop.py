@@ -13,6 +13,10 @@ whether either was non-finite are kept on the device and read only where a recor
 (every ``log_every`` steps and at the end), before a checkpoint or a sample grid, and every step
 for a ``callback``. A non-finite loss or gradient norm stops the run at the next read, naming
 the step where it first appeared; no checkpoint is ever written from the weights after it.
+
+SIGINT (Ctrl-C) and SIGTERM (what a scheduler or ``torchrun`` sends before it kills) stop the
+loop cleanly (:class:`Interrupts`): at the end of the step it is on, the loop writes that step's
+checkpoint and raises :class:`TrainingInterrupted`, so a resumed run goes on bit-identically.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import contextlib
 import itertools
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, TextIO
@@ -47,7 +53,7 @@ from .stepping import (autocast, channels_last, clip_norm, compile_errors, compi
                        grad_scaler, micro_batches, scaler_skipped)
 
 __all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
-           "dist_setup"]
+           "dist_setup", "Interrupts", "TrainingInterrupted"]
 
 # What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
 # ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
@@ -246,32 +252,147 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
                  forward, batches)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM, after saving what there was to save.
+
+    A ``KeyboardInterrupt`` for SIGTERM too, so that no ``except Exception`` (say in a sweep
+    script) swallows a request to stop.
+
+    Attributes:
+        step: the step whose checkpoint was written on the way out, where a resumed run goes
+            on; None when the signal came before the first step (nothing was trained, and the
+            run folder holds what it held).
+        steps: the run's total; None with ``step`` None.
+        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
+        signum: the signal's number (a command's usual exit status is ``128 + signum``).
+        run_dir: the run folder.
+    """
+
+    def __init__(self, signum: int, run_dir: str | os.PathLike, step: int | None = None,
+                 steps: int | None = None):
+        self.signum, self.run_dir = int(signum), os.fspath(run_dir)
+        self.step, self.steps = step, steps
+        self.signal_name = signal.Signals(self.signum).name
+        where = ("before the first step: nothing was trained" if step is None else
+                 f"at step {step} of {steps}: saved the checkpoint of step {step}")
+        super().__init__(f"interrupted ({self.signal_name}) {where} in {self.run_dir}")
+
+    def __reduce__(self):
+        return type(self), (self.signum, self.run_dir, self.step, self.steps)
+
+
+class Interrupts:
+    """SIGINT and SIGTERM as a clean stop of training, for as long as this context is open.
+
+    It takes the two signals in the main thread only (elsewhere it does nothing), and leaves
+    alone a signal that is ignored (``SIG_IGN``: a job a shell started in the background) or
+    whose handler was not set from Python; on close the previous handlers come back exactly as
+    they were, however the block ends.
+
+    Before :meth:`watching` (while the data, the model and the checkpoint are set up) a signal
+    raises :class:`TrainingInterrupted` at once, with ``step=None``: nothing to save. While
+    watching (the loop) the first signal is only noted, and :meth:`due` tells the loop to stop
+    at the end of the step; later signals are ignored until the checkpoint of that step is
+    written (a terminal, a scheduler and ``torchrun`` may each send one). A kill that cannot be
+    caught (SIGKILL) stops at once and leaves the previous checkpoint whole (writes are atomic).
+    After watching the run is complete, and signals are ignored until the context closes.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.run_dir = os.fspath(run_dir)
+        self.phase = "before"  # then "watching", then "after"
+        self.signum = 0  # the first signal noted while watching
+        self._agreed = None  # several processes: the last step's all_reduce, read a step later
+        self._previous = {}
+
+    def __enter__(self) -> "Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous = signal.getsignal(signum)
+                if previous is not None and previous != signal.SIG_IGN:
+                    self._previous[signum] = previous
+                    signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self._previous:
+            signal.signal(*self._previous.popitem())
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.phase == "before":
+            raise TrainingInterrupted(signum, self.run_dir)
+        if self.phase == "watching" and not self.signum:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def watching(self):
+        """The loop's span: signals are noted, for :meth:`due`."""
+        self.phase = "watching"
+        try:
+            yield self
+        finally:
+            self.phase = "after"
+
+    def due(self, place: Place) -> int:
+        """The signal to stop on at the end of this step (the same on every rank), 0 to go on.
+
+        One process reads its flag: no device sync, no collective. Several processes agree on
+        the largest signal any rank noted with one ``all_reduce`` (MAX) of one integer per
+        step, read a step later, so that the host waits for the previous step only (a stop
+        comes one step after the signal); that is the whole per-step cost.
+        """
+        if place.world == 1:
+            return self.signum
+        agreed = self._agreed
+        self._agreed = torch.full((1,), self.signum, dtype=torch.int32, device=place.device)
+        dist.all_reduce(self._agreed, op=dist.ReduceOp.MAX)
+        return 0 if agreed is None else int(agreed.item())
+
+
 def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: float,
-             callback: Callable[[int, dict], None] | None, progress: bool) -> dict:
-    """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then."""
+             callback: Callable[[int, dict], None] | None, progress: bool,
+             interrupts: Interrupts | None = None) -> dict:
+    """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then.
+
+    SIGINT and SIGTERM (through ``interrupts``, or the loop's own when None) stop the loop at
+    the end of the step they arrive in (its evaluation and sample grid included): it settles
+    as before any checkpoint, records the steps since the last record (so that a resumed run's
+    records still cover every step once), writes the checkpoint of that step and raises
+    :class:`TrainingInterrupted`. A signal in the last step lets the run finish.
+    """
     recorder = _Recorder(opts, place, start, elapsed, callback, progress,
                          parts.scaler is not None)
     evaluator = _evaluator(parts, opts, place)
-    with recorder:
+    with contextlib.ExitStack() as stack:
+        if interrupts is None:
+            interrupts = stack.enter_context(Interrupts(place.run_dir))
+        stack.enter_context(interrupts.watching())
+        stack.enter_context(recorder)
         for step in range(start, opts.steps):
             batch = _draw_batch(parts, opts, place)
             loss, grad_norm, skipped = _optimizer_step(parts, opts, place, step, batch)
             done = step + 1
             seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm,
                                       skipped)
+            stop = interrupts.due(place) if done < opts.steps else 0
+            if stop and recorder.count:
+                recorder.write(done)
             # Before the step's checkpoint: a run stopped between the two redoes the evaluation
             # on resume (records after the checkpoint are dropped), so each is written once.
             if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
                 recorder.settle(done)
                 with fork_rng(place.device):  # the training's random streams stay as they were
                     append_metrics(place.run_dir, evaluator(parts.ema.module, parts.sde, done))
-            if done % opts.checkpoint_every == 0 or done == opts.steps:
+            if stop or done % opts.checkpoint_every == 0 or done == opts.steps:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
-                _check_weights(parts, place, done)
+                _check_weights(parts, place, done, recorder.saved)
                 _checkpoint(parts, place, done, seconds)
+                recorder.saved = done
             if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
                 recorder.settle(done)
                 _sample_grid(parts, opts, place, done)
+            if stop:
+                raise TrainingInterrupted(stop, place.run_dir, done, opts.steps)
     wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
     result = {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
               "train_time_s": elapsed + wall,
@@ -403,13 +524,21 @@ def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tenso
     return total
 
 
-def _check_weights(parts: Parts, place: Place, step: int) -> None:
+def _check_weights(parts: Parts, place: Place, step: int, saved: int | None) -> None:
     """Raise ``FloatingPointError`` if a weight is not finite (before writing a checkpoint:
-    finite losses and gradients keep them finite, but a callback may change them)."""
+    finite losses and gradients keep them finite, but a callback may change them); ``saved``
+    is the step of the last checkpoint, None if there is none."""
     finite = [p.detach().isfinite().all() for p in parts.model.parameters()]
     if not bool(torch.stack(finite).all()):
-        raise FloatingPointError(f"non-finite weights at step {step}; stopped, the last good "
-                                 f"checkpoint in {place.run_dir} is kept")
+        raise FloatingPointError(f"non-finite weights at step {step}; stopped: "
+                                 f"{_kept(place.run_dir, saved)}")
+
+
+def _kept(run_dir: str, saved: int | None) -> str:
+    """What a stop leaves in ``run_dir``: the checkpoint of step ``saved``, or none."""
+    if saved is None:
+        return f"no checkpoint had been written to {run_dir} yet, so nothing is kept"
+    return f"the checkpoint of step {saved} in {run_dir} is kept"
 
 
 def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
@@ -430,7 +559,8 @@ class _Recorder:
 
     The step's loss and gradient norm are added up on the device and read (a host sync) only
     at a record, for a callback, and in :meth:`settle`; the first step whose loss or gradient
-    norm was not finite is kept on the device too, so the error names it."""
+    norm was not finite is kept on the device too, so the error names it. ``saved`` is the
+    step of the run's last checkpoint (None before the first), which the errors name."""
 
     def __init__(self, opts: Options, place: Place, start: int, elapsed: float, callback,
                  progress: bool, scaled: bool = False):
@@ -438,6 +568,8 @@ class _Recorder:
         self.start, self.elapsed, self.callback = start, elapsed, callback
         self.scaled, self.device = scaled, place.device
         self.t0, self.last, self.skipped_total = time.perf_counter(), float("nan"), 0
+        self.saved = start if start > 0 else None  # a run resumes from a checkpoint
+        self.latest = (None, None)  # the last step's learning rate and gradient norm
         self._reset()
         self.first_bad = torch.zeros(2, dtype=torch.long, device=place.device)  # loss, grad
         self.progress = _Progress(opts.steps, start, opts.log_every, progress and self.lead)
@@ -463,35 +595,45 @@ class _Recorder:
             self.skipped += skipped
             bad[1] = False
         self.first_bad = torch.where(bad & (self.first_bad == 0), done, self.first_bad)
+        self.latest = (lr, grad_norm)
         log = done % self.opts.log_every == 0 or done == self.opts.steps
         record = None
         if log:
-            self.settle(done)
-        if log or (self.callback is not None and self.lead):
+            record = self.write(done)
+        elif self.callback is not None and self.lead:
             record = {"step": done, "loss": float(loss), "lr": lr, "grad_norm": float(grad_norm)}
-        now = time.perf_counter()
-        seconds = self.elapsed + now - self.t0
-        if log:
-            record["loss"] = self.last = float(self.loss_sum) / self.count
-            if self.scaled:
-                record["skipped_steps"] = int(self.skipped)
-                self.skipped_total += record["skipped_steps"]
-            if self.lead:
-                record.update(elapsed_s=round(seconds, 3),
-                              steps_per_sec=(done - self.start) / max(now - self.t0, 1e-9))
-                append_metrics(self.run_dir, record)
-            self._reset()
+        seconds = self.elapsed + time.perf_counter() - self.t0
         if self.callback is not None and self.lead:
             self.callback(done, record)
         self.progress.update(done, record["loss"] if log else None)
         return seconds
+
+    def write(self, done: int) -> dict:
+        """The record of the steps since the last one, up to ``done``: their mean loss, the
+        learning rate and gradient norm of step ``done``; rank 0 appends it to
+        ``metrics.jsonl``. Settles first."""
+        self.settle(done)
+        lr, grad_norm = self.latest
+        record = {"step": done, "loss": float(self.loss_sum) / self.count, "lr": lr,
+                  "grad_norm": float(grad_norm)}
+        self.last = record["loss"]
+        if self.scaled:
+            record["skipped_steps"] = int(self.skipped)
+            self.skipped_total += record["skipped_steps"]
+        if self.lead:
+            now = time.perf_counter()
+            record.update(elapsed_s=round(self.elapsed + now - self.t0, 3),
+                          steps_per_sec=(done - self.start) / max(now - self.t0, 1e-9))
+            append_metrics(self.run_dir, record)
+        self._reset()
+        return record
 
     def settle(self, done: int) -> None:
         """Wait for the device and stop if a step up to ``done`` had a non-finite loss or
         gradient norm (the same on every rank: the loss is averaged over ranks first).
 
         Raises:
-            FloatingPointError: naming the first such step; the last checkpoint is kept.
+            FloatingPointError: naming the first such step and the checkpoint kept, if any.
         """
         first = dict(zip(("loss", "gradient norm"), self.first_bad.tolist()))
         bad = {what: step for what, step in first.items() if step}
@@ -500,8 +642,8 @@ class _Recorder:
         what = min(bad, key=bad.get)
         step = bad[what]
         raise FloatingPointError(
-            f"non-finite {what} at step {step}; stopped at step {done}, the last good checkpoint "
-            f"in {self.run_dir} is kept")
+            f"non-finite {what} at step {step}; stopped at step {done}: "
+            f"{_kept(self.run_dir, self.saved)}; a lower learning rate may help")
 
 
 class _Progress:

@@ -23,9 +23,10 @@ from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
 from .stepping import count_params
-from .utils import resolve_device, write_atomically
+from .utils import LOCK, resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
+           "RUN_FILES", "run_files", "check_run_folder",
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
            "write_config", "read_config", "append_metrics", "truncate_metrics", "is_run",
            "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
@@ -36,6 +37,9 @@ CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 # files above): those a killed trainer left are removed when the next one takes the folder.
 TRAINER_TEMPORARIES = tuple(os.path.splitext(name)[1] for name in (CONFIG, CHECKPOINT, METRICS))
 SAMPLES = "samples"  # the folder of the sample grids drawn while training (sample_every)
+# What a run folder holds of its own: the files above and the writer's lock (the sample grids'
+# folder is the run's too). Nothing else writes these names.
+RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOCK)
 
 # The options of train() that may differ between a run and its resumption; every other option
 # must match config.json. They are the caller's, not the run's: how long, where, how often to
@@ -71,14 +75,25 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                         f"data (weights_only load rejected it: {first})") from None
+                         f"data, which could run code ({_blocked(err)})") from None
     except (RuntimeError, EOFError, OSError) as err:  # OSError: a truncated zip archive
         raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not a scoresde checkpoint (a {type(state).__name__})")
     return state
+
+
+def _blocked(err: Exception) -> str:
+    """The line of a refused ``weights_only`` load that names what was blocked (torch's message
+    also advises loading with ``weights_only=False``: advice never to follow for such a file)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "nsupported" in line
+             or "WeightsUnpickler" in line]
+    if named:
+        return named[0]
+    kept = [line for line in lines if "weights_only" not in line and "torch.load" not in line]
+    return kept[0] if kept else type(err).__name__
 
 
 def has_checkpoint(run_dir: str | os.PathLike) -> bool:
@@ -138,6 +153,56 @@ def _step_of(line: str) -> int | None:
     except ValueError:
         return None
     return int(record.get("step", 0)) if isinstance(record, dict) else None
+
+
+def run_files(run_dir: str | os.PathLike) -> list[Path]:
+    """The paths of a run folder's own files (:data:`RUN_FILES`), present or not."""
+    return [Path(run_dir) / name for name in RUN_FILES]
+
+
+def check_run_folder(run_dir: str | os.PathLike, data=None) -> None:
+    """Check that training may write into ``run_dir``: a folder that is absent, empty, or a
+    run's (its ``config.json`` written by a run), so that no file of the user's is overwritten
+    or mixed into a run, and not inside the folder of images ``data`` (whose reader would take
+    the run's sample grids for data). Training writes only :data:`RUN_FILES` and the sample
+    grids' folder.
+
+    Raises:
+        ValueError: ``run_dir`` is a file, or a folder with files but no run's ``config.json``
+            (the message names one of them), or whose ``config.json`` is not a run's, or it
+            lies inside ``data``.
+    """
+    path = Path(run_dir)
+    if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        top, real = os.path.realpath(data), os.path.realpath(path)
+        if os.path.commonpath([top, real]) == top:
+            raise ValueError(f"the run folder {path} lies inside the data folder {data}, whose "
+                             "images would then include the run's; choose a folder outside it")
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file, not a run folder")
+    entries = sorted(p for p in os.listdir(path) if not p.startswith(".tmp-") and p != LOCK)
+    if not entries:
+        return
+    if CONFIG not in entries:
+        raise ValueError(f"{path} is not empty and not a run folder (it holds {entries[0]!r}"
+                         f"{f' and {len(entries) - 1} more' if len(entries) > 1 else ''}, no "
+                         f"{CONFIG}); a run goes into a new or empty folder: choose another")
+    if not _is_run_config(path / CONFIG):
+        raise ValueError(f"{path / CONFIG} is not a run's config (not written by scoresde "
+                         "train), so the folder is not a run; choose another folder")
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether ``path`` is a ``config.json`` written by a run: a JSON object with an SDE and
+    a network."""
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("sde"), dict) and (
+        isinstance(config.get("net"), dict))
 
 
 # ----- finding runs -------------------------------------------------------------------------------

@@ -9,12 +9,17 @@ rest: chunk ``k`` depends only on its own randomness (:func:`chunk_generator`, o
 own seeds), so the file equals an uninterrupted run's. The folder records what the chunks were
 drawn with (``fingerprint``); a call with other options refuses to mix them in.
 
+The finished file records it too (its ``manifest`` array, a JSON string): the same call again
+finds its result already there and draws nothing, and a call with other options refuses to
+replace it unless told to (``replace=True``, the command's ``--force``).
+
 :func:`sample_to_file` is :func:`~scoresde.sample` through this: the Python API for 50,000
 samples.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -37,6 +42,9 @@ __all__ = ["SAMPLE_BATCH", "chunk_generator", "chunk_randomness", "write_in_chun
 # Samples per chunk when the caller does not say: vectors, images.
 SAMPLE_BATCH = {"vector": 10_000, "image": 256}
 _MANIFEST = "manifest.json"
+_MANIFEST_KEY = "manifest"  # the finished file's record of what it holds
+_DONE = "-done-"  # a chunk folder set aside for deletion: .OUT.parts-done-PID-TIME
+_TIMINGS = ("time_s",)  # the keys of a chunk's info that are timings, not results
 _TEMPORARIES = (".npz", ".json")  # what only the holder of a chunks' folder writes there
 
 # draw(k, start, stop) -> (arrays of stop - start rows each, info of numbers)
@@ -74,7 +82,8 @@ def chunk_randomness(k: int, start: int, stop: int, seed: int, seeds: Sequence[i
 
 
 def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
-                    fingerprint: dict, progress: bool = True, keep: int = 0) -> dict:
+                    fingerprint: dict, progress: bool = True, keep: int = 0,
+                    replace: bool = False) -> dict:
     """Draw ``n`` rows in chunks of ``batch_size`` with ``draw`` and write them to ``out`` (.npz).
 
     Args:
@@ -87,20 +96,33 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
             earlier call are reused only when it is equal.
         progress: a progress bar on stderr (a terminal only) when there is more than one chunk.
         keep: rows to hand back (the first ``keep``, e.g. for a figure).
+        replace: replace a file at ``out`` that holds other samples (or is not a sample file);
+            a file holding these very samples (the same ``fingerprint``, ``n`` and
+            ``batch_size``) is read, not drawn again, either way.
 
     Returns:
         ``{"chunks": number of chunks, "drawn": chunks drawn by this call, "info": [info of each
-        chunk], "head": {key: the first keep rows}}``.
+        chunk], "head": {key: the first keep rows}, "reused": whether out already held them}``.
 
     Raises:
         ValueError: bad sizes, or ``OUT.parts/`` holds chunks drawn with another fingerprint.
+        FileExistsError: ``out`` exists, does not hold these samples, and ``replace`` is False.
         FloatingPointError: ``draw`` raised it (a sampler's NaN); the message names the chunk,
             and the chunks before it stay for the next call.
         FolderBusyError: another process is writing the same output.
     """
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
+    keep = check_int("keep", keep, 0)
     parts = parts_dir(out)
     manifest = {"fingerprint": fingerprint, "n": n, "batch_size": batch_size}
+    _remove_leftovers(parts)
+    done = _finished(out, manifest, keep, replace)
+    if done is not None:
+        if parts.is_dir():  # a kill between the file's rename and the folder's removal
+            with folder_lock(parts, _TEMPORARIES):
+                trash = _set_aside(parts)
+            shutil.rmtree(trash, ignore_errors=True)
+        return done
     trash = None
     try:
         with folder_lock(parts, _TEMPORARIES):
@@ -118,12 +140,82 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
     return result
 
 
+def _finished(out, manifest: dict, keep: int, replace: bool) -> dict | None:
+    """:func:`write_in_chunks`'s answer read from ``out`` when it already holds the samples of
+    ``manifest``; None when there is no file (or it may be replaced).
+
+    Raises:
+        FileExistsError: ``out`` holds something else and ``replace`` is False.
+    """
+    if not os.path.exists(out):
+        return None
+    recorded = _read_manifest(out)
+    wanted = json.loads(json.dumps(manifest))
+    if recorded is not None and {k: recorded.get(k) for k in wanted} == wanted:
+        infos = [dict(i, **{k: 0.0 for k in _TIMINGS}) for i in recorded["info"]]
+        return {"chunks": len(infos), "drawn": 0, "info": infos, "head": _file_head(out, keep),
+                "reused": True}
+    if replace:
+        return None
+    what = ("samples drawn with other options" if recorded is not None
+            else "something other than samples of scoresde")
+    raise FileExistsError(f"{out} already exists and holds {what}; pass --force (replace=True) "
+                          "to replace it, or write to another file")
+
+
+def _untimed(info: dict) -> dict:
+    """A chunk's info without its timings, which the file does not record: the same options
+    give the same file, bit for bit (a reused file's chunks took 0 s in the call that reads
+    it)."""
+    return {k: v for k, v in info.items() if k not in _TIMINGS}
+
+
+def _read_manifest(out) -> dict | None:
+    """The manifest recorded in a finished sample file, or None (another file, or unreadable)."""
+    try:
+        with np.load(out, allow_pickle=False) as data:
+            if _MANIFEST_KEY not in data.files:
+                return None
+            manifest = json.loads(str(data[_MANIFEST_KEY]))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+    return manifest if isinstance(manifest, dict) and "info" in manifest else None
+
+
+def _file_head(out, keep: int) -> dict[str, np.ndarray]:
+    """The first ``keep`` rows of every array of a finished sample file, read without loading
+    the rest (the arrays are stored uncompressed: :func:`_assemble`)."""
+    head = {}
+    with zipfile.ZipFile(out) as archive:
+        for name in archive.namelist():
+            key = name.removesuffix(".npy")
+            if key == _MANIFEST_KEY:
+                continue
+            with archive.open(name) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran, dtype = read_header(member)
+                rows = min(keep, shape[0])
+                count = rows * int(np.prod(shape[1:], dtype=np.int64))
+                block = np.frombuffer(member.read(count * dtype.itemsize), dtype=dtype)
+                head[key] = block.reshape((rows, *shape[1:]), order="F" if fortran else "C")
+    return head
+
+
 def _set_aside(parts: Path) -> Path:
     """Move the chunks' folder out of the way while its lock is held (a process that arrives
     next finds no folder, or a fresh one, never a half-deleted one); the caller deletes it."""
-    trash = parts.with_name(f".{parts.name}-done-{os.getpid()}-{time.monotonic_ns()}")
+    trash = parts.with_name(f".{parts.name}{_DONE}{os.getpid()}-{time.monotonic_ns()}")
     os.replace(parts, trash)
     return trash
+
+
+def _remove_leftovers(parts: Path) -> None:
+    """Delete the chunk folders set aside (:func:`_set_aside`) whose deletion a kill cut short:
+    nothing in them is needed any more."""
+    for trash in parts.parent.glob(f".{glob.escape(parts.name)}{_DONE}*"):
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,
@@ -145,9 +237,9 @@ def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, ma
             bar.update()
     chunks = [parts / _chunk_name(k) for k in range(count)]
     infos = [_read_info(path) for path in chunks]
-    head = _head(chunks, check_int("keep", keep, 0))
-    _assemble(out, chunks)
-    return {"chunks": count, "drawn": len(todo), "info": infos, "head": head}
+    head = _head(chunks, keep)
+    _assemble(out, chunks, dict(manifest, info=[_untimed(i) for i in infos]))
+    return {"chunks": count, "drawn": len(todo), "info": infos, "head": head, "reused": False}
 
 
 def _chunk_name(k: int) -> str:
@@ -194,8 +286,12 @@ def _head(chunks: Sequence[Path], keep: int) -> dict[str, np.ndarray]:
     return {key: np.concatenate(parts) for key, parts in blocks.items()}
 
 
-def _assemble(out: str | os.PathLike, chunks: Sequence[Path]) -> None:
-    """Stream the chunks' arrays, key by key and chunk by chunk, into one ``.npz`` at ``out``."""
+def _assemble(out: str | os.PathLike, chunks: Sequence[Path], manifest: dict) -> None:
+    """Stream the chunks' arrays, key by key and chunk by chunk, into one ``.npz`` at ``out``,
+    with ``manifest`` (what they were drawn with, and each chunk's info) as a JSON string.
+
+    The temporary file is made in the chunks' folder, whose next holder removes it if a kill
+    leaves it there, and renamed to ``out`` when complete."""
     with np.load(chunks[0], allow_pickle=False) as first:
         keys = [k for k in first.files if not k.startswith("info_")]
         layout = {k: (first[k].dtype, first[k].shape[1:]) for k in keys}
@@ -218,14 +314,17 @@ def _assemble(out: str | os.PathLike, chunks: Sequence[Path]) -> None:
                         if block.dtype != dtype or block.shape[1:] != row_shape:
                             raise ValueError(f"{path}: array {key!r} differs from chunk 0's")
                         member.write(np.ascontiguousarray(block).tobytes())
+            with archive.open(f"{_MANIFEST_KEY}.npy", "w") as member:
+                np.lib.format.write_array(member, np.array(json.dumps(manifest)))
 
-    write_atomically(out, write)
+    write_atomically(out, write, folder=chunks[0].parent)
 
 
 def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], *,
                    batch_size: int | None = None, seed: int = 0,
                    seeds: Sequence[int] | None = None, device=None, progress: bool = True,
-                   fingerprint: dict | None = None, **sample_kwargs) -> dict:
+                   fingerprint: dict | None = None, replace: bool = False,
+                   **sample_kwargs) -> dict:
     """:func:`~scoresde.sample` of ``shape = (n, *dims)`` into ``out`` (.npz, key ``samples``),
     ``batch_size`` samples at a time (default :data:`SAMPLE_BATCH`), resumable after a kill.
 
@@ -233,7 +332,8 @@ def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], 
     sample, written under ``seeds``) sample ``i`` from ``seeds[i]`` whatever the chunking.
     Rerun after a kill with the same arguments (and the same score function: it cannot be
     fingerprinted, so pass ``fingerprint`` naming it, e.g. the run folder and its step, to have
-    a changed model refused) and it continues where it stopped.
+    a changed model refused) and it continues where it stopped. A finished ``out`` of the same
+    call is read, not drawn again; one of another call is refused unless ``replace=True``.
 
     Returns:
         :func:`write_in_chunks`'s answer, plus ``"nfe"``: score calls per chunk (their mean).
@@ -255,5 +355,5 @@ def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], 
     print_kw = {k: repr(v) for k, v in sorted(sample_kwargs.items())}
     mark = dict(fingerprint or {}, shape=[n, *dims], seed=seed,
                 seeds=None if seeds is None else [int(s) for s in seeds], options=print_kw)
-    result = write_in_chunks(out, n, batch_size, draw, mark, progress)
+    result = write_in_chunks(out, n, batch_size, draw, mark, progress, replace=replace)
     return dict(result, nfe=float(np.mean([i["nfe"] for i in result["info"]])))

@@ -5,11 +5,14 @@ and network configs included), asks :mod:`scoresde.runs` whether and from which 
 resume, and hands the resolved options to the loop in :mod:`scoresde.loop` (weighted DSM with
 Adam(W), warmup, clipping, EMA, checkpoints). It runs unchanged in one process or under
 ``torchrun --nproc_per_node=N``, and leaves the caller's random state alone: it seeds and draws
-inside a fork of PyTorch's random number generators.
+inside a fork of PyTorch's random number generators. SIGINT and SIGTERM end it with the
+checkpoint of the step it was on (:class:`~scoresde.loop.TrainingInterrupted`).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from contextlib import ExitStack, contextmanager
@@ -22,18 +25,20 @@ from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
 from .latent import latent_dataset
-from .loop import LOSSES, Options, Place, build_parts, dist_setup, fork_rng, run_loop
+from .loop import (LOSSES, Interrupts, Options, Place, TrainingInterrupted, build_parts,
+                   dist_setup, fork_rng, run_loop)
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import (TRAINER_TEMPORARIES, learnt_unconditional, load_run, read_config,
-                   resume_state, truncate_metrics, write_config)
+from .runs import (METRICS, TRAINER_TEMPORARIES, check_run_folder, learnt_unconditional,
+                   load_run, read_config, resume_state, truncate_metrics, write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
 from .stepping import PRECISIONS, check_batch_gpu, check_precision, count_params
 from .utils import FolderBusyError, folder_lock, resolve_device
 
-__all__ = ["train", "train_classifier", "OBJECTIVES", "VECTOR_BATCH", "IMAGE_BATCH"]
+__all__ = ["train", "train_classifier", "TrainingInterrupted", "OBJECTIVES", "VECTOR_BATCH",
+           "IMAGE_BATCH"]
 
 OBJECTIVES = tuple(LOSSES)  # what a run learns: a score or a noisy classifier
 # Default points per step when train(batch_size=None): vectors (tuned on the 2D toys) and images.
@@ -333,7 +338,8 @@ def train(
 
     Returns:
         ``{"run_dir", "step", "loss", "train_time_s", "steps_per_sec", "resumed_from"}``
-        (and ``"skipped_steps"`` with fp16).
+        (and ``"skipped_steps"`` with fp16). ``loss`` is the mean loss of the last record; a
+        run resumed at its total trains no step, and gives its last record's.
 
     Raises:
         ValueError: bad options, or options that differ from the run being resumed.
@@ -344,15 +350,28 @@ def train(
             names the step; the run stops at the next record, checkpoint or sample grid, and
             the last good checkpoint is kept).
         RuntimeError: ``compile=True`` on a platform where ``torch.compile`` fails.
+        TrainingInterrupted: SIGINT (Ctrl-C) or SIGTERM (a scheduler's or ``torchrun``'s
+            request to stop) arrived; a ``KeyboardInterrupt``, for SIGTERM too. During a step,
+            training stops at the end of it (its evaluation and sample grid included), writes
+            its record and checkpoint and raises with ``step`` set: ``resume=True`` then goes
+            on bit-identically. Further signals are ignored until that checkpoint is written,
+            so the stop always saves (SIGKILL alone stops at once, leaving the previous
+            checkpoint). A signal before the first step raises at once with ``step=None``
+            (nothing trained, nothing saved); one in the last step lets the run finish. The
+            handlers are taken in the main thread only, for the call, and put back as they
+            were. Under ``torchrun`` every rank stops at the same step, a step after the
+            signal: the ranks agree on it with one ``all_reduce`` of one integer per step
+            (one process has no such cost).
     """
     kw = dict(locals())
-    rank, world, dev, owned = dist_setup(resolve_device(device))
-    try:
-        with fork_rng(dev):  # every draw, seeded or not, leaves the caller's random state alone
-            return _run(kw, Place(rank, world, dev, os.fspath(run_dir)))
-    finally:
-        if owned:
-            dist.destroy_process_group()
+    with Interrupts(run_dir) as interrupts:  # from here, a signal stops cleanly
+        rank, world, dev, owned = dist_setup(resolve_device(device))
+        try:
+            with fork_rng(dev):  # every draw, seeded or not, leaves the caller's RNG alone
+                return _run(kw, Place(rank, world, dev, os.fspath(run_dir)), interrupts)
+        finally:
+            if owned:
+                dist.destroy_process_group()
 
 
 @contextmanager
@@ -376,7 +395,7 @@ def _one_writer(place: Place) -> Iterator[None]:
         yield
 
 
-def _run(kw: dict, place: Place) -> dict:
+def _run(kw: dict, place: Place, interrupts: Interrupts) -> dict:
     """Resolve the options, take the run folder, build the parts and run the loop."""
     scale = None
     if kw["latent"] is not None:  # the autoencoder's data, encoded
@@ -391,8 +410,10 @@ def _run(kw: dict, place: Place) -> dict:
     if config["batch_size"] % place.world:
         raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
                          "processes")
+    if place.rank == 0:  # before the lock file is made: a folder of the user's is left as it was
+        check_run_folder(place.run_dir, kw["data"])
     with _one_writer(place):
-        return _train_locked(kw, config, dataset, place)
+        return _train_locked(kw, config, dataset, place, interrupts)
 
 
 def _latents(kw: dict):
@@ -410,7 +431,8 @@ def _latents(kw: dict):
     return latent_dataset(dataset, autoencoder)
 
 
-def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:
+def _train_locked(kw: dict, config: dict, dataset, place: Place,
+                  interrupts: Interrupts) -> dict:
     """Continue or start the run in its folder, whose writer lock this process holds."""
     state = resume_state(place.run_dir, config, kw["resume"], place.rank, place.device)
     start = int(state["step"]) if state is not None else 0
@@ -426,11 +448,31 @@ def _train_locked(kw: dict, config: dict, dataset, place: Place) -> dict:
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0
     try:
         result = run_loop(parts, Options.of(config), place, start=start, elapsed=elapsed,
-                          callback=kw["callback"], progress=kw["progress"])
+                          callback=kw["callback"], progress=kw["progress"],
+                          interrupts=interrupts)
     finally:
         if parts.batches is not None:
             parts.batches.close()  # the DataLoader workers of a streamed folder
+    if start >= config["steps"]:  # nothing trained: the loss the run last recorded
+        result["loss"] = _last_loss(place.run_dir)
     return dict(result, resumed_from=start if state is not None else None)
+
+
+def _last_loss(run_dir: str) -> float:
+    """The loss of the last record in the run's metrics that has one; NaN if none does."""
+    loss = math.nan
+    try:
+        with open(os.path.join(run_dir, METRICS)) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line cut short by a kill
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
+                    loss = float(record["loss"])
+    except FileNotFoundError:
+        pass
+    return loss
 
 
 def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:

@@ -140,8 +140,8 @@ BAD = [  # (arguments, builder of extra files, words the one-line message must c
     (["sample", "--run", "{corrupt}"], _corrupt_run, "cannot load run", 2),
     (["sample", "--run", "{othershape}"], _other_shape_run, "cannot load run", 2),
     (["sample", "--solver", "em", "--snr", "0.2"], None, "unknown options snr", 2),
-    (["sample", "--out", "nofolder/x.npz"], None, "not a writable folder", 2),
-    (["sample", "--out", "{file}/x.npz"], None, "not a writable folder", 2),
+    (["sample", "--out", "nofolder/x.npz"], None, "is not a folder", 2),
+    (["sample", "--out", "{file}/x.npz"], None, "is not a folder", 2),
     (["train", "--sde", "nope"], None, "'nope' is not one of", 2),
     (["train", "--data", "nope"], None, "unknown data 'nope'", 2),
     (["train", "--steps", "0"], None, "not in the range", 2),
@@ -161,7 +161,7 @@ BAD = [  # (arguments, builder of extra files, words the one-line message must c
      lambda r: _array(r, "wide.npy", np.zeros((4, 3), np.float32)), "do not match", 2),
     (["likelihood", "--divergence", "nope"], None, "'nope' is not one of", 2),
     (["demo", "--toy", "nope"], None, "'nope' is not one of", 2),
-    (["demo", "--out", "nofolder/demo.png"], None, "not a writable folder", 2),
+    (["demo", "--out", "nofolder/demo.png"], None, "is not a folder", 2),
 ]
 
 

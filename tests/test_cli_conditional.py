@@ -31,7 +31,7 @@ def test_conditional_training_and_labelled_sampling(runs, tmp_path):
     with np.load(out) as f:
         assert f["samples"].shape == (12, 2) and (f["labels"] == 3).all()
     result = invoke("sample", "--run", runs / "cond", "--label", "all", "--solver", "euler",
-                    "--steps", 4, "--n", 16, "--out", out)
+                    "--steps", 4, "--n", 16, "--out", out, "--force")  # other samples: replaced
     assert result.exit_code == 0, result.output
     with np.load(out) as f:
         assert (f["labels"] == np.arange(16) % 8).all()

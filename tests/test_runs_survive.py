@@ -71,7 +71,8 @@ def test_resume_starts_a_run_that_has_no_checkpoint_yet(tmp_path, before):
     if before != "absent":
         run.mkdir()
     if before == "config only":  # a job killed after writing its config, before a checkpoint
-        (run / "config.json").write_text('{"steps": 999}')
+        (run / "config.json").write_text('{"steps": 999, "sde": {"name": "vp"}, '
+                                         '"net": {"name": "mlp"}}')  # a run's: SDE, network
     result = invoke("train", "--resume", "--run", run, "--steps", 3, *CLI_TINY)
     assert result.exit_code == 0, result.output
     assert "no checkpoint in" in result.stderr and "starting the run" in result.stderr

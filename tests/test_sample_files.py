@@ -47,7 +47,7 @@ def test_a_file_drawn_in_chunks_holds_every_sample_once_in_order(tmp_path, exact
                           **SCORE_OPTS)
     a, b = _load(tmp_path / "one.npz"), _load(tmp_path / "many.npz")
     assert (one["chunks"], many["chunks"]) == (1, 8) and many["nfe"] == one["nfe"] == 9
-    assert a.keys() == b.keys() == {"samples", "seeds"} and a["samples"].shape == (50, 2)
+    assert a.keys() == b.keys() == {"samples", "seeds", "manifest"} and a["samples"].shape == (50, 2)
     assert np.array_equal(a["samples"], b["samples"]) and np.array_equal(b["seeds"], seeds)
     assert np.isfinite(a["samples"]).all() and not parts_dir(tmp_path / "many.npz").exists()
 
@@ -109,8 +109,8 @@ def test_cli_chunks_equal_one_batch_with_seeds_and_report_them(in_workdir):
     assert one.exit_code == 0 and many.exit_code == 0, many.output
     assert '"chunks": 4, "chunks_reused": 0' in many.stdout and '"batch_size": 30' in many.stdout
     a, b = _load("one.npz"), _load("many.npz")
-    assert a.keys() == b.keys() == {"samples", "raw", "seeds"}
-    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert a.keys() == b.keys() == {"samples", "raw", "seeds", "manifest"}
+    assert all(np.array_equal(a[k], b[k]) for k in a if k != "manifest")  # batch sizes differ
     bad = invoke(*common, "--batch-size", 0)
     assert bad.exit_code == 2 and "--batch-size" in bad.stderr
 

@@ -1,0 +1,306 @@
+"""Interrupted training: SIGINT and SIGTERM save the step's checkpoint and say how to resume,
+a resumed run equals an uninterrupted one bit for bit; a finished run and a diverged one say
+truly what there is."""
+
+import json
+import math
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import scoresde
+from scoresde import train
+from scoresde.loop import Interrupts, Place, _check_weights
+from scoresde.runs import load_checkpoint
+from scoresde.training import TrainingInterrupted
+
+from problems import ROOT, TINY, invoke, run_python
+
+SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # and the command's exit status for each
+
+
+class Marker(Exception):
+    """Raised by the handlers a test puts in place before training: one reached is a signal
+    that training did not take (on code without the handlers it stands in for the default
+    action, which for SIGTERM would end the test run)."""
+
+
+@pytest.fixture
+def own_handlers():
+    """Our own SIGINT and SIGTERM handlers for the test, then the previous ones again."""
+    def handler(signum, frame):
+        raise Marker(signum)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield handler
+    for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def _states(run_dir):
+    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+
+
+def _assert_equal_states(a, b):
+    """Bit for bit: the step, model, EMA, optimizer state and the data generator."""
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+def _records(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+# ----- the library --------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", SIGNALS)
+def test_a_signal_in_a_step_saves_that_step_and_resuming_equals_a_straight_run(tmp_path, name,
+                                                                               own_handlers):
+    signum = signal.Signals[name]
+    opts = dict(TINY, steps=10, log_every=4)
+
+    def send(done, record):
+        if done == 6:
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tmp_path / "cut", callback=send, **opts)
+    stop = info.value
+    assert (stop.step, stop.steps, stop.signal_name, stop.signum) == (6, 10, name, signum)
+    assert stop.run_dir == str(tmp_path / "cut") and isinstance(stop, KeyboardInterrupt)
+    assert str(stop) == (f"interrupted ({name}) at step 6 of 10: saved the checkpoint of step 6 "
+                         f"in {tmp_path / 'cut'}")
+    for s in (signal.SIGINT, signal.SIGTERM):  # put back as they were; ours never reached
+        assert signal.getsignal(s) is own_handlers
+    assert _states(tmp_path / "cut")["step"] == 6
+    # A record of steps 5-6 (log_every 4): after resuming, every step is in one record.
+    assert [r["step"] for r in _records(tmp_path / "cut")] == [4, 6]
+    train(tmp_path / "cut", resume=True, **opts)
+    assert [r["step"] for r in _records(tmp_path / "cut")] == [4, 6, 8, 10]
+    train(tmp_path / "straight", **opts)
+    _assert_equal_states(_states(tmp_path / "straight"), _states(tmp_path / "cut"))
+    straight, cut = _records(tmp_path / "straight"), _records(tmp_path / "cut")
+    assert straight[0]["loss"] == cut[0]["loss"]
+    assert straight[1]["loss"] == pytest.approx((2 * cut[1]["loss"] + 2 * cut[2]["loss"]) / 4)
+
+
+def test_a_signal_before_the_first_step_stops_at_once_and_saves_nothing(tmp_path, monkeypatch,
+                                                                        own_handlers):
+    real = scoresde.training.build_parts
+
+    def signal_then_build(*args, **kwargs):  # while setting up, before the loop
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(scoresde.training, "build_parts", signal_then_build)
+    with pytest.raises(TrainingInterrupted) as info:
+        train(tmp_path / "run", steps=5, **TINY)
+    assert info.value.step is None and info.value.signal_name == "SIGTERM"
+    assert "before the first step: nothing was trained" in str(info.value)
+    assert signal.getsignal(signal.SIGTERM) is own_handlers
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    # The command: its own new folder removed, one line, SIGTERM's status.
+    result = invoke("train", "--run", tmp_path / "cli", "--steps", 5, "--width", 16, "--quiet")
+    assert result.exit_code == 143, result.output
+    assert result.stderr.strip() == ("interrupted (SIGTERM) before the first step: nothing was "
+                                     "saved")
+    assert not (tmp_path / "cli").exists()
+
+
+def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path, own_handlers):
+    def send(done, record):
+        if done == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = train(tmp_path / "run", steps=4, callback=send, **TINY)
+    assert result["step"] == 4 and _states(tmp_path / "run")["step"] == 4
+    assert signal.getsignal(signal.SIGINT) is own_handlers
+
+
+def test_ranks_agree_on_a_stop_a_step_later(tmp_path):
+    """Several processes: each step's flags go into one all_reduce (MAX) read a step later
+    (here a one-process gloo group standing in for two ranks)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        place = Place(0, 2, torch.device("cpu"), "R")
+        with Interrupts("R") as interrupts, interrupts.watching():
+            assert interrupts.due(place) == 0
+            interrupts.signum = int(signal.SIGTERM)  # noted during the second step
+            assert interrupts.due(place) == 0  # the first step's agreement
+            assert interrupts.due(place) == signal.SIGTERM
+        assert interrupts.due(Place(0, 1, torch.device("cpu"), "R")) == signal.SIGTERM
+    finally:
+        dist.destroy_process_group()
+
+
+# ----- finished and diverged runs -----------------------------------------------------------------
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
+    run = tmp_path / "run"
+    first = train(run, steps=3, **TINY)
+    again = train(run, steps=3, resume=True, **TINY)
+    assert again["resumed_from"] == 3 and again["loss"] == first["loss"]  # its last record's
+    result = invoke("train", "--resume", "--run", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == (f"{run} is already at step 3 of 3: nothing to train; "
+                                             "pass --steps N (N > 3) to train longer")
+    assert "nan" not in result.output
+
+
+def _nan_data_from(monkeypatch, draw):
+    """From the ``draw``-th batch of a train() call on, the data are NaN (so is the loss)."""
+    real, draws = scoresde.loop._draw_batch, []
+
+    def nan_batch(*args):
+        x0, y, t, z = real(*args)
+        draws.append(1)
+        return (x0 * math.nan if len(draws) >= draw else x0), y, t, z
+
+    monkeypatch.setattr(scoresde.loop, "_draw_batch", nan_batch)
+
+
+def test_diverging_names_the_checkpoint_kept_or_that_there_is_none(tmp_path, monkeypatch):
+    run = tmp_path / "fresh"
+    with monkeypatch.context() as patch:
+        _nan_data_from(patch, 3)
+        with pytest.raises(FloatingPointError) as err:
+            train(run, steps=5, checkpoint_every=10, **TINY)
+    assert str(err.value) == (f"non-finite loss at step 3; stopped at step 3: no checkpoint had "
+                              f"been written to {run} yet, so nothing is kept; a lower learning "
+                              "rate may help")
+    run = tmp_path / "resumed"
+    train(run, steps=2, **TINY)
+    with monkeypatch.context() as patch:
+        _nan_data_from(patch, 2)  # step 4
+        with pytest.raises(FloatingPointError, match=f"non-finite loss at step 4; stopped at "
+                           f"step 4: the checkpoint of step 2 in {re.escape(str(run))} is kept"):
+            train(run, steps=6, resume=True, checkpoint_every=10, **TINY)
+    assert _states(run)["step"] == 2
+    # The command: a new run that diverges before its first checkpoint leaves no folder.
+    result = invoke("train", "--run", tmp_path / "cli", "--lr", "1e30", "--steps", 100,
+                    "--width", 16, "--batch-size", 32, "--quiet")
+    assert result.exit_code == 1 and "so nothing is kept" in result.stderr, result.output
+    assert "last good checkpoint" not in result.stderr and not (tmp_path / "cli").exists()
+
+
+def test_non_finite_weights_name_the_checkpoint_kept_or_that_there_is_none():
+    parts = SimpleNamespace(model=torch.nn.Linear(2, 2))
+    with torch.no_grad():
+        parts.model.weight[0, 0] = math.inf
+    place = Place(0, 1, torch.device("cpu"), "R")
+    with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: no "
+                       "checkpoint had been written to R yet, so nothing is kept$"):
+        _check_weights(parts, place, 4, None)
+    with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: the "
+                       "checkpoint of step 2 in R is kept$"):
+        _check_weights(parts, place, 4, 2)
+
+
+# ----- the command, as a real process -------------------------------------------------------------
+CLI_OPTS = ["--steps", "600", "--batch-size", "64", "--width", "32", "--quiet"]
+
+
+def _scoresde(*args):
+    """A real ``scoresde ARGS`` process (stdout and stderr piped)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.Popen([sys.executable, "-m", "scoresde", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run, trained alongside the tests that need it; its folder, once done."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    proc = _scoresde("train", "--run", run, *CLI_OPTS)
+
+    def done():
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+        return run
+
+    yield done
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow  # four fresh interpreters
+@pytest.mark.parametrize("name", SIGNALS)
+def test_the_command_interrupted_saves_says_how_to_resume_and_resumes_exactly(tmp_path, name,
+                                                                              straight):
+    run = tmp_path / "my runs" / "job 1"  # spaces: the resume command quotes them
+    proc = _scoresde("train", "--run", run, *CLI_OPTS)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and not (run / "metrics.jsonl").exists():  # step 100 is done
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(random.Random(name).uniform(0, 0.3))
+    proc.send_signal(signal.Signals[name])
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == SIGNALS[name], err[-2000:]
+    step = _states(run)["step"]
+    assert 100 <= step < 600
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted ({name}) at step {step} of 600: saved the checkpoint of step {step} in "
+        f"{run}; resume with: scoresde train --resume --run {shlex.quote(str(run))} --steps 600 "
+        "--quiet")
+    command = shlex.split(err.strip().split("resume with: ")[1])
+    assert command[:2] == ["scoresde", "train"]
+    resumed = _scoresde(*command[1:])
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err[-2000:]
+    assert out.startswith("trained 600 steps in ")
+    _assert_equal_states(_states(straight()), _states(run))
+    logged = [r["step"] for r in _records(run)]
+    assert logged == sorted(set(range(100, 601, 100)) | {step})
+
+
+TORCHRUN_SCRIPT = """
+import os, signal, sys, torch
+torch.set_num_threads(1)
+from scoresde import train
+from scoresde.training import TrainingInterrupted
+
+def send(done, record):  # the callback runs on rank 0: one rank alone gets the signal
+    if done == 5:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+try:
+    train(sys.argv[1], data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
+          steps=20, progress=False, callback=send)
+except TrainingInterrupted as stop:
+    print(f"rank {os.environ['RANK']}: {stop.signal_name} at step {stop.step}", flush=True)
+"""
+
+
+@pytest.mark.slow  # torchrun and two ranks
+def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
+    from test_train import _free_port
+
+    script = tmp_path / "interrupted.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    proc = run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                      "--master_addr=127.0.0.1", f"--master_port={_free_port()}", script,
+                      tmp_path / "run", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0: SIGTERM at step 6", "rank 1: SIGTERM at step 6"]
+    assert _states(tmp_path / "run")["step"] == 6
