@@ -312,3 +312,22 @@ def test_a_run_never_goes_inside_its_data_folder(tmp_path):
     with pytest.raises(ValueError, match="inside the data folder"):
         scoresde.train(photos / "run", data=photos, steps=1, batch_size=2, progress=False)
     assert _snapshot(photos) == before and not (photos / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_real_command_replaces_nothing(in_workdir):
+    """The overwrites above through a real process of the command: the figure over the
+    samples, the samples over the run's checkpoint, a second seed over the first samples."""
+    before = _snapshot(in_workdir / "r")
+    command = ["-m", "scoresde", *SAMPLE, "--run", "r"]
+    for out in ("real.png", "r/checkpoint.pt"):
+        proc = run_python(*command, "--out", out, cwd=in_workdir)
+        assert proc.returncode == 2 and "ending in .npz" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert _snapshot(in_workdir / "r") == before and not (in_workdir / "real.png").exists()
+    first = run_python(*command, "--out", "real.npz", cwd=in_workdir)
+    assert first.returncode == 0, first.stderr
+    kept = _digest(in_workdir / "real.npz")
+    second = run_python(*command, "--out", "real.npz", "--seed", 7, cwd=in_workdir)
+    assert second.returncode == 2 and "--force" in second.stderr, second.stderr
+    assert _digest(in_workdir / "real.npz") == kept
