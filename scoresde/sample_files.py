@@ -118,7 +118,7 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
     _remove_leftovers(parts)
     done = _finished(out, manifest, keep, replace)
     if done is not None:
-        if parts.is_dir():  # a kill between the file's rename and the folder's removal
+        if _holds(parts, manifest):  # a kill between the file's rename and the folder's removal
             with folder_lock(parts, _TEMPORARIES):
                 trash = _set_aside(parts)
             shutil.rmtree(trash, ignore_errors=True)
@@ -161,6 +161,15 @@ def _finished(out, manifest: dict, keep: int, replace: bool) -> dict | None:
             else "something other than samples of scoresde")
     raise FileExistsError(f"{out} already exists and holds {what}; pass --force (replace=True) "
                           "to replace it, or write to another file")
+
+
+def _holds(parts: Path, manifest: dict) -> bool:
+    """Whether the chunks' folder holds chunks of ``manifest`` (not another call's, which a
+    later call with those options may still finish)."""
+    try:
+        return json.loads((parts / _MANIFEST).read_text()) == json.loads(json.dumps(manifest))
+    except (OSError, ValueError):
+        return False
 
 
 def _untimed(info: dict) -> dict:

@@ -9,6 +9,7 @@ names differ whenever the samples do; the command's JSON is strict.
 import hashlib
 import json
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -238,11 +239,20 @@ def test_a_kill_during_assembly_or_after_the_rename_leaves_nothing_behind(tmp_pa
     parts = parts_dir(out)
     parts.mkdir()
     (parts / "chunk-000000.npz").write_bytes(b"old")
+    (parts / "manifest.json").write_text(json.dumps(
+        {"fingerprint": {"seed": 0}, "n": 10, "batch_size": 4}))
     (tmp_path / ".s.npz.parts-done-1-2").mkdir()  # a deletion cut short
     calls.clear()
     result = write_in_chunks(out, 10, 4, _draw(calls), {"seed": 0}, progress=False)
     assert calls == [] and result["reused"] and _digest(out) == whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    # the chunks of another call (other options, cut short) stay for that call to finish
+    parts.mkdir()
+    (parts / "manifest.json").write_text(json.dumps(
+        {"fingerprint": {"seed": 1}, "n": 10, "batch_size": 4}))
+    assert write_in_chunks(out, 10, 4, _draw(calls), {"seed": 0}, progress=False)["reused"]
+    assert (parts / "manifest.json").exists()
+    shutil.rmtree(parts)
     # a kill during the assembly: its temporary file lies in the chunks' folder, removed next
     out.unlink()
     with pytest.raises(KeyboardInterrupt):
