@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -142,18 +143,47 @@ class Dataset:
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean ``(D,)`` and covariance ``(D, D)`` of the flattened training data (20,000 draws
         for toys), float64: what :func:`~scoresde.sample`'s ``data_mean``/``data_cov`` take."""
-        x = self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
-        return x.mean(0), torch.atleast_2d(torch.cov(x.T))
+        return _moments(self._flat_reference())
+
+    def _flat_reference(self) -> torch.Tensor:
+        """:meth:`_reference` as float64 ``(N, D)``."""
+        return self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
 
     def sampling_statistics(self, std: float | None = None) -> dict:
         """What a few-step solver of :func:`~scoresde.sample` is given: ``data_mean`` and
         ``data_cov``, or above :data:`COVARIANCE_MAX_DIM` entries per sample ``data_mean`` and
-        ``data_std`` (``std``, e.g. a run's ``sigma_data``; the data's own if None)."""
-        if math.prod(self.event_shape) <= COVARIANCE_MAX_DIM:
-            mean, cov = self.moments()
-            return {"data_mean": mean, "data_cov": cov}
-        x = self._reference().to(torch.float64).reshape(-1, math.prod(self.event_shape))
-        return {"data_mean": x.mean(0), "data_std": self.std() if std is None else float(std)}
+        ``data_std`` (``std``, e.g. a run's ``sigma_data``; the data's own if None).
+
+        Statistics that describe no Gaussian (from fewer than 2 points, of points all equal, or
+        not finite) give ``{}`` and a warning saying so: the solver then uses its default grid.
+        """
+        x = self._flat_reference()
+        if x.shape[0] < 2:
+            return _no_statistics(f"the data's statistics need at least 2 points, "
+                                  f"{self.name!r} has {x.shape[0]}")
+        if x.shape[1] <= COVARIANCE_MAX_DIM:
+            mean, cov = _moments(x)
+            stats, spread = {"data_mean": mean, "data_cov": cov}, torch.diagonal(cov).mean()
+        else:
+            spread = self.std() if std is None else float(std)
+            stats = {"data_mean": x.mean(0), "data_std": spread}
+        if not all(torch.isfinite(torch.as_tensor(v)).all() for v in stats.values()):
+            return _no_statistics(f"the statistics of {self.name!r} are not finite")
+        if spread <= 0:
+            return _no_statistics(f"the points of {self.name!r} are all equal (zero spread)")
+        return stats
+
+
+def _moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(D,)`` and covariance ``(D, D)`` of points ``x`` ``(N, D)``."""
+    return x.mean(0), torch.atleast_2d(torch.cov(x.T))
+
+
+def _no_statistics(reason: str) -> dict:
+    """No statistics for a few-step solver (``{}``), with a warning giving ``reason``."""
+    warnings.warn(f"{reason}; few-step sampling uses the solver's default grid instead",
+                  stacklevel=3)
+    return {}
 
 
 _NPY = ""  # the key of a .npy file's one array in _read_numpy's answer
@@ -175,6 +205,21 @@ def _read_numpy(path: str, what: str) -> dict[str, np.ndarray]:
         return {_NPY: loaded}
     except (OSError, ValueError) as err:
         raise ValueError(f"cannot read {path!r} as .npy/.npz without pickles: {err}") from None
+
+
+def _is_real(x: np.ndarray) -> bool:
+    """Whether ``x`` holds real numbers: integers or floats (not booleans, complex, text)."""
+    return np.issubdtype(x.dtype, np.number) and not np.issubdtype(x.dtype, np.complexfloating)
+
+
+def _check_real(path: str, x: np.ndarray) -> None:
+    """Raise ``ValueError`` unless the points ``x`` are real numbers (:func:`_is_real`)."""
+    if np.issubdtype(x.dtype, np.complexfloating):
+        raise ValueError(f"{path}: complex data (dtype {x.dtype}): scoresde trains on real "
+                         "arrays; pass x.real or stack real and imaginary parts as channels")
+    if not _is_real(x):
+        raise ValueError(f"{path}: the points must be numeric (integers or floats), got dtype "
+                         f"{x.dtype}; convert them, e.g. x.astype(np.float32)")
 
 
 def _is_pixels(x: np.ndarray) -> bool:
@@ -250,7 +295,8 @@ def _load_array(path: str, pixels: bool | None = None, keys: tuple[str, ...] = _
         x = arrays[found[0]]
         lab = [k for k in ("y", "labels") if k in files]
         labels = arrays[lab[0]] if lab else None
-    if not np.issubdtype(x.dtype, np.number) or x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:
+    _check_real(path, x)
+    if x.ndim < 2 or x.shape[0] == 0 or x[0].size == 0:
         raise ValueError(f"{path}: need a non-empty numeric array of shape (N, *dims) with N >= 1, "
                          f"got dtype {x.dtype} and shape {x.shape}")
     if not np.isfinite(x).all():
@@ -310,8 +356,8 @@ def load_mask(path: str | os.PathLike,
     if not (np.issubdtype(mask.dtype, np.number) or mask.dtype == bool) or not np.isin(
             mask, (0, 1)).all():
         raise ValueError(f"{path}: mask must hold booleans or 0/1 values (1 = known)")
-    if not np.issubdtype(values.dtype, np.number) or not np.isfinite(values).all():
-        raise ValueError(f"{path}: values must be finite numbers")
+    if not _is_real(values) or not np.isfinite(values).all():
+        raise ValueError(f"{path}: values must be finite real numbers")
     return (torch.from_numpy(mask.astype(bool)),
             torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)))
 
@@ -347,8 +393,8 @@ def load_observation(path: str | os.PathLike,
         raise ValueError(f"{path}: y must have shape ({a.shape[0]},) or (N, {a.shape[0]}), got "
                          f"{y.shape}")
     for name, arr in (("A", a), ("y", y), ("noise_std", noise)):
-        if not np.issubdtype(arr.dtype, np.number) or not np.isfinite(arr).all():
-            raise ValueError(f"{path}: {name} must hold finite numbers")
+        if not _is_real(arr) or not np.isfinite(arr).all():
+            raise ValueError(f"{path}: {name} must hold finite real numbers")
     if noise.size != 1 or float(noise) < 0:
         raise ValueError(f"{path}: noise_std must be one number >= 0, got {noise!r}")
     return (torch.from_numpy(a.astype(np.float64)), torch.from_numpy(y.astype(np.float64)),

@@ -1,8 +1,12 @@
 """Pixel data: folders of image files, uint8 arrays, and the per-step batch stream over them.
 
 A folder is read recursively; every file whose suffix Pillow registers (PNG, JPEG, BMP, WebP,
-...) is an image. Images are decoded with Pillow to 8 bits per channel, optionally resized
-(shorter side to ``resolution``, Lanczos) and centre-cropped to ``resolution x resolution``.
+...) is an image. Links are followed, but no directory is entered twice and a link to a
+directory inside the folder is skipped (its images are read where they are), so a link loop
+ends and each image is read once; a walk that meets more than :data:`MAX_ENTRIES` entries
+stops with an error (a wrong folder, such as ``/``). Images are decoded with Pillow to 8 bits
+per channel (16-bit greyscale scaled, :meth:`ImageFiles.decode`), optionally resized (shorter
+side to ``resolution``, Lanczos) and centre-cropped to ``resolution x resolution``.
 Pixel values ``p`` in ``0..255`` become model values ``x = (p + 0.5) / 128 - 1`` in
 ``(-1, 1)``: the centres of the bins that :func:`scoresde.bits_per_dim` dequantises, so raw
 value ``128 x + 127.5`` is the pixel value.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import sys
 from typing import Iterator
 
@@ -30,18 +35,23 @@ from torch.utils.data import DataLoader
 from .checks import check_int
 from .utils import append_dims
 
-__all__ = ["PIXELS", "IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "ImageFiles", "read_folder", "to_model",
-           "pixels_of_array", "step_draw", "StepBatches", "downsample", "upsample",
-           "check_factor"]
+__all__ = ["PIXELS", "IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "MAX_ENTRIES", "ImageFiles",
+           "list_images", "read_folder", "to_model", "pixels_of_array", "step_draw", "StepBatches",
+           "downsample", "upsample", "check_factor"]
 
 # A folder decodes to float32 tensors in memory up to this many bytes; above it, it streams.
 IN_MEMORY_BYTES = 2 * 2**30
 # DataLoader worker processes that decode a streamed folder, and batches each prefetches.
 WORKERS, PREFETCH = min(4, os.cpu_count() or 1), 2
+# A walk over a folder stops with an error after this many entries (files and folders): a few
+# million is more than the data sets read as folders hold, and far less than a file system.
+MAX_ENTRIES = 5_000_000
 # Channels of the images, from Pillow's mode, and the mode each channel count converts to.
-_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "F": 1, "LA": 4, "La": 4, "PA": 4, "RGBA": 4,
-             "RGBa": 4}
+_CHANNELS = {"1": 1, "L": 1, "I": 1, "I;16": 1, "I;16L": 1, "I;16B": 1, "I;16N": 1, "F": 1,
+             "LA": 4, "La": 4, "PA": 4, "RGBA": 4, "RGBa": 4}
 MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Pillow's modes of 16-bit greyscale (a 16-bit PNG opens as "I;16", or "I" in older Pillow).
+_SIXTEEN_BITS = ("I", "I;16", "I;16L", "I;16B", "I;16N")
 
 
 # How 8-bit pixel data map to model values and back: raw = raw_scale * x + raw_offset, the
@@ -69,17 +79,57 @@ def _channels_of(image) -> int:
 
 
 # ----- a folder's files ---------------------------------------------------------------------------
-def _list_images(root: str) -> list[str]:
+def list_images(root: str) -> list[str]:
     """Relative paths (``/``-separated, sorted) of the files under ``root`` with an image suffix
-    that Pillow registers."""
+    that Pillow registers.
+
+    Links are followed (a data set may be linked in), but a directory already walked (the same
+    ``(st_dev, st_ino)``) is not entered again and a link to a directory inside ``root`` is
+    skipped, so a link loop ends, and each image is listed once, under its path without links.
+
+    Raises:
+        ValueError: ``root`` is the file system's root, or holds more than :data:`MAX_ENTRIES`
+            entries.
+    """
+    real = os.path.realpath(root)
+    if os.path.dirname(real) == real:
+        raise ValueError(f"{root!r} is the root of the file system, not a folder of images")
     suffixes = {s.lower() for s in _image_module().registered_extensions()}
-    found = []
+    inside = os.path.join(real, "")
+    seen = {_identity(root)}
+    found, entries = [], 0
     for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs.sort()
+        entries += len(dirs) + len(names)
+        if entries > MAX_ENTRIES:
+            raise ValueError(f"more than {MAX_ENTRIES:,} entries under {root!r}: is it the right "
+                             "folder? (the bound is scoresde.images.MAX_ENTRIES)")
+        dirs[:] = [d for d in sorted(dirs) if _first_visit(os.path.join(folder, d), inside, seen)]
         rel = os.path.relpath(folder, root)
         found += [name if rel == "." else f"{rel}/{name}".replace(os.sep, "/")
                   for name in names if os.path.splitext(name)[1].lower() in suffixes]
     return sorted(found)
+
+
+def _identity(path: str) -> tuple[int, int]:
+    """``(st_dev, st_ino)`` of what ``path`` points to: the same for every link to it."""
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _first_visit(path: str, inside: str, seen: set) -> bool:
+    """Whether a walk enters the directory ``path``: not when a link to a directory under
+    ``inside`` (walked without the link) nor when already in ``seen`` (to which it is added)."""
+    try:
+        if os.path.islink(path) and os.path.join(os.path.realpath(path), "").startswith(
+                inside):
+            return False
+        key = _identity(path)
+    except OSError:  # gone, or unreadable: os.walk would skip it as well
+        return False
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
 
 
 def _headers(root: str, files: list[str]) -> tuple[list[str], list, list[int]]:
@@ -126,13 +176,17 @@ class ImageFiles(torch.utils.data.Dataset):
     def decode(self, i: int) -> np.ndarray:
         """Image ``i`` as uint8 ``(H, W, C)``: converted, resized and centre-cropped.
 
+        16-bit greyscale (Pillow's modes ``I;16`` and ``I``) becomes 8 bits by rounding
+        ``v / 257`` (values of ``I`` clipped to ``0..65535`` first), so ``0..65535`` spans
+        ``0..255`` and a 16-bit copy of an 8-bit image (``v = 257 p``) reads back as ``p``.
+
         Raises:
             ValueError: the file cannot be decoded (named in the message).
         """
         Image, path = _image_module(), os.path.join(self.root, self.files[i])
         try:
             with Image.open(path) as im:
-                im = im.convert(MODES[self.channels])
+                im = _eight_bits(Image, im).convert(MODES[self.channels])
                 if self.resolution is not None:
                     im = _resize_crop(Image, im, self.resolution)
                 out = np.array(im, dtype=np.uint8)
@@ -146,6 +200,15 @@ class ImageFiles(torch.utils.data.Dataset):
         if not indices:
             return torch.zeros(0, self.channels, 1, 1, dtype=torch.uint8)
         return torch.stack([self[i] for i in indices])
+
+
+def _eight_bits(Image, im):
+    """A 16-bit greyscale image as 8-bit greyscale (``L``), ``round(v / 257)``; others as they
+    are (Pillow's own conversion would clip the 16-bit values to ``0..255``)."""
+    if im.mode not in _SIXTEEN_BITS:
+        return im
+    v = np.clip(np.asarray(im, dtype=np.int64), 0, 2**16 - 1)
+    return Image.fromarray(((v + 128) // 257).astype(np.uint8))  # mode L
 
 
 def _resize_crop(Image, im, resolution: int):
@@ -191,9 +254,10 @@ def read_folder(root: str, *, channels: int | None, resolution: int | None,
 
     Raises:
         ValueError: no image files, none readable, mixed channel counts without ``channels``,
-            mixed sizes without ``resolution``, or a file that cannot be decoded.
+            mixed sizes without ``resolution``, a file that cannot be decoded, or more than
+            :data:`MAX_ENTRIES` entries under ``root``.
     """
-    files = _list_images(root)
+    files = list_images(root)
     if not files:
         raise ValueError(f"data folder {root!r} holds no image files (PNG, JPEG, BMP, WebP, ...)")
     files, sizes, found = _headers(root, _class_files(files, root))
@@ -227,6 +291,14 @@ def read_folder(root: str, *, channels: int | None, resolution: int | None,
         test_labels=None if lab is None else lab[test_idx][sorted(shown)],
         num_classes=len(names),
         reference_fn=_reference(train))
+
+
+def _ignore_stops(worker_id: int) -> None:
+    """A decoding worker ignores SIGINT and SIGTERM (a terminal's Ctrl-C and a scheduler's
+    stop reach every process of the job): the trainer saves a checkpoint at the end of the
+    step, for which the workers must still be there; they end when the trainer does."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _decode_in_workers(files: ImageFiles) -> torch.Tensor:
@@ -360,7 +432,7 @@ class StepBatches:
             self._loader = iter(DataLoader(
                 self.dataset.train_source, batch_sampler=_StepSampler(self),
                 num_workers=self.workers, prefetch_factor=PREFETCH if self.workers else None,
-                pin_memory=self.device.type == "cuda",
+                pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stops,
                 generator=torch.Generator().manual_seed(0)))
         labels = self.dataset.train_labels
         y = None if labels is None else labels[idx].to(self.device)

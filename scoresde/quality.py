@@ -102,19 +102,22 @@ def cache_dir() -> Path:
 
 
 def _fingerprint(name: str) -> list:
-    """The size and modification time of a data file, or of every file under a folder (what
-    changes when the data does); nothing for names that are not files (toys, digits)."""
+    """The size and modification time of a data file, or of every image file under a folder
+    (the files :func:`~scoresde.images.list_images` lists for the reader, links followed: each
+    file's target's size and time), what changes when the data does; nothing for names that
+    are not files (toys, digits).
+
+    Raises:
+        ValueError: a folder of more than :data:`~scoresde.images.MAX_ENTRIES` entries.
+    """
     if os.path.isfile(name):
         st = os.stat(name)
         return [st.st_size, st.st_mtime_ns]
     if os.path.isdir(name):
         h = hashlib.sha256()
-        for root, dirs, files in os.walk(name):
-            dirs.sort()
-            for f in sorted(files):
-                st = os.stat(os.path.join(root, f))
-                h.update(f"{os.path.relpath(os.path.join(root, f), name)}:{st.st_size}:"
-                         f"{st.st_mtime_ns}\n".encode())
+        for rel in images.list_images(name):
+            st = os.stat(os.path.join(name, rel))  # the link's target
+            h.update(f"{rel}:{st.st_size}:{st.st_mtime_ns}\n".encode())
         return [h.hexdigest()[:16]]
     return []
 
@@ -153,7 +156,9 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
         cache: True for :func:`cache_dir`, a folder, or False to neither read nor write. An
             extractor that :func:`~scoresde.features.extractor_digest` cannot identify (a plain
             function) is never cached; a cache that cannot be written is a warning, and the
-            statistics are returned all the same.
+            statistics are returned all the same; a cache file that is not this key's
+            statistics (unreadable, another key, arrays of other shapes) is named in a
+            warning, and computed and written again.
         seed: the subset of kept features.
 
     Raises:
@@ -198,14 +203,48 @@ def reference_stats(dataset: Dataset, extractor, *, cache: str | os.PathLike | b
 
 def _read_cached(path: Path, text: str):
     """``(mu, sigma, features, n)`` from a cache file written for key ``text``; None when there
-    is none, or it is unreadable or of another key (it is then computed and written again)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if str(f["key"]) != text:
-                return None
-            return f["mu"], f["sigma"], torch.from_numpy(f["features"]), int(f["n"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+    is none. A file that is unreadable, of another key or whose arrays are not such statistics
+    (shapes, dtypes, values) is named in a warning and None is returned: the statistics are
+    then computed and the file written again (atomically)."""
+    if not path.exists():
         return None
+    try:
+        with open(path, "rb") as fh:  # closed here, also when numpy fails half-way
+            if fh.read(4) != b"PK\x03\x04":  # np.savez's zip archive
+                raise ValueError("not an .npz archive")
+            fh.seek(0)
+            with np.load(fh, allow_pickle=False) as f:
+                cached = {k: f[k] for k in ("key", "mu", "sigma", "features", "n")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        problem = f"unreadable ({type(err).__name__}: {err})"
+    else:
+        problem = _cache_problem(cached, text)
+    if problem is None:
+        return cached["mu"], cached["sigma"], torch.from_numpy(cached["features"]), int(
+            cached["n"])
+    warnings.warn(f"reference statistics cache file {path}: {problem}; computing the statistics "
+                  "again and overwriting it", stacklevel=3)
+    return None
+
+
+def _cache_problem(cached: dict, text: str) -> str | None:
+    """What is wrong with the arrays of a cache file for key ``text``, or None: the key,
+    ``mu`` ``(F,)``, ``sigma`` ``(F, F)``, ``features`` ``(min(n, KEEP_FEATURES), F)`` of
+    finite floats and the count ``n`` of the key's images."""
+    if cached["key"].shape != () or str(cached["key"]) != text:
+        return "written for another key"
+    n = json.loads(text)["n"]
+    mu, sigma, feats, count = (cached[k] for k in ("mu", "sigma", "features", "n"))
+    f = mu.shape[0] if mu.ndim == 1 else -1
+    if sigma.shape != (f, f) or feats.shape != (min(n, KEEP_FEATURES), f):
+        return (f"arrays of the wrong shapes (mu {mu.shape}, sigma {sigma.shape}, features "
+                f"{feats.shape} for {n} images)")
+    if not all(np.issubdtype(a.dtype, np.floating) and np.isfinite(a).all()
+               for a in (mu, sigma, feats)):
+        return "values that are not finite floats"
+    if count.shape != () or not np.issubdtype(count.dtype, np.integer) or int(count) != n:
+        return f"a count of images {count!r} other than the key's {n}"
+    return None
 
 
 def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,

@@ -304,3 +304,22 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert lines == ["rank 0: SIGTERM at step 6", "rank 1: SIGTERM at step 6"]
     assert _states(tmp_path / "run")["step"] == 6
+
+
+class _Handlers(torch.utils.data.Dataset):
+    """Each item: whether the worker that reads it ignores SIGINT and SIGTERM."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return torch.tensor([signal.getsignal(s) == signal.SIG_IGN
+                             for s in (signal.SIGINT, signal.SIGTERM)])
+
+
+def test_image_decoding_workers_leave_the_stop_to_the_trainer():
+    from scoresde.images import _ignore_stops
+
+    loader = torch.utils.data.DataLoader(_Handlers(), batch_size=2, num_workers=1,
+                                         worker_init_fn=_ignore_stops)
+    assert next(iter(loader)).all()  # Ctrl-C reaches the workers too: they stay for the save

@@ -10,12 +10,15 @@ are spaced in log-SNR from ``sigma_max`` to ``sigma_min = 0.01 * scale``, then o
 ``scale = sqrt(trace(S) / D)``, the data's standard deviation per entry (a run's
 ``sigma_data``). The multistep solvers (``dpmpp_2m``, ``unipc``) also get the Gaussian's data
 estimate one grid step above ``sigma_max`` (:func:`gaussian_warm_start`), so their first step
-is second order. The rule and its measurements: BENCHMARKS.md, "Few-step defaults".
+is second order. Where the window does not fit in the SDE's noise range (VE's
+``sigma(T) = 50`` below data of scale ``1e4``), a warning says so and the plain log-SNR grid is
+used (:func:`fewstep_grid`). The rule and its measurements: BENCHMARKS.md, "Few-step defaults".
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -26,12 +29,13 @@ from .common import Callback, run_callback
 from .grids import sigma_of_t, time_log_snr, time_of_sigma
 
 __all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
-           "TAIL_SIGMA", "uses_data_stats", "fewstep_grid", "gaussian_head", "gaussian_warm_start",
-           "shifted"]
+           "TAIL_SIGMA", "MIN_WINDOW", "uses_data_stats", "fewstep_grid", "gaussian_head",
+           "gaussian_warm_start", "shifted"]
 
 FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")
 FEWSTEP_MAX_STEPS = 20  # above it the head's fixed Gaussian jump would cap the accuracy
 HEAD_SIGMA, TAIL_SIGMA = 2.0, 0.01  # the window's ends, in units of the data's scale
+MIN_WINDOW = 2.0  # the least ratio of the window's ends inside [sigma(eps), sigma(T)]
 
 
 def uses_data_stats(solver: str, steps: int, grid: str | None = None,
@@ -104,16 +108,29 @@ def data_stats(dims: tuple[int, ...], data_std=None, data_mean=None,
 def fewstep_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> tuple[torch.Tensor, bool]:
     """The few-step grid: log-SNR inside ``[TAIL_SIGMA, HEAD_SIGMA] * stats.scale``.
 
+    The window is clipped to the SDE's noise range ``[sigma(eps), sigma(T)]``; where less than
+    a factor :data:`MIN_WINDOW` of it is left (data far larger or smaller than the SDE's
+    noise, e.g. VE's ``sigma_max = 50`` for data of scale ``1e4``), a warning says so and the
+    grid is the log-SNR grid from ``T`` to ``eps``, without the window or the head.
+
     Returns:
         ``(ts, head)``: decreasing float64 times ``(steps + 1,)``, and whether ``ts[0] -> ts[1]``
         is the jump to ``sigma_max`` that :func:`gaussian_head` takes (``False`` where
         ``sigma_max`` is above ``sigma(T)``, or with one step).
     """
-    sig_T = float(sigma_of_t(sde, torch.tensor([sde.T], dtype=torch.float64))[0])
-    sigma_max = HEAD_SIGMA * stats.scale
+    sig_T, sig_eps = sigma_of_t(sde, torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
+    sigma_max, sigma_min = HEAD_SIGMA * stats.scale, TAIL_SIGMA * stats.scale
+    if steps >= 2 and min(sigma_max, sig_T) < MIN_WINDOW * max(sigma_min, sig_eps):
+        warnings.warn(
+            f"the data's few-step window, sigma in [{sigma_min:.3g}, {sigma_max:.3g}] "
+            f"({TAIL_SIGMA:g} to {HEAD_SIGMA:g} times its scale), keeps less than a factor "
+            f"{MIN_WINDOW:g} inside the SDE's noise range [sigma(eps), sigma(T)] = "
+            f"[{sig_eps:.3g}, {sig_T:.3g}]; using the log-SNR grid from T to eps without it (an "
+            "SDE whose sigma(T) is well above the data's scale fits the data)", stacklevel=3)
+        return time_log_snr(sde, steps, eps), False
     head = steps >= 2 and sigma_max < sig_T
     window = dict(sigma_max=sigma_max if head else None,
-                  sigma_min=TAIL_SIGMA * stats.scale if steps >= 3 else None)
+                  sigma_min=sigma_min if steps >= 3 else None)
     return time_log_snr(sde, steps, eps, **window), head
 
 

@@ -78,6 +78,11 @@ def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
     tail = sigma_min is not None and sigma_min > sig_eps
     if head and tail and sigma_min >= sigma_max:
         raise ValueError(f"sigma_min must be below sigma_max, got {sigma_min!r} >= {sigma_max!r}")
+    for name, v, outside in (("sigma_max", sigma_max, head and sigma_max <= sig_eps),
+                             ("sigma_min", sigma_min, tail and sigma_min >= sig_T)):
+        if outside:
+            raise ValueError(f"{name}={v!r} is outside this SDE's noise range [sigma(eps), "
+                             f"sigma(T)] = [{sig_eps:.4g}, {sig_T:.4g}]; give a window inside it")
     inner = steps - head - tail
     if inner < 1:
         raise ValueError(f"steps must be >= {head + tail + 1} with this sigma window, got {steps}")
@@ -87,8 +92,12 @@ def _windowed(build, sde: SDE, steps: int, eps: float, sigma_max: float | None,
     t_lo = window[1] if tail else float(ends[1])
     ts = build(sde, t_hi, t_lo, inner)
     ts[0], ts[-1] = t_hi, t_lo  # the inverses are exact up to rounding: pin the ends
-    parts = [ends[:1]] * head + [ts] + [ends[1:]] * tail
-    return torch.cat(parts)
+    ts = torch.cat([ends[:1]] * head + [ts] + [ends[1:]] * tail)
+    if (head or tail) and not (ts[1:] < ts[:-1]).all():  # too narrow for float64's times
+        raise ValueError(f"the sigma window [{sigma_min!r}, {sigma_max!r}] is too narrow in "
+                         f"this SDE's noise range [{sig_eps:.4g}, {sig_T:.4g}] for {steps} "
+                         "decreasing times; widen it or give fewer steps")
+    return ts
 
 
 def _uniform(sde: SDE, t_hi: float, t_lo: float, n: int) -> torch.Tensor:
