@@ -460,7 +460,8 @@ def _interrupted(ctx: click.Context, stop, path: Path) -> str:
         return f"interrupted ({stop.signal_name}) before the first step: nothing was saved"
     command = ["scoresde", "train", "--resume", "--run", str(path)]
     for name, flag in (("steps", "--steps"), ("device", "--device"),
-                       ("checkpoint_every", "--checkpoint-every")):
+                       ("checkpoint_every", "--checkpoint-every"),
+                       ("eval_features", "--eval-features")):  # a file is never the run's
         if _explicit(ctx, name):
             command += [flag, str(ctx.params[name])]
     command += ["--quiet"] if ctx.params.get("quiet") else []
@@ -738,13 +739,13 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
                        known, problem)
     fingerprint = dict(options, run=_run_identity(path), device=str(dev), seed=seed, seeds=seeds,
                        label=label, guidance=guidance, mask=_file_identity(mask),
-                       embedding=_file_identity(embedding))
+                       embedding=_file_identity(embedding), data_statistics=_stats_identity(stats))
     if problem is not None:
         fingerprint.update(observe=_file_identity(observe), inverse=problem["method"],
                            inverse_knobs=problem["knobs"])
     if out is None:
-        extras = {k: v for k, v in fingerprint.items()
-                  if k not in ("solver", "steps", "seed", "seeds", "run")
+        extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
+                  if k not in ("solver", "steps", "seed", "seeds")  # they sample anew
                   and v != _UNSET.get(k, object())}
         if seeds is None and batch_size != default_batch:  # chunk k draws from (seed, k)
             extras["batch_size"] = batch_size
@@ -784,7 +785,13 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         record.update(inverse=problem["method"], inverse_options=problem["knobs"])
     _emit(record, as_json, [f"{solver or problem['method']}: {n} samples, NFE {nfe}, "
                             f"{seconds:.2f} s",
-                            f"wrote {out}" + (f" and {fig_path}" if fig_path else "")])
+                            _wrote(result, out, fig_path)])
+
+
+def _wrote(result: dict, out: Path, figure: Path | None) -> str:
+    """The line that says which files a sample command wrote (or found already written)."""
+    line = f"kept {out} (it holds these samples)" if result["reused"] else f"wrote {out}"
+    return line + (f" and {'wrote ' if result['reused'] else ''}{figure}" if figure else "")
 
 
 def _say_reused(result: dict, out: Path, as_json: bool) -> None:
@@ -802,12 +809,14 @@ def _say_reused(result: dict, out: Path, as_json: bool) -> None:
 # The fingerprint entries of `sample` at their defaults: the default file name spells out the
 # others (their hash).
 _UNSET = {"eps": None, "grid": None, "denoise": True, "knobs": {}, "device": "cpu",
-          "label": None, "guidance": 0.0, "mask": None, "embedding": None}
+          "label": None, "guidance": 0.0, "mask": None, "embedding": None,
+          "data_statistics": {}}
 
 
 def _data_files(config: dict) -> list:
-    """The files and run folders a run reads its data from (never to be written over)."""
-    return [Path(p) for p in (config.get("data"), config.get("latent"))
+    """The files and run folders a run reads its data from (never to be written over): the
+    data as named and where it was when the run started, the autoencoder run of a latent run."""
+    return [Path(p) for p in (config.get("data"), config.get("data_path"), config.get("latent"))
             if isinstance(p, str) and os.path.exists(p)]
 
 
@@ -875,7 +884,7 @@ def _sample_cascade(ctx: click.Context, runs, dev, n, seed, out, force, as_json)
               "batch_size": batch_size, "chunks": result["chunks"],
               "chunks_reused": result["chunks"] - result["drawn"]}
     _emit(record, as_json, [f"cascade: {n} samples, NFE {nfe} ({nfe_base} + {nfe_sr}), "
-                            f"{seconds:.2f} s", f"wrote {out} and {fig_path}"])
+                            f"{seconds:.2f} s", _wrote(result, out, fig_path)])
 
 
 def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):
@@ -1051,10 +1060,19 @@ def _mean_nfe(infos: list[dict], key: str = "nfe"):
 
 
 def _run_identity(path: Path) -> dict:
-    """What names a run's current weights: its folder and its checkpoint's size and time."""
+    """What names a run's current weights wherever the folder is: its checkpoint's digest."""
     from .runs import CHECKPOINT
+    from .utils import file_digest
 
-    return dict(_file_identity(path / CHECKPOINT), folder=str(path.resolve()))
+    return {"checkpoint_sha256": file_digest(path / CHECKPOINT)[:16]}
+
+
+def _stats_identity(stats: dict) -> dict:
+    """What names the data statistics a few-step draw uses: a digest of each tensor."""
+    import hashlib
+
+    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+            for k, v in sorted(stats.items())}
 
 
 def _file_identity(path) -> dict | None:
@@ -1537,6 +1555,8 @@ def demo(toy, sde, steps, n, out, force, seed, device, quick):
     except BaseException:
         _remove_unfinished(path)  # a demo that failed before its checkpoint leaves nothing
         raise
+    if out is not None:  # again: a minute has passed, and a file may have appeared there
+        _check_out(out, replace=force, suffixes=(".png", ".pdf", ".svg"))
     out = out or path / "demo.png"
     plotting.save_figure(figure, out)
     for line in summary:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
+from .utils import file_digest
 
 __all__ = ["DigitsFeatures", "DIGITS_WEIGHTS", "FEATURE_BATCH", "digits_extractor",
            "torchscript_extractor", "extract_features", "extractor_digest",
@@ -78,14 +79,6 @@ class _Features(nn.Module):
         return self.net.features(x)
 
 
-def _file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def digits_extractor(path: str | os.PathLike | None = None) -> nn.Module:
     """The digits feature network with its shipped weights (or those at ``path``), ``(N, 1, 8,
     8)`` in ``0..255`` -> ``(N, 64)``.
@@ -99,7 +92,7 @@ def digits_extractor(path: str | os.PathLike | None = None) -> nn.Module:
                                 "python tools/train_digits_features.py")
     net = DigitsFeatures()
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return _Features(net.requires_grad_(False), "digits:" + _file_digest(path)[:16])
+    return _Features(net.requires_grad_(False), "digits:" + file_digest(path)[:16])
 
 
 class _TorchScript(nn.Module):
@@ -140,7 +133,7 @@ def torchscript_extractor(path: str | os.PathLike) -> nn.Module:
     except (RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a TorchScript file: {first}") from None
-    return _TorchScript(module, "torchscript:" + _file_digest(path)[:16], path)
+    return _TorchScript(module, "torchscript:" + file_digest(path)[:16], path)
 
 
 # The named extractors (the CLI's --features takes one of these names or a TorchScript path).

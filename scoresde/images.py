@@ -305,7 +305,7 @@ def _decode_in_workers(files: ImageFiles) -> torch.Tensor:
     """Every image of ``files`` as uint8 ``(N, C, H, W)``, decoded by workers when many."""
     if len(files) < 1024 or WORKERS < 2:
         return files.decode_all(range(len(files)))
-    loader = DataLoader(files, batch_size=256, num_workers=WORKERS)
+    loader = DataLoader(files, batch_size=256, num_workers=WORKERS, worker_init_fn=_ignore_stops)
     return torch.cat(list(loader))
 
 

@@ -292,9 +292,11 @@ class Interrupts:
     Before :meth:`watching` (while the data, the model and the checkpoint are set up) a signal
     raises :class:`TrainingInterrupted` at once, with ``step=None``: nothing to save. While
     watching (the loop) the first signal is only noted, and :meth:`due` tells the loop to stop
-    at the end of the step; later signals are ignored until the checkpoint of that step is
-    written (a terminal, a scheduler and ``torchrun`` may each send one). A kill that cannot be
-    caught (SIGKILL) stops at once and leaves the previous checkpoint whole (writes are atomic).
+    at the end of the step; a later SIGTERM is ignored until the checkpoint of that step is
+    written (a scheduler and ``torchrun`` may each send one), while a second SIGINT (Ctrl-C
+    pressed again) raises ``KeyboardInterrupt`` at once, without saving. A kill that cannot be
+    caught (SIGKILL) stops at once too. Either way the previous checkpoint stays whole (writes
+    are atomic).
     After watching the run is complete, and signals are ignored until the context closes.
     """
 
@@ -323,6 +325,9 @@ class Interrupts:
             raise TrainingInterrupted(signum, self.run_dir)
         if self.phase == "watching" and not self.signum:
             self.signum = signum
+        elif self.phase == "watching" and signum == signal.SIGINT:  # Ctrl-C again: now
+            raise KeyboardInterrupt(f"interrupted twice: stopped without saving; {self.run_dir} "
+                                    "keeps its last checkpoint, if any")
 
     @contextlib.contextmanager
     def watching(self):

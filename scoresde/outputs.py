@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .runs import RUN_FILES, run_files
-from .utils import write_atomically
+from .utils import is_inside, write_atomically
 
 __all__ = ["check_output", "same_path", "samples_name"]
 
@@ -87,14 +87,14 @@ def _protected(path: Path, inputs: Iterable, others: Iterable) -> str | None:
             continue
         item = Path(item)
         if item.is_dir() and not any(f.exists() for f in run_files(item)):  # a data folder
-            if _inside(path, item):
+            if is_inside(path, item):
                 return f"it is inside the data folder {item}, whose files are read as data"
             continue
         files = run_files(item) if item.is_dir() else [item]
         if any(same_path(path, f) for f in files if f.exists()):
             return f"it is an input of the command ({item})"
     for item in others:
-        if item is not None and os.path.abspath(item) == os.path.abspath(path):
+        if item is not None and same_path(item, path):
             return "the command writes another of its outputs there"
     if path.name in RUN_FILES and path.parent.is_dir() and any(
             (path.parent / name).exists() for name in RUN_FILES):
@@ -103,12 +103,6 @@ def _protected(path: Path, inputs: Iterable, others: Iterable) -> str | None:
         if parent.name.endswith(PARTS_SUFFIX):
             return f"it is inside {parent}, the chunks of another output"
     return None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether ``path`` lies under ``folder`` (links resolved)."""
-    real, top = os.path.realpath(path), os.path.realpath(folder)
-    return os.path.commonpath([real, top]) == top
 
 
 def _check_writable(folder: Path, path: Path) -> None:

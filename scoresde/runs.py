@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -23,12 +24,12 @@ from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
 from .stepping import count_params
-from .utils import LOCK, resolve_device, write_atomically
+from .utils import LOCK, is_inside, resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
            "RUN_FILES", "run_files", "check_run_folder",
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
-           "write_config", "read_config", "append_metrics", "truncate_metrics", "is_run",
+           "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss", "is_run",
            "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
            "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
 
@@ -48,7 +49,7 @@ RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOCK)
 # The precision changes the results, so it stays the run's.
 MAY_CHANGE = frozenset({"steps", "progress", "checkpoint_every", "log_every", "device", "resume",
                         "run_dir", "batch_gpu", "compile", "channels_last", "sample_every",
-                        "eval_every", "eval_n", "eval_features"})
+                        "eval_every", "eval_n", "eval_features", "data_path"})
 
 
 # ----- files --------------------------------------------------------------------------------------
@@ -87,12 +88,12 @@ def load_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
 def _blocked(err: Exception) -> str:
     """The line of a refused ``weights_only`` load that names what was blocked (torch's message
     also advises loading with ``weights_only=False``: advice never to follow for such a file)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    named = [line for line in lines if "GLOBAL" in line or "nsupported" in line
-             or "WeightsUnpickler" in line]
+    named = re.search(r"GLOBAL\s+([\w.]+)", str(err))
     if named:
-        return named[0]
-    kept = [line for line in lines if "weights_only" not in line and "torch.load" not in line]
+        return f"blocked: {named.group(1)}"
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    kept = [line for line in lines if "weights_only" not in line and "torch.load" not in line
+            and "safe_globals" not in line]
     return kept[0] if kept else type(err).__name__
 
 
@@ -148,11 +149,30 @@ def truncate_metrics(run_dir: str | os.PathLike, step: int) -> None:
 
 def _step_of(line: str) -> int | None:
     """The step of one ``metrics.jsonl`` line; None for a blank or unreadable (cut) line."""
+    record = _record(line)
+    return None if record is None else int(record.get("step", 0))
+
+
+def _record(line: str) -> dict | None:
+    """One ``metrics.jsonl`` line as a dict; None for a blank or unreadable (cut) line."""
     try:
         record = json.loads(line)
     except ValueError:
         return None
-    return int(record.get("step", 0)) if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
+
+
+def last_loss(run_dir: str | os.PathLike) -> float:
+    """The loss of the last record in ``metrics.jsonl`` that has one; NaN if none does."""
+    loss = float("nan")
+    path = os.path.join(run_dir, METRICS)
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                record = _record(line)
+                if record is not None and isinstance(record.get("loss"), (int, float)):
+                    loss = float(record["loss"])
+    return loss
 
 
 def run_files(run_dir: str | os.PathLike) -> list[Path]:
@@ -174,8 +194,7 @@ def check_run_folder(run_dir: str | os.PathLike, data=None) -> None:
     """
     path = Path(run_dir)
     if isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-        top, real = os.path.realpath(data), os.path.realpath(path)
-        if os.path.commonpath([top, real]) == top:
+        if is_inside(path, data):
             raise ValueError(f"the run folder {path} lies inside the data folder {data}, whose "
                              "images would then include the run's; choose a folder outside it")
     if not path.exists():

@@ -157,10 +157,16 @@ def _finished(out, manifest: dict, keep: int, replace: bool) -> dict | None:
                 "reused": True}
     if replace:
         return None
-    what = ("samples drawn with other options" if recorded is not None
-            else "something other than samples of scoresde")
-    raise FileExistsError(f"{out} already exists and holds {what}; pass --force (replace=True) "
-                          "to replace it, or write to another file")
+    if recorded is not None:
+        old = dict(recorded.get("fingerprint") or {}, n=recorded.get("n"),
+                   batch_size=recorded.get("batch_size"))
+        new = dict(wanted["fingerprint"], n=wanted["n"], batch_size=wanted["batch_size"])
+        what = "samples drawn with other options ({})".format(", ".join(
+            sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))))
+    else:
+        what = "a file that does not say which samples it holds (not written by this version)"
+    raise FileExistsError(f"{out} already exists and holds {what}; replace it (--force, "
+                          "replace=True) or write to another file")
 
 
 def _holds(parts: Path, manifest: dict) -> bool:

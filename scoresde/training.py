@@ -11,8 +11,6 @@ checkpoint of the step it was on (:class:`~scoresde.loop.TrainingInterrupted`).
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 from contextlib import ExitStack, contextmanager
@@ -29,7 +27,7 @@ from .loop import (LOSSES, Interrupts, Options, Place, TrainingInterrupted, buil
                    dist_setup, fork_rng, run_loop)
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import (METRICS, TRAINER_TEMPORARIES, check_run_folder, learnt_unconditional,
+from .runs import (TRAINER_TEMPORARIES, check_run_folder, last_loss, learnt_unconditional,
                    load_run, read_config, resume_state, truncate_metrics, write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
@@ -182,6 +180,8 @@ def _resolve(kw: dict, dataset) -> dict:
         raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
         sigma_data=float(sigma_data), net=network.config(), num_params=count_params(network),
         run_dir=os.path.abspath(kw["run_dir"]))
+    if isinstance(kw["data"], (str, os.PathLike)) and os.path.exists(kw["data"]):
+        config["data_path"] = os.path.abspath(kw["data"])  # where it is, wherever one works
     return config
 
 
@@ -354,9 +354,9 @@ def train(
             request to stop) arrived; a ``KeyboardInterrupt``, for SIGTERM too. During a step,
             training stops at the end of it (its evaluation and sample grid included), writes
             its record and checkpoint and raises with ``step`` set: ``resume=True`` then goes
-            on bit-identically. Further signals are ignored until that checkpoint is written,
-            so the stop always saves (SIGKILL alone stops at once, leaving the previous
-            checkpoint). A signal before the first step raises at once with ``step=None``
+            on bit-identically. A further SIGTERM is ignored until that checkpoint is written,
+            so a scheduler's stop always saves; Ctrl-C pressed again stops at once with a
+            plain ``KeyboardInterrupt``, as SIGKILL does, leaving the previous checkpoint. A signal before the first step raises at once with ``step=None``
             (nothing trained, nothing saved); one in the last step lets the run finish. The
             handlers are taken in the main thread only, for the call, and put back as they
             were. Under ``torchrun`` every rank stops at the same step, a step after the
@@ -454,25 +454,8 @@ def _train_locked(kw: dict, config: dict, dataset, place: Place,
         if parts.batches is not None:
             parts.batches.close()  # the DataLoader workers of a streamed folder
     if start >= config["steps"]:  # nothing trained: the loss the run last recorded
-        result["loss"] = _last_loss(place.run_dir)
+        result["loss"] = last_loss(place.run_dir)
     return dict(result, resumed_from=start if state is not None else None)
-
-
-def _last_loss(run_dir: str) -> float:
-    """The loss of the last record in the run's metrics that has one; NaN if none does."""
-    loss = math.nan
-    try:
-        with open(os.path.join(run_dir, METRICS)) as f:
-            for line in f:
-                try:
-                    record = json.loads(line)
-                except ValueError:  # a line cut short by a kill
-                    continue
-                if isinstance(record, dict) and isinstance(record.get("loss"), (int, float)):
-                    loss = float(record["loss"])
-    except FileNotFoundError:
-        pass
-    return loss
 
 
 def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:

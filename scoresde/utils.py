@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import errno
 import glob
+import hashlib
 import os
 import random
 import secrets
+import stat
 import socket
 import time
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 __all__ = ["append_dims", "batch_sum", "time_vector", "CountedScore", "write_atomically",
+           "is_inside", "file_digest",
            "LOCK", "FolderBusyError", "folder_lock",
            "seed_everything", "make_generator", "seed_from", "resolve_device"]
 
@@ -132,7 +135,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
 
     Readers see the old file or the complete new one, never a part; if ``write`` fails (or the
     process is interrupted) the temporary file is removed and ``path`` is left as it was. The
-    file gets the permissions any new file gets (``0o666`` less the umask), as ``open`` gives.
+    file gets the permissions any new file gets (``0o666`` less the umask), as ``open`` gives;
+    a file that is replaced keeps its own.
 
     Raises:
         OSError: the disk (or quota) filled up while writing: ``errno.ENOSPC``, with a message
@@ -142,6 +146,8 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
     folder = os.path.dirname(os.path.abspath(path)) if folder is None else os.fspath(folder)
     fd, tmp = _new_file(folder, os.path.splitext(path)[1])
     try:
+        if os.path.exists(path):  # a file locked down by its owner stays so
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
@@ -155,6 +161,21 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
             raise OSError(errno.ENOSPC, f"no space left on the device writing {path} ({kept})",
                           path) from None
         raise
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's contents (hex), read a megabyte at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def is_inside(path: str | os.PathLike, folder: str | os.PathLike) -> bool:
+    """Whether ``path`` is ``folder`` or lies under it, links resolved."""
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([real, top]) == top
 
 
 def _new_file(folder: str, suffix: str) -> tuple[int, str]:

@@ -323,3 +323,19 @@ def test_image_decoding_workers_leave_the_stop_to_the_trainer():
     loader = torch.utils.data.DataLoader(_Handlers(), batch_size=2, num_workers=1,
                                          worker_init_fn=_ignore_stops)
     assert next(iter(loader)).all()  # Ctrl-C reaches the workers too: they stay for the save
+
+
+def test_ctrl_c_pressed_again_stops_at_once_keeping_the_last_checkpoint(tmp_path, own_handlers):
+    opts = dict(TINY, steps=10, checkpoint_every=4)
+
+    def twice(done, record):
+        if done == 6:  # a SIGTERM more is a scheduler's repeat, ignored; Ctrl-C again is not
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+                os.kill(os.getpid(), signum)
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        train(tmp_path / "run", callback=twice, **opts)
+    assert not isinstance(info.value, TrainingInterrupted) and "twice" in str(info.value)
+    assert _states(tmp_path / "run")["step"] == 4  # not 6: nothing was saved on the way out
+    for s in (signal.SIGINT, signal.SIGTERM):
+        assert signal.getsignal(s) is own_handlers
