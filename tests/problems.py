@@ -121,3 +121,23 @@ def run_python(*args, timeout=120, cwd=None, **env):
                OMP_NUM_THREADS="1", **env)
     return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd, env=env)
+
+
+def run_states(run_dir):
+    """A run folder's checkpoint (state dicts and plain data)."""
+    from scoresde.runs import load_checkpoint
+
+    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+
+
+def assert_equal_states(a, b):
+    """Two checkpoints bit for bit: the step, model, EMA, optimizer state, data generator."""
+    assert a["step"] == b["step"]
+    for key in ("model", "ema"):
+        assert a[key].keys() == b[key].keys()
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert torch.equal(a["rng"]["data"], b["rng"]["data"])

@@ -15,7 +15,7 @@ from sklearn.datasets import load_sample_images
 from problems import Interrupt, invoke, stop_at
 from scoresde import images, train
 from scoresde.data import get_dataset, run_dataset
-from scoresde.images import StepBatches, to_model
+from scoresde.images import StepBatches
 from scoresde.runs import load_checkpoint, upgrade_config
 
 PHOTOS = load_sample_images().images  # two (427, 640, 3) uint8 photographs

@@ -20,10 +20,9 @@ import torch
 import scoresde
 from scoresde import train
 from scoresde.loop import Interrupts, Place, _check_weights
-from scoresde.runs import load_checkpoint
 from scoresde.training import TrainingInterrupted
 
-from problems import ROOT, TINY, invoke, run_python
+from problems import ROOT, TINY, assert_equal_states, invoke, run_python, run_states
 
 SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # and the command's exit status for each
 
@@ -46,20 +45,8 @@ def own_handlers():
         signal.signal(s, h)
 
 
-def _states(run_dir):
-    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
 
 
-def _assert_equal_states(a, b):
-    """Bit for bit: the step, model, EMA, optimizer state and the data generator."""
-    assert a["step"] == b["step"]
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
 def _records(run_dir):
@@ -87,13 +74,13 @@ def test_a_signal_in_a_step_saves_that_step_and_resuming_equals_a_straight_run(t
                          f"in {tmp_path / 'cut'}")
     for s in (signal.SIGINT, signal.SIGTERM):  # put back as they were; ours never reached
         assert signal.getsignal(s) is own_handlers
-    assert _states(tmp_path / "cut")["step"] == 6
+    assert run_states(tmp_path / "cut")["step"] == 6
     # A record of steps 5-6 (log_every 4): after resuming, every step is in one record.
     assert [r["step"] for r in _records(tmp_path / "cut")] == [4, 6]
     train(tmp_path / "cut", resume=True, **opts)
     assert [r["step"] for r in _records(tmp_path / "cut")] == [4, 6, 8, 10]
     train(tmp_path / "straight", **opts)
-    _assert_equal_states(_states(tmp_path / "straight"), _states(tmp_path / "cut"))
+    assert_equal_states(run_states(tmp_path / "straight"), run_states(tmp_path / "cut"))
     straight, cut = _records(tmp_path / "straight"), _records(tmp_path / "cut")
     assert straight[0]["loss"] == cut[0]["loss"]
     assert straight[1]["loss"] == pytest.approx((2 * cut[1]["loss"] + 2 * cut[2]["loss"]) / 4)
@@ -128,7 +115,7 @@ def test_a_signal_in_the_last_step_lets_the_run_finish(tmp_path, own_handlers):
             os.kill(os.getpid(), signal.SIGINT)
 
     result = train(tmp_path / "run", steps=4, callback=send, **TINY)
-    assert result["step"] == 4 and _states(tmp_path / "run")["step"] == 4
+    assert result["step"] == 4 and run_states(tmp_path / "run")["step"] == 4
     assert signal.getsignal(signal.SIGINT) is own_handlers
 
 
@@ -192,7 +179,7 @@ def test_diverging_names_the_checkpoint_kept_or_that_there_is_none(tmp_path, mon
         with pytest.raises(FloatingPointError, match=f"non-finite loss at step 4; stopped at "
                            f"step 4: the checkpoint of step 2 in {re.escape(str(run))} is kept"):
             train(run, steps=6, resume=True, checkpoint_every=10, **TINY)
-    assert _states(run)["step"] == 2
+    assert run_states(run)["step"] == 2
     # The command: a new run that diverges before its first checkpoint leaves no folder.
     result = invoke("train", "--run", tmp_path / "cli", "--lr", "1e30", "--steps", 100,
                     "--width", 16, "--batch-size", 32, "--quiet")
@@ -256,7 +243,7 @@ def test_the_command_interrupted_saves_says_how_to_resume_and_resumes_exactly(tm
     proc.send_signal(signal.Signals[name])
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == SIGNALS[name], err[-2000:]
-    step = _states(run)["step"]
+    step = run_states(run)["step"]
     assert 100 <= step < 600
     assert err.strip().splitlines()[-1] == (
         f"interrupted ({name}) at step {step} of 600: saved the checkpoint of step {step} in "
@@ -268,7 +255,7 @@ def test_the_command_interrupted_saves_says_how_to_resume_and_resumes_exactly(tm
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-2000:]
     assert out.startswith("trained 600 steps in ")
-    _assert_equal_states(_states(straight()), _states(run))
+    assert_equal_states(run_states(straight()), run_states(run))
     logged = [r["step"] for r in _records(run)]
     assert logged == sorted(set(range(100, 601, 100)) | {step})
 
@@ -303,7 +290,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank "))
     assert lines == ["rank 0: SIGTERM at step 6", "rank 1: SIGTERM at step 6"]
-    assert _states(tmp_path / "run")["step"] == 6
+    assert run_states(tmp_path / "run")["step"] == 6
 
 
 class _Handlers(torch.utils.data.Dataset):
@@ -336,6 +323,6 @@ def test_ctrl_c_pressed_again_stops_at_once_keeping_the_last_checkpoint(tmp_path
     with pytest.raises(KeyboardInterrupt) as info:
         train(tmp_path / "run", callback=twice, **opts)
     assert not isinstance(info.value, TrainingInterrupted) and "twice" in str(info.value)
-    assert _states(tmp_path / "run")["step"] == 4  # not 6: nothing was saved on the way out
+    assert run_states(tmp_path / "run")["step"] == 4  # not 6: nothing was saved on the way out
     for s in (signal.SIGINT, signal.SIGTERM):
         assert signal.getsignal(s) is own_handlers

@@ -125,7 +125,7 @@ def test_the_figure_never_replaces_a_file_of_the_users(in_workdir):
     assert not (in_workdir / "plot.npz").exists()
 
 
-# ----- training writes only into its own folders ---------------------------------------------------
+# ----- training writes only into its own folders -------------------------------------------------
 def test_train_never_writes_into_a_folder_of_the_users(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "mine"

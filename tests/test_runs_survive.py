@@ -10,13 +10,12 @@ import sys
 import time
 
 import pytest
-import torch
 
 from scoresde import train
 from scoresde.runs import load_checkpoint
 from scoresde.utils import LOCK, FolderBusyError, folder_lock
 
-from problems import ROOT, TINY, invoke
+from problems import ROOT, TINY, assert_equal_states, invoke, run_states
 
 # A process that holds a run folder's lock until it is killed; prints "held" once it has it.
 HOLDER = """
@@ -42,18 +41,8 @@ def _holder(run_dir):
     return proc
 
 
-def _states(run_dir):
-    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
 
 
-def _assert_equal_states(a, b):
-    assert a["step"] == b["step"]
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(a["rng"]["data"], b["rng"]["data"])
 
 
 def _logged_steps(run_dir):
@@ -76,11 +65,11 @@ def test_resume_starts_a_run_that_has_no_checkpoint_yet(tmp_path, before):
     result = invoke("train", "--resume", "--run", run, "--steps", 3, *CLI_TINY)
     assert result.exit_code == 0, result.output
     assert "no checkpoint in" in result.stderr and "starting the run" in result.stderr
-    assert _states(run)["step"] == 3
+    assert run_states(run)["step"] == 3
     assert json.loads((run / "config.json").read_text())["steps"] == 3
     again = invoke("train", "--resume", "--run", run, "--steps", 5, *CLI_TINY)
     assert again.exit_code == 0, again.output
-    assert "starting the run" not in again.stderr and _states(run)["step"] == 5
+    assert "starting the run" not in again.stderr and run_states(run)["step"] == 5
 
 
 def test_resume_still_refuses_options_that_conflict_with_the_run(tmp_path):
@@ -113,7 +102,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_one_does_not_b
     (run / ".tmp-cut.pt").write_bytes(b"half a checkpoint")  # left by a writer killed mid-write
     (run / ".tmp-sampler.npz").write_bytes(b"a sampler writing")  # another writer's, still busy
     train(run, steps=2, resume=True, **TINY)
-    assert _states(run)["step"] == 2 and not (run / ".tmp-cut.pt").exists()
+    assert run_states(run)["step"] == 2 and not (run / ".tmp-cut.pt").exists()
     assert (run / ".tmp-sampler.npz").exists()
     assert (run / LOCK).read_text().startswith(f"pid {os.getpid()} on ")
 
@@ -206,6 +195,6 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path)
     last = _trainer(run)
     assert last.wait(timeout=300) == 0, last.stderr.read()[-2000:]
     assert straight.wait(timeout=300) == 0, straight.stderr.read()[-2000:]
-    _assert_equal_states(_states(tmp_path / "straight"), _states(run))
+    assert_equal_states(run_states(tmp_path / "straight"), run_states(run))
     assert _logged_steps(run) == list(range(10, 401, 10))
     assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]

@@ -1,7 +1,6 @@
 """Training runs: learning, exact resume, refused checkpoints, non-finite losses, DDP."""
 
 import json
-import os
 import socket
 
 import pytest
@@ -12,20 +11,10 @@ import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
 from scoresde.runs import load_checkpoint
 
-from problems import TINY, Interrupt, invoke, run_python, stop_at
-
-def _states(run_dir):
-    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
+from problems import TINY, Interrupt, assert_equal_states, invoke, run_python, run_states, stop_at
 
 
-def _assert_equal_states(a, b):
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and a["step"] == b["step"]
+
 
 
 @pytest.mark.slow
@@ -57,10 +46,10 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
     train(tmp_path / "full", **opts)
     with pytest.raises(Interrupt):
         train(tmp_path / "cut", callback=stop_at(8), **opts)
-    assert _states(tmp_path / "cut")["step"] == 5
+    assert run_states(tmp_path / "cut")["step"] == 5
     result = train(tmp_path / "cut", resume=True, **opts)
     assert result["resumed_from"] == 5
-    _assert_equal_states(_states(tmp_path / "full"), _states(tmp_path / "cut"))
+    assert_equal_states(run_states(tmp_path / "full"), run_states(tmp_path / "cut"))
     steps = [json.loads(s)["step"] for s in open(tmp_path / "cut" / "metrics.jsonl")]
     assert steps == [2, 4, 6, 8, 10, 12]
 
@@ -86,7 +75,7 @@ class _Payload:
 def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
     train(tmp_path / "run", steps=2, **TINY)
     marker = tmp_path / "pwned"
-    state = _states(tmp_path / "run")
+    state = run_states(tmp_path / "run")
     state["extra"] = _Payload(str(marker))
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
     with pytest.raises(ValueError, match="refusing to load"):
@@ -115,7 +104,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(tmp_path, monke
     with pytest.raises(FloatingPointError, match="step 7"):
         train(tmp_path / "run", steps=10, checkpoint_every=5, callback=poison, **TINY)
     monkeypatch.undo()
-    state = _states(tmp_path / "run")
+    state = run_states(tmp_path / "run")
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -161,7 +150,7 @@ def test_distributed_equals_one_process(tmp_path):
         assert proc.returncode == 0, proc.stderr[-3000:]
     train(tmp_path / "one", data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
           steps=6, lr_decay="none", progress=False)
-    a, b = _states(tmp_path / "ddp"), _states(tmp_path / "one")
+    a, b = run_states(tmp_path / "ddp"), run_states(tmp_path / "one")
     assert a["step"] == b["step"] == 6
     for key in ("model", "ema"):
         for k in a[key]:

@@ -13,9 +13,8 @@ import scoresde.loop
 import scoresde.runs
 import scoresde.training
 from scoresde import load_run, train
-from scoresde.runs import load_checkpoint
 
-from problems import TINY, Interrupt, invoke, stop_at
+from problems import TINY, Interrupt, assert_equal_states, invoke, run_states, stop_at
 
 # A small U-Net on the 8x8 digits: a few seconds for tens of steps on one core.
 DIGITS = dict(data="digits", batch_size=32, progress=False, log_every=1,
@@ -41,8 +40,6 @@ def _spy_on_the_model(monkeypatch):
     _BUILT.clear()
 
 
-def _state(run_dir):
-    return load_checkpoint(os.path.join(run_dir, "checkpoint.pt"))
 
 
 def _metrics(run_dir):
@@ -53,13 +50,6 @@ def _max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def _assert_same_states(a, b):
-    for key in ("model", "ema"):
-        assert a[key].keys() == b[key].keys()
-        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
-    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
-        assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert torch.equal(a["rng"]["data"], b["rng"]["data"]) and a["step"] == b["step"]
 
 
 # ----- micro-batches ------------------------------------------------------------------------------
@@ -76,9 +66,9 @@ def test_micro_batches_equal_the_whole_batch(tmp_path, opts):
     runs = {bg: tmp_path / f"bg{bg}" for bg in (None, 8, 12)}
     for bg, run in runs.items():
         train(run, steps=6, batch_gpu=bg, **opts)
-    whole = _state(runs[None])
+    whole = run_states(runs[None])
     for bg in (8, 12):
-        split = _state(runs[bg])
+        split = run_states(runs[bg])
         assert _max_diff(whole["model"], split["model"]) < 1e-5
         assert _max_diff(whole["ema"], split["ema"]) < 1e-5
         for a, b in zip(_metrics(runs[None]), _metrics(runs[bg])):
@@ -94,9 +84,9 @@ def test_resume_with_micro_batches_and_bf16_is_bit_identical(tmp_path):
     train(tmp_path / "full", **opts)
     with pytest.raises(Interrupt):
         train(tmp_path / "cut", callback=stop_at(4), **opts)
-    assert _state(tmp_path / "cut")["step"] == 3
+    assert run_states(tmp_path / "cut")["step"] == 3
     train(tmp_path / "cut", resume=True, **opts)
-    _assert_same_states(_state(tmp_path / "full"), _state(tmp_path / "cut"))
+    assert_equal_states(run_states(tmp_path / "full"), run_states(tmp_path / "cut"))
     config = json.loads((tmp_path / "cut" / "config.json").read_text())
     assert config["precision"] == "bf16" and config["batch_gpu"] == 6
     # batch_gpu may change on resume (round-off only); the precision may not.
@@ -122,7 +112,7 @@ def test_bf16_on_the_cpu_trains_like_fp32(tmp_path):
     assert abs(late16 - late32) < 0.01 * late32
     assert late16 < np.mean(bf16[:7]) and late32 < np.mean(fp32[:7])
     assert all(torch.isfinite(v).all() and v.dtype == torch.float32
-               for v in _state(tmp_path / "bf16")["model"].values())
+               for v in run_states(tmp_path / "bf16")["model"].values())
 
 
 def test_fp16_on_the_cpu_is_a_clear_error(tmp_path):
@@ -160,15 +150,15 @@ def test_steps_the_scaler_skips_are_counted_not_stopped(tmp_path, monkeypatch):
     skipped = [r["skipped_steps"] for r in records]
     assert result["skipped_steps"] == sum(skipped) and 0 < sum(skipped) < 8
     assert skipped[0] > 0 and skipped[-1] == 0
-    state = _state(tmp_path / "full")
+    state = run_states(tmp_path / "full")
     assert state["scaler"]["scale"] < 2.0 ** 20
     assert _max_diff(state["model"], _BUILT[0]["initial"]) > 1e-4
     assert all(torch.isfinite(v).all() for v in state["model"].values())
     with pytest.raises(Interrupt):
         train(tmp_path / "cut", callback=stop_at(6), **opts)
     train(tmp_path / "cut", resume=True, **opts)
-    _assert_same_states(state, _state(tmp_path / "cut"))
-    assert _state(tmp_path / "cut")["scaler"] == state["scaler"]
+    assert_equal_states(state, run_states(tmp_path / "cut"))
+    assert run_states(tmp_path / "cut")["scaler"] == state["scaler"]
 
 
 def test_a_real_nan_with_a_scaler_still_stops(tmp_path, monkeypatch):
@@ -176,7 +166,7 @@ def test_a_real_nan_with_a_scaler_still_stops(tmp_path, monkeypatch):
     with pytest.raises(FloatingPointError, match="loss at step 4; stopped at step 4"):
         train(tmp_path / "run", steps=6, callback=_poison_after(3), precision="fp16",
               **dict(TINY, log_every=5), checkpoint_every=2)
-    state = _state(tmp_path / "run")
+    state = run_states(tmp_path / "run")
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
@@ -210,7 +200,7 @@ def test_a_non_finite_loss_stops_naming_its_step_before_any_checkpoint_of_it(tmp
     with pytest.raises(FloatingPointError, match=f"loss at step 8; stopped at step {stop}"):
         train(tmp_path / "run", steps=12, checkpoint_every=5, callback=_poison_after(7),
               **dict(TINY, log_every=log_every))
-    state = _state(tmp_path / "run")
+    state = run_states(tmp_path / "run")
     assert state["step"] == 5 and all(torch.isfinite(v).all() for v in state["model"].values())
     if log_every == 3:
         assert [r["step"] for r in _metrics(tmp_path / "run")] == [3, 6]  # none of step 9
@@ -274,7 +264,7 @@ def test_a_compiled_run_trains_and_saves_the_plain_modules_weights(tmp_path):
     opts = dict(TINY, steps=3, lr=1e-2, warmup=1)
     train(tmp_path / "eager", **opts)
     train(tmp_path / "compiled", compile=True, **opts)
-    a, b = _state(tmp_path / "eager"), _state(tmp_path / "compiled")
+    a, b = run_states(tmp_path / "eager"), run_states(tmp_path / "compiled")
     assert a["model"].keys() == b["model"].keys() and a["ema"].keys() == b["ema"].keys()
     assert not any("_orig_mod" in k for k in b["model"])
     assert _max_diff(a["model"], b["model"]) < 1e-5
@@ -291,7 +281,7 @@ def test_sample_grids_are_written_and_leave_training_alone(tmp_path):
     with pytest.raises(Interrupt):
         train(tmp_path / "grids", sample_every=2, callback=stop_at(3), **opts)
     train(tmp_path / "grids", sample_every=2, resume=True, **opts)
-    _assert_same_states(_state(tmp_path / "plain"), _state(tmp_path / "grids"))
+    assert_equal_states(run_states(tmp_path / "plain"), run_states(tmp_path / "grids"))
     names = sorted(os.listdir(tmp_path / "grids" / "samples"))
     assert names == ["step_000002.png", "step_000004.png", "step_000005.png"]
     assert all((tmp_path / "grids" / "samples" / n).read_bytes()[:4] == b"\x89PNG" for n in names)
@@ -318,7 +308,7 @@ def test_runs_from_before_these_options_load_and_resume(tmp_path):
     (run / "config.json").write_text(json.dumps(config))
     assert load_run(run)[2]["precision"] == "fp32"
     train(run, steps=3, resume=True, **TINY)
-    assert _state(run)["step"] == 3
+    assert run_states(run)["step"] == 3
 
 
 def test_the_cli_options(tmp_path):
