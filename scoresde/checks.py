@@ -17,9 +17,21 @@ import threading
 from contextlib import contextmanager
 from typing import Iterable, Iterator
 
-__all__ = ["check_int", "check_number", "check_choice", "trusted_values", "values_trusted"]
+__all__ = ["OptionError", "check_int", "check_number", "check_choice", "trusted_values",
+           "values_trusted"]
 
 _TRUST = threading.local()
+
+
+class OptionError(ValueError):
+    """A value that does not fit, raised by a task for one of its options.
+
+    ``option`` names the keyword (``"label"``; ``"observe/mask"`` for two together; None for
+    the options as a whole), which the command shows as its flag (``--label``)."""
+
+    def __init__(self, option: str | None, message: str):
+        super().__init__(message)
+        self.option = option
 
 
 @contextmanager

@@ -7,11 +7,12 @@ the conditional scores and the unconditional one (Ho & Salimans 2021).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .checks import values_trusted
 
-__all__ = ["NULL_LABEL", "check_labels"]
+__all__ = ["NULL_LABEL", "check_labels", "chunk_labels"]
 
 NULL_LABEL = -1
 
@@ -51,3 +52,26 @@ def check_labels(y, batch: int, num_classes: int | None = None,
         null = f" or {NULL_LABEL} (null)" if allow_null else ""
         raise ValueError(f"labels must lie in {accepted}{null}; got {int(t[bad][0])}")
     return t
+
+
+def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor | None:
+    """The class labels of samples ``start:stop`` for ``label``: None, an integer class (every
+    sample), or ``"all"`` (sample ``i`` of class ``i % num_classes``, as ``scoresde sample
+    --label all``, so every class has its share of the samples).
+
+    Raises:
+        ValueError: a label that is not None, ``"all"`` or a class in ``[0, num_classes)``, or
+            any label for an unconditional model (``num_classes`` 0).
+    """
+    if label is None:
+        return None
+    if not num_classes:
+        raise ValueError(f"label={label!r} needs a class-conditional model; this one is "
+                         "unconditional (train it with conditional=True on labelled data)")
+    if isinstance(label, str) and label == "all":
+        return torch.arange(start, stop) % num_classes
+    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
+            or not 0 <= label < num_classes:
+        raise ValueError(f"label must be None, 'all' or a class in [0, {num_classes}), "
+                         f"got {label!r}")
+    return torch.full((stop - start,), int(label))

@@ -36,6 +36,7 @@ from . import images
 from .checks import check_int
 from .data import Dataset
 from .features import FEATURE_BATCH, extract_features, extractor_digest, to_extractor_range
+from .labels import chunk_labels
 from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, precision_recall
 from .utils import write_atomically
 
@@ -276,29 +277,6 @@ def _check_count(n: int, reference: Reference) -> int:
     if n < 2 * KID_MIN_SUBSETS:
         raise ValueError(f"KID needs at least {2 * KID_MIN_SUBSETS} samples, got n={n}")
     return n
-
-
-def chunk_labels(label, start: int, stop: int, num_classes: int) -> torch.Tensor | None:
-    """The class labels of samples ``start:stop`` for ``label``: None, an integer class (every
-    sample), or ``"all"`` (sample ``i`` of class ``i % num_classes``, as ``scoresde sample
-    --label all``, so every class has its share of the samples).
-
-    Raises:
-        ValueError: a label that is not None, ``"all"`` or a class in ``[0, num_classes)``, or
-            any label for an unconditional model (``num_classes`` 0).
-    """
-    if label is None:
-        return None
-    if not num_classes:
-        raise ValueError(f"label={label!r} needs a class-conditional model; this one is "
-                         "unconditional (train it with conditional=True on labelled data)")
-    if isinstance(label, str) and label == "all":
-        return torch.arange(start, stop) % num_classes
-    if isinstance(label, bool) or not isinstance(label, (int, np.integer)) \
-            or not 0 <= label < num_classes:
-        raise ValueError(f"label must be None, 'all' or a class in [0, {num_classes}), "
-                         f"got {label!r}")
-    return torch.full((stop - start,), int(label))
 
 
 def _check_condition(model, label, guidance: float) -> int:

@@ -29,7 +29,8 @@ from .utils import LOCK, is_inside, resolve_device, write_atomically
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
            "RUN_FILES", "run_files", "check_run_folder",
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
-           "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss", "is_run",
+           "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss",
+           "is_run",
            "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
            "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
 

@@ -356,8 +356,9 @@ def train(
             its record and checkpoint and raises with ``step`` set: ``resume=True`` then goes
             on bit-identically. A further SIGTERM is ignored until that checkpoint is written,
             so a scheduler's stop always saves; Ctrl-C pressed again stops at once with a
-            plain ``KeyboardInterrupt``, as SIGKILL does, leaving the previous checkpoint. A signal before the first step raises at once with ``step=None``
-            (nothing trained, nothing saved); one in the last step lets the run finish. The
+            plain ``KeyboardInterrupt``, as SIGKILL does, leaving the previous checkpoint. A
+            signal before the first step raises at once with ``step=None`` (nothing trained,
+            nothing saved); one in the last step lets the run finish. The
             handlers are taken in the main thread only, for the call, and put back as they
             were. Under ``torchrun`` every rank stops at the same step, a step after the
             signal: the ranks agree on it with one ``all_reduce`` of one integer per step

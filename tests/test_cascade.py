@@ -132,7 +132,7 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path, monkeypatch):
     straight = invoke(*chunked, "--out", tmp_path / "straight.npz")
     assert straight.exit_code == 0, straight.output
     assert json.loads(straight.output)["chunks"] == 2
-    module = sys.modules["scoresde.cascade"]  # the package's name `cascade` is the function
+    module = sys.modules["scoresde.tasks.cascades"]  # the cascade draw calls its `cascade`
     calls, draw = [], module.cascade
 
     @functools.wraps(draw)  # its signature too: the CLI's defaults read it

@@ -262,8 +262,11 @@ def test_cheap_help_examples_run(workdir, tmp_path, monkeypatch, line):
 
 
 def test_the_cli_leaves_run_files_to_scoresde_runs():
-    # The run folder has one owner: the CLI asks scoresde.runs and names none of its files.
-    source = (ROOT / "scoresde" / "cli.py").read_text()
+    # The run folder has one owner: the CLI and the tasks ask scoresde.runs and name none of its
+    # files.
+    source = "".join(p.read_text() for folder in ("cli", "tasks")
+                     for p in sorted((ROOT / "scoresde" / folder).glob("*.py")))
+    assert "def main" in source and "def sample_run" in source  # the files were read
     assert "config.json" not in source and "checkpoint.pt" not in source
     assert "metrics.jsonl" not in source
 

@@ -274,7 +274,7 @@ def _interrupted_after(count, calls):
 
 
 def test_sample_keeps_no_rows_of_vector_data_it_does_not_draw(tmp_path, monkeypatch):
-    import scoresde.sample_files as files
+    import scoresde.tasks.sampling as files
 
     monkeypatch.chdir(tmp_path)
     np.save("points.npy", np.random.default_rng(0).normal(size=(64, 5)).astype(np.float32))

@@ -1,0 +1,256 @@
+"""What every command shares: library tables and defaults read when first needed, errors as one
+line, run folders, output checks, printing a record.
+
+Library names are imported inside functions, so ``scoresde --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import shutil
+import sys
+import warnings
+from importlib import import_module
+from pathlib import Path
+from typing import Callable
+
+import click
+
+RUNS = Path("runs")
+CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+# ----- library tables and defaults, read when first needed ---------------------------------------
+def library(dotted: str):
+    """The library's object at ``dotted``: ``"train"`` is ``scoresde.train`` (the function),
+    ``"losses.WEIGHTINGS"`` is ``scoresde.losses.WEIGHTINGS``. It imports the library, so call
+    it inside a command or a help, never at import time."""
+    module, _, name = dotted.rpartition(".")
+    return getattr(import_module(f"scoresde.{module}" if module else "scoresde"), name)
+
+
+def names(table: str) -> Callable[[], list[str]]:
+    """The names (tuple entries or dict keys) of the library table ``table``, when asked."""
+    return lambda: list(library(table))
+
+
+class LazyChoice(click.Choice):
+    """A Choice whose names come from a library table when first needed."""
+
+    def __init__(self, table: str):
+        self._names = names(table)
+        super().__init__([])
+
+    @property
+    def choices(self):
+        return self._names()
+
+    @choices.setter
+    def choices(self, value):
+        pass
+
+
+class Default:
+    """The default of keyword ``name`` of the library function ``function``, read when needed.
+
+    A click default (called for the value) that ``--help`` shows as the value itself."""
+
+    def __init__(self, function: str, name: str):
+        self.function, self.name = function, name
+
+    def __call__(self):
+        return inspect.signature(library(self.function)).parameters[self.name].default
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+class LazyHelp(click.Option):
+    """An option whose help is a format string of library values, filled in only when shown.
+
+    ``fields`` maps the names in ``help`` to functions giving their values (e.g. a
+    :class:`Default`)."""
+
+    def __init__(self, *args, fields: dict[str, Callable[[], object]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields = fields
+
+    def get_help_record(self, ctx: click.Context):
+        template = self.help
+        self.help = template.format(**{k: f() for k, f in self.fields.items()})
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
+
+
+def one_line(msg: object) -> str:
+    return " ".join(str(msg).split()) or "failed"
+
+
+class Main(click.Group):
+    """A group whose every error is one line on stderr with status 2 (bad input) or 1 (failure)."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        debug = bool(os.environ.get("SCORESDE_DEBUG"))
+        formatted = warnings.formatwarning
+        if not debug:  # the library's warnings as one line each, without a source line
+            warnings.formatwarning = _one_line_warning
+        try:
+            self._run(args, prog_name, complete_var, debug, **extra)
+        finally:
+            warnings.formatwarning = formatted
+
+    def _run(self, args, prog_name, complete_var, debug: bool, **extra) -> None:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx else ""
+            self._fail(f"Error: {one_line(err.format_message())}{hint}", 2, debug)
+        except click.ClickException as err:
+            self._fail(f"Error: {one_line(err.format_message())}", err.exit_code, debug)
+        except click.Abort as err:  # click's word for Ctrl-C (or end of input at a prompt)
+            stop = err.__cause__ or err.__context__
+            if isinstance(stop, KeyboardInterrupt):
+                self._fail("Interrupted.", 128 + getattr(stop, "signum", 2), debug)
+            self._fail("Aborted.", 1, debug)
+        except (ValueError, TypeError, FileExistsError, FileNotFoundError) as err:
+            self._fail(f"Error: {one_line(err)}", 2, debug)
+        except KeyboardInterrupt:
+            self._fail("Interrupted.", 130, debug)
+        except OSError as err:  # the system's word (a full disk, a permission), said once
+            where = f": {err.filename}" if err.filename and str(err.filename) not in str(
+                err.strerror) else ""
+            self._fail(f"Error: {one_line(err.strerror or err)}{where}", 1, debug)
+        except Exception as err:  # a runtime failure: one line, status 1
+            self._fail(f"Error: {type(err).__name__}: {one_line(err)}", 1, debug)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    @staticmethod
+    def _fail(message: str, code: int, debug: bool) -> None:
+        if debug:
+            raise
+        click.echo(message, err=True)
+        sys.exit(code)
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {one_line(message)}\n"
+
+
+# ----- run folders and files ---------------------------------------------------------------------
+def _latest_run() -> Path:
+    from ..runs import latest_run
+
+    path = latest_run(RUNS)
+    if path is None:
+        raise click.UsageError(f"no run found under ./{RUNS}; train one with 'scoresde train' "
+                               "or pass --run DIR")
+    return path
+
+
+def pick_run(run: str | None, quiet: bool = False) -> Path:
+    """The run folder given, or the most recent under ./runs (saying which on stderr)."""
+    from ..runs import CHECKPOINT, CONFIG, is_run
+
+    if run is None:
+        path = _latest_run()
+        if not quiet:
+            click.echo(f"using run {path} (most recent under ./{RUNS})", err=True)
+        return path
+    path = Path(run)
+    if not path.is_dir():
+        raise click.BadParameter(f"run folder {run!r} does not exist", param_hint="--run")
+    if not is_run(path):
+        raise click.BadParameter(f"{run!r} is not a run folder (needs {CONFIG} and {CHECKPOINT})",
+                                 param_hint="--run")
+    return path
+
+
+def has_run(path: Path) -> bool:
+    """Whether ``path`` holds a run to continue; BadParameter if it is a file."""
+    from ..runs import is_run
+
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} is a file, not a run folder", param_hint="--run")
+    return is_run(path)
+
+
+def new_run_folder(*words: str) -> Path:
+    """``./runs/NNNNN-words``, numbered one above the highest existing run."""
+    from ..runs import new_run_dir
+
+    return new_run_dir(RUNS, *words)
+
+
+def remove_unfinished(path: Path) -> None:
+    """Remove a run folder that this command created and that has no checkpoint yet."""
+    from ..runs import has_checkpoint
+
+    if path.is_dir() and not has_checkpoint(path):
+        shutil.rmtree(path)
+
+
+def check_out(path: Path, param: str = "--out", **rules) -> Path:
+    """``path`` if the command may write it (:func:`scoresde.outputs.check_output` with
+    ``rules``); a BadParameter of ``param`` that says why not otherwise."""
+    from ..outputs import check_output
+
+    try:
+        return check_output(path, **rules)
+    except (ValueError, FileExistsError) as err:
+        raise click.BadParameter(one_line(err), param_hint=param) from None
+
+
+def explicit(ctx: click.Context, name: str) -> bool:
+    return ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+
+
+def given(ctx: click.Context, names) -> dict:
+    """The options among ``names`` given on the command line, with their values."""
+    return {k: ctx.params[k] for k in names if explicit(ctx, k)}
+
+
+def task(function: Callable, *args, **keywords):
+    """Call a library task; an :class:`~scoresde.checks.OptionError` becomes the command's
+    usage error, naming the option as its flag (``label`` is ``--label``)."""
+    from ..checks import OptionError
+
+    try:
+        return function(*args, **keywords)
+    except OptionError as err:
+        if err.option is None:
+            raise click.UsageError(one_line(err)) from None
+        flags = "/".join(f"--{name.replace('_', '-')}" for name in err.option.split("/"))
+        raise click.BadParameter(str(err), param_hint=flags) from None
+
+
+def emit(record: dict, as_json: bool, lines: list[str]) -> None:
+    click.echo(strict_json(record) if as_json else "\n".join(lines))
+
+
+def strict_json(record: dict) -> str:
+    """``record`` as strict JSON: a NaN or infinite number becomes ``null`` (``NaN`` and
+    ``Infinity`` are not JSON, and strict readers refuse them), and ``"non_finite"`` maps each
+    such key (``a.b`` inside dicts) to what it was, ``"nan"``, ``"inf"`` or ``"-inf"``."""
+    bad: dict[str, str] = {}
+
+    def clean(value, key: str):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad[key] = str(value)
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    out = clean(record, "")
+    if bad:
+        out["non_finite"] = bad
+    return json.dumps(out, allow_nan=False)
+
+

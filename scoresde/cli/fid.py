@@ -1,0 +1,135 @@
+"""``scoresde fid``: options to :func:`scoresde.quality.run_quality` (or, with ``--samples``,
+:func:`scoresde.quality.file_quality`), and the scores in a line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import CTX, Default, LazyChoice, emit, explicit, library, pick_run, task
+
+
+@click.command(context_settings=CTX)
+@click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
+@click.option("--n", "n", type=click.IntRange(min=2), default=Default("quality.run_quality", "n"),
+              show_default=True, help="Samples (FID is biased below 10,000; compare equal N).")
+@click.option("--solver", type=LazyChoice("sampling.SAMPLERS"),
+              default=Default("sample", "solver"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=Default("sample", "steps"),
+              show_default=True)
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="The last time [default: the SDE's].")
+@click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None,
+              help="The time grid [default: the solver's].")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ode, torchsde: relative tolerance [default: the solver's].")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="ode, torchsde: absolute tolerance [default: the solver's].")
+@click.option("--features", default=Default("quality.run_quality", "features"),
+              show_default=True, metavar="NAME|PATH",
+              help="'digits' (the shipped digits network, 1x8x8) or a TorchScript file, e.g. "
+                   "the FID Inception network; TorchScript runs code: use trusted files only.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seeds the samples (chunk k from seed and k, as `scoresde sample`) and KID's "
+                   "subsets.")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              default=Default("quality.run_quality", "batch_size"), show_default=True,
+              help="Samples per chunk (memory holds one chunk and the features).")
+@click.option("--label", default=None, metavar="K|all",
+              help="Class-conditional runs: the class of every sample, or 'all' for each class "
+              "in turn [default: the unconditional score].")
+@click.option("--guidance", type=float, default=0.0, show_default=True,
+              help="Classifier-free guidance weight w, with --label.")
+@click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, metavar="FILE",
+              help="Measure the images of this .npz/.npy instead of sampling: its 'samples' "
+              "(a `scoresde sample` file: model values) or its array as a data file is read "
+              "(uint8: 8-bit images, e.g. another code's).")
+@click.option("--data", default=None, metavar="NAME|PATH",
+              help="With --samples: the data to compare with [default: the run's].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, label,
+        guidance, samples_file, data, device, as_json):
+    """FID, KID, precision and recall of a run's samples against its training images.
+
+    The reference statistics of the data (per data, resolution and extractor) are computed
+    once and cached under $SCORESDE_CACHE (default ~/.cache/scoresde). A latent run's samples
+    are decoded first and compared with its autoencoder's images.
+
+    \b
+    Examples:
+      scoresde fid --run runs/00000-vp-digits --solver dpmpp_2m --steps 20
+      scoresde fid --n 50000 --features inception-2015-12-05.pt --json
+      scoresde fid --label all --guidance 1 --solver dpmpp_2m --steps 20   # conditional run
+      scoresde fid --samples runs/sr8/cascade-euler-50.npz --run runs/sr8   # a file's images
+    """
+    from ..quality import run_quality
+    from ..tasks.conditions import parse_label
+    from ..utils import resolve_device
+
+    resolve_device(device)  # before anything else: a device that is not there is bad input
+    names = library("features.EXTRACTORS")
+    if features not in names and not Path(features).is_file():
+        raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
+                                 param_hint="--features")
+    if samples_file is not None:
+        return _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json)
+    if data is not None:
+        raise click.UsageError("--data is for --samples (a run is compared with its own data)")
+    path = pick_run(run, quiet=as_json)
+    options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
+               if v is not None}
+    label = task(parse_label, label)
+    if guidance != 0 and label is None:
+        raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
+    _warn_small_n(n)
+    record = run_quality(path, features=features, n=n, solver=solver, steps=steps, seed=seed,
+                         batch_size=batch_size, device=resolve_device(device), label=label,
+                         guidance=guidance, **options)
+    record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
+    emit(record, as_json, [
+        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
+        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
+        f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
+        f"{record['reference_n']} training images, features {record['features']}"])
+
+
+def _warn_small_n(n: int) -> None:
+    from ..quality import FID_N
+
+    if n < FID_N:
+        click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
+                   "only between equal N (KID is unbiased)", err=True)
+
+
+def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
+    """``scoresde fid --samples FILE``: the scores of a file's images against ``--data`` or the
+    run's data."""
+    from ..data import get_dataset
+    from ..quality import file_quality, run_images
+    from ..utils import resolve_device
+
+    for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size", "label",
+                 "guidance"):
+        if explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} is for sampling; --samples "
+                                   "measures the file's images as they are")
+    if not samples_file.is_file():
+        raise click.BadParameter(f"{samples_file} does not exist", param_hint="--samples")
+    if data is not None and run is not None:
+        raise click.UsageError("give --data or --run (whose data the samples are compared "
+                               "with), not both")
+    dataset = get_dataset(data) if data is not None else run_images(pick_run(run, as_json))
+    record = file_quality(samples_file, dataset, features=features, seed=seed,
+                          device=resolve_device(device))
+    _warn_small_n(record["n"])
+    emit(record, as_json, [
+        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
+        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
+        f"N {record['n']} images of {samples_file} ("
+        f"{'8-bit' if record['pixels'] else 'model values'}), KID subsets from seed {seed}, "
+        f"reference {record['reference_n']} training images of {dataset.name}, features "
+        f"{record['features']}"])

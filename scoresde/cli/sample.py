@@ -1,0 +1,239 @@
+"""``scoresde sample``: options to :func:`scoresde.tasks.sample_run` (or, with ``--cascade``,
+:func:`scoresde.tasks.sample_cascade_run`), and what they did on the screen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .common import (CTX, Default, LazyChoice, LazyHelp, emit, explicit, given, library,
+                     pick_run, task)
+
+# The solvers' own options, passed on when given.
+SOLVER_OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol",
+                  "atol", "sigma_max", "sigma_min")
+INVERSE_OPTIONS = ("particles", "step_size", "jump", "resample")
+
+
+def _grids_by_solver() -> str:
+    """``uniform for em, pc, ...; edm for euler, ...``: each solver's default grid, from the
+    library's table."""
+    by_grid: dict[str, list[str]] = {}
+    for solver, grid in library("sampling.DEFAULT_GRIDS").items():
+        by_grid.setdefault(grid, []).append(solver)
+    return "; ".join(f"{grid} for {'/'.join(names)}" for grid, names in by_grid.items())
+
+
+class _SeedList(click.ParamType):
+    """``0-63`` (inclusive), ``0,5,9-12``: a list of integer seeds >= 0, one per sample."""
+
+    name = "SEEDS"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, list):
+            return value
+        seeds = []
+        try:
+            for part in str(value).split(","):
+                low, dash, high = part.strip().partition("-")
+                low = int(low)
+                high = int(high) if dash else low
+                if low < 0 or high < low:
+                    raise ValueError
+                seeds.extend(range(low, high + 1))
+        except ValueError:
+            self.fail(f"expected seeds as ranges 'a-b' (inclusive, 0 <= a <= b) and integers "
+                      f"joined by commas, e.g. 0-63 or 0,5,9-12; got {value!r}", param, ctx)
+        return seeds
+
+
+@click.command(context_settings=CTX)
+@click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
+@click.option("--solver", type=LazyChoice("sampling.SAMPLERS"),
+              default=Default("sample", "solver"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=Default("sample", "steps"),
+              show_default=True,
+              help="Steps of the time grid (ode picks its own).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=None,
+              help="Number of samples [default: 1000, 64 for images].")
+@click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
+              fields={"vp": lambda: library("sampling.grids.VP_EPS"),
+                      "ve": lambda: library("sampling.grids.VE_EPS")},
+              help="Last time [default: {vp:g} VP-type, {ve:g} VE-type].")
+@click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None, cls=LazyHelp,
+              fields={"grids": lambda: _grids_by_solver()},
+              help="Time grid [default: {grids}].")
+@click.option("--predictor", type=LazyChoice("sampling.PREDICTORS"),
+              default=Default("sampling.sample_pc", "predictor"), show_default=True,
+              help="pc only.")
+@click.option("--corrector", type=LazyChoice("sampling.CORRECTORS"),
+              default=Default("sampling.sample_pc", "corrector"), show_default=True,
+              help="pc only.")
+@click.option("--snr", type=click.FloatRange(min=0, min_open=True),
+              default=Default("sampling.sample_pc", "snr"), show_default=True,
+              help="Corrector signal-to-noise ratio (pc only).")
+@click.option("--corrector-steps", type=click.IntRange(min=1),
+              default=Default("sampling.sample_pc", "corrector_steps"), show_default=True,
+              help="pc only.")
+@click.option("--method", default=None, cls=LazyHelp,
+              fields={"ode": lambda: ", ".join(library("scipy_ode.ODE_METHODS")),
+                      "sde": lambda: ", ".join(library("sampling.TORCHSDE_METHODS")),
+                      "ode_default": Default("sampling.sample_ode", "method"),
+                      "sde_default": Default("sampling.sample_torchsde", "method")},
+              help="ode: {ode} [default: {ode_default}]; torchsde: {sde} "
+                   "[default: {sde_default}].")
+@click.option("--adaptive", is_flag=True, help="torchsde only: adaptive steps with --rtol/--atol "
+              "(--steps sets the first step).")
+@click.option("--rtol", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
+              fields={"ode": Default("sampling.sample_ode", "rtol"),
+                      "sde": Default("sampling.sample_torchsde", "rtol")},
+              help="Relative tolerance: ode [default: {ode}]; torchsde with --adaptive "
+                   "[default: {sde}].")
+@click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
+              fields={"ode": Default("sampling.sample_ode", "atol"),
+                      "sde": Default("sampling.sample_torchsde", "atol")},
+              help="Absolute tolerance: ode [default: {ode}]; torchsde with --adaptive "
+                   "[default: {sde}].")
+@click.option("--sigma-max", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Few steps: one jump from T to this sigma = s/m, the other steps below it.")
+@click.option("--sigma-min", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Few steps: the other steps above this sigma = s/m, one jump to eps.")
+@click.option("--no-denoise", is_flag=True, help="Skip the final Tweedie denoising step.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the one generator of the whole batch.")
+@click.option("--seeds", type=_SeedList(), default=None,
+              help="One seed per sample, e.g. 0-63 or 0,5,9-12: sample i depends only on its "
+              "seed, whatever the batch (ode and --adaptive torchsde choose their steps for the "
+              "batch: equal within tolerance) [default: --n samples from --seed].")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS-nN-seedS[-HASH].npz, "
+              "HASH naming any other option given]; the figure goes beside it as .png.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing --out (and its figure) that holds other samples or "
+              "another file [default: refuse; the same command again reuses its own file].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=LazyHelp,
+              fields={"vector": lambda: library("sample_files.SAMPLE_BATCH")["vector"],
+                      "image": lambda: library("sample_files.SAMPLE_BATCH")["image"]},
+              help="Samples drawn at a time [default: {vector}, {image} for images]. Each chunk "
+                   "is saved as it is done (OUT.parts/), so memory holds one chunk and the same "
+                   "command after a kill continues where it stopped.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--label", default=None, metavar="K|all",
+              help="Class of every sample, or 'all' to cycle through the classes (conditional "
+              "runs).")
+@click.option("--embedding", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Runs conditioned on embeddings: a .npy of one embedding (E,) for every "
+              "sample or (N, E), one per sample (floats).")
+@click.option("--guidance", type=float, default=0.0, show_default=True,
+              help="Classifier-free guidance weight w: (1 + w) s(x, t, y) - w s(x, t).")
+@click.option("--mask", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Impute: .npz with 'mask' (True = known) and 'values' of the data's shape "
+              "(model space), or a .npy mask (values 0).")
+@click.option("--observe", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Inverse problem: .npz with 'A' (M, D) acting on flattened samples, 'y' (M,) "
+              "or (N, M) in model space, optionally 'noise_std'; solved by --inverse.")
+@click.option("--inverse", type=LazyChoice("sampling.INVERSE_METHODS"), default=None,
+              cls=LazyHelp, fields={"default": Default("sampling.solve_inverse", "method")},
+              help="Method for --observe, or for --mask instead of plain replacement [default "
+              "with --observe: {default}]. smc takes no --solver.")
+@click.option("--particles", type=click.IntRange(min=1),
+              default=Default("sampling.sample_smc", "particles"), show_default=True,
+              help="--inverse smc: particles per sample.")
+@click.option("--step-size", type=click.FloatRange(min=0),
+              default=Default("sampling.inverse._dps", "step_size"), show_default=True,
+              help="--inverse dps: the gradient step.")
+@click.option("--jump", type=click.IntRange(min=1),
+              default=Default("sampling.inverse._repaint", "jump"), show_default=True,
+              help="--inverse repaint: steps per segment.")
+@click.option("--resample", type=click.IntRange(min=1),
+              default=Default("sampling.inverse._repaint", "resample"), show_default=True,
+              help="--inverse repaint: runs of each segment.")
+@click.option("--cascade", "cascade_runs", nargs=2, type=click.Path(path_type=Path),
+              default=None, metavar="BASE_RUN SR_RUN",
+              help="Sample a cascade: BASE_RUN with --solver/--steps, then the super-resolution "
+                   "run SR_RUN conditioned on it with --sr-solver/--sr-steps.")
+@click.option("--sr-solver", type=LazyChoice("sampling.SAMPLERS"), default=None,
+              help="--cascade: the second stage's solver [default: --solver].")
+@click.option("--sr-steps", type=click.IntRange(min=1), default=None,
+              help="--cascade: the second stage's steps [default: --steps].")
+@click.option("--aug-level", type=click.FloatRange(min=0),
+              default=Default("cascade.cascade", "aug_level"), show_default=True,
+              help="--cascade: conditioning-augmentation level of the second stage.")
+@click.pass_context
+def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
+           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
+           force, batch_size, device, as_json, label, embedding, guidance, mask, observe,
+           inverse, particles, step_size, jump, resample, cascade_runs, sr_solver, sr_steps,
+           aug_level):
+    """Draw samples from a trained run; write them (.npz) and a figure (.png).
+
+    \b
+    Examples:
+      scoresde sample --solver pc --steps 1000       # the most recent run under ./runs
+      scoresde sample --solver ode --rtol 1e-4 --json
+      scoresde sample --solver unipc --steps 10 --n 5000   # 10 score calls
+      scoresde sample --solver dpmpp_2m --steps 9 --grid log_snr --sigma-max 5 --sigma-min 0.01
+      scoresde sample --run runs/00000-vp-8gaussians --solver em --out em.npz
+      scoresde sample --label all --guidance 1 --solver dpmpp_2m --steps 40   # conditional
+      scoresde sample --mask known.npz --solver pc                             # imputation
+      scoresde sample --observe a_y.npz --inverse smc --particles 32 --steps 100   # y = A x + n
+      scoresde sample --seeds 0-63 --solver em     # sample i from seed i, in any batch
+      scoresde sample --cascade runs/base4 runs/sr8 --solver euler --steps 50 --sr-steps 20
+    """
+    from ..tasks import sample_run
+    from ..utils import resolve_device
+
+    resolve_device(device)  # before anything else: a device that is not there is bad input
+    if cascade_runs is not None:
+        return _cascade(ctx, cascade_runs, as_json)
+    for name in ("sr_solver", "sr_steps", "aug_level"):
+        if explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
+    if seeds is not None and explicit(ctx, "seed"):
+        raise click.BadParameter("--seed seeds the whole batch, --seeds each sample: give one",
+                                 param_hint="--seed/--seeds")
+    path = pick_run(run, quiet=as_json)
+    record, result = task(
+        sample_run, path, out, **given(ctx, ("solver", "steps")), n=n, eps=eps, grid=grid,
+        denoise=not no_denoise, solver_options=given(ctx, SOLVER_OPTIONS), seed=seed,
+        seeds=seeds, label=label, embedding=embedding, guidance=guidance, mask=mask,
+        observe=observe, inverse=inverse, inverse_options=given(ctx, INVERSE_OPTIONS),
+        batch_size=batch_size, device=device, replace=force,
+        say=None if as_json else lambda line: click.echo(line, err=True))
+    _report(record, result, as_json, f"{record['solver'] or record.get('inverse')}: "
+                                     f"{record['n']} samples, NFE {record['nfe']}")
+
+
+def _cascade(ctx: click.Context, runs, as_json: bool) -> None:
+    """``--cascade BASE_RUN SR_RUN``: both stages at once, chunk by chunk, one .npz and figure."""
+    from ..tasks import sample_cascade_run
+
+    p = ctx.params
+    for name in ("run", "seeds", "label", "embedding", "mask", "observe", "inverse", "grid",
+                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise"):
+        if explicit(ctx, name):
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
+    record, result = task(
+        sample_cascade_run, *runs, p["out"], solver=p["solver"], steps=p["steps"],
+        sr_solver=p["sr_solver"], sr_steps=p["sr_steps"], aug_level=p["aug_level"],
+        solver_options=given(ctx, SOLVER_OPTIONS), n=p["n"], seed=p["seed"],
+        batch_size=p["batch_size"], device=p["device"], replace=p["force"])
+    _report(record, result, as_json, f"cascade: {record['n']} samples, NFE {record['nfe']} "
+                                     f"({record['nfe_base']} + {record['nfe_sr']})")
+
+
+def _report(record: dict, result: dict, as_json: bool, what: str) -> None:
+    """The record as JSON, or two lines: what was drawn, and the files (written, or found)."""
+    out, figure = record["out"], record["figure"]
+    if not as_json and result["reused"]:
+        click.echo(f"{out} already holds these samples (the same options): nothing drawn",
+                   err=True)
+    elif not as_json and result["drawn"] < result["chunks"]:
+        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
+                   f"chunks were already drawn", err=True)
+    files = f"kept {out} (it holds these samples)" if result["reused"] else f"wrote {out}"
+    if figure:
+        files += f" and {'wrote ' if result['reused'] else ''}{figure}"
+    emit(record, as_json, [f"{what}, {record['time_s']:.2f} s", files])

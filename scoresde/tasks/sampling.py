@@ -1,0 +1,319 @@
+"""Draw samples from a run into a file: what ``scoresde sample`` does, as one function.
+
+:func:`sample_run` loads the run's EMA model, reads what the samples are conditioned on
+(:mod:`scoresde.tasks.conditions`), decides whether a few-step solver gets the data's
+statistics (:func:`data_statistics`), and draws chunk by chunk into one ``.npz``
+(:func:`~scoresde.sample_files.write_in_chunks`: chunk ``k`` from ``(seed, k)``, resumed after
+a kill, a finished file of the same options reused), with the figure beside it.
+:func:`~scoresde.tasks.cascades.sample_cascade_run` does the same for a cascade of two runs.
+The command calls these and prints; a notebook user calling them with the command's options
+gets the same arrays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import plotting
+from ..checks import OptionError
+from ..data import run_dataset
+from ..guidance import classifier_free_guidance
+from ..outputs import check_output, samples_name
+from ..runs import learnt_unconditional, load_run
+from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
+from ..sampling import impute, sample, solve_inverse
+from ..sampling.fewstep import uses_data_stats
+from ..utils import resolve_device
+from . import conditions
+from .conditions import file_identity
+
+__all__ = ["sample_run", "load_sampler", "data_statistics", "mean_nfe", "run_identity"]
+
+Say = Callable[[str], None]
+# The fingerprint entries of a draw at their defaults: a default file name spells out the
+# others (their hash).
+_UNSET = {"eps": None, "grid": None, "denoise": True, "knobs": {}, "device": "cpu",
+          "label": None, "guidance": 0.0, "mask": None, "embedding": None,
+          "data_statistics": {}}
+
+
+def _default(name: str):
+    """The default of :func:`~scoresde.sample`'s keyword ``name`` (solver, steps)."""
+    return inspect.signature(sample).parameters[name].default
+
+
+def load_sampler(path, device):
+    """``(model, sde, config)`` of a run to sample: its EMA model on ``device``.
+
+    Raises:
+        OptionError: the run cannot be loaded, or is an autoencoder run (no score).
+    """
+    try:
+        loaded = load_run(path, device=device)
+    except Exception as err:  # corrupt files, a checkpoint from another network, ...
+        raise OptionError(None, f"cannot load run {path}: {' '.join(str(err).split())[:300]}"
+                          ) from None
+    if loaded[2].get("objective") == "autoencoder":
+        raise OptionError(None, f"{path} is an autoencoder run, with no score to sample or "
+                                f"measure: train a latent model on it (scoresde train --latent "
+                                f"{path})")
+    return loaded
+
+
+def data_statistics(config: dict, solver: str, steps: int, grid=None, sigma_max=None,
+                    sigma_min=None, say: Say | None = None) -> dict:
+    """The run's training data's statistics when the sampler uses them (a few-step solver,
+    no grid or window given: ``Dataset.sampling_statistics``); ``{}`` otherwise, or when the
+    data can no longer be read (said through ``say``)."""
+    if config.get("latent") or not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
+        return {}  # a latent run's data are not its training points
+    try:
+        return run_dataset(config).sampling_statistics(config["sigma_data"])
+    except (ValueError, OSError) as err:
+        if say is not None:
+            say(f"few steps without the data's statistics ({' '.join(str(err).split())[:200]}):"
+                " the solver's default grid")
+        return {}
+
+
+def run_identity(model) -> dict:
+    """What names the weights a run samples with, wherever its folder is and whatever else its
+    checkpoint records (the time trained): a digest of the model's tensors (a latent model's
+    score and autoencoder both)."""
+    parts = [model] if isinstance(model, torch.nn.Module) else [
+        v for _, v in sorted(vars(model).items()) if isinstance(v, torch.nn.Module)]
+    h = hashlib.sha256()
+    for key, value in (item for part in parts for item in sorted(part.state_dict().items())):
+        value = value.detach().cpu().contiguous()
+        h.update(f"{key}:{value.dtype}:{tuple(value.shape)}:".encode())
+        h.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"weights_sha256": h.hexdigest()[:16]}
+
+
+def _stats_identity(stats: dict) -> dict:
+    """What names the data statistics a few-step draw uses: a digest of each tensor."""
+    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+            for k, v in sorted(stats.items())}
+
+
+def mean_nfe(infos: list[dict], key: str = "nfe"):
+    """Score calls per chunk (``info[key]``): the number, or their mean where chunks differ
+    (``ode``)."""
+    values = {i[key] for i in infos}
+    return values.pop() if len(values) == 1 else round(sum(i[key] for i in infos) / len(infos),
+                                                       1)
+
+
+def _data_files(config: dict) -> list:
+    """The files and run folders a run reads its data from (never to be written over): the
+    data as named and where it was when the run started, the autoencoder run of a latent run."""
+    return [Path(p) for p in (config.get("data"), config.get("data_path"), config.get("latent"))
+            if isinstance(p, str) and os.path.exists(p)]
+
+
+def _out(path, **rules) -> Path:
+    """``path`` checked as an output (:func:`~scoresde.outputs.check_output`)."""
+    try:
+        return check_output(path, **rules)
+    except (ValueError, FileExistsError) as err:
+        raise OptionError("out", " ".join(str(err).split())) from None
+
+
+def _count(n, seeds, is_image: bool) -> int:
+    """The number of samples: ``n``, the number of ``seeds``, or the default."""
+    if seeds is None:
+        return n or (64 if is_image else 1000)
+    if n is not None and n != len(seeds):
+        raise OptionError("n/seeds", f"--n {n} differs from the {len(seeds)} seeds of --seeds; "
+                                     "give one of them")
+    return len(seeds)
+
+
+def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = None,
+               n: int | None = None, eps: float | None = None, grid: str | None = None,
+               denoise: bool = True, solver_options: dict | None = None, seed: int = 0,
+               seeds=None, label=None, embedding=None,
+               guidance: float = 0.0, mask=None, observe=None, inverse: str | None = None,
+               inverse_options: dict | None = None, batch_size: int | None = None,
+               device="cpu", replace: bool = False,
+               say: Say | None = None) -> tuple[dict, dict]:
+    """Draw ``n`` samples from the run folder ``run`` into ``out`` (``.npz``) and a figure.
+
+    Args:
+        run: a run folder. out: the ``.npz`` [default: ``RUN/samples-...npz``, a name that
+            differs whenever the samples do (:func:`~scoresde.outputs.samples_name`)].
+        solver, steps: as :func:`~scoresde.sample` (None: its defaults; with an observation,
+            :func:`~scoresde.sampling.solve_inverse`'s). eps, grid, denoise: as ``sample``.
+        solver_options: the solver's own options (``rtol``, ``snr``, ``sigma_max``, ...);
+            a window (``sigma_max``, ``sigma_min``) among them, like ``grid``, keeps a few-step
+            solver from the data's statistics (:func:`data_statistics`).
+        seed: chunk ``k`` draws from ``(seed, k)``; seeds: one seed per sample instead.
+        label: a class (or ``"all"``: each class in turn) of a class-conditional run;
+            embedding: a ``.npy`` of embeddings for a run conditioned on them; guidance: the
+            classifier-free guidance weight.
+        mask: a mask file (imputation); observe: a file of a linear observation ``A``, ``y``;
+            inverse, inverse_options: the method for either and its options.
+        batch_size: samples per chunk [default: ``SAMPLE_BATCH``]; replace: replace an ``out``
+            holding other samples or another file.
+        say: called with a line for the user (the data statistics could not be read).
+
+    Returns:
+        ``(record, result)``: the record the command prints (run, solver, steps, n, nfe, eps,
+        time_s, out, figure, ...) and :func:`~scoresde.sample_files.write_in_chunks`'s answer
+        (``head``, ``reused``, ...).
+
+    Raises:
+        OptionError: an option that does not fit the run or the others (named).
+    """
+    path, dev = Path(run), resolve_device(device)
+    inputs = [path, mask, observe, embedding]
+    if out is not None:  # the cheap checks first; the figure's and the data's below
+        _out(out, suffixes=(".npz",), inputs=inputs, replace=True)
+    knobs = dict(solver_options or {})
+    given = (solver, steps)
+    solver = _default("solver") if solver is None else solver
+    steps = _default("steps") if steps is None else steps
+    model, sde, config = load_sampler(path, dev)
+    is_image = bool(config.get("is_image"))
+    n = _count(n, seeds, is_image)
+    default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
+    batch_size = batch_size or default_batch
+    stats = data_statistics(config, solver, steps, grid, knobs.get("sigma_max"),
+                            knobs.get("sigma_min"), say)
+    if embedding is not None and label is not None:
+        raise OptionError(None, "give --label (class labels) or --embedding, not both")
+    if embedding is not None:  # embeddings take the place of labels
+        label, labels = str(embedding), conditions.embeddings(model, embedding, guidance, n)
+    else:
+        labels = conditions.class_labels(model, label, guidance, n)
+    if guidance != 0 and labels is not None and not learnt_unconditional(config):
+        raise OptionError("guidance", f"{path} was trained with label_dropout=0, so it never "
+                                      "learnt the unconditional score that guidance mixes in; "
+                                      "sample it unguided, or train with --label-dropout")
+    shape = tuple(config["data_shape"])
+    if config.get("latent") and (mask is not None or observe is not None):
+        raise OptionError(None, f"--mask and --observe are not supported for the latent run "
+                                f"{path}: it samples latents {shape} and decodes them, so a "
+                                "measurement of images cannot be imposed")
+    known = conditions.mask_values(mask, shape, n) if mask is not None else None
+    options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise, knobs=knobs)
+    problem = None
+    if observe is not None or inverse is not None:
+        problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds, *given,
+                                             inverse_options or {})
+        known = None
+    draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
+                       known, problem)
+    fingerprint = dict(options, run=run_identity(model), device=str(dev), seed=seed, seeds=seeds,
+                       label=label, guidance=guidance, mask=file_identity(mask),
+                       embedding=file_identity(embedding), data_statistics=_stats_identity(stats))
+    if problem is not None:
+        fingerprint.update(observe=file_identity(observe), inverse=problem["method"],
+                           inverse_knobs=problem["knobs"])
+        solver, steps = conditions.inverse_solver(problem)  # what solve_inverse runs
+    if out is None:
+        extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
+                  if k not in ("solver", "steps", "seed", "seeds")  # they sample anew
+                  and v != _UNSET.get(k, object())}
+        if seeds is None and batch_size != default_batch:  # chunk k draws from (seed, k)
+            extras["batch_size"] = batch_size
+        if seeds is not None:
+            extras["seeds"] = seeds
+        stem = "samples" if problem is None else f"samples-{problem['method']}"
+        out = path / samples_name(stem, solver=solver, steps=steps, n=n,
+                                  seed=None if seeds is not None else seed, extras=extras)
+    inputs += _data_files(config)
+    out = _out(out, suffixes=(".npz",), inputs=inputs, replace=True)
+    fig_path = None
+    if is_image or shape == (2,):  # what samples_picture draws
+        fig_path = _out(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
+                        replace=replace or out.exists())
+    ncol = model.num_classes if label == "all" else None
+    keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep, replace=replace)
+    infos = result["info"]
+    nfe, name = mean_nfe(infos), solver or problem["method"]
+    if fig_path is not None:
+        plotting.save_figure(plotting.samples_picture(
+            result["head"]["samples"], name, nfe, is_image=is_image, ncol=ncol,
+            raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
+            pixel_bits=config.get("pixel_bits")), fig_path)
+    record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
+              "eps": infos[0]["eps"], "time_s": round(sum(i["time_s"] for i in infos), 4),
+              "out": str(out), "figure": str(fig_path) if fig_path else None, "options": knobs,
+              "data_statistics": sorted(stats), "batch_size": batch_size,
+              "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
+    if problem is not None:
+        record.update(inverse=problem["method"], inverse_options=problem["knobs"])
+    return record, result
+
+
+def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known,
+                problem=None):
+    """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
+    ``start:stop``, from chunk ``k``'s generator or the samples' own seeds."""
+    shape = tuple(config["data_shape"])
+    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
+    solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid", "denoise")},
+                          **options["knobs"])
+
+    def draw(k: int, start: int, stop: int):
+        rows = slice(start, stop)
+        randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
+        cond = None if labels is None else labels[rows]
+        if cond is not None and problem is not None and problem["method"] == "smc":
+            cond = cond.repeat_interleave(problem["knobs"]["particles"], 0)  # per particle
+        score = model if cond is None else classifier_free_guidance(model, cond, guidance)
+        begin = time.perf_counter()
+        with torch.no_grad():
+            if problem is not None:
+                x, info = _solve_chunk(score, sde, problem, options, rows, stop - start, shape,
+                                       randomness["generator"])
+            elif known is not None:
+                mask, values = (_rows(a, rows, stop - start, shape) for a in known)
+                x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
+                                 **randomness)
+            else:
+                x, info = sample(score, sde, (stop - start, *shape), device=dev, **stats,
+                                 **solver_options, **randomness)
+            if hasattr(model, "decode"):  # a latent run: images from its latents
+                x = model.decode(x)
+        x = x.cpu()  # finite: the samplers stop at the first non-finite step
+        arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy(), **recorded)
+        if labels is not None:
+            arrays["labels"] = labels[rows].numpy()
+        return arrays, {"nfe": info["nfe"], "eps": info["eps"],
+                        "time_s": time.perf_counter() - begin}
+
+    return draw
+
+
+def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
+    """Rows ``rows`` of the inverse problem, through ``solve_inverse``."""
+    y = problem["y"]
+    y = y[rows] if y.ndim == 2 and y.shape[0] > 1 else y.reshape(1, -1)
+    keywords = dict(problem["knobs"], **options["knobs"])
+    for k in ("solver", "steps"):
+        if problem[k] is not None:
+            keywords[k] = problem[k]
+    try:
+        return solve_inverse(score, sde, problem["A"], y, problem["noise_std"],
+                             method=problem["method"], n=count, event_shape=shape,
+                             eps=options["eps"], grid=options["grid"], generator=generator,
+                             denoise=options["denoise"], **keywords)
+    except ValueError as err:  # before anything is drawn: options the method refuses
+        raise OptionError(None, " ".join(str(err).split())) from None
+
+
+def _rows(array, rows: slice, count: int, shape: tuple):
+    """Rows ``rows`` of a mask or values array of shape ``shape`` or ``(N, *shape)``."""
+    if array.ndim > len(shape) and array.shape[0] > 1:
+        return array[rows].clone()
+    return array.reshape(1, *shape).expand(count, *shape).clone()
