@@ -26,7 +26,7 @@ import torch
 import scoresde
 from scoresde.data import get_dataset
 from scoresde.losses import dsm_loss
-from scoresde.stepping import count_params
+from scoresde.hardware import count_params
 
 
 def held_out_loss(model, sde, x, weighting: str, draws: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from scoresde import VPSDE, ScoreModel
 from scoresde.losses import dsm_loss
 from scoresde.models import NET_PRESETS, build_net, resolve_net
-from scoresde.stepping import count_params
+from scoresde.hardware import count_params
 
 SHAPES = {"unet": (1, 8, 8), "ddpmpp_small8": (1, 8, 8), "ddpmpp_small16": (3, 16, 16),
           "ddpmpp_small32": (3, 32, 32), "ddpmpp_cifar10": (3, 32, 32),

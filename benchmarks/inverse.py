@@ -32,7 +32,7 @@ import torch
 
 import scoresde as S
 from scoresde import plotting
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 

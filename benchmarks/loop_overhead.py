@@ -43,14 +43,14 @@ def steps(run: str, compiled: bool, batch: int):
     (the bare one is ``train_images.py``'s)."""
     config = dict(read_config(run), steps=10**9, compile=compiled)
     sde = scoresde.get_sde(**config["sde"])
-    place = loop.Place(0, 1, torch.device("cpu"), run)
-    parts = loop.build_parts(config, sde, run_dataset(config), place, None)
+    proc = loop.Process(0, 1, torch.device("cpu"), run)
+    parts = loop.build_parts(config, sde, run_dataset(config), proc, None)
     opts = loop.Options.of(config)
     counter = [0]
 
     def ours():
-        batch_ = loop._draw_batch(parts, opts, place)
-        loop._optimizer_step(parts, opts, place, counter[0], batch_)
+        batch_ = loop._draw_batch(parts, opts, proc)
+        loop._optimizer_step(parts, opts, proc, counter[0], batch_)
         counter[0] += 1
 
     return ours, bare_step(run, batch, compiled=compiled)

@@ -31,7 +31,7 @@ import torch
 
 from scoresde import GaussianMixture, get_sde
 from scoresde.sampling import sample
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 
 def settings(quick: bool):

@@ -48,7 +48,7 @@ import torch
 import scoresde
 from scoresde.losses import dsm_loss
 from scoresde.runs import build_model, read_config
-from scoresde.stepping import autocast, compile_model
+from scoresde.hardware import autocast, compile_model
 
 CASES = {"digits8": ("digits", 8), "tiled16": ("tiled", 16), "tiled32": ("tiled", 32),
          "random16": ("random", 16), "random32": ("random", 32)}

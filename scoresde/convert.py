@@ -32,7 +32,7 @@ from .models import NET_PRESETS, ScoreSDEModel, build_net, resolve_net
 from .models.score_sde import reference_names
 from .runs import CHECKPOINT, is_run, load_checkpoint, save_checkpoint, write_config
 from .sde import SDE, get_sde
-from .stepping import count_params
+from .hardware import count_params
 from .utils import resolve_device
 
 __all__ = ["SOURCES", "SCORE_SDE_CONFIGS", "from_score_sde", "convert_score_sde", "pixel_scale"]

@@ -2,8 +2,8 @@
 
 Internal to :func:`scoresde.train` (module :mod:`scoresde.training`), which resolves the options
 and opens the run folder. Each piece takes the resolved options (:class:`Options`, a frozen view
-of ``config.json``), where this process trains (:class:`Place`) and what it works on
-(:class:`Parts`). Every rank draws the same global batch (data, times, noise) from one seeded
+of ``config.json``), where this process trains (:class:`Process`) and what it works on
+(:class:`TrainingState`). Every rank draws the same global batch (data, times, noise) from one seeded
 generator and trains on its own slice; DistributedDataParallel averages the gradients and rank 0
 writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
 order, and a resumed run continues bit-identically.
@@ -49,10 +49,10 @@ from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
 from .snapshots import write_snapshot
-from .stepping import (autocast, channels_last, clip_norm, compile_errors, compile_model,
+from .hardware import (autocast, channels_last, clip_norm, compile_errors, compile_model,
                        grad_scaler, micro_batches, scaler_skipped)
 
-__all__ = ["LOSSES", "Options", "Place", "Parts", "build_parts", "run_loop", "fork_rng",
+__all__ = ["LOSSES", "Options", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng",
            "dist_setup", "Interrupts", "TrainingInterrupted"]
 
 # What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
@@ -100,7 +100,7 @@ class Options:
 
 
 @dataclass(frozen=True)
-class Place:
+class Process:
     """Where this process trains: its rank among ``world``, its device, the run folder."""
 
     rank: int
@@ -115,7 +115,7 @@ class Place:
 
 
 @dataclass(frozen=True)
-class Parts:
+class TrainingState:
     """What the loop works on, built once: only the tensors inside them change."""
 
     model: nn.Module  # the ScoreModel or NoiseClassifier
@@ -218,11 +218,11 @@ def dist_setup(device: torch.device):
     return 0, 1, device, False
 
 
-def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | None) -> Parts:
+def build_parts(config: dict, sde: SDE, dataset, proc: Process, state: dict | None) -> TrainingState:
     """The model (initialised from ``torch.manual_seed(seed)``), its EMA, the optimizer and the
     data generator; restored from the checkpoint ``state`` when resuming."""
     torch.manual_seed(config["seed"])
-    model = build_model(config, sde).to(place.device)
+    model = build_model(config, sde).to(proc.device)
     if config["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     ema = AveragedModel(model, multi_avg_fn=_ema_with_warmup(config["ema_decay"]),
@@ -232,23 +232,23 @@ def build_parts(config: dict, sde: SDE, dataset, place: Place, state: dict | Non
     fused = {"fused": True} if config["precision"] == "fp16" else {}
     opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"],
                   **fused)
-    gen = torch.Generator(device=place.device).manual_seed(config["seed"])
+    gen = torch.Generator(device=proc.device).manual_seed(config["seed"])
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
-        _set_rng_state(gen, state["rng"], place.device)
-    scaler = grad_scaler(config["precision"], place.device,
+        _set_rng_state(gen, state["rng"], proc.device)
+    scaler = grad_scaler(config["precision"], proc.device,
                          state.get("scaler") if state is not None else None)
-    net = DistributedDataParallel(model) if place.world > 1 else model
+    net = DistributedDataParallel(model) if proc.world > 1 else model
     forward = compile_model(net) if config["compile"] else net
     batches = None
     if dataset.pixel_bits is not None:
         start = int(state["step"]) if state is not None else 0
         batches = StepBatches(dataset, config["seed"], start, config["steps"],
-                              config["batch_size"], place.share(config["batch_size"]),
-                              device=place.device)
-    return Parts(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
+                              config["batch_size"], proc.share(config["batch_size"]),
+                              device=proc.device)
+    return TrainingState(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
                  forward, batches)
 
 
@@ -338,7 +338,7 @@ class Interrupts:
         finally:
             self.phase = "after"
 
-    def due(self, place: Place) -> int:
+    def due(self, proc: Process) -> int:
         """The signal to stop on at the end of this step (the same on every rank), 0 to go on.
 
         One process reads its flag: no device sync, no collective. Several processes agree on
@@ -346,15 +346,15 @@ class Interrupts:
         step, read a step later, so that the host waits for the previous step only (a stop
         comes one step after the signal); that is the whole per-step cost.
         """
-        if place.world == 1:
+        if proc.world == 1:
             return self.signum
         agreed = self._agreed
-        self._agreed = torch.full((1,), self.signum, dtype=torch.int32, device=place.device)
+        self._agreed = torch.full((1,), self.signum, dtype=torch.int32, device=proc.device)
         dist.all_reduce(self._agreed, op=dist.ReduceOp.MAX)
         return 0 if agreed is None else int(agreed.item())
 
 
-def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: float,
+def run_loop(parts: TrainingState, opts: Options, proc: Process, *, start: int, elapsed: float,
              callback: Callable[[int, dict], None] | None, progress: bool,
              interrupts: Interrupts | None = None) -> dict:
     """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then.
@@ -365,41 +365,41 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
     records still cover every step once), writes the checkpoint of that step and raises
     :class:`TrainingInterrupted`. A signal in the last step lets the run finish.
     """
-    recorder = _Recorder(opts, place, start, elapsed, callback, progress,
+    recorder = _Recorder(opts, proc, start, elapsed, callback, progress,
                          parts.scaler is not None)
-    evaluator = _evaluator(parts, opts, place)
+    evaluator = _evaluator(parts, opts, proc)
     with contextlib.ExitStack() as stack:
         if interrupts is None:
-            interrupts = stack.enter_context(Interrupts(place.run_dir))
+            interrupts = stack.enter_context(Interrupts(proc.run_dir))
         stack.enter_context(interrupts.watching())
         stack.enter_context(recorder)
         for step in range(start, opts.steps):
-            batch = _draw_batch(parts, opts, place)
-            loss, grad_norm, skipped = _optimizer_step(parts, opts, place, step, batch)
+            batch = _draw_batch(parts, opts, proc)
+            loss, grad_norm, skipped = _optimizer_step(parts, opts, proc, step, batch)
             done = step + 1
             seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm,
                                       skipped)
-            stop = interrupts.due(place) if done < opts.steps else 0
+            stop = interrupts.due(proc) if done < opts.steps else 0
             if stop and recorder.count:
                 recorder.write(done)
             # Before the step's checkpoint: a run stopped between the two redoes the evaluation
             # on resume (records after the checkpoint are dropped), so each is written once.
             if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
                 recorder.settle(done)
-                with fork_rng(place.device):  # the training's random streams stay as they were
-                    append_metrics(place.run_dir, evaluator(parts.ema.module, parts.sde, done))
+                with fork_rng(proc.device):  # the training's random streams stay as they were
+                    append_metrics(proc.run_dir, evaluator(parts.ema.module, parts.sde, done))
             if stop or done % opts.checkpoint_every == 0 or done == opts.steps:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
-                _check_weights(parts, place, done, recorder.saved)
-                _checkpoint(parts, place, done, seconds)
+                _check_weights(parts, proc, done, recorder.saved)
+                _checkpoint(parts, proc, done, seconds)
                 recorder.saved = done
             if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
                 recorder.settle(done)
-                _sample_grid(parts, opts, place, done)
+                _sample_grid(parts, opts, proc, done)
             if stop:
-                raise TrainingInterrupted(stop, place.run_dir, done, opts.steps)
+                raise TrainingInterrupted(stop, proc.run_dir, done, opts.steps)
     wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
-    result = {"run_dir": place.run_dir, "step": opts.steps, "loss": recorder.last,
+    result = {"run_dir": proc.run_dir, "step": opts.steps, "loss": recorder.last,
               "train_time_s": elapsed + wall,
               "steps_per_sec": (opts.steps - start) / wall if wall > 0 else float("nan")}
     if parts.scaler is not None:
@@ -407,34 +407,34 @@ def run_loop(parts: Parts, opts: Options, place: Place, *, start: int, elapsed: 
     return result
 
 
-def _sample_grid(parts: Parts, opts: Options, place: Place, step: int) -> None:
+def _sample_grid(parts: TrainingState, opts: Options, proc: Process, step: int) -> None:
     """Rank 0 draws samples from the EMA weights into the run's sample folder; the training's
     random streams are left as they were (its own generator, inside a fork of torch's)."""
-    if place.rank == 0:
-        with fork_rng(place.device):
+    if proc.rank == 0:
+        with fork_rng(proc.device):
             write_snapshot(parts.ema.module, parts.sde, parts.dataset,
-                           sample_grid_path(place.run_dir, step), seed=opts.seed,
-                           device=place.device, title=f"EMA at step {step}")
+                           sample_grid_path(proc.run_dir, step), seed=opts.seed,
+                           device=proc.device, title=f"EMA at step {step}")
 
 
-def _evaluator(parts: Parts, opts: Options, place: Place):
+def _evaluator(parts: TrainingState, opts: Options, proc: Process):
     """Rank 0's FID/KID of the EMA weights (``eval_every``), or None."""
-    if not opts.eval_every or place.rank != 0:
+    if not opts.eval_every or proc.rank != 0:
         return None
     from .quality import TrainingEvaluator
 
     label = "all" if opts.conditional and parts.dataset.num_classes else None  # every class
     return TrainingEvaluator(parts.dataset, features=opts.eval_features, n=opts.eval_n,
-                             seed=opts.seed, device=place.device, label=label)
+                             seed=opts.seed, device=proc.device, label=label)
 
 
-def _draw_batch(parts: Parts, opts: Options, place: Place):
+def _draw_batch(parts: TrainingState, opts: Options, proc: Process):
     """``(x0, y, t, noise)``: this rank's slice of one global batch drawn from the shared
     generator (so every rank draws the same), on the rank's device; ``y`` None without labels.
 
     Pixel data come from ``parts.batches`` (already this rank's share); every other draw is
     from the shared generator, in the same order either way."""
-    gen, dev, n, mine = parts.gen, place.device, opts.batch_size, place.share(opts.batch_size)
+    gen, dev, n, mine = parts.gen, proc.device, opts.batch_size, proc.share(opts.batch_size)
     if parts.batches is None:
         x0, y = parts.dataset.sample(n, gen)
         x0, y = x0[mine], None if y is None else y[mine]
@@ -464,7 +464,7 @@ def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
     return y
 
 
-def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch):
+def _optimizer_step(parts: TrainingState, opts: Options, proc: Process, step: int, batch):
     """One step at ``step`` (from 0) on this rank's ``batch``, then the EMA update.
 
     Returns:
@@ -475,14 +475,14 @@ def _optimizer_step(parts: Parts, opts: Options, place: Place, step: int, batch)
     for group in parts.opt.param_groups:
         group["lr"] = _lr_at(step, opts)
     parts.opt.zero_grad(set_to_none=True)
-    loss = _accumulate(parts, opts, place, batch)
+    loss = _accumulate(parts, opts, proc, batch)
     scaler = parts.scaler
     if scaler is not None:
         scaler.unscale_(parts.opt)
     grad_norm = clip_norm(parts.params, opts.grad_clip)
-    if place.world > 1:
+    if proc.world > 1:
         dist.all_reduce(loss)
-        loss /= place.world
+        loss /= proc.world
     skipped = None
     if scaler is None:
         parts.opt.step()
@@ -500,7 +500,7 @@ def _update_ema(ema: AveragedModel, averaged: list, current: list) -> None:
     """``ema.update_parameters(model)`` without its host syncs on a GPU (it sends its update
     count, a CPU tensor, to the device each step, and the warmup reads it back): the same
     arithmetic with the count read on the CPU, on the EMA's and the model's tensors
-    (parameters, then buffers: :attr:`Parts.ema_pairs`)."""
+    (parameters, then buffers: :attr:`TrainingState.ema_pairs`)."""
     n = int(ema.n_averaged)  # a CPU buffer (AveragedModel's default)
     if n == 0:
         torch._foreach_copy_(averaged, current)
@@ -509,7 +509,7 @@ def _update_ema(ema: AveragedModel, averaged: list, current: list) -> None:
     ema.n_averaged += 1
 
 
-def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tensor:
+def _accumulate(parts: TrainingState, opts: Options, proc: Process, batch) -> torch.Tensor:
     """Gradients of this rank's mean loss over ``batch``, added up over micro-batches of at
     most ``batch_gpu`` samples (DDP averages them across ranks after the last); returns the
     mean loss (detached, on the device)."""
@@ -519,9 +519,9 @@ def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tenso
     pieces = micro_batches(batch, opts.batch_gpu)
     for i, (x0, y, t, z) in enumerate(pieces):
         last = i == len(pieces) - 1
-        quiet = parts.net.no_sync() if place.world > 1 and not last else contextlib.nullcontext()
+        quiet = parts.net.no_sync() if proc.world > 1 and not last else contextlib.nullcontext()
         with quiet, compile_errors(opts.compile):
-            with autocast(opts.precision, place.device), trusted_values():
+            with autocast(opts.precision, proc.device), trusted_values():
                 loss = parts.loss_fn(parts.forward, parts.sde, x0, weighting=opts.weighting,
                                      eps=opts.eps, y=y, t=t, noise=z).sum() / n
             (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()
@@ -529,14 +529,14 @@ def _accumulate(parts: Parts, opts: Options, place: Place, batch) -> torch.Tenso
     return total
 
 
-def _check_weights(parts: Parts, place: Place, step: int, saved: int | None) -> None:
+def _check_weights(parts: TrainingState, proc: Process, step: int, saved: int | None) -> None:
     """Raise ``FloatingPointError`` if a weight is not finite (before writing a checkpoint:
     finite losses and gradients keep them finite, but a callback may change them); ``saved``
     is the step of the last checkpoint, None if there is none."""
     finite = [p.detach().isfinite().all() for p in parts.model.parameters()]
     if not bool(torch.stack(finite).all()):
         raise FloatingPointError(f"non-finite weights at step {step}; stopped: "
-                                 f"{_kept(place.run_dir, saved)}")
+                                 f"{_kept(proc.run_dir, saved)}")
 
 
 def _kept(run_dir: str, saved: int | None) -> str:
@@ -546,15 +546,15 @@ def _kept(run_dir: str, saved: int | None) -> str:
     return f"the checkpoint of step {saved} in {run_dir} is kept"
 
 
-def _checkpoint(parts: Parts, place: Place, step: int, seconds: float) -> None:
+def _checkpoint(parts: TrainingState, proc: Process, step: int, seconds: float) -> None:
     """Rank 0 writes the checkpoint at ``step``; every rank waits for it."""
-    if place.rank == 0:
-        save_checkpoint(os.path.join(place.run_dir, CHECKPOINT), {
+    if proc.rank == 0:
+        save_checkpoint(os.path.join(proc.run_dir, CHECKPOINT), {
             "step": step, "elapsed_s": seconds, "model": parts.model.state_dict(),
             "ema": parts.ema.state_dict(), "optimizer": parts.opt.state_dict(),
-            "rng": _rng_state(parts.gen, place.device),
+            "rng": _rng_state(parts.gen, proc.device),
             **({"scaler": parts.scaler.state_dict()} if parts.scaler is not None else {})})
-    if place.world > 1:
+    if proc.world > 1:
         dist.barrier()
 
 
@@ -567,16 +567,16 @@ class _Recorder:
     norm was not finite is kept on the device too, so the error names it. ``saved`` is the
     step of the run's last checkpoint (None before the first), which the errors name."""
 
-    def __init__(self, opts: Options, place: Place, start: int, elapsed: float, callback,
+    def __init__(self, opts: Options, proc: Process, start: int, elapsed: float, callback,
                  progress: bool, scaled: bool = False):
-        self.opts, self.run_dir, self.lead = opts, place.run_dir, place.rank == 0
+        self.opts, self.run_dir, self.lead = opts, proc.run_dir, proc.rank == 0
         self.start, self.elapsed, self.callback = start, elapsed, callback
-        self.scaled, self.device = scaled, place.device
+        self.scaled, self.device = scaled, proc.device
         self.t0, self.last, self.skipped_total = time.perf_counter(), float("nan"), 0
         self.saved = start if start > 0 else None  # a run resumes from a checkpoint
         self.latest = (None, None)  # the last step's learning rate and gradient norm
         self._reset()
-        self.first_bad = torch.zeros(2, dtype=torch.long, device=place.device)  # loss, grad
+        self.first_bad = torch.zeros(2, dtype=torch.long, device=proc.device)  # loss, grad
         self.progress = _Progress(opts.steps, start, opts.log_every, progress and self.lead)
 
     def _reset(self) -> None:

@@ -23,7 +23,7 @@ import torch
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
-from .stepping import count_params
+from .hardware import count_params
 from .utils import LOCK, is_inside, resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",

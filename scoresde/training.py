@@ -23,7 +23,7 @@ from .checks import check_choice, check_int, check_number
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
 from .latent import latent_dataset
-from .loop import (LOSSES, Interrupts, Options, Place, TrainingInterrupted, build_parts,
+from .loop import (LOSSES, Interrupts, Options, Process, TrainingInterrupted, build_parts,
                    dist_setup, fork_rng, run_loop)
 from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
 from .models import build_net, resolve_net
@@ -32,7 +32,7 @@ from .runs import (TRAINER_TEMPORARIES, check_run_folder, last_loss, learnt_unco
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
-from .stepping import PRECISIONS, check_batch_gpu, check_precision, count_params
+from .hardware import PRECISIONS, check_batch_gpu, check_precision, count_params
 from .utils import FolderBusyError, folder_lock, resolve_device
 
 __all__ = ["train", "train_classifier", "TrainingInterrupted", "OBJECTIVES", "VECTOR_BATCH",
@@ -369,34 +369,34 @@ def train(
         rank, world, dev, owned = dist_setup(resolve_device(device))
         try:
             with fork_rng(dev):  # every draw, seeded or not, leaves the caller's RNG alone
-                return _run(kw, Place(rank, world, dev, os.fspath(run_dir)), interrupts)
+                return _run(kw, Process(rank, world, dev, os.fspath(run_dir)), interrupts)
         finally:
             if owned:
                 dist.destroy_process_group()
 
 
 @contextmanager
-def _one_writer(place: Place) -> Iterator[None]:
+def _one_writer(proc: Process) -> Iterator[None]:
     """Rank 0 holds the run folder's writer lock for the whole run; under ``torchrun`` every rank
     learns whether it got it, so that a second job stops on all its ranks at once."""
     error = None
     with ExitStack() as stack:
-        if place.rank == 0:
+        if proc.rank == 0:
             try:
-                stack.enter_context(folder_lock(place.run_dir, TRAINER_TEMPORARIES))
+                stack.enter_context(folder_lock(proc.run_dir, TRAINER_TEMPORARIES))
             except FolderBusyError as err:
                 error = err
-        if place.world > 1:
-            held = torch.tensor([error is None], dtype=torch.int32, device=place.device)
+        if proc.world > 1:
+            held = torch.tensor([error is None], dtype=torch.int32, device=proc.device)
             dist.broadcast(held, 0)
             if not held.item() and error is None:
-                error = FolderBusyError(f"{place.run_dir} is being written by another process")
+                error = FolderBusyError(f"{proc.run_dir} is being written by another process")
         if error is not None:
             raise error
         yield
 
 
-def _run(kw: dict, place: Place, interrupts: Interrupts) -> dict:
+def _run(kw: dict, proc: Process, interrupts: Interrupts) -> dict:
     """Resolve the options, take the run folder, build the parts and run the loop."""
     scale = None
     if kw["latent"] is not None:  # the autoencoder's data, encoded
@@ -407,14 +407,14 @@ def _run(kw: dict, place: Place, interrupts: Interrupts) -> dict:
         kw["batch_size"] = IMAGE_BATCH if dataset.is_image else VECTOR_BATCH
     config = _resolve(kw, dataset)
     config["latent_scale"] = scale
-    check_precision(config["precision"], place.device)
-    if config["batch_size"] % place.world:
-        raise ValueError(f"batch_size {config['batch_size']} must divide among {place.world} "
+    check_precision(config["precision"], proc.device)
+    if config["batch_size"] % proc.world:
+        raise ValueError(f"batch_size {config['batch_size']} must divide among {proc.world} "
                          "processes")
-    if place.rank == 0:  # before the lock file is made: a folder of the user's is left as it was
-        check_run_folder(place.run_dir, kw["data"])
-    with _one_writer(place):
-        return _train_locked(kw, config, dataset, place, interrupts)
+    if proc.rank == 0:  # before the lock file is made: a folder of the user's is left as it was
+        check_run_folder(proc.run_dir, kw["data"])
+    with _one_writer(proc):
+        return _train_locked(kw, config, dataset, proc, interrupts)
 
 
 def _latents(kw: dict):
@@ -432,30 +432,30 @@ def _latents(kw: dict):
     return latent_dataset(dataset, autoencoder)
 
 
-def _train_locked(kw: dict, config: dict, dataset, place: Place,
+def _train_locked(kw: dict, config: dict, dataset, proc: Process,
                   interrupts: Interrupts) -> dict:
     """Continue or start the run in its folder, whose writer lock this process holds."""
-    state = resume_state(place.run_dir, config, kw["resume"], place.rank, place.device)
+    state = resume_state(proc.run_dir, config, kw["resume"], proc.rank, proc.device)
     start = int(state["step"]) if state is not None else 0
-    if place.rank == 0:
-        write_config(place.run_dir, config)
+    if proc.rank == 0:
+        write_config(proc.run_dir, config)
         # Records after the checkpoint (or all, starting afresh) are from an attempt that died.
-        truncate_metrics(place.run_dir, start)
+        truncate_metrics(proc.run_dir, start)
         if kw["progress"]:
             print(f"network {config['net']['name']}: {config['num_params']:,} parameters",
                   file=sys.stderr)
     sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])
-    parts = build_parts(config, sde, dataset, place, state)
+    parts = build_parts(config, sde, dataset, proc, state)
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0
     try:
-        result = run_loop(parts, Options.of(config), place, start=start, elapsed=elapsed,
+        result = run_loop(parts, Options.of(config), proc, start=start, elapsed=elapsed,
                           callback=kw["callback"], progress=kw["progress"],
                           interrupts=interrupts)
     finally:
         if parts.batches is not None:
             parts.batches.close()  # the DataLoader workers of a streamed folder
     if start >= config["steps"]:  # nothing trained: the loss the run last recorded
-        result["loss"] = last_loss(place.run_dir)
+        result["loss"] = last_loss(proc.run_dir)
     return dict(result, resumed_from=start if state is not None else None)
 
 

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import scoresde
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 ROOT = Path(__file__).resolve().parents[1]
 

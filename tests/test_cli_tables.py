@@ -6,7 +6,7 @@ import click
 import pytest
 
 import scoresde
-from scoresde import likelihood, losses, models, sampling, stepping, toys
+from scoresde import hardware, likelihood, losses, models, sampling, toys
 from scoresde.cli import main
 
 from problems import ROOT, invoke, run_python
@@ -15,7 +15,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
     ("train", "weighting"): losses.WEIGHTINGS,
     ("train", "net"): models.TRAIN_NETS,
-    ("train", "precision"): stepping.PRECISIONS,
+    ("train", "precision"): hardware.PRECISIONS,
     ("sample", "solver"): scoresde.SAMPLERS,
     ("sample", "sr_solver"): scoresde.SAMPLERS,
     ("sample", "grid"): sampling.GRIDS,

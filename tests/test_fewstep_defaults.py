@@ -12,7 +12,7 @@ from scoresde import GaussianMixture, get_sde
 from scoresde.sampling import impute, sample
 from scoresde.sampling.fewstep import data_stats, gaussian_head
 from scoresde.sampling.grids import get_grid, default_eps
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 from problems import assert_matches, reference
 

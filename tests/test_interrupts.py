@@ -19,7 +19,7 @@ import torch
 
 import scoresde
 from scoresde import train
-from scoresde.loop import Interrupts, Place, _check_weights
+from scoresde.loop import Interrupts, Process, _check_weights
 from scoresde.training import TrainingInterrupted
 
 from problems import ROOT, TINY, assert_equal_states, invoke, run_python, run_states
@@ -127,13 +127,13 @@ def test_ranks_agree_on_a_stop_a_step_later(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
                             world_size=1)
     try:
-        place = Place(0, 2, torch.device("cpu"), "R")
+        proc = Process(0, 2, torch.device("cpu"), "R")
         with Interrupts("R") as interrupts, interrupts.watching():
-            assert interrupts.due(place) == 0
+            assert interrupts.due(proc) == 0
             interrupts.signum = int(signal.SIGTERM)  # noted during the second step
-            assert interrupts.due(place) == 0  # the first step's agreement
-            assert interrupts.due(place) == signal.SIGTERM
-        assert interrupts.due(Place(0, 1, torch.device("cpu"), "R")) == signal.SIGTERM
+            assert interrupts.due(proc) == 0  # the first step's agreement
+            assert interrupts.due(proc) == signal.SIGTERM
+        assert interrupts.due(Process(0, 1, torch.device("cpu"), "R")) == signal.SIGTERM
     finally:
         dist.destroy_process_group()
 
@@ -191,13 +191,13 @@ def test_non_finite_weights_name_the_checkpoint_kept_or_that_there_is_none():
     parts = SimpleNamespace(model=torch.nn.Linear(2, 2))
     with torch.no_grad():
         parts.model.weight[0, 0] = math.inf
-    place = Place(0, 1, torch.device("cpu"), "R")
+    proc = Process(0, 1, torch.device("cpu"), "R")
     with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: no "
                        "checkpoint had been written to R yet, so nothing is kept$"):
-        _check_weights(parts, place, 4, None)
+        _check_weights(parts, proc, 4, None)
     with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: the "
                        "checkpoint of step 2 in R is kept$"):
-        _check_weights(parts, place, 4, 2)
+        _check_weights(parts, proc, 4, 2)
 
 
 # ----- the command, as a real process -------------------------------------------------------------

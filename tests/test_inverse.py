@@ -16,7 +16,7 @@ from problems import reference
 from scoresde import GaussianMixture, VPSDE, get_sde
 from scoresde.observe import grey_matrix, mask_matrix
 from scoresde.sampling.inverse import INVERSE_METHODS, solve_inverse
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 TARGETS = {
     "two columns": (GaussianMixture.two_columns, [[1.0, 0.0]], [0.3], 0.0),

@@ -15,7 +15,7 @@ from scoresde.sampling import (SAMPLERS, default_eps, sample, time_edm, time_log
                                time_uniform)
 from scoresde.sampling.fewstep import data_stats, gaussian_head, gaussian_warm_start
 from scoresde.sampling.grids import sigma_of_t
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 from problems import assert_matches, reference
 

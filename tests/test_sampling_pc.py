@@ -14,7 +14,7 @@ import torch
 
 from scoresde import GaussianMixture, get_sde
 from scoresde.sampling import CORRECTORS, sample, sample_pc
-from scoresde.sampling.metrics import energy_distance
+from scoresde.sampling.distances import energy_distance
 
 N = 1000  # points per draw: 1000 steps of pc take about 2 s at this size
 # GaussianMixture.unseen(seed, narrow=True), never tuned for: 4 and 6 components with a narrow

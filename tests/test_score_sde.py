@@ -23,7 +23,7 @@ from scoresde.data import load_run_array
 from scoresde.models import DDPMpp, build_net, resolve_net
 from scoresde.models.resample import fir_downsample, fir_kernel, fir_upsample
 from scoresde.models.score_sde import reference_names
-from scoresde.stepping import count_params
+from scoresde.hardware import count_params
 
 DATA = Path(__file__).parent / "data"
 CASES = {"vp": ("score_sde_vp_ddpmpp_small", "small_ddpmpp_continuous"),

@@ -209,11 +209,11 @@ def test_a_non_finite_loss_stops_naming_its_step_before_any_checkpoint_of_it(tmp
 def test_a_non_finite_gradient_norm_stops_too():
     """Inf gradients with a finite loss (no scaler) would turn the weights into NaN: the first
     such step is named (the recorder's logic, on made-up values)."""
-    place = scoresde.loop.Place(0, 1, torch.device("cpu"), "RUN")
+    proc = scoresde.loop.Process(0, 1, torch.device("cpu"), "RUN")
     opts = scoresde.loop.Options.of(dict(
         {f.name: None for f in scoresde.loop.Options.__dataclass_fields__.values()},
         steps=10, log_every=100))
-    recorder = scoresde.loop._Recorder(opts, place, 0, 0.0, None, False)
+    recorder = scoresde.loop._Recorder(opts, proc, 0, 0.0, None, False)
     one = torch.tensor(1.0)
     recorder.record(1, one, 1e-3, one, None)
     recorder.settle(1)
@@ -221,7 +221,7 @@ def test_a_non_finite_gradient_norm_stops_too():
     recorder.record(3, torch.tensor(float("nan")), 1e-3, one, None)
     with pytest.raises(FloatingPointError, match="gradient norm at step 2; stopped at step 3"):
         recorder.settle(3)
-    scaled = scoresde.loop._Recorder(opts, place, 0, 0.0, None, False, scaled=True)
+    scaled = scoresde.loop._Recorder(opts, proc, 0, 0.0, None, False, scaled=True)
     scaled.record(1, one, 1e-3, torch.tensor(float("inf")), torch.tensor(1))
     scaled.settle(1)  # the scaler's skip, not a stop
     assert int(scaled.skipped) == 1

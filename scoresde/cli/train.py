@@ -93,7 +93,7 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, explicit, has_run, libr
               metavar="AE_RUN",
               help="Train on the latents of the autoencoder run AE_RUN (its data; latents "
                    "scaled to unit variance); sample decodes them.")
-@click.option("--precision", type=LazyChoice("stepping.PRECISIONS"),
+@click.option("--precision", type=LazyChoice("hardware.PRECISIONS"),
               default=Default("train", "precision"), show_default=True,
               help="bf16: autocast (CPU, CUDA); fp16: autocast with a gradient scaler (CUDA).")
 @click.option("--batch-gpu", type=click.IntRange(min=1), default=None,

@@ -114,8 +114,15 @@ def _langevin_move(p: _Step, x, i, step_size):
     return x + step * grad + (2 * step) ** 0.5 * z
 
 
+def _alpha(p: _Step, i: int) -> float:
+    """score_sde's ``alpha_i = a^2`` of the forward step ``x_i = a x_{i+1} + b z`` (DDPM's
+    ``1 - beta_i``; 1 for VE)."""
+    a, _ = p.c.transition(i)
+    return a**2
+
+
 def _langevin_batch(p: _Step, x, i, snr):
-    alpha = p.c.transition(i)[0] ** 2
+    alpha = _alpha(p, i)
 
     def step_size(grad, z):
         grad_norm = grad.reshape(len(x), -1).norm(dim=-1).mean()
@@ -126,7 +133,7 @@ def _langevin_batch(p: _Step, x, i, snr):
 
 
 def _langevin(p: _Step, x, i, snr):
-    step = 2 * p.c.transition(i)[0] ** 2 * (snr * p.c.s[i]) ** 2  # below every local variance
+    step = 2 * _alpha(p, i) * (snr * p.c.s[i]) ** 2  # below every local variance
     return _langevin_move(p, x, i, lambda grad, z: step)
 
 
