@@ -14,10 +14,10 @@ import torch
 
 from ..checks import check_choice
 from ..sde import SDE
-from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, resolve_generator,
-                     tweedie)
+from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, offset_callback,
+                     resolve_generator, tweedie)
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun, sample_unipc
-from .fewstep import (data_stats, fewstep_grid, gaussian_head, gaussian_warm_start, shifted,
+from .fewstep import (data_stats, fewstep_grid, gaussian_head, gaussian_warm_start,
                       uses_data_stats)
 from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
 from .ode import sample_ode
@@ -93,7 +93,7 @@ def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, k
         knobs = {**knobs, "warm": gaussian_warm_start(sde, x, ts, stats)}
     x = gaussian_head(sde, x, ts, stats, callback)
     return SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
-                            callback=shifted(callback), **knobs)
+                            callback=offset_callback(callback, 1), **knobs)
 
 
 def prior_draw(sde: SDE, shape, generator: Randomness, device=None, dtype=None) -> torch.Tensor:

@@ -31,6 +31,7 @@ from ..utils import CountedScore, time_vector
 
 __all__ = ["CountedScore", "GridCoeffs", "Callback", "NoiseSampler", "PerSampleGenerator",
            "Randomness", "randn", "resolve_generator", "check_seeds", "run_callback",
+           "offset_callback",
            "default_noise", "tweedie", "check_grid", "time_vector"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -187,6 +188,14 @@ def default_noise(x: torch.Tensor, generator: Randomness) -> NoiseSampler:
         return randn(x.shape, generator, dtype=x.dtype, device=x.device)
 
     return noise
+
+
+def offset_callback(callback: Callback | None, start: int) -> Callback | None:
+    """The callback with the step index ``i`` counted from ``start``: for a solver whose steps
+    come after others' (the few-step head's one, an earlier segment's)."""
+    if callback is None or start == 0:
+        return callback
+    return lambda d: callback({**d, "i": d["i"] + start})
 
 
 def run_callback(callback: Callback | None, x: torch.Tensor, **fields) -> torch.Tensor:

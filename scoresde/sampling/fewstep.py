@@ -30,7 +30,7 @@ from .grids import sigma_of_t, time_log_snr, time_of_sigma
 
 __all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
            "TAIL_SIGMA", "MIN_WINDOW", "uses_data_stats", "fewstep_grid", "gaussian_head",
-           "gaussian_warm_start", "shifted"]
+           "gaussian_warm_start"]
 
 FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")
 FEWSTEP_MAX_STEPS = 20  # above it the head's fixed Gaussian jump would cap the accuracy
@@ -189,14 +189,3 @@ def _gaussian_map(stats: DataStats, z: torch.Tensor, f) -> torch.Tensor:
         return mean + f(torch.tensor(stats.var, dtype=torch.float64)).item() * z
     evals, evecs = torch.linalg.eigh(stats.cov.to(z.device))
     return mean + z @ ((evecs * f(evals.clamp(min=0))) @ evecs.T)  # symmetric
-
-
-def shifted(callback: Callback | None) -> Callback | None:
-    """The callback with ``i`` counted from 1: the solver's steps come after the head's."""
-    if callback is None:
-        return None
-
-    def call(d: dict):
-        return callback({**d, "i": d["i"] + 1})
-
-    return call

@@ -36,7 +36,7 @@ from ..sde import SDE
 from ..utils import CountedScore
 from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, _solver_knobs, _stop_if_not_finite
 from .api import prior_draw
-from .common import Callback, GridCoeffs, randn, tweedie
+from .common import Callback, GridCoeffs, offset_callback, randn, tweedie
 from .grids import check_eps, check_steps, default_eps, get_grid
 from .smc import sample_smc
 
@@ -44,13 +44,6 @@ __all__ = ["solve_inverse", "INVERSE_METHODS", "DEFAULT_SOLVER"]
 
 # The solver of replacement, repaint and dps when none is given.
 DEFAULT_SOLVER = "em"
-
-
-def _offset(callback: Callback | None, start: int) -> Callback | None:
-    """The callback with ``i`` counted from ``start`` (a segment's steps come after others')."""
-    if callback is None or start == 0:
-        return callback
-    return lambda d: callback({**d, "i": d["i"] + start})
 
 
 def _replacement_callback(sde: SDE, obs: LinearObservation, generator) -> Callback:
@@ -88,7 +81,7 @@ def _repaint(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, ju
     replace = _replacement_callback(sde, obs, generator)
     for start in range(0, steps, jump):
         stop = min(start + jump, steps)
-        hook = _offset(_chain(replace, callback), start)
+        hook = offset_callback(_chain(replace, callback), start)
         for r in range(resample):
             if r:  # back to the segment's start by the exact forward transition
                 a = c.m[start] / c.m[stop]
