@@ -38,6 +38,7 @@ from .data import Dataset
 from .features import FEATURE_BATCH, extract_features, extractor_digest, to_extractor_range
 from .labels import chunk_labels
 from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, precision_recall
+from .snapshots import SNAPSHOT_SOLVER, SNAPSHOT_STEPS
 from .utils import write_atomically
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
@@ -560,7 +561,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
 
 
 # ----- during training ----------------------------------------------------------------------------
-EVAL_SOLVER, EVAL_STEPS = "dpmpp_2m", 16  # train(eval_every=...): as the sample grids' draw
+# train(eval_every=...) draws as the sample grids do (train(sample_every=...)).
+EVAL_SOLVER, EVAL_STEPS = SNAPSHOT_SOLVER, SNAPSHOT_STEPS
 
 
 def check_eval(dataset: Dataset, features, n: int) -> int:

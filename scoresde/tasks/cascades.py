@@ -14,7 +14,8 @@ from ..checks import OptionError
 from ..outputs import samples_name
 from ..sample_files import SAMPLE_BATCH, chunk_generator, write_in_chunks
 from ..utils import resolve_device
-from .sampling import _data_files, _default, _out, load_sampler, mean_nfe, run_identity
+from .sampling import (_data_files, _default, _out, load_sampler, mean_nfe, raw_values,
+                       run_identity)
 
 __all__ = ["sample_cascade_run"]
 
@@ -97,8 +98,6 @@ def _check_cascade(runs, base, base_config, sr, config) -> None:
 def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):
     """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: a cascade's
     samples ``start:stop`` from chunk ``k``'s generator, with their low-resolution stage."""
-    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
-
     def draw(k: int, start: int, stop: int):
         begin = time.perf_counter()
         try:
@@ -109,7 +108,7 @@ def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):
             raise OptionError(None, " ".join(str(err).split())) from None
         x = x.cpu()
         arrays = dict(samples=x.numpy(), low_res=info["low_res"].cpu().numpy(),
-                      raw=(x * scale + offset).numpy())
+                      raw=raw_values(x, config).numpy())
         return arrays, {"nfe": info["nfe"], "nfe_base": info["base"]["nfe"],
                         "nfe_sr": info["sr"]["nfe"], "aug_level": info["aug_level"],
                         "time_s": time.perf_counter() - begin}

@@ -83,6 +83,11 @@ def data_statistics(config: dict, solver: str, steps: int, grid=None, sigma_max=
         return {}
 
 
+def raw_values(x: torch.Tensor, config: dict) -> torch.Tensor:
+    """Model values ``x`` of a run as its data's raw values: ``x raw_scale + raw_offset``."""
+    return x * config.get("raw_scale", 1.0) + config.get("raw_offset", 0.0)
+
+
 def run_identity(model) -> dict:
     """What names the weights a run samples with, wherever its folder is and whatever else its
     checkpoint records (the time trained): a digest of the model's tensors (a latent model's
@@ -260,7 +265,6 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
     ``start:stop``, from chunk ``k``'s generator or the samples' own seeds."""
     shape = tuple(config["data_shape"])
-    scale, offset = config.get("raw_scale", 1.0), config.get("raw_offset", 0.0)
     solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid", "denoise")},
                           **options["knobs"])
 
@@ -286,7 +290,7 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
             if hasattr(model, "decode"):  # a latent run: images from its latents
                 x = model.decode(x)
         x = x.cpu()  # finite: the samplers stop at the first non-finite step
-        arrays = dict(samples=x.numpy(), raw=(x * scale + offset).numpy(), **recorded)
+        arrays = dict(samples=x.numpy(), raw=raw_values(x, config).numpy(), **recorded)
         if labels is not None:
             arrays["labels"] = labels[rows].numpy()
         return arrays, {"nfe": info["nfe"], "eps": info["eps"],
