@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import glob
 import hashlib
+import inspect
 import os
 import random
 import secrets
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 __all__ = ["append_dims", "batch_sum", "time_vector", "CountedScore", "write_atomically",
-           "is_inside", "file_digest",
+           "is_inside", "file_digest", "one_line", "keyword_default",
            "LOCK", "FolderBusyError", "folder_lock",
            "seed_everything", "make_generator", "seed_from", "resolve_device"]
 
@@ -161,6 +162,16 @@ def write_atomically(path: str | os.PathLike, write: Callable[[BinaryIO], object
             raise OSError(errno.ENOSPC, f"no space left on the device writing {path} ({kept})",
                           path) from None
         raise
+
+
+def one_line(message: object) -> str:
+    """A message (an exception's text) on one line, its whitespace runs made single spaces."""
+    return " ".join(str(message).split())
+
+
+def keyword_default(function: Callable, name: str):
+    """The default of keyword ``name`` of ``function``: one source for a default, its signature."""
+    return inspect.signature(function).parameters[name].default
 
 
 def file_digest(path: str | os.PathLike) -> str:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from problems import Interrupt, invoke, stop_at
+from problems import Interrupt, assert_equal_states, invoke, run_states, stop_at
 from scoresde import images, train
 from scoresde.data import get_dataset, run_dataset
 from scoresde.images import StepBatches
@@ -207,11 +207,6 @@ def test_batches_are_made_on_the_training_device(classes):
         assert x.dtype == torch.float32
     assert memory.on(torch.device("meta"))[0] is memory.on(torch.device("meta"))[0]  # once
 
-def _weights(run):
-    state = load_checkpoint(os.path.join(run, "checkpoint.pt"))
-    return {k: v for k, v in state["model"].items()}, state["rng"]["data"]
-
-
 # A DDPM++ with dropout draws from PyTorch's global generator, which the loader must leave alone.
 DROPOUT_NET = dict(net="ddpmpp", net_params={"nf": 8, "ch_mult": [1, 2], "num_res_blocks": 1,
                                              "attn_resolutions": [], "dropout": 0.1})
@@ -228,11 +223,8 @@ def test_resume_with_the_streaming_loader_is_bit_identical(classes, tmp_path, mo
     with pytest.raises(Interrupt):
         train(tmp_path / "cut", **opts, callback=stop_at(4))
     train(tmp_path / "cut", **opts, resume=True)
-    ref, gen = _weights(tmp_path / "memory")
     for run in ("whole", "cut"):
-        weights, state = _weights(tmp_path / run)
-        assert torch.equal(state, gen)
-        assert all(torch.equal(weights[k], v) for k, v in ref.items()), run
+        assert_equal_states(run_states(tmp_path / run), run_states(tmp_path / "memory"))
 
 
 def test_a_resolution_the_network_cannot_take_names_resolution(rgb, tmp_path):

@@ -16,6 +16,8 @@ from scoresde import GaussianMixture, get_sde
 from scoresde.sampling import CORRECTORS, sample, sample_pc
 from scoresde.sampling.distances import energy_distance
 
+from problems import reference
+
 N = 1000  # points per draw: 1000 steps of pc take about 2 s at this size
 # GaussianMixture.unseen(seed, narrow=True), never tuned for: 4 and 6 components with a narrow
 # std of 0.012 and 0.016 (weights 0.27 and 0.11) beside widths up to 0.8 and 1.0. Narrower ones
@@ -23,18 +25,6 @@ N = 1000  # points per draw: 1000 steps of pc take about 2 s at this size
 # and no solver reaches them: on unseen(11) (std 0.0019) em, ode and pc are all too sharp by
 # 4-5 standard errors of mean log p on VP.
 SEEDS = [12, 13]
-
-
-def _reference(mix: GaussianMixture, seed: int = 2024):
-    """A true draw of N points and the energy-distance threshold for 'indistinguishable from it'.
-
-    The threshold is mean + 4 sd of 20 true-vs-true distances at the same sizes (the statistic's
-    null law and why 4 sd: see test_sampling.py's ``ring`` fixture).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    ref = mix.sample(N, generator=gen)
-    null = torch.tensor([energy_distance(mix.sample(N, generator=gen), ref) for _ in range(20)])
-    return ref, float(null.mean() + 4 * null.std())
 
 
 def _log_p_gap(mix: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -60,7 +50,7 @@ def _pc(mix, sde, seed=7, **knobs):
 def test_pc_defaults_reach_unseen_narrow_mixtures(sde_name, seed):
     """The card's ``scoresde sample --solver pc --steps 1000``: defaults, exact score."""
     mix, sde = GaussianMixture.unseen(seed, narrow=True), get_sde(sde_name)
-    ref, threshold = _reference(mix)
+    _, ref, threshold = reference(mix, N)
     x = _pc(mix, sde)
     stat, gap = energy_distance(x, ref), _log_p_gap(mix, x, ref)
     assert stat < threshold, f"energy distance {stat:.2e} above the noise level {threshold:.2e}"
@@ -73,7 +63,7 @@ def test_batch_averaged_step_blurs_a_narrow_component_where_the_default_holds():
     component (std 0.014, weight 0.13): its points have scores far above the batch's mean, take
     steps far too large for their scale and are blurred. Measured: log p gap about -10 se."""
     mix, sde = GaussianMixture.unseen(0, narrow=True), get_sde("vp")
-    ref, _ = _reference(mix)
+    _, ref, _ = reference(mix, N)
     gap_batch = _log_p_gap(mix, _pc(mix, sde, corrector="langevin_batch"), ref)
     gap_default = _log_p_gap(mix, _pc(mix, sde), ref)
     assert gap_batch < -6, f"the batch-averaged step was expected to blur: {gap_batch:+.1f} se"

@@ -41,16 +41,15 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
       scoresde likelihood --run runs/00001-vp-digits --divergence hutchinson --probes 4
     """
 
-    from ..runs import read_config
     from ..tasks import run_likelihood
     from ..utils import resolve_device
 
     resolve_device(device)  # before anything else: a device that is not there is bad input
     path = pick_run(run, quiet=as_json)
-    record = task(run_likelihood, path, data=data, n=n, seed=seed, device=device,
-                  divergence=divergence, probes=probes, method=method, rtol=rtol, atol=atol,
-                  eps=eps)
-    emit(record, as_json, _lines(record, read_config(path).get("pixel_bits")))
+    record, about = task(run_likelihood, path, data=data, n=n, seed=seed, device=device,
+                         divergence=divergence, probes=probes, method=method, rtol=rtol,
+                         atol=atol, eps=eps)
+    emit(record, as_json, _lines(record, about["pixel_bits"]))
 
 
 def _lines(r: dict, bits: int | None) -> list[str]:

@@ -13,7 +13,6 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, emit, explicit, given, 
 # The solvers' own options, passed on when given.
 SOLVER_OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol",
                   "atol", "sigma_max", "sigma_min")
-INVERSE_OPTIONS = ("particles", "step_size", "jump", "resample")
 
 
 def _grids_by_solver() -> str:
@@ -191,17 +190,15 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
     for name in ("sr_solver", "sr_steps", "aug_level"):
         if explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
-    if seeds is not None and explicit(ctx, "seed"):
-        raise click.BadParameter("--seed seeds the whole batch, --seeds each sample: give one",
-                                 param_hint="--seed/--seeds")
     path = pick_run(run, quiet=as_json)
     record, result = task(
         sample_run, path, out, **given(ctx, ("solver", "steps")), n=n, eps=eps, grid=grid,
-        denoise=not no_denoise, solver_options=given(ctx, SOLVER_OPTIONS), seed=seed,
-        seeds=seeds, label=label, embedding=embedding, guidance=guidance, mask=mask,
-        observe=observe, inverse=inverse, inverse_options=given(ctx, INVERSE_OPTIONS),
+        denoise=not no_denoise, solver_options=given(ctx, SOLVER_OPTIONS),
+        seed=seed if explicit(ctx, "seed") or seeds is None else None, seeds=seeds, label=label,
+        embedding=embedding, guidance=guidance, mask=mask, observe=observe, inverse=inverse,
+        inverse_options=given(ctx, library("tasks.conditions.INVERSE_OPTIONS")),
         batch_size=batch_size, device=device, replace=force,
-        say=None if as_json else lambda line: click.echo(line, err=True))
+        say=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
     _report(record, result, as_json, f"{record['solver'] or record.get('inverse')}: "
                                      f"{record['n']} samples, NFE {record['nfe']}")
 

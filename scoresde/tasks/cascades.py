@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from pathlib import Path
 
@@ -13,9 +12,10 @@ from ..cascade import cascade
 from ..checks import OptionError
 from ..outputs import samples_name
 from ..sample_files import SAMPLE_BATCH, chunk_generator, write_in_chunks
-from ..utils import resolve_device
-from .sampling import (_data_files, _default, _out, load_sampler, mean_nfe, raw_values,
-                       run_identity)
+from ..sampling import sample
+from ..utils import keyword_default, one_line, resolve_device
+from .sampling import (load_sampler, mean_nfe, output_path, raw_values, run_identity,
+                       run_inputs)
 
 __all__ = ["sample_cascade_run"]
 
@@ -34,10 +34,9 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
         ``(record, result)`` as :func:`sample_run`.
     """
     runs, dev = (Path(base_run), Path(sr_run)), resolve_device(device)
-    solver = _default("solver") if solver is None else solver
-    steps = _default("steps") if steps is None else steps
-    aug_level = inspect.signature(cascade).parameters["aug_level"].default \
-        if aug_level is None else aug_level
+    solver = keyword_default(sample, "solver") if solver is None else solver
+    steps = keyword_default(sample, "steps") if steps is None else steps
+    aug_level = keyword_default(cascade, "aug_level") if aug_level is None else aug_level
     (base, base_sde, base_config), (sr, sr_sde, config) = (load_sampler(p, dev) for p in runs)
     _check_cascade(runs, base, base_config, sr, config)
     knobs = dict(solver_options or {})
@@ -59,9 +58,9 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
             extras["batch_size"] = batch_size
         out = runs[1] / samples_name(stem, solver=None, steps=None, n=n, seed=seed,
                                      extras=extras)
-    inputs = [*runs, *_data_files(base_config), *_data_files(config)]
-    out = _out(out, suffixes=(".npz",), inputs=inputs, replace=True)
-    fig_path = _out(out.with_suffix(".png"), inputs=inputs, others=[out],
+    inputs = [*runs, *run_inputs(base_config), *run_inputs(config)]
+    out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
+    fig_path = output_path(out.with_suffix(".png"), inputs=inputs, others=[out],
                     replace=replace or out.exists())
     result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=64, replace=replace)
     infos = result["info"]
@@ -105,7 +104,7 @@ def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):
                 x, info = cascade(base, base_sde, sr, sr_sde, stop - start, device=dev,
                                   generator=chunk_generator(seed, k, dev), **stages)
         except ValueError as err:  # before anything is drawn: the models do not fit
-            raise OptionError(None, " ".join(str(err).split())) from None
+            raise OptionError(None, one_line(err)) from None
         x = x.cpu()
         arrays = dict(samples=x.numpy(), low_res=info["low_res"].cpu().numpy(),
                       raw=raw_values(x, config).numpy())

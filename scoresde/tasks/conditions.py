@@ -6,7 +6,6 @@ its option.
 
 from __future__ import annotations
 
-import inspect
 import os
 
 import numpy as np
@@ -19,16 +18,13 @@ from ..labels import chunk_labels
 from ..observe import LinearObservation, mask_matrix
 from ..sampling import solve_inverse
 from ..sampling.inverse import DEFAULT_SOLVER, INVERSE_METHODS, _method_knobs
+from ..utils import keyword_default, one_line
 
 __all__ = ["INVERSE_OPTIONS", "parse_label", "class_labels", "embeddings", "mask_values",
            "inverse_problem", "inverse_solver"]
 
 # The inverse methods' options that a draw from a run takes (each method says which are its own).
 INVERSE_OPTIONS = ("particles", "step_size", "jump", "resample")
-
-
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())
 
 
 def parse_label(label):
@@ -73,7 +69,7 @@ def embeddings(model, path, guidance: float, n: int) -> torch.Tensor:
     try:
         e = torch.from_numpy(np.load(path, allow_pickle=False)).float()
     except (OSError, ValueError, RuntimeError) as err:
-        raise OptionError("embedding", _one_line(err)) from None
+        raise OptionError("embedding", one_line(err)) from None
     if e.ndim not in (1, 2) or e.shape[-1] != model.embed_dim:
         raise OptionError("embedding", f"expected one embedding ({model.embed_dim},) or one per "
                                        f"sample ({n}, {model.embed_dim}), got shape "
@@ -85,7 +81,7 @@ def embeddings(model, path, guidance: float, n: int) -> torch.Tensor:
     try:
         classifier_free_guidance(model, e, guidance)
     except ValueError as err:
-        raise OptionError("embedding", _one_line(err)) from None
+        raise OptionError("embedding", one_line(err)) from None
     return e.contiguous()
 
 
@@ -101,7 +97,7 @@ def mask_values(path, shape: tuple, n: int):
     return known, values
 
 
-def inverse_problem(observe, inverse, known, shape: tuple, n: int, seeds, solver, steps,
+def inverse_problem(observe, inverse, known, shape: tuple, n: int, *, seeds, solver, steps,
                     options: dict) -> dict:
     """An observation file (or a mask with an inverse method) as the keywords of
     :func:`~scoresde.sampling.solve_inverse`: ``A``, ``y``, ``noise_std``, ``method``, the
@@ -113,7 +109,7 @@ def inverse_problem(observe, inverse, known, shape: tuple, n: int, seeds, solver
         raise OptionError("observe", "give --observe or --mask, not both")
     if observe is None and known is None:
         raise OptionError("inverse", "--inverse needs --observe or --mask")
-    method = inverse or _default(solve_inverse, "method")
+    method = inverse or keyword_default(solve_inverse, "method")
     if observe is not None:
         try:
             a, y, noise_std = load_observation(observe, shape)
@@ -134,11 +130,12 @@ def inverse_problem(observe, inverse, known, shape: tuple, n: int, seeds, solver
     except ValueError as err:
         raise OptionError("observe/mask", str(err)) from None
     own = [k for k in _method_knobs(method) if k in INVERSE_OPTIONS]
-    wrong = [k for k in INVERSE_OPTIONS if k in options and k not in own]
+    wrong = [k for m in INVERSE_METHODS for k in _method_knobs(m)  # in the methods' order
+             if k in INVERSE_OPTIONS and k in options and k not in own]
     if wrong:
         flag = wrong[0].replace("_", "-")
         raise OptionError(wrong[0], f"--{flag} does not apply to --inverse {method}")
-    knobs = {k: options[k] if k in options else _default(INVERSE_METHODS[method], k)
+    knobs = {k: options[k] if k in options else keyword_default(INVERSE_METHODS[method], k)
              for k in own}
     return dict(A=a, y=y, noise_std=noise_std, method=method, knobs=knobs, solver=solver,
                 steps=steps)
@@ -146,7 +143,7 @@ def inverse_problem(observe, inverse, known, shape: tuple, n: int, seeds, solver
 
 def inverse_solver(problem: dict) -> tuple[str | None, int]:
     """``(solver, steps)`` that ``solve_inverse`` runs for ``problem`` (solver None for smc)."""
-    steps = problem["steps"] or _default(solve_inverse, "steps")
+    steps = problem["steps"] or keyword_default(solve_inverse, "steps")
     if problem["method"] == "smc":
         return None, steps
     return problem["solver"] or DEFAULT_SOLVER, steps
@@ -158,8 +155,3 @@ def file_identity(path) -> dict | None:
         return None
     stat = os.stat(path)
     return {"path": os.path.realpath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _default(function, name: str):
-    """The default of keyword ``name`` of ``function`` (one source: the library's signature)."""
-    return inspect.signature(function).parameters[name].default

@@ -27,13 +27,15 @@ __all__ = ["run_likelihood"]
 
 
 def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu",
-                   **options) -> dict:
+                   **options) -> tuple[dict, dict]:
     """The log-likelihood of ``n`` held-out points (or of the points of the file ``data``, in
     model space) under the run folder ``run``'s EMA model.
 
     ``options`` are :func:`~scoresde.log_likelihood`'s keywords (``divergence``, ``probes``,
     ``method``, ``rtol``, ``atol``, ``eps``; its defaults where not given); ``seed`` seeds the
-    Hutchinson probes. Returns the record the command prints: ``log_likelihood`` (nats, mean),
+    Hutchinson probes. Returns ``(record, about)``: ``about["pixel_bits"]`` says whether the
+    number is a bound on 8-bit levels (the run's bits) or a density (None); the record is what
+    the command prints: ``log_likelihood`` (nats, mean),
     ``standard_error``, ``n``, ``nfe``, ``time_s``, ``divergence``, and where they apply
     ``bits_per_dim``, ``entropy`` and ``gap``; for a latent run ``latent_nll_nats`` and the
     reconstruction error instead.
@@ -46,8 +48,9 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     knobs = dict(options)
     divergence = knobs.get("divergence", inspect.signature(log_likelihood).parameters[
         "divergence"].default)
+    about = {"pixel_bits": config.get("pixel_bits")}
     if config.get("latent"):
-        return _latent_likelihood(model, sde, run, config, data, n, knobs, seed)
+        return _latent_likelihood(model, sde, run, config, data, n, knobs, seed), about
     shape = tuple(config["data_shape"])
     dataset = None
     if data is None and config.get("data") is None:
@@ -79,7 +82,7 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     if entropy is not None:
         record["entropy"] = entropy
         record["gap"] = -mean - entropy
-    return record
+    return record, about
 
 
 def _latent_likelihood(model, sde, run, config, data, n, knobs, seed):

@@ -13,8 +13,8 @@ gets the same arrays.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
+import warnings
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,7 +30,7 @@ from ..runs import learnt_unconditional, load_run
 from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
 from ..sampling import impute, sample, solve_inverse
 from ..sampling.fewstep import uses_data_stats
-from ..utils import resolve_device
+from ..utils import keyword_default, one_line, resolve_device
 from . import conditions
 from .conditions import file_identity
 
@@ -44,11 +44,6 @@ _UNSET = {"eps": None, "grid": None, "denoise": True, "knobs": {}, "device": "cp
           "data_statistics": {}}
 
 
-def _default(name: str):
-    """The default of :func:`~scoresde.sample`'s keyword ``name`` (solver, steps)."""
-    return inspect.signature(sample).parameters[name].default
-
-
 def load_sampler(path, device):
     """``(model, sde, config)`` of a run to sample: its EMA model on ``device``.
 
@@ -58,7 +53,7 @@ def load_sampler(path, device):
     try:
         loaded = load_run(path, device=device)
     except Exception as err:  # corrupt files, a checkpoint from another network, ...
-        raise OptionError(None, f"cannot load run {path}: {' '.join(str(err).split())[:300]}"
+        raise OptionError(None, f"cannot load run {path}: {one_line(err)[:300]}"
                           ) from None
     if loaded[2].get("objective") == "autoencoder":
         raise OptionError(None, f"{path} is an autoencoder run, with no score to sample or "
@@ -71,15 +66,18 @@ def data_statistics(config: dict, solver: str, steps: int, grid=None, sigma_max=
                     sigma_min=None, say: Say | None = None) -> dict:
     """The run's training data's statistics when the sampler uses them (a few-step solver,
     no grid or window given: ``Dataset.sampling_statistics``); ``{}`` otherwise, or when the
-    data can no longer be read (said through ``say``)."""
+    data can no longer be read (said through ``say``, or as a warning)."""
     if config.get("latent") or not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
         return {}  # a latent run's data are not its training points
     try:
         return run_dataset(config).sampling_statistics(config["sigma_data"])
     except (ValueError, OSError) as err:
-        if say is not None:
-            say(f"few steps without the data's statistics ({' '.join(str(err).split())[:200]}):"
-                " the solver's default grid")
+        line = (f"few steps without the data's statistics ({one_line(err)[:200]}): the "
+                "solver's default grid")
+        if say is None:
+            warnings.warn(line, stacklevel=2)
+        else:
+            say(line)
         return {}
 
 
@@ -116,35 +114,38 @@ def mean_nfe(infos: list[dict], key: str = "nfe"):
                                                        1)
 
 
-def _data_files(config: dict) -> list:
+def run_inputs(config: dict) -> list:
     """The files and run folders a run reads its data from (never to be written over): the
     data as named and where it was when the run started, the autoencoder run of a latent run."""
     return [Path(p) for p in (config.get("data"), config.get("data_path"), config.get("latent"))
             if isinstance(p, str) and os.path.exists(p)]
 
 
-def _out(path, **rules) -> Path:
+def output_path(path, **rules) -> Path:
     """``path`` checked as an output (:func:`~scoresde.outputs.check_output`)."""
     try:
         return check_output(path, **rules)
     except (ValueError, FileExistsError) as err:
-        raise OptionError("out", " ".join(str(err).split())) from None
+        raise OptionError("out", one_line(err)) from None
 
 
-def _count(n, seeds, is_image: bool) -> int:
+def _count(n, seeds, seed, is_image: bool) -> int:
     """The number of samples: ``n``, the number of ``seeds``, or the default."""
     if seeds is None:
         return n or (64 if is_image else 1000)
     if n is not None and n != len(seeds):
         raise OptionError("n/seeds", f"--n {n} differs from the {len(seeds)} seeds of --seeds; "
                                      "give one of them")
+    if seed is not None:
+        raise OptionError("seed/seeds", "--seed seeds the whole batch, --seeds each sample: "
+                                        "give one")
     return len(seeds)
 
 
 def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = None,
                n: int | None = None, eps: float | None = None, grid: str | None = None,
-               denoise: bool = True, solver_options: dict | None = None, seed: int = 0,
-               seeds=None, label=None, embedding=None,
+               denoise: bool = True, solver_options: dict | None = None,
+               seed: int | None = None, seeds=None, label=None, embedding=None,
                guidance: float = 0.0, mask=None, observe=None, inverse: str | None = None,
                inverse_options: dict | None = None, batch_size: int | None = None,
                device="cpu", replace: bool = False,
@@ -159,7 +160,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
         solver_options: the solver's own options (``rtol``, ``snr``, ``sigma_max``, ...);
             a window (``sigma_max``, ``sigma_min``) among them, like ``grid``, keeps a few-step
             solver from the data's statistics (:func:`data_statistics`).
-        seed: chunk ``k`` draws from ``(seed, k)``; seeds: one seed per sample instead.
+        seed: chunk ``k`` draws from ``(seed, k)`` [default: 0]; seeds: one seed per sample
+            instead (not with ``seed``).
         label: a class (or ``"all"``: each class in turn) of a class-conditional run;
             embedding: a ``.npy`` of embeddings for a run conditioned on them; guidance: the
             classifier-free guidance weight.
@@ -167,7 +169,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             inverse, inverse_options: the method for either and its options.
         batch_size: samples per chunk [default: ``SAMPLE_BATCH``]; replace: replace an ``out``
             holding other samples or another file.
-        say: called with a line for the user (the data statistics could not be read).
+        say: called with a line for the user (the data statistics could not be read)
+            [default: a warning].
 
     Returns:
         ``(record, result)``: the record the command prints (run, solver, steps, n, nfe, eps,
@@ -180,14 +183,15 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     path, dev = Path(run), resolve_device(device)
     inputs = [path, mask, observe, embedding]
     if out is not None:  # the cheap checks first; the figure's and the data's below
-        _out(out, suffixes=(".npz",), inputs=inputs, replace=True)
+        output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
     knobs = dict(solver_options or {})
     given = (solver, steps)
-    solver = _default("solver") if solver is None else solver
-    steps = _default("steps") if steps is None else steps
+    solver = keyword_default(sample, "solver") if solver is None else solver
+    steps = keyword_default(sample, "steps") if steps is None else steps
     model, sde, config = load_sampler(path, dev)
     is_image = bool(config.get("is_image"))
-    n = _count(n, seeds, is_image)
+    n = _count(n, seeds, seed, is_image)
+    seed = 0 if seed is None else seed
     default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
     batch_size = batch_size or default_batch
     stats = data_statistics(config, solver, steps, grid, knobs.get("sigma_max"),
@@ -211,8 +215,9 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise, knobs=knobs)
     problem = None
     if observe is not None or inverse is not None:
-        problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds, *given,
-                                             inverse_options or {})
+        problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds=seeds,
+                                             solver=given[0], steps=given[1],
+                                             options=inverse_options or {})
         known = None
     draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
                        known, problem)
@@ -234,11 +239,11 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
         stem = "samples" if problem is None else f"samples-{problem['method']}"
         out = path / samples_name(stem, solver=solver, steps=steps, n=n,
                                   seed=None if seeds is not None else seed, extras=extras)
-    inputs += _data_files(config)
-    out = _out(out, suffixes=(".npz",), inputs=inputs, replace=True)
+    inputs += run_inputs(config)
+    out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
     fig_path = None
     if is_image or shape == (2,):  # what samples_picture draws
-        fig_path = _out(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
+        fig_path = output_path(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
                         replace=replace or out.exists())
     ncol = model.num_classes if label == "all" else None
     keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
@@ -313,7 +318,7 @@ def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
                              eps=options["eps"], grid=options["grid"], generator=generator,
                              denoise=options["denoise"], **keywords)
     except ValueError as err:  # before anything is drawn: options the method refuses
-        raise OptionError(None, " ".join(str(err).split())) from None
+        raise OptionError(None, one_line(err)) from None
 
 
 def _rows(array, rows: slice, count: int, shape: tuple):
