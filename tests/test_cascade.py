@@ -182,6 +182,13 @@ def test_cli_trains_a_digits_cascade_and_samples_it(tmp_path, monkeypatch):
                         "--out", tmp_path / "x.npz")
         assert result.exit_code == 2 and match in result.output, result.output
         assert not (tmp_path / "x.npz").exists()
+    # A base run on 2D points is no stage of a cascade: a usage error, not an IndexError.
+    result = invoke("train", "--steps", 2, "--batch-size", 8, "--width", 8, "--quiet", "--run",
+                    tmp_path / "points")
+    assert result.exit_code == 0, result.output
+    result = invoke("sample", "--cascade", tmp_path / "points", tmp_path / "sr", "--steps", 2,
+                    "--n", 2, "--out", tmp_path / "x.npz")
+    assert result.exit_code == 2 and "not a run on images" in result.output, result.output
 
 
 def test_bad_super_res_options_are_one_line(same, tmp_path):

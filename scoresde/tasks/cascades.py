@@ -80,10 +80,14 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
 
 def _check_cascade(runs, base, base_config, sr, config) -> None:
     """A base run and a super-resolution run trained for its resolution."""
-    if not sr.cond_channels:
+    for path, run_config in zip(runs, (base_config, config)):
+        if len(run_config["data_shape"]) != 3:  # a cascade raises the resolution of images
+            raise OptionError("cascade", f"{path} is not a run on images (C, H, W); its data "
+                                         f"have shape {tuple(run_config['data_shape'])}")
+    if not getattr(sr, "cond_channels", 0):
         raise OptionError("cascade", f"{runs[1]} is not a super-resolution run (train it with "
                                      "--super-res)")
-    if base.cond_channels:
+    if getattr(base, "cond_channels", 0):
         raise OptionError("cascade", f"{runs[0]} is a super-resolution run; the base run of a "
                                      "cascade is an ordinary one")
     low, high = base_config["data_shape"][1:], config["data_shape"][1:]
