@@ -25,9 +25,7 @@ import contextlib
 import itertools
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field, fields
 from typing import Callable, TextIO
@@ -43,17 +41,18 @@ from .cascade import training_condition
 from .checks import trusted_values
 from .data import Dataset
 from .embeddings import drop_conditions
+from .hardware import (autocast, channels_last, clip_norm, compile_errors, compile_model,
+                       grad_scaler, micro_batches, scaler_skipped)
 from .images import StepBatches
+from .interrupts import Interrupts, TrainingInterrupted
 from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
 from .snapshots import write_snapshot
-from .hardware import (autocast, channels_last, clip_norm, compile_errors, compile_model,
-                       grad_scaler, micro_batches, scaler_skipped)
 
 __all__ = ["LOSSES", "Options", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng",
-           "dist_setup", "Interrupts", "TrainingInterrupted"]
+           "dist_setup"]
 
 # What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
 # ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
@@ -250,108 +249,6 @@ def build_parts(config: dict, sde: SDE, dataset, proc: Process, state: dict | No
                               device=proc.device)
     return TrainingState(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
                  forward, batches)
-
-
-class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM, after saving what there was to save.
-
-    A ``KeyboardInterrupt`` for SIGTERM too, so that no ``except Exception`` (say in a sweep
-    script) swallows a request to stop.
-
-    Attributes:
-        step: the step whose checkpoint was written on the way out, where a resumed run goes
-            on; None when the signal came before the first step (nothing was trained, and the
-            run folder holds what it held).
-        steps: the run's total; None with ``step`` None.
-        signal_name: ``"SIGINT"`` or ``"SIGTERM"``.
-        signum: the signal's number (a command's usual exit status is ``128 + signum``).
-        run_dir: the run folder.
-    """
-
-    def __init__(self, signum: int, run_dir: str | os.PathLike, step: int | None = None,
-                 steps: int | None = None):
-        self.signum, self.run_dir = int(signum), os.fspath(run_dir)
-        self.step, self.steps = step, steps
-        self.signal_name = signal.Signals(self.signum).name
-        where = ("before the first step: nothing was trained" if step is None else
-                 f"at step {step} of {steps}: saved the checkpoint of step {step}")
-        super().__init__(f"interrupted ({self.signal_name}) {where} in {self.run_dir}")
-
-    def __reduce__(self):
-        return type(self), (self.signum, self.run_dir, self.step, self.steps)
-
-
-class Interrupts:
-    """SIGINT and SIGTERM as a clean stop of training, for as long as this context is open.
-
-    It takes the two signals in the main thread only (elsewhere it does nothing), and leaves
-    alone a signal that is ignored (``SIG_IGN``: a job a shell started in the background) or
-    whose handler was not set from Python; on close the previous handlers come back exactly as
-    they were, however the block ends.
-
-    Before :meth:`watching` (while the data, the model and the checkpoint are set up) a signal
-    raises :class:`TrainingInterrupted` at once, with ``step=None``: nothing to save. While
-    watching (the loop) the first signal is only noted, and :meth:`due` tells the loop to stop
-    at the end of the step; a later SIGTERM is ignored until the checkpoint of that step is
-    written (a scheduler and ``torchrun`` may each send one), while a second SIGINT (Ctrl-C
-    pressed again) raises ``KeyboardInterrupt`` at once, without saving. A kill that cannot be
-    caught (SIGKILL) stops at once too. Either way the previous checkpoint stays whole (writes
-    are atomic).
-    After watching the run is complete, and signals are ignored until the context closes.
-    """
-
-    def __init__(self, run_dir: str | os.PathLike):
-        self.run_dir = os.fspath(run_dir)
-        self.phase = "before"  # then "watching", then "after"
-        self.signum = 0  # the first signal noted while watching
-        self._agreed = None  # several processes: the last step's all_reduce, read a step later
-        self._previous = {}
-
-    def __enter__(self) -> "Interrupts":
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                previous = signal.getsignal(signum)
-                if previous is not None and previous != signal.SIG_IGN:
-                    self._previous[signum] = previous
-                    signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        while self._previous:
-            signal.signal(*self._previous.popitem())
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.phase == "before":
-            raise TrainingInterrupted(signum, self.run_dir)
-        if self.phase == "watching" and not self.signum:
-            self.signum = signum
-        elif self.phase == "watching" and signum == signal.SIGINT:  # Ctrl-C again: now
-            raise KeyboardInterrupt(f"interrupted twice: stopped without saving; {self.run_dir} "
-                                    "keeps its last checkpoint, if any")
-
-    @contextlib.contextmanager
-    def watching(self):
-        """The loop's span: signals are noted, for :meth:`due`."""
-        self.phase = "watching"
-        try:
-            yield self
-        finally:
-            self.phase = "after"
-
-    def due(self, proc: Process) -> int:
-        """The signal to stop on at the end of this step (the same on every rank), 0 to go on.
-
-        One process reads its flag: no device sync, no collective. Several processes agree on
-        the largest signal any rank noted with one ``all_reduce`` (MAX) of one integer per
-        step, read a step later, so that the host waits for the previous step only (a stop
-        comes one step after the signal); that is the whole per-step cost.
-        """
-        if proc.world == 1:
-            return self.signum
-        agreed = self._agreed
-        self._agreed = torch.full((1,), self.signum, dtype=torch.int32, device=proc.device)
-        dist.all_reduce(self._agreed, op=dist.ReduceOp.MAX)
-        return 0 if agreed is None else int(agreed.item())
 
 
 def run_loop(parts: TrainingState, opts: Options, proc: Process, *, start: int, elapsed: float,

@@ -19,7 +19,8 @@ import torch
 
 import scoresde
 from scoresde import train
-from scoresde.loop import Interrupts, Process, _check_weights
+from scoresde.interrupts import Interrupts
+from scoresde.loop import Process, _check_weights
 from scoresde.training import TrainingInterrupted
 
 from problems import ROOT, TINY, assert_equal_states, invoke, run_python, run_states
