@@ -5,7 +5,8 @@ summary lines instead of writing and printing them. Its settings are the module'
 :func:`solver_plan` (steps and tolerances of each solver), :data:`PC_SNR`, :data:`FIELD_TIME`,
 :data:`LIKELIHOOD_POINTS` and :data:`LIKELIHOOD_TOL` (the held-out log-likelihood),
 :data:`DENSITY_GRID` and :data:`DENSITY_TOL` (the heat map). Each phase says on stderr what it
-does and how long it took; BENCHMARKS.md has what each phase costs and what its settings cost.
+does and how long it took; docs/benchmarks/demo.md has what each phase costs and what its
+settings cost.
 """
 
 from __future__ import annotations

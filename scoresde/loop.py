@@ -3,9 +3,9 @@
 Internal to :func:`scoresde.train` (module :mod:`scoresde.training`), which resolves the options
 and opens the run folder. Each piece takes the resolved options (:class:`Options`, a frozen view
 of ``config.json``), where this process trains (:class:`Process`) and what it works on
-(:class:`TrainingState`). Every rank draws the same global batch (data, times, noise) from one seeded
-generator and trains on its own slice; DistributedDataParallel averages the gradients and rank 0
-writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
+(:class:`TrainingState`). Every rank draws the same global batch (data, times, noise) from one
+seeded generator and trains on its own slice; DistributedDataParallel averages the gradients and
+rank 0 writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
 order, and a resumed run continues bit-identically.
 
 On a GPU the loop does not wait for the device each step: the loss, the gradient norm and
@@ -217,7 +217,8 @@ def dist_setup(device: torch.device):
     return 0, 1, device, False
 
 
-def build_parts(config: dict, sde: SDE, dataset, proc: Process, state: dict | None) -> TrainingState:
+def build_parts(config: dict, sde: SDE, dataset, proc: Process,
+                state: dict | None) -> TrainingState:
     """The model (initialised from ``torch.manual_seed(seed)``), its EMA, the optimizer and the
     data generator; restored from the checkpoint ``state`` when resuming."""
     torch.manual_seed(config["seed"])
@@ -247,8 +248,8 @@ def build_parts(config: dict, sde: SDE, dataset, proc: Process, state: dict | No
         batches = StepBatches(dataset, config["seed"], start, config["steps"],
                               config["batch_size"], proc.share(config["batch_size"]),
                               device=proc.device)
-    return TrainingState(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]], scaler,
-                 forward, batches)
+    return TrainingState(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]],
+                         scaler, forward, batches)
 
 
 def run_loop(parts: TrainingState, opts: Options, proc: Process, *, start: int, elapsed: float,

@@ -18,7 +18,7 @@ from .sde import SDE
 
 __all__ = ["SNAPSHOT_SOLVER", "SNAPSHOT_STEPS", "snapshot_size", "write_snapshot"]
 
-# A cheap solver that gives recognisable samples in few score calls (BENCHMARKS.md).
+# A cheap solver that gives recognisable samples in few score calls (docs/benchmarks/few-step.md).
 SNAPSHOT_SOLVER, SNAPSHOT_STEPS = "dpmpp_2m", 16
 _IMAGES, _POINTS = 64, 1000  # how many images (an 8 x 8 grid) or 2D points
 

@@ -299,12 +299,12 @@ def train(
             variance; the scale is recorded as ``latent_scale``. :func:`~scoresde.load_run`
             then gives a :class:`~scoresde.latent.LatentDiffusion` (see :mod:`scoresde.latent`).
         steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
-            vector data (tuned on the 2D toys, BENCHMARKS.md) and 128 for images.
+            vector data (tuned on the 2D toys, docs/benchmarks/training.md) and 128 for images.
         weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
         log_snr_share: with ``weighting="sigma2"``, the share of each batch's times drawn
             uniformly in log-SNR rather than in ``t`` (see :mod:`scoresde.losses`); 0.3 with
             ``net_params={"input_features": 64}`` is the recipe for data with sharp edges such
-            as checkerboard (BENCHMARKS.md).
+            as checkerboard (docs/benchmarks/training.md).
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
         precision: ``"fp32"``; ``"bf16"`` (autocast, CPU and CUDA); ``"fp16"`` (autocast with a

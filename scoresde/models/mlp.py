@@ -14,8 +14,9 @@ __all__ = ["ScoreMLP", "TimeFeatures", "InputFeatures", "conditioning", "check_e
            "HIDDEN", "DEPTH",
            "TIME_DIM", "TIME_FEATURES", "TIME_SCALE", "INPUT_SCALE"]
 
-# The MLPs' defaults (ScoreMLP and ClassifierMLP), tuned on the 2D toys (BENCHMARKS.md,
-# "Training"): the width and blocks of the residual stream and the noise-level features.
+# The MLPs' defaults (ScoreMLP and ClassifierMLP), tuned on the 2D toys
+# (docs/benchmarks/training.md): the width and blocks of the residual stream and the noise-level
+# features.
 HIDDEN, DEPTH, TIME_DIM, TIME_FEATURES, TIME_SCALE = 128, 3, 64, "fourier", 4.0
 INPUT_SCALE = 0.3  # of the input's random Fourier features, when there are any
 
@@ -124,7 +125,7 @@ class ScoreMLP(nn.Module):
     The network knows nothing of SDEs: it maps a (preconditioned) input and a scalar noise input
     ``c_noise`` of shape ``(B,)`` to an output of the input's shape. :class:`ScoreModel` turns it
     into a score function. The defaults are the tuned ones that :func:`~scoresde.train` uses
-    (BENCHMARKS.md, "Training"): 128 wide, 3 blocks, 64 Fourier features of scale 4 for the noise
+    (docs/benchmarks/training.md): 128 wide, 3 blocks, 64 Fourier features of scale 4 for the noise
     level; about a minute of training on the 2D toys on one CPU thread.
 
     Args:
@@ -139,7 +140,7 @@ class ScoreMLP(nn.Module):
         input_features: number of random Fourier features of the input (see
             :class:`InputFeatures`) fed to the first layer beside the input; 0 for none.
         input_scale: frequency scale of those features, for an input of unit variance (0.3 was
-            best on checkerboard of 0.2, 0.3, 0.5 and 1; BENCHMARKS.md).
+            best on checkerboard of 0.2, 0.3, 0.5 and 1; docs/benchmarks/training.md).
         embed_dim: embeddings ``y`` of shape ``(B, embed_dim)`` are projected and added to the
             conditioning (rows of NaN and ``y=None``: a learnt null embedding); 0 for none.
             Exclusive with ``num_classes``.

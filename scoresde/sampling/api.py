@@ -166,7 +166,7 @@ def sample(
             from ``sigma_min`` (about the finest scale in the data) to ``eps``; the other
             steps are spaced inside. ``None``: no window. The few-step recipe that reaches
             our targets in 10 score calls is ``solver="dpmpp_2m", steps=9, grid="log_snr",
-            sigma_max=5, sigma_min=0.01`` for data of scale about 1-3 (BENCHMARKS.md).
+            sigma_max=5, sigma_min=0.01`` for data of scale about 1-3 (docs/benchmarks/few-step.md).
         data_std, data_mean, data_cov: what is known about the data (a run's ``sigma_data``
             is its ``data_std``; ``data_mean`` a number or ``D`` entries, default 0;
             ``data_cov`` the ``(D, D)`` covariance instead of ``data_std``). With them,

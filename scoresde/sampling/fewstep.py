@@ -12,7 +12,7 @@ are spaced in log-SNR from ``sigma_max`` to ``sigma_min = 0.01 * scale``, then o
 estimate one grid step above ``sigma_max`` (:func:`gaussian_warm_start`), so their first step
 is second order. Where the window does not fit in the SDE's noise range (VE's
 ``sigma(T) = 50`` below data of scale ``1e4``), a warning says so and the plain log-SNR grid is
-used (:func:`fewstep_grid`). The rule and its measurements: BENCHMARKS.md, "Few-step defaults".
+used (:func:`fewstep_grid`). The rule and its measurements: docs/benchmarks/few-step.md.
 """
 
 from __future__ import annotations

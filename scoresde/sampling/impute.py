@@ -25,7 +25,7 @@ The few-step defaults apply as in :func:`~scoresde.sample`: with the data's stat
 (``data_mean`` and ``data_cov`` or ``data_std``), ``unipc`` or ``dpmpp_2m`` at ``steps=10`` is
 10 score calls. Their Gaussian head is the data's, not conditioned on the known entries (the
 replacement after it puts those in place); at 10 calls it reaches what 50 Euler steps reach
-(BENCHMARKS.md, "Few-step defaults").
+(docs/benchmarks/few-step.md).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Correctors (``corrector_steps`` score calls each, at ``t_cur`` before the predic
         variance of every component, narrow or wide: Langevin at this step inflates no
         component's variance by more than a factor ``1 / (1 - alpha snr^2)`` (2.6% at snr
         0.16). For image-like data the paper's rule below gives about this step, so ``snr``
-        keeps its meaning there (BENCHMARKS.md).
+        keeps its meaning there (docs/benchmarks/samplers.md).
     ``langevin_batch``: the paper's Algorithm 4, step ``2 alpha (snr |z| / |score|)^2`` with
         norms averaged over the batch. Points of a narrow component have scores far above the
         batch's mean and take steps far too large for their scale: it blurs such mixtures.
