@@ -15,8 +15,8 @@ costs about 0.3 ms a query on 2000 x 2 states, near 10% of a cheap score's time 
 (see ``docs/benchmarks/sampling-speed.md``). Adaptive steps, which query sub-intervals and retry
 rejected steps, get a ``torchsde.BrownianInterval`` told the first step size, with an unbounded
 cache, seeded by one integer from the generator, or one interval per sample for a
-``PerSampleGenerator`` (:class:`PerSampleBrownian`, ``B`` times the cost). On fixed steps f and g are asked only at
-times known in advance, whose coefficients are computed once (``sde.reverse(..., times=...)``);
+``PerSampleGenerator`` (:class:`PerSampleBrownian`, ``B`` times the cost). On fixed steps f and
+g are asked only at times known in advance, whose coefficients are computed once (``sde.reverse(..., times=...)``);
 Milstein runs derivative-free (its correction is zero for additive noise either way).
 """
 
