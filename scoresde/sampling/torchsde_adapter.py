@@ -10,14 +10,14 @@ the Stratonovich label it needs.
 On fixed steps the Brownian increments are drawn from the generator as torchsde asks for
 them (:class:`SteppedBrownian`: one ``N(0, I)`` draw a step, two for ``srk``'s space-time Levy
 area), as ``em`` draws its noise; with a :class:`~scoresde.sampling.PerSampleGenerator` these
-are sample ``i``'s own draws, so its path depends only on its seed. A ``BrownianInterval``
-costs about 0.3 ms a query on 2000 x 2 states, near 10% of a cheap score's time on its own
-(see ``docs/benchmarks/sampling-speed.md``). Adaptive steps, which query sub-intervals and retry
-rejected steps, get a ``torchsde.BrownianInterval`` told the first step size, with an unbounded
-cache, seeded by one integer from the generator, or one interval per sample for a
-``PerSampleGenerator`` (:class:`PerSampleBrownian`, ``B`` times the cost). On fixed steps f and
-g are asked only at times known in advance, whose coefficients are computed once (``sde.reverse(..., times=...)``);
-Milstein runs derivative-free (its correction is zero for additive noise either way).
+are sample ``i``'s own draws, so its path depends only on its seed. A ``BrownianInterval`` costs
+about 0.3 ms a query on 2000 x 2 states, near 10% of a cheap score's time on its own (see
+``docs/benchmarks/sampling-speed.md``). Adaptive steps, which query sub-intervals and retry rejected
+steps, get a ``torchsde.BrownianInterval`` told the first step size, with an unbounded cache, seeded
+by one integer from the generator, or one interval per sample for a ``PerSampleGenerator``
+(:class:`PerSampleBrownian`, ``B`` times the cost). On fixed steps f and g are asked only at times
+known in advance, whose coefficients are computed once (``sde.reverse(..., times=...)``); Milstein
+runs derivative-free (its correction is zero for additive noise either way).
 """
 
 from __future__ import annotations
