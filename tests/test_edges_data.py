@@ -15,7 +15,7 @@ from torch import nn
 
 from scoresde import get_sde, images
 from scoresde.data import get_dataset, load_mask
-from scoresde.quality import _fingerprint, reference_stats
+from scoresde.reference import _fingerprint, reference_stats
 from scoresde.sampling import sample
 from scoresde.sampling.grids import default_eps, get_grid
 
