@@ -26,9 +26,9 @@ from typing import Iterable
 from .runs import RUN_FILES, run_files
 from .utils import is_inside, write_atomically
 
-__all__ = ["check_output", "same_path", "samples_name"]
+__all__ = ["PARTS_SUFFIX", "check_output", "same_path", "samples_name"]
 
-PARTS_SUFFIX = ".parts"  # the chunk folder of an output, ``OUT.parts`` (sample_files.parts_dir)
+PARTS_SUFFIX = ".parts"  # an output's chunk folder, OUT.parts (sample_files.parts_dir)
 
 
 def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from .checks import check_int
+from .outputs import PARTS_SUFFIX
 from .utils import folder_lock
 from .utils import make_generator, write_atomically
 
@@ -54,7 +55,7 @@ ChunkDraw = Callable[[int, int, int], tuple[dict[str, np.ndarray], dict]]
 def parts_dir(out: str | os.PathLike) -> Path:
     """The folder that holds the finished chunks of ``out`` until it is complete."""
     out = Path(out)
-    return out.with_name(out.name + ".parts")
+    return out.with_name(out.name + PARTS_SUFFIX)
 
 
 def chunk_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
@@ -114,11 +115,13 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
     n, batch_size = check_int("n", n, 1), check_int("batch_size", batch_size, 1)
     keep = check_int("keep", keep, 0)
     parts = parts_dir(out)
-    manifest = {"fingerprint": fingerprint, "n": n, "batch_size": batch_size}
+    # as JSON gives it back (tuples as lists), so that it compares with the recorded ones
+    manifest = json.loads(json.dumps({"fingerprint": fingerprint, "n": n,
+                                      "batch_size": batch_size}))
     _remove_leftovers(parts)
     done = _finished(out, manifest, keep, replace)
     if done is not None:
-        if _holds(parts, manifest):  # a kill between the file's rename and the folder's removal
+        if _parts_manifest(parts) == manifest:  # a kill after the rename, before the removal
             with folder_lock(parts, _TEMPORARIES):
                 trash = _set_aside(parts)
             shutil.rmtree(trash, ignore_errors=True)
@@ -149,8 +152,7 @@ def _finished(out, manifest: dict, keep: int, replace: bool) -> dict | None:
     """
     if not os.path.exists(out):
         return None
-    recorded = _read_manifest(out)
-    wanted = json.loads(json.dumps(manifest))
+    recorded, wanted = _read_manifest(out), manifest
     if recorded is not None and {k: recorded.get(k) for k in wanted} == wanted:
         infos = [dict(i, **{k: 0.0 for k in _TIMINGS}) for i in recorded["info"]]
         return {"chunks": len(infos), "drawn": 0, "info": infos, "head": _file_head(out, keep),
@@ -169,13 +171,12 @@ def _finished(out, manifest: dict, keep: int, replace: bool) -> dict | None:
                           "replace=True) or write to another file")
 
 
-def _holds(parts: Path, manifest: dict) -> bool:
-    """Whether the chunks' folder holds chunks of ``manifest`` (not another call's, which a
-    later call with those options may still finish)."""
+def _parts_manifest(parts: Path) -> dict | None:
+    """What the chunks in ``parts`` were drawn with; None without a (readable) record."""
     try:
-        return json.loads((parts / _MANIFEST).read_text()) == json.loads(json.dumps(manifest))
+        return json.loads((parts / _MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
+        return None
 
 
 def _untimed(info: dict) -> dict:
@@ -264,8 +265,7 @@ def _chunk_name(k: int) -> str:
 def _check_manifest(parts: Path, manifest: dict) -> None:
     path = parts / _MANIFEST
     if path.is_file():
-        old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(manifest)):
+        if _parts_manifest(parts) != manifest:
             raise ValueError(f"{parts} holds chunks drawn with other options; repeat the command "
                              "that drew them to finish it, or delete the folder to start over")
         return
