@@ -21,10 +21,13 @@ are decoded once and kept in memory, with the same batches.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import hashlib
 import os
 import signal
 import sys
+import weakref
 from typing import Iterator
 
 import numpy as np
@@ -358,20 +361,42 @@ def step_draw(seed: int, step: int, n_train: int, n: int,
     return idx, (torch.rand(n, generator=gen) < 0.5) if flip else None
 
 
+def _rank_draw(step: int, *, seed: int, n_train: int, batch_size: int, flip: bool,
+               share: slice) -> tuple[torch.Tensor, torch.Tensor | None]:
+    idx, flips = step_draw(seed, step, n_train, batch_size, flip)
+    return idx[share], None if flips is None else flips[share]
+
+
 class _StepSampler(torch.utils.data.Sampler):
-    """``[(i, flip), ...]`` of this rank's share of each step's batch, for a ``DataLoader``."""
+    """``[(i, flip), ...]`` of this rank's share of each step's batch, for a ``DataLoader``.
+
+    It holds the draw's numbers, not the :class:`StepBatches` (whose loader holds this sampler):
+    without that cycle a dropped stream stops its workers at once, not at the next collection.
+    """
 
     def __init__(self, stream: "StepBatches"):
-        self.stream = stream
+        self.start, self.stop, self.draw = stream.start, stream.stop, stream.rank_draw()
 
     def __len__(self) -> int:
-        return self.stream.stop - self.stream.start
+        return self.stop - self.start
 
     def __iter__(self):
-        for step in range(self.stream.start, self.stream.stop):
-            idx, flips = self.stream.draw(step)
+        for step in range(self.start, self.stop):
+            idx, flips = self.draw(step)
             yield [(int(i), bool(f)) for i, f in
                    zip(idx, flips if flips is not None else [False] * len(idx))]
+
+
+# The streams whose DataLoader workers are running. Their workers ignore SIGTERM, so the
+# multiprocessing module's own exit handler (terminate, then join without a timeout) would wait
+# for them for ever: the handler below, registered after it and so run before it, stops them.
+_RUNNING: "weakref.WeakSet[StepBatches]" = weakref.WeakSet()
+
+
+@functools.cache
+def _stop_workers_at_exit() -> None:
+    """Register (once) the exit handler that closes every stream still running."""
+    atexit.register(lambda: [stream.close() for stream in list(_RUNNING)])
 
 
 class StepBatches:
@@ -393,10 +418,16 @@ class StepBatches:
         self.workers = WORKERS if workers is None else workers
         self._loader = None
 
+    def rank_draw(self):
+        """The function of the step giving this rank's indices (and flips) at that step; it
+        holds the draw's numbers only, not this object."""
+        return functools.partial(_rank_draw, seed=self.seed, n_train=self.n_train,
+                                 batch_size=self.batch_size, flip=self.dataset.flip,
+                                 share=self.share)
+
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's indices (and flips) at ``step``."""
-        idx, flips = step_draw(self.seed, step, self.n_train, self.batch_size, self.dataset.flip)
-        return idx[self.share], None if flips is None else flips[self.share]
+        return self.rank_draw()(step)
 
     def __iter__(self) -> Iterator:
         return self
@@ -410,11 +441,13 @@ class StepBatches:
     def close(self) -> None:
         """Stop the ``DataLoader`` workers (they also stop when this object is collected)."""
         loader, self._loader = self._loader, None
+        _RUNNING.discard(self)
         if loader is not None:
             loader._shutdown_workers()  # now, rather than whenever the iterator is collected
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.step >= self.stop:
+            self.close()  # the workers are not needed any more
             raise StopIteration
         idx, flips = self.draw(self.step)
         self.step += 1
@@ -434,6 +467,9 @@ class StepBatches:
                 num_workers=self.workers, prefetch_factor=PREFETCH if self.workers else None,
                 pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stops,
                 generator=torch.Generator().manual_seed(0)))
+            if self.workers:
+                _stop_workers_at_exit()
+                _RUNNING.add(self)
         labels = self.dataset.train_labels
         y = None if labels is None else labels[idx].to(self.device)
         try:

@@ -1,3 +1,5 @@
+import multiprocessing
+
 import pytest
 import torch
 
@@ -32,3 +34,16 @@ def in_workdir(workdir, monkeypatch):
 # Tests use small tensors, for which one intra-op thread is fastest: two threads spin waiting for
 # each other on a loaded 2-core machine (measured 10 to 20 times slower on the sampler loops).
 torch.set_num_threads(1)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A child process left running (a DataLoader worker that ignores SIGTERM, say) would keep
+    the interpreter waiting at exit, and the machine running the suite with it: such children
+    are killed here and the run fails, naming them."""
+    left = multiprocessing.active_children()
+    for child in left:
+        child.kill()
+        child.join()
+    if left:
+        print(f"\nchild processes left running, now killed: {left}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -3,7 +3,9 @@
 The images are tiles of the two photographs that ship with scikit-learn.
 """
 
+import gc
 import json
+import multiprocessing
 import os
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from problems import Interrupt, assert_equal_states, invoke, run_states, stop_at
+from problems import Interrupt, assert_equal_states, invoke, run_python, run_states, stop_at
 from scoresde import images, train
 from scoresde.data import get_dataset, run_dataset
 from scoresde.images import StepBatches
@@ -193,6 +195,40 @@ def test_streamed_batches_equal_in_memory_batches(classes):
     for k, (i, f) in enumerate(zip(idx[share], flips[share])):
         assert torch.equal(x[k], memory.train[i].flip(-1) if f else memory.train[i])
 
+
+
+def test_a_stream_stops_its_workers_when_done_or_dropped(classes):
+    """Workers that ignore SIGTERM are never left running: not after the last step, not after a
+    stream is dropped half-read (at once, with the garbage collector off)."""
+    streamed = get_dataset(classes, flip=True, in_memory=False)
+    gc.disable()
+    try:
+        assert len(list(StepBatches(streamed, 3, 0, 4, 8, slice(0, 8), workers=2))) == 4
+        assert multiprocessing.active_children() == []
+        half = StepBatches(streamed, 3, 0, 4, 8, slice(0, 8), workers=2)
+        next(half)
+        assert len(multiprocessing.active_children()) == 2
+        del half
+        assert multiprocessing.active_children() == []
+    finally:
+        gc.enable()
+
+
+HALF_READ = """
+import sys
+from scoresde.data import get_dataset
+from scoresde.images import StepBatches
+KEPT = StepBatches(get_dataset(sys.argv[1], in_memory=False), 3, 0, 4, 8, slice(0, 8), workers=2)
+next(KEPT)
+print("read", flush=True)
+"""
+
+
+def test_a_process_holding_a_half_read_stream_still_exits(classes):
+    """At exit, the multiprocessing module terminates (SIGTERM, which these workers ignore) and
+    then joins every worker without a timeout: the streams still running are closed first."""
+    done = run_python("-c", HALF_READ, classes, timeout=60)  # would wait for ever
+    assert done.returncode == 0 and done.stdout == "read\n", done.stderr[-2000:]
 
 
 def test_batches_are_made_on_the_training_device(classes):
