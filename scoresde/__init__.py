@@ -16,6 +16,8 @@ from .losses import dsm_loss, sample_time, time_weight
 from .models import DDPMpp, ScoreMLP, ScoreModel, UNet
 from .runs import load_run
 from .training import TrainingInterrupted, train, train_classifier
+from . import config
+from .config import TrainConfig
 from .guidance import classifier_free_guidance, classifier_guidance, conditional_score
 from .guidance import function_guidance
 from .cascade import cascade
@@ -44,7 +46,7 @@ __all__ = [
     "append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything",
     "data", "toys", "dsm_loss", "sample_time", "time_weight", "ScoreMLP", "UNet", "ScoreModel",
     "DDPMpp",
-    "train", "load_run", "TrainingInterrupted",
+    "train", "TrainConfig", "config", "load_run", "TrainingInterrupted",
     "sample", "SAMPLERS", "GRIDS", "default_eps", "time_uniform", "time_log_snr", "time_edm",
     "conditional_score", "classifier_free_guidance", "classifier_guidance", "NULL_LABEL",
     "impute", "imputation_callback", "IMPUTATION_SOLVERS", "NoiseClassifier", "ClassifierMLP",

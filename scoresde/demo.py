@@ -11,7 +11,6 @@ settings cost.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import sys
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .checks import check_choice, check_int
+from .config import option_default
 from .data import get_dataset
 from .likelihood import log_likelihood
 from .sampling import sample
@@ -97,7 +97,7 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     from . import load_run, train  # the package's names: train() and load_run()
 
     check_choice("toy", toy, TOYS)
-    steps = _train_default("steps") if steps is None else check_int("steps", steps, low=1)
+    steps = option_default("steps") if steps is None else check_int("steps", steps, low=1)
     n = check_int("n", n, low=10)
     dev = resolve_device(device)
     steps, n = (min(steps, QUICK_STEPS), min(n, QUICK_N)) if quick else (steps, n)
@@ -117,12 +117,6 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     lim = float(shown.abs().max()) * 1.15
     density, field = _density_and_field(model, sde_obj, lim, quick, dev, say)
     return _figure(config, dataset.entropy, shown, samples, paths, ll, density, field)
-
-
-def _train_default(name: str):
-    from . import train
-
-    return inspect.signature(train).parameters[name].default
 
 
 class _Say:

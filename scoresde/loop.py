@@ -1,12 +1,13 @@
 """The training loop's pieces: drawing a batch, one optimizer step, recording, checkpointing.
 
 Internal to :func:`scoresde.train` (module :mod:`scoresde.training`), which resolves the options
-and opens the run folder. Each piece takes the resolved options (:class:`Options`, a frozen view
-of ``config.json``), where this process trains (:class:`Process`) and what it works on
-(:class:`TrainingState`). Every rank draws the same global batch (data, times, noise) from one
-seeded generator and trains on its own slice; DistributedDataParallel averages the gradients and
-rank 0 writes the checkpoints, so a run under ``torchrun`` equals one process up to float summation
-order, and a resumed run continues bit-identically.
+and opens the run folder. Each piece takes the resolved options (the
+:class:`~scoresde.config.TrainConfig` of ``config.json``), where this process trains
+(:class:`Process`) and what it works on (:class:`TrainingState`). Every rank draws the same
+global batch (data, times, noise) from one seeded generator and trains on its own slice;
+DistributedDataParallel averages the gradients and rank 0 writes the checkpoints, so a run
+under ``torchrun`` equals one process up to float summation order, and a resumed run continues
+bit-identically.
 
 On a GPU the loop does not wait for the device each step: the loss, the gradient norm and
 whether either was non-finite are kept on the device and read only where a record is written
@@ -27,7 +28,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable, TextIO
 
 import torch
@@ -39,6 +40,7 @@ from tqdm import tqdm
 
 from .cascade import training_condition
 from .checks import trusted_values
+from .config import TrainConfig
 from .data import Dataset
 from .embeddings import drop_conditions
 from .hardware import (autocast, channels_last, clip_norm, compile_errors, compile_model,
@@ -51,7 +53,7 @@ from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, sav
 from .sde import SDE
 from .snapshots import write_snapshot
 
-__all__ = ["LOSSES", "Options", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng",
+__all__ = ["LOSSES", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng",
            "dist_setup"]
 
 # What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
@@ -60,42 +62,6 @@ __all__ = ["LOSSES", "Options", "Process", "TrainingState", "build_parts", "run_
 LOSSES = {"score": dsm_loss, "classifier": classifier_loss, "autoencoder": autoencoder_loss}
 # On a stream that is not a terminal (a log file), a progress line at most this often.
 _LINE_EVERY_S = 30.0
-
-
-@dataclass(frozen=True)
-class Options:
-    """The resolved options the loop reads: a frozen view of the run's ``config.json``."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    warmup: float
-    lr_decay: str
-    grad_clip: float | None
-    weighting: str
-    eps: float
-    t_sampling: str
-    log_snr_share: float
-    conditional: bool
-    objective: str
-    label_dropout: float
-    log_every: int
-    checkpoint_every: int
-    precision: str
-    batch_gpu: int | None
-    compile: bool
-    channels_last: bool
-    sample_every: int | None
-    seed: int
-    eval_every: int | None
-    eval_n: int
-    eval_features: str
-    super_res: int | None
-    cond_aug: float
-
-    @classmethod
-    def of(cls, config: dict) -> "Options":
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -143,12 +109,12 @@ class TrainingState:
         object.__setattr__(self, "ema_pairs", (tensors(self.ema.module), tensors(self.model)))
 
 
-def _lr_at(step: int, opts: Options) -> float:
+def _lr_at(step: int, opts: TrainConfig) -> float:
     """Linear warmup over ``warmup`` steps, then constant or cosine decay to 0 at ``steps``."""
-    lr, warmup, steps = opts.lr, opts.warmup, opts.steps
+    lr, warmup, steps = opts.optim.lr, opts.optim.warmup, opts.loop.steps
     if step < warmup:
         return lr * (step + 1) / warmup
-    if opts.lr_decay == "cosine":
+    if opts.optim.lr_decay == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
     return lr
 
@@ -252,10 +218,10 @@ def build_parts(config: dict, sde: SDE, dataset, proc: Process,
                          scaler, forward, batches)
 
 
-def run_loop(parts: TrainingState, opts: Options, proc: Process, *, start: int, elapsed: float,
+def run_loop(parts: TrainingState, opts: TrainConfig, proc: Process, *, start: int, elapsed: float,
              callback: Callable[[int, dict], None] | None, progress: bool,
              interrupts: Interrupts | None = None) -> dict:
-    """Steps ``start`` to ``opts.steps``: draw, step, record, and checkpoint now and then.
+    """Steps ``start`` to ``opts.loop.steps``: draw, step, record, and checkpoint now and then.
 
     SIGINT and SIGTERM (through ``interrupts``, or the loop's own when None) stop the loop at
     the end of the step they arrive in (its evaluation and sample grid included): it settles
@@ -271,98 +237,101 @@ def run_loop(parts: TrainingState, opts: Options, proc: Process, *, start: int, 
             interrupts = stack.enter_context(Interrupts(proc.run_dir))
         stack.enter_context(interrupts.watching())
         stack.enter_context(recorder)
-        for step in range(start, opts.steps):
+        steps = opts.loop.steps
+        for step in range(start, steps):
             batch = _draw_batch(parts, opts, proc)
             loss, grad_norm, skipped = _optimizer_step(parts, opts, proc, step, batch)
             done = step + 1
             seconds = recorder.record(done, loss, parts.opt.param_groups[0]["lr"], grad_norm,
                                       skipped)
-            stop = interrupts.due(proc) if done < opts.steps else 0
+            stop = interrupts.due(proc) if done < steps else 0
+            last = done == steps
             if stop and recorder.count:
                 recorder.write(done)
             # Before the step's checkpoint: a run stopped between the two redoes the evaluation
             # on resume (records after the checkpoint are dropped), so each is written once.
-            if evaluator is not None and (done % opts.eval_every == 0 or done == opts.steps):
+            if evaluator is not None and (done % opts.eval.eval_every == 0 or last):
                 recorder.settle(done)
                 with fork_rng(proc.device):  # the training's random streams stay as they were
                     append_metrics(proc.run_dir, evaluator(parts.ema.module, parts.sde, done))
-            if stop or done % opts.checkpoint_every == 0 or done == opts.steps:
+            if stop or done % opts.loop.checkpoint_every == 0 or last:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
                 _check_weights(parts, proc, done, recorder.saved)
                 _checkpoint(parts, proc, done, seconds)
                 recorder.saved = done
-            if opts.sample_every and (done % opts.sample_every == 0 or done == opts.steps):
+            if opts.eval.sample_every and (done % opts.eval.sample_every == 0 or last):
                 recorder.settle(done)
                 _sample_grid(parts, opts, proc, done)
             if stop:
-                raise TrainingInterrupted(stop, proc.run_dir, done, opts.steps)
-    wall = time.perf_counter() - recorder.t0 if start < opts.steps else 0.0
-    result = {"run_dir": proc.run_dir, "step": opts.steps, "loss": recorder.last,
+                raise TrainingInterrupted(stop, proc.run_dir, done, steps)
+    wall = time.perf_counter() - recorder.t0 if start < opts.loop.steps else 0.0
+    result = {"run_dir": proc.run_dir, "step": opts.loop.steps, "loss": recorder.last,
               "train_time_s": elapsed + wall,
-              "steps_per_sec": (opts.steps - start) / wall if wall > 0 else float("nan")}
+              "steps_per_sec": (opts.loop.steps - start) / wall if wall > 0 else float("nan")}
     if parts.scaler is not None:
         result["skipped_steps"] = recorder.skipped_total
     return result
 
 
-def _sample_grid(parts: TrainingState, opts: Options, proc: Process, step: int) -> None:
+def _sample_grid(parts: TrainingState, opts: TrainConfig, proc: Process, step: int) -> None:
     """Rank 0 draws samples from the EMA weights into the run's sample folder; the training's
     random streams are left as they were (its own generator, inside a fork of torch's)."""
     if proc.rank == 0:
         with fork_rng(proc.device):
             write_snapshot(parts.ema.module, parts.sde, parts.dataset,
-                           sample_grid_path(proc.run_dir, step), seed=opts.seed,
+                           sample_grid_path(proc.run_dir, step), seed=opts.loop.seed,
                            device=proc.device, title=f"EMA at step {step}")
 
 
-def _evaluator(parts: TrainingState, opts: Options, proc: Process):
+def _evaluator(parts: TrainingState, opts: TrainConfig, proc: Process):
     """Rank 0's FID/KID of the EMA weights (``eval_every``), or None."""
-    if not opts.eval_every or proc.rank != 0:
+    if not opts.eval.eval_every or proc.rank != 0:
         return None
     from .quality import TrainingEvaluator
 
-    label = "all" if opts.conditional and parts.dataset.num_classes else None  # every class
-    return TrainingEvaluator(parts.dataset, features=opts.eval_features, n=opts.eval_n,
-                             seed=opts.seed, device=proc.device, label=label)
+    label = "all" if opts.network.conditional and parts.dataset.num_classes else None  # every class
+    return TrainingEvaluator(parts.dataset, features=opts.eval.eval_features, n=opts.eval.eval_n,
+                             seed=opts.loop.seed, device=proc.device, label=label)
 
 
-def _draw_batch(parts: TrainingState, opts: Options, proc: Process):
+def _draw_batch(parts: TrainingState, opts: TrainConfig, proc: Process):
     """``(x0, y, t, noise)``: this rank's slice of one global batch drawn from the shared
     generator (so every rank draws the same), on the rank's device; ``y`` None without labels.
 
     Pixel data come from ``parts.batches`` (already this rank's share); every other draw is
     from the shared generator, in the same order either way."""
-    gen, dev, n, mine = parts.gen, proc.device, opts.batch_size, proc.share(opts.batch_size)
+    n = opts.optim.batch_size
+    gen, dev, mine = parts.gen, proc.device, proc.share(n)
     if parts.batches is None:
         x0, y = parts.dataset.sample(n, gen)
         x0, y = x0[mine], None if y is None else y[mine]
     else:
         x0, y = next(parts.batches)
-    t = sample_time(parts.sde, n, eps=opts.eps, weighting=opts.weighting,
-                    t_sampling=opts.t_sampling, log_snr_share=opts.log_snr_share,
+    t = sample_time(parts.sde, n, eps=opts.loss.eps, weighting=opts.loss.weighting,
+                    t_sampling=opts.loss.t_sampling, log_snr_share=opts.loss.log_snr_share,
                     generator=gen, device=dev)
     z = torch.randn((n, *parts.dataset.event_shape), generator=gen, device=dev)
     x0 = x0.to(dev)
-    if opts.super_res:  # the condition is the low-resolution image, augmented
-        y = training_condition(x0, opts.super_res, opts.cond_aug, n, mine, gen)
+    if opts.network.super_res:  # the condition is the low-resolution image, augmented
+        y = training_condition(x0, opts.network.super_res, opts.network.cond_aug, n, mine, gen)
     else:
         y = _labels(y, n, mine, opts, gen, dev)
     return x0, y, t[mine], z[mine]
 
 
-def _labels(y, n: int, mine: slice, opts: Options, gen, dev):
+def _labels(y, n: int, mine: slice, opts: TrainConfig, gen, dev):
     """This rank's labels ``y`` for the objective: none, all, or with ``label_dropout`` of them
     null (drawn for the whole batch of ``n``, so that every rank draws the same)."""
-    if y is None or not (opts.conditional or opts.objective == "classifier"):
+    if y is None or not (opts.network.conditional or opts.network.objective == "classifier"):
         return None
     y = y.to(dev)
-    if opts.objective == "score" and opts.label_dropout > 0:
-        drop = torch.rand((n,), generator=gen, device=dev)[mine] < opts.label_dropout
+    if opts.network.objective == "score" and opts.network.label_dropout > 0:
+        drop = torch.rand((n,), generator=gen, device=dev)[mine] < opts.network.label_dropout
         y = drop_conditions(y, drop)
     return y
 
 
-def _optimizer_step(parts: TrainingState, opts: Options, proc: Process, step: int, batch):
+def _optimizer_step(parts: TrainingState, opts: TrainConfig, proc: Process, step: int, batch):
     """One step at ``step`` (from 0) on this rank's ``batch``, then the EMA update.
 
     Returns:
@@ -377,7 +346,7 @@ def _optimizer_step(parts: TrainingState, opts: Options, proc: Process, step: in
     scaler = parts.scaler
     if scaler is not None:
         scaler.unscale_(parts.opt)
-    grad_norm = clip_norm(parts.params, opts.grad_clip)
+    grad_norm = clip_norm(parts.params, opts.optim.grad_clip)
     if proc.world > 1:
         dist.all_reduce(loss)
         loss /= proc.world
@@ -407,21 +376,21 @@ def _update_ema(ema: AveragedModel, averaged: list, current: list) -> None:
     ema.n_averaged += 1
 
 
-def _accumulate(parts: TrainingState, opts: Options, proc: Process, batch) -> torch.Tensor:
+def _accumulate(parts: TrainingState, opts: TrainConfig, proc: Process, batch) -> torch.Tensor:
     """Gradients of this rank's mean loss over ``batch``, added up over micro-batches of at
     most ``batch_gpu`` samples (DDP averages them across ranks after the last); returns the
     mean loss (detached, on the device)."""
-    if opts.channels_last:
+    if opts.loop.channels_last:
         batch = channels_last(batch)
     n, total = batch[0].shape[0], None
-    pieces = micro_batches(batch, opts.batch_gpu)
+    pieces = micro_batches(batch, opts.loop.batch_gpu)
     for i, (x0, y, t, z) in enumerate(pieces):
         last = i == len(pieces) - 1
         quiet = parts.net.no_sync() if proc.world > 1 and not last else contextlib.nullcontext()
-        with quiet, compile_errors(opts.compile):
-            with autocast(opts.precision, proc.device), trusted_values():
-                loss = parts.loss_fn(parts.forward, parts.sde, x0, weighting=opts.weighting,
-                                     eps=opts.eps, y=y, t=t, noise=z).sum() / n
+        with quiet, compile_errors(opts.loop.compile):
+            with autocast(opts.loop.precision, proc.device), trusted_values():
+                loss = parts.loss_fn(parts.forward, parts.sde, x0, weighting=opts.loss.weighting,
+                                     eps=opts.loss.eps, y=y, t=t, noise=z).sum() / n
             (loss if parts.scaler is None else parts.scaler.scale(loss)).backward()
         total = loss.detach() if total is None else total + loss.detach()
     return total
@@ -465,7 +434,7 @@ class _Recorder:
     norm was not finite is kept on the device too, so the error names it. ``saved`` is the
     step of the run's last checkpoint (None before the first), which the errors name."""
 
-    def __init__(self, opts: Options, proc: Process, start: int, elapsed: float, callback,
+    def __init__(self, opts: TrainConfig, proc: Process, start: int, elapsed: float, callback,
                  progress: bool, scaled: bool = False):
         self.opts, self.run_dir, self.lead = opts, proc.run_dir, proc.rank == 0
         self.start, self.elapsed, self.callback = start, elapsed, callback
@@ -475,7 +444,8 @@ class _Recorder:
         self.latest = (None, None)  # the last step's learning rate and gradient norm
         self._reset()
         self.first_bad = torch.zeros(2, dtype=torch.long, device=proc.device)  # loss, grad
-        self.progress = _Progress(opts.steps, start, opts.log_every, progress and self.lead)
+        self.progress = _Progress(opts.loop.steps, start, opts.loop.log_every,
+                                  progress and self.lead)
 
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -499,7 +469,7 @@ class _Recorder:
             bad[1] = False
         self.first_bad = torch.where(bad & (self.first_bad == 0), done, self.first_bad)
         self.latest = (lr, grad_norm)
-        log = done % self.opts.log_every == 0 or done == self.opts.steps
+        log = done % self.opts.loop.log_every == 0 or done == self.opts.loop.steps
         record = None
         if log:
             record = self.write(done)

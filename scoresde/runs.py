@@ -20,10 +20,10 @@ from typing import Iterable
 
 import torch
 
+from .config import TrainConfig, upgrade_config
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
-from .hardware import count_params
 from .utils import LOCK, is_inside, resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
@@ -268,7 +268,7 @@ def resume_state(run_dir: str | os.PathLike, config: dict, resume: bool, rank: i
     if not resume:
         raise FileExistsError(f"{run_dir} already holds a run with a checkpoint; pass resume=True "
                               "to continue it or choose another folder")
-    old = upgrade_config(read_config(run_dir), config["label_dropout"])
+    old = upgrade_config(read_config(run_dir))
     diff = sorted(differences(old, config))
     if diff:
         raise ValueError(f"cannot resume {run_dir}: options differ from its {CONFIG}: "
@@ -302,68 +302,27 @@ def learnt_unconditional(config: dict) -> bool:
     return not config.get("conditional") or bool(config.get("label_dropout"))
 
 
-def upgrade_config(old: dict, label_dropout: float = 0.1) -> dict:
-    """A run's ``config.json`` with the options that runs from older versions lack filled in with
-    what those runs did, so that they can be resumed (``label_dropout`` fills an unconditional
-    run's, which has no effect)."""
-    old = dict(old)
-    # Runs from before conditional training learnt scores and never dropped labels.
-    old.setdefault("objective", "score")
-    old.setdefault("label_dropout", 0.0 if old.get("conditional") else label_dropout)
-    # Runs from before log_snr_share drew every time by the weighting's own rule.
-    old.setdefault("log_snr_share", 0.0)
-    # Runs from before embedding conditioning had class labels or nothing; runs from before
-    # cascades were at the data's resolution and not super-resolution models.
-    old.setdefault("embed_dim", 0)
-    for key, value in (("downsample", 1), ("super_res", None), ("cond_aug", 0.0),
-                       ("latent", None), ("latent_scale", None)):
-        old.setdefault(key, value)
-    # Runs from before image folders read their data as given, with no 8-bit pixel data; runs
-    # from before mixed precision, micro-batches, compilation and sample grids ran without them.
-    # Runs from before image support read every .npy/.npz array as its stored values.
-    if "pixel_bits" not in old and str(old.get("data", "")).endswith((".npy", ".npz")):
-        old.setdefault("pixels", False)
-    for key, value in (("channels", None), ("resolution", None), ("flip", False),
-                       ("pixels", None), ("pixel_bits", None), ("precision", "fp32"),
-                       ("batch_gpu", None), ("compile", False), ("channels_last", False),
-                       ("sample_every", None)):
-        old.setdefault(key, value)
-    if "net" in old:  # networks fill in keywords added since, with the values old runs had
-        net = build_net(old["net"])
-        old["net"] = net.config()
-        old.setdefault("num_params", count_params(net))
-    return old
+def resume_keywords(old: dict, given: dict, named: Iterable[str]) -> dict:
+    """The options of :func:`~scoresde.train` that continue the run of config ``old``.
 
-
-def resume_keywords(old: dict, given: dict, explicit: Iterable[str],
-                    accepted: Iterable[str]) -> dict:
-    """The keywords of :func:`~scoresde.train` that continue the run of config ``old``.
-
-    Every option that the caller did not give explicitly is the run's own, whatever the library's
-    defaults are now (they may have changed since the run started, or the run came from the
-    Python API with options a caller such as the CLI does not have). The options of
-    :data:`MAY_CHANGE` that the caller passes are the caller's. The SDE and the network keep
-    their parameters (unless another one is named explicitly); ``sde_params`` and ``net_params``
-    in ``given`` override single ones.
+    Every option the caller did not name is the run's own, whatever the library's defaults are
+    now (they may have changed since the run started, or the run came from a caller with options
+    another caller does not have). The SDE and the network keep their parameters unless another
+    one is named; ``sde_params`` and ``net_params`` named in ``given`` override single ones.
 
     Args:
-        old: the run's config (after :func:`upgrade_config`).
-        given: the caller's keywords, explicit or defaults.
-        explicit: the names in ``given`` that the user set (on the command line).
-        accepted: the names of the keywords ``train()`` takes.
+        old: the run's config (after :func:`~scoresde.config.upgrade_config`).
+        given: the caller's options, every one (named or default).
+        named: the names of the options the caller gave.
     """
-    explicit = set(explicit)
-    out = dict(given)
-    for key in accepted:
-        callers = key in explicit or (key in MAY_CHANGE and key in given)
-        if key in old and key not in ("run_dir", "sde", "net") and not callers:
-            out[key] = old[key]
-    for key, facts in (("sde", ()), ("net", ("event_shape", "num_classes", "embed_dim",
-                                             "cond_channels"))):
-        params = {k: v for k, v in old[key].items() if k not in facts}  # facts come from data
-        name = params.pop("name")
-        if key not in explicit or given.get(key) == name:
-            out[key], out[f"{key}_params"] = name, {**params, **(given.get(f"{key}_params") or {})}
+    named = set(named)
+    own = TrainConfig.from_run(old).options()
+    out = {key: given[key] if key in named or key.endswith("_params") else own[key]
+           for key in given}
+    for key in ("sde", "net"):  # the run's, with the parameters given changed
+        if key not in named or given[key] == own[key]:
+            out[key] = own[key]
+            out[f"{key}_params"] = {**own[f"{key}_params"], **(given[f"{key}_params"] or {})}
     return out
 
 

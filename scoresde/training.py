@@ -19,20 +19,23 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from .checks import check_choice, check_int, check_number
+from .checks import OptionError
+from .config import OPTIONS, SCHEMA, TrainConfig, upgrade_config
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
 from .latent import latent_dataset
-from .loop import (LOSSES, Interrupts, Options, Process, TrainingInterrupted, build_parts,
+from .features import EXTRACTORS
+from .loop import (LOSSES, Interrupts, Process, TrainingInterrupted, build_parts,
                    dist_setup, fork_rng, run_loop)
-from .losses import T_SAMPLINGS, WEIGHTINGS, check_log_snr_share
+from .losses import check_log_snr_share
 from .models import build_net, resolve_net
-from .runs import (TRAINER_TEMPORARIES, check_run_folder, last_loss, learnt_unconditional,
-                   load_run, read_config, resume_state, truncate_metrics, write_config)
+from .runs import (TRAINER_TEMPORARIES, check_run_folder, has_checkpoint, is_run, last_loss,
+                   learnt_unconditional, load_run, read_config, resume_keywords, resume_state,
+                   truncate_metrics, write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
-from .hardware import PRECISIONS, check_batch_gpu, check_precision, count_params
+from .hardware import check_batch_gpu, check_precision, count_params
 from .utils import FolderBusyError, folder_lock, resolve_device
 
 __all__ = ["train", "train_classifier", "TrainingInterrupted", "OBJECTIVES", "VECTOR_BATCH",
@@ -79,22 +82,7 @@ def _build_net(net, net_params, dataset, conditional, objective, super_res=None)
 
 def _check(kw: dict, dataset) -> dict:
     """The keywords after checking each; integers as plain ``int``."""
-    kw = dict(kw)
-    check_choice("weighting", kw["weighting"], WEIGHTINGS)
-    check_choice("t_sampling", kw["t_sampling"], T_SAMPLINGS)
-    check_choice("optimizer", kw["optimizer"], ("adam", "adamw"))
-    check_choice("lr_decay", kw["lr_decay"], ("cosine", "none"))
-    check_choice("objective", kw["objective"], OBJECTIVES)
-    for key in ("steps", "batch_size", "checkpoint_every", "log_every"):
-        kw[key] = check_int(key, kw[key], 1)
-    kw["seed"] = check_int("seed", kw["seed"])
-    check_number("lr", kw["lr"], 0, low_open=True)
-    check_number("ema_decay", kw["ema_decay"], 0, 1, high_open=True)
-    check_number("warmup", kw["warmup"], 0)
-    check_number("weight_decay", kw["weight_decay"], 0)
-    if kw["grad_clip"] is not None:
-        check_number("grad_clip", kw["grad_clip"], 0)
-    check_number("label_dropout", kw["label_dropout"], 0, 1, high_open=True)
+    kw = dict(kw, **TrainConfig.of(**{k: kw[k] for k in OPTIONS}).check().options())
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
     _check_objective(kw)
     _check_scale(kw, dataset)
@@ -121,12 +109,10 @@ def _check_objective(kw: dict) -> None:
 
 def _check_super_res(kw: dict, dataset) -> None:
     """A super-resolution run: the factor divides the images; an unconditional score."""
-    kw["downsample"] = check_int("downsample", kw["downsample"], 1)
     if kw["super_res"] is None:
         kw["cond_aug"] = 0.0  # not used: recorded as what it does
         return
     kw["super_res"] = check_factor("super_res", kw["super_res"], dataset.event_shape)
-    kw["cond_aug"] = check_number("cond_aug", kw["cond_aug"], 0)
     for key, bad in (("conditional", kw["conditional"]), ("sample_every", kw["sample_every"]),
                      ("objective", kw["objective"] != "score")):
         if bad:
@@ -136,19 +122,13 @@ def _check_super_res(kw: dict, dataset) -> None:
 
 def _check_scale(kw: dict, dataset) -> None:
     """The options of how training runs: precision, micro-batches, compile, sample grids."""
-    check_choice("precision", kw["precision"], PRECISIONS)
     kw["batch_gpu"] = check_batch_gpu(kw["batch_gpu"])
-    for key in ("compile", "channels_last"):
-        if not isinstance(kw[key], bool):
-            raise TypeError(f"{key} must be True or False, got {kw[key]!r}")
     if kw["channels_last"] and len(dataset.event_shape) != 3:
         raise ValueError(f"channels_last is for images (C, H, W); data {dataset.name!r} has "
                          f"shape {tuple(dataset.event_shape)}")
     if kw["sample_every"] is not None:
-        kw["sample_every"] = check_int("sample_every", kw["sample_every"], 1)
         snapshot_size(dataset.event_shape, dataset.is_image)
     if kw["eval_every"] is not None:
-        kw["eval_every"] = check_int("eval_every", kw["eval_every"], 1)
         # FID of a score of the images themselves (each class in turn for class labels; the
         # null embedding, learnt from dropped embeddings, for embedding conditioning)
         for key, bad in (("objective", kw["objective"] != "score"),
@@ -171,7 +151,9 @@ def _resolve(kw: dict, dataset) -> dict:
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     network = _build_net(kw["net"], kw["net_params"], dataset, kw["conditional"],
                          kw["objective"], kw["super_res"])
-    config = {k: v for k, v in kw.items() if k not in ("sde_params", "net_params", "callback")}
+    config = {"schema": SCHEMA}
+    config.update((k, v) for k, v in kw.items() if k not in ("sde_params", "net_params",
+                                                              "callback"))
     config.update(
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
@@ -194,52 +176,13 @@ def _mixture_lists(mix) -> tuple[list, list, list]:
 
 def train(
     run_dir: str | os.PathLike,
+    config: TrainConfig | None = None,
     *,
-    data="8gaussians",
-    channels: int | None = None,
-    resolution: int | None = None,
-    flip: bool = False,
-    pixels: bool | None = None,
-    downsample: int = 1,
-    super_res: int | None = None,
-    cond_aug: float = 0.2,
-    sde: str | SDE = "vp",
-    sde_params: dict | None = None,
-    net: str = "auto",
-    net_params: dict | None = None,
-    conditional: bool = False,
-    label_dropout: float = 0.1,
-    objective: str = "score",
-    latent: str | os.PathLike | None = None,
-    steps: int = 1500,
-    batch_size: int | None = None,
-    lr: float = 5e-3,
-    optimizer: str = "adam",
-    weight_decay: float = 0.0,
-    warmup: int = 100,
-    lr_decay: str = "cosine",
-    grad_clip: float | None = 1.0,
-    ema_decay: float = 0.995,
-    weighting: str = "sigma2",
-    eps: float = 1e-5,
-    t_sampling: str = "stratified",
-    log_snr_share: float = 0.0,
-    sigma_data: float | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    checkpoint_every: int = 1000,
-    log_every: int = 100,
-    precision: str = "fp32",
-    batch_gpu: int | None = None,
-    compile: bool = False,
-    channels_last: bool = False,
-    sample_every: int | None = None,
-    eval_every: int | None = None,
-    eval_n: int = 1000,
-    eval_features: str = "digits",
     resume: bool = False,
+    device: str = "cpu",
     progress: bool = True,
     callback: Callable[[int, dict], None] | None = None,
+    **options,
 ) -> dict:
     """Train a score model into the run folder ``run_dir`` (or resume the run there).
 
@@ -256,85 +199,27 @@ def train(
         run_dir: the run folder; one that has a checkpoint is only continued with ``resume=True``;
             with ``resume=True`` a folder that is absent or has no checkpoint yet starts afresh
             (what a job that a scheduler may kill and requeue wants: always ``resume=True``).
-        data: a toy name, ``"digits"``, a ``.npy``/``.npz`` path (uint8 arrays of rank 3 or 4
-            are 8-bit images), a folder of image files (one subfolder per class for labels) or
-            a ``GaussianMixture``; see :func:`~scoresde.get_dataset`.
-        channels, resolution: image folders: convert to 1, 3 or 4 channels; resize the
-            shorter side and centre-crop to ``resolution x resolution`` (see
-            :func:`~scoresde.get_dataset`).
-        flip: 8-bit images: mirror each training image left to right with probability 1/2,
-            drawn with the run's seed, so a resumed run draws the same.
-        pixels: ``.npy``/``.npz`` data: None reads a uint8 array of rank 3 or 4 as 8-bit
-            images; False as stored values (what runs of versions before image support did,
-            which their upgraded config records: pass ``pixels=False`` to resume one).
-        downsample: image sets held as values (digits, float arrays): train at ``1 /
-            downsample`` of the resolution (block means), e.g. the 4x4 base of a cascade.
-        super_res: train a super-resolution model (:mod:`scoresde.cascade`): the score of the
-            images given the images downsampled by this factor, upsampled, as extra input
-            channels of a U-Net (``cond_channels``); None for an ordinary model.
-        cond_aug: with ``super_res``, conditioning augmentation (Ho et al. 2021): each training
-            sample's low-resolution image is noised by ``a N(0, I)`` with ``a ~ U[0,
-            cond_aug]``, and ``a`` is given to the network; 0 for none. Recorded as 0 without
-            ``super_res``.
-        sde, sde_params: an SDE name with its parameters, or an SDE instance.
-        net, net_params: ``"auto"`` (MLP for vectors, U-Net for images), a network of
-            ``models.NETS`` (``"mlp"``, ``"unet"``, ``"ddpmpp"``) or a preset of
-            ``models.NET_PRESETS`` (``"ddpmpp_cifar10"``, ``"ddpmpp_small8"``, ...), and keyword
-            overrides for the network (over the preset's).
-        conditional: pass the data's labels to the network: class labels, or embeddings (an
-            ``.npz`` whose ``y`` holds floats of shape ``(N, E)``; the network then projects
-            them and learns a null embedding, see :mod:`scoresde.embeddings`).
-        label_dropout: with ``conditional``, the share of labels replaced by the null label
-            (-1; embeddings: the learnt null embedding), so the same network also learns the
-            unconditional score that classifier-free guidance needs (Ho & Salimans 2021); 0 to
-            never drop.
-        objective: ``"score"`` (a :class:`~scoresde.ScoreModel`), ``"classifier"`` (a
-            :class:`~scoresde.NoiseClassifier` of noisy data for classifier guidance, trained
-            with :func:`~scoresde.losses.classifier_loss`; see :func:`train_classifier`) or
-            ``"autoencoder"`` (a :class:`~scoresde.models.ConvAutoencoder` of images, trained
-            with :func:`~scoresde.latent.autoencoder_loss`, for ``latent``; ``net_params`` are
-            its keywords).
-        latent: an autoencoder run: train the score model on its latents of its data (``data``
-            and the data options are the autoencoder run's, recorded as such), scaled to unit
-            variance; the scale is recorded as ``latent_scale``. :func:`~scoresde.load_run`
-            then gives a :class:`~scoresde.latent.LatentDiffusion` (see :mod:`scoresde.latent`).
-        steps, batch_size: optimizer steps and points per step; ``batch_size=None`` is 1024 for
-            vector data (tuned on the 2D toys, docs/benchmarks/training.md) and 128 for images.
-        weighting, eps, t_sampling: see :func:`~scoresde.losses.dsm_loss`.
-        log_snr_share: with ``weighting="sigma2"``, the share of each batch's times drawn
-            uniformly in log-SNR rather than in ``t`` (see :mod:`scoresde.losses`); 0.3 with
-            ``net_params={"input_features": 64}`` is the recipe for data with sharp edges such
-            as checkerboard (docs/benchmarks/training.md).
-        sigma_data: data scale for the preconditioning; the data's standard deviation if None.
+        config: a :class:`~scoresde.config.TrainConfig`; ``options`` change single options of
+            it. None: the defaults, with ``options``.
+        resume: continue from ``checkpoint.pt``. The options given here (the keywords, or every
+            option of a ``config``) must match the run's, except those of
+            :data:`~scoresde.runs.MAY_CHANGE` (``steps`` may be raised to train longer); the
+            options not given are the run's own, whatever the defaults are now. A network or
+            SDE given by the name the run has keeps its parameters; ``net_params`` and
+            ``sde_params`` change single ones (which must then match too).
         device: ``"cpu"`` or ``"cuda"``; under torchrun with CUDA each rank uses its local GPU.
-        precision: ``"fp32"``; ``"bf16"`` (autocast, CPU and CUDA); ``"fp16"`` (autocast with a
-            gradient scaler, CUDA only: a step whose gradients overflow is skipped and counted
-            as ``skipped_steps`` in the records, not stopped). Weights, optimizer and EMA stay
-            float32, and so do sampling and likelihoods of the trained run.
-        batch_gpu: the most samples per forward pass (EDM's name): each process's share of the
-            batch is cut into micro-batches whose gradients are added up before the step, so
-            the result equals the whole batch's up to float round-off; None: the whole share.
-            It may change on resume (so may ``compile``, ``channels_last``, ``sample_every``).
-        compile: run the model through ``torch.compile``; a platform that cannot compile stops
-            at the first step with a ``RuntimeError`` saying so (no silent fallback).
-        channels_last: images in ``torch.channels_last`` memory format (faster convolutions on
-            recent GPUs).
-        sample_every: every this many steps (and at the end), draw a seeded grid of images or a
-            2D scatter from the EMA weights into ``run_dir/samples/step_NNNNNN.png`` (rank 0).
-        eval_every, eval_n, eval_features: every ``eval_every`` steps (and at the end), record
-            FID, KID, precision and recall of ``eval_n`` samples of the EMA weights in
-            ``metrics.jsonl`` (rank 0; :class:`scoresde.quality.TrainingEvaluator`: the same
-            seed each time, the solver and steps of the sample grids), with features from
-            ``eval_features`` (``"digits"`` or a TorchScript file, see
-            :func:`scoresde.features.get_extractor`). FID of ``eval_n`` samples is comparable
-            only with FID of as many. The draws leave the training's random streams alone, and
-            all three may change on resume. Score runs only, without ``super_res`` or
-            ``latent`` (their samples need a condition or a decoder).
-        resume: continue from ``checkpoint.pt``; ``steps`` may be raised to train longer.
         progress: a progress line on stderr (rank 0 only), after the network's parameter
             count.
         callback: ``callback(step, record)`` after every step (rank 0 only), for monitoring; it
             makes the loop read the loss from the device every step (a GPU waits for it).
+        **options: the training options by name (``steps=5000``, ``lr=1e-3``, ``data="moons"``,
+            ``net_params={"hidden": 256}``), each documented in its group of
+            :mod:`scoresde.config`: the data (:class:`~scoresde.config.DataOptions`), the
+            network (:class:`~scoresde.config.NetworkOptions`), the SDE and the loss
+            (:class:`~scoresde.config.LossOptions`), the optimiser
+            (:class:`~scoresde.config.OptimOptions`), the loop
+            (:class:`~scoresde.config.LoopOptions`) and the evaluation while training
+            (:class:`~scoresde.config.EvalOptions`). An unknown name is a ``TypeError``.
 
     Returns:
         ``{"run_dir", "step", "loss", "train_time_s", "steps_per_sec", "resumed_from"}``
@@ -364,15 +249,34 @@ def train(
             signal: the ranks agree on it with one ``all_reduce`` of one integer per step
             (one process has no such cost).
     """
-    kw = dict(locals())
+    given = (config or TrainConfig()).replace(**options)
+    named = set(OPTIONS) if config is not None else set(options)
     with Interrupts(run_dir) as interrupts:  # from here, a signal stops cleanly
         rank, world, dev, owned = dist_setup(resolve_device(device))
         try:
             with fork_rng(dev):  # every draw, seeded or not, leaves the caller's RNG alone
+                kw = dict(run_dir=run_dir, **_options(run_dir, given, named, resume),
+                          resume=resume, device=device, progress=progress, callback=callback)
                 return _run(kw, Process(rank, world, dev, os.fspath(run_dir)), interrupts)
         finally:
             if owned:
                 dist.destroy_process_group()
+
+
+def _options(run_dir, given: TrainConfig, named: set, resume: bool) -> dict:
+    """The run's options by name: those ``given``; resuming a run that has a checkpoint, those
+    not ``named`` by the caller are the run's own (see :func:`~scoresde.runs.resume_keywords`).
+    """
+    if not (resume and has_checkpoint(run_dir) and is_run(run_dir)):
+        return given.options()
+    kept = resume_keywords(upgrade_config(read_config(run_dir)), given.options(), named)
+    features = str(kept["eval_features"])
+    if kept["eval_every"] and "eval_features" not in named and features not in EXTRACTORS:
+        raise OptionError("eval_features", (
+            f"the run measures FID with the TorchScript file {features!r}, which runs code; a "
+            f"file named only in a run's config is never loaded: pass eval_features="
+            f"{features!r} to trust it, or eval_features='digits'"))
+    return kept
 
 
 @contextmanager
@@ -448,7 +352,7 @@ def _train_locked(kw: dict, config: dict, dataset, proc: Process,
     parts = build_parts(config, sde, dataset, proc, state)
     elapsed = float(state["elapsed_s"]) if state is not None else 0.0
     try:
-        result = run_loop(parts, Options.of(config), proc, start=start, elapsed=elapsed,
+        result = run_loop(parts, TrainConfig.from_run(config), proc, start=start, elapsed=elapsed,
                           callback=kw["callback"], progress=kw["progress"],
                           interrupts=interrupts)
     finally:

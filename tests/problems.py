@@ -4,6 +4,7 @@ Test modules import from here (``from problems import ...``): pytest puts this f
 ``sys.path`` because it holds test modules without an ``__init__.py``.
 """
 
+import json
 import math
 import os
 import subprocess
@@ -141,3 +142,16 @@ def assert_equal_states(a, b):
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert torch.equal(a["rng"]["data"], b["rng"]["data"])
+
+
+def make_old(run_dir, keys=(), net_keys=()):
+    """Turns the run's ``config.json`` into one written before these keys (and the network's
+    ``net_keys``) existed, and before the schema was recorded; returns that config."""
+    path = Path(run_dir) / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("schema", *keys):
+        del config[key]
+    for key in net_keys:
+        del config["net"][key]
+    path.write_text(json.dumps(config))
+    return config

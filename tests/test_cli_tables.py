@@ -31,10 +31,12 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("fid", "grid"): sampling.GRIDS,
 }
 
-DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be
-    **{("train", k): (scoresde.train, k) for k in (
+DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be, or
+    # (scoresde.config, option) for the training options
+    **{("train", k): (scoresde.config, k) for k in (
         "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
-        "label_dropout", "net", "precision", "downsample", "cond_aug")},
+        "label_dropout", "net", "precision", "downsample", "cond_aug", "eval_n",
+        "eval_features")},
     ("sample", "aug_level"): (scoresde.cascade, "aug_level"),
     ("sample", "solver"): (scoresde.sample, "solver"),
     ("sample", "steps"): (scoresde.sample, "steps"),
@@ -43,14 +45,13 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     **{("likelihood", k): (scoresde.log_likelihood, k) for k in (
         "divergence", "probes", "method", "rtol", "atol", "eps")},
     **{("demo", k): (scoresde.run_demo, k) for k in ("toy", "sde", "n", "seed")},
-    ("demo", "steps"): (scoresde.train, "steps"),
+    ("demo", "steps"): (scoresde.config, "steps"),
     ("sample", "particles"): (sampling.sample_smc, "particles"),
     ("sample", "step_size"): (sampling.inverse._dps, "step_size"),
     **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
     ("fid", "solver"): (scoresde.sample, "solver"),
     ("fid", "steps"): (scoresde.sample, "steps"),
     **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
-    **{("train", k): (scoresde.train, k) for k in ("eval_n", "eval_features")},
 }
 
 
@@ -70,7 +71,8 @@ def test_every_choice_is_a_library_table():
 def test_defaults_are_the_librarys_and_help_shows_them(key):
     command, name = key
     function, keyword = DEFAULTS[key]
-    expected = inspect.signature(function).parameters[keyword].default
+    expected = (scoresde.config.option_default(keyword) if function is scoresde.config
+                else inspect.signature(function).parameters[keyword].default)
     param = _param(command, name)
     with click.Context(main.commands[command]) as ctx:
         assert param.get_default(ctx) == expected
@@ -81,7 +83,7 @@ def test_help_names_the_toys_and_the_training_defaults():
     result = invoke("train", "--help")
     text = " ".join(result.output.split())
     assert result.exit_code == 0 and ", ".join(toys.TOYS) in text
-    steps = inspect.signature(scoresde.train).parameters["steps"].default
+    steps = scoresde.config.option_default("steps")
     assert f"[default: {steps}; with --resume" in text
 
 

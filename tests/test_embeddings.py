@@ -17,7 +17,7 @@ from scoresde import (GaussianMixture, ScoreMLP, UNet, DDPMpp, ScoreModel, VPSDE
 from scoresde.data import get_dataset, load_array
 from scoresde.embeddings import NULL_EMBEDDING, check_embeddings, drop_conditions
 
-from problems import invoke
+from problems import invoke, make_old
 
 MIX = GaussianMixture.ring(k=4)  # 4 components 5.66 apart, std 0.3
 
@@ -162,11 +162,9 @@ def test_runs_saved_before_embeddings_load_and_resume(tmp_path):
     opts = dict(data="8gaussians", net_params={"hidden": 16, "depth": 1}, batch_size=32,
                 progress=False, conditional=True)
     train(run, steps=2, **opts)
-    config = json.loads((run / "config.json").read_text())
-    for key in ("embed_dim", "downsample", "super_res", "cond_aug", "latent", "latent_scale"):
-        del config[key]  # what runs before embeddings, cascades and latents lack
-    del config["net"]["embed_dim"]
-    (run / "config.json").write_text(json.dumps(config))
+    # What runs before embeddings, cascades and latents lack:
+    config = make_old(run, ("embed_dim", "downsample", "super_res", "cond_aug", "latent",
+                            "latent_scale"), ("embed_dim",))
     model, _, loaded = load_run(run)
     assert loaded["embed_dim"] == 0 and model.embed_dim == 0 and model.num_classes == 8
     assert (loaded["downsample"], loaded["super_res"], loaded["latent"]) == (1, None, None)

@@ -338,7 +338,7 @@ def test_a_run_on_a_uint8_array_from_before_images_resumes_reading_stored_values
     config = json.loads(open("run/config.json").read())
     old = {k: v for k, v in config.items() if k not in (  # what a run of that version wrote
         "channels", "resolution", "flip", "pixels", "pixel_bits", "precision", "batch_gpu",
-        "compile", "channels_last", "sample_every", "num_params")}
+        "compile", "channels_last", "sample_every", "num_params", "schema")}
     with open("run/config.json", "w") as f:
         json.dump(old, f)
     assert upgrade_config(old)["pixels"] is False

@@ -7,7 +7,7 @@ import torch
 
 from scoresde import train
 
-from problems import TINY, assert_equal_states, invoke, run_states
+from problems import TINY, assert_equal_states, invoke, make_old, run_states
 
 # A small U-Net on digits: the plumbing, not the quality.
 DIGITS = dict(data="digits", net="unet", net_params={"ch": 8, "num_res_blocks": 1,
@@ -230,10 +230,7 @@ def test_run_images_reads_an_old_run_as_it_was_trained(tmp_path):
     np.save(path, ((digits.train + 1) * 127.5).round().numpy().astype(np.uint8))
     run = tmp_path / "old"
     train(run, steps=1, pixels=False, **dict(DIGITS, data=str(path)))
-    config = json.loads((run / "config.json").read_text())
-    for key in ("pixels", "pixel_bits"):
-        del config[key]
-    (run / "config.json").write_text(json.dumps(config))
+    make_old(run, ("pixels", "pixel_bits"))
     images = run_images(run)
     assert images.raw_scale == 1.0
     assert torch.equal(images.test, get_dataset(str(path), pixels=False).test)

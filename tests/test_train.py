@@ -11,7 +11,8 @@ import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
 from scoresde.runs import load_checkpoint
 
-from problems import TINY, Interrupt, assert_equal_states, invoke, run_python, run_states, stop_at
+from problems import (TINY, Interrupt, assert_equal_states, invoke, make_old, run_python,
+                      run_states, stop_at)
 
 
 
@@ -183,9 +184,7 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
     run = tmp_path / "old"
     old_opts = dict(TINY, net_params={"hidden": 16, "depth": 1}, log_snr_share=0.0)
     train(run, steps=2, **old_opts)
-    config = json.loads((run / "config.json").read_text())
-    del config["log_snr_share"], config["net"]["input_features"], config["net"]["input_scale"]
-    (run / "config.json").write_text(json.dumps(config))
+    make_old(run, ("log_snr_share",), ("input_features", "input_scale"))
     train(run, steps=3, resume=True, **old_opts)
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
     with pytest.raises(ValueError, match="options differ.*log_snr_share"):
@@ -308,11 +307,8 @@ def test_a_run_in_the_old_format_loads_and_resumes(tmp_path):
     run = tmp_path / "old"
     opts = dict(data="moons", batch_size=32, progress=False, log_every=1)
     train(run, steps=2, **opts)
-    config = json.loads((run / "config.json").read_text())
-    for key in ("objective", "label_dropout", "log_snr_share"):
-        del config[key]
-    del config["net"]["input_features"], config["net"]["input_scale"]
-    (run / "config.json").write_text(json.dumps(config))
+    config = make_old(run, ("objective", "label_dropout", "log_snr_share"),
+             ("input_features", "input_scale"))
     model, _, loaded = load_run(run)
     assert loaded["objective"] == "score" and loaded["net"]["input_features"] == 0
     assert isinstance(model, scoresde.ScoreModel) and model.net.inp.in_features == 2

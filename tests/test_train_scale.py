@@ -14,7 +14,8 @@ import scoresde.runs
 import scoresde.training
 from scoresde import load_run, train
 
-from problems import TINY, Interrupt, assert_equal_states, invoke, run_states, stop_at
+from problems import (TINY, Interrupt, assert_equal_states, invoke, make_old, run_states,
+                      stop_at)
 
 # A small U-Net on the 8x8 digits: a few seconds for tens of steps on one core.
 DIGITS = dict(data="digits", batch_size=32, progress=False, log_every=1,
@@ -210,9 +211,7 @@ def test_a_non_finite_gradient_norm_stops_too():
     """Inf gradients with a finite loss (no scaler) would turn the weights into NaN: the first
     such step is named (the recorder's logic, on made-up values)."""
     proc = scoresde.loop.Process(0, 1, torch.device("cpu"), "RUN")
-    opts = scoresde.loop.Options.of(dict(
-        {f.name: None for f in scoresde.loop.Options.__dataclass_fields__.values()},
-        steps=10, log_every=100))
+    opts = scoresde.config.TrainConfig.of(steps=10, log_every=100)
     recorder = scoresde.loop._Recorder(opts, proc, 0, 0.0, None, False)
     one = torch.tensor(1.0)
     recorder.record(1, one, 1e-3, one, None)
@@ -301,27 +300,23 @@ def test_the_parameter_count_is_in_the_config(tmp_path):
 def test_runs_from_before_these_options_load_and_resume(tmp_path):
     run = tmp_path / "old"
     train(run, steps=2, **TINY)
-    config = json.loads((run / "config.json").read_text())
-    for key in ("precision", "batch_gpu", "compile", "channels_last", "sample_every",
-                "num_params"):
-        del config[key]
-    (run / "config.json").write_text(json.dumps(config))
+    make_old(run, ("precision", "batch_gpu", "compile", "channels_last", "sample_every",
+                   "num_params"))
     assert load_run(run)[2]["precision"] == "fp32"
     train(run, steps=3, resume=True, **TINY)
     assert run_states(run)["step"] == 3
 
 
 def test_the_cli_options(tmp_path):
-    import inspect
-
     import click
 
     from scoresde.cli import main
-    defaults = inspect.signature(train).parameters
+    from scoresde.config import option_default
+
     with click.Context(main.commands["train"]) as ctx:  # the flags' "off" is the library's
         for param in main.commands["train"].params:
             if param.name in ("compile_", "channels_last", "batch_gpu", "sample_every"):
-                assert param.get_default(ctx) == defaults[param.name.rstrip("_")].default
+                assert param.get_default(ctx) == option_default(param.name.rstrip("_"))
     run = tmp_path / "run"
     result = invoke("train", "--data", "moons", "--steps", 2, "--batch-size", 16, "--quiet",
                     "--precision", "bf16", "--batch-gpu", 4, "--sample-every", 2,

@@ -68,6 +68,42 @@ class Default:
         return str(self())
 
 
+class TrainDefault(Default):
+    """The default of the training option ``name`` (:mod:`scoresde.config`), read when needed."""
+
+    def __init__(self, name: str):
+        super().__init__("config.option_default", name)
+
+    def __call__(self):
+        return library(self.function)(self.name)
+
+
+def train_option(name: str, *flags: str, **attrs):
+    """The option of the training option ``name`` (:mod:`scoresde.config`): ``--name`` (or
+    ``flags``) with its default, shown in the help unless None, and the click type of its rule
+    (an integer or number range, or a choice of a library table); ``attrs`` add or override."""
+    from ..config import option_default, option_rule
+
+    rule = option_rule(name)
+    kind, low, high = rule["kind"], rule.get("low"), rule.get("high")
+    if kind == "choice":
+        choices = rule["choices"]
+        attrs.setdefault("type", LazyChoice(choices) if isinstance(choices, str) else
+                         click.Choice(choices))
+    elif kind == "int":
+        attrs.setdefault("type", int if low is None and high is None else click.IntRange(low, high))
+    elif kind == "number":
+        attrs.setdefault("type", float if low is None and high is None else click.FloatRange(
+            low, high, min_open=rule.get("low_open", False),
+            max_open=rule.get("high_open", False)))
+    if option_default(name) is None:
+        attrs.setdefault("default", None)
+    else:
+        attrs.setdefault("default", TrainDefault(name))
+        attrs.setdefault("show_default", True)
+    return click.option(*(flags or [f"--{name.replace('_', '-')}"]), name, **attrs)
+
+
 class LazyHelp(click.Option):
     """An option whose help is a format string of library values, filled in only when shown.
 

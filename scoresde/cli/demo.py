@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import CTX, Default, LazyChoice, LazyHelp, check_out, library, new_run_folder
+from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, check_out, library,
+                     new_run_folder)
 from .common import remove_unfinished
 
 
@@ -16,7 +17,7 @@ from .common import remove_unfinished
               show_default=True)
 @click.option("--sde", type=LazyChoice("SDES"), default=Default("run_demo", "sde"),
               show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=Default("train", "steps"),
+@click.option("--steps", type=click.IntRange(min=1), default=TrainDefault("steps"),
               show_default=True, cls=LazyHelp,
               fields={"batch": lambda: library("training.VECTOR_BATCH")},
               help="Training steps (batch {batch}, as `scoresde train`).")

@@ -2,66 +2,57 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import click
 
-from .common import (CTX, Default, LazyChoice, LazyHelp, explicit, has_run, library,
-                     new_run_folder, one_line, pick_run, remove_unfinished)
+from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit, given, has_run,
+                     library, new_run_folder, one_line, pick_run, remove_unfinished, task,
+                     train_option)
 
 
 @click.command(context_settings=CTX)
-@click.option("--sde", type=LazyChoice("SDES"), default=Default("train", "sde"),
-              show_default=True, help="Forward SDE.")
-@click.option("--data", type=str, default=Default("train", "data"), show_default=True,
-              metavar="NAME|PATH", cls=LazyHelp,
+@train_option("sde", type=LazyChoice("SDES"), help="Forward SDE.")
+@train_option("data", type=str, metavar="NAME|PATH", cls=LazyHelp,
               fields={"toys": lambda: ", ".join(library("toys.TOYS"))},
               help="A 2D toy ({toys}), 'digits', a .npy/.npz file of (N, *dims) (uint8 of rank "
                    "3 or 4: 8-bit images), or a folder of image files (one subfolder per class "
                    "for --conditional).")
-@click.option("--channels", type=int, default=None, cls=LazyHelp,
+@train_option("channels", type=int, cls=LazyHelp,
               fields={"modes": lambda: ", ".join(f"{c} ({m})" for c, m in
                                                  library("images.MODES").items())},
               help="Image folders: convert every image to {modes} channels [default: the "
                    "images' own, which must agree].")
-@click.option("--resolution", type=click.IntRange(min=1), default=None, metavar="R",
+@train_option("resolution", metavar="R",
               help="Image folders: resize the shorter side to R and centre-crop to R x R "
                    "[default: keep the size, which must agree].")
 @click.option("--flip", is_flag=True,
               help="8-bit images: mirror training images left to right at random.")
-@click.option("--downsample", type=click.IntRange(min=1), default=Default("train", "downsample"),
-              show_default=True, metavar="F",
+@train_option("downsample", metavar="F",
               help="Digits and float image arrays: train at 1/F of the resolution (block means); "
                    "2 gives the 4x4 base model of a digits cascade.")
-@click.option("--super-res", type=click.IntRange(min=2), default=None, metavar="F",
+@train_option("super_res", type=click.IntRange(min=2), metavar="F",
               help="Train a super-resolution model conditioned on the images downsampled by F "
                    "(upsampled, as extra U-Net channels): the second stage of a cascade.")
-@click.option("--cond-aug", type=click.FloatRange(min=0), default=Default("train", "cond_aug"),
-              show_default=True,
+@train_option("cond_aug",
               help="--super-res: conditioning augmentation, the low-resolution image noised at a "
                    "level drawn per sample in [0, A] and given to the network; 0 for none.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, cls=LazyHelp,
-              fields={"steps": Default("train", "steps")},
+@train_option("steps", default=None, show_default=False, cls=LazyHelp,
+              fields={"steps": TrainDefault("steps")},
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
                    "new total given here].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=LazyHelp,
+@train_option("batch_size", cls=LazyHelp,
               fields={"vector": lambda: library("training.VECTOR_BATCH"),
                       "image": lambda: library("training.IMAGE_BATCH")},
               help="Points per step [default: {vector} for 2D and vector data, {image} for "
                    "images].")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=Default("train", "lr"),
-              show_default=True, help="Peak learning rate (warmup, then cosine decay).")
-@click.option("--weighting", type=LazyChoice("losses.WEIGHTINGS"),
-              default=Default("train", "weighting"), show_default=True,
-              help="lambda(t) = s(t)^2, g(t)^2, or g(t)^2 with importance-sampled t.")
-@click.option("--log-snr-share", type=click.FloatRange(0, 1),
-              default=Default("train", "log_snr_share"), show_default=True,
+@train_option("lr", help="Peak learning rate (warmup, then cosine decay).")
+@train_option("weighting", help="lambda(t) = s(t)^2, g(t)^2, or g(t)^2 with importance-sampled t.")
+@train_option("log_snr_share", type=click.FloatRange(0, 1),
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
-@click.option("--net", type=LazyChoice("models.TRAIN_NETS"), default=Default("train", "net"),
-              show_default=True,
+@train_option("net", type=LazyChoice("models.TRAIN_NETS"),
               help="Network: auto (MLP for vectors, U-Net for images), one by name, or a preset "
                    "(ddpmpp_cifar10 is the paper's DDPM++; the small ones fit a CPU).")
 @click.option("--width", type=click.IntRange(min=1), default=None,
@@ -74,46 +65,41 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, explicit, has_run, libr
 @click.option("--run", "run", default=None, metavar="DIR",
               help="Run folder [default: a new one under ./runs].")
 @click.option("--resume", is_flag=True,
-              help="Continue the run in --run (or the most recent); a --run folder that is absent "
-                   "or has no checkpoint yet is started, so a requeued job can always pass it.")
-@click.option("--seed", type=int, default=Default("train", "seed"), show_default=True)
+              help="Continue the run in --run (or the most recent) with its own options, but for "
+                   "those given here; a --run folder that is absent or has no checkpoint yet is "
+                   "started, so a requeued job can always pass it.")
+@train_option("seed")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
-@click.option("--checkpoint-every", type=click.IntRange(min=1),
-              default=Default("train", "checkpoint_every"), show_default=True)
+@train_option("checkpoint_every")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--conditional", is_flag=True,
               help="Class-conditional model (labelled data: digits, 8gaussians, .npz with y, a "
                    "folder of class folders).")
-@click.option("--label-dropout", type=click.FloatRange(0, 1, max_open=True),
-              default=Default("train", "label_dropout"), show_default=True,
-              help="Share of labels dropped (for classifier-free guidance).")
+@train_option("label_dropout", help="Share of labels dropped (for classifier-free guidance).")
 @click.option("--autoencoder", is_flag=True,
               help="Train an autoencoder of the images (for --latent) instead of a score model.")
-@click.option("--latent", type=click.Path(file_okay=False, path_type=Path), default=None,
-              metavar="AE_RUN",
+@train_option("latent", type=click.Path(file_okay=False, path_type=Path), metavar="AE_RUN",
               help="Train on the latents of the autoencoder run AE_RUN (its data; latents "
                    "scaled to unit variance); sample decodes them.")
-@click.option("--precision", type=LazyChoice("hardware.PRECISIONS"),
-              default=Default("train", "precision"), show_default=True,
+@train_option("precision",
               help="bf16: autocast (CPU, CUDA); fp16: autocast with a gradient scaler (CUDA).")
-@click.option("--batch-gpu", type=click.IntRange(min=1), default=None,
+@train_option("batch_gpu", type=click.IntRange(min=1),
               help="At most this many samples per forward pass: gradients accumulate over "
                    "micro-batches (same result as the whole batch) [default: the whole batch].")
 @click.option("--compile/--no-compile", "compile_", default=False,
               help="torch.compile the model (stops if it cannot) [default: no].")
 @click.option("--channels-last/--no-channels-last", default=False,
               help="Images in channels-last memory format [default: no].")
-@click.option("--sample-every", type=click.IntRange(min=1), default=None, metavar="N",
+@train_option("sample_every", metavar="N",
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")
-@click.option("--eval-every", type=click.IntRange(min=1), default=None, metavar="K",
+@train_option("eval_every", metavar="K",
               help="Every K steps, FID/KID of the EMA weights into the run's metrics "
                    "[default: none].")
-@click.option("--eval-n", type=click.IntRange(min=2), default=Default("train", "eval_n"),
-              show_default=True, help="Samples per evaluation (the same seed each time).")
-@click.option("--eval-features", default=Default("train", "eval_features"), show_default=True,
-              metavar="NAME|PATH", help="Evaluation features: 'digits' or a trusted "
-                                        "TorchScript file (it runs code).")
+@train_option("eval_n", type=click.IntRange(min=2),
+              help="Samples per evaluation (the same seed each time).")
+@train_option("eval_features", metavar="NAME|PATH",
+              help="Evaluation features: 'digits' or a trusted TorchScript file (it runs code).")
 @click.pass_context
 def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, cond_aug, steps,
           batch_size, lr, weighting,
@@ -144,46 +130,33 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
     from ..utils import FolderBusyError, resolve_device
 
     resolve_device(device)
+    # Only the options given here: the library's defaults fill in the others, or on --resume
+    # the run's own.
+    options = given(ctx, [name for name in ctx.params if name in library("config.OPTIONS")])
+    if explicit(ctx, "compile_"):
+        options["compile"] = compile_
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
-    keywords = dict(sde=sde, data=data, channels=channels, resolution=resolution, flip=flip,
-                    downsample=downsample, super_res=super_res, cond_aug=cond_aug, net=net,
-                    batch_size=batch_size, lr=lr, weighting=weighting,
-                    log_snr_share=log_snr_share, seed=seed, net_params=net_params or None,
-                    conditional=conditional, label_dropout=label_dropout, device=device,
-                    resume=resume, checkpoint_every=checkpoint_every, progress=not quiet,
-                    precision=precision)
-    if autoencoder or latent is not None:
-        keywords.update(objective="autoencoder" if autoencoder else "score",
-                        latent=None if latent is None else str(latent))
-    for key, param, value in [("batch_gpu", "batch_gpu", batch_gpu),
-                              ("compile", "compile_", compile_),
-                              ("channels_last", "channels_last", channels_last),
-                              ("sample_every", "sample_every", sample_every),
-                              ("eval_every", "eval_every", eval_every),
-                              ("eval_n", "eval_n", eval_n),
-                              ("eval_features", "eval_features", eval_features)]:
-        if not resume or explicit(ctx, param):  # on resume, the run's own unless given here
-            keywords[key] = value
-    if steps is not None:
-        keywords["steps"] = steps
+    if net_params:
+        options["net_params"] = net_params
+    if autoencoder:
+        options["objective"] = "autoencoder"
+    if latent is not None:
+        options["latent"] = str(latent)
     if resume and run is not None and not has_run(Path(run)):
         path = _run_folder(Path(run))  # a job requeued before its first checkpoint: start it
         click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
-        keywords["run_dir"] = path
     elif resume:
         path = _run_folder(pick_run(run))
-        keywords = _resume_keywords(ctx, path, dict(keywords, run_dir=path))
-        _check_eval_features(ctx, keywords)
     else:
         path = Path(run) if run else new_run_folder(sde, "latent" if latent else data)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise click.BadParameter(f"{path} already exists; pass --resume to continue it or "
                                      "choose another --run", param_hint="--run")
-        keywords["run_dir"] = path
     created = not path.exists()
     try:
-        result = train_run(**keywords)
+        result = task(train_run, path, resume=resume, device=device, progress=not quiet,
+                      **options)
     except FolderBusyError:
         raise  # the folder is another process's, whoever created it
     except BaseException as err:
@@ -236,26 +209,3 @@ def _run_folder(path: Path) -> Path:
     except ValueError as err:
         raise click.BadParameter(one_line(err), param_hint="--run") from None
     return path
-
-
-def _check_eval_features(ctx: click.Context, keywords: dict) -> None:
-    """Refuse a resumed run whose evaluation would load a TorchScript file that only its
-    config names: a file that runs code is loaded only when the command line names it."""
-    features = str(keywords.get("eval_features"))
-    if (keywords.get("eval_every") and not explicit(ctx, "eval_features")
-            and features not in library("features.EXTRACTORS")):
-        raise click.BadParameter(
-            f"the run measures FID with the TorchScript file {features!r}, which runs code; a "
-            f"file named only in a run's config is never loaded: pass --eval-features "
-            f"{features} to trust it, or --eval-features digits", param_hint="--eval-features")
-
-
-def _resume_keywords(ctx: click.Context, path: Path, keywords: dict) -> dict:
-    """``train()`` keywords that continue the run in ``path``: the options not given on the
-    command line are the run's own (see :func:`scoresde.runs.resume_keywords`)."""
-    from ..runs import read_config, resume_keywords, upgrade_config
-    from ..training import train as train_run
-
-    old = upgrade_config(read_config(path))
-    named = {key for key in ctx.params if explicit(ctx, key)}
-    return resume_keywords(old, keywords, named, inspect.signature(train_run).parameters)
