@@ -45,7 +45,7 @@ def steps(run: str, compiled: bool, batch: int):
     sde = scoresde.get_sde(**config["sde"])
     proc = loop.Process(0, 1, torch.device("cpu"), run)
     parts = loop.build_parts(config, sde, run_dataset(config), proc, None)
-    opts = loop.Options.of(config)
+    opts = scoresde.TrainConfig.from_run(config)
     counter = [0]
 
     def ours():

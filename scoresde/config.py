@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 __all__ = ["SCHEMA", "MIGRATIONS", "GROUPS", "OPTIONS", "NET_FACTS", "DataOptions",
            "NetworkOptions", "LossOptions", "OptimOptions", "LoopOptions", "EvalOptions",
-           "TrainConfig", "option_default", "option_rule", "upgrade_config"]
+           "TrainConfig", "option_default", "option_rule", "migrate", "upgrade_config"]
 
 
 def _option(default, kind: str | None = None, **rule) -> Any:
@@ -99,7 +99,7 @@ class NetworkOptions:
     label_dropout: float = _option(0.1, "number", low=0, high=1, high_open=True)
     objective: str = _option("score", "choice", choices="training.OBJECTIVES")
     super_res: int | None = _option(None)
-    cond_aug: float = _option(0.2, "number", low=0)
+    cond_aug: float = _option(0.2)
 
 
 @dataclass(frozen=True)
@@ -245,11 +245,12 @@ class TrainConfig:
 
     @classmethod
     def from_run(cls, config: dict) -> "TrainConfig":
-        """The options of a run's config (upgraded to :data:`SCHEMA`, see
-        :func:`upgrade_config`): the SDE and the network by name with every parameter of the
+        """The options of a run's config, of any schema (brought to :data:`SCHEMA` by
+        :data:`MIGRATIONS`): the SDE and the network by name with every parameter of the
         run's (``sde_params``, ``net_params``), less the network's facts that come from the
         data (:data:`NET_FACTS`). ``train(folder, TrainConfig.from_run(config))`` trains the
         same run again."""
+        config = migrate(config)
         options = {k: config[k] for k in OPTIONS if k in config}
         for key, facts in (("sde", ()), ("net", NET_FACTS)):
             if isinstance(options.get(key), dict):
@@ -354,10 +355,9 @@ MIGRATIONS: tuple[Callable[[dict], None], ...] = (
 SCHEMA = len(MIGRATIONS)
 
 
-def upgrade_config(old: dict) -> dict:
+def migrate(old: dict) -> dict:
     """A run's ``config.json`` at :data:`SCHEMA`: the migrations from its own version applied
-    in turn, then its network's config completed with the keywords networks have gained since
-    (with the values older runs had). The dict given is left as it was.
+    in turn. The dict given is left as it was.
 
     Raises:
         ValueError: the config is of a newer schema than this version of scoresde reads.
@@ -369,9 +369,21 @@ def upgrade_config(old: dict) -> dict:
     if version > SCHEMA:
         raise ValueError(f"the run's config is of schema {version}, written by a newer scoresde "
                          f"(this one reads schemas up to {SCHEMA}): upgrade scoresde to use it")
-    for migrate in MIGRATIONS[version:]:
-        migrate(config)
+    for step in MIGRATIONS[version:]:
+        step(config)
     config["schema"] = SCHEMA
+    return config
+
+
+def upgrade_config(old: dict) -> dict:
+    """A run's ``config.json`` at :data:`SCHEMA` (:func:`migrate`), its network's config
+    completed with the keywords networks have gained since (with the values older runs had;
+    this builds the network, drawing its initial weights from PyTorch's global generator).
+
+    Raises:
+        ValueError: the config is of a newer schema than this version of scoresde reads.
+    """
+    config = migrate(old)
     if "net" in config:
         from .hardware import count_params
         from .models import build_net

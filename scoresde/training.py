@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import torch
 import torch.distributed as dist
 
-from .checks import OptionError
+from .checks import OptionError, check_number
 from .config import OPTIONS, SCHEMA, TrainConfig, upgrade_config
 from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
@@ -113,6 +113,7 @@ def _check_super_res(kw: dict, dataset) -> None:
         kw["cond_aug"] = 0.0  # not used: recorded as what it does
         return
     kw["super_res"] = check_factor("super_res", kw["super_res"], dataset.event_shape)
+    kw["cond_aug"] = check_number("cond_aug", kw["cond_aug"], 0)
     for key, bad in (("conditional", kw["conditional"]), ("sample_every", kw["sample_every"]),
                      ("objective", kw["objective"] != "score")):
         if bad:
@@ -274,8 +275,8 @@ def _options(run_dir, given: TrainConfig, named: set, resume: bool) -> dict:
     if kept["eval_every"] and "eval_features" not in named and features not in EXTRACTORS:
         raise OptionError("eval_features", (
             f"the run measures FID with the TorchScript file {features!r}, which runs code; a "
-            f"file named only in a run's config is never loaded: pass eval_features="
-            f"{features!r} to trust it, or eval_features='digits'"))
+            f"file named only in a run's config is never loaded: give it again as the "
+            f"evaluation's features to trust it, or 'digits'"))
     return kept
 
 
@@ -363,7 +364,8 @@ def _train_locked(kw: dict, config: dict, dataset, proc: Process,
     return dict(result, resumed_from=start if state is not None else None)
 
 
-def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:
+def train_classifier(run_dir: str | os.PathLike, config: TrainConfig | None = None,
+                     **kwargs) -> dict:
     """Train a noise-conditional classifier ``p(y | x_t, t)`` for classifier guidance.
 
     :func:`train` with ``objective="classifier"``: the same loop, options, run folder and
@@ -373,4 +375,4 @@ def train_classifier(run_dir: str | os.PathLike, **kwargs) -> dict:
     """
     if kwargs.pop("objective", "classifier") != "classifier":
         raise ValueError("train_classifier trains objective='classifier'; use train for scores")
-    return train(run_dir, objective="classifier", **kwargs)
+    return train(run_dir, config, objective="classifier", **kwargs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from problems import TINY, assert_equal_states, make_old, run_states
-from scoresde import TrainConfig, load_run, train
+from scoresde import NoiseClassifier, TrainConfig, load_run, train, train_classifier
 from scoresde.checks import OptionError
 from scoresde.config import (GROUPS, MIGRATIONS, OPTIONS, SCHEMA, option_default, option_rule,
                              upgrade_config)
@@ -42,7 +42,7 @@ def test_an_unknown_option_is_refused_before_anything_is_made(tmp_path):
 @pytest.mark.parametrize("options, error, value", [
     ({"lr": 0.0}, ValueError, "0.0"), ({"steps": True}, ValueError, "True"),
     ({"weighting": "l2"}, ValueError, "'l2'"), ({"compile": 1}, TypeError, "1"),
-    ({"label_dropout": 1.0}, ValueError, "1.0"), ({"cond_aug": -0.5}, ValueError, "-0.5"),
+    ({"label_dropout": 1.0}, ValueError, "1.0"), ({"ema_decay": 1.0}, ValueError, "1.0"),
 ])
 def test_check_applies_each_options_rule(options, error, value, tmp_path):
     (name,) = options
@@ -91,6 +91,7 @@ def test_each_migration_fills_in_what_its_version_lacked():
     assert new["pixels"] is False  # .npy data before image support: the stored values
     assert (new["precision"], new["batch_gpu"], new["eval_every"]) == ("fp32", None, None)
     assert upgrade_config(new) == new
+    assert TrainConfig.from_run(oldest).data.pixels is False  # read as that run was
     # A config that records its schema takes only the steps after it.
     current = {"schema": SCHEMA, "data": "moons"}
     assert upgrade_config(current) == current
@@ -145,8 +146,15 @@ def test_resume_never_loads_features_that_only_the_runs_config_names(tmp_path):
 def test_old_runs_resume_through_the_migrations(tmp_path):
     run = tmp_path / "run"
     train(run, steps=2, **TINY)
-    make_old(run, ("log_snr_share", "precision", "eval_every", "eval_n", "eval_features"))
-    train(run, resume=True, steps=3, progress=False)
+    make_old(run, ("log_snr_share", "precision", "eval_every", "eval_n", "eval_features",
+                   "label_dropout", "objective"))
+    # An unconditional run's label_dropout (filled in as 0) means nothing: any value resumes it.
+    train(run, resume=True, steps=3, label_dropout=0.3, progress=False)
     config = read_config(run)
     assert config["schema"] == SCHEMA and config["log_snr_share"] == 0.0
     assert run_states(run)["step"] == 3
+
+
+def test_a_classifier_trains_from_a_config(tmp_path):
+    train_classifier(tmp_path / "clf", TrainConfig.of(steps=1, **TINY_OPTIONS), progress=False)
+    assert isinstance(load_run(tmp_path / "clf")[0], NoiseClassifier)

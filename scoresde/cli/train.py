@@ -34,7 +34,7 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit,
 @train_option("super_res", type=click.IntRange(min=2), metavar="F",
               help="Train a super-resolution model conditioned on the images downsampled by F "
                    "(upsampled, as extra U-Net channels): the second stage of a cascade.")
-@train_option("cond_aug",
+@train_option("cond_aug", type=click.FloatRange(min=0),
               help="--super-res: conditioning augmentation, the low-resolution image noised at a "
                    "level drawn per sample in [0, A] and given to the network; 0 for none.")
 @train_option("steps", default=None, show_default=False, cls=LazyHelp,
