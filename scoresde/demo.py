@@ -23,10 +23,11 @@ from .checks import check_choice, check_int
 from .config import option_default
 from .data import get_dataset
 from .likelihood import log_likelihood
+from .runs import load_run
 from .sampling import sample
 from .sampling.fewstep import uses_data_stats
 from .toys import TOYS
-from .training import VECTOR_BATCH  # the batch train() picks for 2D data
+from .training import VECTOR_BATCH, train  # VECTOR_BATCH: the batch train() picks for 2D data
 from .utils import make_generator, resolve_device, time_vector
 
 if TYPE_CHECKING:  # matplotlib loads only when a figure is drawn
@@ -94,8 +95,6 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     Raises:
         ValueError: an unknown toy or SDE, or bad sizes.
     """
-    from . import load_run, train  # the package's names: train() and load_run()
-
     check_choice("toy", toy, TOYS)
     steps = option_default("steps") if steps is None else check_int("steps", steps, low=1)
     n = check_int("n", n, low=10)
