@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,6 +100,36 @@ def test_fid_command_prints_the_scores_the_seeds_and_a_small_n_warning(digits_ru
     assert json.loads(again.stdout)["fid"] == record["fid"]  # same seed, same number
     text = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3)
     assert "KID" in text.stdout and "+-" in text.stdout and "N 100" in text.stdout
+
+
+def test_the_fid_tasks_give_the_commands_records_and_name_bad_options(digits_run, tmp_path):
+    from scoresde.checks import OptionError
+    from scoresde.tasks import file_fid, run_fid
+
+    result = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3,
+                    "--json")
+    said = []
+    record = run_fid(digits_run, n=100, solver="euler", steps=3, say=said.append)
+    command = json.loads(result.stdout)
+    assert record.keys() == command.keys() and record.pop("time_s") > 0  # timings differ
+    assert record == {k: v for k, v in command.items() if k != "time_s"}
+    assert len(said) == 1 and f"warning: {said[0]}" in result.stderr
+    images = np.random.default_rng(0).integers(0, 256, (100, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    result = invoke("fid", "--samples", tmp_path / "images.npy", "--run", digits_run, "--json")
+    record, name = file_fid(tmp_path / "images.npy", run=digits_run, say=said.append)
+    command = json.loads(result.stdout)
+    assert record.keys() == command.keys() and name == "digits" and record["pixels"]
+    assert {k: v for k, v in record.items() if k != "time_s"} == \
+        {k: v for k, v in command.items() if k != "time_s"}
+    for call, option in [(lambda: run_fid(digits_run, guidance=1.0), "guidance"),
+                         (lambda: run_fid(digits_run, label="seven"), "label"),
+                         (lambda: run_fid(digits_run, features=tmp_path / "no.pt"), "features"),
+                         (lambda: file_fid(tmp_path / "no.npy", run=digits_run), "samples"),
+                         (lambda: file_fid(tmp_path / "images.npy"), None)]:
+        with pytest.raises(OptionError) as err:
+            call()
+        assert err.value.option == option
 
 
 def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):

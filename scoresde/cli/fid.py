@@ -1,5 +1,5 @@
-"""``scoresde fid``: options to :func:`scoresde.quality.run_quality` (or, with ``--samples``,
-:func:`scoresde.quality.file_quality`), and the scores in a line."""
+"""``scoresde fid``: options to :func:`scoresde.tasks.run_fid` (or, with ``--samples``,
+:func:`scoresde.tasks.file_fid`), and the scores in a line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import CTX, Default, LazyChoice, emit, explicit, library, pick_run, task
+from .common import CTX, Default, LazyChoice, emit, explicit, pick_run, task
 
 
 @click.command(context_settings=CTX)
@@ -66,70 +66,40 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
       scoresde fid --label all --guidance 1 --solver dpmpp_2m --steps 20   # conditional run
       scoresde fid --samples runs/sr8/cascade-euler-50.npz --run runs/sr8   # a file's images
     """
-    from ..quality import run_quality
-    from ..tasks.conditions import parse_label
+    from ..tasks.quality import file_fid, run_fid
     from ..utils import resolve_device
 
     resolve_device(device)  # before anything else: a device that is not there is bad input
-    names = library("features.EXTRACTORS")
-    if features not in names and not Path(features).is_file():
-        raise click.BadParameter(f"{features!r} is neither one of {', '.join(names)} nor a file",
-                                 param_hint="--features")
     if samples_file is not None:
-        return _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json)
+        for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size",
+                     "label", "guidance"):
+            if explicit(ctx, name):
+                raise click.UsageError(f"--{name.replace('_', '-')} is for sampling; --samples "
+                                       "measures the file's images as they are")
+        run = pick_run(run, as_json) if data is None else run
+        record, name = task(file_fid, samples_file, data=data, run=run, features=features,
+                            seed=seed, device=device, say=_warn)
+        return emit(record, as_json, _lines(record) + [
+            f"N {record['n']} images of {samples_file} ("
+            f"{'8-bit' if record['pixels'] else 'model values'}), KID subsets from seed {seed}, "
+            f"reference {record['reference_n']} training images of {name}, features "
+            f"{record['features']}"])
     if data is not None:
         raise click.UsageError("--data is for --samples (a run is compared with its own data)")
-    path = pick_run(run, quiet=as_json)
     options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
                if v is not None}
-    label = task(parse_label, label)
-    if guidance != 0 and label is None:
-        raise click.BadParameter("--guidance needs --label", param_hint="--guidance")
-    _warn_small_n(n)
-    record = run_quality(path, features=features, n=n, solver=solver, steps=steps, seed=seed,
-                         batch_size=batch_size, device=resolve_device(device), label=label,
-                         guidance=guidance, **options)
-    record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
-    emit(record, as_json, [
-        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
-        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
+    record = task(run_fid, pick_run(run, quiet=as_json), features=features, n=n, solver=solver,
+                  steps=steps, seed=seed, batch_size=batch_size, device=device, label=label,
+                  guidance=guidance, say=_warn, **options)
+    emit(record, as_json, _lines(record) + [
         f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
         f"{record['reference_n']} training images, features {record['features']}"])
 
 
-def _warn_small_n(n: int) -> None:
-    from ..quality import FID_N
-
-    if n < FID_N:
-        click.echo(f"warning: N={n} < {FID_N:,}: FID is biased upward at small N and comparable "
-                   "only between equal N (KID is unbiased)", err=True)
+def _warn(line: str) -> None:
+    click.echo(f"warning: {line}", err=True)
 
 
-def _fid_of_file(ctx, samples_file, data, run, features, seed, device, as_json):
-    """``scoresde fid --samples FILE``: the scores of a file's images against ``--data`` or the
-    run's data."""
-    from ..data import get_dataset
-    from ..quality import file_quality, run_images
-    from ..utils import resolve_device
-
-    for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size", "label",
-                 "guidance"):
-        if explicit(ctx, name):
-            raise click.UsageError(f"--{name.replace('_', '-')} is for sampling; --samples "
-                                   "measures the file's images as they are")
-    if not samples_file.is_file():
-        raise click.BadParameter(f"{samples_file} does not exist", param_hint="--samples")
-    if data is not None and run is not None:
-        raise click.UsageError("give --data or --run (whose data the samples are compared "
-                               "with), not both")
-    dataset = get_dataset(data) if data is not None else run_images(pick_run(run, as_json))
-    record = file_quality(samples_file, dataset, features=features, seed=seed,
-                          device=resolve_device(device))
-    _warn_small_n(record["n"])
-    emit(record, as_json, [
-        f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
-        f"precision {record['precision']:.4f}   recall {record['recall']:.4f}",
-        f"N {record['n']} images of {samples_file} ("
-        f"{'8-bit' if record['pixels'] else 'model values'}), KID subsets from seed {seed}, "
-        f"reference {record['reference_n']} training images of {dataset.name}, features "
-        f"{record['features']}"])
+def _lines(record: dict) -> list[str]:
+    return [f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
+            f"precision {record['precision']:.4f}   recall {record['recall']:.4f}"]

@@ -8,7 +8,9 @@ task with the command's options gets the command's arrays, bit for bit.
   guidance, masks, observations, latents, the data-statistics rule) into a resumable ``.npz``
   and a figure.
 - :func:`run_likelihood`: the held-out log-likelihood, bits/dim, the gap to the entropy.
-- :func:`~scoresde.quality.run_quality`: FID, KID, precision and recall of a run's samples.
+- :func:`run_fid`, :func:`file_fid`: FID, KID, precision and recall of a run's samples (or of
+  a file's images) as the ``fid`` command reports them, with its checks and seeds
+  (:func:`~scoresde.quality.run_quality` is the library's call underneath).
 - :func:`~scoresde.train`: training into a run folder.
 """
 
@@ -16,7 +18,8 @@ from ..quality import run_quality
 from ..training import train
 from .likelihood import run_likelihood
 from .cascades import sample_cascade_run
+from .quality import file_fid, run_fid
 from .sampling import data_statistics, sample_run
 
-__all__ = ["sample_run", "sample_cascade_run", "run_likelihood", "run_quality", "train",
-           "data_statistics"]
+__all__ = ["sample_run", "sample_cascade_run", "run_likelihood", "run_fid", "file_fid",
+           "run_quality", "train", "data_statistics"]

@@ -1,0 +1,91 @@
+"""The sample quality the ``fid`` command reports: of a run's samples, or of a file's images.
+
+:func:`run_fid` and :func:`file_fid` check the options as the command names them (a bad one is an
+:class:`~scoresde.checks.OptionError`), call :func:`scoresde.quality.run_quality` or
+:func:`scoresde.quality.file_quality`, and return the record the command prints.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from ..checks import OptionError
+from ..data import get_dataset
+from ..features import EXTRACTORS
+from ..quality import FID_N, file_quality, run_images, run_quality
+from ..utils import keyword_default, resolve_device
+from .conditions import parse_label
+from .sampling import Say
+
+__all__ = ["run_fid", "file_fid"]
+
+
+def _check_features(features) -> None:
+    """An extractor by name, or a TorchScript file that is there."""
+    if (isinstance(features, (str, os.PathLike)) and os.fspath(features) not in EXTRACTORS
+            and not Path(features).is_file()):
+        raise OptionError("features", f"{features!r} is neither one of {', '.join(EXTRACTORS)} "
+                                      "nor a file")
+
+
+def _warn_small_n(n: int, say: Say | None) -> None:
+    """Say (through ``say``, or as a warning) that FID is biased below :data:`FID_N` samples."""
+    if n < FID_N:
+        line = (f"N={n} < {FID_N:,}: FID is biased upward at small N and comparable only "
+                "between equal N (KID is unbiased)")
+        if say is None:
+            warnings.warn(line, stacklevel=3)
+        else:
+            say(line)
+
+
+def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"),
+            solver: str = "pc", steps: int = 1000, seed: int = 0,
+            batch_size: int = keyword_default(run_quality, "batch_size"), label=None,
+            guidance: float = 0.0, features="digits", device="cpu", say: Say | None = None,
+            **sample_options) -> dict:
+    """FID, KID, precision and recall of ``n`` samples of the run in ``run`` against its
+    training images: :func:`scoresde.quality.run_quality` with the command's options.
+
+    ``label`` is a class, ``"all"`` (each class in turn) or None (the unconditional score), as
+    an int or as the command's text; ``guidance`` needs a label. ``sample_options`` are
+    ``eps``, ``grid`` and the solver's own (``rtol``, ``atol``, ...). The record says how the
+    samples were seeded (``"seeds"``): chunk ``k`` of ``batch_size`` samples from ``(seed,
+    k)``, as :func:`~scoresde.tasks.sample_run` draws them. Fewer samples than
+    :data:`~scoresde.quality.FID_N` are said to be too few (through ``say``, a function of a
+    line; a warning without one).
+    """
+    _check_features(features)
+    label = parse_label(label)
+    if guidance != 0 and label is None:
+        raise OptionError("guidance", "--guidance needs --label")
+    _warn_small_n(n, say)
+    record = run_quality(run, features=features, n=n, solver=solver, steps=steps, seed=seed,
+                         batch_size=batch_size, device=resolve_device(device), label=label,
+                         guidance=guidance, **sample_options)
+    record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
+    return record
+
+
+def file_fid(samples: str | os.PathLike, *, data=None, run: str | os.PathLike | None = None,
+             features="digits", seed: int = 0, device="cpu",
+             say: Say | None = None) -> tuple[dict, str]:
+    """The scores of the images in the file ``samples`` (:func:`scoresde.quality.file_quality`)
+    against the data ``data`` or the training images of the run ``run`` (one of the two).
+
+    Returns:
+        ``(record, name)``: the scores, and the name of the data compared with.
+    """
+    _check_features(features)
+    if not Path(samples).is_file():
+        raise OptionError("samples", f"{samples} does not exist")
+    if (data is None) == (run is None):
+        raise OptionError(None, "give --data or --run (whose data the samples are compared "
+                                f"with){', not both' if data is not None else ''}")
+    dataset = get_dataset(data) if data is not None else run_images(run)
+    record = file_quality(samples, dataset, features=features, seed=seed,
+                          device=resolve_device(device))
+    _warn_small_n(record["n"], say)
+    return record, dataset.name
