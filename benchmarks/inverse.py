@@ -92,19 +92,19 @@ def exact_targets(args) -> None:
               f"{', '.join(f'{w:.3f}' for w in post.weights if w > 0.005)}; floor "
               f"{float(null.mean()):.4f} +- {float(null.std()):.4f}, mode TV floor "
               f"{floor_tv:.3f}\n")
-        print("| method | steps | knobs | NFE | evals/sample | ED - floor | mode TV | wall s |")
+        print("| method | steps | options | NFE | evals/sample | ED - floor | mode TV | wall s |")
         print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
-        for method, steps, knobs in settings(args.quick):
+        for method, steps, options in settings(args.quick):
             t0 = time.perf_counter()
             x, info = S.solve_inverse(mix.score_fn(sde), sde, a, y, sd, method=method, n=n,
                                       steps=steps, event_shape=shape,
-                                      generator=torch.Generator().manual_seed(1), **knobs)
+                                      generator=torch.Generator().manual_seed(1), **options)
             wall = time.perf_counter() - t0
             flat = x.reshape(n, -1)
             gap = energy_distance(flat, truth) - float(null.mean())
             tv = float(0.5 * (mode_shares(post, flat) - truth_shares).abs().sum())
-            evals = info["nfe"] * knobs.get("particles", 1)
-            kn = ", ".join(f"{k}={v}" for k, v in knobs.items())
+            evals = info["nfe"] * options.get("particles", 1)
+            kn = ", ".join(f"{k}={v}" for k, v in options.items())
             print(f"| {method} | {steps} | {kn} | {info['nfe']} | {evals} | {gap:.4f} | "
                   f"{tv:.3f} | {wall:.1f} |")
         print()
@@ -174,17 +174,17 @@ def digits(args, root: str) -> None:
                                                            dtype=torch.float64)
         seen = (y @ torch.linalg.pinv(a).T).reshape(4, *shape)
         block = [x_true, seen]
-        for method, knobs in methods:
+        for method, options in methods:
             t0 = time.perf_counter()
             with torch.no_grad():
                 x, info = S.solve_inverse(model, sde, a, y.repeat_interleave(per, 0), sd,
                                           method=method, steps=100, event_shape=shape,
-                                          generator=torch.Generator().manual_seed(1), **knobs)
+                                          generator=torch.Generator().manual_seed(1), **options)
             wall = time.perf_counter() - t0
             flat = x.reshape(len(x), -1).double()
             resid = (flat @ a.T - y.repeat_interleave(per, 0)).pow(2).mean().sqrt()
             err = (flat - x_true.reshape(4, -1).repeat_interleave(per, 0)).pow(2).mean().sqrt()
-            evals = info["nfe"] * knobs.get("particles", 1)
+            evals = info["nfe"] * options.get("particles", 1)
             print(f"| {pname} | {method} | {info['nfe']} | {evals} | {float(resid):.3f} | "
                   f"{float(err):.3f} | {wall:.1f} |")
             block.append(x.reshape(4, per, *shape)[:, 0].double())

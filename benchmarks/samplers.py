@@ -35,7 +35,7 @@ from scoresde.sampling.distances import energy_distance
 
 
 def settings(quick: bool):
-    """(label, solver, steps, knobs) to run; NFE is counted, not taken from here."""
+    """(label, solver, steps, options) to run; NFE is counted, not taken from here."""
     few = [(f"{s}/{g}", s, n, {"grid": g}) for s in ("dpmpp_2m", "heun", "euler")
            for g in ("edm", "log_snr") for n in ((4, 9) if quick else (4, 6, 9, 14, 24, 49))
            if not (s == "heun" and n > 24)]
@@ -85,13 +85,13 @@ def run(quick: bool, fewstep: bool = False) -> list[dict]:
         for sde_name in ("vp", "subvp", "ve"):
             sde = get_sde(sde_name)
             score_fn = mix.score_fn(sde)
-            for label, solver, steps, knobs in (windowed(False) if fewstep else settings(quick)):
+            for label, solver, steps, options in (windowed(False) if fewstep else settings(quick)):
                 stats, secs = [], []
                 for r in range(reps):
                     g = torch.Generator().manual_seed(100 + r)
                     start = time.perf_counter()
                     x, info = sample(score_fn, sde, (n, 2), solver=solver, steps=steps,
-                                     generator=g, **knobs)
+                                     generator=g, **options)
                     secs.append(time.perf_counter() - start)
                     stats.append(energy_distance(x, mix.sample(n, generator=gen)))
                 alone = score_alone_time(score_fn, (n, 2), sde, info["nfe"])
@@ -116,7 +116,7 @@ def recorded_calls(score_fn, run):
     return calls
 
 
-OVERHEAD_SETTINGS = (  # (label, solver, steps, knobs): about 500 score calls each
+OVERHEAD_SETTINGS = (  # (label, solver, steps, options): about 500 score calls each
     ("em", "em", 500, {}), ("pc", "pc", 500, {}),
     ("pc ancestral", "pc", 500, {"predictor": "ancestral", "corrector": "none"}),
     *((f"torchsde {m}", "torchsde", 50 if m == "srk" else 500, {"method": m})
@@ -138,10 +138,10 @@ def overhead(repeats: int = 7) -> None:
     print("| solver | NFE | sampler s | its score calls replayed s | overhead | "
           "loop with a free score s | loop / score calls |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    for label, solver, steps, knobs in OVERHEAD_SETTINGS:
+    for label, solver, steps, options in OVERHEAD_SETTINGS:
         def run(fn):
             return sample(fn, sde, shape, solver=solver, steps=steps,
-                          generator=torch.Generator().manual_seed(0), **knobs)
+                          generator=torch.Generator().manual_seed(0), **options)
 
         calls = recorded_calls(score_fn, run)
         free_out = calls[0][0].clone()  # a score that costs nothing: the loop's own time
@@ -247,12 +247,12 @@ def defaults_nfe(n: int = 2000, reps: int = 3, seeds=range(4), baselines: bool =
             print(f"| {name} | {sde_name} | " + " | ".join(cells) + " |", flush=True)
 
 
-def _fewest(mix, sde, n, reps, gen, level, solver, knobs, shift):
+def _fewest(mix, sde, n, reps, gen, level, solver, options, shift):
     """The fewest NFE of the ladder whose mean energy distance is below ``level``, or '> 20'."""
     for nfe in (6, 8, 10, 12, 15, 20):
         stats = [energy_distance(sample(mix.score_fn(sde), sde, (n, 2), solver=solver,
                                         steps=nfe - shift, generator=torch.Generator()
-                                        .manual_seed(100 + r), **knobs)[0],
+                                        .manual_seed(100 + r), **options)[0],
                                  mix.sample(n, generator=gen)) for r in range(reps)]
         if statistics.mean(stats) < level:
             return str(nfe)

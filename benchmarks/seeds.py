@@ -60,12 +60,12 @@ def sampler_costs(steps: int, batches) -> None:
     runs = [("em", {}), ("pc", {"corrector": "ald"}), ("torchsde", {})]
     print(f"samplers: {steps} steps on the 2D ring, seconds")
     print(f"{'solver':>9} {'B':>6} {'generator':>10} {'seeds':>10} {'ratio':>6}")
-    for solver, knobs in runs:
+    for solver, options in runs:
         for b in batches:
             one = _timed(lambda: sample(score, sde, (b, 2), solver=solver, steps=steps,
-                                        generator=torch.Generator().manual_seed(0), **knobs))
+                                        generator=torch.Generator().manual_seed(0), **options))
             per = _timed(lambda: sample(score, sde, (b, 2), solver=solver, steps=steps,
-                                        seeds=range(b), **knobs))
+                                        seeds=range(b), **options))
             print(f"{solver:>9} {b:>6} {one:>10.3f} {per:>10.3f} {per / one:>6.2f}")
 
 

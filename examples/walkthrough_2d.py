@@ -26,12 +26,12 @@ model, sde, config = scoresde.load_run(run)
 # 2. Sample: the reverse SDE (em), predictor-corrector (pc; in 2D a small Langevin snr), and a
 #    10-step ODE solver.
 samples, nfe = {}, {}
-for solver, steps, knobs in [("em", 50 if args.quick else 500, {}),
+for solver, steps, options in [("em", 50 if args.quick else 500, {}),
                              ("pc", 50 if args.quick else 500, {"snr": 0.02}),
                              ("dpmpp_2m", 10, {})]:
     with torch.no_grad():
         x, info = scoresde.sample(model, sde, (2000, 2), solver=solver, steps=steps,
-                                  generator=torch.Generator().manual_seed(0), **knobs)
+                                  generator=torch.Generator().manual_seed(0), **options)
     samples[solver], nfe[solver] = x, info["nfe"]
     print(f"{solver:>9}: NFE {info['nfe']}")
 

@@ -73,8 +73,8 @@ def _event_shape(model) -> tuple[int, ...]:
 
 def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps: int = 100,
             sr_solver: str | None = None, sr_steps: int | None = None, aug_level: float = 0.0,
-            generator: torch.Generator | None = None, device=None, base_knobs: dict | None = None,
-            sr_knobs: dict | None = None) -> tuple[torch.Tensor, dict]:
+            generator: torch.Generator | None = None, device=None, base_options: dict | None = None,
+            sr_options: dict | None = None) -> tuple[torch.Tensor, dict]:
     """Sample a cascade: the base model, then the SR model conditioned on its samples.
 
     Args:
@@ -90,7 +90,7 @@ def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps:
         generator: one generator for both stages (the prior draws, the solvers, the
             augmentation noise), in that order.
         device: where to sample.
-        base_knobs, sr_knobs: more keywords of :func:`~scoresde.sample` per stage.
+        base_options, sr_options: more keywords of :func:`~scoresde.sample` per stage.
 
     Returns:
         ``(x, info)``: images ``(n, C, H, W)``; ``info["nfe"]`` the score calls of both stages,
@@ -112,14 +112,14 @@ def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps:
         raise ValueError(f"the SR model's {high_shape[1:]} is not an integer multiple of the "
                          f"base model's {low_shape[1:]}")
     low, base_info = sample(base, base_sde, (n, *low_shape), solver=solver, steps=steps,
-                            generator=generator, device=device, **(base_knobs or {}))
+                            generator=generator, device=device, **(base_options or {}))
     noise = None
     if aug_level > 0:
         noise = torch.randn(low.shape, generator=generator, device=low.device, dtype=low.dtype)
     y = low_res_condition(low, factor, torch.full((n,), aug_level, device=low.device), noise)
     x, sr_info = sample(lambda x, t: sr(x, t, y), sr_sde, (n, *high_shape),
                         solver=sr_solver or solver, steps=sr_steps or steps, generator=generator,
-                        device=device, **(sr_knobs or {}))
+                        device=device, **(sr_options or {}))
     info = {"nfe": base_info["nfe"] + sr_info["nfe"], "base": base_info, "sr": sr_info,
             "low_res": low, "factor": factor, "aug_level": aug_level}
     return x, info

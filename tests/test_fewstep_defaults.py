@@ -1,4 +1,4 @@
-"""Few-step defaults: with the data's statistics, 10 score calls reach the target, no knobs.
+"""Few-step defaults: with the data's statistics, 10 score calls reach the target, no options.
 
 ``sample(..., data_std= / data_mean= / data_cov=)`` gives ``euler``, ``heun`` and ``dpmpp_2m``
 at few steps an exact Gaussian first step and a log-SNR grid scaled by the data; samples are

@@ -68,9 +68,9 @@ def test_replacement_is_biased_where_the_known_part_decides_the_mode():
     n, sde = 1000, VPSDE()
     assert abs(float(post.weights[1]) - 1 / (1 + math.exp(-1.8))) < 1e-6  # y in float32
     _, ref, threshold = reference(post, n)
-    for method, knobs in (("replacement", {}), ("repaint", dict(jump=5, resample=3))):
+    for method, options in (("replacement", {}), ("repaint", dict(jump=5, resample=3))):
         x, info = solve_inverse(mix.score_fn(sde), sde, a, y, method=method, n=n, steps=30,
-                                generator=torch.Generator().manual_seed(1), **knobs)
+                                generator=torch.Generator().manual_seed(1), **options)
         assert torch.equal(x[:, 0], torch.full((n,), 0.3))  # the known entry, exactly
         assert energy_distance(x, ref) > 10 * threshold
         assert float((x[:, 1] > 0).float().mean()) < 0.75

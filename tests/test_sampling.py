@@ -1,4 +1,4 @@
-"""Samplers against exact Gaussian-mixture scores: statistics, counts, seeds, knobs, any SDE."""
+"""Samplers against exact Gaussian-mixture scores: statistics, counts, seeds, options, any SDE."""
 
 import math
 
@@ -200,7 +200,7 @@ def test_grids(sde_name):
     (dict(solver="torchsde", method="rk4"), ["unknown torchsde method", "srk"]),
     (dict(solver="torchsde", grid="edm"), ["evenly", "uniform"]),
 ])
-def test_bad_knobs_raise_value_error(kwargs, words):
+def test_bad_options_raise_value_error(kwargs, words):
     sde, mix = get_sde("vp"), GaussianMixture.ring()
     with pytest.raises(ValueError) as err:
         sample(mix.score_fn(sde), sde, (4, 2), **{"steps": 4, **kwargs})

@@ -97,8 +97,8 @@ def _gaussian_flow_errors(solver, sde, steps_list, warm):
                              dtype=torch.float64)
         ts = torch.cat([torch.tensor([sde.T], dtype=torch.float64), sde.t_from_log_snr(lam)])
         start = gaussian_head(sde, x, ts, stats)
-        knobs = {"warm": gaussian_warm_start(sde, x, ts, stats)} if warm else {}
-        out, info = SAMPLERS[solver](mix.score_fn(sde), sde, start, ts[1:], **knobs)
+        options = {"warm": gaussian_warm_start(sde, x, ts, stats)} if warm else {}
+        out, info = SAMPLERS[solver](mix.score_fn(sde), sde, start, ts[1:], **options)
         assert info["nfe"] == steps  # the corrector reuses the next step's call
         errors.append(float((out - gaussian_head(sde, x, ts[[0, -1]], stats)).abs().max()))
     return errors

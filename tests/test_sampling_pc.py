@@ -37,9 +37,9 @@ def _log_p_gap(mix: GaussianMixture, x: torch.Tensor, ref: torch.Tensor) -> floa
     return float((lp.mean() - lq.mean()) / (lp.var() / len(lp) + lq.var() / len(lq)).sqrt())
 
 
-def _pc(mix, sde, seed=7, **knobs):
+def _pc(mix, sde, seed=7, **options):
     x, info = sample(mix.score_fn(sde), sde, (N, 2), solver="pc", steps=1000,
-                     generator=torch.Generator().manual_seed(seed), **knobs)
+                     generator=torch.Generator().manual_seed(seed), **options)
     assert info["nfe"] == 2001 and torch.isfinite(x).all()
     return x
 

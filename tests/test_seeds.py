@@ -27,30 +27,30 @@ STOCHASTIC += [("torchsde", {"method": m})
 DETERMINISTIC = [("euler", {}), ("heun", {}), ("dpmpp_2m", {})]
 
 
-def _draw(solver, knobs, seeds, steps=10):
+def _draw(solver, options, seeds, steps=10):
     x, _ = sample(SCORE, SDE_, (len(seeds), 2), solver=solver, steps=steps, seeds=seeds,
-                  **knobs)
+                  **options)
     return x
 
 
-@pytest.mark.parametrize("solver,knobs", STOCHASTIC + DETERMINISTIC)
-def test_sample_i_is_bit_identical_across_batch_sizes_and_orderings(solver, knobs):
-    full = _draw(solver, knobs, SEEDS)
+@pytest.mark.parametrize("solver,options", STOCHASTIC + DETERMINISTIC)
+def test_sample_i_is_bit_identical_across_batch_sizes_and_orderings(solver, options):
+    full = _draw(solver, options, SEEDS)
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
-    shuffled = _draw(solver, knobs, [SEEDS[i] for i in order])
+    shuffled = _draw(solver, options, [SEEDS[i] for i in order])
     seven = order[:7]
     assert torch.equal(shuffled, full[order])
-    assert torch.equal(_draw(solver, knobs, [SEEDS[i] for i in seven]), full[seven])
-    assert torch.equal(_draw(solver, knobs, [SEEDS[13]]), full[13:14])
+    assert torch.equal(_draw(solver, options, [SEEDS[i] for i in seven]), full[seven])
+    assert torch.equal(_draw(solver, options, [SEEDS[13]]), full[13:14])
     assert len(set(map(tuple, full.tolist()))) == 64  # and distinct seeds give distinct samples
 
 
 def test_the_papers_batch_averaged_corrector_is_the_one_that_depends_on_the_batch():
     # langevin_batch scales every step by norms averaged over the batch (score_sde's rule): a
     # sample's noise follows its seed, its step does not, so only it changes with the batch.
-    knobs = {"corrector": "langevin_batch"}
-    full = _draw("pc", knobs, SEEDS)
-    assert not torch.equal(_draw("pc", knobs, SEEDS[:7]), full[:7])
+    options = {"corrector": "langevin_batch"}
+    full = _draw("pc", options, SEEDS)
+    assert not torch.equal(_draw("pc", options, SEEDS[:7]), full[:7])
 
 
 def test_the_ode_solver_gets_per_sample_priors_and_batch_wide_steps():
@@ -61,9 +61,9 @@ def test_the_ode_solver_gets_per_sample_priors_and_batch_wide_steps():
 
 
 def test_adaptive_torchsde_has_per_sample_paths_and_batch_wide_steps():
-    knobs = {"adaptive": True, "rtol": 1e-3, "atol": 1e-3}
-    full = _draw("torchsde", knobs, SEEDS[:16], steps=20)
-    four = _draw("torchsde", knobs, SEEDS[4:8], steps=20)
+    options = {"adaptive": True, "rtol": 1e-3, "atol": 1e-3}
+    full = _draw("torchsde", options, SEEDS[:16], steps=20)
+    four = _draw("torchsde", options, SEEDS[4:8], steps=20)
     assert torch.allclose(full[4:8], four, atol=0.1)
 
 
@@ -91,10 +91,10 @@ def test_stepped_brownian_refuses_steps_that_do_not_follow_on():
         bm(0.0, 0.5)
 
 
-@pytest.mark.parametrize("solver,knobs", [("em", {}), ("pc", {"corrector": "ald"}),
+@pytest.mark.parametrize("solver,options", [("em", {}), ("pc", {"corrector": "ald"}),
                                           ("torchsde", {"method": "srk"})])
-def test_seeded_samples_follow_the_target(solver, knobs):
-    x = _draw(solver, knobs, list(range(2000)), steps=200)
+def test_seeded_samples_follow_the_target(solver, options):
+    x = _draw(solver, options, list(range(2000)), steps=200)
     ref = TARGET.sample(20000, generator=torch.Generator().manual_seed(1))
     radius, ref_radius = x.norm(dim=1), ref.norm(dim=1)
     assert abs(float(radius.mean() - ref_radius.mean())) < 0.05

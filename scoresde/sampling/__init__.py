@@ -1,7 +1,7 @@
 """Samplers for the reverse-time SDE and the probability-flow ODE.
 
 Each solver is a plain function ``sampler(score_fn, sde, x, ts, *, generator=None,
-callback=None, **knobs) -> (x, info)`` taking the prior draw ``x`` at ``ts[0]`` and a
+callback=None, **options) -> (x, info)`` taking the prior draw ``x`` at ``ts[0]`` and a
 decreasing time grid ``ts``. :data:`SOLVERS` is the one table of them (function, default grid,
 per-step hook); :data:`SAMPLERS` maps names to the functions and :func:`sample` draws the prior,
 builds the grid (:data:`GRIDS`), runs one and denoises. Every solver takes its drift from the

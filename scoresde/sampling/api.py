@@ -29,8 +29,8 @@ __all__ = ["Solver", "SOLVERS", "SAMPLERS", "DEFAULT_GRIDS", "IMPUTATION_SOLVERS
 
 
 class Solver(NamedTuple):
-    """One solver: ``sampler(score_fn, sde, x, ts, *, generator, callback, **knobs) -> (x, info)``,
-    the name of its default grid (a key of :data:`GRIDS`) and whether it calls ``callback``
+    """One solver: ``sampler(score_fn, sde, x, ts, *, generator, callback, **options) -> (x,
+    info)``, the name of its default grid (a key of :data:`GRIDS`) and whether it calls ``callback``
     after every step of the grid (``False``: once, at the end)."""
 
     sampler: Callable[..., tuple[torch.Tensor, dict]]
@@ -60,7 +60,7 @@ IMPUTATION_SOLVERS: tuple[str, ...] = tuple(
 _COMMON = ("score_fn", "sde", "x", "ts", "generator", "callback", "warm")  # warm: from the head
 
 
-def _solver_knobs(solver: str) -> tuple[str, ...]:
+def _solver_option_names(solver: str) -> tuple[str, ...]:
     params = inspect.signature(SAMPLERS[solver]).parameters
     return tuple(name for name, p in params.items()
                  if name not in _COMMON and p.kind is not p.VAR_KEYWORD)
@@ -83,17 +83,17 @@ def _stop_if_not_finite(solver: str, callback: Callback | None) -> Callback:
     return check
 
 
-def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, knobs):
+def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, options):
     """The solver from the prior draw ``x`` over ``ts``; with the Gaussian head, its first step
     exactly (and the multistep solvers' warm start), the solver over the rest."""
     if not head:
         return SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
-                                **knobs)
+                                **options)
     if "warm" in inspect.signature(SAMPLERS[solver]).parameters and len(ts) > 2:
-        knobs = {**knobs, "warm": gaussian_warm_start(sde, x, ts, stats)}
+        options = {**options, "warm": gaussian_warm_start(sde, x, ts, stats)}
     x = gaussian_head(sde, x, ts, stats, callback)
     return SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
-                            callback=offset_callback(callback, 1), **knobs)
+                            callback=offset_callback(callback, 1), **options)
 
 
 def prior_draw(sde: SDE, shape, generator: Randomness, device=None, dtype=None) -> torch.Tensor:
@@ -130,7 +130,7 @@ def sample(
     data_std: float | None = None,
     data_mean=None,
     data_cov=None,
-    **knobs,
+    **options,
 ) -> tuple[torch.Tensor, dict]:
     """Draw samples of shape ``shape`` by solving the reverse-time SDE or the probability-flow ODE.
 
@@ -177,7 +177,7 @@ def sample(
             also start from its data estimate), the others are spaced in log-SNR down to
             ``sigma = 0.01 * scale``; ``steps=10`` is 10 score calls with ``dpmpp_2m`` or
             ``unipc`` (the one measured best at 10). Otherwise they are unused.
-        **knobs: the solver's own options, e.g. ``predictor``, ``corrector``, ``snr``,
+        **options: the solver's own options, e.g. ``predictor``, ``corrector``, ``snr``,
             ``corrector_steps`` (pc), ``method``, ``rtol``, ``atol`` (ode, torchsde).
 
     Returns:
@@ -196,8 +196,8 @@ def sample(
         raise TypeError(f"sde must be a scoresde.SDE (e.g. scoresde.VPSDE()), got "
                         f"{type(sde).__name__}")
     check_choice("solver", solver, SAMPLERS)
-    accepted = _solver_knobs(solver)
-    unknown = sorted(set(knobs) - set(accepted))
+    accepted = _solver_option_names(solver)
+    unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"solver {solver!r} got unknown options {', '.join(unknown)}; "
                          f"it accepts {', '.join(accepted) or 'none'}")
@@ -222,7 +222,7 @@ def sample(
     x = prior_draw(sde, shape, generator, device=device, dtype=dtype)
     try:
         x, info = _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback,
-                              knobs)
+                              options)
     except FloatingPointError as err:  # from inside a library call (scipy): name the solver
         if str(err).startswith(f"{solver}:"):
             raise

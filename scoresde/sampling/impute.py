@@ -114,7 +114,7 @@ def impute(
             :mod:`scoresde.sampling.common`).
         seeds: one integer per sample, instead of ``generator``: sample ``i`` (its prior, its
             solver noise and its replacement noise) depends only on ``seeds[i]``.
-        **kwargs: passed to :func:`~scoresde.sample` (``denoise``, ``grid``, solver knobs,
+        **kwargs: passed to :func:`~scoresde.sample` (``denoise``, ``grid``, the solver's options,
             the data's statistics ``data_mean``, ``data_cov``, ``data_std`` for the few-step
             defaults).
 

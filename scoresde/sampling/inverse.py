@@ -34,7 +34,8 @@ from ..checks import check_choice, check_int, check_number
 from ..observe import LinearObservation
 from ..sde import SDE
 from ..utils import CountedScore
-from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, _solver_knobs, _stop_if_not_finite
+from .api import (DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, _solver_option_names,
+                  _stop_if_not_finite)
 from .api import prior_draw
 from .common import Callback, GridCoeffs, offset_callback, randn, tweedie
 from .grids import check_eps, check_steps, default_eps, get_grid
@@ -73,8 +74,8 @@ def _chain(*callbacks: Callback | None) -> Callback:
     return call
 
 
-def _repaint(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, jump: int = 10,
-             resample: int = 10):
+def _repaint(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options,
+             jump: int = 10, resample: int = 10):
     jump, resample = check_int("jump", jump, low=1), check_int("resample", resample, low=1)
     c = GridCoeffs.build(sde, ts)
     steps = len(ts) - 1
@@ -88,13 +89,14 @@ def _repaint(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, ju
                 b = math.sqrt(max(c.s[start] ** 2 - a**2 * c.s[stop] ** 2, 0.0))
                 x = a * x + b * randn(x.shape, generator, dtype=x.dtype, device=x.device)
             x, _ = SAMPLERS[solver](counted, sde, x, ts[start:stop + 1], generator=generator,
-                                    callback=hook, **knobs)
+                                    callback=hook, **solver_options)
     return x, dict(jump=jump, resample=resample)
 
 
-def _replacement(counted, sde, obs, x, ts, *, solver, generator, callback, knobs):
+def _replacement(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options):
     return _repaint(counted, sde, obs, x, ts, solver=solver, generator=generator,
-                    callback=callback, knobs=knobs, jump=len(ts), resample=1)[0], {}
+                    callback=callback, solver_options=solver_options, jump=len(ts),
+                    resample=1)[0], {}
 
 
 def _dps_callback(counted, sde, measure, y, step_size: float) -> Callback:
@@ -111,32 +113,34 @@ def _dps_callback(counted, sde, measure, y, step_size: float) -> Callback:
     return step
 
 
-def _dps(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, measure, y,
+def _dps(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options, measure, y,
          step_size: float = 1.0):
     step_size = check_number("step_size", step_size, low=0)
     hook = _chain(_dps_callback(counted, sde, measure, y, step_size), callback)
-    x, _ = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=hook, **knobs)
+    x, _ = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=hook,
+                            **solver_options)
     return x, dict(step_size=step_size)
 
 
-def _smc(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, particles: int = 64,
-         ess_threshold: float = 0.5):
+def _smc(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options,
+         particles: int = 64, ess_threshold: float = 0.5):
     return sample_smc(counted, sde, obs, x, ts, particles=particles, ess_threshold=ess_threshold,
                       generator=generator, callback=callback)
 
 
-# name -> method(counted, sde, obs, x, ts, *, solver, generator, callback, knobs, **own knobs)
+# name -> method(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options,
+#                **the method's own options)
 INVERSE_METHODS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     "replacement": _replacement,
     "repaint": _repaint,
     "dps": _dps,
     "smc": _smc,
 }
-_COMMON = ("counted", "sde", "obs", "x", "ts", "solver", "generator", "callback", "knobs",
+_COMMON = ("counted", "sde", "obs", "x", "ts", "solver", "generator", "callback", "solver_options",
            "measure", "y")
 
 
-def _method_knobs(method: str) -> tuple[str, ...]:
+def _method_option_names(method: str) -> tuple[str, ...]:
     return tuple(n for n in inspect.signature(INVERSE_METHODS[method]).parameters
                  if n not in _COMMON)
 
@@ -177,7 +181,7 @@ def solve_inverse(
     dtype: torch.dtype | None = None,
     callback: Callback | None = None,
     denoise: bool = True,
-    **knobs,
+    **options,
 ) -> tuple[torch.Tensor, dict]:
     """Draw ``x`` given a measurement ``y = A x + noise_std * n``, with the prior's score.
 
@@ -204,7 +208,7 @@ def solve_inverse(
         denoise: finish ``replacement``, ``repaint`` and ``dps`` with Tweedie's estimate at
             ``eps`` (one score call; for ``replacement`` and ``repaint`` the row-space part is
             then set to the measurement's); ``smc`` always ends with its exact Gaussian step.
-        **knobs: the method's (``repaint``: ``jump``, ``resample``; ``dps``: ``step_size``;
+        **options: the method's (``repaint``: ``jump``, ``resample``; ``dps``: ``step_size``;
             ``smc``: ``particles``, ``ess_threshold``) and the solver's (e.g. ``predictor``).
 
     Returns:
@@ -227,8 +231,9 @@ def solve_inverse(
     if solver not in IMPUTATION_SOLVERS:
         raise ValueError(f"method {method!r} runs the solvers {', '.join(IMPUTATION_SOLVERS)} "
                          f"(with a per-step hook), got {solver!r}")
-    own, theirs = _method_knobs(method), () if method == "smc" else _solver_knobs(solver)
-    unknown = sorted(set(knobs) - set(own) - set(theirs))
+    own = _method_option_names(method)
+    theirs = () if method == "smc" else _solver_option_names(solver)
+    unknown = sorted(set(options) - set(own) - set(theirs))
     if unknown:
         raise ValueError(f"method {method!r} with solver {solver!r} got unknown options "
                          f"{', '.join(unknown)}; it accepts {', '.join(own + theirs) or 'none'}")
@@ -248,18 +253,19 @@ def solve_inverse(
     particles = 1
     if method == "smc":
         default = inspect.signature(_smc).parameters["particles"].default
-        particles = check_int("particles", knobs.get("particles", default), low=1)
+        particles = check_int("particles", options.get("particles", default), low=1)
     if obs is not None:
         obs = obs.batch(n, repeat=particles)
     counted = CountedScore(score_fn)
     x = prior_draw(sde, (n * particles, *shape), generator, device=device, dtype=dtype)
     hook = _stop_if_not_finite(solver, callback)
     extra = dict(measure=measure, y=y) if method == "dps" else {}
-    own_knobs = {k: v for k, v in knobs.items() if k in own}
+    own_options = {k: v for k, v in options.items() if k in own}
     try:
         x, info = INVERSE_METHODS[method](
             counted, sde, obs, x, ts, solver=solver, generator=generator, callback=hook,
-            knobs={k: v for k, v in knobs.items() if k not in own}, **extra, **own_knobs)
+            solver_options={k: v for k, v in options.items() if k not in own}, **extra,
+            **own_options)
     except FloatingPointError as err:
         raise FloatingPointError(f"{method}: {err}") from None
     if method != "smc" and denoise:

@@ -39,14 +39,14 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
     aug_level = keyword_default(cascade, "aug_level") if aug_level is None else aug_level
     (base, base_sde, base_config), (sr, sr_sde, config) = (load_sampler(p, dev) for p in runs)
     _check_cascade(runs, base, base_config, sr, config)
-    knobs = dict(solver_options or {})
+    options = dict(solver_options or {})
     stages = dict(solver=solver, steps=steps, sr_solver=sr_solver, sr_steps=sr_steps,
-                  aug_level=aug_level, base_knobs=knobs,
-                  sr_knobs=knobs if sr_solver in (None, solver) else {})
+                  aug_level=aug_level, base_options=options,
+                  sr_options=options if sr_solver in (None, solver) else {})
     n, batch_size = n or 64, batch_size or SAMPLE_BATCH["image"]
     draw = _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev)
-    fingerprint = dict(stages, cascade=[run_identity(base), run_identity(sr)], device=str(dev),
-                       seed=seed)
+    fingerprint = dict(_manifest_names(stages), cascade=[run_identity(base), run_identity(sr)],
+                       device=str(dev), seed=seed)
     if out is None:  # the stages' solvers, steps and level, then the rest as a hash
         stem = f"cascade-{solver}-{steps}"
         if sr_solver is not None or sr_steps is not None:
@@ -96,6 +96,12 @@ def _check_cascade(runs, base, base_config, sr, config) -> None:
                                      f"{high[0] // config['super_res']} pixels to {high[0]} "
                                      f"(--super-res {config['super_res']}); {runs[0]} samples "
                                      f"{low[0]}x{low[1]}")
+
+
+def _manifest_names(stages: dict) -> dict:
+    """The stages as sample files name them (the stages' solver options were once "knobs")."""
+    return {{"base_options": "base_knobs", "sr_options": "sr_knobs"}.get(k, k): v
+            for k, v in stages.items()}
 
 
 def _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev):

@@ -17,7 +17,7 @@ from ..guidance import classifier_free_guidance
 from ..labels import chunk_labels
 from ..observe import LinearObservation, mask_matrix
 from ..sampling import solve_inverse
-from ..sampling.inverse import DEFAULT_SOLVER, INVERSE_METHODS, _method_knobs
+from ..sampling.inverse import DEFAULT_SOLVER, INVERSE_METHODS, _method_option_names
 from ..utils import keyword_default, one_line
 
 __all__ = ["INVERSE_OPTIONS", "parse_label", "class_labels", "embeddings", "mask_values",
@@ -101,7 +101,7 @@ def inverse_problem(observe, inverse, known, shape: tuple, n: int, *, seeds, sol
                     options: dict) -> dict:
     """An observation file (or a mask with an inverse method) as the keywords of
     :func:`~scoresde.sampling.solve_inverse`: ``A``, ``y``, ``noise_std``, ``method``, the
-    method's own ``knobs`` (``options`` given, its defaults otherwise), and ``solver`` and
+    method's own ``method_options`` (``options`` given, its defaults otherwise), and ``solver`` and
     ``steps`` (None: the method's defaults)."""
     if seeds is not None:
         raise OptionError("seeds", "--inverse and --observe draw with --seed, not --seeds")
@@ -129,16 +129,16 @@ def inverse_problem(observe, inverse, known, shape: tuple, n: int, *, seeds, sol
         LinearObservation(a, y, noise_std, shape)
     except ValueError as err:
         raise OptionError("observe/mask", str(err)) from None
-    own = [k for k in _method_knobs(method) if k in INVERSE_OPTIONS]
-    wrong = [k for m in INVERSE_METHODS for k in _method_knobs(m)  # in the methods' order
+    own = [k for k in _method_option_names(method) if k in INVERSE_OPTIONS]
+    wrong = [k for m in INVERSE_METHODS for k in _method_option_names(m)  # in the methods' order
              if k in INVERSE_OPTIONS and k in options and k not in own]
     if wrong:
         flag = wrong[0].replace("_", "-")
         raise OptionError(wrong[0], f"--{flag} does not apply to --inverse {method}")
-    knobs = {k: options[k] if k in options else keyword_default(INVERSE_METHODS[method], k)
-             for k in own}
-    return dict(A=a, y=y, noise_std=noise_std, method=method, knobs=knobs, solver=solver,
-                steps=steps)
+    method_options = {k: options[k] if k in options else
+                      keyword_default(INVERSE_METHODS[method], k) for k in own}
+    return dict(A=a, y=y, noise_std=noise_std, method=method, method_options=method_options,
+                solver=solver, steps=steps)
 
 
 def inverse_solver(problem: dict) -> tuple[str | None, int]:

@@ -45,12 +45,12 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     """
     dev = resolve_device(device)
     model, sde, config = load_sampler(run, dev)
-    knobs = dict(options)
-    divergence = knobs.get("divergence", inspect.signature(log_likelihood).parameters[
+    ode_options = dict(options)
+    divergence = ode_options.get("divergence", inspect.signature(log_likelihood).parameters[
         "divergence"].default)
     about = {"pixel_bits": config.get("pixel_bits")}
     if config.get("latent"):
-        return _latent_likelihood(model, sde, run, config, data, n, knobs, seed), about
+        return _latent_likelihood(model, sde, run, config, data, n, ode_options, seed), about
     shape = tuple(config["data_shape"])
     dataset = None
     if data is None and config.get("data") is None:
@@ -66,7 +66,7 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
                                   f"data shape {shape}")
     start = time.perf_counter()
     logp, info, bpd = _log_likelihood(model, sde, x.to(dev), config,
-                                      dict(knobs, generator=make_generator(seed, dev)))
+                                      dict(ode_options, generator=make_generator(seed, dev)))
     seconds = time.perf_counter() - start
     count, dim = len(logp), math.prod(shape)
     mean = float(logp.mean())
@@ -85,7 +85,7 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     return record, about
 
 
-def _latent_likelihood(model, sde, run, config, data, n, knobs, seed):
+def _latent_likelihood(model, sde, run, config, data, n, ode_options, seed):
     """A latent run's record: the NLL of the scaled latents of held-out images (a density over
     latents, labelled so, never image bits/dim) and the reconstruction error."""
     if data is None:
@@ -102,7 +102,7 @@ def _latent_likelihood(model, sde, run, config, data, n, knobs, seed):
         z = model.encode(x.to(dev))
         mse = model.reconstruction_error(x.to(dev)).double().cpu()
     start = time.perf_counter()
-    logp, info = log_likelihood(model, sde, z, generator=make_generator(seed, dev), **knobs)
+    logp, info = log_likelihood(model, sde, z, generator=make_generator(seed, dev), **ode_options)
     seconds = time.perf_counter() - start
     dim, nll = math.prod(z.shape[1:]), float(-logp.double().mean())
     scale, raw = config["latent_scale"], config.get("raw_scale", 1.0)
@@ -115,13 +115,13 @@ def _latent_likelihood(model, sde, run, config, data, n, knobs, seed):
                     "no image bits/dim exists for a latent model"}
 
 
-def _log_likelihood(model, sde, x, config: dict, knobs: dict):
+def _log_likelihood(model, sde, x, config: dict, ode_options: dict):
     """``(logp, info, bpd)``: for a run on 8-bit images, :func:`scoresde.bits_per_dim` of the
     levels of ``x`` (``logp`` its bound on their log-probability, nats); otherwise the
     density's :func:`scoresde.log_likelihood` of ``x`` and ``bpd`` None."""
     bits = config.get("pixel_bits")
     if not bits:
-        logp, info = log_likelihood(model, sde, x, **knobs)
+        logp, info = log_likelihood(model, sde, x, **ode_options)
         return logp.double().cpu(), info, None
     scale, offset = config["raw_scale"], config["raw_offset"]
     raw = x * scale + offset
@@ -131,5 +131,5 @@ def _log_likelihood(model, sde, x, config: dict, knobs: dict):
     # the model range whose bins of width 1 / scale are centred on the levels 0 .. 2^bits - 1
     data_range = ((-0.5 - offset) / scale, (2**bits - 0.5 - offset) / scale)
     bpd, info = bits_per_dim(model, sde, raw.round().long(), bits=bits, data_range=data_range,
-                             **knobs)
+                             **ode_options)
     return info["log_prob_bound"].double().cpu(), info, bpd.cpu()

@@ -184,7 +184,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     inputs = [path, mask, observe, embedding]
     if out is not None:  # the cheap checks first; the figure's and the data's below
         output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
-    knobs = dict(solver_options or {})
+    solver_options = dict(solver_options or {})
     given = (solver, steps)
     solver = keyword_default(sample, "solver") if solver is None else solver
     steps = keyword_default(sample, "steps") if steps is None else steps
@@ -194,8 +194,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     seed = 0 if seed is None else seed
     default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
     batch_size = batch_size or default_batch
-    stats = data_statistics(config, solver, steps, grid, knobs.get("sigma_max"),
-                            knobs.get("sigma_min"), say)
+    stats = data_statistics(config, solver, steps, grid, solver_options.get("sigma_max"),
+                            solver_options.get("sigma_min"), say)
     if embedding is not None and label is not None:
         raise OptionError(None, "give --label (class labels) or --embedding, not both")
     if embedding is not None:  # embeddings take the place of labels
@@ -212,7 +212,10 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                                 f"{path}: it samples latents {shape} and decodes them, so a "
                                 "measurement of images cannot be imposed")
     known = conditions.mask_values(mask, shape, n) if mask is not None else None
-    options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise, knobs=knobs)
+    # The keys of the sample file's manifest: "knobs" (and "inverse_knobs" below) are the
+    # solver's (the inverse method's) own options, named so in files already written.
+    options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise,
+                   knobs=solver_options)
     problem = None
     if observe is not None or inverse is not None:
         problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds=seeds,
@@ -226,7 +229,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                        embedding=file_identity(embedding), data_statistics=_stats_identity(stats))
     if problem is not None:
         fingerprint.update(observe=file_identity(observe), inverse=problem["method"],
-                           inverse_knobs=problem["knobs"])
+                           inverse_knobs=problem["method_options"])
         solver, steps = conditions.inverse_solver(problem)  # what solve_inverse runs
     if out is None:
         extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
@@ -257,11 +260,12 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             pixel_bits=config.get("pixel_bits")), fig_path)
     record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
               "eps": infos[0]["eps"], "time_s": round(sum(i["time_s"] for i in infos), 4),
-              "out": str(out), "figure": str(fig_path) if fig_path else None, "options": knobs,
+              "out": str(out), "figure": str(fig_path) if fig_path else None,
+              "options": solver_options,
               "data_statistics": sorted(stats), "batch_size": batch_size,
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     if problem is not None:
-        record.update(inverse=problem["method"], inverse_options=problem["knobs"])
+        record.update(inverse=problem["method"], inverse_options=problem["method_options"])
     return record, result
 
 
@@ -270,15 +274,16 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     """``draw(k, start, stop)`` for :func:`~scoresde.sample_files.write_in_chunks`: samples
     ``start:stop``, from chunk ``k``'s generator or the samples' own seeds."""
     shape = tuple(config["data_shape"])
-    solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid", "denoise")},
-                          **options["knobs"])
+    solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid",
+                                                    "denoise")}, **options["knobs"])
 
     def draw(k: int, start: int, stop: int):
         rows = slice(start, stop)
         randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
         cond = None if labels is None else labels[rows]
         if cond is not None and problem is not None and problem["method"] == "smc":
-            cond = cond.repeat_interleave(problem["knobs"]["particles"], 0)  # per particle
+            particles = problem["method_options"]["particles"]
+            cond = cond.repeat_interleave(particles, 0)  # a row per particle
         score = model if cond is None else classifier_free_guidance(model, cond, guidance)
         begin = time.perf_counter()
         with torch.no_grad():
@@ -308,7 +313,7 @@ def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
     """Rows ``rows`` of the inverse problem, through ``solve_inverse``."""
     y = problem["y"]
     y = y[rows] if y.ndim == 2 and y.shape[0] > 1 else y.reshape(1, -1)
-    keywords = dict(problem["knobs"], **options["knobs"])
+    keywords = dict(problem["method_options"], **options["knobs"])
     for k in ("solver", "steps"):
         if problem[k] is not None:
             keywords[k] = problem[k]
