@@ -149,6 +149,7 @@ def log_likelihood(
     generator: torch.Generator | None = None,
     prior_logp: Callable[[torch.Tensor], torch.Tensor] | None = None,
     error_norm: str = "sample",
+    callback: Callable[[dict], None] | None = None,
 ) -> tuple[torch.Tensor, dict]:
     """Log-density of ``x`` at ``t = eps`` through the probability-flow ODE (Song et al. 2021, D.2).
 
@@ -168,6 +169,8 @@ def log_likelihood(
         error_norm: ``"sample"`` holds every sample's error within the tolerances (they are
             divided by ``sqrt(B)`` for scipy); ``"batch"`` gives them to scipy as they are, so
             they bound the RMS over the whole batch, as score_sde does.
+        callback: ``callback({"t": t, "nfe": nfe})`` after each evaluation of the flow at time
+            ``t`` (the solver's trial points go back and forth a little), for progress.
 
     Returns:
         ``(logp, info)``: ``logp`` in nats, shape ``(B,)``, in ``x``'s dtype; ``info`` has
@@ -206,6 +209,8 @@ def log_likelihood(
         f, c, _ = flow.coeffs(t)
         div_score = forms.sum(0, keepdim=True) if exact else forms  # (n_int, B)
         div_v = f * dim + c * div_score
+        if callback is not None:
+            callback({"t": t, "nfe": counted.calls})
         return torch.cat([velocity.reshape(batch, dim), div_v.T], dim=1)
 
     y0 = torch.cat([x.detach().reshape(batch, dim), x.new_zeros(batch, n_int)], dim=1)

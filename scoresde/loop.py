@@ -49,6 +49,7 @@ from .images import StepBatches
 from .interrupts import Interrupts, TrainingInterrupted
 from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
+from .progress import line_every
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
 from .snapshots import write_snapshot
@@ -60,8 +61,6 @@ __all__ = ["LOSSES", "Process", "TrainingState", "build_parts", "run_loop", "for
 # ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
 # :func:`scoresde.runs.build_model` wraps the network accordingly.
 LOSSES = {"score": dsm_loss, "classifier": classifier_loss, "autoencoder": autoencoder_loss}
-# On a stream that is not a terminal (a log file), a progress line at most this often.
-_LINE_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -444,8 +443,7 @@ class _Recorder:
         self.latest = (None, None)  # the last step's learning rate and gradient norm
         self._reset()
         self.first_bad = torch.zeros(2, dtype=torch.long, device=proc.device)  # loss, grad
-        self.progress = _Progress(opts.loop.steps, start, opts.loop.log_every,
-                                  progress and self.lead)
+        self.progress = _Progress(opts.loop.steps, start, progress and self.lead)
 
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -520,36 +518,39 @@ class _Recorder:
 
 
 class _Progress:
-    """Progress of the steps on stderr (or ``stream``), with the loss.
+    """Progress of the steps on stderr (or ``stream``), with the loss of the last record.
 
-    In a terminal a tqdm bar. Elsewhere (a log file, a pipe) full lines, never a ``\\r``: one at
-    a multiple of ``every`` steps when ``_LINE_EVERY_S`` seconds have passed since the last, and
-    one at the last step; at most ``total / every + 1`` lines.
+    In a terminal a tqdm bar. Elsewhere (a log file, a pipe) full lines, never a ``\\r``: one
+    whenever :func:`scoresde.progress.line_every` seconds (30) have passed since the last, at
+    whatever step (a slow step shows up, not only at the records), and one at the last step.
     """
 
-    def __init__(self, total: int, start: int, every: int, enabled: bool,
+    def __init__(self, total: int, start: int, enabled: bool,
                  stream: TextIO | None = None):
         self.stream = sys.stderr if stream is None else stream
-        self.total, self.start, self.every, self.enabled = total, start, every, enabled
+        self.total, self.start, self.enabled = total, start, enabled
         isatty = getattr(self.stream, "isatty", None)
         self.tty = enabled and callable(isatty) and isatty()
         self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
                         dynamic_ncols=True, disable=not self.tty)
         self.t0 = self.shown = time.perf_counter()
+        self.interval, self.loss = line_every(), None
 
     def update(self, done: int, loss: float | None) -> None:
-        """Show step ``done``; ``loss`` when it was read (at records), else the last shown."""
+        """Show step ``done``; ``loss`` when it was read (at records), else the last one read."""
+        if loss is not None:
+            self.loss = loss
         if self.tty:
             if loss is not None:
                 self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
             self.bar.update(done - self.bar.n)
             return
         now = time.perf_counter()
-        due = done % self.every == 0 and now - self.shown >= _LINE_EVERY_S
-        if self.enabled and loss is not None and (due or done == self.total):
+        if self.enabled and (now - self.shown >= self.interval or done == self.total):
             self.shown = now
+            postfix = "" if self.loss is None else f"loss={self.loss:.4f}"
             line = tqdm.format_meter(done, self.total, now - self.t0, initial=self.start,
-                                     unit="step", postfix=f"loss={loss:.4f}",
+                                     unit="step", postfix=postfix,
                                      bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}% "
                                                 "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
             self.stream.write(line + "\n")

@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .checks import check_int
 from .outputs import PARTS_SUFFIX
+from .progress import Progress
 from .utils import folder_lock
 from .utils import make_generator, write_atomically
 
@@ -48,8 +48,9 @@ _DONE = "-done-"  # a chunk folder set aside for deletion: .OUT.parts-done-PID-T
 _TIMINGS = ("time_s",)  # the keys of a chunk's info that are timings, not results
 _TEMPORARIES = (".npz", ".json")  # what only the holder of a chunks' folder writes there
 
-# draw(k, start, stop) -> (arrays of stop - start rows each, info of numbers)
-ChunkDraw = Callable[[int, int, int], tuple[dict[str, np.ndarray], dict]]
+# draw(k, start, stop) -> (arrays of stop - start rows each, info of numbers); with
+# write_in_chunks(steps=...), draw(k, start, stop, tick=...) calls tick() after each step.
+ChunkDraw = Callable[..., tuple[dict[str, np.ndarray], dict]]
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -84,7 +85,7 @@ def chunk_randomness(k: int, start: int, stop: int, seed: int, seeds: Sequence[i
 
 def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
                     fingerprint: dict, progress: bool = True, keep: int = 0,
-                    replace: bool = False) -> dict:
+                    replace: bool = False, steps: int | None = None) -> dict:
     """Draw ``n`` rows in chunks of ``batch_size`` with ``draw`` and write them to ``out`` (.npz).
 
     Args:
@@ -95,11 +96,15 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
             every chunk), and a dict of numbers about it (e.g. ``{"nfe": 20}``).
         fingerprint: JSON-able description of everything the rows depend on; chunks left by an
             earlier call are reused only when it is equal.
-        progress: a progress bar on stderr (a terminal only) when there is more than one chunk.
+        progress: progress on stderr (:class:`~scoresde.progress.Progress`: a bar in a
+            terminal, a line now and then elsewhere), of the chunks, or with ``steps`` of the
+            steps.
         keep: rows to hand back (the first ``keep``, e.g. for a figure).
         replace: replace a file at ``out`` that holds other samples (or is not a sample file);
             a file holding these very samples (the same ``fingerprint``, ``n`` and
             ``batch_size``) is read, not drawn again, either way.
+        steps: the steps of each chunk's draw, when ``draw`` takes a ``tick`` keyword that it
+            calls after each step: the progress counts the steps then (of one chunk too).
 
     Returns:
         ``{"chunks": number of chunks, "drawn": chunks drawn by this call, "info": [info of each
@@ -131,7 +136,8 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
         with folder_lock(parts, _TEMPORARIES):
             started = (parts / _MANIFEST).is_file()
             try:
-                result = _write_locked(out, parts, n, batch_size, draw, manifest, progress, keep)
+                result = _write_locked(out, parts, n, batch_size, draw, manifest, progress, keep,
+                                       steps)
             except BaseException:
                 if not started and not any(parts.glob("chunk-*")):
                     trash = _set_aside(parts)  # nothing drawn: no partial output left behind
@@ -235,22 +241,25 @@ def _remove_leftovers(parts: Path) -> None:
 
 
 def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,
-                  progress: bool, keep: int) -> dict:
+                  progress: bool, keep: int, steps: int | None) -> dict:
     """:func:`write_in_chunks` once it holds the lock of the chunks' folder."""
     _check_manifest(parts, manifest)
     count = -(-n // batch_size)
     todo = [k for k in range(count) if not (parts / _chunk_name(k)).is_file()]
-    with tqdm(total=count, initial=count - len(todo), unit="chunk", desc="sampling",
-              disable=True if not progress or count == 1 else None, leave=False) as bar:
-        for k in todo:
+    per, unit = (steps, "step") if steps else (1, "chunk")
+    shown = progress and (count > 1 or bool(steps))
+    with Progress(count * per, initial=(count - len(todo)) * per, unit=unit, desc="sampling",
+                  enabled=shown) as bar:
+        for i, k in enumerate(todo, start=count - len(todo) + 1):
             start, stop = k * batch_size, min(n, (k + 1) * batch_size)
+            ticks = {"tick": lambda cap=i * per: bar.set(min(bar.n + 1, cap))} if steps else {}
             try:
-                arrays, info = draw(k, start, stop)
+                arrays, info = draw(k, start, stop, **ticks)
             except FloatingPointError as err:
                 raise FloatingPointError(f"chunk {k} (samples {start}-{stop - 1}): {err}; the "
                                          f"{k} chunks before it are kept") from None
             _write_chunk(parts / _chunk_name(k), arrays, info, stop - start)
-            bar.update()
+            bar.set(i * per)  # i chunks done (a solver may call back more or less often)
     chunks = [parts / _chunk_name(k) for k in range(count)]
     infos = [_read_info(path) for path in chunks]
     head = _head(chunks, keep)

@@ -132,6 +132,16 @@ def test_the_fid_tasks_give_the_commands_records_and_name_bad_options(digits_run
         assert err.value.option == option
 
 
+def test_fid_shows_the_steps_of_its_chunks(digits_run, monkeypatch):
+    monkeypatch.setenv("SCORESDE_PROGRESS_S", "0")
+    result = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3,
+                    "--batch-size", 50)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("fid:")]
+    steps = [int(line.split()[2].split("/")[0]) for line in lines]
+    assert steps == sorted(steps) and lines[-1].split()[2] == "6/6"  # two chunks of 3 steps
+
+
 def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
     result = invoke("fid", "--run", digits_run, "--features", tmp_path / "none.pt")
     assert result.exit_code == 2 and "neither one of digits nor a file" in result.stderr

@@ -250,10 +250,9 @@ def test_train_leaves_the_callers_random_state_alone(tmp_path, monkeypatch):
 
 
 def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypatch):
-    """Progress to a stream that is not a terminal (a log file): no carriage returns, a line at
-    most every log_every steps (and only when _LINE_EVERY_S has passed), and the last step."""
-    import scoresde.loop as loop
-
+    """Progress to a stream that is not a terminal (a log file): no carriage returns, a line
+    whenever SCORESDE_PROGRESS_S seconds have passed, at whatever step, with the loss of the
+    last record, and the last step."""
     opts = dict(TINY, progress=True, log_every=5)
     train(tmp_path / "a", steps=20, **opts)
     count, err = capsys.readouterr().err.split("\n", 1)  # the parameter count comes first
@@ -261,11 +260,12 @@ def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypat
     assert count == f"network mlp: {n:,} parameters"
     assert "\r" not in err and err.splitlines() == [err.strip()]
     assert err.startswith("step 20/20 100%") and "loss=" in err
-    monkeypatch.setattr(loop, "_LINE_EVERY_S", 0.0)
+    monkeypatch.setenv("SCORESDE_PROGRESS_S", "0")
     train(tmp_path / "b", steps=20, **opts)
     lines = capsys.readouterr().err.splitlines()[1:]
     assert "\r" not in "".join(lines)
-    assert [line.split()[1] for line in lines] == ["5/20", "10/20", "15/20", "20/20"]
+    assert [line.split()[1] for line in lines] == [f"{i}/20" for i in range(1, 21)]
+    assert ["loss=" in line for line in lines] == [i >= 5 for i in range(1, 21)]
 
 
 def test_progress_in_a_terminal_is_a_tqdm_bar_with_the_loss():
@@ -278,7 +278,7 @@ def test_progress_in_a_terminal_is_a_tqdm_bar_with_the_loss():
             return True
 
     stream = Terminal()
-    bar = _Progress(total=10, start=4, every=5, enabled=True, stream=stream)
+    bar = _Progress(total=10, start=4, enabled=True, stream=stream)
     for done in range(5, 11):
         bar.update(done, 0.25)
     bar.close()

@@ -90,7 +90,7 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
                if v is not None}
     record = task(run_fid, pick_run(run, quiet=as_json), features=features, n=n, solver=solver,
                   steps=steps, seed=seed, batch_size=batch_size, device=device, label=label,
-                  guidance=guidance, say=_warn, **options)
+                  guidance=guidance, say=_warn, progress=not as_json, **options)
     emit(record, as_json, _lines(record) + [
         f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
         f"{record['reference_n']} training images, features {record['features']}"])

@@ -48,7 +48,7 @@ def likelihood(run, data, n, divergence, probes, method, rtol, atol, eps, seed, 
     path = pick_run(run, quiet=as_json)
     record, about = task(run_likelihood, path, data=data, n=n, seed=seed, device=device,
                          divergence=divergence, probes=probes, method=method, rtol=rtol,
-                         atol=atol, eps=eps)
+                         atol=atol, eps=eps, progress=not as_json)
     emit(record, as_json, _lines(record, about["pixel_bits"]))
 
 

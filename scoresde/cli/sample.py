@@ -197,7 +197,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         seed=seed if explicit(ctx, "seed") or seeds is None else None, seeds=seeds, label=label,
         embedding=embedding, guidance=guidance, mask=mask, observe=observe, inverse=inverse,
         inverse_options=given(ctx, library("tasks.conditions.INVERSE_OPTIONS")),
-        batch_size=batch_size, device=device, replace=force,
+        batch_size=batch_size, device=device, replace=force, progress=not as_json,
         say=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
     _report(record, result, as_json, f"{record['solver'] or record.get('inverse')}: "
                                      f"{record['n']} samples, NFE {record['nfe']}")
@@ -216,7 +216,8 @@ def _cascade(ctx: click.Context, runs, as_json: bool) -> None:
         sample_cascade_run, *runs, p["out"], solver=p["solver"], steps=p["steps"],
         sr_solver=p["sr_solver"], sr_steps=p["sr_steps"], aug_level=p["aug_level"],
         solver_options=given(ctx, SOLVER_OPTIONS), n=p["n"], seed=p["seed"],
-        batch_size=p["batch_size"], device=p["device"], replace=p["force"])
+        batch_size=p["batch_size"], device=p["device"], replace=p["force"],
+        progress=not as_json)
     _report(record, result, as_json, f"cascade: {record['n']} samples, NFE {record['nfe']} "
                                      f"({record['nfe_base']} + {record['nfe_sr']})")
 

@@ -25,10 +25,11 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
                        sr_steps: int | None = None, aug_level: float | None = None,
                        solver_options: dict | None = None, n: int | None = None,
                        seed: int = 0, batch_size: int | None = None, device="cpu",
-                       replace: bool = False) -> tuple[dict, dict]:
+                       replace: bool = False, progress: bool = True) -> tuple[dict, dict]:
     """A cascade's samples into ``out``: ``base_run`` with ``solver``/``steps``, then the
     super-resolution run ``sr_run`` conditioned on them (:func:`~scoresde.cascade`), chunk by
-    chunk as :func:`sample_run` draws (chunk ``k`` from ``(seed, k)``, resumed after a kill).
+    chunk as :func:`sample_run` draws (chunk ``k`` from ``(seed, k)``, resumed after a kill),
+    with the progress of the chunks on stderr unless ``progress=False``.
 
     Returns:
         ``(record, result)`` as :func:`sample_run`.
@@ -62,7 +63,8 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
     out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
     fig_path = output_path(out.with_suffix(".png"), inputs=inputs, others=[out],
                     replace=replace or out.exists())
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=64, replace=replace)
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=64,
+                             replace=replace)
     infos = result["info"]
     nfe_base, nfe_sr = mean_nfe(infos, "nfe_base"), mean_nfe(infos, "nfe_sr")
     nfe = round(nfe_base + nfe_sr, 1)  # the stages' means as shown (an int stays an int)

@@ -11,7 +11,6 @@ latents with the autoencoder's reconstruction error (never image bits/dim).
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 
@@ -20,20 +19,22 @@ import torch
 from ..checks import OptionError
 from ..data import DATA_OPTIONS, get_dataset, load_run_array, run_dataset
 from ..likelihood import bits_per_dim, log_likelihood
-from ..utils import make_generator, resolve_device
+from ..progress import Progress
+from ..utils import keyword_default, make_generator, resolve_device
 from .sampling import load_sampler
 
 __all__ = ["run_likelihood"]
 
 
 def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu",
-                   **options) -> tuple[dict, dict]:
+                   progress: bool = True, **options) -> tuple[dict, dict]:
     """The log-likelihood of ``n`` held-out points (or of the points of the file ``data``, in
     model space) under the run folder ``run``'s EMA model.
 
     ``options`` are :func:`~scoresde.log_likelihood`'s keywords (``divergence``, ``probes``,
     ``method``, ``rtol``, ``atol``, ``eps``; its defaults where not given); ``seed`` seeds the
-    Hutchinson probes. Returns ``(record, about)``: ``about["pixel_bits"]`` says whether the
+    Hutchinson probes; ``progress`` shows the flow's time reached on stderr
+    (:mod:`scoresde.progress`). Returns ``(record, about)``: ``about["pixel_bits"]`` says whether the
     number is a bound on 8-bit levels (the run's bits) or a density (None); the record is what
     the command prints: ``log_likelihood`` (nats, mean),
     ``standard_error``, ``n``, ``nfe``, ``time_s``, ``divergence``, and where they apply
@@ -45,9 +46,22 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     """
     dev = resolve_device(device)
     model, sde, config = load_sampler(run, dev)
-    ode_options = dict(options)
-    divergence = ode_options.get("divergence", inspect.signature(log_likelihood).parameters[
-        "divergence"].default)
+    with Progress(sde.T, unit="t", desc="likelihood", enabled=progress) as bar:
+        return _run_likelihood(run, model, sde, config, data, n, seed, dev,
+                               dict(options, callback=_shown_on(bar)))
+
+
+def _shown_on(bar: Progress):
+    """A :func:`~scoresde.log_likelihood` callback showing the latest time reached on ``bar``."""
+    def show(info: dict) -> None:
+        if info["t"] > bar.n:
+            bar.set(info["t"], postfix=f"nfe={info['nfe']}")
+
+    return show
+
+
+def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options):
+    divergence = ode_options.get("divergence", keyword_default(log_likelihood, "divergence"))
     about = {"pixel_bits": config.get("pixel_bits")}
     if config.get("latent"):
         return _latent_likelihood(model, sde, run, config, data, n, ode_options, seed), about

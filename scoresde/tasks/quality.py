@@ -17,7 +17,8 @@ from ..features import EXTRACTORS
 from ..quality import FID_N, file_quality, run_images, run_quality
 from ..utils import keyword_default, resolve_device
 from .conditions import parse_label
-from .sampling import Say
+from ..progress import Progress
+from .sampling import Say, progress_steps
 
 __all__ = ["run_fid", "file_fid"]
 
@@ -45,7 +46,7 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
             solver: str = "pc", steps: int = 1000, seed: int = 0,
             batch_size: int = keyword_default(run_quality, "batch_size"), label=None,
             guidance: float = 0.0, features="digits", device="cpu", say: Say | None = None,
-            **sample_options) -> dict:
+            progress: bool = True, **sample_options) -> dict:
     """FID, KID, precision and recall of ``n`` samples of the run in ``run`` against its
     training images: :func:`scoresde.quality.run_quality` with the command's options.
 
@@ -55,16 +56,30 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
     samples were seeded (``"seeds"``): chunk ``k`` of ``batch_size`` samples from ``(seed,
     k)``, as :func:`~scoresde.tasks.sample_run` draws them. Fewer samples than
     :data:`~scoresde.quality.FID_N` are said to be too few (through ``say``, a function of a
-    line; a warning without one).
+    line; a warning without one). ``progress`` shows the sampling's steps on stderr
+    (:mod:`scoresde.progress`; the chunks for ``ode`` and ``torchsde``).
     """
     _check_features(features)
     label = parse_label(label)
     if guidance != 0 and label is None:
         raise OptionError("guidance", "--guidance needs --label")
     _warn_small_n(n, say)
-    record = run_quality(run, features=features, n=n, solver=solver, steps=steps, seed=seed,
-                         batch_size=batch_size, device=resolve_device(device), label=label,
-                         guidance=guidance, **sample_options)
+    chunks, per = -(-n // batch_size), progress_steps(solver, steps)
+    with Progress(chunks * (per or 1), unit="step" if per else "chunk", desc="fid",
+                  enabled=progress) as bar:
+        cap = [per or 1]  # where the chunk being drawn ends on the bar
+
+        def chunk_done(done: int, total: int) -> None:
+            drawn = -(-done // batch_size)
+            bar.set(drawn * (per or 1))
+            cap[0] = (drawn + 1) * (per or 1)
+
+        if per:
+            sample_options["callback"] = lambda info: bar.set(min(bar.n + 1, cap[0]))
+        record = run_quality(run, features=features, n=n, solver=solver, steps=steps,
+                             seed=seed, batch_size=batch_size, device=resolve_device(device),
+                             label=label, guidance=guidance, progress=chunk_done,
+                             **sample_options)
     record["seeds"] = f"chunk k of {batch_size} from (seed {seed}, k); KID subsets from {seed}"
     return record
 

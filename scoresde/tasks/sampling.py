@@ -29,6 +29,7 @@ from ..outputs import check_output, samples_name
 from ..runs import learnt_unconditional, load_run
 from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
 from ..sampling import impute, sample, solve_inverse
+from ..sampling.api import SOLVERS
 from ..sampling.fewstep import uses_data_stats
 from ..utils import keyword_default, one_line, resolve_device
 from . import conditions
@@ -148,7 +149,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                seed: int | None = None, seeds=None, label=None, embedding=None,
                guidance: float = 0.0, mask=None, observe=None, inverse: str | None = None,
                inverse_options: dict | None = None, batch_size: int | None = None,
-               device="cpu", replace: bool = False,
+               device="cpu", replace: bool = False, progress: bool = True,
                say: Say | None = None) -> tuple[dict, dict]:
     """Draw ``n`` samples from the run folder ``run`` into ``out`` (``.npz``) and a figure.
 
@@ -169,6 +170,9 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             inverse, inverse_options: the method for either and its options.
         batch_size: samples per chunk [default: ``SAMPLE_BATCH``]; replace: replace an ``out``
             holding other samples or another file.
+        progress: progress on stderr, of the steps (of the chunks for ``ode`` and
+            ``torchsde``): a bar in a terminal, a line every 30 s elsewhere
+            (:mod:`scoresde.progress`).
         say: called with a line for the user (the data statistics could not be read)
             [default: a warning].
 
@@ -250,7 +254,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                         replace=replace or out.exists())
     ncol = model.num_classes if label == "all" else None
     keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, keep=keep, replace=replace)
+    result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=keep,
+                             replace=replace, steps=progress_steps(solver, steps))
     infos = result["info"]
     nfe, name = mean_nfe(infos), solver or problem["method"]
     if fig_path is not None:
@@ -277,8 +282,9 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     solver_options = dict({k: options[k] for k in ("solver", "steps", "eps", "grid",
                                                     "denoise")}, **options["knobs"])
 
-    def draw(k: int, start: int, stop: int):
+    def draw(k: int, start: int, stop: int, tick=None):
         rows = slice(start, stop)
+        hook = None if tick is None else lambda info: tick()
         randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
         cond = None if labels is None else labels[rows]
         if cond is not None and problem is not None and problem["method"] == "smc":
@@ -289,14 +295,14 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
         with torch.no_grad():
             if problem is not None:
                 x, info = _solve_chunk(score, sde, problem, options, rows, stop - start, shape,
-                                       randomness["generator"])
+                                       randomness["generator"], hook)
             elif known is not None:
                 mask, values = (_rows(a, rows, stop - start, shape) for a in known)
                 x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
-                                 **randomness)
+                                 callback=hook, **randomness)
             else:
                 x, info = sample(score, sde, (stop - start, *shape), device=dev, **stats,
-                                 **solver_options, **randomness)
+                                 **solver_options, callback=hook, **randomness)
             if hasattr(model, "decode"):  # a latent run: images from its latents
                 x = model.decode(x)
         x = x.cpu()  # finite: the samplers stop at the first non-finite step
@@ -309,7 +315,14 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     return draw
 
 
-def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
+def progress_steps(solver: str | None, steps: int) -> int | None:
+    """The steps each chunk's progress counts: the grid's, for a solver that calls back after
+    every step; None (the chunks are counted) for one that integrates in a single call."""
+    entry = SOLVERS.get(solver)
+    return steps if entry is not None and entry.per_step_hook else None
+
+
+def _solve_chunk(score, sde, problem, options, rows, count, shape, generator, callback=None):
     """Rows ``rows`` of the inverse problem, through ``solve_inverse``."""
     y = problem["y"]
     y = y[rows] if y.ndim == 2 and y.shape[0] > 1 else y.reshape(1, -1)
@@ -321,7 +334,7 @@ def _solve_chunk(score, sde, problem, options, rows, count, shape, generator):
         return solve_inverse(score, sde, problem["A"], y, problem["noise_std"],
                              method=problem["method"], n=count, event_shape=shape,
                              eps=options["eps"], grid=options["grid"], generator=generator,
-                             denoise=options["denoise"], **keywords)
+                             denoise=options["denoise"], callback=callback, **keywords)
     except ValueError as err:  # before anything is drawn: options the method refuses
         raise OptionError(None, one_line(err)) from None
 
