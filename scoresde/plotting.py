@@ -166,6 +166,7 @@ def draw_image_grid(ax: Axes, images, title: str | None = None, ncol: int | None
     """Tile images of shape ``(B, H, W)``, ``(B, 1, H, W)`` or ``(B, 3, H, W)`` into one picture.
 
     Pixel values are clipped to ``[0, 1]`` after a min-max rescale when they fall outside it.
+    One channel is drawn as it is, 0 black and 1 white (white digits on black stay so).
     """
     im = _np(images)
     if im.ndim == 3:
@@ -184,7 +185,7 @@ def draw_image_grid(ax: Axes, images, title: str | None = None, ncol: int | None
         r, q = divmod(i, ncol)
         canvas[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = im[i]
     pic = canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
-    ax.imshow(pic, cmap="gray_r" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(pic, cmap="gray" if c == 1 else None, vmin=0, vmax=1, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:

@@ -56,6 +56,26 @@ def test_image_grid_figure(tmp_path):
         plotting.image_grid_figure(torch.rand(4, 2, 8, 8))
 
 
+def test_grey_images_are_drawn_as_they_are_not_inverted():
+    """A white digit on black stays white on black: 1 is white, 0 black."""
+    import numpy as np
+
+    images = torch.zeros(1, 1, 8, 8)
+    images[..., 2:6, 3:5] = 1.0  # a white bar on black
+    fig = plotting.image_grid_figure(images)
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    bbox = fig.axes[0].get_window_extent()  # the picture's pixels, from the bottom left
+    height = rgb.shape[0]
+    x0, x1 = int(bbox.x0), int(bbox.x1)
+    y0, y1 = height - int(bbox.y1), height - int(bbox.y0)
+    picture = rgb[y0:y1, x0:x1]
+    h, w = picture.shape[:2]
+    centre = picture[int(h * 4.5 / 10), int(w * 5 / 10)]  # inside the bar (1 px border)
+    corner = picture[int(h * 1.5 / 10), int(w * 1.5 / 10)]  # the black background
+    assert centre.min() > 200 and corner.max() < 55
+
+
 def test_demo_figure_has_every_panel(tmp_path):
     sde = VPSDE()
     mix = GaussianMixture.ring()

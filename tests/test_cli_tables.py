@@ -121,3 +121,17 @@ def test_every_public_name_resolves_and_cascade_stays_the_function():
     assert proc.stdout.split() == ["scoresde.cascade", "scoresde.training"]
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         scoresde.no_such_name
+
+
+@pytest.mark.parametrize("args, near", [(["sample", "--solver", "pcc"], "'pc'"),
+                                        (["train", "--sde", "vpp"], "'vp'"),
+                                        (["sample", "--grid", "edn"], "'edm'")])
+def test_a_mistyped_choice_suggests_the_nearest(args, near):
+    result = invoke(*args)
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert f"Did you mean {near}" in result.stderr
+
+
+def test_a_choice_nothing_like_any_suggests_nothing():
+    result = invoke("sample", "--solver", "zzz")
+    assert result.exit_code == 2 and "Did you mean" not in result.stderr

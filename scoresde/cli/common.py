@@ -6,6 +6,7 @@ Library names are imported inside functions, so ``scoresde --help`` stays fast.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import json
 import math
@@ -37,7 +38,20 @@ def names(table: str) -> Callable[[], list[str]]:
     return lambda: list(library(table))
 
 
-class LazyChoice(click.Choice):
+class Choice(click.Choice):
+    """A Choice whose refusal of a mistyped name suggests the nearest ones (``pcc``: ``pc``)."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as err:
+            near = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=2)
+            if near:
+                err.message += f" Did you mean {' or '.join(map(repr, near))}?"
+            raise
+
+
+class LazyChoice(Choice):
     """A Choice whose names come from a library table when first needed."""
 
     def __init__(self, table: str):
@@ -89,7 +103,7 @@ def train_option(name: str, *flags: str, **attrs):
     if kind == "choice":
         choices = rule["choices"]
         attrs.setdefault("type", LazyChoice(choices) if isinstance(choices, str) else
-                         click.Choice(choices))
+                         Choice(choices))
     elif kind == "int":
         attrs.setdefault("type", int if low is None and high is None else click.IntRange(low, high))
     elif kind == "number":

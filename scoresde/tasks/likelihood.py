@@ -34,9 +34,9 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     ``options`` are :func:`~scoresde.log_likelihood`'s keywords (``divergence``, ``probes``,
     ``method``, ``rtol``, ``atol``, ``eps``; its defaults where not given); ``seed`` seeds the
     Hutchinson probes; ``progress`` shows the flow's time reached on stderr
-    (:mod:`scoresde.progress`). Returns ``(record, about)``: ``about["pixel_bits"]`` says whether the
-    number is a bound on 8-bit levels (the run's bits) or a density (None); the record is what
-    the command prints: ``log_likelihood`` (nats, mean),
+    (:mod:`scoresde.progress`). Returns ``(record, about)``: ``about["pixel_bits"]`` says
+    whether the number is a bound on 8-bit levels (the run's bits) or a density (None); the
+    record is what the command prints: ``log_likelihood`` (nats, mean),
     ``standard_error``, ``n``, ``nfe``, ``time_s``, ``divergence``, and where they apply
     ``bits_per_dim``, ``entropy`` and ``gap``; for a latent run ``latent_nll_nats`` and the
     reconstruction error instead.
