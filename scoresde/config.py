@@ -346,12 +346,17 @@ def _evaluation(c: dict) -> None:
         c.setdefault(key, value)
 
 
+def _class_names(c: dict) -> None:
+    """Runs from before class names were recorded: None, not known (labels by number only)."""
+    c.setdefault("class_names", None)
+
+
 # MIGRATIONS[k] brings a config of schema k to schema k + 1. Configs written before the schema
 # was recorded are schema 0 (each step only fills in what is missing, so any of them can take
 # every step). A change to config.json adds a step here and raises SCHEMA with it.
 MIGRATIONS: tuple[Callable[[dict], None], ...] = (
     _conditional_training, _log_snr_times, _embeddings_and_cascades, _image_data, _scaling_up,
-    _evaluation)
+    _evaluation, _class_names)
 SCHEMA = len(MIGRATIONS)
 
 

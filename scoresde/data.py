@@ -56,6 +56,8 @@ class Dataset:
             ``-> (x, labels)`` for labelled ones (mixtures, whose components are the classes).
         train_labels, test_labels: integer labels ``(N,)`` or None.
         num_classes: number of label values (0 without labels).
+        class_names: the classes' names by label (a folder of class folders: the folders' names;
+            empty where the labels have no names).
         embed_dim: size ``E`` of the float embeddings ``(N, E)`` held in place of labels by
             ``train_labels`` and ``test_labels`` (0: none; then ``num_classes`` is 0).
         is_image: True for ``(C, H, W)`` image sets.
@@ -78,6 +80,7 @@ class Dataset:
     train_labels: torch.Tensor | None = None
     test_labels: torch.Tensor | None = None
     num_classes: int = 0
+    class_names: tuple[str, ...] = ()
     embed_dim: int = 0
     is_image: bool = False
     entropy_fn: Callable[[], float | None] = field(default=lambda: None, repr=False)
@@ -96,6 +99,28 @@ class Dataset:
         if self.train is not None:
             return self.train.shape[0]
         return len(self.train_source) if self.train_source is not None else 0
+
+    def summary(self) -> str:
+        """One line on what the data are: the points (or images) to train on and held out, their
+        shape and kind, the classes with their names."""
+        if self.is_image:
+            kind = (f"{self.pixel_bits}-bit " if self.pixel_bits else "") + "images of " + \
+                "x".join(map(str, self.event_shape))
+        elif len(self.event_shape) == 1:
+            kind = f"{self.event_shape[0]}-dimensional points"
+        else:
+            kind = f"points of shape {tuple(self.event_shape)}"
+        held = f", {self.test.shape[0]:,} held out"
+        if self.train_size:
+            what = f"{self.train_size:,} training {kind}{held}"
+        else:
+            what = f"{kind}, drawn afresh at each step{held}"
+        if self.num_classes:
+            names = ", ".join(self.class_names[:10]) + (", ..." if self.num_classes > 10 else "")
+            what += f", {self.num_classes} classes" + (f" ({names})" if self.class_names else "")
+        elif self.embed_dim:
+            what += f", embeddings of {self.embed_dim}"
+        return f"data {self.name}: {what}"
 
     @property
     def entropy(self) -> float | None:
@@ -529,7 +554,8 @@ def _get_other(data, test_size: int, test_fraction: float, pixels: bool | None) 
         d = load_digits()
         x = torch.from_numpy(d.images).float()[:, None] / 8 - 1
         return _split(name, x, torch.from_numpy(d.target).long(), test_fraction, 0,
-                      is_image=True, raw_scale=8.0, raw_offset=8.0)
+                      is_image=True, raw_scale=8.0, raw_offset=8.0,
+                      class_names=tuple(map(str, range(10))))
     if name.endswith((".npy", ".npz")):
         x, y, is_pixels = _load_array(name, pixels)
         if is_pixels:

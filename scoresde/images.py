@@ -292,7 +292,7 @@ def read_folder(root: str, *, channels: int | None, resolution: int | None,
         train=to_model(_decode_in_workers(train)) if in_memory else None, train_source=train,
         train_labels=None if lab is None else lab[train_idx],
         test_labels=None if lab is None else lab[test_idx][sorted(shown)],
-        num_classes=len(names),
+        num_classes=len(names), class_names=tuple(names),
         reference_fn=_reference(train))
 
 

@@ -284,11 +284,14 @@ def resume_state(run_dir: str | os.PathLike, config: dict, resume: bool, rank: i
 def differences(old: dict, new: dict) -> Iterable[str]:
     """Names of the options that differ between two configs, ``net.hidden`` style inside the
     option dicts (``net``, ``sde``), skipping those of :data:`MAY_CHANGE`, and
-    ``label_dropout`` between two unconditional runs (it means nothing without labels)."""
+    ``label_dropout`` between two unconditional runs (it means nothing without labels) and the
+    class names a run from before they were recorded lacks."""
     unconditional = not old.get("conditional") and not new.get("conditional")
     for key in set(old) | set(new):
         a, b = old.get(key), new.get(key)
         if key in MAY_CHANGE or a == b or (key == "label_dropout" and unconditional):
+            continue
+        if key == "class_names" and a is None:  # a run from before they were recorded
             continue
         if isinstance(a, dict) and isinstance(b, dict):
             yield from (f"{key}.{k}" for k in set(a) | set(b) if a.get(k) != b.get(k))

@@ -159,7 +159,8 @@ def _resolve(kw: dict, dataset) -> dict:
         data=os.fspath(kw["data"]) if isinstance(kw["data"], (str, os.PathLike)) else dict(
             zip(("means", "covs", "weights"), _mixture_lists(kw["data"]))),
         data_shape=list(dataset.event_shape), is_image=dataset.is_image,
-        num_classes=dataset.num_classes, embed_dim=dataset.embed_dim, raw_scale=dataset.raw_scale,
+        num_classes=dataset.num_classes, class_names=list(dataset.class_names),
+        embed_dim=dataset.embed_dim, raw_scale=dataset.raw_scale,
         raw_offset=dataset.raw_offset, pixel_bits=dataset.pixel_bits, sde=sde.config(),
         sigma_data=float(sigma_data), net=network.config(), num_params=count_params(network),
         run_dir=os.path.abspath(kw["run_dir"]))
@@ -347,6 +348,7 @@ def _train_locked(kw: dict, config: dict, dataset, proc: Process,
         # Records after the checkpoint (or all, starting afresh) are from an attempt that died.
         truncate_metrics(proc.run_dir, start)
         if kw["progress"]:
+            print(dataset.summary(), file=sys.stderr)
             print(f"network {config['net']['name']}: {config['num_params']:,} parameters",
                   file=sys.stderr)
     sde = kw["sde"] if isinstance(kw["sde"], SDE) else get_sde(**config["sde"])

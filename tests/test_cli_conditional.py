@@ -38,7 +38,7 @@ def test_conditional_training_and_labelled_sampling(runs, tmp_path):
 
 
 @pytest.mark.parametrize("args,match", [
-    (["--label", 8], "[0, 8)"), (["--label", -2], "[0, 8)"), (["--label", "x"], "integer"),
+    (["--label", 8], "[0, 8)"), (["--label", -2], "[0, 8)"), (["--label", "x"], "'x'"),
     (["--guidance", 1], "needs --label")])
 def test_bad_labels_are_usage_errors(runs, args, match):
     result = invoke("sample", "--run", runs / "cond", "--solver", "euler", "--steps", 2,

@@ -263,6 +263,26 @@ def test_resume_with_the_streaming_loader_is_bit_identical(classes, tmp_path, mo
         assert_equal_states(run_states(tmp_path / run), run_states(tmp_path / "memory"))
 
 
+def test_a_folder_runs_classes_are_summed_up_recorded_and_taken_by_name(classes, tmp_path,
+                                                                         capsys):
+    run = tmp_path / "run"
+    train(run, data=classes, conditional=True, steps=2, batch_size=4, net_params=SMALL_NET)
+    summary = capsys.readouterr().err.splitlines()[0]
+    assert summary == (f"data {classes}: 10 training 8-bit images of 3x8x8, 1 held out, "
+                       "2 classes (a_flower, b_sea)")
+    assert json.loads((run / "config.json").read_text())["class_names"] == ["a_flower", "b_sea"]
+    common = ["sample", "--run", run, "--solver", "euler", "--steps", 2, "--n", 4, "--json"]
+    by_name = invoke(*common, "--label", "b_sea", "--out", tmp_path / "name.npz")
+    by_number = invoke(*common, "--label", 1, "--out", tmp_path / "number.npz")
+    assert by_name.exit_code == by_number.exit_code == 0, by_name.output
+    assert json.loads(by_name.stdout)["nfe"] == json.loads(by_number.stdout)["nfe"]
+    with np.load(tmp_path / "name.npz") as a, np.load(tmp_path / "number.npz") as b:
+        assert np.array_equal(a["samples"], b["samples"]) and (a["labels"] == 1).all()
+    wrong = invoke(*common, "--label", "b_see", "--out", tmp_path / "x.npz")
+    assert wrong.exit_code == 2 and "'b_see'" in wrong.stderr and "a_flower, b_sea" in wrong.stderr
+    assert not (tmp_path / "x.npz").exists()
+
+
 def test_a_resolution_the_network_cannot_take_names_resolution(rgb, tmp_path):
     with pytest.raises(ValueError, match="--resolution"):
         train(tmp_path / "run", data=rgb, resolution=7, steps=1, progress=False)

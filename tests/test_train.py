@@ -255,14 +255,15 @@ def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypat
     last record, and the last step."""
     opts = dict(TINY, progress=True, log_every=5)
     train(tmp_path / "a", steps=20, **opts)
-    count, err = capsys.readouterr().err.split("\n", 1)  # the parameter count comes first
+    data, count, err = capsys.readouterr().err.split("\n", 2)  # what it trains on, first
     n = sum(p.numel() for p in scoresde.ScoreMLP(hidden=16, depth=1).parameters())
+    assert data.startswith("data 8gaussians: ") and "8 classes" in data
     assert count == f"network mlp: {n:,} parameters"
     assert "\r" not in err and err.splitlines() == [err.strip()]
     assert err.startswith("step 20/20 100%") and "loss=" in err
     monkeypatch.setenv("SCORESDE_PROGRESS_S", "0")
     train(tmp_path / "b", steps=20, **opts)
-    lines = capsys.readouterr().err.splitlines()[1:]
+    lines = capsys.readouterr().err.splitlines()[2:]
     assert "\r" not in "".join(lines)
     assert [line.split()[1] for line in lines] == [f"{i}/20" for i in range(1, 21)]
     assert ["loss=" in line for line in lines] == [i >= 5 for i in range(1, 21)]

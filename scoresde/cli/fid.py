@@ -36,9 +36,9 @@ from .common import CTX, Default, LazyChoice, emit, explicit, pick_run, task
 @click.option("--batch-size", type=click.IntRange(min=1),
               default=Default("quality.run_quality", "batch_size"), show_default=True,
               help="Samples per chunk (memory holds one chunk and the features).")
-@click.option("--label", default=None, metavar="K|all",
-              help="Class-conditional runs: the class of every sample, or 'all' for each class "
-              "in turn [default: the unconditional score].")
+@click.option("--label", default=None, metavar="K|NAME|all",
+              help="Class-conditional runs: the class of every sample (number or name), or "
+                   "'all' for each class in turn [default: the unconditional score].")
 @click.option("--guidance", type=float, default=0.0, show_default=True,
               help="Classifier-free guidance weight w, with --label.")
 @click.option("--samples", "samples_file", type=click.Path(dir_okay=False, path_type=Path),

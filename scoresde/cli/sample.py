@@ -119,9 +119,9 @@ class _SeedList(click.ParamType):
                    "command after a kill continues where it stopped.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--label", default=None, metavar="K|all",
-              help="Class of every sample, or 'all' to cycle through the classes (conditional "
-              "runs).")
+@click.option("--label", default=None, metavar="K|NAME|all",
+              help="Class of every sample, by number or by name (a folder of class folders: "
+                   "the folder's), or 'all' to cycle through the classes (conditional runs).")
 @click.option("--embedding", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Runs conditioned on embeddings: a .npy of one embedding (E,) for every "
               "sample or (N, E), one per sample (floats).")

@@ -38,6 +38,25 @@ def parse_label(label):
         raise OptionError("label", f"expected an integer class or 'all', got {label!r}") from None
 
 
+def named_label(label, class_names):
+    """``label`` with a class name of ``class_names`` (a run's, by label) replaced by its label,
+    as the text a command gives (``"b_sea"`` -> ``"1"``); anything else as it is. A name that is
+    no class of the run (and no number, nor ``"all"``) is an :class:`OptionError` listing them."""
+    if not isinstance(label, str) or label == "all":
+        return label
+    try:
+        int(label)
+        return label
+    except ValueError:
+        pass
+    names = list(class_names or ())
+    if label in names:
+        return str(names.index(label))
+    known = f"the run's classes are {', '.join(names)}" if names else "the run's classes have " \
+        "no names"
+    raise OptionError("label", f"unknown class {label!r}: {known} (or give a number, or 'all')")
+
+
 def class_labels(model, label, guidance: float, n: int) -> torch.Tensor | None:
     """The ``(n,)`` class labels of ``label`` (None, a class or ``"all"``) for ``model``, checked
     with the guidance weight; None without a label."""

@@ -14,9 +14,11 @@ from pathlib import Path
 from ..checks import OptionError
 from ..data import get_dataset
 from ..features import EXTRACTORS
+from ..config import migrate
 from ..quality import FID_N, file_quality, run_images, run_quality
+from ..runs import read_config
 from ..utils import keyword_default, resolve_device
-from .conditions import parse_label
+from .conditions import named_label, parse_label
 from ..progress import Progress
 from .sampling import Say, progress_steps
 
@@ -60,6 +62,8 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
     (:mod:`scoresde.progress`; the chunks for ``ode`` and ``torchsde``).
     """
     _check_features(features)
+    if isinstance(label, str) and label != "all":  # a class by its name, perhaps
+        label = named_label(label, migrate(read_config(run)).get("class_names"))
     label = parse_label(label)
     if guidance != 0 and label is None:
         raise OptionError("guidance", "--guidance needs --label")

@@ -202,6 +202,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                             solver_options.get("sigma_min"), say)
     if embedding is not None and label is not None:
         raise OptionError(None, "give --label (class labels) or --embedding, not both")
+    label = conditions.named_label(label, config.get("class_names"))
     if embedding is not None:  # embeddings take the place of labels
         label, labels = str(embedding), conditions.embeddings(model, embedding, guidance, n)
     else:
