@@ -39,6 +39,7 @@ from .checks import check_int
 from .utils import append_dims
 
 __all__ = ["PIXELS", "IN_MEMORY_BYTES", "WORKERS", "PREFETCH", "MAX_ENTRIES", "ImageFiles",
+           "sample_levels", "save_images",
            "list_images", "read_folder", "to_model", "pixels_of_array", "step_draw", "StepBatches",
            "downsample", "upsample", "check_factor"]
 
@@ -501,3 +502,58 @@ def check_factor(name: str, factor: int, shape) -> int:
     return factor
 
 
+
+
+# ----- writing ---------------------------------------------------------------------------------
+def sample_levels(x: torch.Tensor, *, raw_scale: float, raw_offset: float,
+                  pixel_bits: int | None) -> np.ndarray:
+    """Model values ``(N, C, H, W)`` as the 8-bit levels ``0..255`` of their images (uint8):
+    8-bit data rounded to its levels; other data's raw range mapped onto ``0..255`` and rounded
+    (what FID's extractors see, :func:`~scoresde.features.to_extractor_range`)."""
+    from .features import to_extractor_range
+
+    levels = to_extractor_range(x, raw_scale=raw_scale, raw_offset=raw_offset,
+                                pixel_bits=pixel_bits)
+    return levels.round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def save_images(folder: str | os.PathLike, levels: np.ndarray, classes=None) -> int:
+    """One PNG per image of ``levels`` (uint8 ``(N, C, H, W)``, C in 1, 3, 4) in the new folder
+    ``folder``: ``NNNNNN.png`` by index, inside a subfolder per class when ``classes`` (one
+    folder name per image) is given. The images are written into a temporary folder beside it,
+    renamed to ``folder`` when all are there, so a folder that exists holds every image.
+
+    Returns:
+        The number of files written.
+
+    Raises:
+        FileExistsError: ``folder`` exists and is not an empty folder.
+    """
+    import secrets
+    import shutil
+
+    Image = _image_module()
+    folder = os.path.abspath(os.fspath(folder))
+    if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
+        raise FileExistsError(f"{folder} exists and is not an empty folder; give a new one")
+    if levels.ndim != 4 or levels.shape[1] not in MODES or levels.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N, C, H, W) with C in 1, 3, 4, got "
+                         f"{levels.dtype} {levels.shape}")
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    work = os.path.join(parent, f".{os.path.basename(folder)}.tmp-{secrets.token_hex(6)}")
+    os.mkdir(work)  # the umask's permissions, as any new folder
+    try:
+        for i, image in enumerate(levels):
+            where = work if classes is None else os.path.join(work, str(classes[i]))
+            os.makedirs(where, exist_ok=True)
+            pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+            Image.fromarray(pixels, MODES[image.shape[0]]).save(
+                os.path.join(where, f"{i:06d}.png"))
+        if os.path.isdir(folder):
+            os.rmdir(folder)  # empty: checked above
+        os.rename(work, folder)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return len(levels)

@@ -30,10 +30,16 @@ from .reference import (CACHE_ENV, KEEP_FEATURES, REFERENCE_MAX, Reference, _Mom
 from .snapshots import SNAPSHOT_SOLVER, SNAPSHOT_STEPS
 
 FID_N = 10_000  # below this many samples the CLI warns that FID is biased
+# The solver and steps of run_quality (and scoresde fid) when none is given: a few-step solver
+# with the data's statistics comes near the ODE's FID on the digits at about 10 score calls
+# (docs/benchmarks/sample-quality.md); pc at 1000 steps (2000 calls) would take about 3 hours
+# for 10,000 digits on two CPU cores by the pc timings there (224 s at 39 calls).
+FID_SOLVER, FID_STEPS = "dpmpp_2m", 10
 
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", "cache_dir",
            "reference_stats", "image_features", "chunk_labels", "sample_quality",
            "samples_quality", "file_quality", "run_images", "quality_scores", "run_quality",
+           "FID_SOLVER", "FID_STEPS",
            "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
 
 def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,
@@ -283,9 +289,9 @@ def run_images(run_dir: str | os.PathLike) -> Dataset:
 
 
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
-                solver: str = "pc", steps: int = 1000, seed: int = 0, batch_size: int = 500,
-                device="cpu", cache: str | os.PathLike | bool = True, progress=None,
-                label=None, guidance: float = 0.0, **sample_options) -> dict:
+                solver: str = FID_SOLVER, steps: int = FID_STEPS, seed: int = 0,
+                batch_size: int = 500, device="cpu", cache: str | os.PathLike | bool = True,
+                progress=None, label=None, guidance: float = 0.0, **sample_options) -> dict:
     """:func:`sample_quality` of a run folder's EMA model against its data's cached reference.
 
     A latent run's samples are decoded and compared with its autoencoder's images. A
@@ -299,7 +305,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
         features: an extractor, a name of :data:`~scoresde.features.EXTRACTORS` (``"digits"``,
             for 1x8x8 images) or the path of a TorchScript file (trusted: it runs code).
         n, solver, steps, seed, batch_size, device, progress, label, guidance, sample_options:
-            as for :func:`sample_quality` (the solver's defaults are :func:`~scoresde.sample`'s).
+            as for :func:`sample_quality`; the solver :data:`FID_SOLVER` at :data:`FID_STEPS`
+            steps by default (with the data's statistics, as ``scoresde sample`` gives them).
         cache: as for :func:`reference_stats`.
 
     Returns:

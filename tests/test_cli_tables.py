@@ -49,8 +49,8 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     ("sample", "particles"): (sampling.sample_smc, "particles"),
     ("sample", "step_size"): (sampling.inverse._dps, "step_size"),
     **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
-    ("fid", "solver"): (scoresde.sample, "solver"),
-    ("fid", "steps"): (scoresde.sample, "steps"),
+    ("fid", "solver"): (scoresde.run_quality, "solver"),
+    ("fid", "steps"): (scoresde.run_quality, "steps"),
     **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
 }
 

@@ -283,6 +283,50 @@ def test_a_folder_runs_classes_are_summed_up_recorded_and_taken_by_name(classes,
     assert not (tmp_path / "x.npz").exists()
 
 
+def test_sample_images_are_png_files_of_the_quantised_samples(classes, tmp_path):
+    run = tmp_path / "run"
+    train(run, data=classes, conditional=True, steps=2, batch_size=4, net_params=SMALL_NET,
+          progress=False)
+    out, folder = tmp_path / "s.npz", tmp_path / "pngs"
+    result = invoke("sample", "--run", run, "--solver", "euler", "--steps", 2, "--n", 6,
+                    "--label", "all", "--out", out, "--images", folder, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["images"] == str(folder)
+    with np.load(out) as f:
+        samples, labels = f["samples"], f["labels"]
+    want = np.clip(np.round(raw(samples)), 0, 255).astype(np.uint8)  # the levels of 8-bit data
+    names = ["a_flower", "b_sea"]
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png")) == sorted(
+        f"{names[k]}/{i:06d}.png" for i, k in enumerate(labels))
+    for i, k in enumerate(labels):
+        png = np.asarray(Image.open(folder / names[k] / f"{i:06d}.png"))  # (H, W, 3)
+        assert np.array_equal(png, want[i].transpose(1, 2, 0))
+    again = invoke("sample", "--run", run, "--solver", "euler", "--steps", 2, "--n", 6,
+                   "--out", tmp_path / "t.npz", "--images", folder)  # never into a full folder
+    assert again.exit_code == 2 and "--images" in again.stderr and "not an empty" in again.stderr
+    assert not (tmp_path / "t.npz").exists()
+
+
+def test_levels_of_values_map_the_datas_range_onto_0_to_255(tmp_path):
+    x = torch.tensor([-1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 2, 2)  # digits: raw 8 x + 8, 0..16
+    levels = images.sample_levels(x, raw_scale=8.0, raw_offset=8.0, pixel_bits=None)
+    assert levels.dtype == np.uint8 and levels.ravel().tolist() == [0, 128, 255, 255]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("kept")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        images.save_images(tmp_path / "full", levels)
+    assert images.save_images(tmp_path / "new", levels) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "new"]  # no temporary left
+
+
+def test_sample_images_refuse_points(tmp_path):
+    train(tmp_path / "toy", data="moons", steps=1, batch_size=8, progress=False)
+    result = invoke("sample", "--run", tmp_path / "toy", "--n", 4, "--steps", 2, "--images",
+                    tmp_path / "pngs")
+    assert result.exit_code == 2 and "--images" in result.stderr
+    assert not (tmp_path / "pngs").exists()
+
+
 def test_a_resolution_the_network_cannot_take_names_resolution(rgb, tmp_path):
     with pytest.raises(ValueError, match="--resolution"):
         train(tmp_path / "run", data=rgb, resolution=7, steps=1, progress=False)

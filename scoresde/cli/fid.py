@@ -15,9 +15,11 @@ from .common import CTX, Default, LazyChoice, emit, explicit, pick_run, task
 @click.option("--n", "n", type=click.IntRange(min=2), default=Default("quality.run_quality", "n"),
               show_default=True, help="Samples (FID is biased below 10,000; compare equal N).")
 @click.option("--solver", type=LazyChoice("sampling.SAMPLERS"),
-              default=Default("sample", "solver"), show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=Default("sample", "steps"),
-              show_default=True)
+              default=Default("quality.run_quality", "solver"), show_default=True,
+              help="The sampler (by default a few-step one, given the data's statistics: on the "
+                   "digits near the ODE's FID at 10 score calls).")
+@click.option("--steps", type=click.IntRange(min=1),
+              default=Default("quality.run_quality", "steps"), show_default=True)
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="The last time [default: the SDE's].")
 @click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None,

@@ -108,6 +108,9 @@ class _SeedList(click.ParamType):
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS-nN-seedS[-HASH].npz, "
               "HASH naming any other option given]; the figure goes beside it as .png.")
+@click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Also write each sample as an 8-bit PNG into the new folder "
+                                  "DIR (a subfolder per class with --label; runs of images).")
 @click.option("--force", is_flag=True,
               help="Replace an existing --out (and its figure) that holds other samples or "
               "another file [default: refuse; the same command again reuses its own file].")
@@ -165,7 +168,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
            method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
            force, batch_size, device, as_json, label, embedding, guidance, mask, observe,
            inverse, particles, step_size, jump, resample, cascade_runs, sr_solver, sr_steps,
-           aug_level):
+           aug_level, images):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -197,7 +200,7 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
         seed=seed if explicit(ctx, "seed") or seeds is None else None, seeds=seeds, label=label,
         embedding=embedding, guidance=guidance, mask=mask, observe=observe, inverse=inverse,
         inverse_options=given(ctx, library("tasks.conditions.INVERSE_OPTIONS")),
-        batch_size=batch_size, device=device, replace=force, progress=not as_json,
+        batch_size=batch_size, device=device, replace=force, progress=not as_json, images=images,
         say=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
     _report(record, result, as_json, f"{record['solver'] or record.get('inverse')}: "
                                      f"{record['n']} samples, NFE {record['nfe']}")
@@ -209,7 +212,7 @@ def _cascade(ctx: click.Context, runs, as_json: bool) -> None:
 
     p = ctx.params
     for name in ("run", "seeds", "label", "embedding", "mask", "observe", "inverse", "grid",
-                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise"):
+                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "images"):
         if explicit(ctx, name):
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
     record, result = task(
@@ -234,4 +237,6 @@ def _report(record: dict, result: dict, as_json: bool, what: str) -> None:
     files = f"kept {out} (it holds these samples)" if result["reused"] else f"wrote {out}"
     if figure:
         files += f" and {'wrote ' if result['reused'] else ''}{figure}"
+    if record.get("images"):
+        files += f"; the samples as PNGs in {record['images']}"
     emit(record, as_json, [f"{what}, {record['time_s']:.2f} s", files])

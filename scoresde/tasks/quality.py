@@ -45,7 +45,8 @@ def _warn_small_n(n: int, say: Say | None) -> None:
 
 
 def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"),
-            solver: str = "pc", steps: int = 1000, seed: int = 0,
+            solver: str = keyword_default(run_quality, "solver"),
+            steps: int = keyword_default(run_quality, "steps"), seed: int = 0,
             batch_size: int = keyword_default(run_quality, "batch_size"), label=None,
             guidance: float = 0.0, features="digits", device="cpu", say: Say | None = None,
             progress: bool = True, **sample_options) -> dict:

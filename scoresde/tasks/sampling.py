@@ -19,12 +19,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .. import plotting
 from ..checks import OptionError
 from ..data import run_dataset
 from ..guidance import classifier_free_guidance
+from ..images import sample_levels, save_images
 from ..outputs import check_output, samples_name
 from ..runs import learnt_unconditional, load_run
 from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
@@ -150,7 +152,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                guidance: float = 0.0, mask=None, observe=None, inverse: str | None = None,
                inverse_options: dict | None = None, batch_size: int | None = None,
                device="cpu", replace: bool = False, progress: bool = True,
-               say: Say | None = None) -> tuple[dict, dict]:
+               images=None, say: Say | None = None) -> tuple[dict, dict]:
     """Draw ``n`` samples from the run folder ``run`` into ``out`` (``.npz``) and a figure.
 
     Args:
@@ -170,6 +172,9 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             inverse, inverse_options: the method for either and its options.
         batch_size: samples per chunk [default: ``SAMPLE_BATCH``]; replace: replace an ``out``
             holding other samples or another file.
+        images: a new (or empty) folder to write each sample into as an 8-bit PNG
+            (``NNNNNN.png``; with labels, in a subfolder per class named as the run's classes),
+            the samples' own levels (:func:`~scoresde.images.sample_levels`); runs of images.
         progress: progress on stderr, of the steps (of the chunks for ``ode`` and
             ``torchsde``): a bar in a terminal, a line every 30 s elsewhere
             (:mod:`scoresde.progress`).
@@ -212,6 +217,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                                       "learnt the unconditional score that guidance mixes in; "
                                       "sample it unguided, or train with --label-dropout")
     shape = tuple(config["data_shape"])
+    if images is not None:
+        _check_images(images, is_image)
     if config.get("latent") and (mask is not None or observe is not None):
         raise OptionError(None, f"--mask and --observe are not supported for the latent run "
                                 f"{path}: it samples latents {shape} and decodes them, so a "
@@ -272,7 +279,32 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
               "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
     if problem is not None:
         record.update(inverse=problem["method"], inverse_options=problem["method_options"])
+    if images is not None:
+        record["images"] = _save_images(images, out, config)
     return record, result
+
+
+def _check_images(images, is_image: bool) -> None:
+    """``images`` may take the samples' PNGs: a run of images, and a new or empty folder."""
+    if not is_image:
+        raise OptionError("images", "is for runs of images; these samples are points")
+    folder = Path(images)
+    if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+        raise OptionError("images", f"{folder} exists and is not an empty folder; give a new one")
+
+
+def _save_images(images, out: Path, config: dict) -> str:
+    """The samples of the file ``out`` as PNGs in the folder ``images``; returns its path."""
+    with np.load(out) as f:
+        samples, labels = torch.from_numpy(f["samples"]), f["labels"] if "labels" in f else None
+    names = config.get("class_names") or []
+    classes = None if labels is None or labels.dtype.kind == "f" else [
+        names[k] if k < len(names) else str(k) for k in labels.tolist()]
+    levels = sample_levels(samples, raw_scale=config.get("raw_scale", 1.0),
+                           raw_offset=config.get("raw_offset", 0.0),
+                           pixel_bits=config.get("pixel_bits"))
+    save_images(images, levels, classes)
+    return os.path.abspath(images)
 
 
 def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance, known,
