@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 
 from ..checks import OptionError
@@ -20,7 +19,7 @@ from ..runs import read_config
 from ..utils import keyword_default, resolve_device
 from .conditions import named_label, parse_label
 from ..progress import Progress
-from .sampling import Say, progress_steps
+from .sampling import Say, progress_steps, tell
 
 __all__ = ["run_fid", "file_fid"]
 
@@ -36,12 +35,8 @@ def _check_features(features) -> None:
 def _warn_small_n(n: int, say: Say | None) -> None:
     """Say (through ``say``, or as a warning) that FID is biased below :data:`FID_N` samples."""
     if n < FID_N:
-        line = (f"N={n} < {FID_N:,}: FID is biased upward at small N and comparable only "
-                "between equal N (KID is unbiased)")
-        if say is None:
-            warnings.warn(line, stacklevel=3)
-        else:
-            say(line)
+        tell(f"N={n} < {FID_N:,}: FID is biased upward at small N and comparable only between "
+             "equal N (KID is unbiased)", say, stacklevel=3)
 
 
 def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"),

@@ -75,13 +75,17 @@ def data_statistics(config: dict, solver: str, steps: int, grid=None, sigma_max=
     try:
         return run_dataset(config).sampling_statistics(config["sigma_data"])
     except (ValueError, OSError) as err:
-        line = (f"few steps without the data's statistics ({one_line(err)[:200]}): the "
-                "solver's default grid")
-        if say is None:
-            warnings.warn(line, stacklevel=2)
-        else:
-            say(line)
+        tell(f"few steps without the data's statistics ({one_line(err)[:200]}): the solver's "
+             "default grid", say)
         return {}
+
+
+def tell(line: str, say: Say | None, stacklevel: int = 2) -> None:
+    """``say(line)``, or without ``say`` a warning (of the caller's caller by default)."""
+    if say is None:
+        warnings.warn(line, stacklevel=stacklevel + 1)
+    else:
+        say(line)
 
 
 def raw_values(x: torch.Tensor, config: dict) -> torch.Tensor:
