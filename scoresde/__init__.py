@@ -56,12 +56,20 @@ def __getattr__(name: str):
     """A public name, or a module of the package, imported on first use and kept."""
     if name in _HOME:
         value = getattr(import_module(f".{_HOME[name]}", __name__), name)
-    elif not name.startswith("_") and find_spec(f"{__name__}.{name}") is not None:
+    elif _is_module(name):
         value = import_module(f".{name}", __name__)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = value
     return value
+
+
+def _is_module(name: str) -> bool:
+    """Whether ``name`` is a module or package of scoresde (not a folder of data)."""
+    if not name.isidentifier() or name.startswith("_"):
+        return False
+    spec = find_spec(f"{__name__}.{name}")
+    return spec is not None and spec.origin not in (None, "namespace")
 
 
 def __dir__() -> list[str]:

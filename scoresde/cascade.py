@@ -19,6 +19,7 @@ any solver, conditioned on the base model's samples.
 
 from __future__ import annotations
 
+import warnings
 
 import torch
 
@@ -74,7 +75,7 @@ def _event_shape(model) -> tuple[int, ...]:
 def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps: int = 100,
             sr_solver: str | None = None, sr_steps: int | None = None, aug_level: float = 0.0,
             generator: torch.Generator | None = None, device=None, base_options: dict | None = None,
-            sr_options: dict | None = None) -> tuple[torch.Tensor, dict]:
+            sr_options: dict | None = None, **renamed) -> tuple[torch.Tensor, dict]:
     """Sample a cascade: the base model, then the SR model conditioned on its samples.
 
     Args:
@@ -90,7 +91,9 @@ def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps:
         generator: one generator for both stages (the prior draws, the solvers, the
             augmentation noise), in that order.
         device: where to sample.
-        base_options, sr_options: more keywords of :func:`~scoresde.sample` per stage.
+        base_options, sr_options: more keywords of :func:`~scoresde.sample` per stage
+            (``base_knobs``, ``sr_knobs``: their former names, still taken, with a
+            ``DeprecationWarning``).
 
     Returns:
         ``(x, info)``: images ``(n, C, H, W)``; ``info["nfe"]`` the score calls of both stages,
@@ -100,6 +103,14 @@ def cascade(base, base_sde, sr, sr_sde, n: int, *, solver: str = "euler", steps:
     Raises:
         ValueError: bad counts or levels, or models that do not fit together.
     """
+    for old, new in (("base_knobs", "base_options"), ("sr_knobs", "sr_options")):
+        if old in renamed:
+            warnings.warn(f"cascade({old}=...) is now {new}=...", DeprecationWarning,
+                          stacklevel=2)
+            base_options, sr_options = ((renamed.pop(old), sr_options) if new == "base_options"
+                                        else (base_options, renamed.pop(old)))
+    if renamed:
+        raise TypeError(f"cascade() got unexpected keyword arguments {', '.join(renamed)}")
     n = check_int("n", n, 1)
     aug_level = check_number("aug_level", aug_level, 0)
     low_shape, high_shape = _event_shape(base), _event_shape(sr)

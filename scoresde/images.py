@@ -518,10 +518,11 @@ def sample_levels(x: torch.Tensor, *, raw_scale: float, raw_offset: float,
 
 
 def save_images(folder: str | os.PathLike, levels: np.ndarray, classes=None) -> int:
-    """One PNG per image of ``levels`` (uint8 ``(N, C, H, W)``, C in 1, 3, 4) in the new folder
-    ``folder``: ``NNNNNN.png`` by index, inside a subfolder per class when ``classes`` (one
-    folder name per image) is given. The images are written into a temporary folder beside it,
-    renamed to ``folder`` when all are there, so a folder that exists holds every image.
+    """One PNG per image of ``levels`` (uint8 ``(N, C, H, W)``, C in 1, 3, 4) in ``folder``, a
+    new or empty folder: ``NNNNNN.png`` by index, inside a subfolder per class when ``classes``
+    (one folder name per image) is given. The images are written into a temporary folder beside
+    it; a new folder is that one renamed when all are there (it exists whole or not at all), an
+    empty one (kept with its permissions) gets its entries moved in.
 
     Returns:
         The number of files written.
@@ -534,7 +535,8 @@ def save_images(folder: str | os.PathLike, levels: np.ndarray, classes=None) -> 
 
     Image = _image_module()
     folder = os.path.abspath(os.fspath(folder))
-    if os.path.lexists(folder) and not (os.path.isdir(folder) and not os.listdir(folder)):
+    if os.path.islink(folder) or (os.path.lexists(folder) and not (
+            os.path.isdir(folder) and not os.listdir(folder))):
         raise FileExistsError(f"{folder} exists and is not an empty folder; give a new one")
     if levels.ndim != 4 or levels.shape[1] not in MODES or levels.dtype != np.uint8:
         raise ValueError(f"images must be uint8 (N, C, H, W) with C in 1, 3, 4, got "
@@ -550,9 +552,12 @@ def save_images(folder: str | os.PathLike, levels: np.ndarray, classes=None) -> 
             pixels = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
             Image.fromarray(pixels, MODES[image.shape[0]]).save(
                 os.path.join(where, f"{i:06d}.png"))
-        if os.path.isdir(folder):
-            os.rmdir(folder)  # empty: checked above
-        os.rename(work, folder)
+        if os.path.isdir(folder):  # empty (checked above): filled, not replaced
+            for entry in sorted(os.listdir(work)):
+                os.rename(os.path.join(work, entry), os.path.join(folder, entry))
+            os.rmdir(work)
+        else:
+            os.rename(work, folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

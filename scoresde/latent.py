@@ -64,8 +64,8 @@ def latent_dataset(dataset: Dataset, autoencoder) -> tuple[Dataset, float]:
     latents = Dataset(f"latents of {dataset.name}", tuple(train.shape[1:]), test * scale,
                       train=train * scale, train_labels=dataset.train_labels,
                       test_labels=dataset.test_labels, num_classes=dataset.num_classes,
-                      embed_dim=dataset.embed_dim, is_image=True, raw_scale=dataset.raw_scale,
-                      raw_offset=dataset.raw_offset)
+                      class_names=dataset.class_names, embed_dim=dataset.embed_dim,
+                      is_image=True, raw_scale=dataset.raw_scale, raw_offset=dataset.raw_offset)
     return latents, scale
 
 

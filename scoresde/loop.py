@@ -534,7 +534,8 @@ class _Progress:
         self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
                         dynamic_ncols=True, disable=not self.tty)
         self.t0 = self.shown = time.perf_counter()
-        self.interval, self.loss = line_every(), None
+        self.interval = line_every() if enabled and not self.tty else None
+        self.loss = None
 
     def update(self, done: int, loss: float | None) -> None:
         """Show step ``done``; ``loss`` when it was read (at records), else the last one read."""

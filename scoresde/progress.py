@@ -55,8 +55,10 @@ class Progress:
         self.tty = enabled and callable(isatty) and isatty()
         self.bar = tqdm(total=total, initial=initial, file=self.stream, unit=unit, desc=desc,
                         dynamic_ncols=True, leave=False, disable=not self.tty)
-        self.every = line_every()
+        # the interval is read only where lines are written (a bad one stops nothing else)
+        self.every = line_every() if enabled and not self.tty else None
         self.n = initial
+        self.shown_n = None
         self.postfix = ""
         self.t0 = self.shown = time.perf_counter()
         self.lines = 0
@@ -85,6 +87,7 @@ class Progress:
 
     def _line(self) -> None:
         now = self.shown = time.perf_counter()
+        self.shown_n = self.n
         n = f"{self.n:g}" if isinstance(self.n, float) else self.n
         done = self.n - self.initial
         rate = done / (now - self.t0) if now > self.t0 and done > 0 else 0.0
@@ -101,5 +104,5 @@ class Progress:
     def close(self, finished: bool = True) -> None:
         """End the bar; away from a terminal, a last line when any was written before."""
         self.bar.close()
-        if not self.tty and self.enabled and self.lines and finished:
+        if not self.tty and self.enabled and self.lines and finished and self.shown_n != self.n:
             self._line()

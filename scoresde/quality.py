@@ -289,7 +289,7 @@ def run_images(run_dir: str | os.PathLike) -> Dataset:
 
 
 def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N,
-                solver: str = FID_SOLVER, steps: int = FID_STEPS, seed: int = 0,
+                solver: str = FID_SOLVER, steps: int | None = None, seed: int = 0,
                 batch_size: int = 500, device="cpu", cache: str | os.PathLike | bool = True,
                 progress=None, label=None, guidance: float = 0.0, **sample_options) -> dict:
     """:func:`sample_quality` of a run folder's EMA model against its data's cached reference.
@@ -306,7 +306,8 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
             for 1x8x8 images) or the path of a TorchScript file (trusted: it runs code).
         n, solver, steps, seed, batch_size, device, progress, label, guidance, sample_options:
             as for :func:`sample_quality`; the solver :data:`FID_SOLVER` at :data:`FID_STEPS`
-            steps by default (with the data's statistics, as ``scoresde sample`` gives them).
+            steps by default (with the data's statistics, as ``scoresde sample`` gives them);
+            another solver without ``steps`` takes :func:`~scoresde.sample`'s default steps.
         cache: as for :func:`reference_stats`.
 
     Returns:
@@ -321,6 +322,7 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
     from .data import run_dataset
     from .runs import learnt_unconditional, load_run
 
+    steps = fid_steps(solver) if steps is None else steps
     model, sde, config = load_run(run_dir, device=device)
     where = os.fspath(run_dir)
     images = _images_config(config, where)
@@ -352,6 +354,15 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
                             reference=reference, progress=progress, label=label,
                             guidance=guidance, **sample_options)
     return dict(result, run=where, features=extractor_digest(extractor))
+
+
+def fid_steps(solver: str) -> int:
+    """The steps of :func:`run_quality` when none are given: :data:`FID_STEPS` with
+    :data:`FID_SOLVER`, :func:`~scoresde.sample`'s default with any other solver."""
+    from .sampling import sample
+    from .utils import keyword_default
+
+    return FID_STEPS if solver == FID_SOLVER else keyword_default(sample, "steps")
 
 
 # ----- during training ----------------------------------------------------------------------------

@@ -50,7 +50,6 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     ("sample", "step_size"): (sampling.inverse._dps, "step_size"),
     **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
     ("fid", "solver"): (scoresde.run_quality, "solver"),
-    ("fid", "steps"): (scoresde.run_quality, "steps"),
     **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
 }
 
@@ -121,6 +120,7 @@ def test_every_public_name_resolves_and_cascade_stays_the_function():
     assert proc.stdout.split() == ["scoresde.cascade", "scoresde.training"]
     with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
         scoresde.no_such_name
+    assert getattr(scoresde, "a.b", None) is None and not hasattr(scoresde, "weights")
 
 
 @pytest.mark.parametrize("args, near", [(["sample", "--solver", "pcc"], "'pc'"),

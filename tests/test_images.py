@@ -319,12 +319,33 @@ def test_levels_of_values_map_the_datas_range_onto_0_to_255(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "new"]  # no temporary left
 
 
+def test_class_names_win_over_numbers_and_fid_steps_follow_the_solver():
+    from scoresde.quality import FID_SOLVER, FID_STEPS, fid_steps
+    from scoresde.tasks.conditions import named_label
+
+    names = ["1", "10", "2"]  # folders 1/, 10/, 2/: labels 0, 1, 2 in sorted order
+    assert [named_label(t, names) for t in ("1", "10", "2", "5", "all")] == \
+        ["0", "1", "2", "5", "all"]
+    assert named_label(3, names) == 3 and named_label("3", None) == "3"
+    assert fid_steps(FID_SOLVER) == FID_STEPS and fid_steps("pc") == 1000
+
+
 def test_sample_images_refuse_points(tmp_path):
     train(tmp_path / "toy", data="moons", steps=1, batch_size=8, progress=False)
     result = invoke("sample", "--run", tmp_path / "toy", "--n", 4, "--steps", 2, "--images",
                     tmp_path / "pngs")
     assert result.exit_code == 2 and "--images" in result.stderr
     assert not (tmp_path / "pngs").exists()
+
+
+def test_sample_images_never_take_the_folder_of_the_samples_file(classes, tmp_path):
+    train(tmp_path / "run", data=classes, steps=1, batch_size=4, net_params=SMALL_NET,
+          progress=False)
+    (tmp_path / "pngs").mkdir()
+    result = invoke("sample", "--run", tmp_path / "run", "--n", 2, "--steps", 2, "--solver",
+                    "euler", "--out", tmp_path / "pngs" / "s.npz", "--images", tmp_path / "pngs")
+    assert result.exit_code == 2 and "--images" in result.stderr
+    assert list((tmp_path / "pngs").iterdir()) == []  # refused before anything was drawn
 
 
 def test_a_resolution_the_network_cannot_take_names_resolution(rgb, tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import CTX, Default, LazyChoice, emit, explicit, pick_run, task
+from .common import CTX, Default, LazyChoice, LazyHelp, emit, explicit, library, pick_run, task
 
 
 @click.command(context_settings=CTX)
@@ -18,8 +18,11 @@ from .common import CTX, Default, LazyChoice, emit, explicit, pick_run, task
               default=Default("quality.run_quality", "solver"), show_default=True,
               help="The sampler (by default a few-step one, given the data's statistics: on the "
                    "digits near the ODE's FID at 10 score calls).")
-@click.option("--steps", type=click.IntRange(min=1),
-              default=Default("quality.run_quality", "steps"), show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=None, cls=LazyHelp,
+              fields={"fid": lambda: library("quality.FID_STEPS"),
+                      "solver": lambda: library("quality.FID_SOLVER"),
+                      "other": Default("sample", "steps")},
+              help="Solver steps [default: {fid} with {solver}, {other} with another solver].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,
               help="The last time [default: the SDE's].")
 @click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None,
@@ -94,7 +97,7 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
                   steps=steps, seed=seed, batch_size=batch_size, device=device, label=label,
                   guidance=guidance, say=_warn, progress=not as_json, **options)
     emit(record, as_json, _lines(record) + [
-        f"N {n} ({solver}, {steps} steps, NFE {record['nfe']:g}), seed {seed}, reference "
+        f"N {n} ({solver}, {record['steps']} steps, NFE {record['nfe']:g}), seed {seed}, reference "
         f"{record['reference_n']} training images, features {record['features']}"])
 
 

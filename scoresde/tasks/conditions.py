@@ -40,18 +40,20 @@ def parse_label(label):
 
 def named_label(label, class_names):
     """``label`` with a class name of ``class_names`` (a run's, by label) replaced by its label,
-    as the text a command gives (``"b_sea"`` -> ``"1"``); anything else as it is. A name that is
-    no class of the run (and no number, nor ``"all"``) is an :class:`OptionError` listing them."""
+    as the text a command gives (``"b_sea"`` -> ``"1"``); anything else as it is. A name wins
+    over a number: with class folders ``1``, ``10``, ``2`` (labels 0, 1, 2 in sorted order),
+    ``"1"`` is the folder ``1``. A text that is no class of the run, no number and not ``"all"``
+    is an :class:`OptionError` listing the classes."""
     if not isinstance(label, str) or label == "all":
         return label
+    names = list(class_names or ())
+    if label in names:
+        return str(names.index(label))
     try:
         int(label)
         return label
     except ValueError:
         pass
-    names = list(class_names or ())
-    if label in names:
-        return str(names.index(label))
     known = f"the run's classes are {', '.join(names)}" if names else "the run's classes have " \
         "no names"
     raise OptionError("label", f"unknown class {label!r}: {known} (or give a number, or 'all')")

@@ -14,7 +14,7 @@ from ..checks import OptionError
 from ..data import get_dataset
 from ..features import EXTRACTORS
 from ..config import migrate
-from ..quality import FID_N, file_quality, run_images, run_quality
+from ..quality import FID_N, file_quality, fid_steps, run_images, run_quality
 from ..runs import read_config
 from ..utils import keyword_default, resolve_device
 from .conditions import named_label, parse_label
@@ -41,7 +41,7 @@ def _warn_small_n(n: int, say: Say | None) -> None:
 
 def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"),
             solver: str = keyword_default(run_quality, "solver"),
-            steps: int = keyword_default(run_quality, "steps"), seed: int = 0,
+            steps: int | None = None, seed: int = 0,
             batch_size: int = keyword_default(run_quality, "batch_size"), label=None,
             guidance: float = 0.0, features="digits", device="cpu", say: Say | None = None,
             progress: bool = True, **sample_options) -> dict:
@@ -64,6 +64,7 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
     if guidance != 0 and label is None:
         raise OptionError("guidance", "--guidance needs --label")
     _warn_small_n(n, say)
+    steps = fid_steps(solver) if steps is None else steps
     chunks, per = -(-n // batch_size), progress_steps(solver, steps)
     with Progress(chunks * (per or 1), unit="step" if per else "chunk", desc="fid",
                   enabled=progress) as bar:

@@ -33,7 +33,7 @@ from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
 from ..sampling import impute, sample, solve_inverse
 from ..sampling.api import SOLVERS
 from ..sampling.fewstep import uses_data_stats
-from ..utils import keyword_default, one_line, resolve_device
+from ..utils import is_inside, keyword_default, one_line, resolve_device
 from . import conditions
 from .conditions import file_identity
 
@@ -264,6 +264,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     if is_image or shape == (2,):  # what samples_picture draws
         fig_path = output_path(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
                         replace=replace or out.exists())
+    if images is not None:
+        _check_images(images, is_image, [out, fig_path])
     ncol = model.num_classes if label == "all" else None
     keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
     result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=keep,
@@ -288,13 +290,22 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     return record, result
 
 
-def _check_images(images, is_image: bool) -> None:
-    """``images`` may take the samples' PNGs: a run of images, and a new or empty folder."""
+def _check_images(images, is_image: bool, outputs=()) -> None:
+    """``images`` may take the samples' PNGs: a run of images; a new folder, or an empty one
+    (not a link), in a folder this process may write; none of ``outputs`` inside it."""
     if not is_image:
         raise OptionError("images", "is for runs of images; these samples are points")
-    folder = Path(images)
-    if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+    folder = Path(os.path.abspath(images))
+    if folder.is_symlink() or (folder.exists() and not (folder.is_dir()
+                                                         and not any(folder.iterdir()))):
         raise OptionError("images", f"{folder} exists and is not an empty folder; give a new one")
+    parent = next(p for p in folder.parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OptionError("images", f"cannot write into {parent}")
+    for out in outputs:
+        if is_inside(os.path.abspath(out), folder):
+            raise OptionError("images", f"{folder} would hold {out}, written beside the images; "
+                                        "give the images a folder of their own")
 
 
 def _save_images(images, out: Path, config: dict) -> str:
