@@ -123,9 +123,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
         ``{"fid", "kid", "kid_se", "precision", "recall", "n", "nfe", "seed", "solver",
         "steps", "time_s", "reference_n", "label", "guidance"}``.
     """
-    from .guidance import classifier_free_guidance
-    from .sample_files import chunk_generator
-    from .sampling import sample
+    from .sample_files import sample_chunk
 
     n, batch_size = check_int("n", n, low=2), check_int("batch_size", batch_size, low=1)
     reference = reference if reference is not None else reference_stats(dataset, extractor)
@@ -148,14 +146,11 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
         for k, start in enumerate(range(0, n, batch_size)):
             rows = min(batch_size, n - start)
             labels = chunk_labels(label, start, start + rows, num_classes)
-            score = model if labels is None else classifier_free_guidance(
-                model, labels.to(dev), guidance)
-            x, info = sample(score, sde, (rows, *shape), solver=solver, steps=steps,
-                             generator=chunk_generator(seed, k, dev), device=dev,
-                             **sample_options)
-            if latent:
-                x = model.decode(x)
-            moments.add(image_features(extractor, x.cpu(), dataset))
+            x, info, _ = sample_chunk(model, sde, shape, k, start, start + rows, seed=seed,
+                                      labels=None if labels is None else labels.to(dev),
+                                      guidance=guidance, device=dev, decode=latent,
+                                      solver=solver, steps=steps, **sample_options)
+            moments.add(image_features(extractor, x, dataset))
             nfe.append(info["nfe"])
             if progress is not None:
                 progress(start + rows, n)

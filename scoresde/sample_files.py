@@ -37,7 +37,8 @@ from .progress import Progress
 from .utils import folder_lock
 from .utils import make_generator, write_atomically
 
-__all__ = ["SAMPLE_BATCH", "chunk_generator", "chunk_randomness", "write_in_chunks",
+__all__ = ["SAMPLE_BATCH", "chunk_generator", "chunk_randomness", "sample_chunk",
+           "write_in_chunks",
            "sample_to_file", "parts_dir"]
 
 # Samples per chunk when the caller does not say: vectors, images.
@@ -81,6 +82,34 @@ def chunk_randomness(k: int, start: int, stop: int, seed: int, seeds: Sequence[i
         return {"generator": chunk_generator(seed, k, device)}, {}
     own = [int(s) for s in seeds[start:stop]]
     return {"seeds": own}, {"seeds": np.asarray(own, dtype=np.int64)}
+
+
+def sample_chunk(model, sde, shape: Sequence[int], k: int, start: int, stop: int, *,
+                 seed: int = 0, seeds: Sequence[int] | None = None, labels=None,
+                 guidance: float = 0.0, device=None, decode: bool = True,
+                 **sample_options) -> tuple[torch.Tensor, dict, dict[str, np.ndarray]]:
+    """Samples ``start:stop`` of a draw cut into chunks: chunk ``k``'s randomness
+    (:func:`chunk_randomness`), :func:`~scoresde.sample` of ``model`` with classifier-free
+    ``guidance`` when ``labels`` (the rows' labels or embeddings) are given, decoded into images
+    when ``decode`` and ``model`` is a latent model (it has ``decode``). ``shape`` is one
+    sample's (the latents' for a latent model). What ``scoresde sample`` writes, FID measures
+    and :func:`sample_to_file` saves, chunk by chunk.
+
+    Returns:
+        ``(x, info, recorded)``: the samples on the CPU, ``sample``'s info, and the arrays that
+        record the randomness (:func:`chunk_randomness`).
+    """
+    from .guidance import classifier_free_guidance
+    from .sampling import sample
+
+    randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, device or "cpu")
+    score = model if labels is None else classifier_free_guidance(model, labels, guidance)
+    with torch.no_grad():  # sample() stops at the first non-finite step
+        x, info = sample(score, sde, (stop - start, *shape), device=device, **sample_options,
+                         **randomness)
+        if decode and hasattr(model, "decode"):
+            x = model.decode(x)
+    return x.cpu(), info, recorded
 
 
 def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
@@ -367,14 +396,11 @@ def sample_to_file(out: str | os.PathLike, score_fn, sde, shape: Sequence[int], 
         raise ValueError(f"seeds must hold one integer per sample ({n}), got {len(seeds)}")
     if batch_size is None:
         batch_size = SAMPLE_BATCH["image" if len(dims) == 3 else "vector"]
-    from .sampling import sample
-
     def draw(k: int, start: int, stop: int):
-        randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, device or "cpu")
-        with torch.no_grad():  # sample() stops at the first non-finite step
-            x, info = sample(score_fn, sde, (stop - start, *dims), device=device, **randomness,
-                             **sample_kwargs)
-        return {"samples": x.cpu().numpy(), **recorded}, {"nfe": info["nfe"]}
+        x, info, recorded = sample_chunk(score_fn, sde, dims, k, start, stop, seed=seed,
+                                         seeds=seeds, device=device, decode=False,
+                                         **sample_kwargs)
+        return {"samples": x.numpy(), **recorded}, {"nfe": info["nfe"]}
 
     print_kw = {k: repr(v) for k, v in sorted(sample_kwargs.items())}
     mark = dict(fingerprint or {}, shape=[n, *dims], seed=seed,

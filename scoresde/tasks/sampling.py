@@ -29,7 +29,7 @@ from ..guidance import classifier_free_guidance
 from ..images import sample_levels, save_images
 from ..outputs import check_output, samples_name
 from ..runs import learnt_unconditional, load_run
-from ..sample_files import SAMPLE_BATCH, chunk_randomness, write_in_chunks
+from ..sample_files import SAMPLE_BATCH, chunk_randomness, sample_chunk, write_in_chunks
 from ..sampling import impute, sample, solve_inverse
 from ..sampling.api import SOLVERS
 from ..sampling.fewstep import uses_data_stats
@@ -333,27 +333,28 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     def draw(k: int, start: int, stop: int, tick=None):
         rows = slice(start, stop)
         hook = None if tick is None else lambda info: tick()
-        randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
         cond = None if labels is None else labels[rows]
         if cond is not None and problem is not None and problem["method"] == "smc":
             particles = problem["method_options"]["particles"]
             cond = cond.repeat_interleave(particles, 0)  # a row per particle
-        score = model if cond is None else classifier_free_guidance(model, cond, guidance)
         begin = time.perf_counter()
-        with torch.no_grad():
-            if problem is not None:
-                x, info = _solve_chunk(score, sde, problem, options, rows, stop - start, shape,
-                                       randomness["generator"], hook)
-            elif known is not None:
-                mask, values = (_rows(a, rows, stop - start, shape) for a in known)
-                x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
-                                 callback=hook, **randomness)
-            else:
-                x, info = sample(score, sde, (stop - start, *shape), device=dev, **stats,
-                                 **solver_options, callback=hook, **randomness)
-            if hasattr(model, "decode"):  # a latent run: images from its latents
-                x = model.decode(x)
-        x = x.cpu()  # finite: the samplers stop at the first non-finite step
+        if problem is None and known is None:  # a latent run's latents come back decoded
+            x, info, recorded = sample_chunk(model, sde, shape, k, start, stop, seed=seed,
+                                             seeds=seeds, labels=cond, guidance=guidance,
+                                             device=dev, callback=hook, **stats,
+                                             **solver_options)
+        else:  # observations and masks: no latent run has them
+            randomness, recorded = chunk_randomness(k, start, stop, seed, seeds, dev)
+            score = model if cond is None else classifier_free_guidance(model, cond, guidance)
+            with torch.no_grad():
+                if problem is not None:
+                    x, info = _solve_chunk(score, sde, problem, options, rows, stop - start,
+                                           shape, randomness["generator"], hook)
+                else:
+                    mask, values = (_rows(a, rows, stop - start, shape) for a in known)
+                    x, info = impute(score, sde, values.to(dev), mask.to(dev), **solver_options,
+                                     callback=hook, **randomness)
+            x = x.cpu()  # finite: the samplers stop at the first non-finite step
         arrays = dict(samples=x.numpy(), raw=raw_values(x, config).numpy(), **recorded)
         if labels is not None:
             arrays["labels"] = labels[rows].numpy()
