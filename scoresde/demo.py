@@ -225,7 +225,9 @@ def _figure(config: dict, entropy: float | None, shown: torch.Tensor, samples: S
     line = f"log-likelihood {ll['mean']:.4f} ± {ll['sem']:.4f} nats on {ll['count']} held-out " \
            f"points (NFE {ll['nfe']}, {ll['seconds']:.1f} s)"
     if entropy is not None:  # the gap: KL(data || model) up to the sampling error of the mean
-        line += f"; data entropy {entropy:.4f} nats, gap {-ll['mean'] - entropy:+.4f} " \
-                f"± {ll['sem']:.4f}"
+        gap = -ll["mean"] - entropy
+        line += f"; data entropy {entropy:.4f} nats, gap {gap:+.4f} ± {ll['sem']:.4f} " \
+                "(the KL divergence from the data to the model, >= 0; below 0 only by the " \
+                "noise of the estimate)"
     summary.append(line)
     return fig, summary

@@ -99,8 +99,9 @@ def draw_scatter(ax: Axes, x, title: str | None = None, lim: float | None = None
 
 
 def draw_heatmap(ax: Axes, xs, ys, values, title: str | None = None,
-                 floor: float | None = None, cmap: str = "magma") -> None:
-    """Draw ``values`` of shape ``(len(ys), len(xs))`` (e.g. a log-density) as a heat map.
+                 floor: float | None = None, cmap: str = "magma"):
+    """Draw ``values`` of shape ``(len(ys), len(xs))`` (e.g. a log-density) as a heat map;
+    returns the image (for a colour bar).
 
     Values below ``floor`` (default: the maximum minus 12, about e^-12 of the peak density for a
     log-density) are clipped so the low tails do not wash out the picture.
@@ -112,14 +113,16 @@ def draw_heatmap(ax: Axes, xs, ys, values, title: str | None = None,
     top = float(finite.max()) if finite.size else 0.0
     floor = top - 12.0 if floor is None else floor
     v = np.clip(np.nan_to_num(v, nan=floor, neginf=floor, posinf=top), floor, top)
-    ax.imshow(v, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), cmap=cmap,
-              aspect="equal", interpolation="bilinear")
+    image = ax.imshow(v, origin="lower", extent=(xs[0], xs[-1], ys[0], ys[-1]), cmap=cmap,
+                      aspect="equal", interpolation="bilinear")
     _square(ax, None, title, frame=(xs[0], xs[-1], ys[0], ys[-1]))
+    return image
 
 
 def draw_score_field(ax: Axes, points, vectors, title: str | None = None,
-                     background=None) -> None:
-    """Quiver plot of a 2D vector field: arrows ``vectors`` ``(N, 2)`` at ``points`` ``(N, 2)``.
+                     background=None):
+    """Quiver plot of a 2D vector field: arrows ``vectors`` ``(N, 2)`` at ``points`` ``(N, 2)``;
+    returns the arrows (for a colour bar of ``log(1 + |v|)``).
 
     Arrows are drawn with length proportional to ``|v|^(1/2)`` and colour by ``|v|``, so the large
     scores far from the data do not hide the small ones near it. ``background`` (2D points) is
@@ -134,17 +137,19 @@ def draw_score_field(ax: Axes, points, vectors, title: str | None = None,
                    rasterized=True)
     norm = np.linalg.norm(v, axis=1)
     scaled = v / np.sqrt(np.maximum(norm, 1e-12))[:, None]
-    ax.quiver(p[:, 0], p[:, 1], scaled[:, 0], scaled[:, 1], np.log1p(norm), cmap="viridis",
-              angles="xy", pivot="mid", width=0.006)
+    arrows = ax.quiver(p[:, 0], p[:, 1], scaled[:, 0], scaled[:, 1], np.log1p(norm),
+                       cmap="viridis", angles="xy", pivot="mid", width=0.006)
     lim = float(np.abs(p).max()) * 1.05 if len(p) else 1.0
     _square(ax, lim, title)
+    return arrows
 
 
 def draw_trajectories(ax: Axes, paths, title: str | None = None, lim: float | None = None,
                       background=None) -> None:
     """Draw sampling trajectories ``paths`` of shape ``(S, M, 2)`` (S times, M paths).
 
-    Each path starts with a hollow circle (at ``t = T``) and ends with a filled dot (``t = eps``).
+    Each path starts with a hollow circle (at ``t = T``) and ends with a filled dot (``t = eps``),
+    as the legend says.
     """
     tr = _np(paths)
     if tr.ndim != 3 or tr.shape[2] != 2:
@@ -158,6 +163,9 @@ def draw_trajectories(ax: Axes, paths, title: str | None = None, lim: float | No
         ax.plot(tr[:, j, 0], tr[:, j, 1], color=color, lw=0.9, alpha=0.85)
         ax.plot(*tr[0, j], "o", mfc="none", mec=color, ms=4)
         ax.plot(*tr[-1, j], "o", color=color, ms=4)
+    ax.plot([], [], "o", mfc="none", mec="0.3", ms=4, label="start, t = T")
+    ax.plot([], [], "o", color="0.3", ms=4, label="end, t = eps")
+    ax.legend(fontsize=7, loc="lower right", framealpha=0.8)
     lim = _limits(tr.reshape(-1, 2)) if lim is None else lim
     _square(ax, lim, title)
 
@@ -204,6 +212,15 @@ def _square(ax: Axes, lim: float | None, title: str | None, frame=None) -> None:
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
+
+
+def _scale(ax: Axes) -> None:
+    """A few ticks with their values on ``ax``, whose ticks :func:`_square` took away."""
+    from matplotlib.ticker import MaxNLocator
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(3))
+    ax.tick_params(labelsize=7, length=2)
 
 
 def _title(name: str, nfe: int | None, extra: str | None = None) -> str:
@@ -310,24 +327,32 @@ def demo_figure(
     top = [("data", data, None)] + [(k, v, nfe.get(k)) for k, v in samples.items()]
     bottom = [p for p in (density, field, paths) if p is not None]
     ncol = max(len(top), len(bottom), 1)
-    fig = _figure((2.7 * ncol, 2.7 * (1 + bool(bottom)) + (0.35 if suptitle else 0)))
-    grid = fig.add_gridspec(1 + bool(bottom), ncol)
+    fig = _figure((2.7 * ncol, 2.9 * (1 + bool(bottom)) + (0.35 if suptitle else 0)))
+    # Each row shares the width: the bottom's fewer panels are wider, none is left empty.
+    span = math.lcm(len(top), len(bottom) or 1)
+    grid = fig.add_gridspec(1 + bool(bottom), span)
     lim = _limits(*[_points(x, name) for name, x, _ in top])
+    w = span // len(top)
     for j, (name, x, n) in enumerate(top):
-        ax = fig.add_subplot(grid[0, j])
+        ax = fig.add_subplot(grid[0, j * w:(j + 1) * w])
         color = _DATA_COLOR if j == 0 else _POINT_COLOR
         draw_scatter(ax, x, _title(name, n, (notes or {}).get(name)), lim=lim, color=color)
-    j = 0
+        if j == 0:
+            _scale(ax)  # the data's coordinates, which every panel of the row shares
+    w = span // max(len(bottom), 1)
+    cells = iter(grid[1, j * w:(j + 1) * w] for j in range(len(bottom)))
     if density is not None:
-        draw_heatmap(fig.add_subplot(grid[1, j]), *density, title="learned log-density")
-        j += 1
+        ax = fig.add_subplot(next(cells))
+        image = draw_heatmap(ax, *density, title="learned log-density")
+        fig.colorbar(image, ax=ax, shrink=0.8, label="log p (nats)")
+        _scale(ax)
     if field is not None:
         pts, vec, t = field
-        draw_score_field(fig.add_subplot(grid[1, j]), pts, vec, title=f"score field, t = {t:g}",
-                         background=data)
-        j += 1
+        ax = fig.add_subplot(next(cells))
+        arrows = draw_score_field(ax, pts, vec, title=f"score field, t = {t:g}", background=data)
+        fig.colorbar(arrows, ax=ax, shrink=0.8, label="log(1 + |score|)")
     if paths is not None:
-        draw_trajectories(fig.add_subplot(grid[1, j]), paths, title="probability-flow paths",
+        draw_trajectories(fig.add_subplot(next(cells)), paths, title="probability-flow paths",
                           lim=lim, background=data)
     if suptitle:
         fig.suptitle(suptitle, fontsize=11)

@@ -91,9 +91,19 @@ def test_demo_figure_has_every_panel(tmp_path):
     fig = plotting.demo_figure(data, samples, {"em": 1, "pc": 2, "ode": 3, "heun": 4},
                                density=(xs, ys, logp), field=(fpts, vec, 0.3), paths=paths,
                                suptitle="log-likelihood -3.2 nats")
-    assert len(fig.axes) == 8  # data + 4 samplers on top, 3 panels below
-    titles = [ax.get_title() for ax in fig.axes]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    panels = [ax for ax in fig.axes if ax not in bars]
+    assert len(panels) == 8 and len(bars) == 2  # data + 4 samplers, 3 below; two colour bars
+    assert {bar.get_ylabel() for bar in bars} == {"log p (nats)", "log(1 + |score|)"}
+    titles = [ax.get_title() for ax in panels]
     assert "learned log-density" in titles and "score field, t = 0.3" in titles
+    paths_ax = panels[titles.index("probability-flow paths")]
+    assert [t.get_text() for t in paths_ax.get_legend().get_texts()] == ["start, t = T",
+                                                                         "end, t = eps"]
+    assert len(panels[0].get_xticks()) > 0 and len(panels[1].get_xticks()) == 0  # a scale once
+    fig.canvas.draw()
+    below = [ax.get_position() for ax in panels[5:]]
+    assert below[-1].x1 > 0.8  # the bottom row spans the figure: no empty cell at its end
     _png(plotting.save_figure(fig, tmp_path / "demo.png"))
 
 

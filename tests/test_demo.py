@@ -13,7 +13,8 @@ from scoresde.training import VECTOR_BATCH
 def test_run_demo_returns_the_figure_and_the_summary(tmp_path):
     figure, summary = scoresde.run_demo(tmp_path / "run", steps=5, n=20, quick=True,
                                         progress=False)
-    assert isinstance(figure, Figure) and len(figure.axes) == 8  # data + 4 solvers, 3 below
+    assert isinstance(figure, Figure) and len(figure.axes) == 10  # data + 4 solvers, 3 below,
+    # and the colour bars of the log-density and the score field
     titles = [ax.get_title() for ax in figure.axes]
     assert titles[2].startswith("pc · NFE") and titles[2].endswith(f"snr {PC_SNR:g}")
     assert "score field, t = 0.05" in titles
@@ -58,7 +59,8 @@ def test_run_demo_likelihood_on_at_most_likelihood_points_with_the_gap(tmp_path,
     assert "on 6 held-out points" in line
     mean, sem = (float(v) for v in line.split()[1:4:2])
     entropy = get_dataset("8gaussians").entropy
-    gap, gap_sem = line.split("gap ")[1].split(" ± ")
+    gap, gap_sem = line.split("gap ")[1].split(" (")[0].split(" ± ")
+    assert "below 0 only by the noise" in line  # what a negative gap means
     assert float(gap) == pytest.approx(-mean - entropy, abs=2e-4)
     assert float(gap_sem) == pytest.approx(sem, abs=1e-4)
 
