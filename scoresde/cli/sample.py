@@ -53,7 +53,8 @@ class _SeedList(click.ParamType):
               default=Default("sample", "solver"), show_default=True)
 @click.option("--steps", type=click.IntRange(min=1), default=Default("sample", "steps"),
               show_default=True,
-              help="Steps of the time grid (ode picks its own).")
+              help="Steps of the time grid (ode picks its own); the NFE printed counts the "
+                   "score calls they make (docs/sampling.md, 'steps and NFE').")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Number of samples [default: 1000, 64 for images].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
