@@ -354,3 +354,19 @@ def test_default_batch_size_depends_on_the_kind_of_data(tmp_path):
     batch = {k: json.loads((tmp_path / k / "config.json").read_text())["batch_size"]
              for k in ("toy", "img")}
     assert batch == {"toy": 1024, "img": 128}
+
+
+@pytest.mark.slow  # torchrun and two ranks, twice
+def test_the_command_under_torchrun_speaks_once_and_needs_a_run_folder(tmp_path):
+    def torchrun(*args):
+        return run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m",
+                          "scoresde", "--", "train", "--steps", 2, "--batch-size", 8,
+                          "--width", 8, "--quiet", *args, timeout=300, cwd=tmp_path)
+
+    done = torchrun("--run", tmp_path / "run")  # "--" keeps --run from torchrun's --run-path
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("trained 2 steps") == 1 and run_states(tmp_path / "run")["step"] == 2
+    refused = torchrun()
+    assert refused.returncode != 0 and "--run" in refused.stderr
+    assert not (tmp_path / "runs").exists()

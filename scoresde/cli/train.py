@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -143,9 +144,14 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         options["objective"] = "autoencoder"
     if latent is not None:
         options["latent"] = str(latent)
+    lead = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
+    if run is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise click.BadParameter("give the run folder under torchrun: every process must train "
+                                 "into the same one", param_hint="--run")
     if resume and run is not None and not has_run(Path(run)):
         path = _run_folder(Path(run))  # a job requeued before its first checkpoint: start it
-        click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
+        if lead:
+            click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
     elif resume:
         path = _run_folder(pick_run(run))
     else:
@@ -163,9 +169,12 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         if created:
             remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
         if isinstance(err, library("training.TrainingInterrupted")):  # the checkpoint is saved
-            click.echo(_interrupted(ctx, err, path), err=True)
+            if lead:
+                click.echo(_interrupted(ctx, err, path), err=True)
             ctx.exit(128 + err.signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
         raise
+    if not lead:
+        return
     if result["resumed_from"] == result["step"]:
         click.echo(f"{path} is already at step {result['step']} of {result['step']}: nothing "
                    f"to train; pass --steps N (N > {result['step']}) to train longer")
