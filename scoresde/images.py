@@ -428,7 +428,8 @@ class StepBatches:
 
     def draw(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This rank's indices (and flips) at ``step``."""
-        return self.rank_draw()(step)
+        return _rank_draw(step, seed=self.seed, n_train=self.n_train,
+                          batch_size=self.batch_size, flip=self.dataset.flip, share=self.share)
 
     def __iter__(self) -> Iterator:
         return self

@@ -26,17 +26,15 @@ import contextlib
 import itertools
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, TextIO
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
-from tqdm import tqdm
 
 from .cascade import training_condition
 from .checks import trusted_values
@@ -49,7 +47,7 @@ from .images import StepBatches
 from .interrupts import Interrupts, TrainingInterrupted
 from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
-from .progress import line_every
+from .progress import Progress
 from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
 from .sde import SDE
 from .snapshots import write_snapshot
@@ -443,7 +441,9 @@ class _Recorder:
         self.latest = (None, None)  # the last step's learning rate and gradient norm
         self._reset()
         self.first_bad = torch.zeros(2, dtype=torch.long, device=proc.device)  # loss, grad
-        self.progress = _Progress(opts.loop.steps, start, progress and self.lead)
+        # Lines by time at whatever step, with the loss of the last record, and the last step.
+        self.progress = Progress(opts.loop.steps, unit="step", desc="", initial=start,
+                                 enabled=progress and self.lead, last=True)
 
     def _reset(self) -> None:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -454,7 +454,7 @@ class _Recorder:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.close()
+        self.progress.close(finished=exc[0] is None)
 
     def record(self, done: int, loss: torch.Tensor, lr: float, grad_norm: torch.Tensor,
                skipped: torch.Tensor | None) -> float:
@@ -476,7 +476,7 @@ class _Recorder:
         seconds = self.elapsed + time.perf_counter() - self.t0
         if self.callback is not None and self.lead:
             self.callback(done, record)
-        self.progress.update(done, record["loss"] if log else None)
+        self.progress.set(done, f"loss={record['loss']:.4f}" if log else None)
         return seconds
 
     def write(self, done: int) -> dict:
@@ -515,47 +515,3 @@ class _Recorder:
         raise FloatingPointError(
             f"non-finite {what} at step {step}; stopped at step {done}: "
             f"{_kept(self.run_dir, self.saved)}; a lower learning rate may help")
-
-
-class _Progress:
-    """Progress of the steps on stderr (or ``stream``), with the loss of the last record.
-
-    In a terminal a tqdm bar. Elsewhere (a log file, a pipe) full lines, never a ``\\r``: one
-    whenever :func:`scoresde.progress.line_every` seconds (30) have passed since the last, at
-    whatever step (a slow step shows up, not only at the records), and one at the last step.
-    """
-
-    def __init__(self, total: int, start: int, enabled: bool,
-                 stream: TextIO | None = None):
-        self.stream = sys.stderr if stream is None else stream
-        self.total, self.start, self.enabled = total, start, enabled
-        isatty = getattr(self.stream, "isatty", None)
-        self.tty = enabled and callable(isatty) and isatty()
-        self.bar = tqdm(total=total, initial=start, file=self.stream, unit="step",
-                        dynamic_ncols=True, disable=not self.tty)
-        self.t0 = self.shown = time.perf_counter()
-        self.interval = line_every() if enabled and not self.tty else None
-        self.loss = None
-
-    def update(self, done: int, loss: float | None) -> None:
-        """Show step ``done``; ``loss`` when it was read (at records), else the last one read."""
-        if loss is not None:
-            self.loss = loss
-        if self.tty:
-            if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-            self.bar.update(done - self.bar.n)
-            return
-        now = time.perf_counter()
-        if self.enabled and (now - self.shown >= self.interval or done == self.total):
-            self.shown = now
-            postfix = "" if self.loss is None else f"loss={self.loss:.4f}"
-            line = tqdm.format_meter(done, self.total, now - self.t0, initial=self.start,
-                                     unit="step", postfix=postfix,
-                                     bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}% "
-                                                "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
-            self.stream.write(line + "\n")
-            self.stream.flush()
-
-    def close(self) -> None:
-        self.bar.close()

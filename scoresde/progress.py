@@ -41,20 +41,25 @@ class Progress:
 
     Args:
         total: the units in all; initial: those already done (a resumed loop).
-        desc: what the loop does ("sampling"), the line's first word.
+        desc: what the loop does ("sampling"), the line's first word ("": none).
         enabled: False shows nothing (``--quiet``, ``--json``, a rank other than 0).
         stream: where to write (stderr by default); a terminal gets a bar.
+        last: away from a terminal, a line at the end whenever a unit was done, not only after
+            earlier lines (training's summary); in a terminal, the bar is left on the screen.
     """
 
     def __init__(self, total: float, *, unit: str, desc: str, initial: float = 0,
-                 enabled: bool = True, stream: TextIO | None = None):
+                 enabled: bool = True, stream: TextIO | None = None, last: bool = False):
         self.stream = sys.stderr if stream is None else stream
         self.total, self.initial, self.unit, self.desc = total, initial, unit, desc
         self.enabled = enabled
         isatty = getattr(self.stream, "isatty", None)
         self.tty = enabled and callable(isatty) and isatty()
-        self.bar = tqdm(total=total, initial=initial, file=self.stream, unit=unit, desc=desc,
-                        dynamic_ncols=True, leave=False, disable=not self.tty)
+        self.bar = tqdm(total=total, initial=initial, file=self.stream, unit=unit,
+                        desc=desc or None, dynamic_ncols=True, leave=last,
+                        disable=not self.tty)
+        self.last = last
+        self.end = total  # where the piece of work under way ends (see within)
         # the interval is read only where lines are written (a bad one stops nothing else)
         self.every = line_every() if enabled and not self.tty else None
         self.n = initial
@@ -68,6 +73,16 @@ class Progress:
 
     def __exit__(self, *exc) -> None:
         self.close(finished=exc[0] is None)
+
+    def within(self, end: float) -> None:
+        """The units up to ``end`` are the piece of work under way (a chunk): :meth:`tick`
+        does not pass it."""
+        self.end = end
+
+    def tick(self, *_) -> None:
+        """One more unit, never past the end of the piece under way (a solver may call back
+        more or less often than it has steps); as a callback, its arguments are ignored."""
+        self.set(min(self.n + 1, self.end))
 
     def update(self, n: float = 1, postfix: str | None = None) -> None:
         """``n`` more units done; ``postfix`` (e.g. ``"loss=0.41"``) shown beside them."""
@@ -92,7 +107,7 @@ class Progress:
         done = self.n - self.initial
         rate = done / (now - self.t0) if now > self.t0 and done > 0 else 0.0
         left = (self.total - self.n) / rate if rate > 0 else float("nan")
-        line = (f"{self.desc}: {self.unit} {n}/{self.total:g} "
+        line = (f"{self.desc + ': ' if self.desc else ''}{self.unit} {n}/{self.total:g} "
                 f"{100 * self.n / self.total if self.total else 100:3.0f}% "
                 f"[{tqdm.format_interval(now - self.t0)}<"
                 f"{tqdm.format_interval(left) if left == left else '?'}, "
@@ -102,7 +117,9 @@ class Progress:
         self.lines += 1
 
     def close(self, finished: bool = True) -> None:
-        """End the bar; away from a terminal, a last line when any was written before."""
+        """End the bar; away from a terminal, a last line when any was written before (with
+        ``last``: when a unit was done)."""
         self.bar.close()
-        if not self.tty and self.enabled and self.lines and finished and self.shown_n != self.n:
+        wrote = self.lines or (self.last and self.n > self.initial)
+        if not self.tty and self.enabled and wrote and finished and self.shown_n != self.n:
             self._line()

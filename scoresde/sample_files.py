@@ -281,7 +281,8 @@ def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, ma
                   enabled=shown) as bar:
         for i, k in enumerate(todo, start=count - len(todo) + 1):
             start, stop = k * batch_size, min(n, (k + 1) * batch_size)
-            ticks = {"tick": lambda cap=i * per: bar.set(min(bar.n + 1, cap))} if steps else {}
+            bar.within(i * per)
+            ticks = {"tick": bar.tick} if steps else {}
             try:
                 arrays, info = draw(k, start, stop, **ticks)
             except FloatingPointError as err:

@@ -272,16 +272,16 @@ def test_progress_off_a_terminal_is_a_few_full_lines(tmp_path, capsys, monkeypat
 def test_progress_in_a_terminal_is_a_tqdm_bar_with_the_loss():
     import io
 
-    from scoresde.loop import _Progress
+    from scoresde.progress import Progress
 
     class Terminal(io.StringIO):
         def isatty(self):
             return True
 
     stream = Terminal()
-    bar = _Progress(total=10, start=4, enabled=True, stream=stream)
+    bar = Progress(10, unit="step", desc="", initial=4, stream=stream, last=True)
     for done in range(5, 11):
-        bar.update(done, 0.25)
+        bar.set(done, "loss=0.2500")
     bar.close()
     text = stream.getvalue()
     assert "\r" in text and "10/10" in text and "loss=0.2500" in text

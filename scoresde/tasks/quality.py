@@ -68,15 +68,15 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
     chunks, per = -(-n // batch_size), progress_steps(solver, steps)
     with Progress(chunks * (per or 1), unit="step" if per else "chunk", desc="fid",
                   enabled=progress) as bar:
-        cap = [per or 1]  # where the chunk being drawn ends on the bar
+        bar.within(per or 1)  # the first chunk
 
         def chunk_done(done: int, total: int) -> None:
             drawn = -(-done // batch_size)
             bar.set(drawn * (per or 1))
-            cap[0] = (drawn + 1) * (per or 1)
+            bar.within((drawn + 1) * (per or 1))
 
         if per:
-            sample_options["callback"] = lambda info: bar.set(min(bar.n + 1, cap[0]))
+            sample_options["callback"] = bar.tick
         record = run_quality(run, features=features, n=n, solver=solver, steps=steps,
                              seed=seed, batch_size=batch_size, device=resolve_device(device),
                              label=label, guidance=guidance, progress=chunk_done,

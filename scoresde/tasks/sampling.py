@@ -332,7 +332,7 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
 
     def draw(k: int, start: int, stop: int, tick=None):
         rows = slice(start, stop)
-        hook = None if tick is None else lambda info: tick()
+        hook = tick  # a sampler's callback: one step more on the progress
         cond = None if labels is None else labels[rows]
         if cond is not None and problem is not None and problem["method"] == "smc":
             particles = problem["method_options"]["particles"]
