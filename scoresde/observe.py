@@ -21,7 +21,7 @@ import torch
 
 from .checks import check_number
 
-__all__ = ["LinearObservation", "mask_matrix", "grey_matrix"]
+__all__ = ["LinearObservation", "KnownEntries", "mask_matrix", "grey_matrix"]
 
 
 class LinearObservation:
@@ -144,6 +144,39 @@ class LinearObservation:
         out.y_tilde = out.y @ self.U
         out.x_row = (out.y_tilde / self.S) @ self.V.T
         return out
+
+
+class KnownEntries:
+    """Observed entries of a batch: ``values`` where ``mask`` is True, one mask per sample.
+
+    The mask form of a :class:`LinearObservation` for the replacement step (``x_row`` and
+    :meth:`replace_row` as there), without a matrix: the row space of a mask is its known
+    entries, so the replacement is a selection, exact, and a mask may differ between samples.
+
+    Args:
+        values: ``(B, *dims)``, the observations (entries outside the mask are ignored).
+        mask: booleans (or 0/1) of shape ``(B, *dims)`` or ``dims``, True where known.
+
+    Raises:
+        ValueError: ``values`` is not a batch, or the mask has another shape or other values.
+    """
+
+    def __init__(self, values: torch.Tensor, mask):
+        if not isinstance(values, torch.Tensor) or values.ndim < 2:
+            raise ValueError("values must be a tensor of shape (B, *dims)")
+        mask = torch.as_tensor(mask, device=values.device)
+        if mask.dtype.is_floating_point and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("mask must hold booleans or 0/1 values (1 = known)")
+        if tuple(mask.shape) not in (tuple(values.shape), tuple(values.shape[1:])):
+            raise ValueError(f"mask must have the data's shape {tuple(values.shape[1:])} or the "
+                             f"batch's {tuple(values.shape)}, got {tuple(mask.shape)}")
+        self.known = mask.to(torch.bool).expand(values.shape)
+        self.event_shape = tuple(values.shape[1:])
+        self.x_row = values.reshape(len(values), -1)
+
+    def replace_row(self, flat: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """``flat`` ``(B, D)`` with its known entries replaced by ``row``'s."""
+        return torch.where(self.known.reshape(len(flat), -1), row, flat)
 
 
 def mask_matrix(mask) -> torch.Tensor:

@@ -198,6 +198,20 @@ def offset_callback(callback: Callback | None, start: int) -> Callback | None:
     return lambda d: callback({**d, "i": d["i"] + start})
 
 
+def chain_callbacks(*callbacks: Callback | None) -> Callback:
+    """One callback running ``callbacks`` in turn (``None`` skipped), each seeing the ``x`` the
+    one before returned; it returns the last ``x``."""
+
+    def call(d: dict) -> torch.Tensor:
+        for cb in callbacks:
+            if cb is not None:
+                out = cb(d)
+                d = d if out is None else {**d, "x": out}
+        return d["x"]
+
+    return call
+
+
 def run_callback(callback: Callback | None, x: torch.Tensor, **fields) -> torch.Tensor:
     """Call ``callback`` with ``x`` and ``fields``; return its tensor if it gave one, else ``x``."""
     if callback is None:

@@ -18,8 +18,11 @@ remains where the known and unknown entries are strongly dependent at high noise
 (``benchmarks/conditional.py`` measures it against exact conditionals of Gaussian mixtures).
 
 :func:`~scoresde.sampling.inverse.solve_inverse` generalises it to any linear measurement
-``y = A x + noise`` and adds methods without this bias (``smc``); ``impute`` stays the mask
-shorthand of its ``replacement`` method, with per-sample masks.
+``y = A x + noise`` and adds methods without this bias (``smc``); ``impute`` is the mask
+shorthand of its ``replacement`` method: the same replacement step
+(:func:`~scoresde.sampling.inverse.replacement_callback` on
+:class:`~scoresde.observe.KnownEntries`), with per-sample masks, per-sample seeds and the
+few-step defaults of :func:`~scoresde.sample`.
 
 The few-step defaults apply as in :func:`~scoresde.sample`: with the data's statistics
 (``data_mean`` and ``data_cov`` or ``data_std``), ``unipc`` or ``dpmpp_2m`` at ``steps=10`` is
@@ -34,29 +37,20 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..observe import KnownEntries
 from ..sde import SDE
 from .api import IMPUTATION_SOLVERS, sample
-from .common import Callback, Randomness, randn, resolve_generator
+from .common import Callback, Randomness, chain_callbacks, resolve_generator
+from .inverse import replacement_callback
 
 __all__ = ["impute", "imputation_callback", "IMPUTATION_SOLVERS"]
-
-
-def _check_mask(mask, values: torch.Tensor) -> torch.Tensor:
-    """The mask as booleans of ``values``' shape (a mask of one sample's shape is broadcast)."""
-    mask = torch.as_tensor(mask, device=values.device)
-    if mask.dtype.is_floating_point:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError("mask must hold booleans or 0/1 values (1 = known)")
-    if tuple(mask.shape) not in (tuple(values.shape), tuple(values.shape[1:])):
-        raise ValueError(f"mask must have the data's shape {tuple(values.shape[1:])} or the "
-                         f"batch's {tuple(values.shape)}, got {tuple(mask.shape)}")
-    return mask.to(torch.bool).expand(values.shape)
 
 
 def imputation_callback(sde: SDE, values: torch.Tensor, mask,
                         generator: Randomness = None,
                         callback: Callback | None = None) -> Callback:
-    """A sampler callback that replaces the known entries by ``m(t_next) values + s(t_next) z``.
+    """A sampler callback that replaces the known entries by ``m(t_next) values + s(t_next) z``:
+    :func:`~scoresde.sampling.inverse.replacement_callback` for a mask, then ``callback``.
 
     Args:
         sde: the forward SDE.
@@ -69,22 +63,8 @@ def imputation_callback(sde: SDE, values: torch.Tensor, mask,
     Returns:
         ``callback(info) -> x``, to pass to a fixed-grid sampler.
     """
-    if not isinstance(values, torch.Tensor) or values.ndim < 2:
-        raise ValueError("values must be a tensor of shape (B, *dims)")
-    known = _check_mask(mask, values)
-
-    def replace(info: dict) -> torch.Tensor:
-        x = info["x"]
-        t = torch.tensor([info["t_next"]], dtype=torch.float64)
-        m, s = (float(v) for v in sde.marginal_coeffs(t))
-        z = randn(x.shape, generator, dtype=x.dtype, device=x.device)
-        x = torch.where(known, m * values.to(x.dtype) + s * z, x)
-        if callback is not None:
-            out = callback({**info, "x": x})
-            x = x if out is None else out
-        return x
-
-    return replace
+    return chain_callbacks(replacement_callback(sde, KnownEntries(values, mask), generator),
+                           callback)
 
 
 def impute(
@@ -130,13 +110,11 @@ def impute(
         raise ValueError(f"imputation needs a sampler with a per-step hook: one of "
                          f"{', '.join(IMPUTATION_SOLVERS)}, got {solver!r} (ode and torchsde "
                          "integrate in one call)")
-    if not isinstance(values, torch.Tensor) or values.ndim < 2:
-        raise ValueError("values must be a tensor of shape (B, *dims)")
-    known = _check_mask(mask, values)
+    known = KnownEntries(values, mask)
     device = kwargs.pop("device", values.device)
     dtype = kwargs.pop("dtype", values.dtype)
     generator = resolve_generator(generator, seeds, values.shape, device)
-    replace = imputation_callback(sde, values, known, generator, callback)
+    replace = chain_callbacks(replacement_callback(sde, known, generator), callback)
     x, info = sample(score_fn, sde, tuple(values.shape), solver=solver, steps=steps, eps=eps,
                      generator=generator, device=device, dtype=dtype, callback=replace, **kwargs)
-    return torch.where(known, values.to(x.dtype), x), info
+    return torch.where(known.known, values.to(x.dtype), x), info

@@ -37,7 +37,7 @@ from ..utils import CountedScore
 from .api import (DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, _solver_option_names,
                   _stop_if_not_finite)
 from .api import prior_draw
-from .common import Callback, GridCoeffs, offset_callback, randn, tweedie
+from .common import Callback, GridCoeffs, chain_callbacks, offset_callback, randn, tweedie
 from .grids import check_eps, check_steps, default_eps, get_grid
 from .smc import sample_smc
 
@@ -47,8 +47,13 @@ __all__ = ["solve_inverse", "INVERSE_METHODS", "DEFAULT_SOLVER"]
 DEFAULT_SOLVER = "em"
 
 
-def _replacement_callback(sde: SDE, obs: LinearObservation, generator) -> Callback:
-    """Replace the row-space part of ``x`` by ``m(t_next) x_row + s(t_next) z``."""
+def replacement_callback(sde: SDE, obs, generator) -> Callback:
+    """The replacement step: after a solver step to ``t_next``, the observed (row-space) part of
+    ``x`` becomes ``m(t_next) x_row + s(t_next) z`` with fresh ``z``.
+
+    ``obs`` is a :class:`~scoresde.observe.LinearObservation` or, for masks, a
+    :class:`~scoresde.observe.KnownEntries` (both give ``x_row`` and ``replace_row``).
+    """
 
     def replace(d: dict) -> torch.Tensor:
         x = d["x"]
@@ -61,28 +66,15 @@ def _replacement_callback(sde: SDE, obs: LinearObservation, generator) -> Callba
     return replace
 
 
-def _chain(*callbacks: Callback | None) -> Callback:
-    """Run callbacks in turn, each seeing the ``x`` the one before returned."""
-
-    def call(d: dict):
-        for cb in callbacks:
-            if cb is not None:
-                out = cb(d)
-                d = d if out is None else {**d, "x": out}
-        return d["x"]
-
-    return call
-
-
 def _repaint(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options,
              jump: int = 10, resample: int = 10):
     jump, resample = check_int("jump", jump, low=1), check_int("resample", resample, low=1)
     c = GridCoeffs.build(sde, ts)
     steps = len(ts) - 1
-    replace = _replacement_callback(sde, obs, generator)
+    replace = replacement_callback(sde, obs, generator)
     for start in range(0, steps, jump):
         stop = min(start + jump, steps)
-        hook = offset_callback(_chain(replace, callback), start)
+        hook = offset_callback(chain_callbacks(replace, callback), start)
         for r in range(resample):
             if r:  # back to the segment's start by the exact forward transition
                 a = c.m[start] / c.m[stop]
@@ -116,7 +108,7 @@ def _dps_callback(counted, sde, measure, y, step_size: float) -> Callback:
 def _dps(counted, sde, obs, x, ts, *, solver, generator, callback, solver_options, measure, y,
          step_size: float = 1.0):
     step_size = check_number("step_size", step_size, low=0)
-    hook = _chain(_dps_callback(counted, sde, measure, y, step_size), callback)
+    hook = chain_callbacks(_dps_callback(counted, sde, measure, y, step_size), callback)
     x, _ = SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=hook,
                             **solver_options)
     return x, dict(step_size=step_size)
