@@ -7,13 +7,24 @@ the loss (:class:`LossOptions`), the optimisation (:class:`OptimOptions`), the l
 default here is the only statement of it: ``train``'s keywords, the ``train`` command's options
 and the values older runs are read with all come from these classes.
 
-A run's ``config.json`` is the configuration, flat (each option one key, as ``train`` takes it),
-with the SDE and the network resolved to their full configs, the facts of the data resolved
-when training started (``data_shape``, ``num_classes``, ``sigma_data``, ...), the call's own
-``run_dir``, ``resume``, ``device`` and ``progress``, and ``schema``, the version of this
-layout. A config written by an older version is brought to :data:`SCHEMA` by the numbered
-migrations of :data:`MIGRATIONS` (:func:`upgrade_config`); one written by a newer version is
-refused with a message that says so.
+A run's ``config.json`` is the configuration, grouped by concern as :class:`TrainConfig` is:
+``{"schema": 8, "data": {...}, "network": {...}, "loss": {...}, "optim": {...}, "loop": {...},
+"eval": {...}, "run": {...}}``, each group's options in the order of its fields, with the SDE
+and the network resolved to their full configs (``"loss": {"sde": {...}}``, ``"network":
+{"net": {...}}``). ``"run"`` holds every other key, in the order written: the facts of the data
+resolved when training started (``data_shape``, ``num_classes``, ``sigma_data``, ...), the
+call's own ``run_dir``, ``resume``, ``device`` and ``progress``, and for a converted run its
+``source``. ``schema`` is the version of the file.
+
+The library works on the flat view of a config (each option and fact one key, as ``train``
+takes them: ``config["sde"]``, ``config["data_shape"]``): :func:`flat_config` and
+:func:`group_config` turn one layout into the other, and :func:`~scoresde.runs.read_config`
+and :func:`~scoresde.runs.write_config` read and write the file through them. The file is
+grouped from schema 8 (:data:`GROUPED`) and flat before. A config written by an older version
+is brought to :data:`SCHEMA` by :func:`migrate`: a grouped one is flattened first, then the
+numbered migrations of :data:`MIGRATIONS`, which all work on the flat view, are applied from
+its own version (:func:`upgrade_config` completes the network's config as well). One written
+by a newer version is refused with a message that says so.
 
 This module imports neither torch nor the rest of the library until a check or an upgrade
 needs them, so that a command can read the defaults before parsing its arguments.
@@ -28,7 +39,8 @@ from typing import Any, Callable
 
 __all__ = ["SCHEMA", "MIGRATIONS", "GROUPS", "OPTIONS", "NET_FACTS", "DataOptions",
            "NetworkOptions", "LossOptions", "OptimOptions", "LoopOptions", "EvalOptions",
-           "TrainConfig", "option_default", "option_rule", "migrate", "upgrade_config"]
+           "TrainConfig", "RUN", "GROUPED", "option_default", "option_rule", "group_config",
+           "flat_config", "migrate", "upgrade_config"]
 
 
 def _option(default, kind: str | None = None, **rule) -> Any:
@@ -203,6 +215,8 @@ GROUPS = {"data": DataOptions, "network": NetworkOptions, "loss": LossOptions,
           "optim": OptimOptions, "loop": LoopOptions, "eval": EvalOptions}
 # Each option's group.
 OPTIONS = {f.name: group for group, cls in GROUPS.items() for f in fields(cls)}
+# The section of config.json that holds every key that is not an option (the run's facts).
+RUN = "run"
 _FIELDS = {f.name: f for cls in GROUPS.values() for f in fields(cls)}
 
 
@@ -245,11 +259,11 @@ class TrainConfig:
 
     @classmethod
     def from_run(cls, config: dict) -> "TrainConfig":
-        """The options of a run's config, of any schema (brought to :data:`SCHEMA` by
-        :data:`MIGRATIONS`): the SDE and the network by name with every parameter of the
-        run's (``sde_params``, ``net_params``), less the network's facts that come from the
-        data (:data:`NET_FACTS`). ``train(folder, TrainConfig.from_run(config))`` trains the
-        same run again."""
+        """The options of a run's config, of any schema, flat or grouped (brought to the flat
+        view at :data:`SCHEMA` by :func:`migrate`): the SDE and the network by name with every
+        parameter of the run's (``sde_params``, ``net_params``), less the network's facts that
+        come from the data (:data:`NET_FACTS`). ``train(folder, TrainConfig.from_run(config))``
+        trains the same run again."""
         config = migrate(config)
         options = {k: config[k] for k in OPTIONS if k in config}
         for key, facts in (("sde", ()), ("net", NET_FACTS)):
@@ -302,6 +316,56 @@ def _check(name: str, value):
     return value  # as given: an int stays an int in config.json
 
 
+# ----- the layout of config.json ------------------------------------------------------------------
+def group_config(flat: dict) -> dict:
+    """The layout of ``config.json`` of a flat config: ``schema`` (if there), the groups of
+    :data:`GROUPS` with their options in the order of their fields, then :data:`RUN` with every
+    other key in the order given. Every section is there, empty or not.
+    :func:`flat_config` is its inverse."""
+    grouped = {"schema": flat["schema"]} if "schema" in flat else {}
+    for group, cls in GROUPS.items():
+        grouped[group] = {f.name: flat[f.name] for f in fields(cls) if f.name in flat}
+    grouped[RUN] = {k: v for k, v in flat.items() if k != "schema" and k not in OPTIONS}
+    return grouped
+
+
+def flat_config(grouped: dict) -> dict:
+    """The flat config of ``config.json``'s layout (see :func:`group_config`, its inverse):
+    ``schema`` and the keys of every section, each one key. A section may be missing.
+
+    Raises:
+        ValueError: a key at the top that is not a section or ``schema``, a section that is not
+            a JSON object, or a key in a section other than its own (an option outside its
+            group, or anything else outside :data:`RUN`).
+    """
+    flat = {"schema": grouped["schema"]} if "schema" in grouped else {}
+    for section, values in grouped.items():
+        if section == "schema":
+            continue
+        if section not in GROUPS and section != RUN:
+            raise ValueError(f"config.json has an unknown section {section!r}; the sections "
+                             f"are {', '.join([*GROUPS, RUN])}")
+        if not isinstance(values, dict):
+            raise ValueError(f"config.json's section {section!r} must be a JSON object, "
+                             f"not {type(values).__name__}")
+        for key, value in values.items():
+            if key == "schema" or OPTIONS.get(key, RUN) != section:
+                where = "at the top" if key == "schema" else f"in {OPTIONS.get(key, RUN)!r}"
+                raise ValueError(f"config.json has {key!r} in section {section!r}; it belongs "
+                                 f"{where}")
+            flat[key] = value
+    return flat
+
+
+def _is_grouped(config: dict) -> bool:
+    """Whether a config of schema :data:`GROUPED` or later is in the file's layout, not flat:
+    it has a section no flat config has as a key (``data`` is both an option and a group: a
+    flat config's is a name, a path, a mixture or None, never a dict with a ``data`` key)."""
+    data = config.get("data")
+    return any(section in config for section in (*GROUPS, RUN) if section != "data") or (
+        isinstance(data, dict) and "data" in data)
+
+
 # ----- versions of config.json --------------------------------------------------------------------
 def _conditional_training(c: dict) -> None:
     """Runs from before conditional training learnt scores and never dropped labels."""
@@ -351,21 +415,33 @@ def _class_names(c: dict) -> None:
     c.setdefault("class_names", None)
 
 
-# MIGRATIONS[k] brings a config of schema k to schema k + 1. Configs written before the schema
-# was recorded are schema 0 (each step only fills in what is missing, so any of them can take
-# every step). A change to config.json adds a step here and raises SCHEMA with it.
+def _grouped_file(c: dict) -> None:
+    """Runs from before schema 8 wrote ``config.json`` flat; from 8 it is grouped by concern
+    (:func:`group_config`). The layout is undone before the migrations run (:func:`migrate`)
+    and the flat view has the same keys either way: nothing to fill in."""
+
+
+# MIGRATIONS[k] brings the flat view of a config of schema k to schema k + 1. Configs written
+# before the schema was recorded are schema 0 (each step only fills in what is missing, so any
+# of them can take every step). A change to config.json adds a step here and raises SCHEMA with
+# it; a change of the file's layout alone changes group_config and flat_config, and its step
+# has nothing to fill in.
 MIGRATIONS: tuple[Callable[[dict], None], ...] = (
     _conditional_training, _log_snr_times, _embeddings_and_cascades, _image_data, _scaling_up,
-    _evaluation, _class_names)
+    _evaluation, _class_names, _grouped_file)
 SCHEMA = len(MIGRATIONS)
+GROUPED = 8  # the first schema whose config.json is grouped by concern (group_config)
 
 
 def migrate(old: dict) -> dict:
-    """A run's ``config.json`` at :data:`SCHEMA`: the migrations from its own version applied
-    in turn. The dict given is left as it was.
+    """The flat view of a run's config at :data:`SCHEMA`: a config in the file's layout
+    (:data:`GROUPED` or later) is flattened (:func:`flat_config`), then the migrations from its
+    own version are applied in turn. A flat config of any schema is taken as well. The dict
+    given is left as it was.
 
     Raises:
-        ValueError: the config is of a newer schema than this version of scoresde reads.
+        ValueError: the config is of a newer schema than this version of scoresde reads, or
+            its layout is broken (see :func:`flat_config`).
     """
     config = dict(old)
     version = config.get("schema", 0)
@@ -374,6 +450,8 @@ def migrate(old: dict) -> dict:
     if version > SCHEMA:
         raise ValueError(f"the run's config is of schema {version}, written by a newer scoresde "
                          f"(this one reads schemas up to {SCHEMA}): upgrade scoresde to use it")
+    if version >= GROUPED and _is_grouped(config):
+        config = flat_config(config)
     for step in MIGRATIONS[version:]:
         step(config)
     config["schema"] = SCHEMA
@@ -381,7 +459,7 @@ def migrate(old: dict) -> dict:
 
 
 def upgrade_config(old: dict) -> dict:
-    """A run's ``config.json`` at :data:`SCHEMA` (:func:`migrate`), its network's config
+    """The flat view of a run's config at :data:`SCHEMA` (:func:`migrate`), its network's config
     completed with the keywords networks have gained since (with the values older runs had;
     this builds the network, drawing its initial weights from PyTorch's global generator).
 

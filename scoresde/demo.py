@@ -23,7 +23,7 @@ from .checks import check_choice, check_int
 from .config import option_default
 from .data import get_dataset
 from .likelihood import log_likelihood
-from .runs import load_run
+from .runs import load_run, removed_on_failure
 from .sampling import sample
 from .sampling.fewstep import uses_data_stats
 from .toys import TOYS
@@ -75,7 +75,8 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     log-density on a :data:`DENSITY_GRID` square grid.
 
     Args:
-        run_dir: the run folder to train into (a new or empty folder).
+        run_dir: the run folder to train into (a new or empty folder); a folder this call
+            creates is removed again if the demo fails or is interrupted.
         toy: one of :data:`scoresde.toys.TOYS`.
         sde: a key of :data:`scoresde.SDES`.
         steps: training steps (None: :func:`scoresde.train`'s default).
@@ -101,21 +102,22 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     dev = resolve_device(device)
     steps, n = (min(steps, QUICK_STEPS), min(n, QUICK_N)) if quick else (steps, n)
     say = _Say(progress)
-    say.line(f"training {sde} on {toy}: {steps} steps of batch {VECTOR_BATCH} into {run_dir}")
-    start = time.perf_counter()
-    train(run_dir, data=toy, sde=sde, steps=steps, seed=seed, device=str(dev),
-          checkpoint_every=steps, progress=progress)
-    say.line(f"trained in {time.perf_counter() - start:.1f} s")
-    model, sde_obj, config = load_run(run_dir, device=dev)
-    dataset = get_dataset(config["data"])
-    stats = dataset.sampling_statistics()
-    with torch.no_grad():
-        samples, paths = _samples(model, sde_obj, n, quick, seed, dev, say, stats)
-    shown = dataset.test[:max(n // 2, 10)]  # the data panel: n // 2 held-out points
-    ll = _held_out(model, sde_obj, shown, quick, dev, say)
-    lim = float(shown.abs().max()) * 1.15
-    density, field = _density_and_field(model, sde_obj, lim, quick, dev, say)
-    return _figure(config, dataset.entropy, shown, samples, paths, ll, density, field)
+    with removed_on_failure(run_dir, keep_checkpointed=False):  # a demo cut short: no run
+        say.line(f"training {sde} on {toy}: {steps} steps of batch {VECTOR_BATCH} into {run_dir}")
+        start = time.perf_counter()
+        train(run_dir, data=toy, sde=sde, steps=steps, seed=seed, device=str(dev),
+              checkpoint_every=steps, progress=progress)
+        say.line(f"trained in {time.perf_counter() - start:.1f} s")
+        model, sde_obj, config = load_run(run_dir, device=dev)
+        dataset = get_dataset(config["data"])
+        stats = dataset.sampling_statistics()
+        with torch.no_grad():
+            samples, paths = _samples(model, sde_obj, n, quick, seed, dev, say, stats)
+        shown = dataset.test[:max(n // 2, 10)]  # the data panel: n // 2 held-out points
+        ll = _held_out(model, sde_obj, shown, quick, dev, say)
+        lim = float(shown.abs().max()) * 1.15
+        density, field = _density_and_field(model, sde_obj, lim, quick, dev, say)
+        return _figure(config, dataset.entropy, shown, samples, paths, ll, density, field)
 
 
 class _Say:

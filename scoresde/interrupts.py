@@ -43,9 +43,15 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.signum, self.run_dir = int(signum), os.fspath(run_dir)
         self.step, self.steps = step, steps
         self.signal_name = signal.Signals(self.signum).name
-        where = ("before the first step: nothing was trained" if step is None else
-                 f"at step {step} of {steps}: saved the checkpoint of step {step}")
-        super().__init__(f"interrupted ({self.signal_name}) {where} in {self.run_dir}")
+        from .runs import has_checkpoint
+
+        if step is not None:
+            where = f"at step {step} of {steps}: saved the checkpoint of step {step} in {run_dir}"
+        elif has_checkpoint(run_dir):
+            where = f"before training resumed: {run_dir} is as it was"
+        else:
+            where = f"before the first step: nothing was trained in {run_dir}"
+        super().__init__(f"interrupted ({self.signal_name}) {where}")
 
     def __reduce__(self):
         return type(self), (self.signum, self.run_dir, self.step, self.steps)

@@ -1,9 +1,10 @@
 """Run folders: their files, finding them, the rules for resuming one, and loading its model.
 
-A run is a folder holding ``config.json`` (every resolved option of :func:`~scoresde.train`),
-``checkpoint.pt`` (written atomically), ``metrics.jsonl`` and ``writer.lock``, the lock that keeps
-a second trainer out while one writes the folder (:func:`scoresde.utils.folder_lock`). A
-checkpoint holds state dicts and plain data only and is read with
+A run is a folder holding ``config.json`` (every resolved option of :func:`~scoresde.train`,
+grouped by concern, and the facts of the run: see :mod:`scoresde.config`), ``checkpoint.pt``
+(written atomically), ``metrics.jsonl`` and ``writer.lock``, the lock that keeps a second
+trainer out while one writes the folder (:func:`scoresde.utils.folder_lock`). A checkpoint
+holds state dicts and plain data only and is read with
 ``torch.load(weights_only=True)``; a file that carries code or other pickled objects is refused
 before anything in it runs. This module is the only one that
 knows those file names: the training loop and the CLI ask it.
@@ -11,28 +12,30 @@ knows those file names: the training loop and the CLI ask it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import re
+import shutil
 from pathlib import Path
 from typing import Iterable
 
 import torch
 
-from .config import TrainConfig, upgrade_config
+from .checks import OptionError
+from .config import TrainConfig, group_config, migrate, upgrade_config
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
 from .sde import SDE, get_sde
-from .utils import LOCK, is_inside, resolve_device, write_atomically
+from .utils import LOCK, FolderBusyError, is_inside, resolve_device, write_atomically
 
 __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", "MAY_CHANGE",
            "RUN_FILES", "run_files", "check_run_folder",
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
            "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss",
-           "is_run",
-           "latest_run", "new_run_dir", "resume_state", "differences", "upgrade_config",
-           "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
+           "is_run", "RUNS", "find_run", "latest_run", "new_run_dir", "removed_on_failure",
+           "resume_state", "differences", "upgrade_config", "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 # The suffixes of the temporary files that only a run's trainer writes (its atomic writes of the
@@ -42,6 +45,7 @@ SAMPLES = "samples"  # the folder of the sample grids drawn while training (samp
 # What a run folder holds of its own: the files above and the writer's lock (the sample grids'
 # folder is the run's too). Nothing else writes these names.
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOCK)
+RUNS = Path("runs")  # where commands put new runs and look for the most recent one
 
 # The options of train() that may differ between a run and its resumption; every other option
 # must match config.json. They are the caller's, not the run's: how long, where, how often to
@@ -111,22 +115,40 @@ def sample_grid_path(run_dir: str | os.PathLike, step: int) -> str:
 
 
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
-    """Write ``config.json`` (atomically, indented, keys in order)."""
-    text = json.dumps(config, indent=2).encode() + b"\n"
+    """Write ``config.json`` (atomically, indented, keys in order) in the file's layout, grouped
+    by concern (:func:`~scoresde.config.group_config`), at :data:`~scoresde.config.SCHEMA`.
+
+    Args:
+        run_dir: the run folder.
+        config: the run's config, flat as the library holds it (one of an older schema, or none,
+            is brought to the current one first: :func:`~scoresde.config.migrate`).
+
+    Raises:
+        ValueError: the config is of a newer schema than this version of scoresde writes.
+    """
+    text = json.dumps(group_config(migrate(config)), indent=2).encode() + b"\n"
     write_atomically(os.path.join(run_dir, CONFIG), lambda f: f.write(text))
 
 
 def read_config(run_dir: str | os.PathLike) -> dict:
-    """Read ``config.json`` of a run folder.
+    """Read ``config.json`` of a run folder, of any schema, as the flat view the library works
+    on (``config["sde"]``, ``config["data_shape"]``) at :data:`~scoresde.config.SCHEMA`
+    (:func:`~scoresde.config.migrate`; :func:`~scoresde.config.upgrade_config` completes the
+    network's config as well).
 
     Raises:
         FileNotFoundError: the folder has no ``config.json``.
+        ValueError: the file is not a JSON object, or is of a newer schema than this version of
+            scoresde reads, or its layout is broken.
     """
     path = os.path.join(run_dir, CONFIG)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{run_dir} is not a run folder: no {CONFIG}")
     with open(path) as f:
-        return json.load(f)
+        config = json.load(f)
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} is not a run's config: not a JSON object")
+    return migrate(config)
 
 
 def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
@@ -216,13 +238,17 @@ def check_run_folder(run_dir: str | os.PathLike, data=None) -> None:
 
 def _is_run_config(path: Path) -> bool:
     """Whether ``path`` is a ``config.json`` written by a run: a JSON object with an SDE and
-    a network."""
+    a network (in their groups, or at the top in a file of before schema 8)."""
     try:
         config = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and isinstance(config.get("sde"), dict) and (
-        isinstance(config.get("net"), dict))
+    if not isinstance(config, dict):
+        return False
+    loss, network = config.get("loss"), config.get("network")
+    if isinstance(loss, dict) and isinstance(network, dict):  # grouped by concern
+        config = {**loss, **network}
+    return isinstance(config.get("sde"), dict) and isinstance(config.get("net"), dict)
 
 
 # ----- finding runs -------------------------------------------------------------------------------
@@ -236,6 +262,45 @@ def latest_run(root: str | os.PathLike) -> Path | None:
     root = Path(root)
     runs = [p for p in root.iterdir() if is_run(p)] if root.is_dir() else []
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime, default=None)
+
+
+def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUNS) -> Path:
+    """The run folder ``run``, or the run under ``root`` whose checkpoint was written last.
+
+    Raises:
+        OptionError: ``run`` is not a folder, or not a run's (no config and checkpoint); no
+            ``run`` and no run under ``root``.
+    """
+    if run is None:
+        path = latest_run(root)
+        if path is None:
+            raise OptionError(None, f"no run found under ./{root}; train one with 'scoresde "
+                                    "train' or pass --run DIR")
+        return path
+    if not os.path.isdir(run):
+        raise OptionError("run", f"run folder {str(run)!r} does not exist")
+    if not is_run(run):
+        raise OptionError("run", f"{str(run)!r} is not a run folder (needs {CONFIG} and "
+                                 f"{CHECKPOINT})")
+    return Path(run)
+
+
+@contextlib.contextmanager
+def removed_on_failure(run_dir: str | os.PathLike, *, keep_checkpointed: bool = True):
+    """Remove the folder ``run_dir`` if this block creates it and then fails or is interrupted;
+    with ``keep_checkpointed``, only while it holds no checkpoint (a run that saved one is
+    continued with ``resume``). A :class:`~scoresde.utils.FolderBusyError` (the folder is
+    another process's, whoever created it) removes nothing."""
+    created = not os.path.exists(run_dir)
+    try:
+        yield
+    except FolderBusyError:
+        raise
+    except BaseException:
+        if created and os.path.isdir(run_dir) and not (keep_checkpointed
+                                                       and has_checkpoint(run_dir)):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def new_run_dir(root: str | os.PathLike, *words: str) -> Path:

@@ -7,6 +7,7 @@ Test modules import from here (``from problems import ...``): pytest puts this f
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -124,6 +125,57 @@ def run_python(*args, timeout=120, cwd=None, **env):
                           timeout=timeout, cwd=cwd, env=env)
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a torchrun rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(*args, procs=2, nodes=1, endpoint=None, timeout=300, cwd=None, popen=False):
+    """``torchrun`` with ``procs`` gloo processes running ``python -m scoresde -- ARGS``; with
+    ``nodes`` > 1, one launcher of a job of that many nodes meeting at ``endpoint`` (a c10d
+    rendezvous, ``127.0.0.1:PORT``). A CompletedProcess, or with ``popen`` the running Popen
+    (in a session of its own, so that its whole job can be killed)."""
+    where = ([f"--nnodes={nodes}", "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}"]
+             if nodes > 1 else ["--nnodes=1", "--master_addr=127.0.0.1",
+                                f"--master_port={free_port()}"])
+    command = ["-m", "torch.distributed.run", *where, f"--nproc_per_node={procs}", "-m",
+               "scoresde", "--", *args]
+    if not popen:
+        return run_python(*command, timeout=timeout, cwd=cwd)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH",
+                                                                               "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, *map(str, command)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def assert_refused(result, code, *facts, besides=()):
+    """A command refused cleanly: exit status ``code`` and one line on stderr naming ``facts``.
+
+    ``result`` is what ``invoke`` returns (click's Result) or a CompletedProcess from
+    ``run_python`` or a real ``scoresde`` process. The line is the CLI's last word (``Error:
+    ...``, ``Interrupted.`` or ``Aborted.``) with no traceback; each of ``facts`` (an option
+    flag, the bad value, a file, an option or class name) occurs in it. Messages are checked by
+    these facts, never by their wording. Lines starting with one of the prefixes ``besides``
+    (``"warning:"``, ``"using run"``) are said before the refusal and set aside. Returns the line.
+    """
+    status = result.exit_code if hasattr(result, "exit_code") else result.returncode
+    stderr = result.stderr or ""
+    assert status == code, f"status {status}, not {code}: {stderr or result.stdout}"
+    assert "Traceback" not in stderr, stderr
+    lines = [line for line in stderr.splitlines()
+             if line.strip() and not line.startswith(tuple(besides))]
+    assert len(lines) == 1, f"not one line on stderr: {stderr!r}"
+    line = lines[0]
+    assert line.startswith("Error: ") or line in ("Interrupted.", "Aborted."), line
+    missing = [str(fact) for fact in facts if str(fact) not in line]
+    assert not missing, f"{missing} not in {line!r}"
+    return line
+
+
 def run_states(run_dir):
     """A run folder's checkpoint (state dicts and plain data)."""
     from scoresde.runs import load_checkpoint
@@ -146,9 +198,12 @@ def assert_equal_states(a, b):
 
 def make_old(run_dir, keys=(), net_keys=()):
     """Turns the run's ``config.json`` into one written before these keys (and the network's
-    ``net_keys``) existed, and before the schema was recorded; returns that config."""
+    ``net_keys``) existed, and before the schema was recorded (flat, not grouped); returns that
+    config."""
+    from scoresde.runs import read_config
+
     path = Path(run_dir) / "config.json"
-    config = json.loads(path.read_text())
+    config = read_config(run_dir)
     for key in ("schema", *keys):
         del config[key]
     for key in net_keys:

@@ -3,12 +3,12 @@
 Model quality is covered by tests/test_conditional*.py; these runs train for a few steps.
 """
 
-import json
 
 import numpy as np
 import pytest
 
-from problems import invoke
+from problems import assert_refused, invoke
+from scoresde.runs import read_config
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def runs(tmp_path_factory):
 
 
 def test_conditional_training_and_labelled_sampling(runs, tmp_path):
-    config = json.loads((runs / "cond" / "config.json").read_text())
+    config = read_config(runs / "cond")
     assert config["conditional"] and config["label_dropout"] == 0.1
     out = tmp_path / "s.npz"
     result = invoke("sample", "--run", runs / "cond", "--label", 3, "--guidance", 1.5,
@@ -37,22 +37,21 @@ def test_conditional_training_and_labelled_sampling(runs, tmp_path):
         assert (f["labels"] == np.arange(16) % 8).all()
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--label", 8], "[0, 8)"), (["--label", -2], "[0, 8)"), (["--label", "x"], "'x'"),
-    (["--guidance", 1], "needs --label")])
-def test_bad_labels_are_usage_errors(runs, args, match):
+@pytest.mark.parametrize("args,facts", [
+    (["--label", 8], ["--label", "8"]), (["--label", -2], ["--label", "-2"]),
+    (["--label", "x"], ["--label", "'x'"]), (["--guidance", 1], ["--guidance", "--label"])])
+def test_bad_labels_are_usage_errors(runs, args, facts):
     result = invoke("sample", "--run", runs / "cond", "--solver", "euler", "--steps", 2,
                     "--n", 4, *args)
-    assert result.exit_code == 2 and match in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert_refused(result, 2, *facts)
 
 
 def test_labels_on_an_unconditional_run_and_unlabelled_data_are_usage_errors(runs, tmp_path):
     result = invoke("sample", "--run", runs / "plain", "--label", 1, "--steps", 2, "--n", 4)
-    assert result.exit_code == 2 and "--conditional" in result.output
+    assert_refused(result, 2, "--label", "--conditional")
     result = invoke("train", "--data", "moons", "--conditional", "--steps", 2, "--quiet",
                     "--run", tmp_path / "m")
-    assert result.exit_code == 2 and "labels" in result.output
+    assert_refused(result, 2, "'moons'", "labels")
 
 
 def test_a_label_for_a_run_conditioned_on_embeddings_points_to_embedding(tmp_path):
@@ -62,7 +61,7 @@ def test_a_label_for_a_run_conditioned_on_embeddings_points_to_embedding(tmp_pat
                     "--batch-size", 16, "--width", 16, "--quiet", "--run", tmp_path / "emb")
     assert result.exit_code == 0, result.output
     result = invoke("sample", "--run", tmp_path / "emb", "--label", 1, "--steps", 2, "--n", 4)
-    assert result.exit_code == 2 and "--embedding" in result.output, result.output
+    assert_refused(result, 2, "--label", "--embedding")
     assert "unconditional" not in result.output
 
 
@@ -77,7 +76,7 @@ def test_mask_imputes_and_wrong_shapes_are_usage_errors(runs, tmp_path):
     np.savez(tmp_path / "bad.npz", mask=np.ones((3,), dtype=bool))
     result = invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "bad.npz",
                     "--n", 4, "--steps", 2)
-    assert result.exit_code == 2 and "--mask" in result.output and "shape" in result.output
+    assert_refused(result, 2, "--mask", "(3,)")
     result = invoke("sample", "--run", runs / "plain", "--mask", tmp_path / "m.npz",
                     "--solver", "ode", "--n", 4)
-    assert result.exit_code == 2 and "per-step hook" in result.output
+    assert_refused(result, 2, "'ode'")

@@ -30,7 +30,7 @@ def test_grid_points_row_major():
     grid = pts.reshape(5, 5, 2)
     np.testing.assert_allclose(grid[0, :, 0], xs)
     np.testing.assert_allclose(grid[:, 0, 1], ys)
-    with pytest.raises(ValueError, match="lim > 0"):
+    with pytest.raises(ValueError, match=r"\blim=-1\.0\b"):
         plotting.grid_points(-1.0)
 
 
@@ -111,11 +111,11 @@ def test_bad_shapes_raise():
     fig = plotting.samples_figure({"a": np.zeros((5, 2))})
     with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
         plotting.draw_scatter(fig.axes[0], np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="values must have shape"):
+    with pytest.raises(ValueError, match=r"^values\b.*\(4, 3\).*\(3, 3\)"):
         plotting.draw_heatmap(fig.axes[0], np.arange(3), np.arange(4), np.zeros((3, 3)))
     with pytest.raises(ValueError, match=r"\(S, M, 2\)"):
         plotting.draw_trajectories(fig.axes[0], np.zeros((5, 2)))
-    with pytest.raises(ValueError, match="at least one"):
+    with pytest.raises(ValueError, match=r"^samples_figure\b"):
         plotting.samples_figure({})
 
 

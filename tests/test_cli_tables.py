@@ -9,7 +9,7 @@ import scoresde
 from scoresde import hardware, likelihood, losses, models, sampling, toys
 from scoresde.cli import main
 
-from problems import ROOT, invoke, run_python
+from problems import ROOT, assert_refused, invoke, run_python
 
 CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
@@ -118,7 +118,7 @@ def test_every_public_name_resolves_and_cascade_stays_the_function():
     proc = run_python("-c", code, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["scoresde.cascade", "scoresde.training"]
-    with pytest.raises(AttributeError, match="has no attribute 'no_such_name'"):
+    with pytest.raises(AttributeError, match="'no_such_name'"):
         scoresde.no_such_name
     assert getattr(scoresde, "a.b", None) is None and not hasattr(scoresde, "weights")
 
@@ -128,8 +128,8 @@ def test_every_public_name_resolves_and_cascade_stays_the_function():
                                         (["sample", "--grid", "edn"], "'edm'")])
 def test_a_mistyped_choice_suggests_the_nearest(args, near):
     result = invoke(*args)
-    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    assert f"Did you mean {near}" in result.stderr
+    line = assert_refused(result, 2, args[-2], f"'{args[-1]}'")
+    assert f"Did you mean {near}" in line  # click's suggestion, beside the list of choices
 
 
 def test_a_choice_nothing_like_any_suggests_nothing():

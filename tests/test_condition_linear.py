@@ -102,13 +102,13 @@ def test_condition_is_the_mask_case_however_the_rows_are_written():
 
 def test_bad_measurements_are_refused_in_one_line():
     mix = GaussianMixture.ring()
-    with pytest.raises(ValueError, match="range of A"):
+    with pytest.raises(ValueError, match=r"\bnoise_std\b.*\by\b.*\bA\b.*\brank 1\b"):
         mix.condition_linear([[1.0, 0.0], [2.0, 0.0]], [1.0, 1.0])  # 2 x_1 = 1 and x_1 = 1
-    with pytest.raises(ValueError, match="fixes x entirely"):
+    with pytest.raises(ValueError, match=r"^A\b.*\brank 2\b.*\bnoise_std\b"):
         mix.condition_linear(torch.eye(2), [1.0, 1.0])
     with pytest.raises(ValueError, match="columns"):
         mix.condition_linear([[1.0, 0.0, 0.0]], [1.0])
-    with pytest.raises(ValueError, match=r"y must have shape \(1,\)"):
+    with pytest.raises(ValueError, match=r"^y\b.*\(1,\).*\(2,\)"):
         mix.condition_linear([[1.0, 0.0]], [1.0, 2.0])
     with pytest.raises(ValueError, match="noise_std"):
         mix.condition_linear([[1.0, 0.0]], [1.0], -0.1)
@@ -116,7 +116,7 @@ def test_bad_measurements_are_refused_in_one_line():
         mix.condition_linear([[0.0, 0.0]], [0.0])
     with pytest.raises(ValueError, match="finite"):
         mix.condition_linear([[math.nan, 0.0]], [0.0])
-    with pytest.raises(ValueError, match="C >= 2"):
+    with pytest.raises(ValueError, match=r"\bC >= 2\b.*\(1, 4, 4\)"):
         grey_matrix((1, 4, 4))
     # Noise makes an inconsistent y fine: the part outside the range of A is uninformative.
     post = mix.condition_linear([[1.0, 0.0], [2.0, 0.0]], [1.0, 1.0], 0.5)

@@ -78,7 +78,7 @@ def test_the_null_label_is_the_unconditional_network():
 
 
 @pytest.mark.parametrize("bad,match", [
-    (3, r"\[0, 3\)"), (-1, r"\[0, 3\)"), (torch.tensor([0, 1]), "one label or 6"),
+    (3, r"\[0, 3\)"), (-1, r"\[0, 3\)"), (torch.tensor([0, 1]), r"\b6\b.*\(2,\)"),
     (torch.tensor([0.0] * 6), "integers"), (1.0, "integers"), (True, "integers"),
     ("a", "integers")])
 def test_bad_labels_give_clear_errors(bad, match):
@@ -158,7 +158,7 @@ def test_bad_masks_and_solvers_give_clear_errors(mask, match):
     with pytest.raises(ValueError, match=match):
         impute(mix.score_fn(sde), sde, values, mask, steps=2)
     for solver in ("ode", "torchsde"):
-        with pytest.raises(ValueError, match="per-step hook"):
+        with pytest.raises(ValueError, match=f"'{solver}'"):
             impute(mix.score_fn(sde), sde, values, torch.tensor([True, False]), solver=solver)
 
 
@@ -177,6 +177,6 @@ def test_mask_files_are_read_and_checked(tmp_path):
     np.savez(tmp_path / "half.npz", mask=np.full((1, 8, 8), 0.5))
     np.savez(tmp_path / "nokey.npz", x=mask)
     for name, match in (("wrong.npz", "shape"), ("half.npz", "0/1"), ("nokey.npz", "'mask'"),
-                        ("absent.npz", "does not exist")):
+                        ("absent.npz", r"absent\.npz")):
         with pytest.raises(ValueError, match=match):
             load_mask(tmp_path / name, (1, 8, 8))

@@ -88,17 +88,17 @@ def test_bad_arrays_are_refused(tmp_path, bad, message):
 
 
 def test_bad_names_and_files_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown data"):
+    with pytest.raises(ValueError, match="'mnist'"):
         data.get_dataset("mnist")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="none\\.npy"):
         data.get_dataset(str(tmp_path / "none.npy"))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="pickles"):
         data.get_dataset(str(tmp_path / "obj.npy"))
     np.savez(tmp_path / "two.npz", a=np.zeros((3, 2)), b=np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="key 'x'"):
+    with pytest.raises(ValueError, match=r"two\.npz.*'x'"):
         data.get_dataset(str(tmp_path / "two.npz"))
-    with pytest.raises(TypeError, match="data must be"):
+    with pytest.raises(TypeError, match=r"^data\b.*\bint\b"):
         data.get_dataset(3)
 
 

@@ -79,10 +79,10 @@ def test_links_to_class_folders_inside_are_skipped_and_those_outside_are_followe
 def test_a_walk_past_the_bound_names_the_folder_and_the_bound(tmp_path, monkeypatch):
     root = write_grey(tmp_path / "data", 5)
     monkeypatch.setattr(images, "MAX_ENTRIES", 4)
-    message = f"more than 4 entries under {str(root)!r}: is it the right folder?"
-    with pytest.raises(ValueError, match=re.escape(message)):
+    message = rf"\b4\b.*{re.escape(repr(str(root)))}"  # the bound, the folder
+    with pytest.raises(ValueError, match=message):
         get_dataset(str(root))
-    with pytest.raises(ValueError, match=re.escape(message)):
+    with pytest.raises(ValueError, match=message):
         _fingerprint(str(root))  # the cache's key walks the same way
     monkeypatch.setattr(images, "MAX_ENTRIES", 5)
     assert count(get_dataset(str(root))) == 5
@@ -176,8 +176,7 @@ def test_a_poisoned_cache_file_is_named_recomputed_and_rewritten(tmp_path, how):
     ds = get_dataset(write_grey(tmp_path / "data", 12))
     good = reference_stats(ds, MEAN_GREY, cache=tmp_path)
     _poison(good.path, how)
-    with pytest.warns(UserWarning, match=re.escape(f"cache file {good.path}: ") + ".*; computing "
-                      "the statistics again and overwriting it"):
+    with pytest.warns(UserWarning, match=re.escape(str(good.path))):  # named; then rewritten
         again = reference_stats(ds, MEAN_GREY, cache=tmp_path)
     assert again.path == good.path and np.array_equal(again.mu, good.mu)
     assert np.array_equal(again.sigma, good.sigma) and torch.equal(again.features, good.features)
@@ -194,20 +193,23 @@ def test_complex_and_non_numeric_points_are_refused(tmp_path):
     np.save(tmp_path / "z.npy", z)
     np.savez(tmp_path / "z.npz", x=z.astype(np.complex64))
     for name in ("z.npy", "z.npz"):
-        with pytest.raises(ValueError, match=r"complex data \(dtype complex(128|64)\): scoresde "
-                                             r"trains on real arrays; pass x\.real"):
+        with pytest.raises(ValueError, match=r"\bcomplex(128|64)\b.*\bx\.real\b"):
             get_dataset(str(tmp_path / name))
     for name, x in [("b.npy", np.ones((10, 2), bool)), ("s.npy", np.full((10, 2), "1.5"))]:
         np.save(tmp_path / name, x)
-        with pytest.raises(ValueError, match=r"the points must be numeric \(integers or floats\), "
-                                             r"got dtype (bool|<U3)"):
+        with pytest.raises(ValueError, match=r"\bdtype (bool|<U3)"):
             get_dataset(str(tmp_path / name))
     np.savez(tmp_path / "mask.npz", mask=np.ones(2, bool), values=np.ones(2) * 1j)
-    with pytest.raises(ValueError, match="values must be finite real numbers"):
+    with pytest.raises(ValueError, match=r"mask\.npz\b.*\bvalues\b"):
         load_mask(tmp_path / "mask.npz", (2,))
 
 
 # ----- few-step statistics at the edges -----------------------------------------------------------
+def _all(*facts):
+    """A pattern for a one-line message that holds each of ``facts``, in any order."""
+    return "^" + "".join(f"(?=.*{re.escape(fact)})" for fact in facts)
+
+
 def gaussian_score(sde, var):
     """The exact score of N(0, var I) data under ``sde``."""
 
@@ -218,16 +220,17 @@ def gaussian_score(sde, var):
     return score
 
 
-@pytest.mark.parametrize("points,words", [
-    (np.array([[1.0, 2.0]]), "the data's statistics need at least 2 points"),
-    (np.ones((5, 2)), "are all equal (zero spread)"),
+@pytest.mark.parametrize("points,fact", [
+    (np.array([[1.0, 2.0]]), "2 points"),  # needed, and the data has 1
+    (np.ones((5, 2)), "zero spread"),
 ])
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
 def test_statistics_of_one_point_or_equal_points_fall_back_to_the_default_grid(tmp_path, points,
-                                                                                words, solver):
+                                                                                fact, solver):
     np.save(tmp_path / "p.npy", points.astype(np.float32))
     ds = get_dataset(str(tmp_path / "p.npy"))
-    with pytest.warns(UserWarning, match=re.escape(words) + ".*the solver's default grid"):
+    said = _all(repr(str(tmp_path / "p.npy")), fact, "default grid")  # the data, why, what then
+    with pytest.warns(UserWarning, match=said):
         stats = ds.sampling_statistics()
     assert stats == {}
     sde = get_sde("vp")
@@ -240,7 +243,7 @@ def test_statistics_that_are_not_finite_fall_back_with_a_warning(tmp_path):
     x = np.random.default_rng(0).normal(size=(4, 3, 19, 19)).astype(np.float32)  # D > 1024
     np.save(tmp_path / "wide.npy", x)
     ds = get_dataset(str(tmp_path / "wide.npy"))
-    with pytest.warns(UserWarning, match="are not finite"):
+    with pytest.warns(UserWarning, match=_all(repr(str(tmp_path / "wide.npy")), "not finite")):
         assert ds.sampling_statistics(float("nan")) == {}
 
 
@@ -254,7 +257,7 @@ def test_data_far_from_the_sdes_noise_range_gets_samples_and_a_warning(tmp_path,
     pts = np.random.default_rng(0).normal(size=(500, 2)) * scale
     np.save(tmp_path / "p.npy", pts)
     stats = get_dataset(str(tmp_path / "p.npy")).sampling_statistics()
-    with pytest.warns(UserWarning, match=r"less than a factor 2 inside the SDE's noise range"):
+    with pytest.warns(UserWarning, match=r"\bsigma\b.*sigma\(eps\), sigma\(T\)"):
         x, info = sample(gaussian_score(sde, scale**2), sde, (64, 2), solver=solver, steps=10,
                          generator=torch.Generator().manual_seed(0), **stats)
     ts = info["grid"]
@@ -265,9 +268,9 @@ def test_data_far_from_the_sdes_noise_range_gets_samples_and_a_warning(tmp_path,
 def test_an_explicit_window_outside_the_sdes_noise_range_is_a_clear_error():
     sde = get_sde("ve")
     eps = default_eps(sde)
-    with pytest.raises(ValueError, match=r"sigma_min=100\.0 is outside this SDE's noise range"):
+    with pytest.raises(ValueError, match=r"\bsigma_min=100\.0\b"):
         get_grid(sde, "log_snr", 5, eps, sigma_min=100.0)
-    with pytest.raises(ValueError, match=r"sigma_max=1e-06 is outside this SDE's noise range"):
+    with pytest.raises(ValueError, match=r"\bsigma_max=1e-06\b"):
         get_grid(sde, "edm", 5, eps, sigma_max=1e-6)
     ts = get_grid(sde, "log_snr", 5, eps, sigma_min=10.0)  # inside: as before
     assert (ts[1:] < ts[:-1]).all()
@@ -276,5 +279,5 @@ def test_an_explicit_window_outside_the_sdes_noise_range_is_a_clear_error():
 def test_the_file_systems_root_is_no_folder_of_images():
     from scoresde.images import list_images
 
-    with pytest.raises(ValueError, match="root of the file system"):
+    with pytest.raises(ValueError, match="^'/'"):
         list_images("/")

@@ -142,10 +142,10 @@ def test_callback_sees_every_step_once_in_order():
 
 @pytest.mark.parametrize("kwargs,words", [
     (dict(data_mean=0.0), ["data_mean", "data_std"]),
-    (dict(data_std=1.0, data_cov=torch.eye(2)), ["data_std", "data_cov", "not both"]),
+    (dict(data_std=1.0, data_cov=torch.eye(2)), ["data_std", "data_cov"]),
     (dict(data_std=0.0), ["data_std", "> 0"]),
     (dict(data_cov=torch.eye(3)), ["data_cov", "(2, 2)"]),
-    (dict(data_std=1.0, data_mean=[1.0, 2.0, 3.0]), ["data_mean", "2 numbers"]),
+    (dict(data_std=1.0, data_mean=[1.0, 2.0, 3.0]), ["data_mean", "2", "3"]),
 ])
 def test_bad_statistics_raise_value_error(kwargs, words):
     sde, mix = get_sde("vp"), GaussianMixture.ring()

@@ -61,11 +61,11 @@ def test_a_hand_written_f_steers_exact_samples_into_a_region():
 def test_bad_f_is_one_line():
     score = lambda x, t: torch.zeros_like(x)  # noqa: E731
     x, t = torch.zeros(3, 2), torch.full((3,), 0.5)
-    with pytest.raises(ValueError, match="one value per sample"):
+    with pytest.raises(ValueError, match=r"^f\b.*\(3,\).*\(3, 2\)"):  # wanted, got
         function_guidance(score, lambda x, t: x, 1.0)(x, t)
-    with pytest.raises(ValueError, match="does not depend on x"):
+    with pytest.raises(ValueError, match=r"^f\(x, t\).*\bx\b"):
         function_guidance(score, lambda x, t: torch.ones(3), 1.0)(x, t)
-    with pytest.raises(TypeError, match="f must be a function"):
+    with pytest.raises(TypeError, match=r"^f\b.*\bfloat\b"):
         function_guidance(score, 3.0, 1.0)
     with pytest.raises(ValueError, match="guidance scale"):
         function_guidance(score, lambda x, t: x.sum(1), float("nan"))

@@ -7,6 +7,7 @@ import gc
 import json
 import multiprocessing
 import os
+import re
 
 import numpy as np
 import pytest
@@ -14,11 +15,12 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from problems import Interrupt, assert_equal_states, invoke, run_python, run_states, stop_at
+from problems import (Interrupt, assert_equal_states, assert_refused, invoke, run_python,
+                      run_states, stop_at)
 from scoresde import images, train
 from scoresde.data import get_dataset, run_dataset
 from scoresde.images import StepBatches
-from scoresde.runs import load_checkpoint, upgrade_config
+from scoresde.runs import load_checkpoint, read_config, upgrade_config
 
 PHOTOS = load_sample_images().images  # two (427, 640, 3) uint8 photographs
 # A U-Net small enough for a CLI run in a few seconds.
@@ -82,7 +84,7 @@ def test_grayscale_channels_and_mixed_folders(tmp_path):
     assert as_rgb.event_shape == (3, 8, 8)
     assert torch.equal(as_rgb.train, ds.train.expand(-1, 3, -1, -1))
     Image.fromarray(tiles(1)[0]).save(gray / "colour.png")  # RGB beside grayscale
-    with pytest.raises(ValueError, match=r"mixes images of \[1, 3\] channels.*--channels"):
+    with pytest.raises(ValueError, match=r"gray'.*\[1, 3\].*--channels"):
         get_dataset(gray)
     assert get_dataset(gray, channels=1).event_shape == (1, 8, 8)
     rgba = write(tmp_path / "rgba", tiles(2), mode="RGBA")
@@ -99,15 +101,15 @@ def test_class_folders_are_labels_in_sorted_order(classes, capsys):
         assert label == (0 if name.startswith("a_flower/") else 1)
     write(classes, tiles(3, photo=1))  # top-level images beside class folders: left out
     ds = get_dataset(classes)
-    assert ds.train_size + len(ds.test) == 11 and "3 image(s) at the top level" in \
-        capsys.readouterr().err
+    said = capsys.readouterr().err  # how many images are left out, and where
+    assert ds.train_size + len(ds.test) == 11 and "3 image(s)" in said and str(classes) in said
 
 
 def test_resolution_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
     wide = PHOTOS[0][100:108, 200:216]  # 8 high, 16 wide: no resize, columns 4..11 kept
     big = PHOTOS[1][:32, :48]
     folder = write(tmp_path / "sizes", [wide, big])
-    with pytest.raises(ValueError, match="mixes image sizes.*--resolution"):
+    with pytest.raises(ValueError, match=re.escape(repr(str(folder))) + ".*--resolution"):
         get_dataset(folder)
     ds = get_dataset(folder, resolution=8)
     assert ds.event_shape == (3, 8, 8)
@@ -124,17 +126,17 @@ def test_jpeg_corrupt_and_empty_folders(tmp_path, capsys):
     (folder / "broken.png").write_bytes(b"not a png at all")
     ds = get_dataset(folder)
     assert ds.event_shape == (3, 8, 8) and ds.train_size + len(ds.test) == 3
-    assert "skipped 1 file(s)" in capsys.readouterr().err
+    assert "broken.png" in capsys.readouterr().err  # the file left out is named
     png = (write(tmp_path / "png", tiles(1)) / "t00.png").read_bytes()
     (folder / "cut.png").write_bytes(png[:len(png) // 2])  # opens, then fails to decode
-    with pytest.raises(ValueError, match="cannot decode image .*cut.png"):
+    with pytest.raises(ValueError, match=re.escape(str(folder / "cut.png"))):
         get_dataset(folder)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no image files"):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "empty"))):
         get_dataset(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="no image that Pillow can read"):
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "bad"))):
         get_dataset(tmp_path / "bad")
 
 
@@ -152,11 +154,11 @@ def test_uint8_arrays_in_each_layout_are_images(tmp_path):
     ds = get_dataset(str(tmp_path / "float.npy"))
     assert ds.pixel_bits is None and ds.raw_scale == 1 and ds.event_shape == (8, 8, 3)
     np.save(tmp_path / "two.npy", np.zeros((4, 5, 6, 7), np.uint8))
-    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+    with pytest.raises(ValueError, match=r"two\.npy.*\(4, 5, 6, 7\)"):
         get_dataset(str(tmp_path / "two.npy"))
-    with pytest.raises(ValueError, match="flip needs 8-bit images"):
+    with pytest.raises(ValueError, match=r"\bflip\b.*'digits'"):
         get_dataset("digits", flip=True)
-    with pytest.raises(ValueError, match="apply to a folder"):
+    with pytest.raises(ValueError, match=r"\bresolution\b.*'moons'"):
         get_dataset("moons", resolution=8)
 
 
@@ -174,7 +176,7 @@ def test_held_out_split_does_not_depend_on_the_listing_order(rgb, monkeypatch):
     assert len(ds.test) == 3 and not rows(ds.test) & rows(ds.train)  # never trained on
     rebuilt = run_dataset({"data": str(rgb), "data_shape": [3, 8, 8]})  # as likelihood does
     assert torch.equal(rebuilt.test, get_dataset(rgb).test)
-    with pytest.raises(ValueError, match="no longer reads as the run's: its data_shape"):
+    with pytest.raises(ValueError, match=re.escape(repr(str(rgb))) + r".*\bdata_shape\b"):
         run_dataset({"data": str(rgb), "data_shape": [1, 8, 8]})
 
 
@@ -268,9 +270,10 @@ def test_a_folder_runs_classes_are_summed_up_recorded_and_taken_by_name(classes,
     run = tmp_path / "run"
     train(run, data=classes, conditional=True, steps=2, batch_size=4, net_params=SMALL_NET)
     summary = capsys.readouterr().err.splitlines()[0]
-    assert summary == (f"data {classes}: 10 training 8-bit images of 3x8x8, 1 held out, "
-                       "2 classes (a_flower, b_sea)")
-    assert json.loads((run / "config.json").read_text())["class_names"] == ["a_flower", "b_sea"]
+    # the data, its count, kind and shape, and its classes by name
+    for fact in (str(classes), "10", "8-bit", "3x8x8", "a_flower", "b_sea"):
+        assert fact in summary, (fact, summary)
+    assert read_config(run)["class_names"] == ["a_flower", "b_sea"]
     common = ["sample", "--run", run, "--solver", "euler", "--steps", 2, "--n", 4, "--json"]
     by_name = invoke(*common, "--label", "b_sea", "--out", tmp_path / "name.npz")
     by_number = invoke(*common, "--label", 1, "--out", tmp_path / "number.npz")
@@ -279,7 +282,7 @@ def test_a_folder_runs_classes_are_summed_up_recorded_and_taken_by_name(classes,
     with np.load(tmp_path / "name.npz") as a, np.load(tmp_path / "number.npz") as b:
         assert np.array_equal(a["samples"], b["samples"]) and (a["labels"] == 1).all()
     wrong = invoke(*common, "--label", "b_see", "--out", tmp_path / "x.npz")
-    assert wrong.exit_code == 2 and "'b_see'" in wrong.stderr and "a_flower, b_sea" in wrong.stderr
+    assert_refused(wrong, 2, "--label", "'b_see'", "a_flower, b_sea")
     assert not (tmp_path / "x.npz").exists()
 
 
@@ -303,7 +306,7 @@ def test_sample_images_are_png_files_of_the_quantised_samples(classes, tmp_path)
         assert np.array_equal(png, want[i].transpose(1, 2, 0))
     again = invoke("sample", "--run", run, "--solver", "euler", "--steps", 2, "--n", 6,
                    "--out", tmp_path / "t.npz", "--images", folder)  # never into a full folder
-    assert again.exit_code == 2 and "--images" in again.stderr and "not an empty" in again.stderr
+    assert_refused(again, 2, "--images", folder)
     assert not (tmp_path / "t.npz").exists()
 
 
@@ -313,7 +316,7 @@ def test_levels_of_values_map_the_datas_range_onto_0_to_255(tmp_path):
     assert levels.dtype == np.uint8 and levels.ravel().tolist() == [0, 128, 255, 255]
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("kept")
-    with pytest.raises(FileExistsError, match="not an empty folder"):
+    with pytest.raises(FileExistsError, match=re.escape(str(tmp_path / "full"))):
         images.save_images(tmp_path / "full", levels)
     assert images.save_images(tmp_path / "new", levels) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full", "new"]  # no temporary left
@@ -334,7 +337,7 @@ def test_sample_images_refuse_points(tmp_path):
     train(tmp_path / "toy", data="moons", steps=1, batch_size=8, progress=False)
     result = invoke("sample", "--run", tmp_path / "toy", "--n", 4, "--steps", 2, "--images",
                     tmp_path / "pngs")
-    assert result.exit_code == 2 and "--images" in result.stderr
+    assert_refused(result, 2, "--images")
     assert not (tmp_path / "pngs").exists()
 
 
@@ -344,7 +347,7 @@ def test_sample_images_never_take_the_folder_of_the_samples_file(classes, tmp_pa
     (tmp_path / "pngs").mkdir()
     result = invoke("sample", "--run", tmp_path / "run", "--n", 2, "--steps", 2, "--solver",
                     "euler", "--out", tmp_path / "pngs" / "s.npz", "--images", tmp_path / "pngs")
-    assert result.exit_code == 2 and "--images" in result.stderr
+    assert_refused(result, 2, "--images")
     assert list((tmp_path / "pngs").iterdir()) == []  # refused before anything was drawn
 
 
@@ -379,7 +382,7 @@ def _cli_train(tmp_path, monkeypatch, folder, *extra):
 def test_cli_trains_samples_and_measures_bits_per_dim(classes, tmp_path, monkeypatch):
     run = _cli_train(tmp_path, monkeypatch, classes, "--conditional", "--flip", "--resolution",
                      8)
-    config = json.loads((run / "config.json").read_text())
+    config = read_config(run)
     assert (config["channels"], config["resolution"], config["flip"], config["pixel_bits"]) \
         == (None, 8, True, 8)
     out = tmp_path / "s.npz"
@@ -404,8 +407,7 @@ def test_cli_grayscale_folder_and_its_errors(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     Image.fromarray(PHOTOS[0][:16, :16]).convert("L").save(gray / "big.png")
     result = invoke("train", "--data", gray, "--run", tmp_path / "r2", *CLI_NET)
-    assert result.exit_code == 2 and "--resolution" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert_refused(result, 2, "--resolution")
 
 
 def test_a_run_on_a_uint8_array_from_before_images_resumes_reading_stored_values(tmp_path,
@@ -416,11 +418,11 @@ def test_a_run_on_a_uint8_array_from_before_images_resumes_reading_stored_values
     assert as_stored.pixel_bits is None and as_stored.raw_scale == 1.0
     assert float(as_stored.train.max()) > 100  # values as stored, 0..255
     np.save("f.npy", np.zeros((4, 2), np.float32))
-    with pytest.raises(ValueError, match="pixels=True needs a uint8"):
+    with pytest.raises(ValueError, match=r"f\.npy.*\bpixels=True\b.*float32"):
         get_dataset("f.npy", pixels=True)
     train("run", data="u8.npy", pixels=False, steps=2, batch_size=4, net_params=SMALL_NET,
           progress=False, checkpoint_every=2)
-    config = json.loads(open("run/config.json").read())
+    config = read_config("run")
     old = {k: v for k, v in config.items() if k not in (  # what a run of that version wrote
         "channels", "resolution", "flip", "pixels", "pixel_bits", "precision", "batch_gpu",
         "compile", "channels_last", "sample_every", "num_params", "schema")}

@@ -23,7 +23,8 @@ from scoresde.interrupts import Interrupts
 from scoresde.loop import Process, _check_weights
 from scoresde.training import TrainingInterrupted
 
-from problems import ROOT, TINY, assert_equal_states, invoke, run_python, run_states
+from problems import (ROOT, TINY, assert_equal_states, assert_refused, invoke, run_python,
+                      run_states)
 
 SIGNALS = {"SIGINT": 130, "SIGTERM": 143}  # and the command's exit status for each
 
@@ -71,8 +72,8 @@ def test_a_signal_in_a_step_saves_that_step_and_resuming_equals_a_straight_run(t
     stop = info.value
     assert (stop.step, stop.steps, stop.signal_name, stop.signum) == (6, 10, name, signum)
     assert stop.run_dir == str(tmp_path / "cut") and isinstance(stop, KeyboardInterrupt)
-    assert str(stop) == (f"interrupted ({name}) at step 6 of 10: saved the checkpoint of step 6 "
-                         f"in {tmp_path / 'cut'}")
+    said = str(stop)  # the signal, the step and its total, the folder of the checkpoint
+    assert all(fact in said for fact in (name, "step 6", "10", str(tmp_path / "cut"))), said
     for s in (signal.SIGINT, signal.SIGTERM):  # put back as they were; ours never reached
         assert signal.getsignal(s) is own_handlers
     assert run_states(tmp_path / "cut")["step"] == 6
@@ -99,14 +100,14 @@ def test_a_signal_before_the_first_step_stops_at_once_and_saves_nothing(tmp_path
     with pytest.raises(TrainingInterrupted) as info:
         train(tmp_path / "run", steps=5, **TINY)
     assert info.value.step is None and info.value.signal_name == "SIGTERM"
-    assert "before the first step: nothing was trained" in str(info.value)
+    assert "SIGTERM" in str(info.value) and str(tmp_path / "run") in str(info.value)
     assert signal.getsignal(signal.SIGTERM) is own_handlers
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     # The command: its own new folder removed, one line, SIGTERM's status.
     result = invoke("train", "--run", tmp_path / "cli", "--steps", 5, "--width", 16, "--quiet")
     assert result.exit_code == 143, result.output
-    assert result.stderr.strip() == ("interrupted (SIGTERM) before the first step: nothing was "
-                                     "saved")
+    said = result.stderr.strip().splitlines()
+    assert len(said) == 1 and "SIGTERM" in said[0] and not re.search(r"step \d", said[0]), said
     assert not (tmp_path / "cli").exists()
 
 
@@ -147,8 +148,8 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path):
     assert again["resumed_from"] == 3 and again["loss"] == first["loss"]  # its last record's
     result = invoke("train", "--resume", "--run", run, "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines()[0] == (f"{run} is already at step 3 of 3: nothing to train; "
-                                             "pass --steps N (N > 3) to train longer")
+    said = result.stdout.splitlines()[0]  # the run, its step, and the option that trains on
+    assert str(run) in said and "step 3" in said and "--steps" in said, said
     assert "nan" not in result.output
 
 
@@ -170,21 +171,22 @@ def test_diverging_names_the_checkpoint_kept_or_that_there_is_none(tmp_path, mon
         _nan_data_from(patch, 3)
         with pytest.raises(FloatingPointError) as err:
             train(run, steps=5, checkpoint_every=10, **TINY)
-    assert str(err.value) == (f"non-finite loss at step 3; stopped at step 3: no checkpoint had "
-                              f"been written to {run} yet, so nothing is kept; a lower learning "
-                              "rate may help")
+    said = str(err.value)  # what diverged, when, where, and that no checkpoint is kept
+    assert all(fact in said for fact in ("loss", "step 3", str(run), "nothing is kept")), said
     run = tmp_path / "resumed"
     train(run, steps=2, **TINY)
     with monkeypatch.context() as patch:
         _nan_data_from(patch, 2)  # step 4
-        with pytest.raises(FloatingPointError, match=f"non-finite loss at step 4; stopped at "
-                           f"step 4: the checkpoint of step 2 in {re.escape(str(run))} is kept"):
+        with pytest.raises(FloatingPointError) as err:
             train(run, steps=6, resume=True, checkpoint_every=10, **TINY)
+    said = str(err.value)  # the checkpoint kept: its step and folder
+    assert all(fact in said for fact in ("loss", "step 4", "step 2", str(run))), said
+    assert "nothing is kept" not in said
     assert run_states(run)["step"] == 2
     # The command: a new run that diverges before its first checkpoint leaves no folder.
     result = invoke("train", "--run", tmp_path / "cli", "--lr", "1e30", "--steps", 100,
                     "--width", 16, "--batch-size", 32, "--quiet")
-    assert result.exit_code == 1 and "so nothing is kept" in result.stderr, result.output
+    assert_refused(result, 1, "loss", tmp_path / "cli", "nothing is kept")
     assert "last good checkpoint" not in result.stderr and not (tmp_path / "cli").exists()
 
 
@@ -193,12 +195,15 @@ def test_non_finite_weights_name_the_checkpoint_kept_or_that_there_is_none():
     with torch.no_grad():
         parts.model.weight[0, 0] = math.inf
     proc = Process(0, 1, torch.device("cpu"), "R")
-    with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: no "
-                       "checkpoint had been written to R yet, so nothing is kept$"):
+    with pytest.raises(FloatingPointError) as err:
         _check_weights(parts, proc, 4, None)
-    with pytest.raises(FloatingPointError, match="^non-finite weights at step 4; stopped: the "
-                       "checkpoint of step 2 in R is kept$"):
+    said = str(err.value)  # the run folder is "R"
+    assert all(fact in said for fact in ("weights", "step 4", " R ", "nothing is kept")), said
+    with pytest.raises(FloatingPointError) as err:
         _check_weights(parts, proc, 4, 2)
+    said = str(err.value)
+    assert all(fact in said for fact in ("weights", "step 4", "step 2", " R ")), said
+    assert "nothing is kept" not in said
 
 
 # ----- the command, as a real process -------------------------------------------------------------
@@ -246,16 +251,16 @@ def test_the_command_interrupted_saves_says_how_to_resume_and_resumes_exactly(tm
     assert proc.returncode == SIGNALS[name], err[-2000:]
     step = run_states(run)["step"]
     assert 100 <= step < 600
-    assert err.strip().splitlines()[-1] == (
-        f"interrupted ({name}) at step {step} of 600: saved the checkpoint of step {step} in "
-        f"{run}; resume with: scoresde train --resume --run {shlex.quote(str(run))} --steps 600 "
-        "--quiet")
-    command = shlex.split(err.strip().split("resume with: ")[1])
+    said = err.strip().splitlines()[-1]  # the signal, the step saved, the command to resume
+    assert name in said and f"step {step}" in said and str(run) in said, said
+    resume = f"scoresde train --resume --run {shlex.quote(str(run))} --steps 600 --quiet"
+    assert said.endswith(resume), said
+    command = shlex.split(resume)
     assert command[:2] == ["scoresde", "train"]
     resumed = _scoresde(*command[1:])
     out, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-2000:]
-    assert out.startswith("trained 600 steps in ")
+    assert "600 steps" in out.splitlines()[0]  # its summary: the run's whole total
     assert_equal_states(run_states(straight()), run_states(run))
     logged = [r["step"] for r in _records(run)]
     assert logged == sorted(set(range(100, 601, 100)) | {step})
@@ -281,12 +286,12 @@ except TrainingInterrupted as stop:
 
 @pytest.mark.slow  # torchrun and two ranks
 def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
-    from test_train import _free_port
+    from problems import free_port
 
     script = tmp_path / "interrupted.py"
     script.write_text(TORCHRUN_SCRIPT)
     proc = run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                      "--master_addr=127.0.0.1", f"--master_port={_free_port()}", script,
+                      "--master_addr=127.0.0.1", f"--master_port={free_port()}", script,
                       tmp_path / "run", timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # The ranks print to one pipe at once: their lines may run together.

@@ -175,19 +175,19 @@ def test_bad_arguments_are_refused_in_one_line():
     score, a, y = mix.score_fn(sde), mask_matrix([True, False]), torch.tensor([1.0])
     cases = [
         (dict(method="bogus"), "method"),
-        (dict(method="smc", solver="em"), "leave solver unset"),
-        (dict(method="replacement", solver="ode"), "runs the solvers"),
-        (dict(method="smc", jump=3), "unknown options jump"),
+        (dict(method="smc", solver="em"), r"'smc'.*\bsolver\b.*'em'"),
+        (dict(method="replacement", solver="ode"), r"'replacement'.*'ode'"),
+        (dict(method="smc", jump=3), r"'smc'.*\bjump\b"),
         (dict(method="dps", step_size=-1.0), "step_size"),
         (dict(method="smc", particles=0), "particles"),
         (dict(method="repaint", resample=0), "resample"),
-        (dict(method="smc", n=3, y=torch.ones(2, 1)), "2 measurements for n = 3"),
+        (dict(method="smc", n=3, y=torch.ones(2, 1)), r"\b2\b.*\bn = 3\b"),
     ]
     for kw, match in cases:
         kw = {"y": y, **kw}
         with pytest.raises(ValueError, match=match):
             solve_inverse(score, sde, a, kw.pop("y"), steps=2, **kw)
-    with pytest.raises(ValueError, match="needs method='dps'"):
+    with pytest.raises(ValueError, match=r"method='dps'.*'smc'"):
         solve_inverse(score, sde, lambda x: x, y, method="smc", event_shape=(2,))
 
 

@@ -247,7 +247,7 @@ def test_bad_tolerances_give_one_line_errors_that_name_them():
     # atol as a bare comparison TypeError.
     sde, mix = get_sde("vp"), GaussianMixture.ring()
     x = mix.sample(4, torch.Generator().manual_seed(0))
-    with pytest.raises(ValueError, match=r"rtol must be a finite number > 0, got -1$"):
+    with pytest.raises(ValueError, match=r"^rtol\b.*\D-1$"):  # the value given, unscaled
         log_likelihood(mix.score_fn(sde), sde, x, rtol=-1)
-    with pytest.raises(ValueError, match="atol must be a finite number > 0, got 'x'"):
+    with pytest.raises(ValueError, match=r"^atol\b.*'x'"):
         encode(mix.score_fn(sde), sde, x, atol="x")

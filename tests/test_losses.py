@@ -116,10 +116,10 @@ def test_log_snr_share_mixes_uniform_t_with_uniform_log_snr(sde):
 def test_bad_options_are_refused(sde):
     x0 = torch.zeros(4, 2)
     for share in (-0.1, 1.5, True, "0.3", float("nan")):
-        with pytest.raises(ValueError, match=r"log_snr_share must be a finite number in \[0, 1\]"):
+        with pytest.raises(ValueError, match=r"^log_snr_share\b.*\[0, 1\]"):
             dsm_loss(lambda x, t: x, sde, x0, log_snr_share=share)
     for weighting in ("likelihood", "likelihood_is"):
-        with pytest.raises(ValueError, match=f"must be 0 with weighting '{weighting}'"):
+        with pytest.raises(ValueError, match=f"^log_snr_share\\b.*'{weighting}'"):
             sample_time(sde, 4, weighting=weighting, log_snr_share=0.5)
     with pytest.raises(ValueError, match="log_snr_share"):  # checked even when t is given
         dsm_loss(lambda x, t: x, sde, x0, t=torch.full((4,), 0.5), log_snr_share=2.0)
@@ -135,7 +135,7 @@ def test_bad_options_are_refused(sde):
 
 def test_a_bad_number_of_times_is_a_one_line_error():
     # Before: sample_time(n=-1) was a RuntimeError from torch.
-    with pytest.raises(ValueError, match="n must be an integer >= 1, got -1"):
+    with pytest.raises(ValueError, match=r"^n\b.*>= 1.*-1\b"):
         sample_time(VPSDE(), -1)
 
 
@@ -146,7 +146,7 @@ def test_classifier_loss_checks_the_noise_shape_like_dsm_loss():
     t, noise = torch.full((4,), 0.5), torch.randn(4, 2)
     logits = lambda x, t: torch.stack([x[:, 0], -x[:, 0]], 1)  # noqa: E731
     y = torch.tensor([0, 1, 0, 1])
-    with pytest.raises(ValueError, match="noise must have the shape of x0"):
+    with pytest.raises(ValueError, match=r"^noise\b.*\bx0\b.*\(4, 1\)"):
         classifier_loss(logits, sde, x0, y=y, t=t, noise=noise[:, :1])
     # With the same t and z the classifier sees x_t = m x0 + s z, as dsm_loss's score does.
     m, s = sde.marginal_coeffs(t)

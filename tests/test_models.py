@@ -75,7 +75,7 @@ def test_bad_networks_are_refused():
         UNet(event_shape=(1, 6, 6), ch_mult=(1, 2, 2))
     with pytest.raises(ValueError, match="fourier"):
         TimeFeatures(8, "wavelet")
-    with pytest.raises(ValueError, match="unknown network"):
+    with pytest.raises(ValueError, match="'transformer'"):
         build_net({"name": "transformer"})
     with pytest.raises(ValueError, match="sigma_data"):
         ScoreModel(ScoreMLP(), None, sigma_data=0.0)
@@ -105,5 +105,5 @@ def test_score_model_and_noise_classifier_share_one_preconditioning():
     torch.testing.assert_close(seen["cls"][1], torch.log(s) / 4)
     torch.testing.assert_close(seen["score"], seen["cls"])
     for wrapper in (ScoreModel, NoiseClassifier):
-        with pytest.raises(ValueError, match="sigma_data must be a finite number > 0"):
+        with pytest.raises(ValueError, match=r"^sigma_data\b.*\bnan\b"):
             wrapper(Spy("x"), sde, float("nan"))

@@ -6,9 +6,11 @@ with the blocked object named; a TorchScript file named only in a run is never l
 names differ whenever the samples do; the command's JSON is strict.
 """
 
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 
@@ -17,9 +19,9 @@ import pytest
 import torch
 
 import scoresde
-from problems import folder_with_a_run, invoke, run_python
+from problems import assert_refused, folder_with_a_run, invoke, run_python
 from scoresde.outputs import check_output, samples_name
-from scoresde.runs import check_run_folder, load_checkpoint
+from scoresde.runs import check_run_folder, load_checkpoint, read_config, write_config
 from scoresde.sample_files import parts_dir, write_in_chunks
 from scoresde.utils import write_atomically
 
@@ -43,43 +45,48 @@ def _snapshot(root):
 
 
 # ----- outputs never replace inputs, run files or each other --------------------------------------
-@pytest.mark.parametrize("out, words", [
-    ("s.png", "ending in .npz"),  # the figure would be written over the samples
-    ("r/checkpoint.pt", "ending in .npz"),
-    ("/proc/x.npz", "no file can be created in /proc"),
+@pytest.mark.parametrize("out, facts", [
+    ("s.png", [".npz"]),  # the figure would be written over the samples
+    ("r/checkpoint.pt", [".npz"]),
+    ("/proc/x.npz", ["/proc"]),  # a folder where no file can be created
 ])
-def test_sample_refuses_an_out_it_must_not_write(in_workdir, out, words):
+def test_sample_refuses_an_out_it_must_not_write(in_workdir, out, facts):
     before = _snapshot(in_workdir)
     result = invoke(*SAMPLE, "--run", "r", "--out", out)
-    assert result.exit_code == 2 and words in result.stderr, result.output
-    assert ".parts" not in result.stderr and "Traceback" not in result.output
+    line = assert_refused(result, 2, out, *facts)
+    assert ".parts" not in line
     assert _snapshot(in_workdir) == before
 
 
 def test_outputs_never_replace_inputs_or_a_runs_files(in_workdir):
     run = in_workdir / "r"
-    with pytest.raises(ValueError, match="input of the command"):
+    with pytest.raises(ValueError, match=_names(run / "checkpoint.pt", f"({run})")):  # input
         check_output(run / "checkpoint.pt", inputs=[run], replace=True)
-    with pytest.raises(ValueError, match="file of the run folder"):
+    with pytest.raises(ValueError, match=_names(run / "config.json", f" {run}")):
         check_output(run / "config.json", replace=True)  # any run's, input or not
-    with pytest.raises(ValueError, match="another of its outputs"):
+    with pytest.raises(ValueError, match=_names(in_workdir / "a.npz")):  # another output
         check_output(in_workdir / "a.npz", others=[in_workdir / "a.npz"], replace=True)
-    with pytest.raises(ValueError, match="chunks of another output"):
+    with pytest.raises(ValueError, match=_names("y.npz", in_workdir / "x.npz.parts")):
         check_output(in_workdir / "x.npz.parts" / "y.npz", replace=True)
     data = in_workdir / "images"
     data.mkdir(exist_ok=True)
-    with pytest.raises(ValueError, match="inside the data folder"):
+    with pytest.raises(ValueError, match=_names(data / "samples.png", f" {data}")):
         check_output(data / "samples.png", inputs=[data], replace=True)
     (in_workdir / "mine.npz").write_bytes(b"user's own")
     with pytest.raises(FileExistsError, match="--force"):
         check_output(in_workdir / "mine.npz")
 
 
+def _names(*names):
+    """A pattern for a message that names each of ``names`` (paths too), in this order."""
+    return ".*".join(re.escape(str(name)) for name in names)
+
+
 def test_sample_never_writes_over_its_mask(in_workdir):
     np.savez("known.npz", mask=np.array([True, False]), values=np.array([0.5, 0.0]))
     before = _digest(in_workdir / "known.npz")
     result = invoke(*SAMPLE, "--run", "r", "--mask", "known.npz", "--out", "known.npz")
-    assert result.exit_code == 2 and "input of the command" in result.stderr, result.output
+    assert_refused(result, 2, "known.npz")
     assert _digest(in_workdir / "known.npz") == before
 
 
@@ -108,7 +115,7 @@ def test_a_second_sample_refuses_to_replace_other_samples(in_workdir):
     assert first.exit_code == 0, first.output
     samples, figure = _digest(in_workdir / "s.npz"), _digest(in_workdir / "s.png")
     other = invoke(*SAMPLE, "--run", "r", "--out", "s.npz", "--seed", 1)
-    assert other.exit_code == 2 and "--force" in other.stderr, other.output
+    assert_refused(other, 2, "s.npz", "--force")
     assert (_digest(in_workdir / "s.npz"), _digest(in_workdir / "s.png")) == (samples, figure)
     again = invoke(*SAMPLE, "--run", "r", "--out", "s.npz")  # the same samples: kept, not drawn
     assert again.exit_code == 0 and "nothing drawn" in again.stderr, again.output
@@ -120,7 +127,7 @@ def test_a_second_sample_refuses_to_replace_other_samples(in_workdir):
 def test_the_figure_never_replaces_a_file_of_the_users(in_workdir):
     (in_workdir / "plot.png").write_bytes(b"the user's picture")
     result = invoke(*SAMPLE, "--run", "r", "--out", "plot.npz")
-    assert result.exit_code == 2 and "plot.png already exists" in result.stderr, result.output
+    assert_refused(result, 2, "plot.png", "--force")
     assert (in_workdir / "plot.png").read_bytes() == b"the user's picture"
     assert not (in_workdir / "plot.npz").exists()
 
@@ -139,9 +146,10 @@ def test_train_never_writes_into_a_folder_of_the_users(tmp_path, monkeypatch):
     (mine / "config.json").unlink()  # a folder of other files, no config.json at all
     result = invoke("train", "--steps", 2, "--batch-size", 8, "--quiet", "--resume", "--run",
                     "mine")
-    assert result.exit_code == 2 and "not a run folder" in result.stderr, result.output
+    line = result.stderr.strip().splitlines()[-1]  # after a note that no checkpoint is there
+    assert result.exit_code == 2 and "mine" in line and "notes.txt" in line, result.output
     assert _snapshot(mine) == {"notes.txt": before["notes.txt"]}
-    with pytest.raises(ValueError, match="not a run folder"):  # the library keeps the rule too
+    with pytest.raises(ValueError, match="mine.*notes.txt"):  # the library keeps the rule too
         scoresde.train(mine, steps=2, batch_size=8, progress=False, resume=True)
     assert _snapshot(mine) == {"notes.txt": before["notes.txt"]}
     check_run_folder(tmp_path / "absent")  # absent and empty folders are fine
@@ -154,14 +162,14 @@ def test_a_torchscript_named_only_in_a_run_is_never_loaded(tmp_path, monkeypatch
     monkeypatch.chdir(tmp_path)
     assert invoke("train", "--steps", 2, "--batch-size", 8, "--width", 8, "--quiet", "--run",
                   "r").exit_code == 0
-    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    config = read_config(tmp_path / "r")
     config.update(eval_every=1, eval_features=str(tmp_path / "payload.pt"))  # an edited run
-    (tmp_path / "r" / "config.json").write_text(json.dumps(config))
+    write_config(tmp_path / "r", config)
     (tmp_path / "payload.pt").write_bytes(b"stands for a TorchScript file")
     loaded = []
     monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loaded.append(a))
     result = invoke("train", "--resume", "--run", "r", "--steps", 4, "--quiet")
-    assert result.exit_code == 2 and "--eval-features" in result.stderr, result.output
+    assert_refused(result, 2, "--eval-features")
     assert loaded == []
 
 
@@ -176,7 +184,7 @@ def test_a_checkpoint_that_carries_code_is_refused_naming_the_object(tmp_path):
     with pytest.raises(ValueError) as err:
         load_checkpoint(tmp_path / "checkpoint.pt")
     message = str(err.value)
-    assert "blocked: posix.system" in message or "blocked: nt.system" in message, message
+    assert "posix.system" in message or "nt.system" in message, message
     assert "weights_only` set to `False" not in message and "will likely succeed" not in message
     assert not marker.exists()
 
@@ -216,8 +224,9 @@ def test_a_full_disk_is_named_and_the_old_file_kept(tmp_path):
 
     if not os.path.exists("/dev/full"):
         pytest.skip("needs /dev/full")
-    with pytest.raises(OSError, match=f"no space left on the device writing {path}"):
+    with pytest.raises(OSError, match=re.escape(str(path))) as err:
         write_atomically(path, fill)
+    assert err.value.errno == errno.ENOSPC
     assert path.read_bytes() == b"the last good checkpoint"
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
@@ -307,7 +316,7 @@ def test_json_output_is_strict_json(in_workdir):
 def test_cuda_without_a_gpu_is_a_usage_error(in_workdir, command):
     before = _snapshot(in_workdir)
     result = invoke(*command, "--device", "cuda")
-    assert result.exit_code == 2 and "CUDA is not available" in result.stderr, result.output
+    assert_refused(result, 2, "'cuda'", "CUDA")
     assert _snapshot(in_workdir) == before
 
 
@@ -319,7 +328,7 @@ def test_a_run_never_goes_inside_its_data_folder(tmp_path):
     for i in range(4):
         Image.fromarray(np.full((8, 8), 60 * i, dtype=np.uint8)).save(photos / f"{i}.png")
     before = _snapshot(photos)
-    with pytest.raises(ValueError, match="inside the data folder"):
+    with pytest.raises(ValueError, match=_names(photos / "run", f" {photos}")):
         scoresde.train(photos / "run", data=photos, steps=1, batch_size=2, progress=False)
     assert _snapshot(photos) == before and not (photos / "run").exists()
 
@@ -332,14 +341,13 @@ def test_the_real_command_replaces_nothing(in_workdir):
     command = ["-m", "scoresde", *SAMPLE, "--run", "r"]
     for out in ("real.png", "r/checkpoint.pt"):
         proc = run_python(*command, "--out", out, cwd=in_workdir)
-        assert proc.returncode == 2 and "ending in .npz" in proc.stderr, proc.stderr
-        assert "Traceback" not in proc.stderr
+        assert_refused(proc, 2, out, ".npz")
     assert _snapshot(in_workdir / "r") == before and not (in_workdir / "real.png").exists()
     first = run_python(*command, "--out", "real.npz", cwd=in_workdir)
     assert first.returncode == 0, first.stderr
     kept = _digest(in_workdir / "real.npz")
     second = run_python(*command, "--out", "real.npz", "--seed", 7, cwd=in_workdir)
-    assert second.returncode == 2 and "--force" in second.stderr, second.stderr
+    assert_refused(second, 2, "real.npz", "--force")
     assert _digest(in_workdir / "real.npz") == kept
 
 
@@ -362,13 +370,13 @@ def test_sample_names_and_reuse_follow_the_weights_and_the_data(tmp_path, monkey
     os.mkdir("sub")
     os.rename("pts.npz", "sub/pts.npz")
     moved = invoke(*few, *out)
-    assert moved.exit_code == 2 and "data_statistics" in moved.stderr, moved.output
+    assert_refused(moved, 2, "data_statistics")
     # the data file is never an output, even with --force, from wherever the command runs
     monkeypatch.chdir("sub")
     os.rename("pts.npz", "../pts.npz")
     before = _digest(tmp_path / "pts.npz")
     forced = invoke(*few[:2], "../r", *few[3:], "--out", "../pts.npz", "--force")
-    assert forced.exit_code == 2 and "input of the command" in forced.stderr, forced.output
+    assert_refused(forced, 2, "pts.npz")
     assert _digest(tmp_path / "pts.npz") == before
 
 

@@ -2,6 +2,7 @@
 
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -60,13 +61,13 @@ def test_fid_of_a_feature_set_against_itself_is_zero_to_round_off():
 
 def test_fid_needs_more_samples_than_features():
     x = torch.randn(64, 64, generator=_gen())
-    with pytest.raises(ValueError, match="more samples than features: got N=64 samples of F=64"):
+    with pytest.raises(ValueError, match=r"\bN=64\b.*\bF=64\b"):
         feature_stats(x)
     feature_stats(torch.randn(65, 64, generator=_gen()))  # N = F + 1 is enough
 
 
 def test_fid_refuses_features_of_different_widths():
-    with pytest.raises(ValueError, match="different widths: 4 and 5"):
+    with pytest.raises(ValueError, match=r"\b4\b.*\b5\b"):  # the two widths
         fid_from_features(torch.randn(50, 4), torch.randn(50, 5))
 
 
@@ -103,7 +104,7 @@ def test_kid_uses_disjoint_subsets_and_a_fixed_seed_repeats():
     values = np.array(values)
     assert a[0] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
     assert a[1] == pytest.approx(values.std(ddof=1) / math.sqrt(10), rel=1e-12)
-    with pytest.raises(ValueError, match="at least 20 points"):
+    with pytest.raises(ValueError, match=r"^KID\b.*\b20\b.*\b19\b.*\b300$"):  # least, given
         kid(x[:19], y)
 
 
@@ -170,8 +171,7 @@ def test_extractor_runs_in_eval_mode_whatever_the_caller_did(digits):
 
 
 def test_wrong_image_shapes_give_one_clear_error():
-    with pytest.raises(ValueError, match=r"takes images of shape \(N, 1, 8, 8\), got "
-                                         r"\(5, 3, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"\(N, 1, 8, 8\).*\(5, 3, 8, 8\)"):
         extract_features(digits_extractor(), torch.zeros(5, 3, 8, 8))
 
 
@@ -200,13 +200,13 @@ def test_torchscript_extractor_from_a_file(tmp_path):
     feats = extract_features(ext, x)  # gray repeated to RGB, return_features=True passed
     assert feats.shape == (4, 3)
     assert torch.allclose(feats, x.mean(dim=(2, 3)).double().expand(4, 3))
-    with pytest.raises(ValueError, match="failed on images of shape"):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + r".*\(4, 8\)"):
         extract_features(ext, torch.zeros(4, 8))
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not torchscript")
-    with pytest.raises(ValueError, match="is not a TorchScript file"):
+    with pytest.raises(ValueError, match=re.escape(str(bad)) + r".*\bTorchScript\b"):
         torchscript_extractor(bad)
-    with pytest.raises(ValueError, match="use one of digits or the path"):
+    with pytest.raises(ValueError, match=r"missing\.pt'.*\bdigits\b"):  # the name, the names
         get_extractor(str(tmp_path / "missing.pt"))
 
 
@@ -260,7 +260,7 @@ def test_a_cache_that_cannot_be_written_warns_and_gives_the_statistics(digits, t
     blocked = tmp_path / "a_file"
     blocked.write_text("")  # its "reference" folder cannot be made
     ext = nn.Flatten()
-    with pytest.warns(UserWarning, match="reference statistics not cached"):
+    with pytest.warns(UserWarning, match=re.escape(str(blocked))):
         ref = reference_stats(digits, ext, cache=blocked)
     assert ref.path is None
     assert np.array_equal(ref.mu, reference_stats(digits, ext, cache=False).mu)
@@ -325,17 +325,17 @@ def test_chunk_labels_continue_across_chunks_and_refuse_bad_labels():
     assert torch.equal(torch.cat(chunks), torch.arange(30) % 4)
     assert torch.equal(chunk_labels(2, 5, 8, 4), torch.tensor([2, 2, 2]))
     assert chunk_labels(None, 0, 3, 0) is None
-    for bad, message in ((4, r"a class in \[0, 4\)"), ("some", "None, 'all' or a class"),
-                         (True, "None, 'all' or a class")):
+    for bad, message in ((4, r"^label\b.*\[0, 4\).*\b4$"), ("some", r"^label\b.*'some'"),
+                         (True, r"^label\b.*\bTrue$")):
         with pytest.raises(ValueError, match=message):
             chunk_labels(bad, 0, 3, 4)
-    with pytest.raises(ValueError, match="needs a class-conditional model"):
+    with pytest.raises(ValueError, match=r"^label='all'"):
         chunk_labels("all", 0, 3, 0)
 
 
 def test_guidance_without_a_label_is_refused_before_sampling(digits, tmp_path):
     sde = get_sde("vp")
-    with pytest.raises(ValueError, match="guidance needs label"):
+    with pytest.raises(ValueError, match=r"^guidance\b.*\blabel\b"):
         sample_quality(lambda x, t: -x, sde, digits, nn.Flatten(), n=100, solver="euler",
                        steps=1, guidance=1.0, reference=reference_stats(digits, nn.Flatten(),
                                                                         cache=False))
@@ -349,7 +349,7 @@ def test_a_class_label_for_a_model_of_embeddings_is_refused_as_such(digits):
     score.embed_dim, score.num_classes = 16, 0
     ref = reference_stats(digits, nn.Flatten(), cache=False)
     for label in (3, "all"):
-        with pytest.raises(ValueError, match="conditioned on embeddings") as err:
+        with pytest.raises(ValueError, match=rf"^label={label!r}.*\bembed_dim\b") as err:
             sample_quality(score, get_sde("vp"), digits, nn.Flatten(), n=100, solver="euler",
                            steps=1, label=label, reference=ref)
         assert "unconditional" not in str(err.value)

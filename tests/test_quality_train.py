@@ -8,7 +8,7 @@ import torch
 
 from scoresde import train
 
-from problems import TINY, assert_equal_states, invoke, make_old, run_states
+from problems import TINY, assert_equal_states, assert_refused, invoke, make_old, run_states
 
 # A small U-Net on digits: the plumbing, not the quality.
 DIGITS = dict(data="digits", net="unet", net_params={"ch": 8, "num_res_blocks": 1,
@@ -67,12 +67,12 @@ def test_a_run_stopped_during_an_evaluation_records_it_once_on_resume(tmp_path, 
 
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(TINY, eval_every=1), "measures FID of images"),
-    (dict(DIGITS, eval_every=1, eval_n=64), "more samples than features: got N=64"),
-    (dict(DIGITS, eval_every=1, eval_features="nowhere.pt"), "use one of digits or the path"),
-    (dict(DIGITS, eval_every=1, super_res=2), "super_res=2 is not supported"),
+    (dict(TINY, eval_every=1), "eval_every.*'8gaussians'"),
+    (dict(DIGITS, eval_every=1, eval_n=64), r"\bN=64\b"),
+    (dict(DIGITS, eval_every=1, eval_features="nowhere.pt"), "'nowhere.pt'"),
+    (dict(DIGITS, eval_every=1, super_res=2), r"\bsuper_res=2\b"),
     (dict(DIGITS, eval_every=1, objective="classifier", net="auto", net_params=None),
-     "objective='classifier' is not supported"),
+     "objective='classifier'"),
 ])
 def test_bad_evaluation_options_are_refused_before_training(tmp_path, kw, message):
     with pytest.raises(ValueError, match=message):
@@ -94,7 +94,8 @@ def test_fid_command_prints_the_scores_the_seeds_and_a_small_n_warning(digits_ru
     record = json.loads(result.stdout)
     assert record["n"] == 100 and record["solver"] == "euler" and record["seed"] == 0
     assert {"fid", "kid", "kid_se", "precision", "recall", "seeds", "features"} <= set(record)
-    assert "FID is biased upward at small N" in result.stderr
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warned) == 1 and "FID" in warned[0] and "N=100" in warned[0], result.stderr
     again = invoke("fid", "--run", digits_run, "--n", 100, "--solver", "euler", "--steps", 3,
                    "--json")
     assert json.loads(again.stdout)["fid"] == record["fid"]  # same seed, same number
@@ -144,21 +145,19 @@ def test_fid_shows_the_steps_of_its_chunks(digits_run, monkeypatch):
 
 def test_fid_command_bad_input_is_one_line(digits_run, tmp_path):
     result = invoke("fid", "--run", digits_run, "--features", tmp_path / "none.pt")
-    assert result.exit_code == 2 and "neither one of digits nor a file" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_refused(result, 2, "--features", "none.pt")
     result = invoke("fid", "--run", digits_run, "--n", 64)  # refused before sampling
-    assert result.exit_code == 2 and "more samples than features: got N=64" in result.stderr
+    assert_refused(result, 2, "N=64", besides=["warning:"])
     train(tmp_path / "toy", steps=1, **TINY)
     result = invoke("fid", "--run", tmp_path / "toy", "--n", 100)
-    assert result.exit_code == 2 and "FID needs a run of images" in result.stderr
+    assert_refused(result, 2, tmp_path / "toy", "(2,)", besides=["warning:"])
     train(tmp_path / "clf", data="digits", objective="classifier", steps=1, batch_size=8,
           progress=False)
     result = invoke("fid", "--run", tmp_path / "clf", "--n", 100)
-    assert result.exit_code == 2 and "objective 'classifier' is not supported" in result.stderr
+    assert_refused(result, 2, tmp_path / "clf", "classifier", besides=["warning:"])
     result = invoke("train", "--data", "moons", "--steps", 1, "--eval-every", 1, "--run",
                     tmp_path / "cli", "--quiet")
-    assert result.exit_code == 2 and "measures FID of images" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_refused(result, 2, "eval_every", "moons")
 
 
 def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_null(tmp_path):
@@ -168,32 +167,27 @@ def test_fid_of_a_conditional_run_samples_each_class_or_refuses_an_untrained_nul
     evals = [r for r in _records(run) if "fid" in r]
     assert [(r["step"], r["eval_label"]) for r in evals] == [(2, "all")]  # every class in turn
     result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2)
-    assert result.exit_code == 2 and "label_dropout=0" in result.stderr
-    assert "give label='all'" in result.stderr
-    errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
-    assert len(errors) == 1  # one line after the small-N warning
+    # One line after the small-N warning: the cause, and the label that measures the run.
+    assert_refused(result, 2, "label_dropout=0", "label='all'", besides=["warning:"])
     # Guidance mixes in the same untrained unconditional score: refused too, before sampling.
     result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
                     "--label", "all", "--guidance", 1)
-    assert result.exit_code == 2, result.output
-    assert len([line for line in result.stderr.splitlines() if line.startswith("Error")]) == 1
-    assert "label_dropout=0" in result.stderr and "guidance" in result.stderr, result.stderr
+    assert_refused(result, 2, "label_dropout=0", "guidance", besides=["warning:"])
     result = invoke("fid", "--run", run, "--n", 100, "--solver", "euler", "--steps", 2,
                     "--label", "all", "--json")
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert record["label"] == "all" and record["guidance"] == 0 and record["fid"] > 0
-    for args, message in ((("--label", "x"), "--label.*'x'"),
-                          (("--label", 10), r"a class in \[0, 10\)"),
-                          (("--guidance", 1), "--guidance needs --label")):
+    for args, facts in ((("--label", "x"), ["--label", "'x'"]),
+                        (("--label", 10), ["label", "10"]),
+                        (("--guidance", 1), ["--guidance", "--label"])):
         result = invoke("fid", "--run", run, "--n", 10_000, *args)  # no small-N warning
-        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-        assert __import__("re").search(message, result.stderr), result.stderr
+        assert_refused(result, 2, *facts)
     result = invoke("sample", "--run", run, "--label", "all", "--guidance", 1, "--n", 4,
                     "--out", tmp_path / "guided.npz")  # the same reason as for fid
-    assert result.exit_code == 2 and "trained with label_dropout=0" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "guided.npz").exists()
-    with pytest.raises(ValueError, match="null embedding, which label_dropout=0 never trains"):
+    assert_refused(result, 2, "--guidance", "label_dropout=0")
+    assert not (tmp_path / "guided.npz").exists()
+    with pytest.raises(ValueError, match=r"eval_every.*\blabel_dropout=0\b"):
         train(tmp_path / "emb", steps=1, data=_embedded_digits(tmp_path), conditional=True,
               label_dropout=0.0, eval_every=1, eval_n=100, **{k: v for k, v in DIGITS.items()
                                                               if k != "data"})
@@ -246,16 +240,16 @@ def test_fid_of_8_bit_images_in_a_file_sees_their_levels(tmp_path):
     assert abs(record["fid"]) < 1e-6 and record["precision"] == record["recall"] == 1.0
     np.save(tmp_path / "nan.npy", np.full((200, 1, 8, 8), np.nan, np.float32))
     np.save(tmp_path / "small.npy", np.zeros((200, 1, 4, 4), np.float32))
-    for args, message in (
+    for args, facts in (
             (("--samples", tmp_path / "train.npz", "--data", "digits", "--solver", "em"),
-             "--solver is for sampling"),
-            (("--samples", tmp_path / "none.npz", "--data", "digits"), "does not exist"),
-            (("--samples", tmp_path / "nan.npy", "--data", "digits"), "NaN or infinite"),
-            (("--samples", tmp_path / "small.npy", "--data", "digits"), r"shape \(N, 1, 8, 8\)"),
-            (("--data", "digits"), "--data is for --samples")):
+             ["--solver", "--samples"]),
+            (("--samples", tmp_path / "none.npz", "--data", "digits"), ["none.npz"]),
+            (("--samples", tmp_path / "nan.npy", "--data", "digits"), ["nan.npy", "NaN"]),
+            (("--samples", tmp_path / "small.npy", "--data", "digits"),
+             ["(N, 1, 8, 8)", "(200, 1, 4, 4)"]),
+            (("--data", "digits"), ["--data", "--samples"])):
         result = invoke("fid", *args)
-        assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-        assert __import__("re").search(message, result.stderr), result.stderr
+        assert_refused(result, 2, *facts)
 
 
 def test_run_images_reads_an_old_run_as_it_was_trained(tmp_path):

@@ -185,20 +185,20 @@ def test_grids(sde_name):
 
 
 @pytest.mark.parametrize("kwargs,words", [
-    (dict(solver="rk4"), ["unknown solver", "pc", "dpmpp_2m"]),
-    (dict(solver="pc", predictor="leapfrog"), ["unknown predictor", *PREDICTORS]),
-    (dict(solver="pc", corrector="hmc"), ["unknown corrector", *CORRECTORS]),
+    (dict(solver="rk4"), ["solver", "'rk4'", "pc", "dpmpp_2m"]),
+    (dict(solver="pc", predictor="leapfrog"), ["predictor", "'leapfrog'", *PREDICTORS]),
+    (dict(solver="pc", corrector="hmc"), ["corrector", "'hmc'", *CORRECTORS]),
     (dict(solver="pc", snr=0.0), ["snr", "> 0"]),
     (dict(solver="pc", snr=-1), ["snr", "> 0"]),
     (dict(solver="em", steps=0), ["steps", ">= 1"]),
     (dict(solver="heun", steps=2.5), ["steps", ">= 1"]),
     (dict(solver="em", eps=0.0), ["eps", "(0, T)"]),
     (dict(solver="em", eps=1.0), ["eps", "(0, T)"]),
-    (dict(solver="heun", grid="cosine"), ["unknown grid", "uniform", "log_snr", "edm"]),
-    (dict(solver="heun", snr=0.2), ["unknown options snr", "accepts none"]),
-    (dict(solver="ode", method="Euler"), ["unknown ODE method", "RK45"]),
-    (dict(solver="torchsde", method="rk4"), ["unknown torchsde method", "srk"]),
-    (dict(solver="torchsde", grid="edm"), ["evenly", "uniform"]),
+    (dict(solver="heun", grid="cosine"), ["grid", "'cosine'", "uniform", "log_snr", "edm"]),
+    (dict(solver="heun", snr=0.2), ["snr", "heun"]),
+    (dict(solver="ode", method="Euler"), ["method", "'Euler'", "RK45"]),
+    (dict(solver="torchsde", method="rk4"), ["torchsde", "method", "'rk4'", "srk"]),
+    (dict(solver="torchsde", grid="edm"), ["torchsde", "grid", "'uniform'"]),
 ])
 def test_bad_options_raise_value_error(kwargs, words):
     sde, mix = get_sde("vp"), GaussianMixture.ring()
@@ -277,5 +277,5 @@ def test_torchsde_sampler_runs_with_a_cuda_generator():
 def test_an_sde_name_instead_of_an_sde_is_a_one_line_type_error():
     # Before: an SDE name instead of an SDE was an AttributeError deep in the grid code.
     mix = GaussianMixture.ring()
-    with pytest.raises(TypeError, match="sde must be a scoresde.SDE"):
+    with pytest.raises(TypeError, match=r"^sde\b.*scoresde\.SDE.*\bstr\b"):
         sample(mix.score_fn(get_sde("vp")), "vp", (4, 2), steps=2)

@@ -53,7 +53,7 @@ def test_sigma_window_jumps_at_both_ends(grid, sde_name):
 @pytest.mark.parametrize("kwargs,words", [
     (dict(sigma_max=0.0), ["sigma_max", "> 0"]),
     (dict(sigma_min=-1.0), ["sigma_min", "> 0"]),
-    (dict(sigma_max=0.1, sigma_min=0.2), ["sigma_min", "below sigma_max"]),
+    (dict(sigma_max=0.1, sigma_min=0.2), ["sigma_min", "sigma_max", "0.2", "0.1"]),
     (dict(sigma_max=5.0, sigma_min=0.03, steps=2), ["steps", ">= 3"]),
 ])
 def test_bad_window_raises_value_error(kwargs, words):
@@ -122,5 +122,5 @@ def test_warm_start_must_lie_above_the_grid():
     ts = torch.linspace(0.5, 1e-3, 5, dtype=torch.float64)
     x = torch.randn(4, 2)
     for solver in ("dpmpp_2m", "unipc"):
-        with pytest.raises(ValueError, match="warm needs a time above ts"):
+        with pytest.raises(ValueError, match=r"^warm\b.*\bts\b"):
             SAMPLERS[solver](mix.score_fn(sde), sde, x, ts, warm=(0.4, x))

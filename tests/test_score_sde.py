@@ -10,13 +10,14 @@ are below 1e-6; a swapped or missing tensor moves outputs by order one).
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from problems import invoke
+from problems import assert_refused, invoke
 from scoresde import SCORE_SDE_CONFIGS, convert_score_sde, from_score_sde, load_run
 from scoresde.convert import pixel_scale
 from scoresde.data import load_run_array
@@ -100,11 +101,10 @@ def _convert_fails(tmp_path, checkpoint, config, match):
 def test_another_architecture_is_one_error_naming_tensors(tmp_path):
     ckpt = _fixture("vp")["checkpoint"]
     _convert_fails(tmp_path, ckpt, "small_ncsnpp_continuous",
-                   r"not score_sde_pytorch's small_ncsnpp_continuous: missing \d+ tensors "
-                   r"\(all_modules\.0\.W, .*\d+ unexpected tensors")
+                   r"\bsmall_ncsnpp_continuous\b.*\ball_modules\.0\.W\b")
     _convert_fails(tmp_path, _fixture("ve")["checkpoint"], "small_ddpmpp_continuous",
-                   r"small_ddpmpp_continuous: missing \d+ tensors \(all_modules\.0\.weight, "
-                   r".*; \d+ unexpected tensors \(all_modules\.0\.W, ")
+                   r"\bsmall_ddpmpp_continuous\b.*\ball_modules\.0\.weight\b.*"
+                   r"\ball_modules\.0\.W\b")  # a tensor missing, one unexpected
 
 
 def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
@@ -112,15 +112,15 @@ def test_a_missing_or_misshaped_tensor_is_named(tmp_path):
     model = dict(ckpt["model"])
     del model["module.all_modules.5.Conv_1.bias"]
     _convert_fails(tmp_path, dict(ckpt, model=model), "small_ddpmpp_continuous",
-                   r"missing 1 tensors \(all_modules\.5\.Conv_1\.bias\)")
+                   r"\b1\b.*\(all_modules\.5\.Conv_1\.bias\)")
     model = dict(ckpt["model"], **{"module.all_modules.5.Conv_1.bias": torch.zeros(3)})
     _convert_fails(tmp_path, dict(ckpt, model=model), "small_ddpmpp_continuous",
-                   r"wrong shapes of all_modules\.5\.Conv_1\.bias \(3,\) \(expected \(16,\)\)")
+                   r"\ball_modules\.5\.Conv_1\.bias\b.*\(3,\).*\(16,\)")
     _convert_fails(tmp_path, dict(ckpt, ema={"decay": 0.999}), "small_ddpmpp_continuous",
-                   "its 'ema' is not score_sde_pytorch's")
+                   r"'ema'.*\bscore_sde_pytorch\b")
     shadow = ckpt["ema"]["shadow_params"][:-1]
     _convert_fails(tmp_path, dict(ckpt, ema=dict(ckpt["ema"], shadow_params=shadow)),
-                   "small_ddpmpp_continuous", r"EMA holds \d+ tensors that do not match")
+                   "small_ddpmpp_continuous", rf"\bEMA\b.*\b{len(shadow)}\b")
 
 
 def test_a_truncated_file_an_unknown_config_or_not_a_checkpoint_is_one_error(tmp_path):
@@ -128,12 +128,12 @@ def test_a_truncated_file_an_unknown_config_or_not_a_checkpoint_is_one_error(tmp
     torch.save(_fixture("vp")["checkpoint"], path)
     (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:5000])
     _convert_fails(tmp_path, tmp_path / "cut.pth", "small_ddpmpp_continuous",
-                   "not a readable checkpoint")
+                   re.escape(str(tmp_path / "cut.pth")))
     _convert_fails(tmp_path, path, "cifar10_ddpm",
-                   "unknown config 'cifar10_ddpm'; choose one of cifar10_ddpmpp_continuous")
+                   r"'cifar10_ddpm'.*\bcifar10_ddpmpp_continuous\b")  # the name, the choices
     torch.save({"step": 3}, tmp_path / "other.pth")
     _convert_fails(tmp_path, tmp_path / "other.pth", "small_ddpmpp_continuous",
-                   "is not a score_sde_pytorch checkpoint: expected a 'model' state dict")
+                   r"other\.pth.*\bscore_sde_pytorch\b.*'model'")
 
 
 SHAPES = "score_sde_cifar10_shapes.json"  # the reference's CIFAR-10 configs, by name
@@ -169,13 +169,13 @@ def test_ncsnpp_keywords_are_checked_and_kept_in_the_config():
     rebuilds the same network (a run's config.json keeps them)."""
     kw = dict(event_shape=(3, 16, 16), nf=8, ch_mult=(1, 2), num_res_blocks=1,
               attn_resolutions=(8,))
-    with pytest.raises(ValueError, match="progressive_input='residual' needs a fir_kernel"):
+    with pytest.raises(ValueError, match=r"\bprogressive_input='residual'.*\bfir_kernel\b"):
         DDPMpp(**kw, progressive_input="residual")
-    with pytest.raises(ValueError, match="unknown progressive_input .output_skip.; choose one "
-                                         "of none, residual"):
+    with pytest.raises(ValueError, match=r"\bprogressive_input\b.*'output_skip'.*\bnone, "
+                                         r"residual\b"):
         DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="output_skip")
     for bad in ([1, -1], 3, "13", [[1, 3], [3, 1]]):
-        with pytest.raises(ValueError, match="fir_kernel must be"):
+        with pytest.raises(ValueError, match=r"^fir_kernel\b"):
             DDPMpp(**kw, fir_kernel=bad)
     net = DDPMpp(**kw, fir_kernel=[1, 3, 3, 1], progressive_input="residual")
     again = build_net(net.config())
@@ -202,7 +202,7 @@ def test_fir_resampling_keeps_constants_and_box_taps_are_nearest_and_average():
     box = fir_kernel([1, 1])
     assert torch.equal(fir_upsample(x, box), x.repeat_interleave(2, 2).repeat_interleave(2, 3))
     assert torch.allclose(fir_downsample(x, box), torch.nn.functional.avg_pool2d(x, 2))
-    with pytest.raises(ValueError, match="fir_kernel must be"):
+    with pytest.raises(ValueError, match=r"^fir_kernel\b"):
         fir_kernel([1])
 
 
@@ -252,20 +252,19 @@ def test_convert_then_sample_and_likelihood_through_the_cli(kind, tmp_path):
     assert result.exit_code == 0, result.output
     assert math.isfinite(json.loads(result.output)["bits_per_dim"])
     result = invoke("fid", "--run", run, "--n", 10_000)  # no data of its own to compare with
-    assert result.exit_code == 2 and "fid --samples FILE --data NAME" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    assert_refused(result, 2, "--samples", "--data")  # the form that measures such a run
 
 
 def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path):
     path = tmp_path / "ckpt.pth"
     torch.save(_fixture("vp")["checkpoint"], path)
-    cases = [([path, "--config", "nope"], "'nope' is not one of"),
+    cases = [([path, "--config", "nope"], ["--config", "'nope'"]),
              ([tmp_path / "absent.pth", "--config", "small_ddpmpp_continuous"],
-              "no checkpoint at"),
-             ([path, "--config", "small_ncsnpp_continuous"], "missing")]
-    for args, message in cases:
+              [tmp_path / "absent.pth"]),
+             ([path, "--config", "small_ncsnpp_continuous"], ["small_ncsnpp_continuous"])]
+    for args, facts in cases:
         result = invoke("convert", *args, "--from", "score_sde", "--out", tmp_path / "run")
-        assert result.exit_code == 2 and message in result.output, result.output
+        assert_refused(result, 2, *facts)
         assert not (tmp_path / "run").exists()
     result = invoke("convert", path, "--from", "score_sde", "--config",
                     "small_ddpmpp_continuous", "--out", tmp_path / "run", "--no-ema")
@@ -275,4 +274,4 @@ def test_cli_bad_inputs_are_one_line_and_write_nothing(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
                                                   raw.state_dict().values(), strict=True))
     result = invoke("likelihood", "--run", tmp_path / "run", "--n", 2)
-    assert result.exit_code == 2 and "give --data" in result.output, result.output
+    assert_refused(result, 2, "--data")

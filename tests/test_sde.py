@@ -157,7 +157,7 @@ def test_prior_sampling_shapes_and_seeds(sde):
         (lambda: CosineVPSDE(t_max=1.0), "t_max"),
         (lambda: VPSDE(T=0.0), "T"),
         (lambda: get_sde("nope"), "vp, subvp, ve, cosine"),
-        (lambda: get_sde("vp", sigma_max=3.0), "bad parameters"),
+        (lambda: get_sde("vp", sigma_max=3.0), "'vp'.*sigma_max"),
     ],
 )
 def test_bad_parameters(build, match):
@@ -167,13 +167,13 @@ def test_bad_parameters(build, match):
 
 def test_bad_times(sde):
     x = torch.zeros(4, 2)
-    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+    with pytest.raises(ValueError, match=r"^t\b.*\b1\.5\b"):  # the time, the value outside
         sde.sde(x, torch.tensor([0.1, 0.2, 1.5, 0.3]))
-    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+    with pytest.raises(ValueError, match=r"^t\b.*-0\.1\b"):
         sde.marginal_prob(x, -0.1)
-    with pytest.raises(ValueError, match=r"t must have shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"^t\b.*\(4,\).*\(2,\)"):  # the shape wanted, given
         sde.sde(x, torch.tensor([0.1, 0.2]))
-    with pytest.raises(ValueError, match=r"t must lie"):
+    with pytest.raises(ValueError, match=r"^t\b.*\bnan\b"):
         sde.sde(x, torch.tensor([0.1, float("nan"), 0.2, 0.3]))
     drift, diffusion = sde.sde(x, 0.5)  # a number is broadcast over the batch
     assert drift.shape == (4, 2) and diffusion.shape == (4,)
@@ -198,5 +198,5 @@ def test_reverse_sde_number_time_is_its_tensor_time(sde):
             torch.testing.assert_close(rev.drift(x, t, score=score(x, torch.full((5,), t))),
                                        f * x + c * score(x, torch.full((5,), t)))
         assert on_grid.coeffs(0.3) == rev.coeffs(0.3)
-    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+    with pytest.raises(ValueError, match=rf"^t\b.*\b{sde.T + 0.5:g}\b"):
         rev.coeffs(sde.T + 0.5)

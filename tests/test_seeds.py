@@ -8,7 +8,7 @@ The runs are in float32, the dtype users sample in.
 import numpy as np
 import pytest
 import torch
-from problems import invoke
+from problems import assert_refused, invoke
 from scoresde import GaussianMixture, VPSDE, impute, sample
 from scoresde.sampling import PerSampleBrownian, PerSampleGenerator
 from scoresde.sampling.torchsde_adapter import SteppedBrownian
@@ -122,13 +122,13 @@ def test_imputation_with_seeds_is_bit_identical_across_batch_sizes():
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    ({"seeds": [0, 1], "generator": torch.Generator()}, ValueError, "not both"),
-    ({"seeds": [0, 1, 2]}, ValueError, "one integer per sample"),
-    ({"seeds": "01"}, TypeError, "seeds must be a sequence of integers"),
-    ({"seeds": [0, 1.5]}, TypeError, "seeds must be a sequence of integers"),
-    ({"seeds": [True, 1]}, TypeError, "seeds must be a sequence of integers"),
-    ({"seeds": [0, -1]}, ValueError, "seeds must hold one integer >= 0"),
-    ({"generator": 3}, TypeError, "generator must be a torch.Generator"),
+    ({"seeds": [0, 1], "generator": torch.Generator()}, ValueError, r"seeds.*\bgenerator\b"),
+    ({"seeds": [0, 1, 2]}, ValueError, r"^seeds\b.*\b3 seeds.*\(2, 2\)"),
+    ({"seeds": "01"}, TypeError, r"^seeds\b.*'01'"),
+    ({"seeds": [0, 1.5]}, TypeError, r"^seeds\b.*\b1\.5\b"),
+    ({"seeds": [True, 1]}, TypeError, r"^seeds\b.*\bTrue\b"),
+    ({"seeds": [0, -1]}, ValueError, r"^seeds\b.*-1\b"),
+    ({"generator": 3}, TypeError, r"^generator\b.*torch\.Generator.*\bint\b"),
 ])
 def test_bad_seeds_raise_one_line_errors(kwargs, error, match):
     with pytest.raises(error, match=match) as info:
@@ -157,14 +157,13 @@ def test_cli_seeds_set_n_and_are_written_with_the_samples(in_workdir):
     np.testing.assert_allclose(full["samples"][5], one["samples"][0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("args,match", [
-    (("--seeds", "0-3", "--n", 5), "--n 5 differs"),
-    (("--seeds", "0-3", "--seed", 1), "--seed seeds the whole batch"),
-    (("--seeds", "3-1"), "expected seeds as ranges"),
-    (("--seeds", "a,b"), "expected seeds as ranges"),
-    (("--seeds", "-2"), "expected seeds as ranges"),
+@pytest.mark.parametrize("args,facts", [
+    (("--seeds", "0-3", "--n", 5), ["--n", "5", "--seeds"]),
+    (("--seeds", "0-3", "--seed", 1), ["--seed", "--seeds"]),
+    (("--seeds", "3-1"), ["--seeds", "'3-1'"]),
+    (("--seeds", "a,b"), ["--seeds", "'a,b'"]),
+    (("--seeds", "-2"), ["--seeds", "'-2'"]),
 ])
-def test_cli_bad_seeds_are_usage_errors(in_workdir, args, match):
+def test_cli_bad_seeds_are_usage_errors(in_workdir, args, facts):
     result = invoke("sample", "--solver", "em", "--steps", 2, "--out", "bad.npz", *args)
-    assert result.exit_code == 2, result.output
-    assert match in result.output
+    assert_refused(result, 2, *facts, besides=["using run"])

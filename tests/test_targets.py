@@ -98,8 +98,8 @@ def test_tweedie_posterior_mean_of_a_gaussian():
 @pytest.mark.parametrize(
     "args, match",
     [
-        (dict(means=torch.zeros(2, 2), covs=torch.eye(2)[None]), "covs must have shape"),
-        (dict(means=torch.zeros(2), covs=torch.eye(2)[None]), r"means must have shape \(K, D\)"),
+        (dict(means=torch.zeros(2, 2), covs=torch.eye(2)[None]), r"^covs\b.*\(1, 2, 2\)"),
+        (dict(means=torch.zeros(2), covs=torch.eye(2)[None]), r"^means\b.*\(K, D\)"),
         (dict(means=torch.zeros(1, 2), covs=-torch.eye(2)[None]), "positive definite"),
         (dict(means=torch.zeros(1, 2), covs=torch.tensor([[[1.0, 0.5], [0.0, 1.0]]])), "symmetric"),
         (dict(means=torch.zeros(2, 2), covs=torch.eye(2).repeat(2, 1, 1), weights=[1, -1]),
@@ -114,11 +114,11 @@ def test_bad_mixtures(args, match):
 
 def test_bad_inputs():
     mixture = get_mixture("ring")
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 2\)"):
+    with pytest.raises(ValueError, match=r"^x\b.*\(B, 2\).*\(3, 3\)"):
         mixture.log_prob(torch.zeros(3, 3))
-    with pytest.raises(ValueError, match="unknown mixture"):
+    with pytest.raises(ValueError, match="'spiral'"):
         get_mixture("spiral")
-    with pytest.raises(ValueError, match="n must be an integer >= 1"):
+    with pytest.raises(ValueError, match=r"^n\b.*>= 1.*\b0\b"):
         mixture.sample(0)
 
 
@@ -143,9 +143,9 @@ def test_class_posterior_and_conditional_scores(sde):
     (grad,) = torch.autograd.grad(mixture.class_log_prob(xg, t, sde)[torch.arange(16), y].sum(), xg)
     torch.testing.assert_close(mixture.score_fn(sde)(x, t) + grad,
                                mixture.conditional_score_fn(sde)(x, t, y))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"^labels\b.*\[0, 3\).*\b3\b"):
         mixture.conditional_score_fn(sde)(x, t, torch.full((16,), 3))
-    with pytest.raises(ValueError, match=r"expected one label or 16 labels"):
+    with pytest.raises(ValueError, match=r"\blabel.*\b16\b.*\(4,\)"):
         mixture.conditional_score_fn(sde)(x, t, torch.zeros(4, dtype=torch.long))
 
 
@@ -161,7 +161,7 @@ def test_condition_matches_bayes_on_a_grid():
     log_marginal = torch.logsumexp(joint, 0) + torch.log(grid[1] - grid[0])
     torch.testing.assert_close(cond.log_prob(grid[:, None]), joint - log_marginal, atol=1e-6,
                                rtol=1e-6)
-    with pytest.raises(ValueError, match="at least one coordinate"):
+    with pytest.raises(ValueError, match=r"^known\b"):
         mixture.condition(torch.tensor([True, True]), values)
 
 

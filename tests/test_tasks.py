@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from problems import folder_with_a_run, invoke
+from problems import assert_refused, folder_with_a_run, invoke
 from scoresde.checks import OptionError
 from scoresde.tasks import run_likelihood, sample_run
 
@@ -78,7 +78,7 @@ def test_a_bad_option_names_itself_in_the_task_and_as_a_flag(in_workdir, options
             "inverse_options": ["--particles", 3]}
     result = invoke("sample", "--run", "r", "--solver", "em", "--steps", 2, "--out", "bad.npz",
                     *[a for k in options for a in args[k]])
-    assert result.exit_code == 2 and flag in result.stderr, result.output
+    assert_refused(result, 2, flag)
     assert not (in_workdir / "bad.npz").exists()
 
 
@@ -87,3 +87,65 @@ def test_the_tasks_know_nothing_of_the_command():
             "print(sorted(m for m in sys.modules if m == 'click' or m.startswith('scoresde.cli')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_train_run_numbers_new_runs_resumes_the_latest_and_starts_a_requeued_one(tmp_path):
+    from problems import TINY
+    from scoresde.tasks import train_run
+
+    root, said = tmp_path / "runs", []
+    path, result = train_run(root=root, steps=2, say=said.append, **TINY)
+    assert path == root / "00000-vp-8gaussians" and result["step"] == 2 and said == []
+    again, result = train_run(root=root, resume=True, steps=3, say=said.append, **TINY)
+    assert again == path and result["resumed_from"] == 2 and result["step"] == 3
+    assert len(said) == 1 and str(path) in said[0]  # which run was taken
+    requeued, result = train_run(tmp_path / "job", resume=True, steps=2, say=said.append,
+                                 **TINY)
+    assert result["step"] == 2 and len(said) == 2 and str(requeued) in said[1]
+    with pytest.raises(OptionError) as err:
+        train_run(path, steps=2, **TINY)  # a run folder, without resume
+    assert err.value.option == "run"
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OptionError) as err:
+        train_run(tmp_path / "notes.txt", resume=True, **TINY)
+    assert err.value.option == "run" and (tmp_path / "notes.txt").read_text() == "mine"
+    with pytest.raises(OptionError) as err:
+        train_run(root=tmp_path / "none", resume=True, **TINY)
+    assert err.value.option is None
+
+
+def test_a_folder_train_run_created_is_removed_when_training_fails_before_a_checkpoint(
+        tmp_path, monkeypatch):
+    import scoresde.training
+    from problems import TINY
+    from scoresde.runs import CONFIG
+    from scoresde.tasks import train_run
+
+    real = scoresde.training.build_parts
+    seen = []
+
+    def fail(*args, **kwargs):
+        if (tmp_path / "new").exists():
+            seen.append(sorted(p.name for p in (tmp_path / "new").iterdir()))
+        raise RuntimeError("no memory")
+
+    monkeypatch.setattr(scoresde.training, "build_parts", fail)
+    with pytest.raises(RuntimeError):
+        train_run(tmp_path / "new", steps=2, **TINY)
+    assert seen and seen[0] and not (tmp_path / "new").exists()  # it held files, then none
+    monkeypatch.setattr(scoresde.training, "build_parts", real)
+    path, _ = train_run(tmp_path / "kept", steps=2, **TINY)
+    monkeypatch.setattr(scoresde.training, "build_parts", fail)
+    with pytest.raises(RuntimeError):
+        train_run(path, resume=True, steps=4, **TINY)
+    assert (path / CONFIG).exists()  # a run with a checkpoint stays, to resume
+
+
+def test_seeds_as_a_command_gives_them():
+    from scoresde.tasks.conditions import parse_seeds
+
+    assert parse_seeds("0-2,5, 9-10") == [0, 1, 2, 5, 9, 10]
+    for bad in ("3-1", "-1", "a", "1,,2"):
+        with pytest.raises(OptionError) as err:
+            parse_seeds(bad)
+        assert err.value.option == "seeds" and repr(bad) in str(err.value)

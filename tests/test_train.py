@@ -1,7 +1,7 @@
 """Training runs: learning, exact resume, refused checkpoints, non-finite losses, DDP."""
 
 import json
-import socket
+import re
 
 import pytest
 import torch
@@ -9,10 +9,10 @@ import torch
 import scoresde
 import scoresde.runs
 from scoresde import GaussianMixture, dsm_loss, load_run, train
-from scoresde.runs import load_checkpoint
+from scoresde.runs import load_checkpoint, read_config
 
-from problems import (TINY, Interrupt, assert_equal_states, invoke, make_old, run_python,
-                      run_states, stop_at)
+from problems import (TINY, assert_equal_states, free_port, Interrupt, invoke, make_old,
+                      run_python, run_states, stop_at, torchrun)
 
 
 
@@ -79,9 +79,10 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
     state = run_states(tmp_path / "run")
     state["extra"] = _Payload(str(marker))
     torch.save(state, tmp_path / "run" / "checkpoint.pt")
-    with pytest.raises(ValueError, match="refusing to load"):
+    code = re.escape(str(tmp_path / "run" / "checkpoint.pt")) + r".*\bopen\b"  # the object
+    with pytest.raises(ValueError, match=code):
         load_run(tmp_path / "run")
-    with pytest.raises(ValueError, match="refusing to load"):
+    with pytest.raises(ValueError, match=code):
         train(tmp_path / "run", steps=4, resume=True, **TINY)
     assert not marker.exists()
 
@@ -122,12 +123,6 @@ def test_images_with_labels_and_mixtures(tmp_path):
     assert isinstance(sde, scoresde.VESDE) and len(config["data"]["means"]) == 8
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 DDP_SCRIPT = """
 import sys, torch
 torch.set_num_threads(1)
@@ -146,7 +141,7 @@ def test_distributed_equals_one_process(tmp_path):
     script.write_text(DDP_SCRIPT)
     for steps, resume in [("3", "0"), ("6", "1")]:
         proc = run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", script,
+                          "--master_addr=127.0.0.1", f"--master_port={free_port()}", script,
                           tmp_path / "ddp", steps, resume, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     train(tmp_path / "one", data="moons", net_params={"hidden": 16, "depth": 1}, batch_size=32,
@@ -164,15 +159,17 @@ def test_sharp_edge_recipe_is_recorded_and_bad_shares_are_refused(tmp_path):
     train(tmp_path / "plain", data="8gaussians", **opts)
     train(tmp_path / "edges", data="checkerboard", log_snr_share=0.3,
           net_params={"input_features": 64}, **opts)
-    cfg = {k: json.loads((tmp_path / k / "config.json").read_text()) for k in ("plain", "edges")}
+    cfg = {k: read_config(tmp_path / k) for k in ("plain", "edges")}
     assert cfg["plain"]["log_snr_share"] == 0.0 and cfg["plain"]["net"]["input_features"] == 0
     assert cfg["edges"]["log_snr_share"] == 0.3
     assert cfg["edges"]["net"]["input_features"] == 64 and cfg["edges"]["net"]["input_scale"] == 0.3
     model, _, _ = load_run(tmp_path / "edges")
     assert model.net.inp.in_features == 2 + 128
-    for bad, match in [({"log_snr_share": 2.0}, "log_snr_share must be a finite number"),
-                       ({"log_snr_share": 0.3, "weighting": "likelihood_is"}, "must be 0 with"),
-                       ({"log_snr_share": 0.3, "weighting": "likelihood"}, "must be 0 with")]:
+    for bad, match in [({"log_snr_share": 2.0}, r"^log_snr_share\b.*\b2(\.0)?\b"),
+                       ({"log_snr_share": 0.3, "weighting": "likelihood_is"},
+                        r"^log_snr_share\b.*'likelihood_is'"),
+                       ({"log_snr_share": 0.3, "weighting": "likelihood"},
+                        r"^log_snr_share\b.*'likelihood'")]:
         with pytest.raises(ValueError, match=match):
             train(tmp_path / "bad", data="8gaussians", **bad, **opts)
         assert not (tmp_path / "bad").exists()
@@ -187,14 +184,14 @@ def test_runs_saved_before_log_snr_share_and_input_features_resume(tmp_path):
     make_old(run, ("log_snr_share",), ("input_features", "input_scale"))
     train(run, steps=3, resume=True, **old_opts)
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 3
-    with pytest.raises(ValueError, match="options differ.*log_snr_share"):
+    with pytest.raises(ValueError, match=r"\blog_snr_share\b"):
         train(run, steps=4, resume=True, **dict(old_opts, log_snr_share=0.3))
-    with pytest.raises(ValueError, match="options differ.*net.input_features"):
+    with pytest.raises(ValueError, match=r"\bnet\.input_features\b"):
         train(run, steps=4, resume=True, **dict(old_opts, net_params={"hidden": 16, "depth": 1,
                                                                      "input_features": 8}))
     result = invoke("train", "--resume", "--run", run, "--steps", 4, "--quiet")
     assert result.exit_code == 0, result.output
-    config = json.loads((run / "config.json").read_text())
+    config = read_config(run)
     assert config["log_snr_share"] == 0.0 and config["net"]["input_features"] == 0
     assert load_run(run)[2]["steps"] == 4
 
@@ -290,7 +287,7 @@ def test_progress_in_a_terminal_is_a_tqdm_bar_with_the_loss():
 def test_the_networks_own_defaults_are_what_train_builds(tmp_path):
     """One set of MLP defaults: ScoreMLP's (and ClassifierMLP's) are the tuned ones train() uses."""
     train(tmp_path / "run", steps=1, batch_size=8, progress=False)
-    net = json.loads((tmp_path / "run" / "config.json").read_text())["net"]
+    net = read_config(tmp_path / "run")["net"]
     assert net == scoresde.ScoreMLP().config()
     assert {k: net[k] for k in ("hidden", "depth", "time_dim", "time_features",
                                 "time_scale")} == {"hidden": 128, "depth": 3, "time_dim": 64,
@@ -319,7 +316,7 @@ def test_a_run_in_the_old_format_loads_and_resumes(tmp_path):
     result = invoke("train", "--resume", "--run", run, "--steps", 4, "--quiet")
     assert result.exit_code == 0, result.output
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
-    new = json.loads((run / "config.json").read_text())
+    new = read_config(run)
     assert new["log_every"] == 1 and new["data"] == "moons" and new["net"]["hidden"] == 128
 
 
@@ -330,7 +327,7 @@ def test_resume_with_fewer_steps_than_the_checkpoint_is_refused_and_keeps_the_ru
     train(run, steps=4, **TINY)
     with pytest.raises(ValueError, match="step 4"):
         train(run, steps=2, resume=True, **TINY)
-    assert json.loads((run / "config.json").read_text())["steps"] == 4
+    assert read_config(run)["steps"] == 4
     assert load_checkpoint(run / "checkpoint.pt")["step"] == 4
 
 
@@ -351,22 +348,19 @@ def test_default_batch_size_depends_on_the_kind_of_data(tmp_path):
     opts = dict(steps=1, progress=False, checkpoint_every=1)
     train(tmp_path / "toy", data="8gaussians", net_params={"hidden": 16, "depth": 1}, **opts)
     train(tmp_path / "img", data="digits", **opts)
-    batch = {k: json.loads((tmp_path / k / "config.json").read_text())["batch_size"]
-             for k in ("toy", "img")}
+    batch = {k: read_config(tmp_path / k)["batch_size"] for k in ("toy", "img")}
     assert batch == {"toy": 1024, "img": 128}
 
 
 @pytest.mark.slow  # torchrun and two ranks, twice
 def test_the_command_under_torchrun_speaks_once_and_needs_a_run_folder(tmp_path):
-    def torchrun(*args):
-        return run_python("-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-                          "--master_addr=127.0.0.1", f"--master_port={_free_port()}", "-m",
-                          "scoresde", "--", "train", "--steps", 2, "--batch-size", 8,
-                          "--width", 8, "--quiet", *args, timeout=300, cwd=tmp_path)
+    def train_under_torchrun(*args):
+        return torchrun("train", "--steps", 2, "--batch-size", 8, "--width", 8, "--quiet", *args,
+                        cwd=tmp_path)
 
-    done = torchrun("--run", tmp_path / "run")  # "--" keeps --run from torchrun's --run-path
+    done = train_under_torchrun("--run", tmp_path / "run")  # "--": not torchrun's --run-path
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("trained 2 steps") == 1 and run_states(tmp_path / "run")["step"] == 2
-    refused = torchrun()
+    refused = train_under_torchrun()
     assert refused.returncode != 0 and "--run" in refused.stderr
     assert not (tmp_path / "runs").exists()

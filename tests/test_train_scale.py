@@ -13,9 +13,10 @@ import scoresde.loop
 import scoresde.runs
 import scoresde.training
 from scoresde import load_run, train
+from scoresde.runs import read_config
 
-from problems import (TINY, Interrupt, assert_equal_states, invoke, make_old, run_states,
-                      stop_at)
+from problems import (TINY, Interrupt, assert_equal_states, assert_refused, invoke, make_old,
+                      run_states, stop_at)
 
 # A small U-Net on the 8x8 digits: a few seconds for tens of steps on one core.
 DIGITS = dict(data="digits", batch_size=32, progress=False, log_every=1,
@@ -88,7 +89,7 @@ def test_resume_with_micro_batches_and_bf16_is_bit_identical(tmp_path):
     assert run_states(tmp_path / "cut")["step"] == 3
     train(tmp_path / "cut", resume=True, **opts)
     assert_equal_states(run_states(tmp_path / "full"), run_states(tmp_path / "cut"))
-    config = json.loads((tmp_path / "cut" / "config.json").read_text())
+    config = read_config(tmp_path / "cut")
     assert config["precision"] == "bf16" and config["batch_gpu"] == 6
     # batch_gpu may change on resume (round-off only); the precision may not.
     train(tmp_path / "cut", **dict(opts, steps=7, batch_gpu=None), resume=True)
@@ -117,7 +118,7 @@ def test_bf16_on_the_cpu_trains_like_fp32(tmp_path):
 
 
 def test_fp16_on_the_cpu_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+    with pytest.raises(ValueError, match=r"\bprecision\b.*'fp16'.*\bCUDA\b"):
         train(tmp_path / "run", steps=2, precision="fp16", **TINY)
     assert not (tmp_path / "run").exists()
     with pytest.raises(ValueError, match="precision"):
@@ -164,7 +165,7 @@ def test_steps_the_scaler_skips_are_counted_not_stopped(tmp_path, monkeypatch):
 
 def test_a_real_nan_with_a_scaler_still_stops(tmp_path, monkeypatch):
     _fp16_on_the_cpu(monkeypatch, 2.0 ** 16)
-    with pytest.raises(FloatingPointError, match="loss at step 4; stopped at step 4"):
+    with pytest.raises(FloatingPointError, match=r"\bloss\b.*\bstep 4\b"):
         train(tmp_path / "run", steps=6, callback=_poison_after(3), precision="fp16",
               **dict(TINY, log_every=5), checkpoint_every=2)
     state = run_states(tmp_path / "run")
@@ -174,7 +175,7 @@ def test_a_real_nan_with_a_scaler_still_stops(tmp_path, monkeypatch):
 def test_weights_made_non_finite_between_records_are_never_checkpointed(tmp_path):
     """A callback that spoils the weights right after a finite step, just before its
     checkpoint: the weights are checked before writing, and no checkpoint of them exists."""
-    with pytest.raises(FloatingPointError, match="non-finite weights at step 4"):
+    with pytest.raises(FloatingPointError, match=r"\bweights\b.*\bstep 4\b"):
         train(tmp_path / "run", steps=8, checkpoint_every=4, callback=_poison_after(4),
               **dict(TINY, log_every=100))
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -198,7 +199,7 @@ def test_a_non_finite_loss_stops_naming_its_step_before_any_checkpoint_of_it(tmp
     at records (every log_every steps) and before each checkpoint (every 5): it stops at the
     first of those after step 8 (step 9's record, or step 10's checkpoint, which is then never
     written), naming step 8; the checkpoint of step 5 is kept, finite."""
-    with pytest.raises(FloatingPointError, match=f"loss at step 8; stopped at step {stop}"):
+    with pytest.raises(FloatingPointError, match=rf"\bloss\b.*\bstep 8\b.*\bstep {stop}\b"):
         train(tmp_path / "run", steps=12, checkpoint_every=5, callback=_poison_after(7),
               **dict(TINY, log_every=log_every))
     state = run_states(tmp_path / "run")
@@ -218,7 +219,7 @@ def test_a_non_finite_gradient_norm_stops_too():
     recorder.settle(1)
     recorder.record(2, one, 1e-3, torch.tensor(float("inf")), None)
     recorder.record(3, torch.tensor(float("nan")), 1e-3, one, None)
-    with pytest.raises(FloatingPointError, match="gradient norm at step 2; stopped at step 3"):
+    with pytest.raises(FloatingPointError, match=r"gradient norm\b.*\bstep 2\b.*\bstep 3\b"):
         recorder.settle(3)
     scaled = scoresde.loop._Recorder(opts, proc, 0, 0.0, None, False, scaled=True)
     scaled.record(1, one, 1e-3, torch.tensor(float("inf")), torch.tensor(1))
@@ -234,9 +235,10 @@ def test_a_platform_that_cannot_compile_gets_one_clear_line(tmp_path, monkeypatc
         raise RuntimeError("Windows not yet supported for torch.compile\nmore detail")
 
     monkeypatch.setattr(torch, "compile", refuses)
-    with pytest.raises(RuntimeError, match=r"cannot compile .*Windows not yet supported.*"
-                                           r"train without compile$"):
+    with pytest.raises(RuntimeError, match=r"\bcompile=True\b.*Windows not yet supported") \
+            as err:
         train(tmp_path / "a", steps=2, compile=True, **TINY)
+    assert "more detail" not in str(err.value)  # the cause's first line only
 
     class FailsAtFirstCall(torch.nn.Module):  # what torch.compile gives: fails when first run
         def __init__(self, module):
@@ -247,13 +249,13 @@ def test_a_platform_that_cannot_compile_gets_one_clear_line(tmp_path, monkeypatc
             raise dynamo.InternalTorchDynamoError("no C++ compiler found")
 
     monkeypatch.setattr(torch, "compile", FailsAtFirstCall)
-    with pytest.raises(RuntimeError, match="cannot compile .*no C\\+\\+ compiler found"):
+    with pytest.raises(RuntimeError, match=r"\bcompile=True\b.*no C\+\+ compiler found"):
         train(tmp_path / "b", steps=2, compile=True, **TINY)
     assert not (tmp_path / "b" / "checkpoint.pt").exists()
     result = invoke("train", "--data", "moons", "--steps", 2, "--compile", "--quiet", "--run",
                     tmp_path / "c")
-    assert result.exit_code == 1 and "train without compile" in result.output
-    assert "Traceback" not in result.output and not (tmp_path / "c").exists()
+    assert_refused(result, 1, "compile", "no C++ compiler found")
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow
@@ -287,7 +289,7 @@ def test_sample_grids_are_written_and_leave_training_alone(tmp_path):
     train(tmp_path / "digits", steps=2, sample_every=2, **DIGITS)
     assert (tmp_path / "digits" / "samples" / "step_000002.png").stat().st_size > 1000
     np.save(tmp_path / "vectors.npy", np.random.default_rng(0).normal(size=(50, 3)))
-    with pytest.raises(ValueError, match="sample_every draws images or 2D points"):
+    with pytest.raises(ValueError, match=r"\bsample_every\b.*\(3,\)"):
         train(tmp_path / "v", steps=2, sample_every=2, **dict(TINY, data=tmp_path / "vectors.npy"))
 
 
@@ -321,27 +323,26 @@ def test_the_cli_options(tmp_path):
     result = invoke("train", "--data", "moons", "--steps", 2, "--batch-size", 16, "--quiet",
                     "--precision", "bf16", "--batch-gpu", 4, "--sample-every", 2,
                     "--channels-last", "--run", run)
-    assert result.exit_code == 2 and "channels_last is for images" in result.output
+    assert_refused(result, 2, "channels_last", "'moons'")
     result = invoke("train", "--data", "moons", "--steps", 2, "--batch-size", 16, "--quiet",
                     "--precision", "bf16", "--batch-gpu", 4, "--sample-every", 2, "--run", run)
     assert result.exit_code == 0, result.output
-    config = json.loads((run / "config.json").read_text())
+    config = read_config(run)
     assert (config["precision"], config["batch_gpu"], config["sample_every"],
             config["compile"]) == ("bf16", 4, 2, False)
     # On resume the run's own options, unless given again.
     assert invoke("train", "--resume", "--run", run, "--steps", 3, "--quiet").exit_code == 0
-    config = json.loads((run / "config.json").read_text())
+    config = read_config(run)
     assert (config["precision"], config["batch_gpu"], config["sample_every"]) == ("bf16", 4, 2)
     assert invoke("train", "--resume", "--run", run, "--steps", 4, "--batch-gpu", 8,
                   "--quiet").exit_code == 0
-    assert json.loads((run / "config.json").read_text())["batch_gpu"] == 8
-    for bad, words in [(["--batch-gpu", 0], "--batch-gpu"), (["--precision", "fp8"],
-                                                              "--precision"),
-                       (["--sample-every", "x"], "--sample-every"),
-                       (["--precision", "fp16"], "needs a CUDA device")]:
+    assert read_config(run)["batch_gpu"] == 8
+    for bad, facts in [(["--batch-gpu", 0], ["--batch-gpu", "0"]),
+                       (["--precision", "fp8"], ["--precision", "'fp8'"]),
+                       (["--sample-every", "x"], ["--sample-every", "'x'"]),
+                       (["--precision", "fp16"], ["'fp16'", "CUDA"])]:
         result = invoke("train", "--steps", 1, "--quiet", "--run", tmp_path / "bad", *bad)
-        assert result.exit_code == 2 and words in result.output, result.output
-        assert "Traceback" not in result.output
+        assert_refused(result, 2, *facts)
 
 
 def test_training_steps_leave_times_and_labels_unread_on_the_host(tmp_path, monkeypatch):
@@ -358,9 +359,9 @@ def test_training_steps_leave_times_and_labels_unread_on_the_host(tmp_path, monk
           net_params={"hidden": 16, "depth": 1}, progress=False)
     assert seen and all(seen) and not values_trusted()
     sde, x = scoresde.get_sde("vp"), torch.zeros(2, 2)
-    with pytest.raises(ValueError, match=r"t must lie in \[0, T\]"):
+    with pytest.raises(ValueError, match=r"^t\b.*\[0, 1\].*\b2\b"):
         sde.check_time(torch.tensor([0.5, 2.0]), x)
-    with pytest.raises(ValueError, match="labels must lie in"):
+    with pytest.raises(ValueError, match=r"^labels\b.*\[0, 8\).*\b9\b"):
         check_labels(torch.tensor([0, 9]), 2, num_classes=8)
     with trusted_values():
         sde.check_time(torch.tensor([0.5, 2.0]), x)

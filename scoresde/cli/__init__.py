@@ -22,7 +22,8 @@ from .train import train
 __all__ = ["main"]
 
 
-@click.group(cls=Main, context_settings=CTX)
+@click.group(cls=Main, context_settings=CTX,
+             commands=[train, sample, likelihood, fid, demo, convert])
 @click.version_option(__version__, prog_name="scoresde")
 def main() -> None:
     """Score-based generative modelling with stochastic differential equations.
@@ -36,9 +37,6 @@ def main() -> None:
       scoresde fid --solver dpmpp_2m --steps 20    # FID, KID, precision/recall of images
     """
 
-
-for command in (train, sample, likelihood, fid, demo, convert):
-    main.add_command(command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

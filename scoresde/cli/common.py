@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-import json
-import math
 import os
-import shutil
 import sys
 import warnings
 from importlib import import_module
@@ -20,7 +17,6 @@ from typing import Callable
 
 import click
 
-RUNS = Path("runs")
 CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -31,11 +27,6 @@ def library(dotted: str):
     it inside a command or a help, never at import time."""
     module, _, name = dotted.rpartition(".")
     return getattr(import_module(f"scoresde.{module}" if module else "scoresde"), name)
-
-
-def names(table: str) -> Callable[[], list[str]]:
-    """The names (tuple entries or dict keys) of the library table ``table``, when asked."""
-    return lambda: list(library(table))
 
 
 class Choice(click.Choice):
@@ -52,44 +43,39 @@ class Choice(click.Choice):
 
 
 class LazyChoice(Choice):
-    """A Choice whose names come from a library table when first needed."""
+    """A Choice of the names (tuple entries or dict keys) of the library table ``table``, read
+    when first needed."""
 
     def __init__(self, table: str):
-        self._names = names(table)
         super().__init__([])
+        self.table = table
 
-    @property
-    def choices(self):
-        return self._names()
-
-    @choices.setter
-    def choices(self, value):
-        pass
+    choices = property(lambda self: list(library(self.table)), lambda self, value: None)
 
 
 class Default:
-    """The default of keyword ``name`` of the library function ``function``, read when needed.
+    """A default read from the library when needed: that of keyword ``name`` of the library
+    function ``function``, or (``function`` None) that of the training option ``name``
+    (:mod:`scoresde.config`). A click default (called for the value) that ``--help`` shows as
+    the value itself."""
 
-    A click default (called for the value) that ``--help`` shows as the value itself."""
-
-    def __init__(self, function: str, name: str):
+    def __init__(self, function: str | None, name: str):
         self.function, self.name = function, name
 
     def __call__(self):
+        if self.function is None:
+            return library("config.option_default")(self.name)
         return inspect.signature(library(self.function)).parameters[self.name].default
 
     def __str__(self) -> str:
         return str(self())
 
 
-class TrainDefault(Default):
-    """The default of the training option ``name`` (:mod:`scoresde.config`), read when needed."""
-
-    def __init__(self, name: str):
-        super().__init__("config.option_default", name)
-
-    def __call__(self):
-        return library(self.function)(self.name)
+def keyword_option(function: str, *flags: str, **attrs):
+    """An option (``flags``, as ``click.option``) whose default, shown in the help, is that of
+    the keyword named as the option (``--snr``: ``snr``) of the library function ``function``."""
+    name = flags[0].lstrip("-").replace("-", "_")
+    return click.option(*flags, default=Default(function, name), show_default=True, **attrs)
 
 
 def train_option(name: str, *flags: str, **attrs):
@@ -113,9 +99,9 @@ def train_option(name: str, *flags: str, **attrs):
     if option_default(name) is None:
         attrs.setdefault("default", None)
     else:
-        attrs.setdefault("default", TrainDefault(name))
+        attrs.setdefault("default", Default(None, name))
         attrs.setdefault("show_default", True)
-    return click.option(*(flags or [f"--{name.replace('_', '-')}"]), name, **attrs)
+    return click.option(*(flags or [flag(name)]), name, **attrs)
 
 
 class LazyHelp(click.Option):
@@ -192,56 +178,17 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 # ----- run folders and files ---------------------------------------------------------------------
-def _latest_run() -> Path:
-    from ..runs import latest_run
-
-    path = latest_run(RUNS)
-    if path is None:
-        raise click.UsageError(f"no run found under ./{RUNS}; train one with 'scoresde train' "
-                               "or pass --run DIR")
-    return path
-
-
 def pick_run(run: str | None, quiet: bool = False) -> Path:
     """The run folder given, or the most recent under ./runs (saying which on stderr)."""
-    from ..runs import CHECKPOINT, CONFIG, is_run
-
-    if run is None:
-        path = _latest_run()
-        if not quiet:
-            click.echo(f"using run {path} (most recent under ./{RUNS})", err=True)
-        return path
-    path = Path(run)
-    if not path.is_dir():
-        raise click.BadParameter(f"run folder {run!r} does not exist", param_hint="--run")
-    if not is_run(path):
-        raise click.BadParameter(f"{run!r} is not a run folder (needs {CONFIG} and {CHECKPOINT})",
-                                 param_hint="--run")
+    path = task(library("runs.find_run"), run)
+    if run is None and not quiet and lead():
+        click.echo(f"using run {path} (most recent under ./{path.parent})", err=True)
     return path
-
-
-def has_run(path: Path) -> bool:
-    """Whether ``path`` holds a run to continue; BadParameter if it is a file."""
-    from ..runs import is_run
-
-    if path.exists() and not path.is_dir():
-        raise click.BadParameter(f"{path} is a file, not a run folder", param_hint="--run")
-    return is_run(path)
 
 
 def new_run_folder(*words: str) -> Path:
     """``./runs/NNNNN-words``, numbered one above the highest existing run."""
-    from ..runs import new_run_dir
-
-    return new_run_dir(RUNS, *words)
-
-
-def remove_unfinished(path: Path) -> None:
-    """Remove a run folder that this command created and that has no checkpoint yet."""
-    from ..runs import has_checkpoint
-
-    if path.is_dir() and not has_checkpoint(path):
-        shutil.rmtree(path)
+    return library("runs.new_run_dir")(library("runs.RUNS"), *words)
 
 
 def check_out(path: Path, param: str = "--out", **rules) -> Path:
@@ -253,6 +200,34 @@ def check_out(path: Path, param: str = "--out", **rules) -> Path:
         return check_output(path, **rules)
     except (ValueError, FileExistsError) as err:
         raise click.BadParameter(one_line(err), param_hint=param) from None
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    library("utils.resolve_device")(value)  # a device that is not there is bad input
+    return value
+
+
+def device_option(help: str | None = None):
+    """``--device``, checked as soon as it is parsed."""
+    return click.option("--device", default="cpu", show_default=True, callback=_device,
+                        help=help)
+
+
+run_option = click.option("--run", default=None, metavar="DIR",
+                          help="Run folder [default: most recent].")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+
+
+def refuse_given(ctx: click.Context, names, why: str) -> None:
+    """A usage error ``--NAME WHY`` for the first of ``names`` given on the command line."""
+    for name in names:
+        if explicit(ctx, name):
+            raise click.UsageError(f"{flag(name)} {why}")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of the keyword ``name``: ``batch_size`` is ``--batch-size``."""
+    return f"--{name.replace('_', '-')}"
 
 
 def explicit(ctx: click.Context, name: str) -> bool:
@@ -274,33 +249,16 @@ def task(function: Callable, *args, **keywords):
     except OptionError as err:
         if err.option is None:
             raise click.UsageError(one_line(err)) from None
-        flags = "/".join(f"--{name.replace('_', '-')}" for name in err.option.split("/"))
+        flags = "/".join(flag(name) for name in err.option.split("/"))
         raise click.BadParameter(str(err), param_hint=flags) from None
 
 
+def lead() -> bool:
+    """Whether this process speaks for the command: always, but under ``torchrun`` rank 0 only."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def emit(record: dict, as_json: bool, lines: list[str]) -> None:
-    click.echo(strict_json(record) if as_json else "\n".join(lines))
-
-
-def strict_json(record: dict) -> str:
-    """``record`` as strict JSON: a NaN or infinite number becomes ``null`` (``NaN`` and
-    ``Infinity`` are not JSON, and strict readers refuse them), and ``"non_finite"`` maps each
-    such key (``a.b`` inside dicts) to what it was, ``"nan"``, ``"inf"`` or ``"-inf"``."""
-    bad: dict[str, str] = {}
-
-    def clean(value, key: str):
-        if isinstance(value, float) and not math.isfinite(value):
-            bad[key] = str(value)
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v, f"{key}[{i}]") for i, v in enumerate(value)]
-        return value
-
-    out = clean(record, "")
-    if bad:
-        out["non_finite"] = bad
-    return json.dumps(out, allow_nan=False)
-
-
+    """Print (rank 0 alone) the record as strict JSON, or ``lines``."""
+    if lead():
+        click.echo(library("tasks.reports.strict_json")(record) if as_json else "\n".join(lines))

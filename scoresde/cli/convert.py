@@ -36,14 +36,13 @@ def convert(checkpoint, source, config, out, no_ema, as_json):
       scoresde convert checkpoint_24.pth --from score_sde --config cifar10_ncsnpp_continuous
     """
     from ..convert import convert_score_sde
-
-    out, ema = (out if out is not None else new_run_folder(source, config)), not no_ema
-    try:
-        path = convert_score_sde(checkpoint, config, out, ema=ema)
-    except (ValueError, FileNotFoundError) as err:
-        raise click.UsageError(one_line(err)) from None
     from ..runs import read_config
 
+    try:
+        path = convert_score_sde(checkpoint, config, out or new_run_folder(source, config),
+                                 ema=not no_ema)
+    except (ValueError, FileNotFoundError) as err:
+        raise click.UsageError(one_line(err)) from None
     run = read_config(path)
     ema = run["source"]["ema"]  # False for a checkpoint without an EMA
     record = {"run": str(path), "source": source, "config": config, "ema": ema,

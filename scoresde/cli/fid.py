@@ -7,17 +7,17 @@ from pathlib import Path
 
 import click
 
-from .common import CTX, Default, LazyChoice, LazyHelp, emit, explicit, library, pick_run, task
+from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, emit, json_option,
+                     keyword_option, library, pick_run, refuse_given, run_option, task)
 
 
 @click.command(context_settings=CTX)
-@click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
-@click.option("--n", "n", type=click.IntRange(min=2), default=Default("quality.run_quality", "n"),
-              show_default=True, help="Samples (FID is biased below 10,000; compare equal N).")
-@click.option("--solver", type=LazyChoice("sampling.SAMPLERS"),
-              default=Default("quality.run_quality", "solver"), show_default=True,
-              help="The sampler (by default a few-step one, given the data's statistics: on the "
-                   "digits near the ODE's FID at 10 score calls).")
+@run_option
+@keyword_option("quality.run_quality", "--n", "n", type=click.IntRange(min=2),
+                help="Samples (FID is biased below 10,000; compare equal N).")
+@keyword_option("quality.run_quality", "--solver", type=LazyChoice("sampling.SAMPLERS"),
+                help="The sampler (by default a few-step one, given the data's statistics: on the "
+                     "digits near the ODE's FID at 10 score calls).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, cls=LazyHelp,
               fields={"fid": lambda: library("quality.FID_STEPS"),
                       "solver": lambda: library("quality.FID_SOLVER"),
@@ -31,16 +31,14 @@ from .common import CTX, Default, LazyChoice, LazyHelp, emit, explicit, library,
               help="ode, torchsde: relative tolerance [default: the solver's].")
 @click.option("--atol", type=click.FloatRange(min=0, min_open=True), default=None,
               help="ode, torchsde: absolute tolerance [default: the solver's].")
-@click.option("--features", default=Default("quality.run_quality", "features"),
-              show_default=True, metavar="NAME|PATH",
-              help="'digits' (the shipped digits network, 1x8x8) or a TorchScript file, e.g. "
-                   "the FID Inception network; TorchScript runs code: use trusted files only.")
+@keyword_option("quality.run_quality", "--features", metavar="NAME|PATH",
+                help="'digits' (the shipped digits network, 1x8x8) or a TorchScript file, e.g. "
+                     "the FID Inception network; TorchScript runs code: use trusted files only.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seeds the samples (chunk k from seed and k, as `scoresde sample`) and KID's "
                    "subsets.")
-@click.option("--batch-size", type=click.IntRange(min=1),
-              default=Default("quality.run_quality", "batch_size"), show_default=True,
-              help="Samples per chunk (memory holds one chunk and the features).")
+@keyword_option("quality.run_quality", "--batch-size", type=click.IntRange(min=1),
+                help="Samples per chunk (memory holds one chunk and the features).")
 @click.option("--label", default=None, metavar="K|NAME|all",
               help="Class-conditional runs: the class of every sample (number or name), or "
                    "'all' for each class in turn [default: the unconditional score].")
@@ -53,11 +51,10 @@ from .common import CTX, Default, LazyChoice, LazyHelp, emit, explicit, library,
               "(uint8: 8-bit images, e.g. another code's).")
 @click.option("--data", default=None, metavar="NAME|PATH",
               help="With --samples: the data to compare with [default: the run's].")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@device_option()
+@json_option
 @click.pass_context
-def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch_size, label,
-        guidance, samples_file, data, device, as_json):
+def fid(ctx, run, samples_file, data, features, seed, device, as_json, **p):
     """FID, KID, precision and recall of a run's samples against its training images.
 
     The reference statistics of the data (per data, resolution and extractor) are computed
@@ -72,39 +69,22 @@ def fid(ctx, run, n, solver, steps, eps, grid, rtol, atol, features, seed, batch
       scoresde fid --samples runs/sr8/cascade-euler-50.npz --run runs/sr8   # a file's images
     """
     from ..tasks.quality import file_fid, run_fid
-    from ..utils import resolve_device
+    from ..tasks.reports import quality_lines
 
-    resolve_device(device)  # before anything else: a device that is not there is bad input
     if samples_file is not None:
-        for name in ("n", "solver", "steps", "eps", "grid", "rtol", "atol", "batch_size",
-                     "label", "guidance"):
-            if explicit(ctx, name):
-                raise click.UsageError(f"--{name.replace('_', '-')} is for sampling; --samples "
-                                       "measures the file's images as they are")
+        refuse_given(ctx, p, "is for sampling; --samples measures the file's images as they are")
         run = pick_run(run, as_json) if data is None else run
         record, name = task(file_fid, samples_file, data=data, run=run, features=features,
                             seed=seed, device=device, say=_warn)
-        return emit(record, as_json, _lines(record) + [
-            f"N {record['n']} images of {samples_file} ("
-            f"{'8-bit' if record['pixels'] else 'model values'}), KID subsets from seed {seed}, "
-            f"reference {record['reference_n']} training images of {name}, features "
-            f"{record['features']}"])
+        return emit(record, as_json, quality_lines(record, samples_file, name))
     if data is not None:
         raise click.UsageError("--data is for --samples (a run is compared with its own data)")
-    options = {k: v for k, v in dict(eps=eps, grid=grid, rtol=rtol, atol=atol).items()
-               if v is not None}
-    record = task(run_fid, pick_run(run, quiet=as_json), features=features, n=n, solver=solver,
-                  steps=steps, seed=seed, batch_size=batch_size, device=device, label=label,
-                  guidance=guidance, say=_warn, progress=not as_json, **options)
-    emit(record, as_json, _lines(record) + [
-        f"N {n} ({solver}, {record['steps']} steps, NFE {record['nfe']:g}), seed {seed}, reference "
-        f"{record['reference_n']} training images, features {record['features']}"])
+    record = task(run_fid, pick_run(run, quiet=as_json), features=features, seed=seed,
+                  device=device, say=_warn, progress=not as_json,
+                  **{k: v for k, v in p.items() if v is not None})  # None: the task's default
+    emit(record, as_json, quality_lines(record))
 
 
 def _warn(line: str) -> None:
     click.echo(f"warning: {line}", err=True)
 
-
-def _lines(record: dict) -> list[str]:
-    return [f"FID {record['fid']:.4f}   KID {record['kid']:.5f} +- {record['kid_se']:.5f}   "
-            f"precision {record['precision']:.4f}   recall {record['recall']:.4f}"]

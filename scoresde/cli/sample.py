@@ -7,12 +7,16 @@ from pathlib import Path
 
 import click
 
-from .common import (CTX, Default, LazyChoice, LazyHelp, emit, explicit, given, library,
-                     pick_run, task)
+from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, emit, explicit, given,
+                     json_option, keyword_option, lead, library, pick_run, refuse_given, run_option,
+                     task)
 
 # The solvers' own options, passed on when given.
 SOLVER_OPTIONS = ("predictor", "corrector", "snr", "corrector_steps", "method", "adaptive", "rtol",
                   "atol", "sigma_max", "sigma_min")
+# The options passed to the draw as they are.
+DRAW = ("n", "eps", "grid", "label", "embedding", "guidance", "mask", "observe", "inverse",
+        "batch_size", "device", "images")
 
 
 def _grids_by_solver() -> str:
@@ -24,37 +28,12 @@ def _grids_by_solver() -> str:
     return "; ".join(f"{grid} for {'/'.join(names)}" for grid, names in by_grid.items())
 
 
-class _SeedList(click.ParamType):
-    """``0-63`` (inclusive), ``0,5,9-12``: a list of integer seeds >= 0, one per sample."""
-
-    name = "SEEDS"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, list):
-            return value
-        seeds = []
-        try:
-            for part in str(value).split(","):
-                low, dash, high = part.strip().partition("-")
-                low = int(low)
-                high = int(high) if dash else low
-                if low < 0 or high < low:
-                    raise ValueError
-                seeds.extend(range(low, high + 1))
-        except ValueError:
-            self.fail(f"expected seeds as ranges 'a-b' (inclusive, 0 <= a <= b) and integers "
-                      f"joined by commas, e.g. 0-63 or 0,5,9-12; got {value!r}", param, ctx)
-        return seeds
-
-
 @click.command(context_settings=CTX)
-@click.option("--run", default=None, metavar="DIR", help="Run folder [default: most recent].")
-@click.option("--solver", type=LazyChoice("sampling.SAMPLERS"),
-              default=Default("sample", "solver"), show_default=True)
-@click.option("--steps", type=click.IntRange(min=1), default=Default("sample", "steps"),
-              show_default=True,
-              help="Steps of the time grid (ode picks its own); the NFE printed counts the "
-                   "score calls they make (docs/sampling.md, 'steps and NFE').")
+@run_option
+@keyword_option("sample", "--solver", type=LazyChoice("sampling.SAMPLERS"))
+@keyword_option("sample", "--steps", type=click.IntRange(min=1),
+                help="Steps of the time grid (ode picks its own); the NFE printed counts the "
+                     "score calls they make (docs/sampling.md, 'steps and NFE').")
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Number of samples [default: 1000, 64 for images].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
@@ -64,18 +43,14 @@ class _SeedList(click.ParamType):
 @click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None, cls=LazyHelp,
               fields={"grids": lambda: _grids_by_solver()},
               help="Time grid [default: {grids}].")
-@click.option("--predictor", type=LazyChoice("sampling.PREDICTORS"),
-              default=Default("sampling.sample_pc", "predictor"), show_default=True,
-              help="pc only.")
-@click.option("--corrector", type=LazyChoice("sampling.CORRECTORS"),
-              default=Default("sampling.sample_pc", "corrector"), show_default=True,
-              help="pc only.")
-@click.option("--snr", type=click.FloatRange(min=0, min_open=True),
-              default=Default("sampling.sample_pc", "snr"), show_default=True,
-              help="Corrector signal-to-noise ratio (pc only).")
-@click.option("--corrector-steps", type=click.IntRange(min=1),
-              default=Default("sampling.sample_pc", "corrector_steps"), show_default=True,
-              help="pc only.")
+@keyword_option("sampling.sample_pc", "--predictor", type=LazyChoice("sampling.PREDICTORS"),
+                help="pc only.")
+@keyword_option("sampling.sample_pc", "--corrector", type=LazyChoice("sampling.CORRECTORS"),
+                help="pc only.")
+@keyword_option("sampling.sample_pc", "--snr", type=click.FloatRange(min=0, min_open=True),
+                help="Corrector signal-to-noise ratio (pc only).")
+@keyword_option("sampling.sample_pc", "--corrector-steps", type=click.IntRange(min=1),
+                help="pc only.")
 @click.option("--method", default=None, cls=LazyHelp,
               fields={"ode": lambda: ", ".join(library("scipy_ode.ODE_METHODS")),
                       "sde": lambda: ", ".join(library("sampling.TORCHSDE_METHODS")),
@@ -102,7 +77,7 @@ class _SeedList(click.ParamType):
 @click.option("--no-denoise", is_flag=True, help="Skip the final Tweedie denoising step.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the one generator of the whole batch.")
-@click.option("--seeds", type=_SeedList(), default=None,
+@click.option("--seeds", default=None, metavar="SEEDS",
               help="One seed per sample, e.g. 0-63 or 0,5,9-12: sample i depends only on its "
               "seed, whatever the batch (ode and --adaptive torchsde choose their steps for the "
               "batch: equal within tolerance) [default: --n samples from --seed].")
@@ -121,8 +96,8 @@ class _SeedList(click.ParamType):
               help="Samples drawn at a time [default: {vector}, {image} for images]. Each chunk "
                    "is saved as it is done (OUT.parts/), so memory holds one chunk and the same "
                    "command after a kill continues where it stopped.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@device_option()
+@json_option
 @click.option("--label", default=None, metavar="K|NAME|all",
               help="Class of every sample, by number or by name (a folder of class folders: "
                    "the folder's), or 'all' to cycle through the classes (conditional runs).")
@@ -141,18 +116,14 @@ class _SeedList(click.ParamType):
               cls=LazyHelp, fields={"default": Default("sampling.solve_inverse", "method")},
               help="Method for --observe, or for --mask instead of plain replacement [default "
               "with --observe: {default}]. smc takes no --solver.")
-@click.option("--particles", type=click.IntRange(min=1),
-              default=Default("sampling.sample_smc", "particles"), show_default=True,
-              help="--inverse smc: particles per sample.")
-@click.option("--step-size", type=click.FloatRange(min=0),
-              default=Default("sampling.inverse._dps", "step_size"), show_default=True,
-              help="--inverse dps: the gradient step.")
-@click.option("--jump", type=click.IntRange(min=1),
-              default=Default("sampling.inverse._repaint", "jump"), show_default=True,
-              help="--inverse repaint: steps per segment.")
-@click.option("--resample", type=click.IntRange(min=1),
-              default=Default("sampling.inverse._repaint", "resample"), show_default=True,
-              help="--inverse repaint: runs of each segment.")
+@keyword_option("sampling.sample_smc", "--particles", type=click.IntRange(min=1),
+                help="--inverse smc: particles per sample.")
+@keyword_option("sampling.inverse._dps", "--step-size", type=click.FloatRange(min=0),
+                help="--inverse dps: the gradient step.")
+@keyword_option("sampling.inverse._repaint", "--jump", type=click.IntRange(min=1),
+                help="--inverse repaint: steps per segment.")
+@keyword_option("sampling.inverse._repaint", "--resample", type=click.IntRange(min=1),
+                help="--inverse repaint: runs of each segment.")
 @click.option("--cascade", "cascade_runs", nargs=2, type=click.Path(path_type=Path),
               default=None, metavar="BASE_RUN SR_RUN",
               help="Sample a cascade: BASE_RUN with --solver/--steps, then the super-resolution "
@@ -161,15 +132,10 @@ class _SeedList(click.ParamType):
               help="--cascade: the second stage's solver [default: --solver].")
 @click.option("--sr-steps", type=click.IntRange(min=1), default=None,
               help="--cascade: the second stage's steps [default: --steps].")
-@click.option("--aug-level", type=click.FloatRange(min=0),
-              default=Default("cascade.cascade", "aug_level"), show_default=True,
-              help="--cascade: conditioning-augmentation level of the second stage.")
+@keyword_option("cascade.cascade", "--aug-level", type=click.FloatRange(min=0),
+                help="--cascade: conditioning-augmentation level of the second stage.")
 @click.pass_context
-def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, corrector_steps,
-           method, adaptive, rtol, atol, sigma_max, sigma_min, no_denoise, seed, seeds, out,
-           force, batch_size, device, as_json, label, embedding, guidance, mask, observe,
-           inverse, particles, step_size, jump, resample, cascade_runs, sr_solver, sr_steps,
-           aug_level, images):
+def sample(ctx, run, out, seed, seeds, no_denoise, force, as_json, cascade_runs, **p):
     """Draw samples from a trained run; write them (.npz) and a figure (.png).
 
     \b
@@ -186,25 +152,19 @@ def sample(ctx, run, solver, steps, n, eps, grid, predictor, corrector, snr, cor
       scoresde sample --cascade runs/base4 runs/sr8 --solver euler --steps 50 --sr-steps 20
     """
     from ..tasks import sample_run
-    from ..utils import resolve_device
 
-    resolve_device(device)  # before anything else: a device that is not there is bad input
     if cascade_runs is not None:
         return _cascade(ctx, cascade_runs, as_json)
-    for name in ("sr_solver", "sr_steps", "aug_level"):
-        if explicit(ctx, name):
-            raise click.UsageError(f"--{name.replace('_', '-')} is for --cascade")
+    refuse_given(ctx, ("sr_solver", "sr_steps", "aug_level"), "is for --cascade")
     path = pick_run(run, quiet=as_json)
     record, result = task(
-        sample_run, path, out, **given(ctx, ("solver", "steps")), n=n, eps=eps, grid=grid,
+        sample_run, path, out, **given(ctx, ("solver", "steps")), **{k: p[k] for k in DRAW},
         denoise=not no_denoise, solver_options=given(ctx, SOLVER_OPTIONS),
-        seed=seed if explicit(ctx, "seed") or seeds is None else None, seeds=seeds, label=label,
-        embedding=embedding, guidance=guidance, mask=mask, observe=observe, inverse=inverse,
-        inverse_options=given(ctx, library("tasks.conditions.INVERSE_OPTIONS")),
-        batch_size=batch_size, device=device, replace=force, progress=not as_json, images=images,
+        seed=seed if explicit(ctx, "seed") or seeds is None else None, seeds=seeds,
+        inverse_options=given(ctx, library("tasks.conditions.INVERSE_OPTIONS")), replace=force,
+        progress=not as_json,
         say=(lambda line: None) if as_json else (lambda line: click.echo(line, err=True)))
-    _report(record, result, as_json, f"{record['solver'] or record.get('inverse')}: "
-                                     f"{record['n']} samples, NFE {record['nfe']}")
+    _report(record, result, as_json)
 
 
 def _cascade(ctx: click.Context, runs, as_json: bool) -> None:
@@ -212,32 +172,19 @@ def _cascade(ctx: click.Context, runs, as_json: bool) -> None:
     from ..tasks import sample_cascade_run
 
     p = ctx.params
-    for name in ("run", "seeds", "label", "embedding", "mask", "observe", "inverse", "grid",
-                 "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "images"):
-        if explicit(ctx, name):
-            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --cascade")
+    refuse_given(ctx, ("run", "seeds", "label", "embedding", "mask", "observe", "inverse", "grid",
+                       "sigma_max", "sigma_min", "eps", "guidance", "no_denoise", "images"),
+                 "does not apply to --cascade")
     record, result = task(
-        sample_cascade_run, *runs, p["out"], solver=p["solver"], steps=p["steps"],
-        sr_solver=p["sr_solver"], sr_steps=p["sr_steps"], aug_level=p["aug_level"],
-        solver_options=given(ctx, SOLVER_OPTIONS), n=p["n"], seed=p["seed"],
-        batch_size=p["batch_size"], device=p["device"], replace=p["force"],
-        progress=not as_json)
-    _report(record, result, as_json, f"cascade: {record['n']} samples, NFE {record['nfe']} "
-                                     f"({record['nfe_base']} + {record['nfe_sr']})")
+        sample_cascade_run, *runs, p["out"], solver_options=given(ctx, SOLVER_OPTIONS),
+        **{k: p[k] for k in ("solver", "steps", "sr_solver", "sr_steps", "aug_level", "n", "seed",
+                             "batch_size", "device")}, replace=p["force"], progress=not as_json)
+    _report(record, result, as_json)
 
 
-def _report(record: dict, result: dict, as_json: bool, what: str) -> None:
-    """The record as JSON, or two lines: what was drawn, and the files (written, or found)."""
-    out, figure = record["out"], record["figure"]
-    if not as_json and result["reused"]:
-        click.echo(f"{out} already holds these samples (the same options): nothing drawn",
-                   err=True)
-    elif not as_json and result["drawn"] < result["chunks"]:
-        click.echo(f"continued: {result['chunks'] - result['drawn']} of {result['chunks']} "
-                   f"chunks were already drawn", err=True)
-    files = f"kept {out} (it holds these samples)" if result["reused"] else f"wrote {out}"
-    if figure:
-        files += f" and {'wrote ' if result['reused'] else ''}{figure}"
-    if record.get("images"):
-        files += f"; the samples as PNGs in {record['images']}"
-    emit(record, as_json, [f"{what}, {record['time_s']:.2f} s", files])
+def _report(record: dict, result: dict, as_json: bool) -> None:
+    """The record as JSON, or its lines (:func:`scoresde.tasks.reports.samples_lines`)."""
+    notes, lines = library("tasks.reports.samples_lines")(record, result)
+    for note in [] if as_json or not lead() else notes:
+        click.echo(note, err=True)
+    emit(record, as_json, lines)

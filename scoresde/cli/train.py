@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 
-from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit, given, has_run,
-                     library, new_run_folder, one_line, pick_run, remove_unfinished, task,
-                     train_option)
+from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit,
+                     flag, given, lead, library, task, train_option)
 
 
 @click.command(context_settings=CTX)
@@ -39,7 +37,7 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit,
               help="--super-res: conditioning augmentation, the low-resolution image noised at a "
                    "level drawn per sample in [0, A] and given to the network; 0 for none.")
 @train_option("steps", default=None, show_default=False, cls=LazyHelp,
-              fields={"steps": TrainDefault("steps")},
+              fields={"steps": Default(None, "steps")},
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
                    "new total given here].")
 @train_option("batch_size", cls=LazyHelp,
@@ -70,7 +68,7 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit,
                    "those given here; a --run folder that is absent or has no checkpoint yet is "
                    "started, so a requeued job can always pass it.")
 @train_option("seed")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@device_option(help="cpu, cuda or cuda:N.")
 @train_option("checkpoint_every")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @click.option("--conditional", is_flag=True,
@@ -87,9 +85,9 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit,
 @train_option("batch_gpu", type=click.IntRange(min=1),
               help="At most this many samples per forward pass: gradients accumulate over "
                    "micro-batches (same result as the whole batch) [default: the whole batch].")
-@click.option("--compile/--no-compile", "compile_", default=False,
+@train_option("compile", "--compile/--no-compile", show_default=False,
               help="torch.compile the model (stops if it cannot) [default: no].")
-@click.option("--channels-last/--no-channels-last", default=False,
+@train_option("channels_last", "--channels-last/--no-channels-last", show_default=False,
               help="Images in channels-last memory format [default: no].")
 @train_option("sample_every", metavar="N",
               help="Every N steps, a grid of samples from the EMA weights into "
@@ -102,11 +100,7 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, TrainDefault, explicit,
 @train_option("eval_features", metavar="NAME|PATH",
               help="Evaluation features: 'digits' or a trusted TorchScript file (it runs code).")
 @click.pass_context
-def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, cond_aug, steps,
-          batch_size, lr, weighting,
-          log_snr_share, net, width, input_features, run, resume, seed, device,
-          checkpoint_every, quiet, conditional, label_dropout, autoencoder, latent, precision,
-          batch_gpu, compile_, channels_last, sample_every, eval_every, eval_n, eval_features):
+def train(ctx, run, resume, device, quiet, width, input_features, autoencoder, latent, **_):
     """Train a score model into a run folder: its options, checkpoint and metrics.
 
     \b
@@ -127,15 +121,12 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
       scoresde train --data digits --autoencoder --run runs/ae       # latent diffusion:
       scoresde train --latent runs/ae --run runs/latent              # a score of its latents
     """
-    from ..training import train as train_run
-    from ..utils import FolderBusyError, resolve_device
+    from ..interrupts import TrainingInterrupted
+    from ..tasks.training import train_run
 
-    resolve_device(device)
     # Only the options given here: the library's defaults fill in the others, or on --resume
     # the run's own.
     options = given(ctx, [name for name in ctx.params if name in library("config.OPTIONS")])
-    if explicit(ctx, "compile_"):
-        options["compile"] = compile_
     net_params = {k: v for k, v in [("hidden", width), ("input_features", input_features)]
                   if v is not None}
     if net_params:
@@ -144,77 +135,30 @@ def train(ctx, sde, data, channels, resolution, flip, downsample, super_res, con
         options["objective"] = "autoencoder"
     if latent is not None:
         options["latent"] = str(latent)
-    lead = os.environ.get("RANK", "0") == "0"  # under torchrun, rank 0 speaks for all
-    if run is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise click.BadParameter("give the run folder under torchrun: every process must train "
-                                 "into the same one", param_hint="--run")
-    if resume and run is not None and not has_run(Path(run)):
-        path = _run_folder(Path(run))  # a job requeued before its first checkpoint: start it
-        if lead:
-            click.echo(f"no checkpoint in {path} yet: starting the run there", err=True)
-    elif resume:
-        path = _run_folder(pick_run(run))
-    else:
-        path = Path(run) if run else new_run_folder(sde, "latent" if latent else data)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise click.BadParameter(f"{path} already exists; pass --resume to continue it or "
-                                     "choose another --run", param_hint="--run")
-    created = not path.exists()
     try:
-        result = task(train_run, path, resume=resume, device=device, progress=not quiet,
-                      **options)
-    except FolderBusyError:
-        raise  # the folder is another process's, whoever created it
-    except BaseException as err:
-        if created:
-            remove_unfinished(path)  # a run that failed before its first checkpoint: nothing
-        if isinstance(err, library("training.TrainingInterrupted")):  # the checkpoint is saved
-            if lead:
-                click.echo(_interrupted(ctx, err, path), err=True)
-            ctx.exit(128 + err.signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
-        raise
-    if not lead:
-        return
-    if result["resumed_from"] == result["step"]:
-        click.echo(f"{path} is already at step {result['step']} of {result['step']}: nothing "
-                   f"to train; pass --steps N (N > {result['step']}) to train longer")
-    else:
-        click.echo(f"trained {result['step']} steps in {result['train_time_s']:.1f} s "
-                   f"(loss {result['loss']:.4f}) into {path}")
-    click.echo(f"next: scoresde sample --run {path}")
+        path, result = task(train_run, run, resume=resume, device=device, progress=not quiet,
+                            say=(lambda line: click.echo(line, err=True)) if lead() else None,
+                            **options)
+    except TrainingInterrupted as stop:  # the checkpoint is saved
+        if lead():
+            click.echo(_interrupted(ctx, stop, Path(stop.run_dir)), err=True)
+        ctx.exit(128 + stop.signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
+    if lead():
+        click.echo("\n".join(library("tasks.reports.train_lines")(path, result)))
 
 
 def _interrupted(ctx: click.Context, stop, path: Path) -> str:
-    """What an interrupted ``train`` (``stop``, a TrainingInterrupted) says: the step saved and
-    the command that resumes the run, with the options given here that ``--resume`` does not
-    take from the run (the total given as ``--steps`` included, though the run has it too)."""
+    """What an interrupted ``train`` (``stop``, a TrainingInterrupted) says: what was saved,
+    and the command that resumes the run, with the options given here that ``--resume`` does
+    not take from the run (the total given as ``--steps`` included, though the run has it)."""
     import shlex
 
-    from ..runs import has_checkpoint
-
-    if not has_checkpoint(path):
+    if not library("runs.has_checkpoint")(path):
         return f"interrupted ({stop.signal_name}) before the first step: nothing was saved"
     command = ["scoresde", "train", "--resume", "--run", str(path)]
-    for name, flag in (("steps", "--steps"), ("device", "--device"),
-                       ("checkpoint_every", "--checkpoint-every"),
-                       ("eval_features", "--eval-features")):  # a file is never the run's
-        if explicit(ctx, name):
-            command += [flag, str(ctx.params[name])]
+    for name in ("steps", "device", "checkpoint_every", "eval_features"):  # a file is never
+        if explicit(ctx, name):                                            # the run's
+            command += [flag(name), str(ctx.params[name])]
     command += ["--quiet"] if ctx.params.get("quiet") else []
-    if stop.step is None:
-        saved = f"before training resumed: {path} is as it was"
-    else:
-        saved = (f"at step {stop.step} of {stop.steps}: saved the checkpoint of step "
-                 f"{stop.step} in {path}")
-    return f"interrupted ({stop.signal_name}) {saved}; resume with: {shlex.join(command)}"
+    return f"{stop}; resume with: {shlex.join(command)}"
 
-
-def _run_folder(path: Path) -> Path:
-    """``path`` if training may write there (:func:`scoresde.runs.check_run_folder`)."""
-    from ..runs import check_run_folder
-
-    try:
-        check_run_folder(path)
-    except ValueError as err:
-        raise click.BadParameter(one_line(err), param_hint="--run") from None
-    return path

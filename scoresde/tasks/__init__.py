@@ -11,7 +11,12 @@ task with the command's options gets the command's arrays, bit for bit.
 - :func:`run_fid`, :func:`file_fid`: FID, KID, precision and recall of a run's samples (or of
   a file's images) as the ``fid`` command reports them, with its checks and seeds
   (:func:`~scoresde.quality.run_quality` is the library's call underneath).
-- :func:`~scoresde.train`: training into a run folder.
+- :func:`train_run`: training into a run folder, chosen (a new numbered one, or the most recent
+  to resume) and removed again if training fails before its first checkpoint;
+  :func:`~scoresde.train` underneath.
+
+:mod:`.reports` says what each record holds in words (and as strict JSON), as the commands
+print it.
 """
 
 from ..quality import run_quality
@@ -20,6 +25,7 @@ from .likelihood import run_likelihood
 from .cascades import sample_cascade_run
 from .quality import file_fid, run_fid
 from .sampling import data_statistics, sample_run
+from .training import train_run
 
 __all__ = ["sample_run", "sample_cascade_run", "run_likelihood", "run_fid", "file_fid",
-           "run_quality", "train", "data_statistics"]
+           "run_quality", "train", "train_run", "data_statistics"]

@@ -20,11 +20,30 @@ from ..sampling import solve_inverse
 from ..sampling.inverse import DEFAULT_SOLVER, INVERSE_METHODS, _method_option_names
 from ..utils import keyword_default, one_line
 
-__all__ = ["INVERSE_OPTIONS", "parse_label", "class_labels", "embeddings", "mask_values",
+__all__ = ["INVERSE_OPTIONS", "parse_seeds", "parse_label", "class_labels", "embeddings", "mask_values",
            "inverse_problem", "inverse_solver"]
 
 # The inverse methods' options that a draw from a run takes (each method says which are its own).
 INVERSE_OPTIONS = ("particles", "step_size", "jump", "resample")
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Seeds as a command gives them, ranges ``a-b`` (inclusive) and integers joined by commas:
+    ``"0-63"``, ``"0,5,9-12"``; an :class:`OptionError` of ``seeds`` otherwise."""
+    seeds = []
+    try:
+        for part in str(text).split(","):
+            low, dash, high = part.strip().partition("-")
+            low = int(low)
+            high = int(high) if dash else low
+            if low < 0 or high < low:
+                raise ValueError
+            seeds.extend(range(low, high + 1))
+    except ValueError:
+        raise OptionError("seeds", f"expected seeds as ranges 'a-b' (inclusive, 0 <= a <= b) and "
+                                   f"integers joined by commas, e.g. 0-63 or 0,5,9-12; got "
+                                   f"{text!r}") from None
+    return seeds
 
 
 def parse_label(label):

@@ -168,7 +168,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             a window (``sigma_max``, ``sigma_min``) among them, like ``grid``, keeps a few-step
             solver from the data's statistics (:func:`data_statistics`).
         seed: chunk ``k`` draws from ``(seed, k)`` [default: 0]; seeds: one seed per sample
-            instead (not with ``seed``).
+            instead (not with ``seed``), or the command's text of them (``"0-63"``).
         label: a class (or ``"all"``: each class in turn) of a class-conditional run;
             embedding: a ``.npy`` of embeddings for a run conditioned on them; guidance: the
             classifier-free guidance weight.
@@ -198,6 +198,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     if out is not None:  # the cheap checks first; the figure's and the data's below
         output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
     solver_options = dict(solver_options or {})
+    seeds = conditions.parse_seeds(seeds) if isinstance(seeds, str) else seeds
     given = (solver, steps)
     solver = keyword_default(sample, "solver") if solver is None else solver
     steps = keyword_default(sample, "steps") if steps is None else steps
