@@ -32,8 +32,8 @@ from .scipy_ode import solve_ode
 from .sde import SDE, ReverseSDE
 from .utils import CountedScore, batch_sum, time_vector
 
-__all__ = ["log_likelihood", "bits_per_dim", "encode", "decode", "DIVERGENCES", "HUTCHINSON",
-           "ERROR_NORMS", "EXACT_DIVERGENCE_MAX_DIM"]
+__all__ = ["log_likelihood", "bits_per_dim", "encode", "decode", "RowsOf", "DIVERGENCES",
+           "HUTCHINSON", "ERROR_NORMS", "EXACT_DIVERGENCE_MAX_DIM"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -78,13 +78,32 @@ def _tolerances(rtol: float, atol: float, batch: int, error_norm: str) -> tuple[
 
 
 # ----- the divergence ----------------------------------------------------------------------------
+class RowsOf:
+    """The randomness of some rows of a larger batch, for :func:`log_likelihood` and
+    :func:`bits_per_dim`'s ``generator``: each draw is the whole batch's from ``generator``, of
+    which the rows ``index`` (a 1D index tensor into the ``batch`` rows) are kept. One rank's
+    share of the points then gets the probes and the noise that the whole batch would give it.
+    """
+
+    def __init__(self, generator: torch.Generator | None, batch: int, index: torch.Tensor):
+        self.generator, self.batch, self.index = generator, batch, torch.as_tensor(index)
+
+    def rows(self, drawn: torch.Tensor, axis: int) -> torch.Tensor:
+        return drawn.index_select(axis, self.index.to(drawn.device))
+
+
 def _probe_vectors(kind: str, probes: int, x: torch.Tensor, generator) -> torch.Tensor:
     """Hutchinson probes of shape ``(probes, B, *dims)``, Rademacher or standard Gaussian."""
-    shape = (probes, *x.shape)
+    share = generator if isinstance(generator, RowsOf) else None
+    if share is not None:
+        generator = share.generator
+    shape = (probes, share.batch if share else x.shape[0], *x.shape[1:])
     if kind == "gaussian":
-        return torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
-    bits = torch.randint(0, 2, shape, generator=generator, device=x.device)
-    return (2 * bits - 1).to(x.dtype)
+        drawn = torch.randn(shape, generator=generator, dtype=x.dtype, device=x.device)
+    else:
+        drawn = (2 * torch.randint(0, 2, shape, generator=generator, device=x.device) - 1)
+        drawn = drawn.to(x.dtype)
+    return drawn if share is None else share.rows(drawn, 1)
 
 
 def _basis_vectors(x: torch.Tensor) -> torch.Tensor:
@@ -329,9 +348,16 @@ def bits_per_dim(
     # Dequantise: S draws of u per sample, stacked as one batch of S * B.
     levels_rep = x.to(dtype).unsqueeze(0).expand(draws, *x.shape).reshape(draws * batch,
                                                                           *x.shape[1:])
-    u = torch.rand(levels_rep.shape, generator=generator, dtype=dtype, device=x.device)
+    share, inner = (generator, None) if isinstance(generator, RowsOf) else (None, generator)
+    rows = batch if share is None else share.batch
+    u = torch.rand((draws * rows, *x.shape[1:]), generator=share.generator if share else generator,
+                   dtype=dtype, device=x.device)
+    if share is not None:  # the rows of this share in each draw, and the probes' likewise
+        index = (torch.arange(draws)[:, None] * rows + share.index[None].cpu()).reshape(-1)
+        inner = RowsOf(share.generator, draws * rows, index)
+        u = inner.rows(u, 0)
     x_model = lo + width * (levels_rep + u)
-    logp, info = log_likelihood(score_fn, sde, x_model, generator=generator, **likelihood_kwargs)
+    logp, info = log_likelihood(score_fn, sde, x_model, generator=inner, **likelihood_kwargs)
     log_jacobian = dim * math.log(width)
     log_q = (logp + log_jacobian).reshape(draws, batch)  # density of x_int + u on [0, K)^D
     log_prob = torch.logsumexp(log_q, dim=0) - math.log(draws)

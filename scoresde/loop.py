@@ -52,8 +52,7 @@ from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, sav
 from .sde import SDE
 from .snapshots import write_snapshot
 
-__all__ = ["LOSSES", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng",
-           "dist_setup"]
+__all__ = ["LOSSES", "Process", "TrainingState", "build_parts", "run_loop", "fork_rng"]
 
 # What a run learns, with its loss: the score (a ``ScoreModel``), a noisy classifier (a
 # ``NoiseClassifier``) or an autoencoder (for latent diffusion, the bare network);
@@ -165,19 +164,6 @@ def fork_rng(device: torch.device):
     restored when it closes. Other GPUs are left untouched (no CUDA context is opened there)."""
     index = _cuda_index(device)
     return torch.random.fork_rng(devices=[] if index is None else [index])
-
-
-def dist_setup(device: torch.device):
-    """``(rank, world, device, owned)``: joins torchrun's process group when there is one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device, False
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        return dist.get_rank(), dist.get_world_size(), device, True
-    return 0, 1, device, False
 
 
 def build_parts(config: dict, sde: SDE, dataset, proc: Process,

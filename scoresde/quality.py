@@ -22,12 +22,14 @@ import torch
 
 from .checks import check_int
 from .data import Dataset
+from .distributed import Ranks, joined
 from .features import FEATURE_BATCH, extract_features, extractor_digest
 from .labels import chunk_labels
 from .metrics import KID_MIN_SUBSETS, check_fid_size, frechet_distance, kid, precision_recall
 from .reference import (CACHE_ENV, KEEP_FEATURES, REFERENCE_MAX, Reference, _Moments,
                         cache_dir, image_features, reference_stats)
 from .snapshots import SNAPSHOT_SOLVER, SNAPSHOT_STEPS
+from .utils import resolve_device
 
 FID_N = 10_000  # below this many samples the CLI warns that FID is biased
 # The solver and steps of run_quality (and scoresde fid) when none is given: a few-step solver
@@ -92,7 +94,7 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
                    steps: int, seed: int = 0, batch_size: int = 500, device="cpu",
                    reference: Reference | None = None, progress=None,
                    data_statistics: bool = True, label=None, guidance: float = 0.0,
-                   **sample_options) -> dict:
+                   ranks: Ranks | None = None, **sample_options) -> dict:
     """FID, KID, precision and recall of ``n`` samples of ``model`` (a score function) against
     ``dataset``'s reference statistics.
 
@@ -118,6 +120,10 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
         label: None, an integer class or ``"all"`` (:func:`chunk_labels`): the class labels of
             a class-conditional model's samples. guidance: the classifier-free guidance weight
             (:func:`~scoresde.guidance.classifier_free_guidance`) with ``label``.
+        ranks: the processes of a ``torchrun`` job (:class:`~scoresde.distributed.Ranks`):
+            each samples every ``world``-th chunk and takes its features, rank 0 adds them up
+            in the order of the chunks (the scores equal one process's), every rank returns
+            the scores; ``progress`` counts this rank's share.
 
     Returns:
         ``{"fid", "kid", "kid_se", "precision", "recall", "n", "nfe", "seed", "solver",
@@ -141,27 +147,45 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     if data_statistics and not latent:
         sample_options = dict(_data_statistics(model, dataset, solver, steps, sample_options),
                               **sample_options)
-    begin, nfe = time.perf_counter(), []
+    ranks = ranks or Ranks()
+    begin, chunks, error = time.perf_counter(), [], None
+    mine = ranks.share(range(-(-n // batch_size)))
+    done, total = 0, sum(min(batch_size, n - k * batch_size) for k in mine)
     try:
-        for k, start in enumerate(range(0, n, batch_size)):
+        for k in mine:
+            start = k * batch_size
             rows = min(batch_size, n - start)
             labels = chunk_labels(label, start, start + rows, num_classes)
             x, info, _ = sample_chunk(model, sde, shape, k, start, start + rows, seed=seed,
                                       labels=None if labels is None else labels.to(dev),
                                       guidance=guidance, device=dev, decode=latent,
                                       solver=solver, steps=steps, **sample_options)
-            moments.add(image_features(extractor, x, dataset))
-            nfe.append(info["nfe"])
+            feats = image_features(extractor, x, dataset)
+            if ranks.world == 1:  # added as they come: memory holds no more than a chunk's
+                moments.add(feats)
+                feats = None
+            chunks.append((k, feats, info["nfe"]))
+            done += rows
             if progress is not None:
-                progress(start + rows, n)
+                progress(done, total)
+    except Exception as err:
+        error = err
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)
-    mu, sigma = moments.stats()
-    scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
-    return dict(scores, n=n, nfe=sum(nfe) / len(nfe), seed=seed, solver=solver, steps=steps,
-                time_s=round(time.perf_counter() - begin, 3), reference_n=reference.n,
-                label=label, guidance=guidance)
+    ranks.agree(error)
+    shares, record = ranks.collect(chunks), None
+    if ranks.lead:  # the features in the order of the chunks, as one process adds them
+        chunks = sorted((c for share in shares for c in share), key=lambda c: c[0])
+        for _, feats, _ in chunks if ranks.world > 1 else ():
+            moments.add(feats)
+        nfe = [c[2] for c in chunks]
+        mu, sigma = moments.stats()
+        scores = quality_scores(mu, sigma, moments.features(), reference, seed=seed)
+        record = dict(scores, n=n, nfe=sum(nfe) / len(nfe), seed=seed, solver=solver,
+                      steps=steps, time_s=round(time.perf_counter() - begin, 3),
+                      reference_n=reference.n, label=label, guidance=guidance)
+    return ranks.broadcast(record)
 
 
 def samples_quality(samples: torch.Tensor, dataset: Dataset, extractor, *,
@@ -313,11 +337,21 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
             (its samples need a condition: measure the cascade's samples), a conditional run
             trained without label dropout asked for its unconditional score (``label=None``, or
             ``guidance`` other than 0), or an extractor that does not take the images.
+
+    Under ``torchrun`` the ranks share the chunks (see :func:`sample_quality`'s ``ranks``),
+    each on its own GPU with a CUDA ``device``.
     """
+    steps = fid_steps(solver) if steps is None else steps
+    with joined(resolve_device(device)) as (ranks, device):  # under torchrun: a share each
+        return _run_quality(run_dir, features, n, solver, steps, seed, batch_size, device,
+                            cache, progress, label, guidance, sample_options, ranks)
+
+
+def _run_quality(run_dir, features, n, solver, steps, seed, batch_size, device, cache, progress,
+                 label, guidance, sample_options, ranks) -> dict:
     from .data import run_dataset
     from .runs import learnt_unconditional, load_run
 
-    steps = fid_steps(solver) if steps is None else steps
     model, sde, config = load_run(run_dir, device=device)
     where = os.fspath(run_dir)
     images = _images_config(config, where)
@@ -347,7 +381,7 @@ def run_quality(run_dir: str | os.PathLike, *, features="digits", n: int = FID_N
     result = sample_quality(model, sde, dataset, extractor, n=n, solver=solver, steps=steps,
                             seed=seed, batch_size=batch_size, device=device,
                             reference=reference, progress=progress, label=label,
-                            guidance=guidance, **sample_options)
+                            guidance=guidance, ranks=ranks, **sample_options)
     return dict(result, run=where, features=extractor_digest(extractor))
 
 

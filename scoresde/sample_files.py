@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 import zipfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from .checks import check_int
+from .distributed import Ranks
 from .outputs import PARTS_SUFFIX
 from .progress import Progress
 from .utils import folder_lock
@@ -114,7 +116,8 @@ def sample_chunk(model, sde, shape: Sequence[int], k: int, start: int, stop: int
 
 def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: ChunkDraw,
                     fingerprint: dict, progress: bool = True, keep: int = 0,
-                    replace: bool = False, steps: int | None = None) -> dict:
+                    replace: bool = False, steps: int | None = None,
+                    ranks: Ranks | None = None) -> dict:
     """Draw ``n`` rows in chunks of ``batch_size`` with ``draw`` and write them to ``out`` (.npz).
 
     Args:
@@ -134,6 +137,10 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
             ``batch_size``) is read, not drawn again, either way.
         steps: the steps of each chunk's draw, when ``draw`` takes a ``tick`` keyword that it
             calls after each step: the progress counts the steps then (of one chunk too).
+        ranks: the processes of a ``torchrun`` job (:class:`~scoresde.distributed.Ranks`):
+            each draws every ``world``-th of the chunks still missing, rank 0 writes ``out``,
+            and every rank returns the same answer (its progress shows rank 0's share). The
+            chunks' folder must be on a file system that every rank sees.
 
     Returns:
         ``{"chunks": number of chunks, "drawn": chunks drawn by this call, "info": [info of each
@@ -152,6 +159,9 @@ def write_in_chunks(out: str | os.PathLike, n: int, batch_size: int, draw: Chunk
     # as JSON gives it back (tuples as lists), so that it compares with the recorded ones
     manifest = json.loads(json.dumps({"fingerprint": fingerprint, "n": n,
                                       "batch_size": batch_size}))
+    if ranks is not None and ranks.world > 1:
+        return _write_shared(out, parts, n, batch_size, draw, manifest, progress, keep, replace,
+                             steps, ranks)
     _remove_leftovers(parts)
     done = _finished(out, manifest, keep, replace)
     if done is not None:
@@ -275,11 +285,19 @@ def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, ma
     _check_manifest(parts, manifest)
     count = -(-n // batch_size)
     todo = [k for k in range(count) if not (parts / _chunk_name(k)).is_file()]
+    _draw_chunks(parts, n, batch_size, draw, todo, count - len(todo), progress, steps)
+    return dict(_assemble_all(out, parts, count, manifest, keep), drawn=len(todo))
+
+
+def _draw_chunks(parts: Path, n: int, batch_size: int, draw: ChunkDraw, todo: Sequence[int],
+                 done: int, progress: bool, steps: int | None) -> None:
+    """Draw and write the chunks ``todo`` (``done`` others are there already)."""
+    count = done + len(todo)
     per, unit = (steps, "step") if steps else (1, "chunk")
     shown = progress and (count > 1 or bool(steps))
-    with Progress(count * per, initial=(count - len(todo)) * per, unit=unit, desc="sampling",
+    with Progress(count * per, initial=done * per, unit=unit, desc="sampling",
                   enabled=shown) as bar:
-        for i, k in enumerate(todo, start=count - len(todo) + 1):
+        for i, k in enumerate(todo, start=done + 1):
             start, stop = k * batch_size, min(n, (k + 1) * batch_size)
             bar.within(i * per)
             ticks = {"tick": bar.tick} if steps else {}
@@ -287,14 +305,66 @@ def _write_locked(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, ma
                 arrays, info = draw(k, start, stop, **ticks)
             except FloatingPointError as err:
                 raise FloatingPointError(f"chunk {k} (samples {start}-{stop - 1}): {err}; the "
-                                         f"{k} chunks before it are kept") from None
+                                         f"chunks drawn before it are kept") from None
             _write_chunk(parts / _chunk_name(k), arrays, info, stop - start)
             bar.set(i * per)  # i chunks done (a solver may call back more or less often)
+
+
+def _assemble_all(out, parts: Path, count: int, manifest: dict, keep: int) -> dict:
+    """Every chunk into ``out``; the answer of :func:`write_in_chunks` but ``drawn``."""
     chunks = [parts / _chunk_name(k) for k in range(count)]
     infos = [_read_info(path) for path in chunks]
     head = _head(chunks, keep)
     _assemble(out, chunks, dict(manifest, info=[_untimed(i) for i in infos]))
-    return {"chunks": count, "drawn": len(todo), "info": infos, "head": head, "reused": False}
+    return {"chunks": count, "info": infos, "head": head, "reused": False}
+
+
+def _write_shared(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,
+                  progress: bool, keep: int, replace: bool, steps: int | None,
+                  ranks: Ranks) -> dict:
+    """:func:`write_in_chunks` under ``torchrun``: rank 0 checks and locks the chunks' folder,
+    each rank draws its share of the chunks still missing, rank 0 assembles the file. Three
+    collectives in all, whatever the chunks and the solvers' steps."""
+    count = -(-n // batch_size)
+    status, trash = None, None
+    with ExitStack() as held:
+        if ranks.lead:  # as one process, up to the drawing
+            try:
+                _remove_leftovers(parts)
+                status = _finished(out, manifest, keep, replace)
+                if status is None:
+                    held.enter_context(folder_lock(parts, _TEMPORARIES))
+                    _check_manifest(parts, manifest)
+                elif _parts_manifest(parts) == manifest:
+                    with folder_lock(parts, _TEMPORARIES):
+                        trash = _set_aside(parts)
+            except Exception as err:
+                status = err
+        status = ranks.broadcast(status)
+        if isinstance(status, BaseException):
+            raise status
+        if status is not None:
+            return status
+        todo = [k for k in range(count) if not (parts / _chunk_name(k)).is_file()]
+        mine, error = ranks.share(todo), None
+        try:
+            _draw_chunks(parts, n, batch_size, draw, mine, 0, progress and ranks.lead, steps)
+        except Exception as err:
+            error = err
+        ranks.agree(error)
+        result = None
+        if ranks.lead:
+            try:
+                result = dict(_assemble_all(out, parts, count, manifest, keep), drawn=len(todo))
+                trash = _set_aside(parts)
+            except Exception as err:
+                result = err
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+    result = ranks.broadcast(result)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def _chunk_name(k: int) -> str:

@@ -25,8 +25,9 @@ from .data import DATA_OPTIONS, get_dataset
 from .images import check_factor
 from .latent import latent_dataset
 from .features import EXTRACTORS
-from .loop import (LOSSES, Interrupts, Process, TrainingInterrupted, build_parts,
-                   dist_setup, fork_rng, run_loop)
+from .distributed import dist_setup
+from .loop import (LOSSES, Interrupts, Process, TrainingInterrupted, build_parts, fork_rng,
+                   run_loop)
 from .losses import check_log_snr_share
 from .models import build_net, resolve_net
 from .runs import (TRAINER_TEMPORARIES, check_run_folder, has_checkpoint, is_run, last_loss,

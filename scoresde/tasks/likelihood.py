@@ -18,7 +18,8 @@ import torch
 
 from ..checks import OptionError
 from ..data import DATA_OPTIONS, get_dataset, load_run_array, run_dataset
-from ..likelihood import bits_per_dim, log_likelihood
+from ..distributed import Ranks, joined
+from ..likelihood import RowsOf, bits_per_dim, log_likelihood
 from ..progress import Progress
 from ..utils import keyword_default, make_generator, resolve_device
 from .sampling import load_sampler
@@ -44,11 +45,34 @@ def run_likelihood(run, *, data=None, n: int = 1000, seed: int = 0, device="cpu"
     Raises:
         OptionError: a run without data of its own and no ``data``, or points of another shape.
     """
-    dev = resolve_device(device)
-    model, sde, config = load_sampler(run, dev)
-    with Progress(sde.T, unit="t", desc="likelihood", enabled=progress) as bar:
-        return _run_likelihood(run, model, sde, config, data, n, seed, dev,
-                               dict(options, callback=_shown_on(bar)))
+    with joined(resolve_device(device)) as (ranks, dev):
+        model, sde, config = load_sampler(run, dev)
+        with Progress(sde.T, unit="t", desc="likelihood", enabled=progress and ranks.lead) as bar:
+            return _run_likelihood(run, model, sde, config, data, n, seed, dev,
+                                   dict(options, callback=_shown_on(bar)), ranks)
+
+
+def _shared(ranks: Ranks, points: torch.Tensor, seed: int, dev, solve):
+    """``solve(x, generator)`` on this rank's block of ``points`` (all of them in one process),
+    each point's probes and noise those the whole batch would give it (:class:`RowsOf`):
+    ``(values, nfe)`` of every point in order, and the largest rank's score calls, on every
+    rank. ``values`` is a tuple of ``(B,)`` tensors."""
+    generator = make_generator(seed, dev)
+    if ranks.world == 1:
+        return solve(points, generator)
+    rows = torch.arange(len(points)).tensor_split(ranks.world)[ranks.rank]
+    values, nfe, error = None, 0, None
+    try:
+        if len(rows):
+            values, nfe = solve(points[rows.to(points.device)],
+                                RowsOf(generator, len(points), rows))
+            values = tuple(v.detach().cpu() for v in values)
+    except Exception as err:
+        error = err
+    ranks.agree(error)
+    shares = [s for s in ranks.gather((values, nfe)) if s[0] is not None]
+    joined_values = tuple(torch.cat([s[0][i] for s in shares]) for i in range(len(shares[0][0])))
+    return joined_values, max(s[1] for s in shares)
 
 
 def _shown_on(bar: Progress):
@@ -60,11 +84,12 @@ def _shown_on(bar: Progress):
     return show
 
 
-def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options):
+def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options, ranks):
     divergence = ode_options.get("divergence", keyword_default(log_likelihood, "divergence"))
     about = {"pixel_bits": config.get("pixel_bits")}
     if config.get("latent"):
-        return _latent_likelihood(model, sde, run, config, data, n, ode_options, seed), about
+        return _latent_likelihood(model, sde, run, config, data, n, ode_options, seed,
+                                  ranks), about
     shape = tuple(config["data_shape"])
     dataset = None
     if data is None and config.get("data") is None:
@@ -78,15 +103,20 @@ def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options):
     if tuple(x.shape[1:]) != shape:
         raise OptionError("data", f"points of shape {tuple(x.shape[1:])} do not match the run's "
                                   f"data shape {shape}")
+    def solve(points, generator):
+        logp, info, bpd = _log_likelihood(model, sde, points, config,
+                                          dict(ode_options, generator=generator))
+        return (logp,) if bpd is None else (logp, bpd), info["nfe"]
+
     start = time.perf_counter()
-    logp, info, bpd = _log_likelihood(model, sde, x.to(dev), config,
-                                      dict(ode_options, generator=make_generator(seed, dev)))
+    (logp, *bpd), nfe = _shared(ranks, x.to(dev), seed, dev, solve)
+    bpd = bpd[0] if bpd else None
     seconds = time.perf_counter() - start
     count, dim = len(logp), math.prod(shape)
     mean = float(logp.mean())
     sem = float(logp.std() / math.sqrt(count)) if count > 1 else float("nan")
     record = {"run": str(run), "n": count, "log_likelihood": mean, "standard_error": sem,
-              "nfe": info["nfe"], "time_s": round(seconds, 4), "divergence": divergence}
+              "nfe": nfe, "time_s": round(seconds, 4), "divergence": divergence}
     if bpd is not None:
         record["bits_per_dim"] = float(bpd.double().mean())
     elif config.get("is_image"):  # per dimension, on the raw pixel scale (density)
@@ -99,7 +129,7 @@ def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options):
     return record, about
 
 
-def _latent_likelihood(model, sde, run, config, data, n, ode_options, seed):
+def _latent_likelihood(model, sde, run, config, data, n, ode_options, seed, ranks):
     """A latent run's record: the NLL of the scaled latents of held-out images (a density over
     latents, labelled so, never image bits/dim) and the reconstruction error."""
     if data is None:
@@ -115,8 +145,12 @@ def _latent_likelihood(model, sde, run, config, data, n, ode_options, seed):
     with torch.no_grad():
         z = model.encode(x.to(dev))
         mse = model.reconstruction_error(x.to(dev)).double().cpu()
+    def solve(points, generator):
+        logp, info = log_likelihood(model, sde, points, generator=generator, **ode_options)
+        return (logp,), info["nfe"]
+
     start = time.perf_counter()
-    logp, info = log_likelihood(model, sde, z, generator=make_generator(seed, dev), **ode_options)
+    (logp,), nfe = _shared(ranks, z, seed, dev, solve)
     seconds = time.perf_counter() - start
     dim, nll = math.prod(z.shape[1:]), float(-logp.double().mean())
     scale, raw = config["latent_scale"], config.get("raw_scale", 1.0)
@@ -124,7 +158,7 @@ def _latent_likelihood(model, sde, run, config, data, n, ode_options, seed):
             "latent_nll_nats_per_dim": nll / dim, "latent_shape": list(z.shape[1:]),
             "latent_scale": scale, "reconstruction_mse": float(mse.mean()),
             "reconstruction_rmse_raw": math.sqrt(float(mse.mean())) * raw,
-            "nfe": info["nfe"], "time_s": round(seconds, 4),
+            "nfe": nfe, "time_s": round(seconds, 4),
             "note": "a density over the autoencoder's scaled latents, not over images: "
                     "no image bits/dim exists for a latent model"}
 

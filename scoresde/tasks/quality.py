@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..checks import OptionError
 from ..data import get_dataset
+from ..distributed import Ranks
 from ..features import EXTRACTORS
 from ..config import migrate
 from ..quality import FID_N, file_quality, fid_steps, run_images, run_quality
@@ -63,11 +64,13 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
     label = parse_label(label)
     if guidance != 0 and label is None:
         raise OptionError("guidance", "--guidance needs --label")
-    _warn_small_n(n, say)
+    job = Ranks.of_job()  # under torchrun, rank 0 speaks and shows its share of the chunks
+    if job.lead:
+        _warn_small_n(n, say)
     steps = fid_steps(solver) if steps is None else steps
-    chunks, per = -(-n // batch_size), progress_steps(solver, steps)
+    chunks, per = len(job.share(range(-(-n // batch_size)))), progress_steps(solver, steps)
     with Progress(chunks * (per or 1), unit="step" if per else "chunk", desc="fid",
-                  enabled=progress) as bar:
+                  enabled=progress and job.lead) as bar:
         bar.within(per or 1)  # the first chunk
 
         def chunk_done(done: int, total: int) -> None:

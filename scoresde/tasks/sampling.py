@@ -25,6 +25,7 @@ import torch
 from .. import plotting
 from ..checks import OptionError
 from ..data import run_dataset
+from ..distributed import joined
 from ..guidance import classifier_free_guidance
 from ..images import sample_levels, save_images
 from ..outputs import check_output, samples_name
@@ -193,102 +194,106 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     Raises:
         OptionError: an option that does not fit the run or the others (named).
     """
-    path, dev = Path(run), resolve_device(device)
-    inputs = [path, mask, observe, embedding]
-    if out is not None:  # the cheap checks first; the figure's and the data's below
-        output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
-    solver_options = dict(solver_options or {})
-    seeds = conditions.parse_seeds(seeds) if isinstance(seeds, str) else seeds
-    given = (solver, steps)
-    solver = keyword_default(sample, "solver") if solver is None else solver
-    steps = keyword_default(sample, "steps") if steps is None else steps
-    model, sde, config = load_sampler(path, dev)
-    is_image = bool(config.get("is_image"))
-    n = _count(n, seeds, seed, is_image)
-    seed = 0 if seed is None else seed
-    default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
-    batch_size = batch_size or default_batch
-    stats = data_statistics(config, solver, steps, grid, solver_options.get("sigma_max"),
-                            solver_options.get("sigma_min"), say)
-    if embedding is not None and label is not None:
-        raise OptionError(None, "give --label (class labels) or --embedding, not both")
-    label = conditions.named_label(label, config.get("class_names"))
-    if embedding is not None:  # embeddings take the place of labels
-        label, labels = str(embedding), conditions.embeddings(model, embedding, guidance, n)
-    else:
-        labels = conditions.class_labels(model, label, guidance, n)
-    if guidance != 0 and labels is not None and not learnt_unconditional(config):
-        raise OptionError("guidance", f"{path} was trained with label_dropout=0, so it never "
-                                      "learnt the unconditional score that guidance mixes in; "
-                                      "sample it unguided, or train with --label-dropout")
-    shape = tuple(config["data_shape"])
-    if images is not None:
-        _check_images(images, is_image)
-    if config.get("latent") and (mask is not None or observe is not None):
-        raise OptionError(None, f"--mask and --observe are not supported for the latent run "
-                                f"{path}: it samples latents {shape} and decodes them, so a "
-                                "measurement of images cannot be imposed")
-    known = conditions.mask_values(mask, shape, n) if mask is not None else None
-    # The keys of the sample file's manifest: "knobs" (and "inverse_knobs" below) are the
-    # solver's (the inverse method's) own options, named so in files already written.
-    options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise,
-                   knobs=solver_options)
-    problem = None
-    if observe is not None or inverse is not None:
-        problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds=seeds,
-                                             solver=given[0], steps=given[1],
-                                             options=inverse_options or {})
-        known = None
-    draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
-                       known, problem)
-    fingerprint = dict(options, run=run_identity(model), device=str(dev), seed=seed, seeds=seeds,
-                       label=label, guidance=guidance, mask=file_identity(mask),
-                       embedding=file_identity(embedding), data_statistics=_stats_identity(stats))
-    if problem is not None:
-        fingerprint.update(observe=file_identity(observe), inverse=problem["method"],
-                           inverse_knobs=problem["method_options"])
-        solver, steps = conditions.inverse_solver(problem)  # what solve_inverse runs
-    if out is None:
-        extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
-                  if k not in ("solver", "steps", "seed", "seeds")  # they sample anew
-                  and v != _UNSET.get(k, object())}
-        if seeds is None and batch_size != default_batch:  # chunk k draws from (seed, k)
-            extras["batch_size"] = batch_size
-        if seeds is not None:
-            extras["seeds"] = seeds
-        stem = "samples" if problem is None else f"samples-{problem['method']}"
-        out = path / samples_name(stem, solver=solver, steps=steps, n=n,
-                                  seed=None if seeds is not None else seed, extras=extras)
-    inputs += run_inputs(config)
-    out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
-    fig_path = None
-    if is_image or shape == (2,):  # what samples_picture draws
-        fig_path = output_path(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
-                        replace=replace or out.exists())
-    if images is not None:
-        _check_images(images, is_image, [out, fig_path])
-    ncol = model.num_classes if label == "all" else None
-    keep = (64 // ncol) * ncol if ncol and is_image else 64 if is_image else n if fig_path else 0
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=keep,
-                             replace=replace, steps=progress_steps(solver, steps))
-    infos = result["info"]
-    nfe, name = mean_nfe(infos), solver or problem["method"]
-    if fig_path is not None:
-        plotting.save_figure(plotting.samples_picture(
-            result["head"]["samples"], name, nfe, is_image=is_image, ncol=ncol,
-            raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
-            pixel_bits=config.get("pixel_bits")), fig_path)
-    record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
-              "eps": infos[0]["eps"], "time_s": round(sum(i["time_s"] for i in infos), 4),
-              "out": str(out), "figure": str(fig_path) if fig_path else None,
-              "options": solver_options,
-              "data_statistics": sorted(stats), "batch_size": batch_size,
-              "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
-    if problem is not None:
-        record.update(inverse=problem["method"], inverse_options=problem["method_options"])
-    if images is not None:
-        record["images"] = _save_images(images, out, config)
-    return record, result
+    with joined(resolve_device(device)) as (ranks, dev):  # under torchrun: this rank's share
+        path = Path(run)
+        say = say if ranks.lead else (lambda line: None)
+        inputs = [path, mask, observe, embedding]
+        if out is not None:  # the cheap checks first; the figure's and the data's below
+            output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
+        solver_options = dict(solver_options or {})
+        seeds = conditions.parse_seeds(seeds) if isinstance(seeds, str) else seeds
+        given = (solver, steps)
+        solver = keyword_default(sample, "solver") if solver is None else solver
+        steps = keyword_default(sample, "steps") if steps is None else steps
+        model, sde, config = load_sampler(path, dev)
+        is_image = bool(config.get("is_image"))
+        n = _count(n, seeds, seed, is_image)
+        seed = 0 if seed is None else seed
+        default_batch = SAMPLE_BATCH["image" if is_image else "vector"]
+        batch_size = batch_size or default_batch
+        stats = data_statistics(config, solver, steps, grid, solver_options.get("sigma_max"),
+                                solver_options.get("sigma_min"), say)
+        if embedding is not None and label is not None:
+            raise OptionError(None, "give --label (class labels) or --embedding, not both")
+        label = conditions.named_label(label, config.get("class_names"))
+        if embedding is not None:  # embeddings take the place of labels
+            label, labels = str(embedding), conditions.embeddings(model, embedding, guidance, n)
+        else:
+            labels = conditions.class_labels(model, label, guidance, n)
+        if guidance != 0 and labels is not None and not learnt_unconditional(config):
+            raise OptionError("guidance", f"{path} was trained with label_dropout=0, so it never "
+                                          "learnt the unconditional score that guidance mixes in; "
+                                          "sample it unguided, or train with --label-dropout")
+        shape = tuple(config["data_shape"])
+        if images is not None:
+            _check_images(images, is_image)
+        if config.get("latent") and (mask is not None or observe is not None):
+            raise OptionError(None, f"--mask and --observe are not supported for the latent run "
+                                    f"{path}: it samples latents {shape} and decodes them, so a "
+                                    "measurement of images cannot be imposed")
+        known = conditions.mask_values(mask, shape, n) if mask is not None else None
+        # The keys of the sample file's manifest: "knobs" (and "inverse_knobs" below) are the
+        # solver's (the inverse method's) own options, named so in files already written.
+        options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise,
+                       knobs=solver_options)
+        problem = None
+        if observe is not None or inverse is not None:
+            problem = conditions.inverse_problem(observe, inverse, known, shape, n, seeds=seeds,
+                                                 solver=given[0], steps=given[1],
+                                                 options=inverse_options or {})
+            known = None
+        draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
+                           known, problem)
+        fingerprint = dict(options, run=run_identity(model), device=str(dev), seed=seed,
+                           seeds=seeds, label=label, guidance=guidance, mask=file_identity(mask),
+                           embedding=file_identity(embedding),
+                           data_statistics=_stats_identity(stats))
+        if problem is not None:
+            fingerprint.update(observe=file_identity(observe), inverse=problem["method"],
+                               inverse_knobs=problem["method_options"])
+            solver, steps = conditions.inverse_solver(problem)  # what solve_inverse runs
+        if out is None:
+            extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
+                      if k not in ("solver", "steps", "seed", "seeds")  # they sample anew
+                      and v != _UNSET.get(k, object())}
+            if seeds is None and batch_size != default_batch:  # chunk k draws from (seed, k)
+                extras["batch_size"] = batch_size
+            if seeds is not None:
+                extras["seeds"] = seeds
+            stem = "samples" if problem is None else f"samples-{problem['method']}"
+            out = path / samples_name(stem, solver=solver, steps=steps, n=n,
+                                      seed=None if seeds is not None else seed, extras=extras)
+        inputs += run_inputs(config)
+        out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
+        fig_path = None
+        if is_image or shape == (2,):  # what samples_picture draws
+            fig_path = output_path(Path(out).with_suffix(".png"), inputs=inputs, others=[out],
+                                   replace=replace or out.exists())
+        if images is not None:
+            _check_images(images, is_image, [out, fig_path])
+        ncol = model.num_classes if label == "all" else None
+        keep = ((64 // ncol) * ncol if ncol and is_image else 64 if is_image
+                else n if fig_path else 0)
+        result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=keep,
+                                 replace=replace, steps=progress_steps(solver, steps), ranks=ranks)
+        infos = result["info"]
+        nfe, name = mean_nfe(infos), solver or problem["method"]
+        if fig_path is not None and ranks.lead:
+            plotting.save_figure(plotting.samples_picture(
+                result["head"]["samples"], name, nfe, is_image=is_image, ncol=ncol,
+                raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
+                pixel_bits=config.get("pixel_bits")), fig_path)
+        record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
+                  "eps": infos[0]["eps"], "time_s": round(sum(i["time_s"] for i in infos), 4),
+                  "out": str(out), "figure": str(fig_path) if fig_path else None,
+                  "options": solver_options,
+                  "data_statistics": sorted(stats), "batch_size": batch_size,
+                  "chunks": result["chunks"], "chunks_reused": result["chunks"] - result["drawn"]}
+        if problem is not None:
+            record.update(inverse=problem["method"], inverse_options=problem["method_options"])
+        if images is not None:
+            record["images"] = _save_images(images, out, config) if ranks.lead else str(images)
+        return record, result
 
 
 def _check_images(images, is_image: bool, outputs=()) -> None:
