@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .checks import check_int
-from .utils import file_digest
+from .utils import file_digest, raw_values
 
 __all__ = ["DigitsFeatures", "DIGITS_WEIGHTS", "FEATURE_BATCH", "digits_extractor",
            "torchscript_extractor", "extract_features", "extractor_digest",
@@ -194,7 +194,7 @@ def to_extractor_range(x: torch.Tensor, *, raw_scale: float, raw_offset: float,
     """Model values ``(N, *dims)`` as extractor input: raw values ``x * raw_scale + raw_offset``
     clipped to the data's range (8-bit data: rounded to its levels 0..255, as a saved image
     would be; other data: ``raw_offset +- raw_scale``), mapped linearly onto ``0..255``."""
-    raw = x.float() * raw_scale + raw_offset
+    raw = raw_values(x.float(), raw_scale, raw_offset)
     if pixel_bits is not None:
         top = 2 ** pixel_bits - 1
         return raw.round().clamp(0, top) * (255 / top)

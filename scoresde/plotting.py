@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .utils import write_atomically
+from .utils import raw_values, write_atomically
 
 __all__ = [
     "grid_points",
@@ -290,7 +290,7 @@ def samples_picture(x, name: str, nfe: int, *, is_image: bool, raw_scale: float 
     x = _np(x)
     if is_image:
         if pixel_bits:
-            x = np.clip((x * raw_scale + raw_offset) / (2 ** pixel_bits - 1), 0, 1)
+            x = np.clip(raw_values(x, raw_scale, raw_offset) / (2 ** pixel_bits - 1), 0, 1)
         x = x[:(most // ncol) * ncol if ncol else most]
         return image_grid_figure(x[:, :3] if x.shape[1] >= 3 else x[:, :1],
                                  title=f"{name} · NFE {nfe}", ncol=ncol)

@@ -25,9 +25,15 @@ import torch
 __all__ = ["append_dims", "batch_sum", "time_vector", "CountedScore", "write_atomically",
            "is_inside", "file_digest", "one_line", "keyword_default",
            "LOCK", "FolderBusyError", "folder_lock",
-           "seed_everything", "make_generator", "seed_from", "resolve_device"]
+           "seed_everything", "make_generator", "seed_from", "resolve_device", "raw_values"]
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def raw_values(x, raw_scale: float = 1.0, raw_offset: float = 0.0):
+    """A data set's raw values of its model values ``x`` (a tensor or an array):
+    ``x raw_scale + raw_offset`` (e.g. pixel levels of images held in ``[-1, 1]``)."""
+    return x * raw_scale + raw_offset
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -44,3 +44,19 @@ def test_help_says_which_solver_uses_which_tolerance():
                     for f in (sample_ode, sample_torchsde))
         assert f"ode [default: {ode}]; torchsde with --adaptive [default: {sde}]" in text
     assert ode != sde  # the help tells two different defaults apart
+
+
+def test_the_ode_picks_its_own_steps_so_its_file_does_not_name_any(in_workdir):
+    """--steps does not change what ode draws (it uses the grid's ends only): the default name
+    has no steps in it, and the same command with other --steps finds its own file."""
+    first = invoke("sample", "--solver", "ode", "--steps", 5, "--n", 12, "--json")
+    assert first.exit_code == 0, first.output
+    record = json.loads(first.stdout)
+    name = record["out"].rsplit("/", 1)[-1]
+    assert name.startswith("samples-ode-n12-seed0") and record["steps"] is None
+    again = invoke("sample", "--solver", "ode", "--steps", 50, "--n", 12, "--json")
+    assert again.exit_code == 0, again.output
+    reused = json.loads(again.stdout)
+    assert reused["out"] == record["out"] and reused["chunks_reused"] == reused["chunks"] == 1
+    other = invoke("sample", "--solver", "euler", "--steps", 5, "--n", 12, "--json")
+    assert "samples-euler-5-n12-seed0" in json.loads(other.stdout)["out"]

@@ -83,7 +83,7 @@ def _grids_by_solver() -> str:
               "batch: equal within tolerance) [default: --n samples from --seed].")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Samples file (.npz) [default: RUN/samples-SOLVER-STEPS-nN-seedS[-HASH].npz, "
-              "HASH naming any other option given]; the figure goes beside it as .png.")
+              "no STEPS for ode, HASH naming any other option given]; the figure beside it.")
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Also write each sample as an 8-bit PNG into the new folder "
                                   "DIR (a subfolder per class with --label; runs of images).")

@@ -30,12 +30,14 @@ __all__ = ["Solver", "SOLVERS", "SAMPLERS", "DEFAULT_GRIDS", "IMPUTATION_SOLVERS
 
 class Solver(NamedTuple):
     """One solver: ``sampler(score_fn, sde, x, ts, *, generator, callback, **options) -> (x,
-    info)``, the name of its default grid (a key of :data:`GRIDS`) and whether it calls ``callback``
-    after every step of the grid (``False``: once, at the end)."""
+    info)``, the name of its default grid (a key of :data:`GRIDS`), whether it calls ``callback``
+    after every step of the grid (``False``: once, at the end), and whether its result depends
+    on the number of steps (``False``: only on the grid's ends, the solver picks its own)."""
 
     sampler: Callable[..., tuple[torch.Tensor, dict]]
     grid: str
     per_step_hook: bool
+    uses_steps: bool = True
 
 
 # The paper's uniform t for the SDE solvers, EDM's rho-schedule for the few-step ODE solvers
@@ -43,7 +45,7 @@ class Solver(NamedTuple):
 SOLVERS: dict[str, Solver] = {
     "em": Solver(sample_em, "uniform", True),
     "pc": Solver(sample_pc, "uniform", True),
-    "ode": Solver(sample_ode, "uniform", False),
+    "ode": Solver(sample_ode, "uniform", False, uses_steps=False),
     "torchsde": Solver(sample_torchsde, "uniform", False),
     "euler": Solver(sample_euler, "edm", True),
     "heun": Solver(sample_heun, "edm", True),

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .. import plotting
+from .. import plotting, utils
 from ..checks import OptionError
 from ..data import run_dataset
 from ..distributed import joined
@@ -91,7 +91,7 @@ def tell(line: str, say: Say | None, stacklevel: int = 2) -> None:
 
 def raw_values(x: torch.Tensor, config: dict) -> torch.Tensor:
     """Model values ``x`` of a run as its data's raw values: ``x raw_scale + raw_offset``."""
-    return x * config.get("raw_scale", 1.0) + config.get("raw_offset", 0.0)
+    return utils.raw_values(x, config.get("raw_scale", 1.0), config.get("raw_offset", 0.0))
 
 
 def run_identity(model) -> dict:
@@ -252,6 +252,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             fingerprint.update(observe=file_identity(observe), inverse=problem["method"],
                                inverse_knobs=problem["method_options"])
             solver, steps = conditions.inverse_solver(problem)  # what solve_inverse runs
+        if solver in SOLVERS and not SOLVERS[solver].uses_steps:  # ode: its own steps
+            steps = fingerprint["steps"] = None
         if out is None:
             extras = {k: v for k, v in fingerprint.items()  # the run's weights too: trained on,
                       if k not in ("solver", "steps", "seed", "seeds")  # they sample anew
