@@ -78,3 +78,17 @@ def test_the_likelihood_shows_the_flows_time(in_workdir, monkeypatch):
     assert len(lines) > 2 and lines[-1].split()[2] == "1/1" and "nfe=" in lines[-1]
     times = [float(line.split()[2].split("/")[0]) for line in lines]
     assert times == sorted(times)  # the time reached, never back
+
+
+def test_repaints_bar_counts_each_segment_every_time_it_runs(in_workdir, monkeypatch):
+    """repaint runs its 12 steps in segments of 4, each 3 times: 36 steps, the bar's total."""
+    monkeypatch.setenv("SCORESDE_PROGRESS_S", "0")
+    np.savez("mask.npz", mask=np.array([True, False]), values=np.array([1.0, 0.0]))
+    result = invoke("sample", "--mask", "mask.npz", "--inverse", "repaint", "--jump", 4,
+                    "--resample", 3, "--steps", 12, "--n", 8, "--out", "repaint.npz")
+    assert result.exit_code == 0, result.output
+    counts = [line.split()[2] for line in result.stderr.splitlines()
+              if line.startswith("sampling:")]
+    assert counts and all(c.endswith("/36") for c in counts) and counts[-1] == "36/36"
+    done = [int(c.split("/")[0]) for c in counts]
+    assert done == sorted(done)

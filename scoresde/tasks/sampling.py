@@ -277,7 +277,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
         keep = ((64 // ncol) * ncol if ncol and is_image else 64 if is_image
                 else n if fig_path else 0)
         result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=keep,
-                                 replace=replace, steps=progress_steps(solver, steps), ranks=ranks)
+                                 replace=replace, ranks=ranks, steps=progress_steps(
+                                     solver, steps, problem and problem["method_options"]))
         infos = result["info"]
         nfe, name = mean_nfe(infos), solver or problem["method"]
         if fig_path is not None and ranks.lead:
@@ -372,11 +373,15 @@ def _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, gu
     return draw
 
 
-def progress_steps(solver: str | None, steps: int) -> int | None:
+def progress_steps(solver: str | None, steps: int | None,
+                   method_options: dict | None = None) -> int | None:
     """The steps each chunk's progress counts: the grid's, for a solver that calls back after
-    every step; None (the chunks are counted) for one that integrates in a single call."""
+    every step (times ``resample`` for repaint, which runs each segment that often); None (the
+    chunks are counted) for one that integrates in a single call."""
     entry = SOLVERS.get(solver)
-    return steps if entry is not None and entry.per_step_hook else None
+    if entry is None or not entry.per_step_hook:
+        return None
+    return steps * (method_options or {}).get("resample", 1)
 
 
 def _solve_chunk(score, sde, problem, options, rows, count, shape, generator, callback=None):
