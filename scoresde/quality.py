@@ -45,12 +45,17 @@ __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "FID_N", "Reference", 
            "EVAL_SOLVER", "EVAL_STEPS", "check_eval", "TrainingEvaluator"]
 
 def quality_scores(mu: np.ndarray, sigma: np.ndarray, features: torch.Tensor,
-                   reference: Reference, *, seed: int = 0, k: int = 3) -> dict:
-    """FID, KID (mean and standard error), precision and recall of samples' statistics and
-    kept features against a :class:`Reference`; KID's subsets and the precision/recall subsets
+                   reference: Reference, *, seed: int = 0, k: int = 3,
+                   kid_estimator: str = "all_pairs") -> dict:
+    """FID, KID (mean and standard error, :func:`~scoresde.metrics.kid`'s ``kid_estimator``),
+    precision and recall of samples' statistics and kept features against a
+    :class:`Reference`; KID's subsets (with ``"subsets"``) and the precision/recall subsets
     are drawn from ``seed``."""
     gen = torch.Generator().manual_seed(seed)
-    kid_mean, kid_se = kid(features, reference.features, generator=gen)
+    kid_mean, kid_se = kid(features, reference.features, estimator=kid_estimator, generator=gen)
+    if kid_estimator == "all_pairs":  # the shuffles "subsets" draws, so that precision and
+        torch.randperm(len(features), generator=gen)  # recall draw the same subsets either way
+        torch.randperm(len(reference.features), generator=gen)
     precision, recall = precision_recall(reference.features, features, k=k, generator=gen)
     return {"fid": frechet_distance(mu, sigma, reference.mu, reference.sigma), "kid": kid_mean,
             "kid_se": kid_se, "precision": precision, "recall": recall}
