@@ -33,6 +33,9 @@ class OptionError(ValueError):
         super().__init__(message)
         self.option = option
 
+    def __reduce__(self):  # from one rank of a torchrun job to the others
+        return type(self), (self.option, str(self))
+
 
 @contextmanager
 def trusted_values() -> Iterator[None]:

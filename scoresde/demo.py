@@ -76,7 +76,8 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
 
     Args:
         run_dir: the run folder to train into (a new or empty folder); a folder this call
-            creates is removed again if the demo fails or is interrupted.
+            creates is removed again if the demo is interrupted, or fails before training
+            saved its checkpoint.
         toy: one of :data:`scoresde.toys.TOYS`.
         sde: a key of :data:`scoresde.SDES`.
         steps: training steps (None: :func:`scoresde.train`'s default).
@@ -102,7 +103,7 @@ def run_demo(run_dir: str | os.PathLike, *, toy: str = "8gaussians", sde: str = 
     dev = resolve_device(device)
     steps, n = (min(steps, QUICK_STEPS), min(n, QUICK_N)) if quick else (steps, n)
     say = _Say(progress)
-    with removed_on_failure(run_dir, keep_checkpointed=False):  # a demo cut short: no run
+    with removed_on_failure(run_dir, interrupt_removes_all=True):  # cut short: no run kept
         say.line(f"training {sde} on {toy}: {steps} steps of batch {VECTOR_BATCH} into {run_dir}")
         start = time.perf_counter()
         train(run_dir, data=toy, sde=sde, steps=steps, seed=seed, device=str(dev),

@@ -15,6 +15,7 @@ others stop with it instead of waiting for it.
 from __future__ import annotations
 
 import os
+import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence, TypeVar
@@ -88,14 +89,26 @@ class Ranks:
 
     def agree(self, error: BaseException | None) -> None:
         """Raise on every rank if any rank had an ``error`` (None: this one had none): a rank
-        raises its own, the others the first failed rank's, its rank named."""
-        errors = self.gather(None if error is None else (type(error).__name__, str(error)))
+        raises its own, the others the first failed rank's (itself where it can be sent, so
+        that bad input stays bad input; else a RuntimeError naming it and its rank)."""
+        errors = self.gather(None if error is None else _portable(error))
         if error is not None:
             raise error
         failed = [(r, e) for r, e in enumerate(errors) if e is not None]
         if failed:
-            rank, (kind, message) = failed[0]
-            raise RuntimeError(f"rank {rank} of {self.world} stopped: {kind}: {message}")
+            rank, sent = failed[0]
+            if isinstance(sent, BaseException):
+                raise sent
+            raise RuntimeError(f"rank {rank} of {self.world} stopped: {sent}")
+
+
+def _portable(error: BaseException):
+    """``error`` itself if it survives pickling (to reach the other ranks), else its words."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return f"{type(error).__name__}: {error}"
 
 
 @contextmanager

@@ -25,8 +25,8 @@ import torch
 
 from .checks import check_choice, check_int
 
-__all__ = ["KID_MIN_SUBSETS", "KID_ESTIMATORS", "check_fid_size", "feature_stats", "frechet_distance",
-           "fid_from_features", "kid", "precision_recall"]
+__all__ = ["KID_MIN_SUBSETS", "KID_ESTIMATORS", "check_fid_size", "feature_stats",
+           "frechet_distance", "fid_from_features", "kid", "precision_recall"]
 
 _CHUNK = 2048  # rows of a distance or kernel matrix computed at once (bounded memory)
 KID_MIN_SUBSETS = 10  # kid()'s fewest subsets by default: it needs twice as many points

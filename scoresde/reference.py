@@ -26,6 +26,7 @@ import torch
 
 from . import images
 from .data import Dataset
+from .facts import CACHE_ENV, cache_dir
 from .features import FEATURE_BATCH, extract_features, extractor_digest, to_extractor_range
 from .metrics import check_fid_size
 from .utils import write_atomically
@@ -33,7 +34,6 @@ from .utils import write_atomically
 __all__ = ["CACHE_ENV", "REFERENCE_MAX", "KEEP_FEATURES", "Reference", "cache_dir",
            "reference_stats", "image_features"]
 
-CACHE_ENV = "SCORESDE_CACHE"  # the cache folder, when set
 REFERENCE_MAX = 50_000  # reference images: the training split's first this many
 KEEP_FEATURES = 10_000  # features kept (of samples, of the reference) for KID and precision/recall
 _VERSION = 1  # of the cache files' layout
@@ -79,14 +79,6 @@ class _Moments:
 
     def features(self) -> torch.Tensor:
         return torch.cat(self.kept)
-
-
-def cache_dir() -> Path:
-    """``$SCORESDE_CACHE``, else ``$XDG_CACHE_HOME/scoresde``, else ``~/.cache/scoresde``."""
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "scoresde"
 
 
 def _fingerprint(name: str) -> list:

@@ -35,7 +35,8 @@ __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", 
            "save_checkpoint", "load_checkpoint", "has_checkpoint", "sample_grid_path",
            "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss",
            "is_run", "RUNS", "find_run", "latest_run", "new_run_dir", "removed_on_failure",
-           "resume_state", "differences", "upgrade_config", "learnt_unconditional", "resume_keywords", "build_model", "load_run"]
+           "resume_state", "differences", "upgrade_config", "learnt_unconditional",
+           "resume_keywords", "build_model", "load_run"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 # The suffixes of the temporary files that only a run's trainer writes (its atomic writes of the
@@ -286,19 +287,20 @@ def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUN
 
 
 @contextlib.contextmanager
-def removed_on_failure(run_dir: str | os.PathLike, *, keep_checkpointed: bool = True):
-    """Remove the folder ``run_dir`` if this block creates it and then fails or is interrupted;
-    with ``keep_checkpointed``, only while it holds no checkpoint (a run that saved one is
-    continued with ``resume``). A :class:`~scoresde.utils.FolderBusyError` (the folder is
-    another process's, whoever created it) removes nothing."""
+def removed_on_failure(run_dir: str | os.PathLike, *, interrupt_removes_all: bool = False):
+    """Remove the folder ``run_dir`` if this block creates it and then fails before it holds a
+    checkpoint (a run that saved one is continued with ``resume``); with
+    ``interrupt_removes_all``, an interrupt (Ctrl-C, SIGTERM) removes it whatever it holds. A
+    :class:`~scoresde.utils.FolderBusyError` (the folder is another process's, whoever
+    created it) removes nothing."""
     created = not os.path.exists(run_dir)
     try:
         yield
     except FolderBusyError:
         raise
-    except BaseException:
-        if created and os.path.isdir(run_dir) and not (keep_checkpointed
-                                                       and has_checkpoint(run_dir)):
+    except BaseException as err:
+        everything = interrupt_removes_all and isinstance(err, KeyboardInterrupt)
+        if created and os.path.isdir(run_dir) and (everything or not has_checkpoint(run_dir)):
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 

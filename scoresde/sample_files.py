@@ -322,45 +322,56 @@ def _assemble_all(out, parts: Path, count: int, manifest: dict, keep: int) -> di
 def _write_shared(out, parts: Path, n: int, batch_size: int, draw: ChunkDraw, manifest: dict,
                   progress: bool, keep: int, replace: bool, steps: int | None,
                   ranks: Ranks) -> dict:
-    """:func:`write_in_chunks` under ``torchrun``: rank 0 checks and locks the chunks' folder,
-    each rank draws its share of the chunks still missing, rank 0 assembles the file. Three
-    collectives in all, whatever the chunks and the solvers' steps."""
+    """:func:`write_in_chunks` under ``torchrun``: rank 0 checks and locks the chunks' folder
+    and says which chunks are missing, each rank draws its share of them, rank 0 assembles
+    the file. Three collectives in all, whatever the chunks and the solvers' steps."""
     count = -(-n // batch_size)
-    status, trash = None, None
-    with ExitStack() as held:
-        if ranks.lead:  # as one process, up to the drawing
+    status, trash, result = None, None, None
+    try:
+        with ExitStack() as held:
+            started = True
+            if ranks.lead:  # as one process, up to the drawing
+                try:
+                    _remove_leftovers(parts)
+                    status = _finished(out, manifest, keep, replace)
+                    if status is None:
+                        held.enter_context(folder_lock(parts, _TEMPORARIES))
+                        started = (parts / _MANIFEST).is_file()
+                        _check_manifest(parts, manifest)
+                        status = [k for k in range(count)
+                                  if not (parts / _chunk_name(k)).is_file()]
+                    elif _parts_manifest(parts) == manifest:
+                        with folder_lock(parts, _TEMPORARIES):
+                            trash = _set_aside(parts)
+                except Exception as err:
+                    status = err
+            status = ranks.broadcast(status)  # an error, the answer, or the chunks to draw
+            if isinstance(status, BaseException):
+                raise status
+            if isinstance(status, dict):
+                return status
+            todo, error = status, None
             try:
-                _remove_leftovers(parts)
-                status = _finished(out, manifest, keep, replace)
-                if status is None:
-                    held.enter_context(folder_lock(parts, _TEMPORARIES))
-                    _check_manifest(parts, manifest)
-                elif _parts_manifest(parts) == manifest:
-                    with folder_lock(parts, _TEMPORARIES):
-                        trash = _set_aside(parts)
+                _draw_chunks(parts, n, batch_size, draw, ranks.share(todo), 0,
+                             progress and ranks.lead, steps)
             except Exception as err:
-                status = err
-        status = ranks.broadcast(status)
-        if isinstance(status, BaseException):
-            raise status
-        if status is not None:
-            return status
-        todo = [k for k in range(count) if not (parts / _chunk_name(k)).is_file()]
-        mine, error = ranks.share(todo), None
-        try:
-            _draw_chunks(parts, n, batch_size, draw, mine, 0, progress and ranks.lead, steps)
-        except Exception as err:
-            error = err
-        ranks.agree(error)
-        result = None
-        if ranks.lead:
+                error = err
             try:
-                result = dict(_assemble_all(out, parts, count, manifest, keep), drawn=len(todo))
-                trash = _set_aside(parts)
-            except Exception as err:
-                result = err
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
+                ranks.agree(error)
+            except BaseException:
+                if ranks.lead and not started and not any(parts.glob("chunk-*")):
+                    trash = _set_aside(parts)  # nothing drawn: no partial output left behind
+                raise
+            if ranks.lead:
+                try:
+                    result = dict(_assemble_all(out, parts, count, manifest, keep),
+                                  drawn=len(todo))
+                    trash = _set_aside(parts)
+                except Exception as err:
+                    result = err
+    finally:
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
     result = ranks.broadcast(result)
     if isinstance(result, BaseException):
         raise result

@@ -102,6 +102,27 @@ def test_import_and_group_help_load_no_heavy_library():
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # fresh interpreters
+def test_help_and_a_mistyped_choice_are_answered_without_torch(tmp_path):
+    """The first help reads the library's tables and defaults (and imports it); from then on
+    every command's --help and a mistyped choice come from the remembered facts, the same text,
+    with neither PyTorch nor SciPy imported."""
+    commands = ("train", "sample", "likelihood", "fid", "demo", "convert")
+    code = ("import sys; from scoresde.cli import main; from click.testing import CliRunner; "
+            "out = [CliRunner().invoke(main, [c, '--help']).output for c in sys.argv[1:]]; "
+            "wrong = CliRunner().invoke(main, ['sample', '--solver', 'pcc']); "
+            "out.append(str(wrong.exit_code) + wrong.output); "
+            "out.append(str([m for m in ('torch', 'scipy') if m in sys.modules])); "
+            "print('\\n====\\n'.join(out))")
+    first = run_python("-c", code, *commands, cwd=tmp_path, SCORESDE_CACHE=str(tmp_path))
+    again = run_python("-c", code, *commands, cwd=tmp_path, SCORESDE_CACHE=str(tmp_path))
+    assert first.returncode == 0 and again.returncode == 0, first.stderr + again.stderr
+    *helps, wrong, loaded = again.stdout.strip().split("\n====\n")
+    assert loaded == "[]" and first.stdout.split("\n====\n")[:-1] == [*helps, wrong]
+    assert all("Usage: " in text and "--help" in text for text in helps)
+    assert wrong.startswith("2") and "'pc'" in wrong
+
+
 @pytest.mark.slow  # a fresh interpreter
 def test_every_public_name_resolves_and_cascade_stays_the_function():
     """The package's names are imported on first use: each of ``__all__`` resolves, every module

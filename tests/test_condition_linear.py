@@ -20,7 +20,8 @@ def _gauss_log(y, mean, var):
 
 
 def test_noisy_average_matches_bayes_on_a_grid():
-    mix, a, y, sd = GaussianMixture.random(2, k=4, seed=0), torch.tensor([[0.5, 0.5]]), torch.tensor([0.4]), 0.3
+    mix, sd = GaussianMixture.random(2, k=4, seed=0), 0.3
+    a, y = torch.tensor([[0.5, 0.5]]), torch.tensor([0.4])
     post = mix.condition_linear(a, y, sd)
     ticks = torch.linspace(-8, 8, 301, dtype=torch.float64)
     pts = torch.cartesian_prod(ticks, ticks)

@@ -60,3 +60,20 @@ def test_the_ode_picks_its_own_steps_so_its_file_does_not_name_any(in_workdir):
     assert reused["out"] == record["out"] and reused["chunks_reused"] == reused["chunks"] == 1
     other = invoke("sample", "--solver", "euler", "--steps", 5, "--n", 12, "--json")
     assert "samples-euler-5-n12-seed0" in json.loads(other.stdout)["out"]
+
+
+@pytest.mark.parametrize("solver", ["em", "pc", "euler", "heun", "dpmpp_2m", "unipc"])
+def test_one_steps_gives_one_nfe_from_the_command_and_the_api(in_workdir, solver):
+    """The command gives a few-step solver the data's statistics (tasks.data_statistics); the
+    API given the same statistics makes the same number of score calls for the same steps."""
+    import scoresde
+    from scoresde.runs import latest_run
+    from scoresde.tasks import data_statistics
+
+    result = invoke("sample", "--solver", solver, "--steps", 6, "--n", 10, "--json", "--out",
+                    f"nfe-{solver}.npz")
+    assert result.exit_code == 0, result.output
+    model, sde, config = scoresde.load_run(latest_run("runs"))
+    _, info = scoresde.sample(model, sde, (10, 2), solver=solver, steps=6,
+                              **data_statistics(config, solver, 6))
+    assert info["nfe"] == json.loads(result.stdout)["nfe"]

@@ -1,32 +1,25 @@
 """What every command shares: library tables and defaults read when first needed, errors as one
 line, run folders, output checks, printing a record.
 
-Library names are imported inside functions, so ``scoresde --help`` stays fast.
+Library names are imported inside functions, and the tables and defaults that the help and the
+options' checks show come from :mod:`scoresde.facts`, so ``--help`` and a mistyped option are
+answered without importing torch.
 """
 
 from __future__ import annotations
 
 import difflib
-import inspect
 import os
 import sys
 import warnings
-from importlib import import_module
 from pathlib import Path
 from typing import Callable
 
 import click
 
+from ..facts import default, library, names  # remembered: --help imports no torch
+
 CTX = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
-
-
-# ----- library tables and defaults, read when first needed ---------------------------------------
-def library(dotted: str):
-    """The library's object at ``dotted``: ``"train"`` is ``scoresde.train`` (the function),
-    ``"losses.WEIGHTINGS"`` is ``scoresde.losses.WEIGHTINGS``. It imports the library, so call
-    it inside a command or a help, never at import time."""
-    module, _, name = dotted.rpartition(".")
-    return getattr(import_module(f"scoresde.{module}" if module else "scoresde"), name)
 
 
 class Choice(click.Choice):
@@ -50,7 +43,7 @@ class LazyChoice(Choice):
         super().__init__([])
         self.table = table
 
-    choices = property(lambda self: list(library(self.table)), lambda self, value: None)
+    choices = property(lambda self: names(self.table), lambda self, value: None)
 
 
 class Default:
@@ -65,7 +58,7 @@ class Default:
     def __call__(self):
         if self.function is None:
             return library("config.option_default")(self.name)
-        return inspect.signature(library(self.function)).parameters[self.name].default
+        return default(self.function, self.name)
 
     def __str__(self) -> str:
         return str(self())

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from ..facts import value as known
 from .common import (CTX, Default, LazyChoice, LazyHelp, check_out, device_option,
-                     keyword_option, library, new_run_folder)
+                     keyword_option, new_run_folder)
 
 
 @click.command(context_settings=CTX)
@@ -15,10 +16,10 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, check_out, device_optio
 @keyword_option("run_demo", "--sde", type=LazyChoice("SDES"))
 @click.option("--steps", type=click.IntRange(min=1), default=Default(None, "steps"),
               show_default=True, cls=LazyHelp,
-              fields={"batch": lambda: library("training.VECTOR_BATCH")},
+              fields={"batch": lambda: known("training.VECTOR_BATCH")},
               help="Training steps (batch {batch}, as `scoresde train`).")
 @keyword_option("run_demo", "--n", "n", type=click.IntRange(min=10), cls=LazyHelp,
-                fields={"points": lambda: library("demo.LIKELIHOOD_POINTS")},
+                fields={"points": lambda: known("demo.LIKELIHOOD_POINTS")},
                 help="Samples per solver (half as many held-out points drawn; the likelihood on "
                      "at most {points} of them).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
+from ..facts import value as known
 from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, emit, json_option,
-                     keyword_option, library, pick_run, refuse_given, run_option, task)
+                     keyword_option, pick_run, refuse_given, run_option, task)
 
 
 @click.command(context_settings=CTX)
@@ -19,8 +20,8 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, emit, js
                 help="The sampler (by default a few-step one, given the data's statistics: on the "
                      "digits near the ODE's FID at 10 score calls).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, cls=LazyHelp,
-              fields={"fid": lambda: library("quality.FID_STEPS"),
-                      "solver": lambda: library("quality.FID_SOLVER"),
+              fields={"fid": lambda: known("quality.FID_STEPS"),
+                      "solver": lambda: known("quality.FID_SOLVER"),
                       "other": Default("sample", "steps")},
               help="Solver steps [default: {fid} with {solver}, {other} with another solver].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..facts import value as known
 from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, emit, explicit, given,
                      json_option, keyword_option, lead, library, pick_run, refuse_given, run_option,
                      task)
@@ -23,7 +24,7 @@ def _grids_by_solver() -> str:
     """``uniform for em, pc, ...; edm for euler, ...``: each solver's default grid, from the
     library's table."""
     by_grid: dict[str, list[str]] = {}
-    for solver, grid in library("sampling.DEFAULT_GRIDS").items():
+    for solver, grid in known("sampling.DEFAULT_GRIDS").items():
         by_grid.setdefault(grid, []).append(solver)
     return "; ".join(f"{grid} for {'/'.join(names)}" for grid, names in by_grid.items())
 
@@ -37,8 +38,8 @@ def _grids_by_solver() -> str:
 @click.option("--n", "n", type=click.IntRange(min=1), default=None,
               help="Number of samples [default: 1000, 64 for images].")
 @click.option("--eps", type=click.FloatRange(min=0, min_open=True), default=None, cls=LazyHelp,
-              fields={"vp": lambda: library("sampling.grids.VP_EPS"),
-                      "ve": lambda: library("sampling.grids.VE_EPS")},
+              fields={"vp": lambda: known("sampling.grids.VP_EPS"),
+                      "ve": lambda: known("sampling.grids.VE_EPS")},
               help="Last time [default: {vp:g} VP-type, {ve:g} VE-type].")
 @click.option("--grid", type=LazyChoice("sampling.GRIDS"), default=None, cls=LazyHelp,
               fields={"grids": lambda: _grids_by_solver()},
@@ -52,8 +53,8 @@ def _grids_by_solver() -> str:
 @keyword_option("sampling.sample_pc", "--corrector-steps", type=click.IntRange(min=1),
                 help="pc only.")
 @click.option("--method", default=None, cls=LazyHelp,
-              fields={"ode": lambda: ", ".join(library("scipy_ode.ODE_METHODS")),
-                      "sde": lambda: ", ".join(library("sampling.TORCHSDE_METHODS")),
+              fields={"ode": lambda: ", ".join(known("scipy_ode.ODE_METHODS")),
+                      "sde": lambda: ", ".join(known("sampling.TORCHSDE_METHODS")),
                       "ode_default": Default("sampling.sample_ode", "method"),
                       "sde_default": Default("sampling.sample_torchsde", "method")},
               help="ode: {ode} [default: {ode_default}]; torchsde: {sde} "
@@ -91,8 +92,8 @@ def _grids_by_solver() -> str:
               help="Replace an existing --out (and its figure) that holds other samples or "
               "another file [default: refuse; the same command again reuses its own file].")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, cls=LazyHelp,
-              fields={"vector": lambda: library("sample_files.SAMPLE_BATCH")["vector"],
-                      "image": lambda: library("sample_files.SAMPLE_BATCH")["image"]},
+              fields={"vector": lambda: known("sample_files.SAMPLE_BATCH")["vector"],
+                      "image": lambda: known("sample_files.SAMPLE_BATCH")["image"]},
               help="Samples drawn at a time [default: {vector}, {image} for images]. Each chunk "
                    "is saved as it is done (OUT.parts/), so memory holds one chunk and the same "
                    "command after a kill continues where it stopped.")

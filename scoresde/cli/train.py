@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..facts import names, value as known
 from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit,
                      flag, given, lead, library, task, train_option)
 
@@ -13,13 +14,13 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit
 @click.command(context_settings=CTX)
 @train_option("sde", type=LazyChoice("SDES"), help="Forward SDE.")
 @train_option("data", type=str, metavar="NAME|PATH", cls=LazyHelp,
-              fields={"toys": lambda: ", ".join(library("toys.TOYS"))},
+              fields={"toys": lambda: ", ".join(names("toys.TOYS"))},
               help="A 2D toy ({toys}), 'digits', a .npy/.npz file of (N, *dims) (uint8 of rank "
                    "3 or 4: 8-bit images), or a folder of image files (one subfolder per class "
                    "for --conditional).")
 @train_option("channels", type=int, cls=LazyHelp,
               fields={"modes": lambda: ", ".join(f"{c} ({m})" for c, m in
-                                                 library("images.MODES").items())},
+                                                 known("images.MODES").items())},
               help="Image folders: convert every image to {modes} channels [default: the "
                    "images' own, which must agree].")
 @train_option("resolution", metavar="R",
@@ -41,8 +42,8 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit
               help="Optimizer steps [default: {steps}; with --resume: the run's own total, or the "
                    "new total given here].")
 @train_option("batch_size", cls=LazyHelp,
-              fields={"vector": lambda: library("training.VECTOR_BATCH"),
-                      "image": lambda: library("training.IMAGE_BATCH")},
+              fields={"vector": lambda: known("training.VECTOR_BATCH"),
+                      "image": lambda: known("training.IMAGE_BATCH")},
               help="Points per step [default: {vector} for 2D and vector data, {image} for "
                    "images].")
 @train_option("lr", help="Peak learning rate (warmup, then cosine decay).")

@@ -10,6 +10,7 @@ import torch
 from .. import plotting
 from ..cascade import cascade
 from ..checks import OptionError
+from ..distributed import joined
 from ..outputs import samples_name
 from ..sample_files import SAMPLE_BATCH, chunk_generator, write_in_chunks
 from ..sampling import sample
@@ -29,55 +30,59 @@ def sample_cascade_run(base_run, sr_run, out=None, *, solver: str | None = None,
     """A cascade's samples into ``out``: ``base_run`` with ``solver``/``steps``, then the
     super-resolution run ``sr_run`` conditioned on them (:func:`~scoresde.cascade`), chunk by
     chunk as :func:`sample_run` draws (chunk ``k`` from ``(seed, k)``, resumed after a kill),
-    with the progress of the chunks on stderr unless ``progress=False``.
+    with the progress of the chunks on stderr unless ``progress=False``; under ``torchrun``
+    the ranks share the chunks, as :func:`sample_run`'s.
 
     Returns:
         ``(record, result)`` as :func:`sample_run`.
     """
-    runs, dev = (Path(base_run), Path(sr_run)), resolve_device(device)
-    solver = keyword_default(sample, "solver") if solver is None else solver
-    steps = keyword_default(sample, "steps") if steps is None else steps
-    aug_level = keyword_default(cascade, "aug_level") if aug_level is None else aug_level
-    (base, base_sde, base_config), (sr, sr_sde, config) = (load_sampler(p, dev) for p in runs)
-    _check_cascade(runs, base, base_config, sr, config)
-    options = dict(solver_options or {})
-    stages = dict(solver=solver, steps=steps, sr_solver=sr_solver, sr_steps=sr_steps,
-                  aug_level=aug_level, base_options=options,
-                  sr_options=options if sr_solver in (None, solver) else {})
-    n, batch_size = n or 64, batch_size or SAMPLE_BATCH["image"]
-    draw = _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev)
-    fingerprint = dict(_manifest_names(stages), cascade=[run_identity(base), run_identity(sr)],
-                       device=str(dev), seed=seed)
-    if out is None:  # the stages' solvers, steps and level, then the rest as a hash
-        stem = f"cascade-{solver}-{steps}"
-        if sr_solver is not None or sr_steps is not None:
-            stem += f"-sr-{sr_solver or solver}-{sr_steps or steps}"
-        if aug_level:
-            stem += f"-aug{aug_level:g}"
-        extras = {k: v for k, v in fingerprint.items() if k not in ("solver", "steps", "seed")}
-        if batch_size != SAMPLE_BATCH["image"]:
-            extras["batch_size"] = batch_size
-        out = runs[1] / samples_name(stem, solver=None, steps=None, n=n, seed=seed,
-                                     extras=extras)
-    inputs = [*runs, *run_inputs(base_config), *run_inputs(config)]
-    out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
-    fig_path = output_path(out.with_suffix(".png"), inputs=inputs, others=[out],
-                    replace=replace or out.exists())
-    result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=64,
-                             replace=replace)
-    infos = result["info"]
-    nfe_base, nfe_sr = mean_nfe(infos, "nfe_base"), mean_nfe(infos, "nfe_sr")
-    nfe = round(nfe_base + nfe_sr, 1)  # the stages' means as shown (an int stays an int)
-    plotting.save_figure(plotting.samples_picture(
-        result["head"]["samples"], "cascade", nfe, is_image=True,
-        raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
-        pixel_bits=config.get("pixel_bits")), fig_path)
-    record = {"cascade": [str(r) for r in runs], "n": n, "nfe": nfe, "nfe_base": nfe_base,
-              "nfe_sr": nfe_sr, "aug_level": infos[0]["aug_level"],
-              "time_s": round(sum(i["time_s"] for i in infos), 4), "out": str(out),
-              "figure": str(fig_path), "batch_size": batch_size, "chunks": result["chunks"],
-              "chunks_reused": result["chunks"] - result["drawn"]}
-    return record, result
+    asked = resolve_device(device)  # under torchrun each rank's own GPU: the files are alike
+    with joined(asked) as (ranks, dev):  # under torchrun: this rank's share of the chunks
+        runs = (Path(base_run), Path(sr_run))
+        solver = keyword_default(sample, "solver") if solver is None else solver
+        steps = keyword_default(sample, "steps") if steps is None else steps
+        aug_level = keyword_default(cascade, "aug_level") if aug_level is None else aug_level
+        (base, base_sde, base_config), (sr, sr_sde, config) = (load_sampler(p, dev) for p in runs)
+        _check_cascade(runs, base, base_config, sr, config)
+        options = dict(solver_options or {})
+        stages = dict(solver=solver, steps=steps, sr_solver=sr_solver, sr_steps=sr_steps,
+                      aug_level=aug_level, base_options=options,
+                      sr_options=options if sr_solver in (None, solver) else {})
+        n, batch_size = n or 64, batch_size or SAMPLE_BATCH["image"]
+        draw = _cascade_draw(base, base_sde, sr, sr_sde, config, stages, seed, dev)
+        fingerprint = dict(_manifest_names(stages), cascade=[run_identity(base), run_identity(sr)],
+                           device=str(asked), seed=seed)
+        if out is None:  # the stages' solvers, steps and level, then the rest as a hash
+            stem = f"cascade-{solver}-{steps}"
+            if sr_solver is not None or sr_steps is not None:
+                stem += f"-sr-{sr_solver or solver}-{sr_steps or steps}"
+            if aug_level:
+                stem += f"-aug{aug_level:g}"
+            extras = {k: v for k, v in fingerprint.items() if k not in ("solver", "steps", "seed")}
+            if batch_size != SAMPLE_BATCH["image"]:
+                extras["batch_size"] = batch_size
+            out = runs[1] / samples_name(stem, solver=None, steps=None, n=n, seed=seed,
+                                         extras=extras)
+        inputs = [*runs, *run_inputs(base_config), *run_inputs(config)]
+        out = output_path(out, suffixes=(".npz",), inputs=inputs, replace=True)
+        fig_path = output_path(out.with_suffix(".png"), inputs=inputs, others=[out],
+                               replace=replace or out.exists())
+        result = write_in_chunks(out, n, batch_size, draw, fingerprint, progress, keep=64,
+                                 replace=replace, ranks=ranks)
+        infos = result["info"]
+        nfe_base, nfe_sr = mean_nfe(infos, "nfe_base"), mean_nfe(infos, "nfe_sr")
+        nfe = round(nfe_base + nfe_sr, 1)  # the stages' means as shown (an int stays an int)
+        if ranks.lead:
+            plotting.save_figure(plotting.samples_picture(
+                result["head"]["samples"], "cascade", nfe, is_image=True,
+                raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
+                pixel_bits=config.get("pixel_bits")), fig_path)
+        record = {"cascade": [str(r) for r in runs], "n": n, "nfe": nfe, "nfe_base": nfe_base,
+                  "nfe_sr": nfe_sr, "aug_level": infos[0]["aug_level"],
+                  "time_s": round(sum(i["time_s"] for i in infos), 4), "out": str(out),
+                  "figure": str(fig_path), "batch_size": batch_size, "chunks": result["chunks"],
+                  "chunks_reused": result["chunks"] - result["drawn"]}
+        return record, result
 
 
 def _check_cascade(runs, base, base_config, sr, config) -> None:

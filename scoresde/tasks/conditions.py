@@ -20,8 +20,8 @@ from ..sampling import solve_inverse
 from ..sampling.inverse import DEFAULT_SOLVER, INVERSE_METHODS, _method_option_names
 from ..utils import keyword_default, one_line
 
-__all__ = ["INVERSE_OPTIONS", "parse_seeds", "parse_label", "class_labels", "embeddings", "mask_values",
-           "inverse_problem", "inverse_solver"]
+__all__ = ["INVERSE_OPTIONS", "parse_seeds", "parse_label", "class_labels", "embeddings",
+           "mask_values", "inverse_problem", "inverse_solver"]
 
 # The inverse methods' options that a draw from a run takes (each method says which are its own).
 INVERSE_OPTIONS = ("particles", "step_size", "jump", "resample")

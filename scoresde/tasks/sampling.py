@@ -194,7 +194,8 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
     Raises:
         OptionError: an option that does not fit the run or the others (named).
     """
-    with joined(resolve_device(device)) as (ranks, dev):  # under torchrun: this rank's share
+    asked = resolve_device(device)  # under torchrun each rank's own GPU: the files are alike
+    with joined(asked) as (ranks, dev):  # under torchrun: this rank's share
         path = Path(run)
         say = say if ranks.lead else (lambda line: None)
         inputs = [path, mask, observe, embedding]
@@ -244,7 +245,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             known = None
         draw = _chunk_draw(model, sde, config, dev, options, stats, seed, seeds, labels, guidance,
                            known, problem)
-        fingerprint = dict(options, run=run_identity(model), device=str(dev), seed=seed,
+        fingerprint = dict(options, run=run_identity(model), device=str(asked), seed=seed,
                            seeds=seeds, label=label, guidance=guidance, mask=file_identity(mask),
                            embedding=file_identity(embedding),
                            data_statistics=_stats_identity(stats))
