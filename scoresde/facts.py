@@ -14,7 +14,6 @@ import hashlib
 import inspect
 import json
 import os
-import tempfile
 from importlib import import_module
 from pathlib import Path
 
@@ -88,14 +87,12 @@ def _fact(key: str, read):
 
 
 def _save(known: dict) -> None:
-    """Write the facts atomically (a temporary file renamed); a folder that cannot be written
-    is left as it is."""
-    path = _path()
+    """Write the facts (atomically); a folder that cannot be written is left as it is."""
+    from .files import write_atomically
+
+    text = json.dumps(known).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-facts-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(known, f)
-        os.replace(tmp, path)
+        _path().parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(_path(), lambda f: f.write(text))
     except OSError:
         pass
