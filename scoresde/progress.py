@@ -74,6 +74,14 @@ class Progress:
     def __exit__(self, *exc) -> None:
         self.close(finished=exc[0] is None)
 
+    def start(self) -> None:
+        """Start the clock now: the work before (statistics computed first, a model loaded) is
+        not in the rate and the time left."""
+        self.t0 = self.shown = time.perf_counter()
+        if self.tty:
+            self.bar.reset(total=self.total)
+            self.bar.update(self.n)
+
     def within(self, end: float) -> None:
         """The units up to ``end`` are the piece of work under way (a chunk): :meth:`tick`
         does not pass it."""

@@ -118,7 +118,8 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
         solver, steps, sample_options: as for :func:`~scoresde.sample`.
         seed: the samples' seed, also KID's subsets'. device: where to sample.
         reference: precomputed reference statistics (else :func:`reference_stats`, cached).
-        progress: ``progress(done, n)`` after each chunk, or None.
+        progress: ``progress(done, n)`` as the sampling starts (``done`` 0) and after each
+            chunk, or None.
         data_statistics: give a few-step solver the training data's mean and covariance, as
             ``scoresde sample`` does (see :func:`scoresde.sampling.fewstep.uses_data_stats`);
             never for a latent model (the images' statistics are not its latents').
@@ -156,6 +157,8 @@ def sample_quality(model, sde, dataset: Dataset, extractor, *, n: int, solver: s
     begin, chunks, error = time.perf_counter(), [], None
     mine = ranks.share(range(-(-n // batch_size)))
     done, total = 0, sum(min(batch_size, n - k * batch_size) for k in mine)
+    if progress is not None:
+        progress(0, total)  # the sampling starts
     try:
         for k in mine:
             start = k * batch_size

@@ -92,3 +92,36 @@ def test_repaints_bar_counts_each_segment_every_time_it_runs(in_workdir, monkeyp
     assert counts and all(c.endswith("/36") for c in counts) and counts[-1] == "36/36"
     done = [int(c.split("/")[0]) for c in counts]
     assert done == sorted(done)
+
+
+def test_the_clock_starts_when_the_work_does(monkeypatch):
+    """Work before the loop (FID's reference statistics) is neither in the elapsed time nor in
+    the rate once ``start`` is called: 60 s of it, then 5 steps in 10 s read 0.5 step/s."""
+    import scoresde.progress
+
+    now = [100.0]
+    monkeypatch.setattr(scoresde.progress.time, "perf_counter", lambda: now[0])
+    monkeypatch.setenv("SCORESDE_PROGRESS_S", "0")
+    stream = io.StringIO()
+    with Progress(10, unit="step", desc="fid", stream=stream) as bar:
+        now[0] = 160.0
+        bar.start()
+        now[0] = 170.0
+        bar.set(5)
+    line = stream.getvalue().splitlines()[0]
+    assert "[00:10<00:10, 0.5 step/s]" in line
+
+
+def test_fid_says_when_its_sampling_starts(in_workdir):
+    """run_quality's progress hears ``(0, total)`` before the first chunk and then each
+    chunk's rows: the command's bar starts its clock then, not while the reference statistics
+    are computed."""
+    from scoresde.quality import run_quality
+
+    result = invoke("train", "--data", "digits", "--steps", 2, "--batch-size", 8, "--run",
+                    "fid-run", "--quiet")
+    assert result.exit_code == 0, result.output
+    heard = []
+    run_quality("fid-run", n=100, batch_size=40, progress=lambda done, total: heard.append(
+        (done, total)), solver="dpmpp_2m", steps=2)
+    assert heard == [(0, 100), (40, 100), (80, 100), (100, 100)]

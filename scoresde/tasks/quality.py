@@ -74,6 +74,8 @@ def run_fid(run: str | os.PathLike, *, n: int = keyword_default(run_quality, "n"
         bar.within(per or 1)  # the first chunk
 
         def chunk_done(done: int, total: int) -> None:
+            if done == 0:  # the reference statistics are ready: the sampling's clock starts
+                return bar.start()
             drawn = -(-done // batch_size)
             bar.set(drawn * (per or 1))
             bar.within((drawn + 1) * (per or 1))
