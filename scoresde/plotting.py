@@ -278,22 +278,54 @@ def image_grids_figure(grids: Mapping[str, object], ncol: int = 8) -> Figure:
 
 def samples_picture(x, name: str, nfe: int, *, is_image: bool, raw_scale: float = 1.0,
                     raw_offset: float = 0.0, pixel_bits: int | None = None,
-                    ncol: int | None = None, most: int = 64) -> Figure | None:
+                    ncol: int | None = None, most: int = 64, observed=None,
+                    columns: list[str] | None = None, label: str | None = None,
+                    observed_title: str = "observed") -> Figure | None:
     """The picture of a sampler's output ``x`` (model space, ``(B, *event_shape)``), titled
     with ``name`` and its NFE; the one view that ``scoresde sample`` and the training's sample
     grids share.
 
     Images: a grid of the first ``most`` (whole rows of ``ncol``), 8-bit images (``pixel_bits``)
     in their pixel values, the first three channels (alpha not shown) or the first one, other
-    images rescaled to their range. 2D points: a scatter. Other data: None (nothing to draw).
+    images rescaled to their range; ``observed`` (the samples' observations, model values,
+    NaN where nothing is observed) drawn beside it in the same places, the unobserved pixels
+    grey, under ``observed_title``; ``columns`` names each column (a class per column),
+    ``label`` the one class of all.
+    2D points: a scatter. Other data: None (nothing to draw).
     """
     x = _np(x)
-    if is_image:
+    if is_image and observed is None and not columns:
         if pixel_bits:
             x = np.clip(raw_values(x, raw_scale, raw_offset) / (2 ** pixel_bits - 1), 0, 1)
         x = x[:(most // ncol) * ncol if ncol else most]
         return image_grid_figure(x[:, :3] if x.shape[1] >= 3 else x[:, :1],
-                                 title=f"{name} · NFE {nfe}", ncol=ncol)
+                                 title=f"{name} · NFE {nfe}" + (f" · {label}" if label else ""),
+                                 ncol=ncol)
+    if is_image:
+        count = (most // ncol) * ncol if ncol else most
+        pictures = {f"{name} · NFE {nfe}" + (f" · {label}" if label else ""): x[:count]}
+        if observed is not None:
+            pictures = {observed_title: _np(observed)[:count], **pictures}
+        fig = _figure((5 * len(pictures), 5))
+        for ax, (title, images) in zip(fig.subplots(1, len(pictures), squeeze=False)[0],
+                                       pictures.items()):
+            unseen = np.isnan(images)
+            images = np.nan_to_num(images, nan=0.0)
+            if pixel_bits:
+                images = np.clip(raw_values(images, raw_scale, raw_offset)
+                                 / (2 ** pixel_bits - 1), 0, 1)
+            else:  # the samples' range for both, so that the observation reads as they do
+                lo, hi = float(np.nanmin(x[:count])), float(np.nanmax(x[:count]))
+                images = np.clip((images - lo) / (hi - lo), 0, 1) if hi > lo else images * 0
+            images = np.where(unseen, 0.5, images)
+            draw_image_grid(ax, images[:, :3] if images.shape[1] >= 3 else images[:, :1],
+                            title, ncol)
+            if columns:
+                width = (ax.get_xlim()[1] - ax.get_xlim()[0]) / (ncol or len(columns))
+                ax.set_xticks([(q + 0.5) * width for q in range(len(columns))], columns,
+                              fontsize=7)
+        fig.tight_layout()
+        return fig
     if x.shape[1:] == (2,):
         return samples_figure({name: x}, {name: nfe})
     return None

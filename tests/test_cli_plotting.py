@@ -76,6 +76,48 @@ def test_grey_images_are_drawn_as_they_are_not_inverted():
     assert centre.min() > 200 and corner.max() < 55
 
 
+def test_observations_and_classes_are_shown_beside_the_samples():
+    """An imputation's picture has the observation beside the samples, unobserved pixels grey
+    and observed ones on the samples' scale; a per-class grid names its columns; one class is
+    named in the title."""
+    x = torch.rand(4, 1, 4, 4) * 2 - 1  # model values in [-1, 1]
+    x[0, 0, 0, 0], x[0, 0, 0, 1] = -1.0, 1.0  # the range the observation is drawn on
+    observed = np.full((4, 1, 4, 4), np.nan, np.float32)
+    observed[:, :, :, :2] = 1.0  # the left half known: white on the samples' scale
+    fig = plotting.samples_picture(x, "em", 21, is_image=True, ncol=2, observed=observed)
+    assert [ax.get_title() for ax in fig.axes] == ["observed", "em · NFE 21"]
+    grid = fig.axes[0].get_images()[0].get_array()
+    assert np.isclose(grid[1, 1], 1.0) and np.isclose(grid[1, 4], 0.5)  # known, unknown
+    classes = plotting.samples_picture(x, "euler", 9, is_image=True, ncol=2,
+                                       columns=["cat", "dog"])
+    assert [t.get_text() for t in classes.axes[0].get_xticklabels()] == ["cat", "dog"]
+    one = plotting.samples_picture(x, "euler", 9, is_image=True, label="class cat")
+    assert one.axes[0].get_title() == "euler · NFE 9 · class cat"
+
+
+def test_the_picture_beside_a_draw_reads_the_mask_or_the_measurement():
+    """What sample_run draws beside image samples: a mask's values where known; the measured
+    pixels of a selection A; the least-norm solution of any other A; class names."""
+    from scoresde.observe import mask_matrix
+    from scoresde.tasks.sampling import _beside
+
+    shape = (1, 2, 2)
+    mask = torch.tensor([[[True, False], [False, True]]])
+    values = torch.tensor([[[0.5, 9.0], [9.0, -0.5]]])
+    got = _beside({}, (mask, values), None, None, None, 3, shape)["observed"]
+    assert got.shape == (3, 1, 2, 2) and np.isnan(got[:, 0, 0, 1]).all()
+    assert (got[:, 0, 0, 0] == 0.5).all() and (got[:, 0, 1, 1] == -0.5).all()
+    pick = dict(A=mask_matrix(mask), y=torch.tensor([0.5, -0.5]), noise_std=0.0)
+    got = _beside({}, None, pick, None, None, 2, shape)["observed"]
+    assert (got[:, 0, 0, 0] == 0.5).all() and np.isnan(got[:, 0, 0, 1]).all()
+    mean = dict(A=torch.full((1, 4), 0.25), y=torch.tensor([0.2]), noise_std=0.1)
+    extras = _beside({}, None, mean, None, None, 2, shape)
+    assert np.allclose(extras["observed"], 0.2) and "least-norm" in extras["observed_title"]
+    names = {"class_names": ["cat", "dog"]}
+    assert _beside(names, None, None, "all", 2, 4, shape)["columns"] == ["cat", "dog"]
+    assert _beside(names, None, None, "1", None, 4, shape)["label"] == "class dog"
+
+
 def test_demo_figure_has_every_panel(tmp_path):
     sde = VPSDE()
     mix = GaussianMixture.ring()

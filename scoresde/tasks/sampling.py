@@ -28,6 +28,7 @@ from ..data import run_dataset
 from ..distributed import joined
 from ..guidance import classifier_free_guidance
 from ..images import sample_levels, save_images
+from ..observe import LinearObservation
 from ..outputs import check_output, samples_name
 from ..runs import learnt_unconditional, load_run
 from ..sample_files import SAMPLE_BATCH, chunk_randomness, sample_chunk, write_in_chunks
@@ -233,6 +234,7 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
                                     f"{path}: it samples latents {shape} and decodes them, so a "
                                     "measurement of images cannot be imposed")
         known = conditions.mask_values(mask, shape, n) if mask is not None else None
+        shown = known  # the observation drawn beside the samples
         # The keys of the sample file's manifest: "knobs" (and "inverse_knobs" below) are the
         # solver's (the inverse method's) own options, named so in files already written.
         options = dict(solver=solver, steps=steps, eps=eps, grid=grid, denoise=denoise,
@@ -286,7 +288,10 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
             plotting.save_figure(plotting.samples_picture(
                 result["head"]["samples"], name, nfe, is_image=is_image, ncol=ncol,
                 raw_scale=config.get("raw_scale", 1.0), raw_offset=config.get("raw_offset", 0.0),
-                pixel_bits=config.get("pixel_bits")), fig_path)
+                pixel_bits=config.get("pixel_bits"), **_beside(
+                    config, shown, problem, None if embedding else label, ncol,
+                    len(result["head"]["samples"]), shape)
+                if is_image else {}), fig_path)
         record = {"run": str(path), "solver": solver, "steps": steps, "n": n, "nfe": nfe,
                   "eps": infos[0]["eps"], "time_s": round(sum(i["time_s"] for i in infos), 4),
                   "out": str(out), "figure": str(fig_path) if fig_path else None,
@@ -298,6 +303,33 @@ def sample_run(run, out=None, *, solver: str | None = None, steps: int | None = 
         if images is not None:
             record["images"] = _save_images(images, out, config) if ranks.lead else str(images)
         return record, result
+
+
+def _beside(config: dict, known, problem, label, ncol, rows: int, shape: tuple) -> dict:
+    """What the picture of image samples shows beside them: the observation of the first
+    ``rows`` (a mask's known values; the measured pixels of a selection ``A``, else the
+    least-norm ``x`` with ``A x = y``; NaN where nothing is observed), a class name per column
+    (``label="all"``) or the one class's."""
+    extras, names = {}, config.get("class_names") or []
+    if label == "all" and ncol:
+        extras["columns"] = [names[k] if k < len(names) else str(k) for k in range(ncol)]
+    elif label is not None:
+        extras["label"] = f"class {names[int(label)] if int(label) < len(names) else label}"
+    if known is not None and problem is None:
+        mask, values = (_rows(a, slice(0, rows), rows, shape) for a in known)
+        extras["observed"] = torch.where(mask.bool(), values.float(), float("nan")).numpy()
+    elif problem is not None:
+        a = torch.as_tensor(problem["A"], dtype=torch.float64)
+        y = torch.as_tensor(problem["y"], dtype=torch.float64).reshape(-1, a.shape[0])
+        y = y.expand(rows, -1) if y.shape[0] == 1 else y[:rows]
+        flat = torch.full((len(y), a.shape[1]), float("nan"), dtype=torch.float64)
+        if bool(((a == 0) | (a == 1)).all() and (a.sum(1) == 1).all()):  # a selection
+            flat[:, a.argmax(1)] = y
+        else:
+            flat = LinearObservation(a, y, problem["noise_std"], shape).x_row
+            extras["observed_title"] = "observed: least-norm x of A x = y"
+        extras["observed"] = flat.reshape(len(y), *shape).float().numpy()
+    return extras
 
 
 def _check_images(images, is_image: bool, outputs=()) -> None:
