@@ -161,7 +161,7 @@ BAD = [  # (arguments, builder of extra files, the facts the one-line message na
      lambda r: _array(r, "nan.npy", np.full((4, 2), np.nan)), ["nan.npy", "NaN"], 2),
     (["likelihood", "--data", "{wide}"],
      lambda r: _array(r, "wide.npy", np.zeros((4, 3), np.float32)),
-     ["--data", "(3,)", "(2,)"], 2),
+     ["--data", "wide.npy", "(3,)", "(2,)"], 2),
     (["likelihood", "--divergence", "nope"], None, ["--divergence", "'nope'"], 2),
     (["demo", "--toy", "nope"], None, ["--toy", "'nope'"], 2),
     (["demo", "--out", "nofolder/demo.png"], None, ["nofolder"], 2),

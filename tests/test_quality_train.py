@@ -246,7 +246,7 @@ def test_fid_of_8_bit_images_in_a_file_sees_their_levels(tmp_path):
             (("--samples", tmp_path / "none.npz", "--data", "digits"), ["none.npz"]),
             (("--samples", tmp_path / "nan.npy", "--data", "digits"), ["nan.npy", "NaN"]),
             (("--samples", tmp_path / "small.npy", "--data", "digits"),
-             ["(N, 1, 8, 8)", "(200, 1, 4, 4)"]),
+             ["--samples", "small.npy", "(N, 1, 8, 8)", "(200, 1, 4, 4)"]),
             (("--data", "digits"), ["--data", "--samples"])):
         result = invoke("fid", *args)
         assert_refused(result, 2, *facts)

@@ -101,8 +101,10 @@ def _run_likelihood(run, model, sde, config, data, n, seed, dev, ode_options, ra
     else:
         x = load_run_array(data, config)[:n]
     if tuple(x.shape[1:]) != shape:
-        raise OptionError("data", f"points of shape {tuple(x.shape[1:])} do not match the run's "
-                                  f"data shape {shape}")
+        where = f" in {data}" if data is not None else ""
+        raise OptionError("data", f"points of shape {tuple(x.shape[1:])}{where} do not match "
+                                  f"the run's data shape {shape}")
+
     def solve(points, generator):
         logp, info, bpd = _log_likelihood(model, sde, points, config,
                                           dict(ode_options, generator=generator))

@@ -106,7 +106,10 @@ def file_fid(samples: str | os.PathLike, *, data=None, run: str | os.PathLike | 
         raise OptionError(None, "give --data or --run (whose data the samples are compared "
                                 f"with){', not both' if data is not None else ''}")
     dataset = get_dataset(data) if data is not None else run_images(run)
-    record = file_quality(samples, dataset, features=features, seed=seed,
-                          device=resolve_device(device))
+    try:
+        record = file_quality(samples, dataset, features=features, seed=seed,
+                              device=resolve_device(device))
+    except ValueError as err:  # the file's images do not fit: said with the file's name
+        raise OptionError("samples", f"{samples}: {err}") from None
     _warn_small_n(record["n"], say)
     return record, dataset.name
