@@ -1,15 +1,17 @@
 """The library's names and defaults that a command shows before it runs anything, remembered so
 that ``--help`` and a mistyped option are answered without importing torch.
 
-A fact is read from the library the first time it is asked for (which imports it) and written
-to ``facts-DIGEST.json`` under :func:`cache_dir`, where ``DIGEST`` is that of this package's
-version and source files (their sizes and modification times): any change to the library reads
-every fact again. A cache that cannot be written costs the next call its time, nothing else.
+A fact is read from the library the first time it is asked for (which imports it) and written,
+when the process ends, to ``facts-DIGEST.json`` under :func:`cache_dir`, where ``DIGEST`` is
+that of this package's version and source files (their sizes and modification times): any
+change to the library reads every fact again. A cache that cannot be written costs the next
+call its time, nothing else.
 This module imports nothing of the library until a fact is missing.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import json
@@ -23,6 +25,7 @@ CACHE_ENV = "SCORESDE_CACHE"  # where computed statistics and remembered facts a
 _PACKAGE = Path(__file__).resolve().parent
 _known: dict | None = None  # the facts read so far, and the file they are kept in
 _where: Path | None = None
+_missed: list[str] = []  # the facts this process read from the library
 
 
 def cache_dir() -> Path:
@@ -81,8 +84,10 @@ def _fact(key: str, read):
         except (OSError, ValueError):
             _known = {}
     if key not in _known:
+        if not _missed:  # written once, when the process ends: one write for all it read
+            atexit.register(_save, _known)
+        _missed.append(key)
         _known[key] = json.loads(json.dumps(read()))  # as the file gives it back
-        _save(_known)
     return _known[key]
 
 

@@ -120,23 +120,6 @@ def fid_from_features(x, y) -> float:
     return frechet_distance(*feature_stats(x), *feature_stats(y))
 
 
-def _kernel_sum(a: torch.Tensor, b: torch.Tensor, width: int) -> torch.Tensor:
-    """Sum of ``(a_i . b_j / width + 1)^3`` over all pairs, in row chunks."""
-    total = torch.zeros((), dtype=torch.float64)
-    for i in range(0, a.shape[0], _CHUNK):
-        total += ((a[i:i + _CHUNK] @ b.T) / width + 1).pow(3).sum()
-    return total
-
-
-def _mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:
-    """The unbiased estimate of MMD^2 between two sets of ``m`` points (cubic kernel)."""
-    m, width = x.shape[0], x.shape[1]
-    kxx = _kernel_sum(x, x, width) - ((x * x).sum(1) / width + 1).pow(3).sum()
-    kyy = _kernel_sum(y, y, width) - ((y * y).sum(1) / width + 1).pow(3).sum()
-    kxy = _kernel_sum(x, y, width)
-    return float((kxx + kyy) / (m * (m - 1)) - 2 * kxy / (m * m))
-
-
 def _kernel_rows(a: torch.Tensor, b: torch.Tensor, width: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The kernel matrix ``(a_i . b_j / width + 1)^3`` (float64) summed in row chunks: over b
@@ -236,7 +219,8 @@ def kid(x, y, *, estimator: str = "all_pairs", subset_size: int = 1000,
     count = n // m
     px = torch.randperm(x.shape[0], generator=generator)
     py = torch.randperm(y.shape[0], generator=generator)
-    values = torch.tensor([_mmd2_unbiased(x[px[i * m:(i + 1) * m]], y[py[i * m:(i + 1) * m]])
+    values = torch.tensor([_mmd2_all_pairs(x[px[i * m:(i + 1) * m]],  # each subset pair's
+                                           y[py[i * m:(i + 1) * m]])[0]  # U-statistic
                            for i in range(count)], dtype=torch.float64)
     return float(values.mean()), float(values.std() / math.sqrt(count))
 
