@@ -209,10 +209,7 @@ def pc_correctors(n: int = 1000, reps: int = 3) -> None:
 
 def _moments(mix):
     """The mixture's exact mean (D,) and covariance (D, D), as a user's data statistics."""
-    w = mix.weights
-    mean = (w[:, None] * mix.means).sum(0)
-    d = mix.means - mean
-    return mean, (w[:, None, None] * (mix.covs + d[:, :, None] * d[:, None, :])).sum(0)
+    return mix.moments()
 
 
 def defaults_nfe(n: int = 2000, reps: int = 3, seeds=range(4), baselines: bool = True) -> None:

@@ -94,6 +94,14 @@ class GaussianMixture:
         one = torch.ones(x.shape[0], dtype=torch.float64, device=x.device)
         return self._log_prob(x, one, torch.zeros_like(one))
 
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The data's exact mean ``(D,)`` and covariance ``(D, D)``, float64: the statistics a
+        sampler takes as ``data_mean`` and ``data_cov``."""
+        w = self.weights
+        mean = (w[:, None] * self.means).sum(0)
+        d = self.means - mean
+        return mean, (w[:, None, None] * (self.covs + d[:, :, None] * d[:, None, :])).sum(0)
+
     # ----- marginals under an SDE ------------------------------------------------------------
     def marginal_log_prob(self, x: torch.Tensor, t, sde: SDE) -> torch.Tensor:
         """Exact ``log p_t(x)`` of the mixture diffused by ``sde`` to time ``t``; shape ``(B,)``."""

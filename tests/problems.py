@@ -210,3 +210,15 @@ def make_old(run_dir, keys=(), net_keys=()):
         del config["net"][key]
     path.write_text(json.dumps(config))
     return config
+
+
+def stats_for(solver: str, mix=None, std: float = 1.0) -> dict:
+    """The data statistics ``sample`` needs for ``solver``: none, or for a solver built on the
+    data's Gaussian (``gei``) the mixture's exact moments, or ``data_std=std`` without one."""
+    from scoresde.sampling.fewstep import GAUSSIAN_SOLVERS
+    if solver not in GAUSSIAN_SOLVERS:
+        return {}
+    if mix is None:
+        return dict(data_std=std)
+    mean, cov = mix.moments()
+    return dict(data_mean=mean, data_cov=cov)

@@ -11,7 +11,7 @@ from scoresde.sampling import (CORRECTORS, GRIDS, PREDICTORS, SAMPLERS, default_
                                sample_pc, time_edm, time_log_snr, time_uniform)
 from scoresde.sampling.grids import sigma_of_t
 
-from problems import OrnsteinUhlenbeck, assert_matches, reference
+from problems import OrnsteinUhlenbeck, assert_matches, reference, stats_for
 
 N = 1000  # points per sample: the statistic's noise floor below is set at this size
 
@@ -32,6 +32,7 @@ CASES = {
     "heun": dict(steps=25),
     "dpmpp_2m": dict(steps=30),
     "unipc": dict(steps=30),
+    "gei": dict(steps=10),  # with the ring's mean and covariance, which it needs
 }
 
 
@@ -42,7 +43,8 @@ def test_every_solver_samples_the_ring(solver, sde_name, ring):
     assert set(CASES) == set(SAMPLERS)
     sde = get_sde(sde_name)
     x, info = sample(ring[0].score_fn(sde), sde, (N, 2), solver=solver,
-                     generator=torch.Generator().manual_seed(7), **CASES[solver])
+                     generator=torch.Generator().manual_seed(7), **CASES[solver],
+                     **stats_for(solver, ring[0]))
     assert x.shape == (N, 2) and info["solver"] == solver
     assert_matches(x, ring)
 
@@ -97,7 +99,7 @@ def test_nfe_counts_real_calls_and_seed_fixes_samples(solver):
         calls.append(1)
         return mix.score_fn(sde)(x, t)
 
-    kw = dict(solver=solver, steps=12, device="cpu")
+    kw = dict(solver=solver, steps=12, device="cpu", **stats_for(solver, mix))
     x1, info = sample(score, sde, (64, 2), generator=torch.Generator().manual_seed(1), **kw)
     assert info["nfe"] == len(calls) > 0
     x2, _ = sample(score, sde, (64, 2), generator=torch.Generator().manual_seed(1), **kw)

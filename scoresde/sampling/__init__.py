@@ -14,7 +14,8 @@ SDE's own ``sde.reverse(score_fn, probability_flow=...)``. ``generator`` is a
 from ..utils import CountedScore
 from .api import DEFAULT_GRIDS, IMPUTATION_SOLVERS, SAMPLERS, SOLVERS, Solver, prior_draw, sample
 from .common import PerSampleGenerator
-from .fast import sample_dpmpp_2m, sample_euler, sample_heun
+from .fast import sample_dpmpp_2m, sample_euler, sample_heun, sample_unipc
+from .gei import sample_gei
 from .impute import imputation_callback, impute
 from .inverse import INVERSE_METHODS, solve_inverse
 from .smc import sample_smc
@@ -28,7 +29,7 @@ __all__ = [
     "CORRECTORS",
     "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
-    "sample_dpmpp_2m", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
+    "sample_dpmpp_2m", "sample_unipc", "sample_gei", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
     "PerSampleGenerator", "PerSampleBrownian", "SteppedBrownian", "prior_draw",
     "solve_inverse", "INVERSE_METHODS", "sample_smc",
 ]

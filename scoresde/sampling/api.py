@@ -19,6 +19,7 @@ from .common import (Callback, CountedScore, PerSampleGenerator, Randomness, off
 from .fast import sample_dpmpp_2m, sample_euler, sample_heun, sample_unipc
 from .fewstep import (data_stats, fewstep_grid, gaussian_head, gaussian_warm_start,
                       uses_data_stats)
+from .gei import gaussian_part, gei_grid, sample_gei
 from .grids import GRIDS, check_eps, check_steps, default_eps, get_grid
 from .ode import sample_ode
 from .sde_solvers import sample_em, sample_pc
@@ -32,12 +33,14 @@ class Solver(NamedTuple):
     """One solver: ``sampler(score_fn, sde, x, ts, *, generator, callback, **options) -> (x,
     info)``, the name of its default grid (a key of :data:`GRIDS`), whether it calls ``callback``
     after every step of the grid (``False``: once, at the end), and whether its result depends
-    on the number of steps (``False``: only on the grid's ends, the solver picks its own)."""
+    on the number of steps (``False``: only on the grid's ends, the solver picks its own), and
+    whether it returns the data itself, its last call ending the path (no denoising call)."""
 
     sampler: Callable[..., tuple[torch.Tensor, dict]]
     grid: str
     per_step_hook: bool
     uses_steps: bool = True
+    ends_at_data: bool = False
 
 
 # The paper's uniform t for the SDE solvers, EDM's rho-schedule for the few-step ODE solvers
@@ -51,19 +54,26 @@ SOLVERS: dict[str, Solver] = {
     "heun": Solver(sample_heun, "edm", True),
     "dpmpp_2m": Solver(sample_dpmpp_2m, "edm", True),
     "unipc": Solver(sample_unipc, "edm", True),
+    "gei": Solver(sample_gei, "log_snr", True, ends_at_data=True),
 }
 
 SAMPLERS: dict[str, Callable[..., tuple[torch.Tensor, dict]]] = {
     name: row.sampler for name, row in SOLVERS.items()}
 DEFAULT_GRIDS: dict[str, str] = {name: row.grid for name, row in SOLVERS.items()}
+# gei returns the data, not the state at the grid's end that the inverse methods step from
 IMPUTATION_SOLVERS: tuple[str, ...] = tuple(
-    name for name, row in SOLVERS.items() if row.per_step_hook)
+    name for name, row in SOLVERS.items() if row.per_step_hook and not row.ends_at_data)
 
-_COMMON = ("score_fn", "sde", "x", "ts", "generator", "callback", "warm")  # warm: from the head
+# warm: from the head; gaussian: the data's statistics
+_COMMON = ("score_fn", "sde", "x", "ts", "generator", "callback", "warm", "gaussian")
+
+
+def _solver_params(solver: str):
+    return inspect.signature(SAMPLERS[solver]).parameters
 
 
 def _solver_option_names(solver: str) -> tuple[str, ...]:
-    params = inspect.signature(SAMPLERS[solver]).parameters
+    params = _solver_params(solver)
     return tuple(name for name, p in params.items()
                  if name not in _COMMON and p.kind is not p.VAR_KEYWORD)
 
@@ -87,11 +97,14 @@ def _stop_if_not_finite(solver: str, callback: Callback | None) -> Callback:
 
 def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, options):
     """The solver from the prior draw ``x`` over ``ts``; with the Gaussian head, its first step
-    exactly (and the multistep solvers' warm start), the solver over the rest."""
+    exactly (and the multistep solvers' warm start), the solver over the rest; a solver that
+    takes the data's Gaussian (``gei``) gets it and starts from the prior draw itself."""
+    if "gaussian" in _solver_params(solver):
+        options = {**options, "gaussian": None if stats is None else gaussian_part(stats, x.device)}
     if not head:
         return SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
                                 **options)
-    if "warm" in inspect.signature(SAMPLERS[solver]).parameters and len(ts) > 2:
+    if "warm" in _solver_params(solver) and len(ts) > 2:
         options = {**options, "warm": gaussian_warm_start(sde, x, ts, stats)}
     x = gaussian_head(sde, x, ts, stats, callback)
     return SAMPLERS[solver](counted, sde, x, ts[1:], generator=generator,
@@ -141,7 +154,8 @@ def sample(
         sde: the forward SDE (any Gaussian-linear ``scoresde.SDE``).
         shape: ``(B, *dims)`` of the samples.
         solver: a key of :data:`SAMPLERS`: ``em``, ``pc``, ``ode``, ``torchsde``, ``euler``,
-            ``heun``, ``dpmpp_2m``, ``unipc``.
+            ``heun``, ``dpmpp_2m``, ``unipc``, ``gei`` (needs the data's statistics; its
+            last call ends the path: ``steps`` calls, no denoising call after them).
         steps: steps of the time grid, >= 1 (``ode`` chooses its own steps).
         eps: the last time, in ``(0, T)``; default :func:`default_eps` (1e-3 VP-type,
             1e-5 VE-type).
@@ -212,8 +226,18 @@ def sample(
         device = generator.device
     stats = data_stats(tuple(shape)[1:], data_std, data_mean, data_cov)
     fewstep = stats is not None and uses_data_stats(solver, steps, grid, sigma_max, sigma_min)
-    head = False
-    if fewstep:
+    head, ends_at_data = False, SOLVERS[solver].ends_at_data
+    if "gaussian" in _solver_params(solver) and stats is None:
+        raise ValueError(f"solver {solver!r} needs the data's statistics: data_std, or "
+                         "data_mean and data_cov (its Gaussian part is solved exactly)")
+    if ends_at_data and not denoise:
+        raise ValueError(f"{solver} ends at the data itself (its last call is its denoising "
+                         "step): denoise=False does not apply to it")
+    if ends_at_data and stats is not None and grid is None and sigma_max is None and (
+            sigma_min is None):
+        grid = "log_snr"
+        ts = gei_grid(sde, steps, eps, stats)
+    elif fewstep:
         grid = "log_snr"
         ts, head = fewstep_grid(sde, steps, eps, stats)
     else:
@@ -232,7 +256,7 @@ def sample(
                                  ) from None
     if head:
         info.update(grid=ts, steps=steps)
-    if denoise:
+    if denoise and not ends_at_data:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
         with torch.no_grad():
             x = tweedie(counted, x, float(ts[-1]), m, s)
@@ -240,5 +264,5 @@ def sample(
             raise FloatingPointError(f"{solver}: non-finite values from the final denoising "
                                      f"step at t = {float(ts[-1]):.4g}; try a larger eps")
     info.update(nfe=counted.calls, solver=solver, eps=eps, denoise=bool(denoise),
-                grid_name=grid, gaussian_head=head)
+                grid_name=grid, gaussian_head=head or (ends_at_data and stats is not None))
     return x, info

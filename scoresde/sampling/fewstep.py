@@ -28,11 +28,12 @@ from ..sde import SDE
 from .common import Callback, run_callback
 from .grids import sigma_of_t, time_log_snr, time_of_sigma
 
-__all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
+__all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "GAUSSIAN_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
            "TAIL_SIGMA", "MIN_WINDOW", "uses_data_stats", "fewstep_grid", "gaussian_head",
            "gaussian_warm_start"]
 
 FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")
+GAUSSIAN_SOLVERS = ("gei",)  # solvers built on the data's Gaussian: they always take it
 FEWSTEP_MAX_STEPS = 20  # above it the head's fixed Gaussian jump would cap the accuracy
 HEAD_SIGMA, TAIL_SIGMA = 2.0, 0.01  # the window's ends, in units of the data's scale
 MIN_WINDOW = 2.0  # the least ratio of the window's ends inside [sigma(eps), sigma(T)]
@@ -41,9 +42,11 @@ MIN_WINDOW = 2.0  # the least ratio of the window's ends inside [sigma(eps), sig
 def uses_data_stats(solver: str, steps: int, grid: str | None = None,
                     sigma_max: float | None = None, sigma_min: float | None = None) -> bool:
     """Whether :func:`~scoresde.sample` with these options uses the data's statistics: a
-    few-step solver at ``steps <= FEWSTEP_MAX_STEPS`` with no grid or window of the caller's."""
-    return (solver in FEWSTEP_SOLVERS and steps <= FEWSTEP_MAX_STEPS and grid is None
-            and sigma_max is None and sigma_min is None)
+    solver built on them (``gei``), or a few-step solver at ``steps <= FEWSTEP_MAX_STEPS``
+    with no grid or window of the caller's."""
+    return solver in GAUSSIAN_SOLVERS or (
+        solver in FEWSTEP_SOLVERS and steps <= FEWSTEP_MAX_STEPS and grid is None
+        and sigma_max is None and sigma_min is None)
 
 
 class DataStats(NamedTuple):
