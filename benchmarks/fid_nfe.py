@@ -30,6 +30,7 @@ from scoresde.quality import image_features, quality_scores, reference_stats, sa
 
 SOLVERS = ("em", "pc", "ode", "euler", "heun", "dpmpp_2m", "torchsde")
 CALLS_PER_STEP = {"pc": 2, "heun": 2}  # score calls per step; one for the others
+ENDS_AT_DATA = ("gei",)  # no denoising call after the last step
 
 
 def _points(solver: str, budgets, tolerances) -> list[dict]:
@@ -37,6 +38,8 @@ def _points(solver: str, budgets, tolerances) -> list[dict]:
     steps, so its budget is a tolerance (rtol = atol)."""
     if solver == "ode":
         return [{"steps": 1, "rtol": tol, "atol": tol} for tol in tolerances]
+    if solver in ENDS_AT_DATA:  # its last call ends the path: steps = calls
+        return [{"steps": b} for b in budgets]
     return [{"steps": max(1, round(b / CALLS_PER_STEP.get(solver, 1)) - 1)} for b in budgets]
 
 
