@@ -43,7 +43,8 @@ __all__ = ["GaussianPart", "gaussian_part", "residual_weights", "gei_grid", "sam
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 GEI_HEAD = 1.0  # at 5 calls the first at sigma = GEI_HEAD * sqrt(largest eigenvalue of S),
 GEI_HEAD_GROWTH = 3  # twice higher every GEI_HEAD_GROWTH more calls
-GEI_TAIL = 0.03  # the last at sigma = GEI_TAIL * the data's scale (sqrt(trace S / D))
+GEI_TAIL = 0.08  # the last at sigma = GEI_TAIL * the data's scale (sqrt(trace S / D)),
+# half that every GEI_HEAD_GROWTH more calls past 5
 _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(24)
 
 
@@ -81,7 +82,8 @@ def gei_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> torch.Tensor
     sqrt(lambda_max)`` at 5 calls or fewer (the data's widest direction: above it the data's
     Gaussian explains nearly all of the marginal), twice that every :data:`GEI_HEAD_GROWTH`
     more calls (what the Gaussian leaves out above the first call shrinks as it rises, so more
-    calls converge to the exact flow), to ``sigma = GEI_TAIL * scale``, both clipped to the SDE's
+    calls converge to the exact flow), to ``sigma = GEI_TAIL * scale``, half that as often (a
+    few calls do best to leave the finest scales to the last call), both clipped to the SDE's
     range ``[sigma(eps), sigma(T))``. Where less than a factor :data:`~scoresde.sampling.
     fewstep.MIN_WINDOW` is left between them, the calls span ``sigma(T)`` to ``sigma(eps)``.
 
@@ -90,9 +92,9 @@ def gei_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> torch.Tensor
     """
     sig_T, sig_eps = sigma_of_t(sde, torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
     top = stats.var if stats.cov is None else float(torch.linalg.eigvalsh(stats.cov).max())
-    factor = GEI_HEAD * 2 ** (max(steps - 5, 0) / GEI_HEAD_GROWTH)
-    head = min(factor * math.sqrt(top), sig_T * (1 - 1e-6))
-    tail = max(GEI_TAIL * stats.scale, sig_eps)
+    growth = 2 ** (max(steps - 5, 0) / GEI_HEAD_GROWTH)
+    head = min(GEI_HEAD * growth * math.sqrt(top), sig_T * (1 - 1e-6))
+    tail = max(GEI_TAIL * stats.scale / growth, sig_eps)
     if head < MIN_WINDOW * tail:
         head, tail = sig_T * (1 - 1e-6), sig_eps
     if steps == 1:
