@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .common import (CTX, check_out, device_option, emit, json_option, new_run_folder, pick_run,
-                     refuse_given, run_option, task)
+from .common import (CTX, LazyChoice, check_out, device_option, emit, json_option,
+                     keyword_option, new_run_folder, pick_run, refuse_given, run_option, task)
 
 
 @click.command(context_settings=CTX)
@@ -20,9 +20,8 @@ from .common import (CTX, check_out, device_option, emit, json_option, new_run_f
 @click.option("--sweep", default=None, metavar="LOW:HIGH:K|S1,S2,...",
               help="Measure K lengths from LOW to HIGH (or those listed) and the classic EMA, "
                    "and draw the curve.")
-@click.option("--metric", type=click.Choice(["fid", "likelihood"]), default="fid",
-              show_default=True,
-              help="--sweep: FID (the fid command's defaults) or held-out log-likelihood.")
+@keyword_option("tasks.ema.sweep_ema", "--metric", type=LazyChoice("tasks.ema.METRICS"),
+                help="--sweep: FID (the fid command's defaults) or held-out log-likelihood.")
 @click.option("--n", "n", type=click.IntRange(min=2), default=None,
               help="--sweep: samples per FID, or held-out points per likelihood [default: the "
                    "fid or likelihood command's].")
