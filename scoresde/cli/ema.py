@@ -78,12 +78,15 @@ def _how(record: dict) -> str:
 
 
 def _table(result: dict) -> list[str]:
-    """The sweep as a table, the best marked, the classic EMA below, the figure's path."""
+    """The sweep as a table (with each reconstruction's kernel error: lengths far outside the
+    tracked ones are reconstructed less well), the best marked, the classic EMA below, the
+    figure's path."""
     key = result["key"]
-    lines = [f"{'sigma_rel':>10}  {key:>14}"]
+    lines = [f"{'sigma_rel':>10}  {key:>14}  {'kernel error':>12}"]
     for row in result["rows"]:
         best = "  <- best" if row["sigma_rel"] == result["best"]["sigma_rel"] else ""
-        lines.append(f"{row['sigma_rel']:>10.4g}  {row[key]:>14.4f}{best}")
+        lines.append(f"{row['sigma_rel']:>10.4g}  {row[key]:>14.4f}  "
+                     f"{row['kernel_error']:>12.2%}{best}")
     if result["classic"] is not None:
         lines.append(f"{'classic':>10}  {result['classic'][key]:>14.4f}")
     lines.append(f"figure: {result['figure']}")
