@@ -132,9 +132,11 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
     sigma_rels = check_sigma_rels("sweep", sigma_rels)
 
     def measure(folder) -> dict:
-        if metric == "fid":
-            return run_fid(folder, say=say, **options)
-        return run_likelihood(folder, **options)[0]
+        record = (run_fid(folder, say=say, **options) if metric == "fid" else
+                  run_likelihood(folder, **options)[0])
+        if key not in record:  # a latent run's likelihood is its latents'
+            raise OptionError("metric", f"the {metric} of {run} has no {key!r}")
+        return record
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="scoresde-ema-") as tmp:
