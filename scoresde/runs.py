@@ -249,8 +249,8 @@ def check_run_folder(run_dir: str | os.PathLike, data=None) -> None:
     """Check that training may write into ``run_dir``: a folder that is absent, empty, or a
     run's (its ``config.json`` written by a run), so that no file of the user's is overwritten
     or mixed into a run, and not inside the folder of images ``data`` (whose reader would take
-    the run's sample grids for data). Training writes only :data:`RUN_FILES` and the sample
-    grids' folder.
+    the run's sample grids for data). Training writes only :data:`RUN_FILES`, the sample
+    grids' folder and the EMA snapshots' folder.
 
     Raises:
         ValueError: ``run_dir`` is a file, or a folder with files but no run's ``config.json``
