@@ -70,11 +70,14 @@ def main() -> None:
     print(f"{'classic':>10}  {classic:>14.4f}")
     print(f"best sigma_rel {result['best']['sigma_rel']:.4g}: {key} {best:.4f} against the "
           f"classic EMA's {classic:.4f} (gain {better * (best - classic):+.4f})")
+    extra = ("standard_error",) if key == "log_likelihood" else ("kid", "kid_se")
     print(json.dumps({"data": args.data, "metric": args.metric, "n": args.n, "key": key,
-                      "rows": [{k: r[k] for k in ("sigma_rel", key, "kernel_error")}
+                      "rows": [{"sigma_rel": r["sigma_rel"], key: r[key],
+                                "kernel_error": r["kernel_error"],
+                                **{k: r["record"].get(k) for k in extra}}
                                for r in result["rows"]],
-                      "classic": classic, "best": result["best"], "train_s": train_s,
-                      "sweep_s": sweep_s}))
+                      "classic": {k: result["classic"]["record"].get(k) for k in (key, *extra)},
+                      "best": result["best"], "train_s": train_s, "sweep_s": sweep_s}))
 
 
 if __name__ == "__main__":
