@@ -39,7 +39,6 @@ def ema(ctx, run, sigma_rel, out, sweep, metric, n, figure, seed, device, as_jso
 
     \b
     Examples:
-      scoresde train --data digits --ema-profiles 0.05,0.10 --run runs/d
       scoresde ema --run runs/d --sigma-rel 0.07 --out runs/d-ema07   # then sample, fid...
       scoresde ema --run runs/d --sweep 0.02:0.30:12 --metric fid     # the table and curve
       scoresde ema --run runs/d --sweep 0.05,0.1,0.2 --metric likelihood --n 500
