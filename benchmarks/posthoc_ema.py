@@ -13,7 +13,7 @@ Usage::
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/posthoc_ema.py --data 8gaussians \
         --metric likelihood --n 2000 --figure ema_8gaussians.png
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 python benchmarks/posthoc_ema.py --data digits \
-        --metric fid --n 2000 --figure ema_digits.png
+        --metric fid --n 2000 --figure ema_digits.png [--seed 1] [--keep runs/ema-digits]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="8gaussians")
     parser.add_argument("--run", default=None, help="a run trained with ema_profiles")
+    parser.add_argument("--keep", default=None, help="train into this folder and keep it")
     parser.add_argument("--steps", type=int, default=None, help="[default: the library's]")
     parser.add_argument("--profiles", default="0.05,0.1")
     parser.add_argument("--snapshot-every", type=int, default=None)
@@ -48,7 +49,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run, train_s = args.run, None
         if run is None:
-            run = os.path.join(tmp, "run")
+            run = args.keep or os.path.join(tmp, "run")
             options = {"steps": args.steps} if args.steps else {}
             start = time.perf_counter()
             scoresde.train(run, data=args.data, progress=False,
