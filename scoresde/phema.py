@@ -101,6 +101,14 @@ def _integral_products(ga, ta, gb, tb) -> np.ndarray:
     return (ga + 1) * (gb + 1) / ((ga + gb + 1) * np.maximum(ta, tb)) * ratio ** g_long
 
 
+def _step_kernels(gammas, steps, i: np.ndarray) -> np.ndarray:
+    """The weights ``(K, len(i))`` of steps ``i`` in the kernels of exponents ``gammas`` at
+    ``steps`` (:func:`power_kernel`, each 0 after its step)."""
+    a = np.asarray(gammas, dtype=np.float64)[:, None] + 1.0
+    t = np.asarray(steps, dtype=np.float64)[:, None]
+    return (np.minimum(i, t) / t) ** a - (np.minimum(i - 1, t) / t) ** a
+
+
 def _summed_products(gammas_a, steps_a, gammas_b, steps_b, chunk: int = 8192) -> np.ndarray:
     """``sum_i w_a(i) w_b(i)`` of the exact step kernels, ``(len(a), len(b))``, by blocks of
     steps."""
@@ -108,14 +116,7 @@ def _summed_products(gammas_a, steps_a, gammas_b, steps_b, chunk: int = 8192) ->
     out = np.zeros((len(gammas_a), len(gammas_b)))
     for start in range(0, length, chunk):
         i = np.arange(start + 1, min(start + chunk, length) + 1, dtype=np.float64)
-
-        def block(gammas, steps):
-            g = np.asarray(gammas, dtype=np.float64)[:, None] + 1.0
-            t = np.asarray(steps, dtype=np.float64)[:, None]
-            w = (np.minimum(i, t) / t) ** g - (np.minimum(i - 1, t) / t) ** g
-            return w
-
-        out += block(gammas_a, steps_a) @ block(gammas_b, steps_b).T
+        out += _step_kernels(gammas_a, steps_a, i) @ _step_kernels(gammas_b, steps_b, i).T
     return out
 
 
