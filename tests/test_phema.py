@@ -247,3 +247,20 @@ def test_the_command_refuses_bad_input(runs, tmp_path, args, facts):
     assert_refused(invoke("ema", "--run", two, *args, "--out", tmp_path / "x")
                    if "--sweep" not in args else invoke("ema", "--run", two, *args),
                    2, *facts)
+
+
+@pytest.mark.slow  # a digits U-Net, three FIDs
+def test_a_fid_sweep_measures_each_length_as_the_fid_task_measures_its_run(tmp_path):
+    from scoresde.tasks import ema_run, run_fid, sweep_ema
+
+    run = tmp_path / "digits"
+    train(run, data="digits", steps=4, batch_size=8, ema_profiles=[0.05, 0.1],
+          ema_snapshot_every=2, progress=False)
+    options = dict(n=100, batch_size=100, steps=2, progress=False, say=lambda line: None)
+    result = sweep_ema(run, [0.07, 0.1], metric="fid", figure=tmp_path / "sweep.png", **options)
+    ema_run(run, tmp_path / "e07", 0.07)
+    assert result["rows"][0]["fid"] == run_fid(tmp_path / "e07", **options)["fid"]
+    assert result["classic"]["record"]["n"] == 100 and result["classic"]["fid"] > 0
+    fids = [row["fid"] for row in result["rows"]]
+    assert result["best"] == {"sigma_rel": [0.07, 0.1][fids.index(min(fids))], "fid": min(fids)}
+    assert (tmp_path / "sweep.png").stat().st_size > 0 and fids[0] != fids[1]
