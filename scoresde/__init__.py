@@ -47,7 +47,7 @@ _HOMES = {
 }
 _HOME = {name: module for module, names in _HOMES.items() for name in names}
 # Modules that are public names themselves.
-_MODULES = ("data", "toys", "config", "features", "metrics", "quality")
+_MODULES = ("data", "toys", "config", "features", "metrics", "quality", "phema")
 
 __all__ = ["__version__", *_HOME, *_MODULES]
 

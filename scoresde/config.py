@@ -8,7 +8,7 @@ default here is the only statement of it: ``train``'s keywords, the ``train`` co
 and the values older runs are read with all come from these classes.
 
 A run's ``config.json`` is the configuration, grouped by concern as :class:`TrainConfig` is:
-``{"schema": 8, "data": {...}, "network": {...}, "loss": {...}, "optim": {...}, "loop": {...},
+``{"schema": 9, "data": {...}, "network": {...}, "loss": {...}, "optim": {...}, "loop": {...},
 "eval": {...}, "run": {...}}``, each group's options in the order of its fields, with the SDE
 and the network resolved to their full configs (``"loss": {"sde": {...}}``, ``"network":
 {"net": {...}}``). ``"run"`` holds every other key, in the order written: the facts of the data
@@ -149,6 +149,11 @@ class OptimOptions:
             to 0 at the last step along a cosine (``"none"``: stays).
         grad_clip: gradients clipped to this norm; None for no clipping.
         ema_decay: the exponential moving average of the weights that sampling uses.
+        ema_profiles: power-function EMAs kept besides it, by their relative standard
+            deviations (``[0.05, 0.1]``), for choosing the average's length after training
+            (:mod:`scoresde.phema`); None for none.
+        ema_snapshot_every: with ``ema_profiles``, every this many steps (and at the end) a
+            snapshot of each into ``RUN/ema_snapshots/``; None: a twentieth of ``steps``.
     """
 
     batch_size: int | None = _option(None, "int", low=1, optional=True)
@@ -159,6 +164,8 @@ class OptimOptions:
     lr_decay: str = _option("cosine", "choice", choices=("cosine", "none"))
     grad_clip: float | None = _option(1.0, "number", low=0, optional=True)
     ema_decay: float = _option(0.995, "number", low=0, high=1, high_open=True)
+    ema_profiles: list | None = _option(None)
+    ema_snapshot_every: int | None = _option(None, "int", low=1, optional=True)
 
 
 @dataclass(frozen=True)
@@ -421,6 +428,12 @@ def _grouped_file(c: dict) -> None:
     and the flat view has the same keys either way: nothing to fill in."""
 
 
+def _power_ema(c: dict) -> None:
+    """Runs from before post-hoc EMA kept the classic EMA only."""
+    c.setdefault("ema_profiles", None)
+    c.setdefault("ema_snapshot_every", None)
+
+
 # MIGRATIONS[k] brings the flat view of a config of schema k to schema k + 1. Configs written
 # before the schema was recorded are schema 0 (each step only fills in what is missing, so any
 # of them can take every step). A change to config.json adds a step here and raises SCHEMA with
@@ -428,7 +441,7 @@ def _grouped_file(c: dict) -> None:
 # has nothing to fill in.
 MIGRATIONS: tuple[Callable[[dict], None], ...] = (
     _conditional_training, _log_snr_times, _embeddings_and_cascades, _image_data, _scaling_up,
-    _evaluation, _class_names, _grouped_file)
+    _evaluation, _class_names, _grouped_file, _power_ema)
 SCHEMA = len(MIGRATIONS)
 GROUPED = 8  # the first schema whose config.json is grouped by concern (group_config)
 

@@ -47,8 +47,10 @@ from .images import StepBatches
 from .interrupts import Interrupts, TrainingInterrupted
 from .latent import autoencoder_loss
 from .losses import classifier_loss, dsm_loss, sample_time
+from .phema import PowerEMA
 from .progress import Progress
-from .runs import CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint
+from .runs import (CHECKPOINT, append_metrics, build_model, sample_grid_path, save_checkpoint,
+                   save_ema_snapshot)
 from .sde import SDE
 from .snapshots import write_snapshot
 
@@ -92,6 +94,8 @@ class TrainingState:
     # Pixel data: this rank's share of each step's images, a function of the seed and the step
     # (the shared generator draws the rest); None for other data (drawn from the generator).
     batches: StepBatches | None = None
+    # The power-function EMAs of ``ema_profiles`` (scoresde.phema), None without them.
+    power_ema: PowerEMA | None = None
     # The tensors each step updates, listed once (a module walk per step costs a millisecond
     # on a small network): the model's parameters, and the EMA's tensors beside the model's.
     params: list = field(init=False, repr=False)
@@ -182,11 +186,17 @@ def build_parts(config: dict, sde: SDE, dataset, proc: Process,
     opt = opt_cls(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"],
                   **fused)
     gen = torch.Generator(device=proc.device).manual_seed(config["seed"])
+    power_ema = None
+    if config["ema_profiles"]:  # the model's floating-point tensors, averaged in place
+        power_ema = PowerEMA(config["ema_profiles"], {
+            k: v for k, v in model.state_dict().items() if v.is_floating_point()})
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["optimizer"])
         _set_rng_state(gen, state["rng"], proc.device)
+        if power_ema is not None:
+            power_ema.load_state_dict(state["power_ema"])
     scaler = grad_scaler(config["precision"], proc.device,
                          state.get("scaler") if state is not None else None)
     net = DistributedDataParallel(model) if proc.world > 1 else model
@@ -198,7 +208,7 @@ def build_parts(config: dict, sde: SDE, dataset, proc: Process,
                               config["batch_size"], proc.share(config["batch_size"]),
                               device=proc.device)
     return TrainingState(model, net, ema, opt, gen, sde, dataset, LOSSES[config["objective"]],
-                         scaler, forward, batches)
+                         scaler, forward, batches, power_ema)
 
 
 def run_loop(parts: TrainingState, opts: TrainConfig, proc: Process, *, start: int, elapsed: float,
@@ -237,6 +247,11 @@ def run_loop(parts: TrainingState, opts: TrainConfig, proc: Process, *, start: i
                 recorder.settle(done)
                 with fork_rng(proc.device):  # the training's random streams stay as they were
                     append_metrics(proc.run_dir, evaluator(parts.ema.module, parts.sde, done))
+            every = opts.optim.ema_snapshot_every
+            if parts.power_ema is not None and (done % every == 0 or last):
+                recorder.settle(done)  # never a snapshot of non-finite weights
+                if proc.rank == 0:
+                    save_ema_snapshot(proc.run_dir, done, parts.power_ema.state_dict())
             if stop or done % opts.loop.checkpoint_every == 0 or last:
                 recorder.settle(done)  # never a checkpoint of non-finite weights
                 _check_weights(parts, proc, done, recorder.saved)
@@ -342,6 +357,8 @@ def _optimizer_step(parts: TrainingState, opts: TrainConfig, proc: Process, step
         scaler.update()
         skipped = scaler_skipped(scaler, scale)
     _update_ema(parts.ema, *parts.ema_pairs)
+    if parts.power_ema is not None:
+        parts.power_ema.update(step + 1)
     return loss, grad_norm, skipped
 
 
@@ -403,6 +420,8 @@ def _checkpoint(parts: TrainingState, proc: Process, step: int, seconds: float) 
             "step": step, "elapsed_s": seconds, "model": parts.model.state_dict(),
             "ema": parts.ema.state_dict(), "optimizer": parts.opt.state_dict(),
             "rng": _rng_state(parts.gen, proc.device),
+            **({"power_ema": parts.power_ema.state_dict()} if parts.power_ema is not None
+               else {}),
             **({"scaler": parts.scaler.state_dict()} if parts.scaler is not None else {})})
     if proc.world > 1:
         dist.barrier()

@@ -34,6 +34,7 @@ __all__ = [
     "samples_picture",
     "demo_figure",
     "quality_figure",
+    "ema_sweep_figure",
     "save_figure",
 ]
 
@@ -430,6 +431,34 @@ def quality_figure(records, floor: float | None = None, metric: str = "fid",
         if i == 0:
             ax.set_ylabel(metric.upper())
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def ema_sweep_figure(sigma_rels, values, metric: str, *, best: int | None = None,
+                     classic: float | None = None, title: str | None = None) -> Figure:
+    """A metric against the EMA's relative length (EDM2's figure 5): the reconstructed
+    averages as a line, the best one marked, the classic EMA's value dashed.
+
+    Args:
+        sigma_rels, values: ``(K,)`` lengths and the metric of each.
+        metric: the metric's name (the y label).
+        best: the index of the best length, marked.
+        classic: the classic EMA's value, drawn as a horizontal line.
+    """
+    fig = _figure((4.6, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(sigma_rels, values, marker="o", color=_PATH_COLORS[0], label="post-hoc EMA")
+    if best is not None:
+        ax.plot([sigma_rels[best]], [values[best]], marker="*", markersize=14, linestyle="none",
+                color=_POINT_COLOR, label=f"best: {sigma_rels[best]:.3g}")
+    if classic is not None:
+        ax.axhline(classic, color=_DATA_COLOR, linestyle="--", label="classic EMA")
+    ax.set_xlabel("relative length of the EMA (sigma_rel)")
+    ax.set_ylabel(metric)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -27,6 +27,7 @@ from .checks import OptionError
 from .config import TrainConfig, group_config, migrate, upgrade_config
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
+from .phema import check_sigma_rels, reconstruct
 from .sde import SDE, get_sde
 from .utils import LOCK, FolderBusyError, is_inside, resolve_device, write_atomically
 
@@ -36,15 +37,18 @@ __all__ = ["CONFIG", "CHECKPOINT", "METRICS", "TRAINER_TEMPORARIES", "SAMPLES", 
            "write_config", "read_config", "append_metrics", "truncate_metrics", "last_loss",
            "is_run", "RUNS", "find_run", "latest_run", "new_run_dir", "removed_on_failure",
            "resume_state", "differences", "upgrade_config", "learnt_unconditional",
-           "resume_keywords", "build_model", "load_run"]
+           "resume_keywords", "build_model", "load_run", "EMA_SNAPSHOTS", "save_ema_snapshot",
+           "ema_snapshot_steps", "read_ema_snapshot", "drop_ema_snapshots", "ema_weights"]
 
 CONFIG, CHECKPOINT, METRICS = "config.json", "checkpoint.pt", "metrics.jsonl"
 # The suffixes of the temporary files that only a run's trainer writes (its atomic writes of the
 # files above): those a killed trainer left are removed when the next one takes the folder.
 TRAINER_TEMPORARIES = tuple(os.path.splitext(name)[1] for name in (CONFIG, CHECKPOINT, METRICS))
 SAMPLES = "samples"  # the folder of the sample grids drawn while training (sample_every)
+# The folder of the power-function EMA snapshots (ema_profiles): step_NNNNNN.pt, one per step.
+EMA_SNAPSHOTS = "ema_snapshots"
 # What a run folder holds of its own: the files above and the writer's lock (the sample grids'
-# folder is the run's too). Nothing else writes these names.
+# and the EMA snapshots' folders are the run's too). Nothing else writes these names.
 RUN_FILES = (CONFIG, CHECKPOINT, METRICS, LOCK)
 RUNS = Path("runs")  # where commands put new runs and look for the most recent one
 
@@ -55,7 +59,8 @@ RUNS = Path("runs")  # where commands put new runs and look for the most recent 
 # The precision changes the results, so it stays the run's.
 MAY_CHANGE = frozenset({"steps", "progress", "checkpoint_every", "log_every", "device", "resume",
                         "run_dir", "batch_gpu", "compile", "channels_last", "sample_every",
-                        "eval_every", "eval_n", "eval_features", "data_path"})
+                        "eval_every", "eval_n", "eval_features", "data_path",
+                        "ema_snapshot_every"})
 
 
 # ----- files --------------------------------------------------------------------------------------
@@ -113,6 +118,42 @@ def sample_grid_path(run_dir: str | os.PathLike, step: int) -> str:
     folder = os.path.join(run_dir, SAMPLES)
     os.makedirs(folder, exist_ok=True)
     return os.path.join(folder, f"step_{step:06d}.png")
+
+
+def save_ema_snapshot(run_dir: str | os.PathLike, step: int, state: dict) -> None:
+    """Write ``run_dir/ema_snapshots/step_NNNNNN.pt`` (atomically): the power-function EMAs at
+    ``step``, ``{"step", "sigma_rels": [...], "averages": [{name: tensor}, ...]}``."""
+    folder = os.path.join(run_dir, EMA_SNAPSHOTS)
+    os.makedirs(folder, exist_ok=True)
+    save_checkpoint(os.path.join(folder, f"step_{step:06d}.pt"), dict(state, step=step))
+
+
+def ema_snapshot_steps(run_dir: str | os.PathLike) -> list[int]:
+    """The steps of the EMA snapshots stored in ``run_dir``, in order (none: ``[]``)."""
+    folder = os.path.join(run_dir, EMA_SNAPSHOTS)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return sorted(int(m.group(1)) for m in map(re.compile(r"step_(\d+)\.pt$").match, names) if m)
+
+
+def read_ema_snapshot(run_dir: str | os.PathLike, step: int) -> dict:
+    """The EMA snapshot of ``step`` (tensors memory-mapped from the file, read when used)."""
+    path = os.path.join(run_dir, EMA_SNAPSHOTS, f"step_{step:06d}.pt")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a readable EMA snapshot: {err}") from None
+
+
+def drop_ema_snapshots(run_dir: str | os.PathLike, step: int) -> None:
+    """Remove the EMA snapshots after ``step`` (from an attempt that died before its next
+    checkpoint) and the temporary files of a snapshot write that a kill cut short."""
+    folder = os.path.join(run_dir, EMA_SNAPSHOTS)
+    for later in (s for s in ema_snapshot_steps(run_dir) if s > step):
+        os.unlink(os.path.join(folder, f"step_{later:06d}.pt"))
+    if os.path.isdir(folder):
+        for name in os.listdir(folder):
+            if name.startswith(".tmp-"):
+                os.unlink(os.path.join(folder, name))
 
 
 def write_config(run_dir: str | os.PathLike, config: dict) -> None:
@@ -208,8 +249,8 @@ def check_run_folder(run_dir: str | os.PathLike, data=None) -> None:
     """Check that training may write into ``run_dir``: a folder that is absent, empty, or a
     run's (its ``config.json`` written by a run), so that no file of the user's is overwritten
     or mixed into a run, and not inside the folder of images ``data`` (whose reader would take
-    the run's sample grids for data). Training writes only :data:`RUN_FILES` and the sample
-    grids' folder.
+    the run's sample grids for data). Training writes only :data:`RUN_FILES`, the sample
+    grids' folder and the EMA snapshots' folder.
 
     Raises:
         ValueError: ``run_dir`` is a file, or a folder with files but no run's ``config.json``
@@ -413,7 +454,44 @@ def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
     return wrapper(build_net(config["net"]), sde, config["sigma_data"])
 
 
-def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
+def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
+                step: int | None = None) -> tuple[dict, dict]:
+    """The power-function EMA of relative std ``sigma_rel`` at ``step`` (default: the run's
+    last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a profile the run
+    tracked is its own snapshot there; any other is the least-squares reconstruction from
+    every snapshot up to ``step``.
+
+    Returns:
+        ``(weights, info)``: name to tensor (the model's floating-point state), and ``{"step",
+        "sigma_rel", "tracked", "snapshots", "kernel_error"}`` (the kernel's L1 distance from
+        the target's, 0 for a tracked profile).
+
+    Raises:
+        ValueError: a bad ``sigma_rel``; the run has no EMA snapshots (at or before ``step``).
+    """
+    sigma_rel = check_sigma_rels("ema", sigma_rel)[0]
+    steps = [s for s in ema_snapshot_steps(run_dir) if step is None or s <= step]
+    if not steps:
+        raise ValueError(f"{os.fspath(run_dir)} has no EMA snapshots"
+                         f"{'' if step is None else f' at or before step {step}'}: train it with "
+                         "ema_profiles (--ema-profiles) to choose the EMA after training")
+    step = steps[-1] if step is None else int(step)
+    last = read_ema_snapshot(run_dir, steps[-1])
+    tracked = [float(s) for s in last["sigma_rels"]]
+    if steps[-1] == step and sigma_rel in tracked:
+        weights = last["averages"][tracked.index(sigma_rel)]
+        info = {"step": step, "snapshots": 1, "kernel_error": 0.0}
+    else:
+        class Snapshots:  # read one at a time, each time they are gone through
+            def __iter__(self):
+                return (read_ema_snapshot(run_dir, s) for s in steps)
+
+        weights, info = reconstruct(Snapshots(), sigma_rel, step)
+        info.pop("coefficients")
+    return weights, dict(info, sigma_rel=sigma_rel, tracked=sigma_rel in tracked)
+
+
+def load_run(run_dir: str | os.PathLike, device=None, ema: bool | float = True,
              sde: SDE | None = None) -> tuple[ScoreModel | NoiseClassifier, SDE, dict]:
     """Rebuild a trained model from a run folder (no code is read from the checkpoint).
 
@@ -426,7 +504,9 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
     Args:
         run_dir: a folder written by :func:`~scoresde.train`.
         device: where to put the model (CPU by default).
-        ema: the EMA weights (True) or the raw weights of the last step.
+        ema: the classic EMA's weights (True), the raw weights of the last step (False), or a
+            relative std (``0.07``): the power-function EMA of that length at the run's last
+            EMA snapshot (:func:`ema_weights`; a run trained with ``ema_profiles``).
         sde: the SDE to use; rebuilt from ``config.json`` when None (pass your own SDE instance
             for a run trained with a custom SDE class).
 
@@ -441,12 +521,14 @@ def load_run(run_dir: str | os.PathLike, device=None, ema: bool = True,
     sde = sde if sde is not None else get_sde(**config["sde"])
     model = build_model(config, sde)
     weights = state["model"]
-    if ema:
+    if not isinstance(ema, bool):
+        weights = {**weights, **ema_weights(run_dir, ema)[0]}
+    elif ema:
         weights = {k.removeprefix("module."): v for k, v in state["ema"].items()
                    if k != "n_averaged"}
     model.load_state_dict(weights)
     model.to(dev).eval().requires_grad_(False)
     if config.get("latent"):  # a score of an autoencoder's latents: it decodes
-        autoencoder = load_run(config["latent"], device=dev, ema=ema)[0]
+        autoencoder = load_run(config["latent"], device=dev, ema=ema is not False)[0]
         model = LatentDiffusion(model, autoencoder, config["latent_scale"], sde)
     return model, sde, config

@@ -29,10 +29,11 @@ from .distributed import dist_setup
 from .loop import (LOSSES, Interrupts, Process, TrainingInterrupted, build_parts, fork_rng,
                    run_loop)
 from .losses import check_log_snr_share
+from .phema import check_sigma_rels
 from .models import build_net, resolve_net
-from .runs import (TRAINER_TEMPORARIES, check_run_folder, has_checkpoint, is_run, last_loss,
-                   learnt_unconditional, load_run, read_config, resume_keywords, resume_state,
-                   truncate_metrics, write_config)
+from .runs import (TRAINER_TEMPORARIES, check_run_folder, drop_ema_snapshots, has_checkpoint,
+                   is_run, last_loss, learnt_unconditional, load_run, read_config,
+                   resume_keywords, resume_state, truncate_metrics, write_config)
 from .sde import SDE, get_sde
 from .quality import check_eval
 from .snapshots import snapshot_size
@@ -86,6 +87,7 @@ def _check(kw: dict, dataset) -> dict:
     kw = dict(kw, **TrainConfig.of(**{k: kw[k] for k in OPTIONS}).check().options())
     check_log_snr_share(kw["log_snr_share"], kw["weighting"])
     _check_objective(kw)
+    _check_power_ema(kw)
     _check_scale(kw, dataset)
     _check_super_res(kw, dataset)
     if kw["objective"] == "classifier" and not dataset.num_classes:
@@ -94,6 +96,20 @@ def _check(kw: dict, dataset) -> dict:
         raise ValueError(f"conditional training needs labels or embeddings; data "
                          f"{dataset.name!r} has none")
     return kw
+
+
+def _check_power_ema(kw: dict) -> None:
+    """The power-function EMA profiles as a list of floats (None for none), and how often
+    their snapshots are written (a twentieth of the steps when not given)."""
+    profiles = kw["ema_profiles"]
+    profiles = check_sigma_rels("ema_profiles", profiles) if profiles is not None else []
+    kw["ema_profiles"] = profiles or None
+    if not profiles:
+        if kw["ema_snapshot_every"] is not None:
+            raise ValueError("ema_snapshot_every writes snapshots of the ema_profiles; give "
+                             "ema_profiles too")
+    elif kw["ema_snapshot_every"] is None:
+        kw["ema_snapshot_every"] = max(1, kw["steps"] // 20)
 
 
 def _check_objective(kw: dict) -> None:
@@ -346,8 +362,10 @@ def _train_locked(kw: dict, config: dict, dataset, proc: Process,
     start = int(state["step"]) if state is not None else 0
     if proc.rank == 0:
         write_config(proc.run_dir, config)
-        # Records after the checkpoint (or all, starting afresh) are from an attempt that died.
+        # Records and EMA snapshots after the checkpoint (or all, starting afresh) are from an
+        # attempt that died.
         truncate_metrics(proc.run_dir, start)
+        drop_ema_snapshots(proc.run_dir, start)
         if kw["progress"]:
             print(dataset.summary(), file=sys.stderr)
             print(f"network {config['net']['name']}: {config['num_params']:,} parameters",

@@ -29,6 +29,7 @@ CHOICES = {  # (command, option) -> the library table its choices must equal
     ("convert", "config"): scoresde.SCORE_SDE_CONFIGS,
     ("fid", "solver"): scoresde.SAMPLERS,
     ("fid", "grid"): sampling.GRIDS,
+    ("ema", "metric"): scoresde.tasks.ema.METRICS,
 }
 
 DEFAULTS = {  # (command, option) -> (library function, keyword) whose default it must be, or
@@ -51,6 +52,7 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     **{("sample", k): (sampling.inverse._repaint, k) for k in ("jump", "resample")},
     ("fid", "solver"): (scoresde.run_quality, "solver"),
     **{("fid", k): (scoresde.run_quality, k) for k in ("n", "features", "batch_size")},
+    ("ema", "metric"): (scoresde.tasks.ema.sweep_ema, "metric"),
 }
 
 
@@ -107,7 +109,7 @@ def test_help_and_a_mistyped_choice_are_answered_without_torch(tmp_path):
     """The first help reads the library's tables and defaults (and imports it); from then on
     every command's --help and a mistyped choice come from the remembered facts, the same text,
     with neither PyTorch nor SciPy imported."""
-    commands = ("train", "sample", "likelihood", "fid", "demo", "convert")
+    commands = ("train", "sample", "likelihood", "fid", "ema", "demo", "convert")
     code = ("import sys; from scoresde.cli import main; from click.testing import CliRunner; "
             "out = [CliRunner().invoke(main, [c, '--help']).output for c in sys.argv[1:]]; "
             "wrong = CliRunner().invoke(main, ['sample', '--solver', 'pcc']); "

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from scoresde import train
 from scoresde.runs import load_checkpoint, read_config
@@ -131,7 +132,8 @@ def test_a_record_cut_by_a_kill_is_dropped_on_resume(tmp_path):
 
 # ----- kills at random moments --------------------------------------------------------------------
 # Trains with resume=True always, as a requeue script does. With KILL_AT_SAVE=k the process kills
-# itself with SIGKILL after writing half of its k-th checkpoint (inside the atomic write).
+# itself with SIGKILL after writing half of its k-th checkpoint or EMA snapshot (inside the
+# atomic write).
 TRAINER = """
 import os, signal, sys
 import torch
@@ -150,7 +152,8 @@ def save(obj, f, *args, **kwargs):
 
 torch.save = save
 train(sys.argv[1], resume=True, data="moons", net_params={"hidden": 16, "depth": 1},
-      batch_size=256, steps=400, checkpoint_every=20, log_every=10, progress=False)
+      batch_size=256, steps=400, checkpoint_every=20, log_every=10, progress=False,
+      ema_profiles=[0.05, 0.1], ema_snapshot_every=30)
 """
 
 
@@ -188,8 +191,9 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path)
     steps = []
     for attempt in range(4):
         before = _step(run)
-        if attempt == 1:  # kills itself inside its second checkpoint write
-            assert _trainer(run, kill_at_save=2).wait(timeout=300) == -signal.SIGKILL
+        if attempt == 1:  # kills itself inside its third write: a checkpoint or an EMA
+            # snapshot, after at least one checkpoint (no two snapshots are written in a row)
+            assert _trainer(run, kill_at_save=3).wait(timeout=300) == -signal.SIGKILL
         else:
             proc = _trainer(run)
             assert _kill_when(proc, lambda: _step(run) > before, rng.uniform(0, 0.2)) == \
@@ -202,3 +206,12 @@ def test_sigkill_at_any_moment_then_resume_equals_an_uninterrupted_run(tmp_path)
     assert_equal_states(run_states(tmp_path / "straight"), run_states(run))
     assert _logged_steps(run) == list(range(10, 401, 10))
     assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]
+    # The power-function EMA snapshots (every 30 steps, not at the checkpoints) too.
+    snapshots = sorted(os.listdir(run / "ema_snapshots"))
+    assert snapshots == sorted(os.listdir(tmp_path / "straight" / "ema_snapshots"))
+    assert len(snapshots) == 14  # steps 30, ..., 390 and 400: no temporary file left
+    for name in snapshots:
+        a, b = (torch.load(folder / "ema_snapshots" / name, weights_only=True)
+                for folder in (run, tmp_path / "straight"))
+        assert a["step"] == b["step"] and all(
+            torch.equal(x[k], y[k]) for x, y in zip(a["averages"], b["averages"]) for k in x)

@@ -14,6 +14,7 @@ from .. import __version__
 from .common import CTX, Main
 from .convert import convert
 from .demo import demo
+from .ema import ema
 from .fid import fid
 from .likelihood import likelihood
 from .sample import sample
@@ -23,7 +24,7 @@ __all__ = ["main"]
 
 
 @click.group(cls=Main, context_settings=CTX,
-             commands=[train, sample, likelihood, fid, demo, convert])
+             commands=[train, sample, likelihood, fid, ema, demo, convert])
 @click.version_option(__version__, prog_name="scoresde")
 def main() -> None:
     """Score-based generative modelling with stochastic differential equations.
@@ -35,6 +36,7 @@ def main() -> None:
       scoresde sample --solver pc --steps 1000     # from the most recent run
       scoresde likelihood                          # held-out log-likelihood in nats
       scoresde fid --solver dpmpp_2m --steps 20    # FID, KID, precision/recall of images
+      scoresde ema --sweep 0.02:0.30:12            # choose the EMA's length after training
     """
 
 

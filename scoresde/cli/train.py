@@ -90,6 +90,14 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit
               help="torch.compile the model (stops if it cannot) [default: no].")
 @train_option("channels_last", "--channels-last/--no-channels-last", show_default=False,
               help="Images in channels-last memory format [default: no].")
+@train_option("ema_profiles", type=str, callback=lambda ctx, param, value: _numbers(value),
+              metavar="S1,S2",
+              help="Also keep power-function EMAs of these relative lengths (e.g. 0.05,0.10) "
+                   "and store snapshots of them, to choose the EMA after training with "
+                   "'scoresde ema' [default: none].")
+@train_option("ema_snapshot_every", metavar="K",
+              help="--ema-profiles: a snapshot of each every K steps and at the end "
+                   "[default: a twentieth of --steps].")
 @train_option("sample_every", metavar="N",
               help="Every N steps, a grid of samples from the EMA weights into "
                    "RUN/samples/step_N.png [default: none].")
@@ -117,6 +125,7 @@ def train(ctx, run, resume, device, quiet, width, input_features, autoencoder, l
       scoresde train --data digits --net ddpmpp_small8 # the paper's DDPM++, small
       scoresde train --data digits --precision bf16 --batch-gpu 32 --sample-every 500
       scoresde train --data digits --eval-every 500 --eval-n 1000   # FID/KID in metrics
+      scoresde train --data digits --ema-profiles 0.05,0.10   # choose the EMA afterwards
       scoresde train --data digits --downsample 2 --run runs/base4   # a cascade: 4x4 base,
       scoresde train --data digits --super-res 2 --run runs/sr8      # then 4x4 -> 8x8
       scoresde train --data digits --autoencoder --run runs/ae       # latent diffusion:
@@ -146,6 +155,17 @@ def train(ctx, run, resume, device, quiet, width, input_features, autoencoder, l
         ctx.exit(128 + stop.signum)  # 130 for SIGINT, 143 for SIGTERM, as shells report them
     if lead():
         click.echo("\n".join(library("tasks.reports.train_lines")(path, result)))
+
+
+def _numbers(text: str | None) -> list[float] | None:
+    """``"0.05,0.10"`` as ``[0.05, 0.1]``; a usage error if a part is not a number."""
+    if text is None:
+        return None
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of numbers",
+                                 param_hint="--ema-profiles") from None
 
 
 def _interrupted(ctx: click.Context, stop, path: Path) -> str:

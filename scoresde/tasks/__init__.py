@@ -11,6 +11,8 @@ task with the command's options gets the command's arrays, bit for bit.
 - :func:`run_fid`, :func:`file_fid`: FID, KID, precision and recall of a run's samples (or of
   a file's images) as the ``fid`` command reports them, with its checks and seeds
   (:func:`~scoresde.quality.run_quality` is the library's call underneath).
+- :func:`ema_run`, :func:`sweep_ema`: a run's EMA of any length (from its power-function EMA
+  snapshots) as a run folder, and a sweep of lengths measured by FID or likelihood.
 - :func:`train_run`: training into a run folder, chosen (a new numbered one, or the most recent
   to resume) and removed again if training fails before its first checkpoint;
   :func:`~scoresde.train` underneath.
@@ -24,8 +26,9 @@ from ..training import train
 from .likelihood import run_likelihood
 from .cascades import sample_cascade_run
 from .quality import file_fid, run_fid
+from .ema import ema_run, sweep_ema
 from .sampling import data_statistics, sample_run
 from .training import train_run
 
 __all__ = ["sample_run", "sample_cascade_run", "run_likelihood", "run_fid", "file_fid",
-           "run_quality", "train", "train_run", "data_statistics"]
+           "run_quality", "train", "train_run", "data_statistics", "ema_run", "sweep_ema"]
