@@ -261,6 +261,9 @@ def table(out: str) -> None:
                   f"{', ' if not five and not ten else ''}{'10 calls' if not ten else ''})")
 
 
+KEY = "energy distance / level (0.1 and below drawn at 0.1)"
+
+
 def figure(out: str, path: str, targets) -> None:
     from scoresde import plotting
 
@@ -277,8 +280,8 @@ def figure(out: str, path: str, targets) -> None:
                 if chosen:
                     r = min(chosen, key=lambda r: r["energy"])
                     points.append(dict(point=dict(sde=name, solver=label, n=r["n"]), nfe=nfe,
-                                       ratio=max(r["energy"] / r["level"], 0.1)))
-    fig = plotting.quality_figure(points, floor=1.0, metric="ratio", floor_label="noise level")
+                                       **{KEY: max(r["energy"] / r["level"], 0.1)}))
+    fig = plotting.quality_figure(points, floor=1.0, metric=KEY, floor_label="noise level")
     print("wrote", plotting.save_figure(fig, path))
 
 
