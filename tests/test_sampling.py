@@ -36,7 +36,7 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "rf"])
 @pytest.mark.parametrize("solver", list(CASES))
 def test_every_solver_samples_the_ring(solver, sde_name, ring):
     assert set(CASES) == set(SAMPLERS)
