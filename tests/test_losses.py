@@ -38,8 +38,9 @@ def test_exact_score_gives_the_closed_form_minimum_and_esm_offset(sde, t):
     exact = mix.score_fn(sde)
     m, s = (v[0] for v in sde.marginal_coeffs(tt[:1]))
     const = mix.dim - s**2 * (1 / (m**2 * mix.evals[0] + s**2)).sum()
-    for weighting, lam_over_s2 in [("sigma2", 1.0), ("likelihood",
-                                   float(sde.diffusion_coeff(tt[:1])[0] ** 2 / s**2))]:
+    g2 = float(sde.diffusion_coeff(tt[:1])[0] ** 2)
+    for weighting, lam_over_s2 in [("sigma2", 1.0), ("likelihood", g2 / s**2),
+                                   ("flow", (g2 / (2 * s)) ** 2)]:
         loss = dsm_loss(exact, sde, x0, weighting=weighting, t=tt, noise=z)
         assert loss.shape == (N,)
         se = loss.std() / math.sqrt(N)

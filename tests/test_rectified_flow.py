@@ -6,8 +6,13 @@ import math
 import pytest
 import torch
 
-from scoresde import SDE, GaussianMixture, RectifiedFlow, ScoreModel, get_sde
+from scoresde import (SDE, VPSDE, GaussianMixture, RectifiedFlow, ScoreModel, dsm_loss, get_sde,
+                      load_run, sample_time, time_weight, train)
+from scoresde.config import upgrade_config
+from scoresde.runs import read_config
 from scoresde.sampling import default_eps
+
+from problems import TINY, assert_refused, invoke
 
 T64 = dict(dtype=torch.float64)
 
@@ -42,7 +47,7 @@ def test_dm_dt_and_ds2_dt_against_f_and_g():
     t = t.detach()
     f, g = sde.drift_coeff(t), sde.diffusion_coeff(t)
     torch.testing.assert_close(dm, f * m.detach(), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(ds2, 2 * f * s.detach() ** 2 + g**2, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(ds2, 2 * f * s.detach() ** 2 + g**2, rtol=1e-6, atol=1e-8)
 
 
 def test_prior_log_density_and_draws():
@@ -62,7 +67,7 @@ def test_log_snr_and_its_closed_form_inverse():
     lam = sde.log_snr(t)
     torch.testing.assert_close(lam, 2 * torch.log((1 - t) / t), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(sde.t_from_log_snr(lam), t, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(SDE.t_from_log_snr(sde, lam), t, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(SDE.t_from_log_snr(sde, lam), t, rtol=1e-6, atol=1e-8)
     # The default ends give a log-SNR range symmetric about 0: +-2 log(999).
     ends = sde.log_snr(torch.tensor([default_eps(sde), sde.T], **T64))
     torch.testing.assert_close(ends, torch.tensor([1, -1], **T64) * 2 * math.log(999))
@@ -113,3 +118,113 @@ def test_preconditioning_keeps_the_velocity_of_a_bounded_network_bounded():
         a, s = (1 - t) * sigma_data, t
         torch.testing.assert_close(moved, torch.full_like(x, sigma_data / math.hypot(a, s)))
         assert float(moved.max()) <= sigma_data / s * (1 + 1e-9)
+
+
+# ----- flow matching --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["rf", "vp", "ve"])
+def test_flow_weighting_is_velocity_matching(name):
+    """dsm_loss(weighting="flow") = ||v(x_t, t) - d x_t / dt||^2 with v the probability-flow
+    drift of the score and d x_t / dt = m' x_0 + s' z (central differences); for rectified flow that target
+    is z - x_0 and the weight 1 / (1 - t)^2."""
+    sde, gen = get_sde(name), torch.Generator().manual_seed(0)
+    x0 = torch.randn(64, 3, generator=gen, **T64)
+    z = torch.randn(64, 3, generator=gen, **T64)
+    t = 0.01 + torch.rand(64, generator=gen, **T64) * (sde.T - 0.02)
+    m, s = sde.marginal_coeffs(t)
+    h = 1e-6  # central differences: truncation ~ h^2, rounding ~ 1e-16 / h
+    (m_hi, s_hi), (m_lo, s_lo) = sde.marginal_coeffs(t + h), sde.marginal_coeffs(t - h)
+    dm, ds = (m_hi - m_lo) / (2 * h), (s_hi - s_lo) / (2 * h)
+    score = lambda x, tt: torch.sin(x) - x * tt[:, None]  # any function
+    x_t = m[:, None] * x0 + s[:, None] * z
+    velocity = sde.reverse(score, probability_flow=True).drift(x_t, t)
+    target = dm[:, None] * x0 + ds[:, None] * z
+    if name == "rf":
+        torch.testing.assert_close(target, z - x0, rtol=0, atol=1e-8)
+        torch.testing.assert_close(time_weight(sde, t, "flow"), 1 / (1 - t) ** 2)
+    loss = dsm_loss(score, sde, x0, weighting="flow", t=t, noise=z)
+    torch.testing.assert_close(loss, ((velocity - target) ** 2).sum(1), rtol=1e-6, atol=1e-8)
+
+
+def _logit_normal_cdf(t, loc, scale, eps, T):
+    phi = lambda v: torch.special.ndtr((torch.logit(torch.as_tensor(v, **T64)) - loc) / scale)
+    return (phi(t) - phi(eps)) / (phi(T) - phi(eps))
+
+
+@pytest.mark.parametrize("loc, scale, eps", [(0.0, 1.0, 1e-5), (-0.5, 0.8, 0.2)])
+def test_logit_normal_times_follow_their_truncated_law(loc, scale, eps):
+    """Kolmogorov-Smirnov against the truncated logit-normal CDF: 4000 iid draws stay below the
+    level-1e-3 critical value 1.95 / sqrt(n) = 0.031; stratified draws put exactly one time in
+    each of the n strata of that CDF."""
+    sde, n = get_sde("rf"), 4000
+    t = sample_time(sde, n, eps=eps, time_sampling="logit_normal", time_loc=loc,
+                    time_scale=scale, generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    assert t.shape == (n,) and float(t.min()) >= eps and float(t.max()) <= sde.T
+    cdf = _logit_normal_cdf(t.sort().values, loc, scale, eps, sde.T)
+    grid = torch.arange(1, n + 1, **T64) / n
+    ks = float(torch.maximum(grid - cdf, cdf - (grid - 1 / n)).max())
+    assert ks < 1.95 / math.sqrt(n), ks
+    # The uniform law is far from it (so the test can fail).
+    uniform = torch.linspace(eps, sde.T, n, **T64)
+    assert float((_logit_normal_cdf(uniform, loc, scale, eps, sde.T) - grid).abs().max()) > 0.06
+    strat = sample_time(sde, 50, eps=eps, t_sampling="stratified", time_sampling="logit_normal",
+                        time_loc=loc, time_scale=scale, generator=torch.Generator().manual_seed(1),
+                        dtype=torch.float64)
+    bins = (_logit_normal_cdf(strat, loc, scale, eps, sde.T) * 50).floor().long()
+    assert torch.equal(bins, torch.arange(50))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(time_sampling="lognormal"), "time_sampling"),
+    (dict(time_sampling="logit_normal", time_scale=0.0), "time_scale"),
+    (dict(time_sampling="logit_normal", time_loc=float("inf")), "time_loc"),
+    (dict(time_sampling="logit_normal", weighting="likelihood_is"), "likelihood_is"),
+    (dict(time_sampling="logit_normal", log_snr_share=0.3), "log_snr_share"),
+])
+def test_bad_time_sampling_is_refused_in_one_line(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        sample_time(get_sde("rf"), 8, **kwargs)
+
+
+def test_logit_normal_needs_a_time_range_inside_the_unit_interval():
+    with pytest.raises(ValueError, match=r"T <= 1.*\b2\b"):
+        sample_time(VPSDE(T=2.0), 8, time_sampling="logit_normal")
+
+
+# ----- training -------------------------------------------------------------------------------
+def test_a_flow_run_records_its_options_and_draws_logit_normal_times(tmp_path, monkeypatch):
+    import scoresde.loop as loop  # the loop draws each batch's times
+
+    drawn, real = [], loop.sample_time
+    monkeypatch.setattr(loop, "sample_time", lambda sde, n, **kw: drawn.append(
+        real(sde, n, **kw)) or drawn[-1])
+    train(tmp_path / "run", steps=3, sde="rf", weighting="flow", time_sampling="logit_normal",
+          time_loc=0.5, time_scale=0.5, **{**TINY, "batch_size": 512})
+    model, sde, config = load_run(tmp_path / "run")
+    assert isinstance(sde, RectifiedFlow) and model.sde is sde
+    assert (config["weighting"], config["time_sampling"], config["time_loc"],
+            config["time_scale"]) == ("flow", "logit_normal", 0.5, 0.5)
+    # 1536 draws of sigmoid(0.5 + 0.5 n): the median is sigmoid(0.5) = 0.622 (its standard error
+    # is about 0.003), far from uniform t's 0.5.
+    assert abs(float(torch.cat(drawn).median()) - 0.6225) < 0.015
+    with pytest.raises(ValueError, match="likelihood_is"):
+        train(tmp_path / "bad", steps=1, sde="rf", weighting="likelihood_is",
+              time_sampling="logit_normal", **TINY)
+
+
+def test_the_command_trains_and_refuses_rectified_flow_options(tmp_path):
+    result = invoke("train", "--sde", "rf", "--weighting", "flow", "--time-sampling",
+                    "logit_normal", "--time-scale", "0.8", "--steps", "2", "--batch-size", "16",
+                    "--width", "8", "--run", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    config = read_config(tmp_path / "run")
+    assert config["sde"]["name"] == "rf" and config["time_scale"] == 0.8
+    assert_refused(invoke("train", "--sde", "rf", "--time-scale", "0", "--run",
+                          tmp_path / "bad"), 2, "--time-scale")
+    assert_refused(invoke("train", "--time-sampling", "logit", "--run", tmp_path / "bad"), 2,
+                   "--time-sampling", "logit")
+
+
+def test_old_runs_read_their_times_as_drawn_then():
+    new = upgrade_config({"schema": 8, "data": "moons"})
+    assert (new["time_sampling"], new["time_loc"], new["time_scale"]) == ("uniform", 0.0, 1.0)
