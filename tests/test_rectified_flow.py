@@ -124,8 +124,8 @@ def test_preconditioning_keeps_the_velocity_of_a_bounded_network_bounded():
 @pytest.mark.parametrize("name", ["rf", "vp", "ve"])
 def test_flow_weighting_is_velocity_matching(name):
     """dsm_loss(weighting="flow") = ||v(x_t, t) - d x_t / dt||^2 with v the probability-flow
-    drift of the score and d x_t / dt = m' x_0 + s' z (central differences); for rectified flow that target
-    is z - x_0 and the weight 1 / (1 - t)^2."""
+    drift of the score and d x_t / dt = m' x_0 + s' z (central differences); for rectified
+    flow that target is z - x_0 and the weight 1 / (1 - t)^2."""
     sde, gen = get_sde(name), torch.Generator().manual_seed(0)
     x0 = torch.randn(64, 3, generator=gen, **T64)
     z = torch.randn(64, 3, generator=gen, **T64)
