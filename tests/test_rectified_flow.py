@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from scoresde import (SDE, VPSDE, GaussianMixture, RectifiedFlow, ScoreModel, dsm_loss, get_sde,
-                      load_run, sample_time, time_weight, train)
+                      load_run, run_demo, sample_time, time_weight, train)
 from scoresde.config import upgrade_config
 from scoresde.runs import read_config
 from scoresde.sampling import default_eps
@@ -228,3 +228,12 @@ def test_the_command_trains_and_refuses_rectified_flow_options(tmp_path):
 def test_old_runs_read_their_times_as_drawn_then():
     new = upgrade_config({"schema": 8, "data": "moons"})
     assert (new["time_sampling"], new["time_loc"], new["time_scale"]) == ("uniform", 0.0, 1.0)
+
+
+@pytest.mark.slow  # seconds: trains, samples four ways, integrates the likelihood
+def test_the_demo_trains_samples_and_measures_rectified_flow(tmp_path):
+    figure, summary = run_demo(tmp_path / "run", sde="rf", steps=5, n=20, quick=True,
+                               progress=False)
+    assert figure.axes[0].figure is figure and summary[4].startswith("log-likelihood")
+    assert math.isfinite(float(summary[4].split()[1]))
+    assert read_config(tmp_path / "run")["sde"] == RectifiedFlow().config()
