@@ -29,7 +29,10 @@ with the probability-flow drift ``v(x, t) = f x - g^2 score / 2``. Since ``m' = 
 ``g^2 = 2 s s' - 2 f s^2``, the difference is ``v - (m' x_0 + s' z) = (g^2 / (2 s)) (s score +
 z)``: velocity matching is the DSM loss with ``w = (g^2 / (2 s))^2``, ``lambda = g^4 / 4``, the
 ``"flow"`` weighting, on any SDE. For rectified flow ``w = 1 / (1 - t)^2`` and the loss is
-``||v_theta(x_t, t) - (z - x_0)||^2`` exactly.
+``||v_theta(x_t, t) - (z - x_0)||^2`` exactly. Through :class:`~scoresde.models.ScoreModel`'s
+preconditioning, whose output weight ``c_out = m sigma_data / sqrt(m^2 sigma_data^2 + s^2)``
+falls like ``1 - t``, the weight on the network's own error, ``w c_out^2 = sigma_data^2 /
+((1 - t)^2 sigma_data^2 + t^2)``, stays below ``1 + sigma_data^2`` at every ``t``.
 
 ``time_sampling="logit_normal"`` draws ``t = sigmoid(loc + scale n)``, ``n ~ N(0, 1)``, truncated
 to ``[eps, T]`` (Esser et al. 2024, section 3.1; ``loc = 0, scale = 1`` is their choice): ``n``

@@ -9,6 +9,7 @@ import torch
 from scoresde import (SDE, VPSDE, GaussianMixture, RectifiedFlow, ScoreModel, dsm_loss, get_sde,
                       load_run, run_demo, sample_time, time_weight, train)
 from scoresde.config import upgrade_config
+from scoresde.models.score_model import preconditioning
 from scoresde.runs import read_config
 from scoresde.sampling import default_eps
 
@@ -118,6 +119,13 @@ def test_preconditioning_keeps_the_velocity_of_a_bounded_network_bounded():
         a, s = (1 - t) * sigma_data, t
         torch.testing.assert_close(moved, torch.full_like(x, sigma_data / math.hypot(a, s)))
         assert float(moved.max()) <= sigma_data / s * (1 + 1e-9)
+    # So the flow weighting puts a bounded weight w c_out^2 <= 1 + sigma_data^2 on the network's
+    # own error, though w = 1 / (1 - t)^2 grows without bound; its peak is at t = sd^2 / (1 + sd^2).
+    t = torch.linspace(1e-5, sde.T, 100_001, **T64)
+    c_out = preconditioning(sde, t, sigma_data)[2]
+    on_net = time_weight(sde, t, "flow") * c_out**2
+    assert float(on_net.max()) <= 1 + sigma_data**2
+    assert float(on_net.max()) > (1 + sigma_data**2) * (1 - 1e-6)
 
 
 # ----- flow matching --------------------------------------------------------------------------
