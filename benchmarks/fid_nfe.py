@@ -1,4 +1,4 @@
-"""Digits FID and KID against the number of score calls, for every solver on VP, sub-VP and VE.
+"""Digits FID and KID against the number of score calls, for every solver on each SDE's run.
 
 Each run folder is a digits model trained with the defaults (``scoresde train --data digits
 --sde S``). For each solver and each score-call budget the script draws ``--n`` samples (seed 0,
@@ -28,7 +28,7 @@ from scoresde.features import digits_extractor
 from scoresde.metrics import feature_stats, frechet_distance
 from scoresde.quality import image_features, quality_scores, reference_stats, sample_quality
 
-SOLVERS = ("em", "pc", "ode", "euler", "heun", "dpmpp_2m", "torchsde")
+SOLVERS = ("em", "pc", "ode", "euler", "heun", "dpmpp_2m", "unipc", "torchsde")
 CALLS_PER_STEP = {"pc": 2, "heun": 2}  # score calls per step; one for the others
 ENDS_AT_DATA = ("gei",)  # no denoising call after the last step
 

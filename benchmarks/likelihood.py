@@ -8,7 +8,7 @@ Every method gets the mixture's exact density at T as its prior, so the error me
 the ODE and the divergence alone, against the exact ``log p_eps`` of the mixture.
 
     PYTHONPATH=$PWD python benchmarks/likelihood.py [--n 1000] [--seed 0] [--repeats 3]
-        [--no-hutchinson]
+        [--no-hutchinson] [--sdes vp subvp ve rf]
 """
 
 from __future__ import annotations
@@ -78,6 +78,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3,
                         help="timed runs per row; the minimum wall time is reported")
     parser.add_argument("--no-hutchinson", action="store_true", help="skip the Hutchinson rows")
+    parser.add_argument("--sdes", nargs="+", default=["vp", "subvp", "ve"],
+                        help="names of scoresde.SDES")
     args = parser.parse_args()
     torch.set_num_threads(1)  # small tensors: a second thread only contends on a loaded machine
     print("| mixture | SDE | method | NFE | min wall s | RMSE nats | max err nats |")
@@ -86,7 +88,7 @@ def main() -> None:
         mixture = getattr(GaussianMixture, mix_name)()
         gen = torch.Generator().manual_seed(args.seed)
         x = mixture.sample(args.n, generator=gen, dtype=torch.float64)
-        for sde_name in ("vp", "subvp", "ve"):
+        for sde_name in args.sdes:
             sde = get_sde(sde_name)
             exact = mixture.marginal_log_prob(x, EPS, sde)
 

@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 # The public names, by the module each comes from.
 _HOMES = {
     "sde": ("SDE", "SDES", "ReverseSDE", "VPSDE", "SubVPSDE", "subVPSDE", "VESDE", "CosineVPSDE",
-            "get_sde"),
+            "RectifiedFlow", "get_sde"),
     "targets": ("GaussianMixture", "MIXTURES", "get_mixture", "LinearPosterior"),
     "likelihood": ("log_likelihood", "bits_per_dim", "encode", "decode"),
     "utils": ("append_dims", "batch_sum", "make_generator", "resolve_device", "seed_everything"),

@@ -8,7 +8,7 @@ default here is the only statement of it: ``train``'s keywords, the ``train`` co
 and the values older runs are read with all come from these classes.
 
 A run's ``config.json`` is the configuration, grouped by concern as :class:`TrainConfig` is:
-``{"schema": 9, "data": {...}, "network": {...}, "loss": {...}, "optim": {...}, "loop": {...},
+``{"schema": 10, "data": {...}, "network": {...}, "loss": {...}, "optim": {...}, "loop": {...},
 "eval": {...}, "run": {...}}``, each group's options in the order of its fields, with the SDE
 and the network resolved to their full configs (``"loss": {"sde": {...}}``, ``"network":
 {"net": {...}}``). ``"run"`` holds every other key, in the order written: the facts of the data
@@ -126,6 +126,9 @@ class LossOptions:
             uniformly in log-SNR rather than in ``t``; 0.3 with ``net_params={"input_features":
             64}`` is the recipe for data with sharp edges such as checkerboard.
         sigma_data: data scale for the preconditioning; the data's standard deviation if None.
+        time_sampling, time_loc, time_scale: ``"uniform"`` draws the times by the weighting's
+            rule; ``"logit_normal"`` draws ``t = sigmoid(time_loc + time_scale n)``, ``n ~ N(0,
+            1)``, truncated to ``[eps, T]`` (Esser et al. 2024; see :mod:`scoresde.losses`).
     """
 
     sde: Any = _option("vp")
@@ -135,6 +138,9 @@ class LossOptions:
     t_sampling: str = _option("stratified", "choice", choices="losses.T_SAMPLINGS")
     log_snr_share: float = _option(0.0)
     sigma_data: float | None = _option(None)
+    time_sampling: str = _option("uniform", "choice", choices="losses.TIME_SAMPLINGS")
+    time_loc: float = _option(0.0, "number")
+    time_scale: float = _option(1.0, "number", low=0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -422,6 +428,12 @@ def _class_names(c: dict) -> None:
     c.setdefault("class_names", None)
 
 
+def _time_sampling(c: dict) -> None:
+    """Runs from before logit-normal times drew them by the weighting's rule."""
+    for key, value in (("time_sampling", "uniform"), ("time_loc", 0.0), ("time_scale", 1.0)):
+        c.setdefault(key, value)
+
+
 def _grouped_file(c: dict) -> None:
     """Runs from before schema 8 wrote ``config.json`` flat; from 8 it is grouped by concern
     (:func:`group_config`). The layout is undone before the migrations run (:func:`migrate`)
@@ -441,7 +453,7 @@ def _power_ema(c: dict) -> None:
 # has nothing to fill in.
 MIGRATIONS: tuple[Callable[[dict], None], ...] = (
     _conditional_training, _log_snr_times, _embeddings_and_cascades, _image_data, _scaling_up,
-    _evaluation, _class_names, _grouped_file, _power_ema)
+    _evaluation, _class_names, _grouped_file, _power_ema, _time_sampling)
 SCHEMA = len(MIGRATIONS)
 GROUPED = 8  # the first schema whose config.json is grouped by concern (group_config)
 

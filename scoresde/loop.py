@@ -307,6 +307,8 @@ def _draw_batch(parts: TrainingState, opts: TrainConfig, proc: Process):
         x0, y = next(parts.batches)
     t = sample_time(parts.sde, n, eps=opts.loss.eps, weighting=opts.loss.weighting,
                     t_sampling=opts.loss.t_sampling, log_snr_share=opts.loss.log_snr_share,
+                    time_sampling=opts.loss.time_sampling, time_loc=opts.loss.time_loc,
+                    time_scale=opts.loss.time_scale,
                     generator=gen, device=dev)
     z = torch.randn((n, *parts.dataset.event_shape), generator=gen, device=dev)
     x0 = x0.to(dev)

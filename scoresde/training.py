@@ -28,7 +28,7 @@ from .features import EXTRACTORS
 from .distributed import dist_setup
 from .loop import (LOSSES, Interrupts, Process, TrainingInterrupted, build_parts, fork_rng,
                    run_loop)
-from .losses import check_log_snr_share
+from .losses import check_log_snr_share, check_time_sampling
 from .phema import check_sigma_rels
 from .models import build_net, resolve_net
 from .runs import (TRAINER_TEMPORARIES, check_run_folder, drop_ema_snapshots, has_checkpoint,
@@ -166,6 +166,8 @@ def _resolve(kw: dict, dataset) -> dict:
     sde = kw["sde"]
     if not isinstance(sde, SDE):
         sde = get_sde(sde, **(kw["sde_params"] or {}))
+    check_time_sampling(kw["time_sampling"], kw["time_loc"], kw["time_scale"],
+                        weighting=kw["weighting"], log_snr_share=kw["log_snr_share"], T=sde.T)
     sigma_data = kw["sigma_data"] if kw["sigma_data"] is not None else dataset.std()
     network = _build_net(kw["net"], kw["net_params"], dataset, kw["conditional"],
                          kw["objective"], kw["super_res"])

@@ -5,7 +5,7 @@ import torch
 
 from scoresde import get_sde
 
-SDE_NAMES = ["vp", "subvp", "ve", "cosine"]
+SDE_NAMES = ["vp", "subvp", "ve", "cosine", "rf"]
 
 
 @pytest.fixture(params=SDE_NAMES)

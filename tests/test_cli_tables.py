@@ -14,6 +14,7 @@ from problems import ROOT, assert_refused, invoke, run_python
 CHOICES = {  # (command, option) -> the library table its choices must equal
     ("train", "sde"): scoresde.SDES,
     ("train", "weighting"): losses.WEIGHTINGS,
+    ("train", "time_sampling"): losses.TIME_SAMPLINGS,
     ("train", "net"): models.TRAIN_NETS,
     ("train", "precision"): hardware.PRECISIONS,
     ("sample", "solver"): scoresde.SAMPLERS,
@@ -37,7 +38,7 @@ DEFAULTS = {  # (command, option) -> (library function, keyword) whose default i
     **{("train", k): (scoresde.config, k) for k in (
         "sde", "data", "lr", "weighting", "log_snr_share", "seed", "checkpoint_every",
         "label_dropout", "net", "precision", "downsample", "cond_aug", "eval_n",
-        "eval_features")},
+        "eval_features", "time_sampling", "time_loc", "time_scale")},
     ("sample", "aug_level"): (scoresde.cascade, "aug_level"),
     ("sample", "solver"): (scoresde.sample, "solver"),
     ("sample", "steps"): (scoresde.sample, "steps"),

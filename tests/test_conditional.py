@@ -113,7 +113,7 @@ def ks_statistic(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((cdf_a - cdf_b).abs().max())
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "rf"])
 def test_imputation_matches_the_exact_conditional(sde_name):
     # The 3x3 grid mixture is a product of two 1D mixtures, so the replacement method is exact
     # in theory (the unknown coordinate's score ignores the known one); condition() gives the

@@ -129,7 +129,7 @@ def test_a_run_from_a_newer_version_is_refused_by_name(tmp_path, layout):
 def test_the_file_is_grouped_by_concern_and_read_flat(tmp_path):
     train(tmp_path / "run", steps=1, **TINY)
     written = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert list(written) == ["schema", *GROUPS, RUN] and written["schema"] == SCHEMA == 9
+    assert list(written) == ["schema", *GROUPS, RUN] and written["schema"] == SCHEMA == 10
     for group, cls in GROUPS.items():  # every option, in the order of the group's fields
         names = [f.name for f in dataclasses.fields(cls)]
         assert list(written[group]) == [n for n in names if n not in ("sde_params", "net_params")]

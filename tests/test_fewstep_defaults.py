@@ -32,7 +32,7 @@ def ten_calls(mix, sde, seed=7, solver="dpmpp_2m", **stats):
 
 
 @pytest.mark.parametrize("solver", ["dpmpp_2m", "unipc"])
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "rf"])
 @pytest.mark.parametrize("preset", ["ring", "narrow"])
 def test_ten_score_calls_reach_the_presets_with_the_data_covariance(preset, sde_name, solver):
     target = reference(getattr(GaussianMixture, preset)(), N)
@@ -151,7 +151,7 @@ def test_bad_statistics_raise_value_error(kwargs, words):
     assert all(w in str(err.value) for w in words), str(err.value)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "ve", "rf"])
 def test_imputation_in_ten_score_calls_with_the_data_statistics(sde_name):
     """x_2 given x_1 on the 3x3 grid (where replacement is unbiased, test_conditional): ten calls
     with the data's statistics match the exact conditional; without them they do not."""

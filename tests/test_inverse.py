@@ -40,7 +40,8 @@ def _mode_shares(post, x):
 @pytest.mark.slow
 @pytest.mark.parametrize("name,sde_name,steps", [
     ("two columns", "vp", 100), ("two columns", "ve", 100), ("ring", "vp", 50),
-    ("noisy average", "vp", 50), ("noisy average", "subvp", 50)])
+    ("noisy average", "vp", 50), ("noisy average", "subvp", 50),
+    ("ring", "rf", 50)])
 def test_smc_matches_the_exact_posterior(name, sde_name, steps):
     # 16 particles reach the noise floor. The steps: x_1 = 0.3 lies in the gap between the
     # two columns, where the discretised chain itself is least accurate; at 50 steps its

@@ -8,7 +8,7 @@ import torch
 from scoresde import (GaussianMixture, bits_per_dim, decode, encode, get_sde, log_likelihood)
 
 EPS = 1e-5
-FLOW_SDES = ["vp", "subvp", "ve"]
+FLOW_SDES = ["vp", "subvp", "ve", "rf"]
 
 
 def exact_prior(mixture, sde):

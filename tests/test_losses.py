@@ -38,8 +38,9 @@ def test_exact_score_gives_the_closed_form_minimum_and_esm_offset(sde, t):
     exact = mix.score_fn(sde)
     m, s = (v[0] for v in sde.marginal_coeffs(tt[:1]))
     const = mix.dim - s**2 * (1 / (m**2 * mix.evals[0] + s**2)).sum()
-    for weighting, lam_over_s2 in [("sigma2", 1.0), ("likelihood",
-                                   float(sde.diffusion_coeff(tt[:1])[0] ** 2 / s**2))]:
+    g2 = float(sde.diffusion_coeff(tt[:1])[0] ** 2)
+    for weighting, lam_over_s2 in [("sigma2", 1.0), ("likelihood", g2 / s**2),
+                                   ("flow", (g2 / (2 * s)) ** 2)]:
         loss = dsm_loss(exact, sde, x0, weighting=weighting, t=tt, noise=z)
         assert loss.shape == (N,)
         se = loss.std() / math.sqrt(N)
@@ -53,7 +54,10 @@ def test_exact_score_gives_the_closed_form_minimum_and_esm_offset(sde, t):
 def test_log_snr_identity_behind_importance_sampling(sde):
     """int_eps^T g^2 / s^2 dt = log_snr(eps) - log_snr(T): the normaliser of the IS density."""
     eps = 1e-3
-    t = torch.exp(torch.linspace(math.log(eps), math.log(sde.T), 200_001, dtype=torch.float64))
+    # Uniform in logit(t): dense near 0 and near T (rectified flow's g^2 / s^2 ~ 1 / (1 - t)).
+    logit = lambda v: math.log(v / (1 - v))
+    t = torch.sigmoid(torch.linspace(logit(eps), logit(sde.T * (1 - 1e-12)), 200_001,
+                                     dtype=torch.float64))
     _, s = sde.marginal_coeffs(t)
     integral = torch.trapezoid(sde.diffusion_coeff(t) ** 2 / s**2, t)
     lam = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))

@@ -37,7 +37,7 @@ CASES = {
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "rf"])
 @pytest.mark.parametrize("solver", list(CASES))
 def test_every_solver_samples_the_ring(solver, sde_name, ring):
     assert set(CASES) == set(SAMPLERS)
@@ -171,7 +171,7 @@ def test_ancestral_step_is_ddpm_for_vp_and_smld_for_ve():
         torch.testing.assert_close(out, mean + std * z)
 
 
-@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "cosine"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve", "cosine", "rf"])
 def test_grids(sde_name):
     sde = get_sde(sde_name)
     eps = default_eps(sde)

@@ -87,7 +87,7 @@ def test_log_snr_inverse(name):
 
 
 @pytest.mark.slow  # 20,000 Euler-Maruyama paths of 2,000 steps
-@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "cosine"])
+@pytest.mark.parametrize("name", ["vp", "subvp", "ve", "cosine", "rf"])
 def test_forward_simulation_matches_marginal(name):
     """Euler-Maruyama with 2000 steps from a fixed x0 reproduces marginal_prob's moments."""
     sde = get_sde(name)

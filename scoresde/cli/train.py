@@ -47,11 +47,17 @@ from .common import (CTX, Default, LazyChoice, LazyHelp, device_option, explicit
               help="Points per step [default: {vector} for 2D and vector data, {image} for "
                    "images].")
 @train_option("lr", help="Peak learning rate (warmup, then cosine decay).")
-@train_option("weighting", help="lambda(t) = s(t)^2, g(t)^2, or g(t)^2 with importance-sampled t.")
+@train_option("weighting", help="lambda(t) = s(t)^2, g(t)^2, g(t)^2 with importance-sampled t, "
+                                 "or flow matching's velocity loss, g(t)^4 / 4.")
 @train_option("log_snr_share", type=click.FloatRange(0, 1),
               help="Share of training times drawn uniformly in log-SNR rather than in t, so "
                    "that small noise levels are trained too (0.3 for sharp-edged data; "
                    "--weighting sigma2 only).")
+@train_option("time_sampling",
+              help="Training times: by the weighting's rule, or logit-normal, t = sigmoid(LOC + "
+                   "SCALE n) (Esser et al. 2024).")
+@train_option("time_loc", metavar="LOC", help="--time-sampling logit_normal: the location.")
+@train_option("time_scale", metavar="SCALE", help="--time-sampling logit_normal: the scale.")
 @train_option("net", type=LazyChoice("models.TRAIN_NETS"),
               help="Network: auto (MLP for vectors, U-Net for images), one by name, or a preset "
                    "(ddpmpp_cifar10 is the paper's DDPM++; the small ones fit a CPU).")
@@ -116,6 +122,7 @@ def train(ctx, run, resume, device, quiet, width, input_features, autoencoder, l
     Examples:
       scoresde train --sde vp                          # 8gaussians, about a minute on a CPU
       scoresde train --sde ve --data moons --steps 5000
+      scoresde train --sde rf --weighting flow --time-sampling logit_normal   # rectified flow
       scoresde train --data checkerboard --input-features 64 --log-snr-share 0.3 \\
           --batch-size 2048 --steps 4500                # sharp edges: ~2.5 min
       scoresde train --data digits --steps 20000 --batch-size 128
