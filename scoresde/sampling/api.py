@@ -225,8 +225,9 @@ def sample(
     if device is None and generator is not None:
         device = generator.device
     stats = data_stats(tuple(shape)[1:], data_std, data_mean, data_cov)
-    fewstep = stats is not None and uses_data_stats(solver, steps, grid, sigma_max, sigma_min)
     head, ends_at_data = False, SOLVERS[solver].ends_at_data
+    fewstep = stats is not None and not ends_at_data and uses_data_stats(
+        solver, steps, grid, sigma_max, sigma_min)
     if "gaussian" in _solver_params(solver) and stats is None:
         raise ValueError(f"solver {solver!r} needs the data's statistics: data_std, or "
                          "data_mean and data_cov (its Gaussian part is solved exactly)")
@@ -256,6 +257,9 @@ def sample(
                                  ) from None
     if head:
         info.update(grid=ts, steps=steps)
+    if ends_at_data and not torch.isfinite(x).all():
+        raise FloatingPointError(f"{solver}: non-finite values from the last step's score call "
+                                 f"at t = {float(ts[-1]):.4g}; try more steps or float64")
     if denoise and not ends_at_data:
         m, s = (float(v) for v in sde.marginal_coeffs(ts[-1:]))
         with torch.no_grad():
@@ -264,5 +268,5 @@ def sample(
             raise FloatingPointError(f"{solver}: non-finite values from the final denoising "
                                      f"step at t = {float(ts[-1]):.4g}; try a larger eps")
     info.update(nfe=counted.calls, solver=solver, eps=eps, denoise=bool(denoise),
-                grid_name=grid, gaussian_head=head or (ends_at_data and stats is not None))
+                grid_name=grid, gaussian_head=head or ends_at_data)
     return x, info

@@ -26,6 +26,7 @@ plus the residual as Tweedie's step takes it, so no denoising call follows.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -96,6 +97,11 @@ def gei_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> torch.Tensor
     head = min(GEI_HEAD * growth * math.sqrt(top), sig_T * (1 - 1e-6))
     tail = max(GEI_TAIL * stats.scale / growth, sig_eps)
     if head < MIN_WINDOW * tail:
+        warnings.warn(
+            f"gei's calls for this data, sigma from {GEI_HEAD * growth * math.sqrt(top):.3g} "
+            f"to {GEI_TAIL * stats.scale / growth:.3g}, keep less than a factor {MIN_WINDOW:g} "
+            f"inside the SDE's noise range [sigma(eps), sigma(T)] = [{sig_eps:.3g}, "
+            f"{sig_T:.3g}]; spreading them over that whole range", stacklevel=3)
         head, tail = sig_T * (1 - 1e-6), sig_eps
     if steps == 1:
         calls = torch.tensor([tail], dtype=torch.float64)
@@ -135,7 +141,7 @@ def residual_weights(taus, a: float, b: float, evals: torch.Tensor) -> list[torc
 def sample_gei(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *,
                generator: torch.Generator | None = None, callback: Callback | None = None,
                gaussian: GaussianPart | None = None, order: int = 2,
-               corrector: bool = False, warm_start: bool = True) -> tuple[torch.Tensor, dict]:
+               moulton: bool = False, warm_start: bool = True) -> tuple[torch.Tensor, dict]:
     """The Gaussian exponential integrator on the probability-flow ODE: one score call a step.
 
     Arguments and returns as :func:`~scoresde.sampling.sample_euler`, except that the score is
@@ -146,24 +152,33 @@ def sample_gei(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
     Args:
         gaussian: the data's Gaussian (:func:`gaussian_part`); required.
         order: points of the residual's polynomial, 1 to 3 (fewer while the path has fewer
-            calls; the first step also has ``r = 0`` one step above ``ts[1]``).
-        corrector: re-solve each step with the call at its end (one order more, no call).
+            calls): an exponential Adams-Bashforth step, DEIS-like; order 1 is DDIM where
+            ``lambda = 0``.
+        moulton: re-solve each step with the call at its end (Adams-Moulton: one order more,
+            no call).
+        warm_start: start the polynomial with ``r = 0`` one step above ``ts[1]`` (the
+            Gaussian's own estimate there), so the first step is of the full order.
 
     Raises:
         ValueError: no ``gaussian``, or ``order`` outside 1-3.
+        TypeError: ``moulton`` or ``warm_start`` not a bool.
     """
     if gaussian is None:
         raise ValueError("gei needs the data's statistics (data_std, or data_mean and "
                          "data_cov): its Gaussian part is solved exactly")
     order = check_int("order", order, 1, 3)
+    for name, value in (("moulton", moulton), ("warm_start", warm_start)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be True or False, got {value!r}")
+    gaussian = GaussianPart(*(None if v is None else v.to(x.device, torch.float64)
+                              for v in gaussian))
     ts = check_grid(sde, ts)
     m, s = (v.tolist() for v in sde.marginal_coeffs(ts))
     sigma = [s_i / m_i for s_i, m_i in zip(s, m)]
     tau = [math.log(v) for v in sigma]
     counted = CountedScore(score_fn)
     shape, dtype = x.shape, x.dtype
-    lam = gaussian.evals.to(x.device)
-    mean = gaussian.mean.to(x.device)
+    lam, mean = gaussian.evals, gaussian.mean
 
     def to_u(y: torch.Tensor, i: int) -> torch.Tensor:
         return gaussian.to_basis(y - mean) / torch.sqrt(lam + sigma[i] ** 2)
@@ -197,7 +212,7 @@ def sample_gei(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
             u_start = u
             u = step(u_start, points[-order:], tau[i], tau[i + 1])
             r, x0_next = residual(u, i + 1)
-            if corrector:
+            if moulton:
                 u = step(u_start, points[-order:] + [(tau[i + 1], r)], tau[i], tau[i + 1])
             points.append((tau[i + 1], r))
             x = run_callback(callback, (m[i + 1] * to_y(u, i + 1)).to(dtype).reshape(shape),

@@ -34,7 +34,7 @@ from ..runs import learnt_unconditional, load_run
 from ..sample_files import SAMPLE_BATCH, chunk_randomness, sample_chunk, write_in_chunks
 from ..sampling import impute, sample, solve_inverse
 from ..sampling.api import SOLVERS
-from ..sampling.fewstep import uses_data_stats
+from ..sampling.fewstep import GAUSSIAN_SOLVERS, uses_data_stats
 from ..utils import is_inside, keyword_default, one_line, resolve_device
 from . import conditions
 from .conditions import file_identity
@@ -72,11 +72,18 @@ def data_statistics(config: dict, solver: str, steps: int, grid=None, sigma_max=
     """The run's training data's statistics when the sampler uses them (a few-step solver,
     no grid or window given: ``Dataset.sampling_statistics``); ``{}`` otherwise, or when the
     data can no longer be read (said through ``say``, or as a warning)."""
+    needed = solver in GAUSSIAN_SOLVERS
     if config.get("latent") or not uses_data_stats(solver, steps, grid, sigma_max, sigma_min):
-        return {}  # a latent run's data are not its training points
+        if needed:  # a latent run's data are not its training points
+            raise OptionError("solver", f"{solver} needs the statistics of the data it draws, "
+                                        "which a latent run does not record: use unipc")
+        return {}
     try:
         return run_dataset(config).sampling_statistics(config["sigma_data"])
     except (ValueError, OSError) as err:
+        if needed:
+            raise OptionError("solver", f"{solver} needs the run's data statistics and the "
+                                        f"data cannot be read: {one_line(err)[:200]}") from None
         tell(f"few steps without the data's statistics ({one_line(err)[:200]}): the solver's "
              "default grid", say)
         return {}
