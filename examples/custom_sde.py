@@ -44,6 +44,8 @@ truth = target.log_prob(target.sample(n, torch.Generator().manual_seed(1))).mean
 print(f"target: mean log p of its own samples {truth:.3f}")
 for solver in scoresde.SAMPLERS:
     steps = 20 if solver in ("euler", "heun", "dpmpp_2m") else (100 if args.quick else 1000)
+    steps = 10 if solver == "gei" else steps  # it needs the data's statistics, below
+    stats = dict(zip(("data_mean", "data_cov"), target.moments())) if solver == "gei" else {}
     x, info = scoresde.sample(score, sde, (n, 2), solver=solver, steps=steps,
-                              generator=torch.Generator().manual_seed(0))
+                              generator=torch.Generator().manual_seed(0), **stats)
     print(f"{solver:>9}: NFE {info['nfe']:5d}, mean log p {target.log_prob(x).mean():.3f}")

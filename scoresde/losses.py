@@ -85,6 +85,9 @@ def check_time_sampling(time_sampling: str, loc: float = 0.0, scale: float = 1.0
     check_choice("time_sampling", time_sampling, TIME_SAMPLINGS)
     loc = check_number("time_loc", loc)
     scale = check_number("time_scale", scale, 0, low_open=True)
+    if time_sampling != "logit_normal" and (loc, scale) != (0.0, 1.0):
+        raise ValueError(f"time_loc and time_scale shape the logit-normal times only: give "
+                         f"time_sampling 'logit_normal' with them, got {time_sampling!r}")
     if time_sampling == "logit_normal":
         if weighting == "likelihood_is" or log_snr_share:
             raise ValueError("time_sampling 'logit_normal' draws every time itself: it takes "
@@ -157,8 +160,17 @@ def _logit_normal(u: torch.Tensor, loc: float, scale: float, eps: float,
     """``sigmoid(loc + scale n)`` with ``n`` the inverse normal CDF of ``u`` (float64, in
     ``[0, 1)``) put on the normal's range that ``[eps, T]`` allows: the truncated logit-normal."""
     ends = torch.tensor([eps, T], dtype=torch.float64, device=u.device)
-    lo, hi = torch.special.ndtr((torch.logit(ends) - loc) / scale)
-    n = torch.special.ndtri(lo + u * (hi - lo))
+    a, b = ((torch.logit(ends) - loc) / scale).tolist()
+    # The normal's CDF in the tails, from its logarithm (ndtr rounds it to 0 below -8.3 and to
+    # 1 above 8.3): a window right of loc is drawn from the left tail of -n instead (the same
+    # map from u, mirrored), where its mass is not rounded away.
+    side = -1.0 if a + b > 0 else 1.0
+    lo, hi = torch.special.log_ndtr(torch.tensor([side * a, side * b], dtype=torch.float64,
+                                                 device=u.device)).exp()
+    if not hi != lo:
+        raise ValueError(f"time_loc {loc:g} and time_scale {scale:g} put no probability on "
+                         f"the times [{eps:g}, {T:g}]")
+    n = side * torch.special.ndtri(lo + u * (hi - lo))
     return torch.sigmoid(loc + scale * n).clamp(eps, T)
 
 

@@ -188,10 +188,23 @@ def test_logit_normal_times_follow_their_truncated_law(loc, scale, eps):
     (dict(time_sampling="logit_normal", time_loc=float("inf")), "time_loc"),
     (dict(time_sampling="logit_normal", weighting="likelihood_is"), "likelihood_is"),
     (dict(time_sampling="logit_normal", log_snr_share=0.3), "log_snr_share"),
+    (dict(time_loc=1.0), "time_loc.*logit_normal"),
+    (dict(time_scale=2.0), "time_scale.*logit_normal"),
 ])
 def test_bad_time_sampling_is_refused_in_one_line(kwargs, words):
     with pytest.raises(ValueError, match=words):
         sample_time(get_sde("rf"), 8, **kwargs)
+
+
+@pytest.mark.parametrize("loc, scale", [(20.0, 1.0), (-20.0, 1.0), (-12.5, 0.1)])
+def test_logit_normal_times_far_in_a_tail_stay_on_their_side(loc, scale):
+    """A window [eps, T] more than 8 scales from loc still draws from its own end: the
+    normal's CDF there is taken from its logarithm, not rounded to 0 or 1."""
+    sde = get_sde("rf")
+    t = sample_time(sde, 2000, eps=1e-5, time_sampling="logit_normal", time_loc=loc,
+                    time_scale=scale, generator=torch.Generator().manual_seed(0))
+    near = sde.T if loc > 0 else 1e-5
+    assert float((t.double() - near).abs().median()) < 1e-3 * (1 if loc > 0 else 0.01)
 
 
 def test_logit_normal_needs_a_time_range_inside_the_unit_interval():
