@@ -238,6 +238,8 @@ def test_the_sweep_prints_the_table_marks_the_best_and_draws_the_curve(tmp_path,
 
 @pytest.mark.parametrize("args, facts", [
     (["--sweep", "0.3:0.1:4"], ["--sweep", "0.3:0.1:4"]),
+    (["--sweep", ""], ["--sweep", "LOW:HIGH:K"]),
+    (["--sweep", ","], ["--sweep", "LOW:HIGH:K"]),
     (["--sweep", "0.02:0.4:4"], ["--sweep", "0.4"]),
     (["--sigma-rel", 0.07, "--sweep", "0.1,0.2"], ["--sigma-rel", "--sweep"]),
     (["--sigma-rel", 0.07, "--metric", "fid"], ["--metric"]),
@@ -247,6 +249,14 @@ def test_the_command_refuses_bad_input(runs, tmp_path, args, facts):
     assert_refused(invoke("ema", "--run", two, *args, "--out", tmp_path / "x")
                    if "--sweep" not in args else invoke("ema", "--run", two, *args),
                    2, *facts)
+
+
+def test_a_sweep_of_no_lengths_is_refused_before_measuring(runs):
+    from scoresde.checks import OptionError
+    from scoresde.tasks import sweep_ema
+
+    with pytest.raises(OptionError, match="LOW:HIGH:K"):
+        sweep_ema(runs[1], [], metric="likelihood", n=20)
 
 
 @pytest.mark.slow  # a digits U-Net, three FIDs

@@ -25,6 +25,9 @@ from ..runs import (CHECKPOINT, ema_weights, is_run, load_checkpoint, read_confi
 
 __all__ = ["METRICS", "ema_run", "parse_sweep", "sweep_ema"]
 
+# The forms of a sweep's lengths, as a refusal names them.
+SWEEP_FORMS = "LOW:HIGH:K (K >= 2 lengths, LOW < HIGH) or S1,S2,... (one length or more)"
+
 # What a sweep measures: the record's key of each task, and whether more is better.
 METRICS = {"fid": ("fid", False), "likelihood": ("log_likelihood", True)}
 
@@ -97,9 +100,10 @@ def parse_sweep(text: str) -> list[float]:
             values = np.linspace(float(low), float(high), int(k)).round(6).tolist()
         else:
             values = [float(part) for part in text.split(",") if part.strip()]
+        if not values:
+            raise ValueError
     except ValueError:
-        raise OptionError("sweep", f"{text!r} is neither LOW:HIGH:K (K >= 2 lengths, LOW < "
-                                   "HIGH) nor S1,S2,...") from None
+        raise OptionError("sweep", f"{text!r} is not {SWEEP_FORMS}") from None
     try:
         return check_sigma_rels("sweep", values)
     except (TypeError, ValueError) as err:
@@ -130,6 +134,8 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
                                     f"{metric!r}")
     key, higher = METRICS[metric]
     sigma_rels = check_sigma_rels("sweep", sigma_rels)
+    if not sigma_rels:
+        raise OptionError("sweep", f"no lengths to measure: give {SWEEP_FORMS}")
 
     def measure(folder) -> dict:
         record = (run_fid(folder, say=say, **options) if metric == "fid" else
