@@ -139,9 +139,31 @@ def read_ema_snapshot(run_dir: str | os.PathLike, step: int) -> dict:
     """The EMA snapshot of ``step`` (tensors memory-mapped from the file, read when used)."""
     path = os.path.join(run_dir, EMA_SNAPSHOTS, f"step_{step:06d}.pt")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        snap = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path} is not a readable EMA snapshot: {err}") from None
+    problem = _snapshot_problem(snap, step)
+    if problem:
+        raise ValueError(f"{path} is not an EMA snapshot of this run: {problem}")
+    return snap
+
+
+def _snapshot_problem(snap, step: int) -> str | None:
+    """What is wrong with the contents of the snapshot file of ``step``; None when nothing."""
+    if not isinstance(snap, dict) or not {"step", "sigma_rels", "averages"} <= set(snap):
+        return "it lacks step, sigma_rels or averages"
+    if snap["step"] != step:
+        return f"it says step {snap['step']!r}, its name step {step}"
+    averages, sigma_rels = snap["averages"], snap["sigma_rels"]
+    if (not isinstance(averages, list) or not isinstance(sigma_rels, list)
+            or len(averages) != len(sigma_rels) or not averages):
+        return "its averages are not one per relative length"
+    if not all(isinstance(a, dict) and all(isinstance(v, torch.Tensor) for v in a.values())
+               for a in averages):
+        return "its averages are not tensors by name"
+    if any(set(a) != set(averages[0]) for a in averages):
+        return "its averages hold different tensors"
+    return None
 
 
 def drop_ema_snapshots(run_dir: str | os.PathLike, step: int) -> None:
@@ -456,8 +478,8 @@ def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
 
 def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
                 step: int | None = None) -> tuple[dict, dict]:
-    """The power-function EMA of relative std ``sigma_rel`` at ``step`` (default: the run's
-    last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a profile the run
+    """The power-function EMA of relative std ``sigma_rel`` at ``step`` (a snapshot's step;
+    default: the run's last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a profile the run
     tracked is its own snapshot there; any other is the least-squares reconstruction from
     every snapshot up to ``step``.
 
@@ -467,7 +489,8 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
         the target's, 0 for a tracked profile).
 
     Raises:
-        ValueError: a bad ``sigma_rel``; the run has no EMA snapshots (at or before ``step``).
+        ValueError: a bad ``sigma_rel``; the run has no EMA snapshots (at or before ``step``);
+            ``step`` is not a snapshot's step; a snapshot that is not one of the run's.
     """
     sigma_rel = check_sigma_rels("ema", sigma_rel)[0]
     steps = [s for s in ema_snapshot_steps(run_dir) if step is None or s <= step]
@@ -475,8 +498,13 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
         raise ValueError(f"{os.fspath(run_dir)} has no EMA snapshots"
                          f"{'' if step is None else f' at or before step {step}'}: train it with "
                          "ema_profiles (--ema-profiles) to choose the EMA after training")
-    step = steps[-1] if step is None else int(step)
+    if step is not None and step != steps[-1]:
+        every = ema_snapshot_steps(run_dir)
+        raise ValueError(f"step {step} is not an EMA snapshot's step of {os.fspath(run_dir)} "
+                         f"(they are {len(every)} steps from {every[0]} to {every[-1]})")
+    step = steps[-1]
     last = read_ema_snapshot(run_dir, steps[-1])
+    names = set(last["averages"][0])
     tracked = [float(s) for s in last["sigma_rels"]]
     if steps[-1] == step and sigma_rel in tracked:
         weights = last["averages"][tracked.index(sigma_rel)]
@@ -484,11 +512,20 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
     else:
         class Snapshots:  # read one at a time, each time they are gone through
             def __iter__(self):
-                return (read_ema_snapshot(run_dir, s) for s in steps)
+                return (_same_names(read_ema_snapshot(run_dir, s), names, run_dir, s)
+                        for s in steps)
 
         weights, info = reconstruct(Snapshots(), sigma_rel, step)
         info.pop("coefficients")
     return weights, dict(info, sigma_rel=sigma_rel, tracked=sigma_rel in tracked)
+
+
+def _same_names(snap: dict, names: set, run_dir, step: int) -> dict:
+    """``snap`` if its averages hold the tensors ``names``; a one-line ValueError otherwise."""
+    if set(snap["averages"][0]) != names:
+        raise ValueError(f"the EMA snapshot of step {step} in {os.fspath(run_dir)} holds other "
+                         "tensors than the last one: the snapshots are not of one run")
+    return snap
 
 
 def load_run(run_dir: str | os.PathLike, device=None, ema: bool | float = True,

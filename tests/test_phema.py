@@ -4,6 +4,7 @@ tracked profile and of a third one, snapshots through a crash and a resume, the 
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -164,6 +165,35 @@ def test_snapshots_and_averages_survive_a_crash_bit_identically(tmp_path, runs):
     assert_equal_states(a, b)
     for x, y in zip(a["power_ema"]["averages"], b["power_ema"]["averages"]):
         assert all(torch.equal(x[n], y[n]) for n in x)
+
+
+def test_the_ema_at_a_step_is_at_a_snapshots_step_only(runs):
+    _, two = runs
+    weights, info = ema_weights(two, 0.07, step=50)
+    assert info["step"] == 50 and 0 < info["snapshots"] <= 10
+    assert not all(torch.equal(weights[k], ema_weights(two, 0.07)[0][k]) for k in weights)
+    with pytest.raises(ValueError, match=f"10 to {STEPS}"):
+        ema_weights(two, 0.07, step=55)
+
+
+@pytest.mark.parametrize("spoil", ["keys", "step", "names"])
+def test_a_snapshot_that_is_not_the_runs_is_refused(tmp_path, runs, spoil):
+    _, two = runs
+    run = tmp_path / "run"
+    shutil.copytree(two, run)
+    folder = run / "ema_snapshots"
+    snap = read_ema_snapshot(run, 100)
+    if spoil == "keys":
+        torch.save({"step": 100}, folder / "step_000100.pt")
+    elif spoil == "step":
+        os.replace(folder / "step_000100.pt", folder / "step_000105.pt")
+    else:
+        averages = [{f"x.{k}": v.clone() for k, v in a.items()} for a in snap["averages"]]
+        torch.save(dict(snap, averages=averages), folder / "step_000100.pt")
+    with pytest.raises(ValueError, match="step_0001|step 100"):
+        ema_weights(run, 0.07)
+    assert_refused(invoke("ema", "--run", run, "--sigma-rel", 0.07, "--out", tmp_path / "o"),
+                   2, "--run")
 
 
 def test_without_profiles_a_run_is_as_before(tmp_path):
