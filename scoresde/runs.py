@@ -321,22 +321,40 @@ def is_run(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG)) and has_checkpoint(path)
 
 
-def latest_run(root: str | os.PathLike) -> Path | None:
-    """The run folder under ``root`` whose checkpoint was written last; None when there is none."""
+def _is_post_hoc(config: dict) -> bool:
+    """Whether a run's config is that of a post-hoc EMA folder (``scoresde ema --sigma-rel``):
+    sampled and measured as a run, never trained on."""
+    source = config.get("source")
+    return isinstance(source, dict) and source.get("format") == "post-hoc EMA"
+
+
+def _trainable(path: Path) -> bool:
+    try:
+        return not _is_post_hoc(read_config(path))
+    except (OSError, ValueError):
+        return True  # resuming it says what is wrong with it
+
+
+def latest_run(root: str | os.PathLike, trainable: bool = False) -> Path | None:
+    """The run folder under ``root`` whose checkpoint was written last; None when there is none.
+    With ``trainable``, post-hoc EMA folders (written by ``scoresde ema``) are passed over."""
     root = Path(root)
     runs = [p for p in root.iterdir() if is_run(p)] if root.is_dir() else []
+    runs = [p for p in runs if _trainable(p)] if trainable else runs
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime, default=None)
 
 
-def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUNS) -> Path:
-    """The run folder ``run``, or the run under ``root`` whose checkpoint was written last.
+def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUNS,
+             trainable: bool = False) -> Path:
+    """The run folder ``run``, or the run under ``root`` whose checkpoint was written last
+    (with ``trainable``, the last that is not a post-hoc EMA folder: one to resume).
 
     Raises:
         OptionError: ``run`` is not a folder, or not a run's (no config and checkpoint); no
             ``run`` and no run under ``root``.
     """
     if run is None:
-        path = latest_run(root)
+        path = latest_run(root, trainable)
         if path is None:
             raise OptionError(None, f"no run found under ./{root}; train one with 'scoresde "
                                     "train' or pass --run DIR")
@@ -399,11 +417,18 @@ def resume_state(run_dir: str | os.PathLike, config: dict, resume: bool, rank: i
         raise FileExistsError(f"{run_dir} already holds a run with a checkpoint; pass resume=True "
                               "to continue it or choose another folder")
     old = upgrade_config(read_config(run_dir))
+    if _is_post_hoc(old):
+        raise ValueError(f"cannot resume {run_dir}: it is a post-hoc EMA of "
+                         f"{old['source'].get('run')} written by 'scoresde ema', not a run "
+                         "that trains (it has no optimizer state); resume that run instead")
     diff = sorted(differences(old, config))
     if diff:
         raise ValueError(f"cannot resume {run_dir}: options differ from its {CONFIG}: "
                          f"{', '.join(diff)}")
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=map_location)
+    if "optimizer" not in state:
+        raise ValueError(f"cannot resume {run_dir}: its {CHECKPOINT} holds no optimizer state "
+                         "(not a checkpoint of scoresde train), so it is not trained on")
     done = int(state["step"])
     if done > config["steps"]:
         raise ValueError(f"cannot resume {run_dir} with steps={config['steps']}: its checkpoint "

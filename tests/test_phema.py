@@ -266,6 +266,21 @@ def test_the_sweep_prints_the_table_marks_the_best_and_draws_the_curve(tmp_path,
     assert sum("<- best" in line for line in lines) == 1 and any("classic" in x for x in lines)
 
 
+def test_a_resume_passes_over_a_post_hoc_folder_and_refuses_one_named(tmp_path, runs,
+                                                                     monkeypatch):
+    _, two = runs
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(two, "runs/00000-vp-toy")
+    assert invoke("ema", "--run", "runs/00000-vp-toy", "--sigma-rel", 0.07).exit_code == 0
+    (made,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "00000-vp-toy"]
+    result = invoke("train", "--resume", "--steps", STEPS + 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "00000-vp-toy" in result.stderr + result.stdout
+    assert load_checkpoint(tmp_path / "runs/00000-vp-toy/checkpoint.pt")["step"] == STEPS + 2
+    assert_refused(invoke("train", "--resume", "--run", made, "--steps", STEPS + 4), 2,
+                   str(made), "post-hoc")
+
+
 @pytest.mark.parametrize("args, facts", [
     (["--sweep", "0.3:0.1:4"], ["--sweep", "0.3:0.1:4"]),
     (["--sweep", ""], ["--sweep", "LOW:HIGH:K"]),
