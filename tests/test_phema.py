@@ -273,6 +273,7 @@ def test_a_resume_passes_over_a_post_hoc_folder_and_refuses_one_named(tmp_path, 
     shutil.copytree(two, "runs/00000-vp-toy")
     assert invoke("ema", "--run", "runs/00000-vp-toy", "--sigma-rel", 0.07).exit_code == 0
     (made,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "00000-vp-toy"]
+    assert made.name == "00001-vp-toy-ema0p07"  # the length whole, the run's name once
     result = invoke("train", "--resume", "--steps", STEPS + 2, "--quiet")
     assert result.exit_code == 0, result.output
     assert "00000-vp-toy" in result.stderr + result.stdout

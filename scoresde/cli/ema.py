@@ -3,6 +3,7 @@ lengths measured by FID or likelihood (:mod:`scoresde.tasks.ema`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -51,7 +52,7 @@ def ema(ctx, run, sigma_rel, out, sweep, metric, n, figure, seed, device, as_jso
     path = pick_run(run, quiet=as_json)
     if sweep is None:
         refuse_given(ctx, ("metric", "n", "figure", "seed"), "goes with --sweep")
-        out = out if out is not None else new_run_folder(path.name, f"ema{sigma_rel:g}")
+        out = out if out is not None else new_run_folder(*_words(path.name, sigma_rel))
         record = task(ema_run, path, out, sigma_rel)
         emit(record, as_json, [f"EMA of relative length {record['sigma_rel']:g} at step "
                                f"{record['step']} ({_how(record)}) into {out}",
@@ -67,6 +68,14 @@ def ema(ctx, run, sigma_rel, out, sweep, metric, n, figure, seed, device, as_jso
     result = task(sweep_ema, path, lengths, metric=metric, figure=figure, seed=seed,
                   device=device, progress=not as_json, say=say, **options)
     emit(result, as_json, _table(result))
+
+
+def _words(name: str, sigma_rel: float) -> tuple[str, str]:
+    """The default folder's words: the run's name without its number, and the length with
+    ``p`` for its point (``00003-vp-moons``, 0.07: ``vp-moons``, ``ema0p07``), dots being cut
+    off as a file's suffix."""
+    return (re.sub(r"^\d{5}-", "", name).replace(".", "p"),
+            "ema" + f"{sigma_rel:g}".replace(".", "p"))
 
 
 def _how(record: dict) -> str:
