@@ -282,6 +282,27 @@ def test_a_resume_passes_over_a_post_hoc_folder_and_refuses_one_named(tmp_path, 
                    str(made), "post-hoc")
 
 
+def test_the_out_folder_is_written_whole_or_not_at_all(tmp_path, runs, monkeypatch):
+    from scoresde.tasks import ema as task
+
+    _, two = runs
+    out = tmp_path / "a" / "ema"
+    out.mkdir(parents=True)  # an empty folder given stays empty until the whole is there
+    monkeypatch.setattr(task, "write_config", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        task.ema_run(two, out, 0.07)
+    assert os.listdir(out) == [] and os.listdir(tmp_path / "a") == ["ema"]
+    monkeypatch.undo()
+    task.ema_run(two, out, 0.07)
+    assert load_run(out)[2]["source"]["format"] == "post-hoc EMA"
+    assert sorted(os.listdir(tmp_path / "a")) == ["ema"]
+    (tmp_path / "file").write_text("")
+    for bad in (two / "inside", tmp_path / "file" / "x"):
+        assert_refused(invoke("ema", "--run", two, "--sigma-rel", 0.07, "--out", bad), 2,
+                       "--out", str(bad))
+    assert not (two / "inside").exists()
+
+
 @pytest.mark.parametrize("args, facts", [
     (["--sweep", "0.3:0.1:4"], ["--sweep", "0.3:0.1:4"]),
     (["--sweep", ""], ["--sweep", "LOW:HIGH:K"]),

@@ -11,6 +11,7 @@ beside the run's classic EMA, and marks the best.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,20 +47,19 @@ def ema_run(run: str | os.PathLike, out: str | os.PathLike, sigma_rel: float) ->
 
     The folder samples and is measured as any run (``load_run(out)`` gives the average); it
     holds no optimizer state, so it is not trained on. Its config says where it came from
-    under ``source``. Nothing is written unless all of it is.
+    under ``source``. It is written in a temporary folder beside ``out`` and renamed into
+    place, so ``out`` is there whole or not at all.
 
     Returns:
         ``{"run", "out", "sigma_rel", "step", "tracked", "snapshots", "kernel_error"}``.
 
     Raises:
         OptionError: a bad ``sigma_rel``; ``run`` without EMA snapshots; ``out`` that exists
-            and is not an empty folder.
+            and is not an empty folder, lies inside a run folder or below a file.
     """
     sigma_rel = _sigma_rel(sigma_rel)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OptionError("out", f"{out} already exists{' as a run' if is_run(out) else ''}: "
-                                 "give a new folder")
+    _check_out(out)
     try:
         weights, info = ema_weights(run, sigma_rel)
     except ValueError as err:
@@ -71,17 +71,32 @@ def ema_run(run: str | os.PathLike, out: str | os.PathLike, sigma_rel: float) ->
     config.pop("run_dir", None)
     config["source"] = {"format": "post-hoc EMA", "run": os.path.abspath(run),
                         "sigma_rel": sigma_rel, "step": info["step"]}
-    created = not out.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{secrets.token_hex(6)}-{out.name}"  # renamed into place whole
+    tmp.mkdir()  # the permissions any new folder gets
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / CHECKPOINT, {"step": info["step"], "model": state["model"],
+        save_checkpoint(tmp / CHECKPOINT, {"step": info["step"], "model": state["model"],
                                            "ema": ema})
-        write_config(out, config)
+        write_config(tmp, config)
+        os.rename(tmp, out)  # onto nothing, or onto an empty folder
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"run": str(run), "out": str(out), **info}
+
+
+def _check_out(out: Path) -> None:
+    """Refuse ``out`` unless it is a new or empty folder outside any run folder, below a
+    folder (or below folders to be made)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptionError("out", f"{out} already exists{' as a run' if is_run(out) else ''}: "
+                                 "give a new folder")
+    for parent in Path(os.path.abspath(out)).parents:
+        if parent.exists() and not parent.is_dir():
+            raise OptionError("out", f"{out}: {parent} is a file, not a folder")
+        if is_run(parent):
+            raise OptionError("out", f"{out} is inside the run folder {parent}: give a folder "
+                                     "outside any run")
 
 
 def parse_sweep(text: str) -> list[float]:
