@@ -193,9 +193,11 @@ class PowerEMA:
                 torch._foreach_lerp_(average, self.current, 1.0 - power_beta(gamma, t))
 
     def state_dict(self) -> dict:
-        """``{"sigma_rels": [...], "averages": [{name: tensor}, ...]}``: plain data (copies)."""
+        """``{"sigma_rels": [...], "averages": [{name: tensor}, ...]}``: plain data, copies on
+        the CPU (a checkpoint or snapshot does not double the averages' memory on the device)."""
         return {"sigma_rels": list(self.sigma_rels),
-                "averages": [{k: v.detach().clone() for k, v in zip(self.names, average)}
+                "averages": [{k: v.detach().to("cpu", copy=True)
+                              for k, v in zip(self.names, average)}
                              for average in self.averages]}
 
     def load_state_dict(self, state: Mapping) -> None:

@@ -196,6 +196,25 @@ def test_a_snapshot_that_is_not_the_runs_is_refused(tmp_path, runs, spoil):
                    2, "--run")
 
 
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="no CUDA device"))])
+def test_the_averages_state_is_a_copy_on_the_cpu(device):
+    live = torch.arange(6.0, device=device)
+    ema = PowerEMA([0.05, 0.1], {"w": live})
+    ema.update(1)
+    state = ema.state_dict()
+    saved = state["averages"][1]["w"]
+    assert saved.device.type == "cpu" and torch.equal(saved, live.cpu())
+    live.add_(1.0)
+    ema.update(2)
+    assert torch.equal(saved, torch.arange(6.0))  # a copy, not the average itself
+    again = PowerEMA([0.05, 0.1], {"w": live})
+    again.load_state_dict(ema.state_dict())
+    assert all(torch.equal(a[0], b[0]) and a[0].device == live.device
+               for a, b in zip(again.averages, ema.averages))
+
+
 def test_without_profiles_a_run_is_as_before(tmp_path):
     train(tmp_path / "run", steps=3, **TINY)
     assert set(run_states(tmp_path / "run")) == {"step", "elapsed_s", "model", "ema",
