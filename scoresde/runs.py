@@ -504,9 +504,9 @@ def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
 def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
                 step: int | None = None) -> tuple[dict, dict]:
     """The power-function EMA of relative std ``sigma_rel`` at ``step`` (a snapshot's step;
-    default: the run's last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a profile the run
-    tracked is its own snapshot there; any other is the least-squares reconstruction from
-    every snapshot up to ``step``.
+    default: the run's last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a
+    profile the run tracked is its own snapshot there; any other is the least-squares
+    reconstruction from every snapshot up to ``step``.
 
     Returns:
         ``(weights, info)``: name to tensor (the model's floating-point state), and ``{"step",

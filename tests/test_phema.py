@@ -345,6 +345,30 @@ def test_a_sweep_of_no_lengths_is_refused_before_measuring(runs):
         sweep_ema(runs[1], [], metric="likelihood", n=20)
 
 
+def test_a_sweep_checks_its_metric_first_and_never_marks_a_nan_best(runs, tmp_path,
+                                                                   monkeypatch):
+    import tempfile
+
+    import scoresde.tasks
+    from scoresde.checks import OptionError
+    from scoresde.tasks import ema as task
+
+    _, two = runs
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    monkeypatch.setattr(task, "ema_run", lambda run, out, s: made.append(out.mkdir()) or {
+        "kernel_error": 0.0})
+    assert_refused(invoke("ema", "--run", two, "--sweep", "0.05,0.1"), 2, "--metric", "likelihood")
+    values = iter([{"n": 20}, {"log_likelihood": float("nan")}, {"log_likelihood": -3.0},
+                   {"log_likelihood": -2.0}])
+    monkeypatch.setattr(scoresde.tasks, "run_likelihood", lambda *a, **k: (next(values),))
+    with pytest.raises(OptionError, match="log_likelihood"):  # the classic EMA's, first
+        task.sweep_ema(two, [0.05, 0.1, 0.2], metric="likelihood")
+    assert made == [] and os.listdir(tmp_path) == []
+    result = task.sweep_ema(two, [0.05, 0.1, 0.2], metric="likelihood", classic=False)
+    assert result["best"] == {"sigma_rel": 0.2, "log_likelihood": -2.0}
+
+
 @pytest.mark.slow  # a digits U-Net, three FIDs
 def test_a_fid_sweep_measures_each_length_as_the_fid_task_measures_its_run(tmp_path):
     from scoresde.tasks import ema_run, run_fid, sweep_ema

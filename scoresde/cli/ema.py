@@ -92,7 +92,8 @@ def _table(result: dict) -> list[str]:
     key = result["key"]
     lines = [f"{'sigma_rel':>10}  {key:>14}  {'kernel error':>12}"]
     for row in result["rows"]:
-        best = "  <- best" if row["sigma_rel"] == result["best"]["sigma_rel"] else ""
+        best = ("  <- best" if result["best"] is not None
+                and row["sigma_rel"] == result["best"]["sigma_rel"] else "")
         lines.append(f"{row['sigma_rel']:>10.4g}  {row[key]:>14.4f}  "
                      f"{row['kernel_error']:>12.2%}{best}")
     if result["classic"] is not None:

@@ -22,7 +22,7 @@ import numpy as np
 from ..checks import OptionError
 from ..phema import check_sigma_rels
 from ..runs import (CHECKPOINT, ema_weights, is_run, load_checkpoint, read_config,
-                    save_checkpoint, write_config)
+                    save_checkpoint, upgrade_config, write_config)
 
 __all__ = ["METRICS", "ema_run", "parse_sweep", "sweep_ema"]
 
@@ -99,6 +99,16 @@ def _check_out(out: Path) -> None:
                                      "outside any run")
 
 
+def _check_images(run) -> None:
+    """Refuse a FID sweep of a run whose samples are not images, before anything is written."""
+    config = upgrade_config(read_config(run))
+    images = upgrade_config(read_config(config["latent"])) if config.get("latent") else config
+    if not images.get("is_image"):
+        raise OptionError("metric", f"FID needs a run of images; {run} was trained on data of "
+                                    f"shape {tuple(images['data_shape'])}: give --metric "
+                                    "likelihood")
+
+
 def parse_sweep(text: str) -> list[float]:
     """``"LOW:HIGH:K"`` as ``K`` evenly spaced relative lengths from ``LOW`` to ``HIGH``, or
     ``"S1,S2,..."`` as those.
@@ -140,7 +150,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
     Returns:
         ``{"run", "metric", "key", "rows": [{"sigma_rel", KEY, "kernel_error", "record"}],
         "best": {"sigma_rel", KEY}, "classic": {KEY, "record"} or None, "figure"}`` where
-        ``KEY`` is ``"fid"`` or ``"log_likelihood"``.
+        ``KEY`` is ``"fid"`` or ``"log_likelihood"``; ``best`` is None when every length
+        measured NaN (a NaN is never the best).
+
+    Raises:
+        OptionError: an unknown ``metric``, ``"fid"`` for a run not of images, no lengths; the
+            classic EMA's measure fails before any length is measured.
     """
     from . import run_fid, run_likelihood
 
@@ -159,6 +174,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
             raise OptionError("metric", f"the {metric} of {run} has no {key!r}")
         return record
 
+    if metric == "fid":
+        _check_images(run)
+    base = None
+    if classic:  # first: a metric the run cannot give fails before any length is measured
+        record = measure(run)
+        base = {key: record[key], "record": record}
     rows = []
     with tempfile.TemporaryDirectory(prefix="scoresde-ema-") as tmp:
         for i, sigma_rel in enumerate(sigma_rels):
@@ -170,14 +191,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
                          "kernel_error": made["kernel_error"], "record": record})
             if say is not None:
                 say(f"sigma_rel {sigma_rel:.4g}: {key} {record[key]:.4f}")
-    base = None
-    if classic:
-        record = measure(run)
-        base = {key: record[key], "record": record}
     values = [row[key] for row in rows]
-    best = int(np.argmax(values) if higher else np.argmin(values))
+    finite = not np.isnan(np.asarray(values, dtype=float)).all()  # a NaN is never the best
+    best = (int(np.nanargmax(values) if higher else np.nanargmin(values)) if finite else None)
     result = {"run": str(run), "metric": metric, "key": key, "rows": rows,
-              "best": {"sigma_rel": rows[best]["sigma_rel"], key: values[best]},
+              "best": None if best is None else {"sigma_rel": rows[best]["sigma_rel"],
+                                                 key: values[best]},
               "classic": base, "figure": None}
     if figure is not None:
         from ..plotting import ema_sweep_figure, save_figure
