@@ -521,8 +521,8 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
     steps = [s for s in ema_snapshot_steps(run_dir) if step is None or s <= step]
     if not steps:
         raise ValueError(f"{os.fspath(run_dir)} has no EMA snapshots"
-                         f"{'' if step is None else f' at or before step {step}'}: train it with "
-                         "ema_profiles (--ema-profiles) to choose the EMA after training")
+                         f"{'' if step is None else f' at or before step {step}'}: "
+                         f"{_why_no_snapshots(run_dir, step)}")
     if step is not None and step != steps[-1]:
         every = ema_snapshot_steps(run_dir)
         raise ValueError(f"step {step} is not an EMA snapshot's step of {os.fspath(run_dir)} "
@@ -543,6 +543,23 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
         weights, info = reconstruct(Snapshots(), sigma_rel, step)
         info.pop("coefficients")
     return weights, dict(info, sigma_rel=sigma_rel, tracked=sigma_rel in tracked)
+
+
+def _why_no_snapshots(run_dir, step: int | None) -> str:
+    """What to do about a run without EMA snapshots (at or before ``step``)."""
+    try:
+        config = read_config(run_dir)
+    except (OSError, ValueError):
+        config = {}
+    if _is_post_hoc(config):
+        return (f"it is the post-hoc EMA of relative length {config['source'].get('sigma_rel')} "
+                f"of {config['source'].get('run')} (scoresde ema); take other lengths from "
+                "that run")
+    if step is None and config.get("ema_profiles"):
+        return f"its {EMA_SNAPSHOTS} folder is gone, though it was trained with ema_profiles"
+    if config.get("ema_profiles"):
+        return "its first snapshot is later"
+    return "train it with ema_profiles (--ema-profiles) to choose the EMA after training"
 
 
 def _same_names(snap: dict, names: set, run_dir, step: int) -> dict:

@@ -4,6 +4,7 @@ tracked profile and of a third one, snapshots through a crash and a resume, the 
 import json
 import math
 import os
+import re
 import shutil
 
 import numpy as np
@@ -314,6 +315,9 @@ def test_the_out_folder_is_written_whole_or_not_at_all(tmp_path, runs, monkeypat
     monkeypatch.undo()
     task.ema_run(two, out, 0.07)
     assert load_run(out)[2]["source"]["format"] == "post-hoc EMA"
+    said = re.escape(f"post-hoc EMA of relative length 0.07 of {two}")
+    with pytest.raises(ValueError, match=said):  # its config lists the profiles, not snapshots
+        load_run(out, ema=0.1)
     assert sorted(os.listdir(tmp_path / "a")) == ["ema"]
     (tmp_path / "file").write_text("")
     for bad in (two / "inside", tmp_path / "file" / "x"):
@@ -358,7 +362,8 @@ def test_a_sweep_checks_its_metric_first_and_never_marks_a_nan_best(runs, tmp_pa
     made = []
     monkeypatch.setattr(task, "ema_run", lambda run, out, s: made.append(out.mkdir()) or {
         "kernel_error": 0.0})
-    assert_refused(invoke("ema", "--run", two, "--sweep", "0.05,0.1"), 2, "--metric", "likelihood")
+    assert_refused(invoke("ema", "--run", two, "--sweep", "0.05,0.1"), 2, "--metric",
+                   "likelihood")
     values = iter([{"n": 20}, {"log_likelihood": float("nan")}, {"log_likelihood": -3.0},
                    {"log_likelihood": -2.0}])
     monkeypatch.setattr(scoresde.tasks, "run_likelihood", lambda *a, **k: (next(values),))
