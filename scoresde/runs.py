@@ -27,7 +27,7 @@ from .checks import OptionError
 from .config import TrainConfig, group_config, migrate, upgrade_config
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
-from .phema import check_sigma_rels, reconstruct
+from .phema import check_sigma_rels, check_snapshot, reconstruct
 from .sde import SDE, get_sde
 from .utils import LOCK, FolderBusyError, is_inside, resolve_device, write_atomically
 
@@ -142,28 +142,11 @@ def read_ema_snapshot(run_dir: str | os.PathLike, step: int) -> dict:
         snap = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path} is not a readable EMA snapshot: {err}") from None
-    problem = _snapshot_problem(snap, step)
-    if problem:
-        raise ValueError(f"{path} is not an EMA snapshot of this run: {problem}")
+    try:
+        check_snapshot(snap, step)
+    except ValueError as err:
+        raise ValueError(f"{path} is not an EMA snapshot of this run: {err}") from None
     return snap
-
-
-def _snapshot_problem(snap, step: int) -> str | None:
-    """What is wrong with the contents of the snapshot file of ``step``; None when nothing."""
-    if not isinstance(snap, dict) or not {"step", "sigma_rels", "averages"} <= set(snap):
-        return "it lacks step, sigma_rels or averages"
-    if snap["step"] != step:
-        return f"it says step {snap['step']!r}, its name step {step}"
-    averages, sigma_rels = snap["averages"], snap["sigma_rels"]
-    if (not isinstance(averages, list) or not isinstance(sigma_rels, list)
-            or len(averages) != len(sigma_rels) or not averages):
-        return "its averages are not one per relative length"
-    if not all(isinstance(a, dict) and all(isinstance(v, torch.Tensor) for v in a.values())
-               for a in averages):
-        return "its averages are not tensors by name"
-    if any(set(a) != set(averages[0]) for a in averages):
-        return "its averages hold different tensors"
-    return None
 
 
 def drop_ema_snapshots(run_dir: str | os.PathLike, step: int) -> None:
@@ -529,7 +512,6 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
                          f"(they are {len(every)} steps from {every[0]} to {every[-1]})")
     step = steps[-1]
     last = read_ema_snapshot(run_dir, steps[-1])
-    names = set(last["averages"][0])
     tracked = [float(s) for s in last["sigma_rels"]]
     if steps[-1] == step and sigma_rel in tracked:
         weights = last["averages"][tracked.index(sigma_rel)]
@@ -537,8 +519,7 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
     else:
         class Snapshots:  # read one at a time, each time they are gone through
             def __iter__(self):
-                return (_same_names(read_ema_snapshot(run_dir, s), names, run_dir, s)
-                        for s in steps)
+                return (read_ema_snapshot(run_dir, s) for s in steps)
 
         weights, info = reconstruct(Snapshots(), sigma_rel, step)
         info.pop("coefficients")
@@ -560,14 +541,6 @@ def _why_no_snapshots(run_dir, step: int | None) -> str:
     if config.get("ema_profiles"):
         return "its first snapshot is later"
     return "train it with ema_profiles (--ema-profiles) to choose the EMA after training"
-
-
-def _same_names(snap: dict, names: set, run_dir, step: int) -> dict:
-    """``snap`` if its averages hold the tensors ``names``; a one-line ValueError otherwise."""
-    if set(snap["averages"][0]) != names:
-        raise ValueError(f"the EMA snapshot of step {step} in {os.fspath(run_dir)} holds other "
-                         "tensors than the last one: the snapshots are not of one run")
-    return snap
 
 
 def load_run(run_dir: str | os.PathLike, device=None, ema: bool | float = True,
