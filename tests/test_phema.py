@@ -300,6 +300,11 @@ def test_a_resume_passes_over_a_post_hoc_folder_and_refuses_one_named(tmp_path, 
     assert load_checkpoint(tmp_path / "runs/00000-vp-toy/checkpoint.pt")["step"] == STEPS + 2
     assert_refused(invoke("train", "--resume", "--run", made, "--steps", STEPS + 4), 2,
                    str(made), "post-hoc")
+    state = load_checkpoint("runs/00000-vp-toy/checkpoint.pt")
+    shutil.copytree("runs/00000-vp-toy", "bare")
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, "bare/checkpoint.pt")
+    assert_refused(invoke("train", "--resume", "--run", "bare", "--steps", STEPS + 4), 2,
+                   "bare", "optimizer")
 
 
 def test_the_out_folder_is_written_whole_or_not_at_all(tmp_path, runs, monkeypatch):
