@@ -29,7 +29,7 @@ import torch
 
 __all__ = ["SIGMA_REL_MAX", "sigma_rel_to_gamma", "gamma_to_sigma_rel", "check_sigma_rels",
            "power_beta", "power_kernel", "kernel_products", "solve_coefficients",
-           "kernel_error", "PowerEMA", "reconstruct"]
+           "kernel_error", "PowerEMA", "check_snapshot", "reconstruct"]
 
 # The largest relative standard deviation taken (a power function's std peaks at 0.3003, at
 # gamma = -0.38; beyond it no exponent gives the length).
@@ -193,9 +193,11 @@ class PowerEMA:
                 torch._foreach_lerp_(average, self.current, 1.0 - power_beta(gamma, t))
 
     def state_dict(self) -> dict:
-        """``{"sigma_rels": [...], "averages": [{name: tensor}, ...]}``: plain data (copies)."""
+        """``{"sigma_rels": [...], "averages": [{name: tensor}, ...]}``: plain data, copies on
+        the CPU (a checkpoint or snapshot does not double the averages' memory on the device)."""
         return {"sigma_rels": list(self.sigma_rels),
-                "averages": [{k: v.detach().clone() for k, v in zip(self.names, average)}
+                "averages": [{k: v.detach().to("cpu", copy=True)
+                              for k, v in zip(self.names, average)}
                              for average in self.averages]}
 
     def load_state_dict(self, state: Mapping) -> None:
@@ -209,6 +211,26 @@ class PowerEMA:
                                                for k in self.names])
 
 
+def check_snapshot(snap, step: int) -> None:
+    """Check that ``snap`` is a snapshot of ``step``: ``{"step": step, "sigma_rels": [...],
+    "averages": [{name: tensor}, ...]}``, one average per length, each of the same tensors.
+
+    Raises:
+        ValueError: one line saying what is wrong.
+    """
+    if not isinstance(snap, dict) or not {"step", "sigma_rels", "averages"} <= set(snap):
+        raise ValueError("it lacks step, sigma_rels or averages")
+    if snap["step"] != step:
+        raise ValueError(f"it says step {snap['step']!r}, its name step {step}")
+    averages, sigma_rels = snap["averages"], snap["sigma_rels"]
+    if (not isinstance(averages, list) or not isinstance(sigma_rels, list) or not averages
+            or len(averages) != len(sigma_rels)):
+        raise ValueError("its averages are not one per relative length")
+    if not all(isinstance(a, dict) and all(isinstance(v, torch.Tensor) for v in a.values())
+               and set(a) == set(averages[0]) for a in averages):
+        raise ValueError("its averages are not each the same tensors by name")
+
+
 def reconstruct(snapshots: Iterable[Mapping], sigma_rel: float,
                 step: int | None = None) -> tuple[dict, dict]:
     """The EMA of relative std ``sigma_rel`` at ``step`` (default: the last snapshot's) from
@@ -216,14 +238,20 @@ def reconstruct(snapshots: Iterable[Mapping], sigma_rel: float,
     tensor}, ...]}``: the combination of :func:`solve_coefficients`, summed in float64.
 
     ``snapshots`` is iterated twice (a list, or a re-iterable that loads them one at a time).
+    Every average must hold the same tensors (a one-line ValueError otherwise).
 
     Returns:
         ``(weights, info)``: name to tensor (the snapshots' dtype), and ``{"step",
         "snapshots", "coefficients", "kernel_error"}`` (:func:`kernel_error`).
     """
     gamma = sigma_rel_to_gamma(sigma_rel)
-    gammas, steps = [], []
+    gammas, steps, names = [], [], None
     for snap in snapshots:
+        for average in snap["averages"]:
+            names = set(average) if names is None else names
+            if set(average) != names:
+                raise ValueError(f"the EMA snapshot of step {snap['step']} holds other tensors "
+                                 "than the first: the snapshots are not of one run")
         for s in snap["sigma_rels"]:
             gammas.append(sigma_rel_to_gamma(s))
             steps.append(int(snap["step"]))

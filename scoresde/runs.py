@@ -27,7 +27,7 @@ from .checks import OptionError
 from .config import TrainConfig, group_config, migrate, upgrade_config
 from .latent import LatentDiffusion
 from .models import NoiseClassifier, ScoreModel, ScoreSDEModel, build_net
-from .phema import check_sigma_rels, reconstruct
+from .phema import check_sigma_rels, check_snapshot, reconstruct
 from .sde import SDE, get_sde
 from .utils import LOCK, FolderBusyError, is_inside, resolve_device, write_atomically
 
@@ -139,9 +139,14 @@ def read_ema_snapshot(run_dir: str | os.PathLike, step: int) -> dict:
     """The EMA snapshot of ``step`` (tensors memory-mapped from the file, read when used)."""
     path = os.path.join(run_dir, EMA_SNAPSHOTS, f"step_{step:06d}.pt")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        snap = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
         raise ValueError(f"{path} is not a readable EMA snapshot: {err}") from None
+    try:
+        check_snapshot(snap, step)
+    except ValueError as err:
+        raise ValueError(f"{path} is not an EMA snapshot of this run: {err}") from None
+    return snap
 
 
 def drop_ema_snapshots(run_dir: str | os.PathLike, step: int) -> None:
@@ -299,22 +304,40 @@ def is_run(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG)) and has_checkpoint(path)
 
 
-def latest_run(root: str | os.PathLike) -> Path | None:
-    """The run folder under ``root`` whose checkpoint was written last; None when there is none."""
+def _is_post_hoc(config: dict) -> bool:
+    """Whether a run's config is that of a post-hoc EMA folder (``scoresde ema --sigma-rel``):
+    sampled and measured as a run, never trained on."""
+    source = config.get("source")
+    return isinstance(source, dict) and source.get("format") == "post-hoc EMA"
+
+
+def _trainable(path: Path) -> bool:
+    try:
+        return not _is_post_hoc(read_config(path))
+    except (OSError, ValueError):
+        return True  # resuming it says what is wrong with it
+
+
+def latest_run(root: str | os.PathLike, trainable: bool = False) -> Path | None:
+    """The run folder under ``root`` whose checkpoint was written last; None when there is none.
+    With ``trainable``, post-hoc EMA folders (written by ``scoresde ema``) are passed over."""
     root = Path(root)
     runs = [p for p in root.iterdir() if is_run(p)] if root.is_dir() else []
+    runs = [p for p in runs if _trainable(p)] if trainable else runs
     return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime, default=None)
 
 
-def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUNS) -> Path:
-    """The run folder ``run``, or the run under ``root`` whose checkpoint was written last.
+def find_run(run: str | os.PathLike | None = None, root: str | os.PathLike = RUNS,
+             trainable: bool = False) -> Path:
+    """The run folder ``run``, or the run under ``root`` whose checkpoint was written last
+    (with ``trainable``, the last that is not a post-hoc EMA folder: one to resume).
 
     Raises:
         OptionError: ``run`` is not a folder, or not a run's (no config and checkpoint); no
             ``run`` and no run under ``root``.
     """
     if run is None:
-        path = latest_run(root)
+        path = latest_run(root, trainable)
         if path is None:
             raise OptionError(None, f"no run found under ./{root}; train one with 'scoresde "
                                     "train' or pass --run DIR")
@@ -377,11 +400,18 @@ def resume_state(run_dir: str | os.PathLike, config: dict, resume: bool, rank: i
         raise FileExistsError(f"{run_dir} already holds a run with a checkpoint; pass resume=True "
                               "to continue it or choose another folder")
     old = upgrade_config(read_config(run_dir))
+    if _is_post_hoc(old):
+        raise ValueError(f"cannot resume {run_dir}: it is a post-hoc EMA of "
+                         f"{old['source'].get('run')} written by 'scoresde ema', not a run "
+                         "that trains (it has no optimizer state); resume that run instead")
     diff = sorted(differences(old, config))
     if diff:
         raise ValueError(f"cannot resume {run_dir}: options differ from its {CONFIG}: "
                          f"{', '.join(diff)}")
     state = load_checkpoint(os.path.join(run_dir, CHECKPOINT), map_location=map_location)
+    if "optimizer" not in state:
+        raise ValueError(f"cannot resume {run_dir}: its {CHECKPOINT} holds no optimizer state "
+                         "(not a checkpoint of scoresde train), so it is not trained on")
     done = int(state["step"])
     if done > config["steps"]:
         raise ValueError(f"cannot resume {run_dir} with steps={config['steps']}: its checkpoint "
@@ -456,10 +486,10 @@ def build_model(config: dict, sde: SDE) -> ScoreModel | NoiseClassifier:
 
 def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
                 step: int | None = None) -> tuple[dict, dict]:
-    """The power-function EMA of relative std ``sigma_rel`` at ``step`` (default: the run's
-    last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a profile the run
-    tracked is its own snapshot there; any other is the least-squares reconstruction from
-    every snapshot up to ``step``.
+    """The power-function EMA of relative std ``sigma_rel`` at ``step`` (a snapshot's step;
+    default: the run's last EMA snapshot) from the run's snapshots (:mod:`scoresde.phema`): a
+    profile the run tracked is its own snapshot there; any other is the least-squares
+    reconstruction from every snapshot up to ``step``.
 
     Returns:
         ``(weights, info)``: name to tensor (the model's floating-point state), and ``{"step",
@@ -467,15 +497,20 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
         the target's, 0 for a tracked profile).
 
     Raises:
-        ValueError: a bad ``sigma_rel``; the run has no EMA snapshots (at or before ``step``).
+        ValueError: a bad ``sigma_rel``; the run has no EMA snapshots (at or before ``step``);
+            ``step`` is not a snapshot's step; a snapshot that is not one of the run's.
     """
     sigma_rel = check_sigma_rels("ema", sigma_rel)[0]
     steps = [s for s in ema_snapshot_steps(run_dir) if step is None or s <= step]
     if not steps:
         raise ValueError(f"{os.fspath(run_dir)} has no EMA snapshots"
-                         f"{'' if step is None else f' at or before step {step}'}: train it with "
-                         "ema_profiles (--ema-profiles) to choose the EMA after training")
-    step = steps[-1] if step is None else int(step)
+                         f"{'' if step is None else f' at or before step {step}'}: "
+                         f"{_why_no_snapshots(run_dir, step)}")
+    if step is not None and step != steps[-1]:
+        every = ema_snapshot_steps(run_dir)
+        raise ValueError(f"step {step} is not an EMA snapshot's step of {os.fspath(run_dir)} "
+                         f"(they are {len(every)} steps from {every[0]} to {every[-1]})")
+    step = steps[-1]
     last = read_ema_snapshot(run_dir, steps[-1])
     tracked = [float(s) for s in last["sigma_rels"]]
     if steps[-1] == step and sigma_rel in tracked:
@@ -489,6 +524,23 @@ def ema_weights(run_dir: str | os.PathLike, sigma_rel: float,
         weights, info = reconstruct(Snapshots(), sigma_rel, step)
         info.pop("coefficients")
     return weights, dict(info, sigma_rel=sigma_rel, tracked=sigma_rel in tracked)
+
+
+def _why_no_snapshots(run_dir, step: int | None) -> str:
+    """What to do about a run without EMA snapshots (at or before ``step``)."""
+    try:
+        config = read_config(run_dir)
+    except (OSError, ValueError):
+        config = {}
+    if _is_post_hoc(config):
+        return (f"it is the post-hoc EMA of relative length {config['source'].get('sigma_rel')} "
+                f"of {config['source'].get('run')} (scoresde ema); take other lengths from "
+                "that run")
+    if step is None and config.get("ema_profiles"):
+        return f"its {EMA_SNAPSHOTS} folder is gone, though it was trained with ema_profiles"
+    if config.get("ema_profiles"):
+        return "its first snapshot is later"
+    return "train it with ema_profiles (--ema-profiles) to choose the EMA after training"
 
 
 def load_run(run_dir: str | os.PathLike, device=None, ema: bool | float = True,

@@ -4,6 +4,8 @@ tracked profile and of a third one, snapshots through a crash and a resume, the 
 import json
 import math
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -166,6 +168,54 @@ def test_snapshots_and_averages_survive_a_crash_bit_identically(tmp_path, runs):
         assert all(torch.equal(x[n], y[n]) for n in x)
 
 
+def test_the_ema_at_a_step_is_at_a_snapshots_step_only(runs):
+    _, two = runs
+    weights, info = ema_weights(two, 0.07, step=50)
+    assert info["step"] == 50 and 0 < info["snapshots"] <= 10
+    assert not all(torch.equal(weights[k], ema_weights(two, 0.07)[0][k]) for k in weights)
+    with pytest.raises(ValueError, match=f"10 to {STEPS}"):
+        ema_weights(two, 0.07, step=55)
+
+
+@pytest.mark.parametrize("spoil", ["keys", "step", "names"])
+def test_a_snapshot_that_is_not_the_runs_is_refused(tmp_path, runs, spoil):
+    _, two = runs
+    run = tmp_path / "run"
+    shutil.copytree(two, run)
+    folder = run / "ema_snapshots"
+    snap = read_ema_snapshot(run, 100)
+    if spoil == "keys":
+        torch.save({"step": 100}, folder / "step_000100.pt")
+    elif spoil == "step":
+        os.replace(folder / "step_000100.pt", folder / "step_000105.pt")
+    else:
+        averages = [{f"x.{k}": v.clone() for k, v in a.items()} for a in snap["averages"]]
+        torch.save(dict(snap, averages=averages), folder / "step_000100.pt")
+    with pytest.raises(ValueError, match="step_0001|step 100"):
+        ema_weights(run, 0.07)
+    assert_refused(invoke("ema", "--run", run, "--sigma-rel", 0.07, "--out", tmp_path / "o"),
+                   2, "--run")
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="no CUDA device"))])
+def test_the_averages_state_is_a_copy_on_the_cpu(device):
+    live = torch.arange(6.0, device=device)
+    ema = PowerEMA([0.05, 0.1], {"w": live})
+    ema.update(1)
+    state = ema.state_dict()
+    saved = state["averages"][1]["w"]
+    assert saved.device.type == "cpu" and torch.equal(saved, live.cpu())
+    live.add_(1.0)
+    ema.update(2)
+    assert torch.equal(saved, torch.arange(6.0))  # a copy, not the average itself
+    again = PowerEMA([0.05, 0.1], {"w": live})
+    again.load_state_dict(ema.state_dict())
+    assert all(torch.equal(a[0], b[0]) and a[0].device == live.device
+               for a, b in zip(again.averages, ema.averages))
+
+
 def test_without_profiles_a_run_is_as_before(tmp_path):
     train(tmp_path / "run", steps=3, **TINY)
     assert set(run_states(tmp_path / "run")) == {"step", "elapsed_s", "model", "ema",
@@ -236,8 +286,55 @@ def test_the_sweep_prints_the_table_marks_the_best_and_draws_the_curve(tmp_path,
     assert sum("<- best" in line for line in lines) == 1 and any("classic" in x for x in lines)
 
 
+def test_a_resume_passes_over_a_post_hoc_folder_and_refuses_one_named(tmp_path, runs,
+                                                                     monkeypatch):
+    _, two = runs
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(two, "runs/00000-vp-toy")
+    assert invoke("ema", "--run", "runs/00000-vp-toy", "--sigma-rel", 0.07).exit_code == 0
+    (made,) = [p for p in (tmp_path / "runs").iterdir() if p.name != "00000-vp-toy"]
+    assert made.name == "00001-vp-toy-ema0p07"  # the length whole, the run's name once
+    result = invoke("train", "--resume", "--steps", STEPS + 2, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "00000-vp-toy" in result.stderr + result.stdout
+    assert load_checkpoint(tmp_path / "runs/00000-vp-toy/checkpoint.pt")["step"] == STEPS + 2
+    assert_refused(invoke("train", "--resume", "--run", made, "--steps", STEPS + 4), 2,
+                   str(made), "post-hoc")
+    state = load_checkpoint("runs/00000-vp-toy/checkpoint.pt")
+    shutil.copytree("runs/00000-vp-toy", "bare")
+    torch.save({k: v for k, v in state.items() if k != "optimizer"}, "bare/checkpoint.pt")
+    assert_refused(invoke("train", "--resume", "--run", "bare", "--steps", STEPS + 4), 2,
+                   "bare", "optimizer")
+
+
+def test_the_out_folder_is_written_whole_or_not_at_all(tmp_path, runs, monkeypatch):
+    from scoresde.tasks import ema as task
+
+    _, two = runs
+    out = tmp_path / "a" / "ema"
+    out.mkdir(parents=True)  # an empty folder given stays empty until the whole is there
+    monkeypatch.setattr(task, "write_config", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        task.ema_run(two, out, 0.07)
+    assert os.listdir(out) == [] and os.listdir(tmp_path / "a") == ["ema"]
+    monkeypatch.undo()
+    task.ema_run(two, out, 0.07)
+    assert load_run(out)[2]["source"]["format"] == "post-hoc EMA"
+    said = re.escape(f"post-hoc EMA of relative length 0.07 of {two}")
+    with pytest.raises(ValueError, match=said):  # its config lists the profiles, not snapshots
+        load_run(out, ema=0.1)
+    assert sorted(os.listdir(tmp_path / "a")) == ["ema"]
+    (tmp_path / "file").write_text("")
+    for bad in (two / "inside", tmp_path / "file" / "x"):
+        assert_refused(invoke("ema", "--run", two, "--sigma-rel", 0.07, "--out", bad), 2,
+                       "--out", str(bad))
+    assert not (two / "inside").exists()
+
+
 @pytest.mark.parametrize("args, facts", [
     (["--sweep", "0.3:0.1:4"], ["--sweep", "0.3:0.1:4"]),
+    (["--sweep", ""], ["--sweep", "LOW:HIGH:K"]),
+    (["--sweep", ","], ["--sweep", "LOW:HIGH:K"]),
     (["--sweep", "0.02:0.4:4"], ["--sweep", "0.4"]),
     (["--sigma-rel", 0.07, "--sweep", "0.1,0.2"], ["--sigma-rel", "--sweep"]),
     (["--sigma-rel", 0.07, "--metric", "fid"], ["--metric"]),
@@ -247,6 +344,39 @@ def test_the_command_refuses_bad_input(runs, tmp_path, args, facts):
     assert_refused(invoke("ema", "--run", two, *args, "--out", tmp_path / "x")
                    if "--sweep" not in args else invoke("ema", "--run", two, *args),
                    2, *facts)
+
+
+def test_a_sweep_of_no_lengths_is_refused_before_measuring(runs):
+    from scoresde.checks import OptionError
+    from scoresde.tasks import sweep_ema
+
+    with pytest.raises(OptionError, match="LOW:HIGH:K"):
+        sweep_ema(runs[1], [], metric="likelihood", n=20)
+
+
+def test_a_sweep_checks_its_metric_first_and_never_marks_a_nan_best(runs, tmp_path,
+                                                                   monkeypatch):
+    import tempfile
+
+    import scoresde.tasks
+    from scoresde.checks import OptionError
+    from scoresde.tasks import ema as task
+
+    _, two = runs
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    monkeypatch.setattr(task, "ema_run", lambda run, out, s: made.append(out.mkdir()) or {
+        "kernel_error": 0.0})
+    assert_refused(invoke("ema", "--run", two, "--sweep", "0.05,0.1"), 2, "--metric",
+                   "likelihood")
+    values = iter([{"n": 20}, {"log_likelihood": float("nan")}, {"log_likelihood": -3.0},
+                   {"log_likelihood": -2.0}])
+    monkeypatch.setattr(scoresde.tasks, "run_likelihood", lambda *a, **k: (next(values),))
+    with pytest.raises(OptionError, match="log_likelihood"):  # the classic EMA's, first
+        task.sweep_ema(two, [0.05, 0.1, 0.2], metric="likelihood")
+    assert made == [] and os.listdir(tmp_path) == []
+    result = task.sweep_ema(two, [0.05, 0.1, 0.2], metric="likelihood", classic=False)
+    assert result["best"] == {"sigma_rel": 0.2, "log_likelihood": -2.0}
 
 
 @pytest.mark.slow  # a digits U-Net, three FIDs

@@ -3,6 +3,7 @@ lengths measured by FID or likelihood (:mod:`scoresde.tasks.ema`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import click
@@ -51,7 +52,7 @@ def ema(ctx, run, sigma_rel, out, sweep, metric, n, figure, seed, device, as_jso
     path = pick_run(run, quiet=as_json)
     if sweep is None:
         refuse_given(ctx, ("metric", "n", "figure", "seed"), "goes with --sweep")
-        out = out if out is not None else new_run_folder(path.name, f"ema{sigma_rel:g}")
+        out = out if out is not None else new_run_folder(*_words(path.name, sigma_rel))
         record = task(ema_run, path, out, sigma_rel)
         emit(record, as_json, [f"EMA of relative length {record['sigma_rel']:g} at step "
                                f"{record['step']} ({_how(record)}) into {out}",
@@ -69,6 +70,14 @@ def ema(ctx, run, sigma_rel, out, sweep, metric, n, figure, seed, device, as_jso
     emit(result, as_json, _table(result))
 
 
+def _words(name: str, sigma_rel: float) -> tuple[str, str]:
+    """The default folder's words: the run's name without its number, and the length with
+    ``p`` for its point (``00003-vp-moons``, 0.07: ``vp-moons``, ``ema0p07``), dots being cut
+    off as a file's suffix."""
+    return (re.sub(r"^\d{5}-", "", name).replace(".", "p"),
+            "ema" + f"{sigma_rel:g}".replace(".", "p"))
+
+
 def _how(record: dict) -> str:
     if record["tracked"]:
         return "a tracked profile"
@@ -83,7 +92,8 @@ def _table(result: dict) -> list[str]:
     key = result["key"]
     lines = [f"{'sigma_rel':>10}  {key:>14}  {'kernel error':>12}"]
     for row in result["rows"]:
-        best = "  <- best" if row["sigma_rel"] == result["best"]["sigma_rel"] else ""
+        best = ("  <- best" if result["best"] is not None
+                and row["sigma_rel"] == result["best"]["sigma_rel"] else "")
         lines.append(f"{row['sigma_rel']:>10.4g}  {row[key]:>14.4f}  "
                      f"{row['kernel_error']:>12.2%}{best}")
     if result["classic"] is not None:

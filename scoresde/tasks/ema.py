@@ -11,6 +11,7 @@ beside the run's classic EMA, and marks the best.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,9 +22,12 @@ import numpy as np
 from ..checks import OptionError
 from ..phema import check_sigma_rels
 from ..runs import (CHECKPOINT, ema_weights, is_run, load_checkpoint, read_config,
-                    save_checkpoint, write_config)
+                    save_checkpoint, upgrade_config, write_config)
 
 __all__ = ["METRICS", "ema_run", "parse_sweep", "sweep_ema"]
+
+# The forms of a sweep's lengths, as a refusal names them.
+SWEEP_FORMS = "LOW:HIGH:K (K >= 2 lengths, LOW < HIGH) or S1,S2,... (one length or more)"
 
 # What a sweep measures: the record's key of each task, and whether more is better.
 METRICS = {"fid": ("fid", False), "likelihood": ("log_likelihood", True)}
@@ -43,20 +47,19 @@ def ema_run(run: str | os.PathLike, out: str | os.PathLike, sigma_rel: float) ->
 
     The folder samples and is measured as any run (``load_run(out)`` gives the average); it
     holds no optimizer state, so it is not trained on. Its config says where it came from
-    under ``source``. Nothing is written unless all of it is.
+    under ``source``. It is written in a temporary folder beside ``out`` and renamed into
+    place, so ``out`` is there whole or not at all.
 
     Returns:
         ``{"run", "out", "sigma_rel", "step", "tracked", "snapshots", "kernel_error"}``.
 
     Raises:
         OptionError: a bad ``sigma_rel``; ``run`` without EMA snapshots; ``out`` that exists
-            and is not an empty folder.
+            and is not an empty folder, lies inside a run folder or below a file.
     """
     sigma_rel = _sigma_rel(sigma_rel)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise OptionError("out", f"{out} already exists{' as a run' if is_run(out) else ''}: "
-                                 "give a new folder")
+    _check_out(out)
     try:
         weights, info = ema_weights(run, sigma_rel)
     except ValueError as err:
@@ -68,17 +71,42 @@ def ema_run(run: str | os.PathLike, out: str | os.PathLike, sigma_rel: float) ->
     config.pop("run_dir", None)
     config["source"] = {"format": "post-hoc EMA", "run": os.path.abspath(run),
                         "sigma_rel": sigma_rel, "step": info["step"]}
-    created = not out.exists()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{secrets.token_hex(6)}-{out.name}"  # renamed into place whole
+    tmp.mkdir()  # the permissions any new folder gets
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(out / CHECKPOINT, {"step": info["step"], "model": state["model"],
+        save_checkpoint(tmp / CHECKPOINT, {"step": info["step"], "model": state["model"],
                                            "ema": ema})
-        write_config(out, config)
+        write_config(tmp, config)
+        os.rename(tmp, out)  # onto nothing, or onto an empty folder
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"run": str(run), "out": str(out), **info}
+
+
+def _check_out(out: Path) -> None:
+    """Refuse ``out`` unless it is a new or empty folder outside any run folder, below a
+    folder (or below folders to be made)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OptionError("out", f"{out} already exists{' as a run' if is_run(out) else ''}: "
+                                 "give a new folder")
+    for parent in Path(os.path.abspath(out)).parents:
+        if parent.exists() and not parent.is_dir():
+            raise OptionError("out", f"{out}: {parent} is a file, not a folder")
+        if is_run(parent):
+            raise OptionError("out", f"{out} is inside the run folder {parent}: give a folder "
+                                     "outside any run")
+
+
+def _check_images(run) -> None:
+    """Refuse a FID sweep of a run whose samples are not images, before anything is written."""
+    config = upgrade_config(read_config(run))
+    images = upgrade_config(read_config(config["latent"])) if config.get("latent") else config
+    if not images.get("is_image"):
+        raise OptionError("metric", f"FID needs a run of images; {run} was trained on data of "
+                                    f"shape {tuple(images['data_shape'])}: give --metric "
+                                    "likelihood")
 
 
 def parse_sweep(text: str) -> list[float]:
@@ -97,9 +125,10 @@ def parse_sweep(text: str) -> list[float]:
             values = np.linspace(float(low), float(high), int(k)).round(6).tolist()
         else:
             values = [float(part) for part in text.split(",") if part.strip()]
+        if not values:
+            raise ValueError
     except ValueError:
-        raise OptionError("sweep", f"{text!r} is neither LOW:HIGH:K (K >= 2 lengths, LOW < "
-                                   "HIGH) nor S1,S2,...") from None
+        raise OptionError("sweep", f"{text!r} is not {SWEEP_FORMS}") from None
     try:
         return check_sigma_rels("sweep", values)
     except (TypeError, ValueError) as err:
@@ -121,7 +150,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
     Returns:
         ``{"run", "metric", "key", "rows": [{"sigma_rel", KEY, "kernel_error", "record"}],
         "best": {"sigma_rel", KEY}, "classic": {KEY, "record"} or None, "figure"}`` where
-        ``KEY`` is ``"fid"`` or ``"log_likelihood"``.
+        ``KEY`` is ``"fid"`` or ``"log_likelihood"``; ``best`` is None when every length
+        measured NaN (a NaN is never the best).
+
+    Raises:
+        OptionError: an unknown ``metric``, ``"fid"`` for a run not of images, no lengths; the
+            classic EMA's measure fails before any length is measured.
     """
     from . import run_fid, run_likelihood
 
@@ -130,6 +164,8 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
                                     f"{metric!r}")
     key, higher = METRICS[metric]
     sigma_rels = check_sigma_rels("sweep", sigma_rels)
+    if not sigma_rels:
+        raise OptionError("sweep", f"no lengths to measure: give {SWEEP_FORMS}")
 
     def measure(folder) -> dict:
         record = (run_fid(folder, say=say, **options) if metric == "fid" else
@@ -138,6 +174,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
             raise OptionError("metric", f"the {metric} of {run} has no {key!r}")
         return record
 
+    if metric == "fid":
+        _check_images(run)
+    base = None
+    if classic:  # first: a metric the run cannot give fails before any length is measured
+        record = measure(run)
+        base = {key: record[key], "record": record}
     rows = []
     with tempfile.TemporaryDirectory(prefix="scoresde-ema-") as tmp:
         for i, sigma_rel in enumerate(sigma_rels):
@@ -149,14 +191,12 @@ def sweep_ema(run: str | os.PathLike, sigma_rels, *, metric: str = "fid",
                          "kernel_error": made["kernel_error"], "record": record})
             if say is not None:
                 say(f"sigma_rel {sigma_rel:.4g}: {key} {record[key]:.4f}")
-    base = None
-    if classic:
-        record = measure(run)
-        base = {key: record[key], "record": record}
     values = [row[key] for row in rows]
-    best = int(np.argmax(values) if higher else np.argmin(values))
+    finite = not np.isnan(np.asarray(values, dtype=float)).all()  # a NaN is never the best
+    best = (int(np.nanargmax(values) if higher else np.nanargmin(values)) if finite else None)
     result = {"run": str(run), "metric": metric, "key": key, "rows": rows,
-              "best": {"sigma_rel": rows[best]["sigma_rel"], key: values[best]},
+              "best": None if best is None else {"sigma_rel": rows[best]["sigma_rel"],
+                                                 key: values[best]},
               "classic": base, "figure": None}
     if figure is not None:
         from ..plotting import ema_sweep_figure, save_figure

@@ -49,7 +49,7 @@ def train_run(run: str | os.PathLike | None = None, *, resume: bool = False,
         raise OptionError("run", f"{path} is a file, not a run folder")
     note = None
     if resume and path is None:
-        path = find_run(None, root)
+        path = find_run(None, root, trainable=True)
         note = f"using run {path} (most recent under ./{root})"
     elif resume and not is_run(path):
         note = f"no checkpoint in {path} yet: starting the run there"
