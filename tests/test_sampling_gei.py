@@ -105,7 +105,8 @@ def test_a_last_call_that_returns_nan_is_named(steps):
     mix = GaussianMixture.ring()
     mean, cov = mix.moments()
 
-    last = float(gei_grid(sde, steps, 1e-3, data_stats((2,), data_mean=mean, data_cov=cov))[-1])
+    stats = data_stats((2,), data_mean=mean, data_cov=cov)
+    last = float(gei_grid(sde, steps, 1e-3, gaussian_part(stats))[-1])
 
     def poisoned(x, t):  # NaN at the last call only
         out = mix.score_fn(sde)(x, t)

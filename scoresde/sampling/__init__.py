@@ -29,7 +29,8 @@ __all__ = [
     "CORRECTORS",
     "TORCHSDE_METHODS", "default_eps", "sigma_of_t", "time_uniform", "time_log_snr", "time_edm",
     "sample_em", "sample_pc", "sample_ode", "sample_torchsde", "sample_euler", "sample_heun",
-    "sample_dpmpp_2m", "sample_unipc", "sample_gei", "CountedScore", "impute", "imputation_callback", "IMPUTATION_SOLVERS",
+    "sample_dpmpp_2m", "sample_unipc", "sample_gei", "CountedScore", "impute",
+    "imputation_callback", "IMPUTATION_SOLVERS",
     "PerSampleGenerator", "PerSampleBrownian", "SteppedBrownian", "prior_draw",
     "solve_inverse", "INVERSE_METHODS", "sample_smc",
 ]

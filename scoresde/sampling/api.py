@@ -95,12 +95,13 @@ def _stop_if_not_finite(solver: str, callback: Callback | None) -> Callback:
     return check
 
 
-def _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback, options):
+def _run_solver(solver, counted, sde, x, ts, head, stats, gaussian, generator, callback,
+                options):
     """The solver from the prior draw ``x`` over ``ts``; with the Gaussian head, its first step
     exactly (and the multistep solvers' warm start), the solver over the rest; a solver that
     takes the data's Gaussian (``gei``) gets it and starts from the prior draw itself."""
-    if "gaussian" in _solver_params(solver):
-        options = {**options, "gaussian": None if stats is None else gaussian_part(stats, x.device)}
+    if gaussian is not None:
+        options = {**options, "gaussian": gaussian}
     if not head:
         return SAMPLERS[solver](counted, sde, x, ts, generator=generator, callback=callback,
                                 **options)
@@ -228,16 +229,18 @@ def sample(
     head, ends_at_data = False, SOLVERS[solver].ends_at_data
     fewstep = stats is not None and not ends_at_data and uses_data_stats(
         solver, steps, grid, sigma_max, sigma_min)
-    if "gaussian" in _solver_params(solver) and stats is None:
-        raise ValueError(f"solver {solver!r} needs the data's statistics: data_std, or "
-                         "data_mean and data_cov (its Gaussian part is solved exactly)")
+    gaussian = None
+    if "gaussian" in _solver_params(solver):  # one eigen-decomposition, for grid and solver
+        if stats is None:
+            raise ValueError(f"solver {solver!r} needs the data's statistics: data_std, or "
+                             "data_mean and data_cov (its Gaussian part is solved exactly)")
+        gaussian = gaussian_part(stats, device)
     if ends_at_data and not denoise:
         raise ValueError(f"{solver} ends at the data itself (its last call is its denoising "
                          "step): denoise=False does not apply to it")
-    if ends_at_data and stats is not None and grid is None and sigma_max is None and (
-            sigma_min is None):
+    if gaussian is not None and grid is None and sigma_max is None and sigma_min is None:
         grid = "log_snr"
-        ts = gei_grid(sde, steps, eps, stats)
+        ts = gei_grid(sde, steps, eps, gaussian)
     elif fewstep:
         grid = "log_snr"
         ts, head = fewstep_grid(sde, steps, eps, stats)
@@ -248,8 +251,8 @@ def sample(
     callback = _stop_if_not_finite(solver, callback)
     x = prior_draw(sde, shape, generator, device=device, dtype=dtype)
     try:
-        x, info = _run_solver(solver, counted, sde, x, ts, head, stats, generator, callback,
-                              options)
+        x, info = _run_solver(solver, counted, sde, x, ts, head, stats, gaussian, generator,
+                              callback, options)
     except FloatingPointError as err:  # from inside a library call (scipy): name the solver
         if str(err).startswith(f"{solver}:"):
             raise

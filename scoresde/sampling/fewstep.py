@@ -28,9 +28,9 @@ from ..sde import SDE
 from .common import Callback, run_callback
 from .grids import sigma_of_t, time_log_snr, time_of_sigma
 
-__all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "GAUSSIAN_SOLVERS", "FEWSTEP_MAX_STEPS", "HEAD_SIGMA",
-           "TAIL_SIGMA", "MIN_WINDOW", "uses_data_stats", "fewstep_grid", "gaussian_head",
-           "gaussian_warm_start"]
+__all__ = ["DataStats", "data_stats", "FEWSTEP_SOLVERS", "GAUSSIAN_SOLVERS", "FEWSTEP_MAX_STEPS",
+           "HEAD_SIGMA", "TAIL_SIGMA", "MIN_WINDOW", "uses_data_stats", "fewstep_grid",
+           "gaussian_head", "gaussian_warm_start"]
 
 FEWSTEP_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc")
 GAUSSIAN_SOLVERS = ("gei",)  # solvers built on the data's Gaussian: they always take it

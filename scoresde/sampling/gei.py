@@ -67,7 +67,7 @@ class GaussianPart(NamedTuple):
         return w if self.evecs is None else w @ self.evecs.T
 
 
-def gaussian_part(stats, device=None) -> GaussianPart:
+def gaussian_part(stats: DataStats, device=None) -> GaussianPart:
     """The eigen-decomposition of the data's statistics (:func:`~scoresde.sampling.fewstep.
     data_stats`): ``D`` eigenvalues, or one repeated for ``data_std``. Costs one symmetric
     eigen-decomposition of the ``(D, D)`` covariance (a second for ``D = 4096`` on a CPU)."""
@@ -78,7 +78,7 @@ def gaussian_part(stats, device=None) -> GaussianPart:
     return GaussianPart(mean, evals.clamp(min=0), evecs)
 
 
-def gei_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> torch.Tensor:
+def gei_grid(sde: SDE, steps: int, eps: float, gaussian: GaussianPart) -> torch.Tensor:
     """``T``, then ``steps`` times evenly spaced in log-SNR from ``sigma = GEI_HEAD *
     sqrt(lambda_max)`` at 5 calls or fewer (the data's widest direction: above it the data's
     Gaussian explains nearly all of the marginal), twice that every :data:`GEI_HEAD_GROWTH`
@@ -92,14 +92,14 @@ def gei_grid(sde: SDE, steps: int, eps: float, stats: DataStats) -> torch.Tensor
         Decreasing float64 times ``(steps + 1,)``.
     """
     sig_T, sig_eps = sigma_of_t(sde, torch.tensor([sde.T, eps], dtype=torch.float64)).tolist()
-    top = stats.var if stats.cov is None else float(torch.linalg.eigvalsh(stats.cov).max())
+    top, scale = float(gaussian.evals.max()), math.sqrt(float(gaussian.evals.mean()))
     growth = 2 ** (max(steps - 5, 0) / GEI_HEAD_GROWTH)
     head = min(GEI_HEAD * growth * math.sqrt(top), sig_T * (1 - 1e-6))
-    tail = max(GEI_TAIL * stats.scale / growth, sig_eps)
+    tail = max(GEI_TAIL * scale / growth, sig_eps)
     if head < MIN_WINDOW * tail:
         warnings.warn(
             f"gei's calls for this data, sigma from {GEI_HEAD * growth * math.sqrt(top):.3g} "
-            f"to {GEI_TAIL * stats.scale / growth:.3g}, keep less than a factor {MIN_WINDOW:g} "
+            f"to {GEI_TAIL * scale / growth:.3g}, keep less than a factor {MIN_WINDOW:g} "
             f"inside the SDE's noise range [sigma(eps), sigma(T)] = [{sig_eps:.3g}, "
             f"{sig_T:.3g}]; spreading them over that whole range", stacklevel=3)
         head, tail = sig_T * (1 - 1e-6), sig_eps
@@ -186,9 +186,9 @@ def sample_gei(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
     def to_y(u: torch.Tensor, i: int) -> torch.Tensor:
         return mean + gaussian.from_basis(torch.sqrt(lam + sigma[i] ** 2) * u)
 
-    def residual(u: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = to_y(u, i)
-        x_i = (m[i] * y).to(dtype).reshape(shape)
+    def residual(u: torch.Tensor, x_i: torch.Tensor, i: int):
+        """``r`` at grid time ``i`` of the state ``u`` (``x_i`` in the data's dtype), and the
+        data estimate ``x0`` (float64, rows)."""
         x0 = (x_i + s[i] ** 2 * counted(x_i, time_vector(ts[i], x_i))) / m[i]
         x0 = x0.reshape(len(x0), -1).to(torch.float64)
         w = torch.sqrt(lam + sigma[i] ** 2) * u
@@ -198,27 +198,35 @@ def sample_gei(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, ts: torch.Tensor, *
         weights = residual_weights([p[0] for p in points], a, b, lam)
         return u - sum(w * r for w, (_, r) in zip(weights, points))
 
+    def state(u, i, x_i=None, **fields):
+        """``x`` at grid time ``i`` (``x_i``, if known) after the callback, and ``u`` again
+        where the callback changed it."""
+        if x_i is None:
+            x_i = (m[i] * to_y(u, i)).to(dtype).reshape(shape)
+        x_out = run_callback(callback, x_i, i=i - 1, t=float(ts[i - 1]), t_next=float(ts[i]),
+                             **fields)
+        if x_out is not x_i:
+            u = to_u(x_out.reshape(len(x_out), -1).to(torch.float64) / m[i], i)
+        return u, x_out
+
     with torch.no_grad():
         # The prior draw x_T = s(T) z is u = V^T z, its Gaussian flow exact down to ts[1].
         u = gaussian.to_basis(x.reshape(len(x), -1).to(torch.float64) / s[0])
-        x = run_callback(callback, (m[1] * to_y(u, 1)).to(dtype).reshape(shape), i=0,
-                         t=float(ts[0]), t_next=float(ts[1]), denoised=None)
-        u = to_u(x.reshape(len(x), -1).to(torch.float64) / m[1], 1)
+        u, x = state(u, 1, denoised=None)
         h = tau[1] - tau[2] if len(ts) > 2 else 1.0
         points = [(tau[1] + h, torch.zeros_like(u))] if warm_start else []
-        r, x0 = residual(u, 1)
+        r, x0 = residual(u, x, 1)
         points.append((tau[1], r))
         for i in range(1, len(ts) - 1):
-            u_start = u
-            u = step(u_start, points[-order:], tau[i], tau[i + 1])
-            r, x0_next = residual(u, i + 1)
+            u_next = step(u, points[-order:], tau[i], tau[i + 1])
+            x_next = (m[i + 1] * to_y(u_next, i + 1)).to(dtype).reshape(shape)
+            r, x0_next = residual(u_next, x_next, i + 1)
             if moulton:
-                u = step(u_start, points[-order:] + [(tau[i + 1], r)], tau[i], tau[i + 1])
+                u_next = step(u, points[-order:] + [(tau[i + 1], r)], tau[i], tau[i + 1])
+                x_next = None
             points.append((tau[i + 1], r))
-            x = run_callback(callback, (m[i + 1] * to_y(u, i + 1)).to(dtype).reshape(shape),
-                             i=i, t=float(ts[i]), t_next=float(ts[i + 1]),
-                             denoised=x0.to(dtype).reshape(shape))
-            u, x0 = to_u(x.reshape(len(x), -1).to(torch.float64) / m[i + 1], i + 1), x0_next
+            u, x = state(u_next, i + 1, x_next, denoised=x0.to(dtype).reshape(shape))
+            x0 = x0_next
         # The end: the Gaussian's flow to sigma = 0 exactly, the residual as Tweedie's step.
         x = mean + gaussian.from_basis(torch.sqrt(lam) * u + points[-1][1])
     info = {"nfe": counted.calls, "grid": ts, "steps": len(ts) - 1}
